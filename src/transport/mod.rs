@@ -1,0 +1,140 @@
+//! How ferry touches hosts. The engine and the modules only ever see [`Transport`];
+//! `ssh` is the real implementation (russh), `fake` an in-memory one for tests.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::command::Cmd;
+
+pub mod fake;
+pub mod ssh;
+
+/// Why a transport operation failed. Each kind gets its own variant so the report can
+/// say what the operator must do (trust a key, fix a password, open a port...).
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("connection refused by {addr}")]
+    Refused { addr: String },
+    #[error("timed out connecting to {addr} after {secs}s")]
+    Timeout { addr: String, secs: u64 },
+    #[error("could not resolve or reach {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("authentication failed for {user}@{addr} (tried: {tried})")]
+    AuthFailed {
+        user: String,
+        addr: String,
+        tried: String,
+    },
+    #[error("host key for {host} is not known; to trust it run: {hint}")]
+    HostKeyUnknown { host: String, hint: String },
+    #[error(
+        "HOST KEY FOR {host} HAS CHANGED (now {fingerprint}); refusing to connect. \
+         If the change is expected, remove the old entry from {known_hosts} (line {line})"
+    )]
+    HostKeyChanged {
+        host: String,
+        fingerprint: String,
+        known_hosts: String,
+        line: usize,
+    },
+    #[error("sudo failed on {host}: {reason}")]
+    Become { host: String, reason: String },
+    #[error("connection to {host} lost: {reason}")]
+    Disconnected { host: String, reason: String },
+    #[error("ssh configuration error: {0}")]
+    Config(String),
+    #[error("port forward to {target} failed: {reason}")]
+    Forward { target: String, reason: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("ssh protocol error: {0}")]
+    Protocol(String),
+}
+
+impl TransportError {
+    /// Errors that mean "the host is unreachable" in the report, as opposed to a command
+    /// that ran and failed.
+    pub fn is_unreachable(&self) -> bool {
+        !matches!(self, TransportError::Io(_))
+    }
+}
+
+/// What a finished command left behind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Exit status; `None` when the remote side sent a signal instead of a status.
+    pub status: Option<u32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl ExecOutput {
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// Exit status and collected stderr of a streamed command (stdout was streamed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamExit {
+    pub status: Option<u32>,
+    pub stderr: Vec<u8>,
+}
+
+pub type BoxRead = Pin<Box<dyn AsyncRead + Send>>;
+pub type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A running command with its stdin and stdout as byte streams (never a PTY).
+/// Drop or shut down `stdin` to send EOF. Read `stdout` to the end, then await `exit`.
+/// Backpressure: the remote side is only sent as much as the reader consumes.
+pub struct ExecStream {
+    pub stdin: BoxWrite,
+    pub stdout: BoxRead,
+    pub exit: BoxFuture<Result<StreamExit, TransportError>>,
+}
+
+/// A bidirectional byte pipe, e.g. a forwarded TCP connection.
+pub trait Duplex: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Duplex for T {}
+
+/// How a forwarded connection was made, so `-v` can say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardMethod {
+    /// SSH `direct-tcpip` channel.
+    DirectTcpip,
+    /// A byte relay over an exec channel, when the server forbids forwarding.
+    Relay(&'static str),
+}
+
+/// The one interface to a host. One implementation per kind of connection.
+#[async_trait]
+pub trait Transport: Send + Sync {
+    /// The inventory name of the host.
+    fn host(&self) -> &str;
+
+    /// Run `cmd` (via `sh -c` on the host, as root when the host has `become`),
+    /// feed it `stdin` if given, and collect its output.
+    async fn exec(&self, cmd: &Cmd, stdin: Option<&[u8]>) -> Result<ExecOutput, TransportError>;
+
+    /// Run `cmd` with streaming stdin/stdout. Bulk data goes over a connection of its own,
+    /// so a slow stream never stalls other tasks' commands.
+    async fn exec_stream(&self, cmd: &Cmd) -> Result<ExecStream, TransportError>;
+
+    /// Open a connection to `host:port` as seen from the remote host (for the Kubernetes
+    /// API tunnel). Uses its own SSH connection.
+    async fn forward(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<(Box<dyn Duplex>, ForwardMethod), TransportError>;
+}
