@@ -2,7 +2,9 @@
 //! `ssh` is the real implementation (russh), `fake` an in-memory one for tests.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -137,4 +139,86 @@ pub trait Transport: Send + Sync {
         host: &str,
         port: u16,
     ) -> Result<(Box<dyn Duplex>, ForwardMethod), TransportError>;
+}
+
+/// Host-key checking policy, as OpenSSH's `StrictHostKeyChecking`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyPolicy {
+    /// Unknown or changed keys are refused (the default).
+    #[default]
+    Yes,
+    /// Unknown keys are accepted and recorded; changed keys are still refused.
+    AcceptNew,
+}
+
+/// Privilege escalation through sudo.
+#[derive(Clone, Default)]
+pub struct BecomeSpec {
+    /// The user to become (`root` unless the inventory says otherwise).
+    pub user: String,
+    /// The sudo password, sent on stdin, never in argv. `None`: passwordless sudo.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for BecomeSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BecomeSpec")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| crate::command::MASK))
+            .finish()
+    }
+}
+
+/// Everything needed to open a connection to one host. Built by the inventory (which
+/// resolves env vars and prompts into values); consumed by `ssh::SshTransport::connect`.
+/// Fields left `None` fall back to `~/.ssh/config` (or `ssh_config`), then to defaults.
+#[derive(Clone, Default)]
+pub struct ConnectSpec {
+    /// Inventory name of the host (used in messages and reports).
+    pub name: String,
+    /// IP, DNS name, or a `Host` alias from ssh config.
+    pub address: String,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    /// Key files to try, in order, after the agent.
+    pub identity_files: Vec<PathBuf>,
+    /// Passphrase for encrypted key files.
+    pub key_passphrase: Option<String>,
+    /// Password for password authentication.
+    pub password: Option<String>,
+    /// known_hosts file; `None`: `~/.ssh/known_hosts`.
+    pub known_hosts: Option<PathBuf>,
+    /// `None`: from ssh config, else `Yes`.
+    pub host_key_policy: Option<HostKeyPolicy>,
+    /// ssh config file; `None`: `~/.ssh/config` if it exists.
+    pub ssh_config: Option<PathBuf>,
+    /// `ProxyJump` value (`[user@]host[:port][,...]`); `None`: from ssh config.
+    pub proxy_jump: Option<String>,
+    pub connect_timeout: Duration,
+    /// `None`: run as the login user.
+    pub become_: Option<BecomeSpec>,
+    /// Prompt on the terminal for missing passwords/passphrases (never when stdin is not a TTY).
+    pub allow_prompt: bool,
+}
+
+impl std::fmt::Debug for ConnectSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mask = |o: &Option<String>| o.as_ref().map(|_| crate::command::MASK);
+        f.debug_struct("ConnectSpec")
+            .field("name", &self.name)
+            .field("address", &self.address)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("identity_files", &self.identity_files)
+            .field("key_passphrase", &mask(&self.key_passphrase))
+            .field("password", &mask(&self.password))
+            .field("known_hosts", &self.known_hosts)
+            .field("host_key_policy", &self.host_key_policy)
+            .field("ssh_config", &self.ssh_config)
+            .field("proxy_jump", &self.proxy_jump)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("become_", &self.become_)
+            .finish()
+    }
 }
