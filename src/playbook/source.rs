@@ -1,0 +1,134 @@
+//! Input files and locations in them: every parse or template error names
+//! `file:line:column` and, when known, the field it is about.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// A TOML file as read from disk, kept so byte spans can be turned into line:column.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// A point in a file, 1-based line and column (columns count characters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub path: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.path.display(), self.line, self.column)
+    }
+}
+
+/// A parse or validation error in an input file.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{location}: {message}{}", field.as_ref().map(|f| format!(" (field `{f}`)")).unwrap_or_default())]
+pub struct InputError {
+    pub location: Location,
+    /// The key the error is about, when it could be told.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl SourceFile {
+    pub fn new(path: impl Into<PathBuf>, text: impl Into<String>) -> Self {
+        SourceFile {
+            path: path.into(),
+            text: text.into(),
+        }
+    }
+
+    /// Read a file; a missing file is an [`InputError`] at 0:0.
+    pub fn read(path: &Path) -> Result<Self, InputError> {
+        std::fs::read_to_string(path)
+            .map(|text| SourceFile::new(path, text))
+            .map_err(|e| InputError {
+                location: Location {
+                    path: path.to_path_buf(),
+                    line: 0,
+                    column: 0,
+                },
+                field: None,
+                message: format!("cannot read file: {e}"),
+            })
+    }
+
+    /// Line and column of a byte offset.
+    pub fn locate(&self, offset: usize) -> Location {
+        let offset = offset.min(self.text.len());
+        let before = self.text.get(..offset).unwrap_or(&self.text);
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let column = before.get(line_start..).map(|s| s.chars().count()).unwrap_or(0) + 1;
+        Location {
+            path: self.path.clone(),
+            line,
+            column,
+        }
+    }
+
+    /// An error at a byte span.
+    pub fn error_at(
+        &self,
+        span: Option<Range<usize>>,
+        field: Option<String>,
+        message: impl Into<String>,
+    ) -> InputError {
+        let start = span.as_ref().map(|s| s.start).unwrap_or(0);
+        InputError {
+            location: self.locate(start),
+            field: field.or_else(|| span.and_then(|s| self.key_near(s))),
+            message: message.into(),
+        }
+    }
+
+    /// Turn a toml error into an [`InputError`], telling the field from the span.
+    pub fn toml_error(&self, e: &toml::de::Error) -> InputError {
+        self.error_at(e.span(), None, e.message().trim().to_string())
+    }
+
+    /// The key a span is about: the span itself when it covers a key (`key =`), else the
+    /// key on the left of `=` on the span's line.
+    fn key_near(&self, span: Range<usize>) -> Option<String> {
+        let text = &self.text;
+        let covered = text.get(span.clone())?;
+        let after = text.get(span.end..)?.trim_start_matches([' ', '\t']);
+        let clean = |k: &str| k.trim().trim_matches('"').trim_matches('\'').to_string();
+        if after.starts_with('=') && !covered.contains('\n') {
+            return Some(clean(covered));
+        }
+        let line_start = text.get(..span.start)?.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let prefix = text.get(line_start..span.start)?;
+        let (key, _) = prefix.split_once('=')?;
+        let key = clean(key);
+        (!key.is_empty() && !key.starts_with('[')).then_some(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locates_lines_and_columns() {
+        let s = SourceFile::new("f.toml", "a = 1\nbé = 2\n");
+        assert_eq!(s.locate(0).line, 1);
+        let l = s.locate(s.text.find('2').unwrap());
+        assert_eq!((l.line, l.column), (2, 6));
+    }
+
+    #[test]
+    fn tells_the_key_of_a_value_span() {
+        let s = SourceFile::new("f.toml", "[x]\nport = \"no\"\n");
+        let start = s.text.find("\"no\"").unwrap();
+        let e = s.error_at(Some(start..start + 4), None, "bad");
+        assert_eq!(e.field.as_deref(), Some("port"));
+        assert_eq!(e.to_string(), "f.toml:2:8: bad (field `port`)");
+    }
+}
