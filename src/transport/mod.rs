@@ -222,3 +222,14 @@ impl std::fmt::Debug for ConnectSpec {
             .finish()
     }
 }
+
+/// Opens transports. The engine connects through this, once per host, so tests can
+/// inject [`fake::FakeConnector`] and the CLI the SSH one.
+#[async_trait]
+pub trait Connector: Send + Sync {
+    async fn connect(
+        &self,
+        spec: &ConnectSpec,
+        secrets: &crate::secrets::Secrets,
+    ) -> Result<std::sync::Arc<dyn Transport>, TransportError>;
+}
