@@ -9,6 +9,7 @@ pub mod command;
 pub mod engine;
 pub mod inventory;
 pub mod journal;
+pub mod k8s;
 pub mod modules;
 pub mod playbook;
 pub mod report;
