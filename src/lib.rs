@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod command;
 pub mod engine;
+pub mod fingerprint;
 pub mod inventory;
 pub mod journal;
 pub mod k8s;
