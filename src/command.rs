@@ -61,7 +61,8 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.parts.extend(args.into_iter().map(|a| Part::Arg(a.into())));
+        self.parts
+            .extend(args.into_iter().map(|a| Part::Arg(a.into())));
         self
     }
 
@@ -105,8 +106,11 @@ impl Cmd {
 
     fn render(&self, masked: bool) -> String {
         let mut out = Vec::with_capacity(self.parts.len());
-        for part in &self.parts {
+        for (i, part) in self.parts.iter().enumerate() {
             out.push(match part {
+                // A leading `NAME=value` word would be a variable assignment, not a
+                // program: quote the first word strictly.
+                Part::Arg(a) if i == 0 => quote_strict(a),
                 Part::Arg(a) => quote(a),
                 Part::Secret(s) if masked => {
                     let _ = s;
@@ -122,9 +126,19 @@ impl Cmd {
     }
 }
 
-/// Quote one word for a POSIX shell. Words made only of safe characters stay as they are,
-/// which keeps displayed commands readable.
+/// Quote one word for a POSIX shell, as an argument (not in command position). Words
+/// made only of characters that are never special stay as they are, which keeps
+/// displayed commands (and the kubectl hints) readable.
 pub fn quote(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        return word.to_string();
+    }
+    quote_strict(word)
+}
+
+/// Quote one word for a POSIX shell with shlex's conservative rules.
+pub fn quote_strict(word: &str) -> String {
     // shlex::try_quote only fails on NUL bytes, which no shell argument can carry.
     match shlex::try_quote(word) {
         Ok(q) => q.into_owned(),
@@ -152,8 +166,23 @@ mod tests {
 
     #[test]
     fn hostile_values_are_quoted() {
-        let c = Cmd::new("test").arg("-d").arg("a'; rm -rf / #");
-        assert_eq!(c.to_shell(), r#"test -d 'a'"'"'; rm -rf / #'"#);
+        for hostile in ["a'; rm -rf / #", "$(id)", "`id`", "a\nb", "\"; echo x", "*"] {
+            let c = Cmd::new("test").arg("-d").arg(hostile);
+            // What a POSIX shell would see: exactly three words, the last one intact.
+            let words = shlex::split(&c.to_shell()).expect("valid shell words");
+            assert_eq!(words, vec!["test", "-d", hostile]);
+        }
+        // And a real shell agrees.
+        let c = Cmd::new("printf").arg("%s").arg("a'; echo INJECTED #$(id)");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(c.to_shell())
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "a'; echo INJECTED #$(id)"
+        );
     }
 
     #[test]
@@ -161,6 +190,18 @@ mod tests {
         let c = Cmd::new("psql").arg("-c").secret("pa ss");
         assert_eq!(c.display(), "psql -c ********");
         assert_eq!(c.to_shell(), "psql -c 'pa ss'");
+    }
+
+    #[test]
+    fn plain_words_stay_readable_but_first_word_is_strict() {
+        assert_eq!(
+            Cmd::new("kubectl").arg("--replicas=0").to_shell(),
+            "kubectl --replicas=0"
+        );
+        assert_eq!(Cmd::new("A=b").to_shell(), "'A=b'");
+        assert_eq!(quote(""), "''");
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("$(x)"), "'$(x)'");
     }
 
     #[test]

@@ -7,8 +7,10 @@
 pub mod cli;
 pub mod command;
 pub mod engine;
+pub mod fingerprint;
 pub mod inventory;
 pub mod journal;
+pub mod k8s;
 pub mod modules;
 pub mod playbook;
 pub mod report;

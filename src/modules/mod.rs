@@ -23,6 +23,7 @@ use crate::secrets::Secrets;
 use crate::transport::{ExecOutput, Transport, TransportError};
 
 pub mod command;
+pub mod redis_layout;
 
 /// Why a module step failed.
 #[derive(Debug, thiserror::Error)]

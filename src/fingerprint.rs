@@ -1,0 +1,347 @@
+//! Fingerprints of the three data stores, so that a step can tell "the target already
+//! holds exactly the source's data" (skip) from "it differs" (act), and so that a
+//! finished migration can be proven. Each fingerprint is computed on the host by one
+//! command whose output is parsed here; parsing is pure and tested as data.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Why an output could not be read as a fingerprint.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("could not read {what} from line {line}: {text:?}")]
+pub struct FingerprintParseError {
+    pub what: &'static str,
+    pub line: usize,
+    pub text: String,
+}
+
+/// One table: row count and a digest of its rows, independent of physical row order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableFingerprint {
+    pub rows: u64,
+    pub digest: String,
+}
+
+/// Every base table of the `public` schema.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgFingerprint {
+    pub tables: BTreeMap<String, TableFingerprint>,
+}
+
+/// psql script (run with `psql -X -At -v ON_ERROR_STOP=1 -f -` or `-c`) printing one
+/// `schema.table|rows|digest` line per base table of `public`.
+///
+/// The digest is the md5 of the sorted per-row md5s, not of the rows themselves: the
+/// aggregate stays 32 bytes a row, far below PostgreSQL's 1 GB value limit even for
+/// large tables, and sorting makes it independent of physical order.
+pub const PG_FINGERPRINT_SQL: &str = r#"SELECT format(
+  'SELECT %L, count(*), md5(coalesce(string_agg(h, '''' ORDER BY h), '''')) FROM (SELECT md5(t::text) AS h FROM %I.%I t) s',
+  table_schema || '.' || table_name, table_schema, table_name)
+FROM information_schema.tables
+WHERE table_schema = 'public' AND table_type = 'BASE TABLE'
+ORDER BY table_name
+\gexec
+"#;
+
+impl PgFingerprint {
+    /// Parse the output of [`PG_FINGERPRINT_SQL`].
+    pub fn parse(out: &str) -> Result<Self, FingerprintParseError> {
+        let mut tables = BTreeMap::new();
+        for (i, line) in out.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let err = || FingerprintParseError {
+                what: "a table fingerprint",
+                line: i + 1,
+                text: line.to_string(),
+            };
+            // From the right: a table name may itself contain `|`.
+            let mut parts = line.rsplitn(3, '|');
+            let (Some(digest), Some(rows), Some(name)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(err());
+            };
+            let rows = rows.parse().map_err(|_| err())?;
+            tables.insert(
+                name.to_string(),
+                TableFingerprint {
+                    rows,
+                    digest: digest.to_string(),
+                },
+            );
+        }
+        Ok(PgFingerprint { tables })
+    }
+
+    /// Total rows over all tables.
+    pub fn rows(&self) -> u64 {
+        self.tables.values().map(|t| t.rows).sum()
+    }
+
+    /// Human-readable differences from `expected` (empty when equal).
+    pub fn diff(&self, expected: &PgFingerprint) -> Vec<String> {
+        diff_maps(&expected.tables, &self.tables, |name, e, a| {
+            if e.rows != a.rows {
+                Some(format!(
+                    "table {name}: {} rows, expected {}",
+                    a.rows, e.rows
+                ))
+            } else if e.digest != a.digest {
+                Some(format!("table {name}: same row count, different content"))
+            } else {
+                None
+            }
+        })
+    }
+}
+
+/// Keys per Redis database number (databases without keys are absent).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedisKeyCounts {
+    pub dbs: BTreeMap<u32, u64>,
+}
+
+impl RedisKeyCounts {
+    /// Parse `redis-cli INFO keyspace` (`db0:keys=12,expires=0,avg_ttl=0`).
+    pub fn parse_info_keyspace(out: &str) -> Result<Self, FingerprintParseError> {
+        let mut dbs = BTreeMap::new();
+        for (i, line) in out.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let err = || FingerprintParseError {
+                what: "a keyspace line",
+                line: i + 1,
+                text: line.to_string(),
+            };
+            let (db, fields) = line.split_once(':').ok_or_else(err)?;
+            let db: u32 = db
+                .strip_prefix("db")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(err)?;
+            let keys = fields
+                .split(',')
+                .find_map(|f| f.strip_prefix("keys="))
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or_else(err)?;
+            if keys > 0 {
+                dbs.insert(db, keys);
+            }
+        }
+        Ok(RedisKeyCounts { dbs })
+    }
+
+    pub fn total(&self) -> u64 {
+        self.dbs.values().sum()
+    }
+
+    /// These counts with database `db` emptied (what the target holds after the
+    /// Composer cache, database 5, was flushed).
+    pub fn without_db(&self, db: u32) -> Self {
+        let mut dbs = self.dbs.clone();
+        dbs.remove(&db);
+        RedisKeyCounts { dbs }
+    }
+
+    /// Human-readable differences from `expected` (empty when equal).
+    pub fn diff(&self, expected: &RedisKeyCounts) -> Vec<String> {
+        diff_maps(&expected.dbs, &self.dbs, |db, e, a| {
+            (e != a).then(|| format!("db {db}: {a} keys, expected {e}"))
+        })
+    }
+}
+
+/// A tree of files: how many, how large, and a digest of the sorted `sha256  path` list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageFingerprint {
+    pub files: u64,
+    pub digest: String,
+    /// Per-file hashes, kept so a difference can be named.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub hashes: BTreeMap<String, String>,
+}
+
+impl StorageFingerprint {
+    /// Parse `sha256sum` lines (`<hex>  ./relative/path`), in any order.
+    pub fn parse_sha256sum(out: &str) -> Result<Self, FingerprintParseError> {
+        use sha2::{Digest, Sha256};
+        let mut hashes = BTreeMap::new();
+        for (i, line) in out.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let err = || FingerprintParseError {
+                what: "a sha256sum line",
+                line: i + 1,
+                text: line.to_string(),
+            };
+            let (hash, path) = line.split_once("  ").ok_or_else(err)?;
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(err());
+            }
+            let path = path.strip_prefix("./").unwrap_or(path);
+            hashes.insert(path.to_string(), hash.to_ascii_lowercase());
+        }
+        let mut h = Sha256::new();
+        for (path, hash) in &hashes {
+            h.update(hash.as_bytes());
+            h.update(b"  ");
+            h.update(path.as_bytes());
+            h.update(b"\n");
+        }
+        Ok(StorageFingerprint {
+            files: hashes.len() as u64,
+            digest: hex::encode(h.finalize()),
+            hashes,
+        })
+    }
+
+    /// Human-readable differences from `expected` (empty when equal), at most `limit`.
+    pub fn diff(&self, expected: &StorageFingerprint, limit: usize) -> Vec<String> {
+        let mut out = diff_maps(&expected.hashes, &self.hashes, |p, _, _| {
+            Some(format!("{p}: content differs"))
+        });
+        if out.is_empty() && self.digest != expected.digest {
+            out.push(format!(
+                "{} files, expected {} (digest differs)",
+                self.files, expected.files
+            ));
+        }
+        out.truncate(limit);
+        out
+    }
+}
+
+/// Differences between two maps: keys missing, unexpected keys, and values that
+/// `differ` reports. `differ` is only called when both sides hold the key.
+fn diff_maps<K: Ord + std::fmt::Display, V: PartialEq>(
+    expected: &BTreeMap<K, V>,
+    actual: &BTreeMap<K, V>,
+    differ: impl Fn(&K, &V, &V) -> Option<String>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, e) in expected {
+        match actual.get(k) {
+            None => out.push(format!("{k}: missing")),
+            Some(a) if a != e => out.extend(differ(k, e, a)),
+            Some(_) => {}
+        }
+    }
+    for k in actual.keys() {
+        if !expected.contains_key(k) {
+            out.push(format!("{k}: not in the source"));
+        }
+    }
+    out
+}
+
+/// A dotted version such as `1.12.10`, compared numerically.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Version(pub Vec<u64>);
+
+impl Version {
+    /// Parse `1.12.10`, `v1.12.10`, or the version part of an image reference
+    /// (`registry/packagist/ui:1.12.10`, `...:1.12.10-abc`).
+    pub fn parse(text: &str) -> Option<Version> {
+        let text = text.trim();
+        let tag = match text.rsplit_once(':') {
+            Some((_, t)) if !t.contains('/') => t,
+            _ => text,
+        };
+        let tag = tag.strip_prefix('v').unwrap_or(tag);
+        let core = tag.split(['-', '+']).next()?;
+        let parts: Option<Vec<u64>> = core.split('.').map(|p| p.parse().ok()).collect();
+        parts.filter(|p| !p.is_empty()).map(Version)
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s: Vec<String> = self.0.iter().map(u64::to_string).collect();
+        f.write_str(&s.join("."))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pg_fingerprint_parses_and_diffs() {
+        let src = PgFingerprint::parse("public.orgs|3|abc\npublic.packages|10|def\n").unwrap();
+        let odd = PgFingerprint::parse("public.a|b|0|d41d").unwrap();
+        assert_eq!(odd.tables["public.a|b"].rows, 0);
+        assert_eq!(src.rows(), 13);
+        let same = PgFingerprint::parse("public.packages|10|def\npublic.orgs|3|abc").unwrap();
+        assert!(same.diff(&src).is_empty());
+        let other = PgFingerprint::parse("public.orgs|2|abc\npublic.extra|1|x").unwrap();
+        assert_eq!(
+            other.diff(&src),
+            vec![
+                "table public.orgs: 2 rows, expected 3",
+                "public.packages: missing",
+                "public.extra: not in the source"
+            ]
+        );
+        assert_eq!(
+            PgFingerprint::parse("garbage").unwrap_err().line,
+            1,
+            "bad lines are errors, not silently dropped"
+        );
+    }
+
+    #[test]
+    fn redis_keyspace_parses() {
+        let info =
+            "# Keyspace\r\ndb0:keys=12,expires=0,avg_ttl=0\r\ndb5:keys=3,expires=1,avg_ttl=9\r\n";
+        let c = RedisKeyCounts::parse_info_keyspace(info).unwrap();
+        assert_eq!(c.dbs, BTreeMap::from([(0, 12), (5, 3)]));
+        assert_eq!(c.without_db(5).dbs, BTreeMap::from([(0, 12)]));
+        assert_eq!(
+            RedisKeyCounts::default().diff(&c),
+            vec!["0: missing", "5: missing"]
+        );
+        assert!(RedisKeyCounts::parse_info_keyspace("# Keyspace\n")
+            .unwrap()
+            .dbs
+            .is_empty());
+    }
+
+    #[test]
+    fn storage_fingerprint_is_order_independent() {
+        let a = format!(
+            "{}  ./dist/a.zip\n{}  ./artifact/b\n",
+            "a".repeat(64),
+            "b".repeat(64)
+        );
+        let b = format!(
+            "{}  artifact/b\n{}  dist/a.zip\n",
+            "b".repeat(64),
+            "a".repeat(64)
+        );
+        let fa = StorageFingerprint::parse_sha256sum(&a).unwrap();
+        let fb = StorageFingerprint::parse_sha256sum(&b).unwrap();
+        assert_eq!(fa.digest, fb.digest);
+        assert_eq!(fa.files, 2);
+        let c = format!("{}  dist/a.zip\n", "c".repeat(64));
+        let fc = StorageFingerprint::parse_sha256sum(&c).unwrap();
+        assert_eq!(
+            fc.diff(&fa, 10),
+            vec!["artifact/b: missing", "dist/a.zip: content differs"]
+        );
+    }
+
+    #[test]
+    fn versions_compare_numerically() {
+        let v = |s| Version::parse(s).unwrap();
+        assert!(v("1.12.10") > v("1.12.9"));
+        assert!(v("registry.example:5000/packagist/ui:1.12.10") >= v("1.12.10"));
+        assert!(v("v1.13.0-rc1") > v("1.12.10"));
+        assert_eq!(Version::parse("latest"), None);
+        assert_eq!(v("1.12.10").to_string(), "1.12.10");
+    }
+}

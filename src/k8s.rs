@@ -1,0 +1,730 @@
+//! Kubernetes access for the migration: a kube `Client` that reaches the new host's API
+//! server through an SSH tunnel, and the few operations the migration needs, each
+//! waiting by watch (not by polling) and each able to say which kubectl command an
+//! operator would have typed for it.
+//!
+//! The tunnel: a listener on the laptop's 127.0.0.1:<random> whose every accepted
+//! connection is carried to the API server's host:port through [`Transport::forward`].
+//! TLS runs end to end between kube and the API server; the SSH side only sees bytes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{
+    Api, AttachParams, AttachedProcess, DeleteParams, ListParams, Patch, PatchParams, PostParams,
+    WatchEvent, WatchParams,
+};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::command::Cmd;
+use crate::transport::Transport;
+
+/// Why a Kubernetes operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum K8sError {
+    #[error("could not read the kubeconfig {path} on {host}: {reason}")]
+    KubeconfigRead {
+        host: String,
+        path: String,
+        reason: String,
+    },
+    #[error("the kubeconfig {path} is not usable: {reason}")]
+    KubeconfigInvalid { path: String, reason: String },
+    #[error("could not open the tunnel to the Kubernetes API: {0}")]
+    Tunnel(String),
+    #[error("Kubernetes API error while trying to {action}: {source}")]
+    Api {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("timed out after {secs}s waiting until {what}")]
+    Timeout { what: String, secs: u64 },
+    #[error("{kind} {name} not found in namespace {namespace}")]
+    NotFound {
+        kind: &'static str,
+        name: String,
+        namespace: String,
+    },
+    #[error("exec in pod {pod} failed: {reason}")]
+    Exec { pod: String, reason: String },
+    #[error("watch of {what} ended: {reason}")]
+    Watch { what: String, reason: String },
+}
+
+fn api_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> K8sError {
+    let action = action.into();
+    move |source| K8sError::Api { action, source }
+}
+
+/// Where the kubeconfig comes from.
+#[derive(Debug, Clone)]
+pub enum KubeconfigSource {
+    /// A file on the node, read over SSH (with become): `/etc/kubernetes/admin.conf` on
+    /// an embedded-cluster node. The API server is reached through the SSH tunnel.
+    RemoteFile(String),
+    /// A kubeconfig on the laptop (an existing cluster), optionally a context of it.
+    /// The API server is reached directly.
+    Local {
+        path: std::path::PathBuf,
+        context: Option<String>,
+    },
+}
+
+/// The kinds of workload the migration scales.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+}
+
+impl WorkloadKind {
+    /// The resource name kubectl uses (`deployment/ui`).
+    pub fn kubectl_name(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "deployment",
+            WorkloadKind::StatefulSet => "statefulset",
+        }
+    }
+}
+
+/// What a wait on a workload's pods is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodsWanted {
+    /// No pod left (not even terminating ones).
+    Gone,
+    /// Exactly `n` pods, all Running with every container ready, none terminating.
+    Ready(u32),
+}
+
+/// A connected cluster in one namespace. Dropping it closes the tunnel.
+pub struct Cluster {
+    client: Client,
+    namespace: String,
+    tunnel: Option<JoinHandle<()>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(t) = &self.tunnel {
+            t.abort();
+        }
+    }
+}
+
+/// The kubectl command an operator would have typed, for the report and `-v`.
+pub fn kubectl(namespace: &str, args: &[&str]) -> String {
+    let mut c = Cmd::new("kubectl").arg("-n").arg(namespace);
+    for a in args {
+        c = c.arg(*a);
+    }
+    c.display()
+}
+
+impl Cluster {
+    /// Connect using `source`; `namespace` defaults to the kubeconfig's, else `default`.
+    /// `node` is the transport of the host that runs the API server (for `RemoteFile`).
+    pub async fn connect(
+        node: Arc<dyn Transport>,
+        source: &KubeconfigSource,
+        namespace: Option<&str>,
+    ) -> Result<Cluster, K8sError> {
+        let (kubeconfig, path, context) = match source {
+            KubeconfigSource::RemoteFile(path) => {
+                let out = node
+                    .exec(&Cmd::new("cat").arg(path.as_str()), None)
+                    .await
+                    .map_err(|e| K8sError::KubeconfigRead {
+                        host: node.host().to_string(),
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                if !out.success() {
+                    return Err(K8sError::KubeconfigRead {
+                        host: node.host().to_string(),
+                        path: path.clone(),
+                        reason: out.stderr_str().trim().to_string(),
+                    });
+                }
+                let kc = Kubeconfig::from_yaml(&out.stdout_str()).map_err(|e| {
+                    K8sError::KubeconfigInvalid {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                (kc, path.clone(), None)
+            }
+            KubeconfigSource::Local { path, context } => {
+                let kc = Kubeconfig::read_from(path).map_err(|e| K8sError::KubeconfigInvalid {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                (kc, path.display().to_string(), context.clone())
+            }
+        };
+        let options = KubeConfigOptions {
+            context,
+            ..Default::default()
+        };
+        let mut config = Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .map_err(|e| K8sError::KubeconfigInvalid {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut tunnel = None;
+        if let KubeconfigSource::RemoteFile(_) = source {
+            let host = config.cluster_url.host().unwrap_or("127.0.0.1").to_string();
+            let port = config.cluster_url.port_u16().unwrap_or(443);
+            let (local_port, handle) = open_tunnel(node.clone(), host.clone(), port).await?;
+            // Keep verifying the server certificate against its real name.
+            config.tls_server_name = Some(host.trim_matches(['[', ']']).to_string());
+            config.cluster_url = format!("https://127.0.0.1:{local_port}")
+                .parse()
+                .map_err(|e| K8sError::Tunnel(format!("bad local URL: {e}")))?;
+            tunnel = Some(handle);
+        }
+        config.connect_timeout = Some(Duration::from_secs(15));
+        let namespace = namespace
+            .map(str::to_string)
+            .unwrap_or_else(|| config.default_namespace.clone());
+        let client = Client::try_from(config).map_err(api_err("build the client"))?;
+        Ok(Cluster {
+            client,
+            namespace,
+            tunnel,
+        })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Check the API answers and the namespace exists.
+    pub async fn ping(&self) -> Result<(), K8sError> {
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        match api
+            .get_opt(&self.namespace)
+            .await
+            .map_err(api_err("read the namespace"))?
+        {
+            Some(_) => Ok(()),
+            None => Err(K8sError::NotFound {
+                kind: "namespace",
+                name: self.namespace.clone(),
+                namespace: self.namespace.clone(),
+            }),
+        }
+    }
+
+    /// Desired replicas and the label selector of a workload.
+    pub async fn workload(
+        &self,
+        kind: WorkloadKind,
+        name: &str,
+    ) -> Result<(u32, String), K8sError> {
+        let not_found = || K8sError::NotFound {
+            kind: kind.kubectl_name(),
+            name: name.to_string(),
+            namespace: self.namespace.clone(),
+        };
+        let (replicas, labels) = match kind {
+            WorkloadKind::Deployment => {
+                let d = self
+                    .api::<Deployment>()
+                    .get_opt(name)
+                    .await
+                    .map_err(api_err(format!("read deployment {name}")))?
+                    .ok_or_else(not_found)?;
+                let spec = d.spec.unwrap_or_default();
+                (spec.replicas, spec.selector.match_labels)
+            }
+            WorkloadKind::StatefulSet => {
+                let s = self
+                    .api::<StatefulSet>()
+                    .get_opt(name)
+                    .await
+                    .map_err(api_err(format!("read statefulset {name}")))?
+                    .ok_or_else(not_found)?;
+                let spec = s.spec.unwrap_or_default();
+                (spec.replicas, spec.selector.match_labels)
+            }
+        };
+        let selector = labels
+            .unwrap_or_default()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok((replicas.unwrap_or(1).max(0) as u32, selector))
+    }
+
+    /// Set a workload's replicas through the scale subresource.
+    pub async fn scale(
+        &self,
+        kind: WorkloadKind,
+        name: &str,
+        replicas: u32,
+    ) -> Result<(), K8sError> {
+        let patch = serde_json::json!({ "spec": { "replicas": replicas } });
+        let pp = PatchParams::default();
+        let action = format!("scale {} {name} to {replicas}", kind.kubectl_name());
+        match kind {
+            WorkloadKind::Deployment => self
+                .api::<Deployment>()
+                .patch_scale(name, &pp, &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+                .map_err(api_err(action)),
+            WorkloadKind::StatefulSet => self
+                .api::<StatefulSet>()
+                .patch_scale(name, &pp, &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+                .map_err(api_err(action)),
+        }
+    }
+
+    /// The pods matching `selector` right now.
+    pub async fn pods(&self, selector: &str) -> Result<Vec<Pod>, K8sError> {
+        Ok(self
+            .api::<Pod>()
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map_err(api_err(format!("list pods {selector}")))?
+            .items)
+    }
+
+    /// Wait by watch until the pods matching `selector` are as `wanted`.
+    pub async fn wait_pods(
+        &self,
+        selector: &str,
+        wanted: PodsWanted,
+        timeout: Duration,
+    ) -> Result<(), K8sError> {
+        let what = match wanted {
+            PodsWanted::Gone => format!("pods {selector} are gone"),
+            PodsWanted::Ready(n) => format!("{n} pod(s) {selector} are running and ready"),
+        };
+        let api = self.api::<Pod>();
+        let fut = async {
+            loop {
+                let list = api
+                    .list(&ListParams::default().labels(selector))
+                    .await
+                    .map_err(api_err(format!("list pods {selector}")))?;
+                let mut pods: BTreeMap<String, Pod> = list
+                    .items
+                    .into_iter()
+                    .filter_map(|p| p.metadata.name.clone().map(|n| (n, p)))
+                    .collect();
+                if pods_match(pods.values(), wanted) {
+                    return Ok(());
+                }
+                let rv = list.metadata.resource_version.unwrap_or_default();
+                let wp = WatchParams::default().labels(selector).timeout(290);
+                let stream = api
+                    .watch(&wp, &rv)
+                    .await
+                    .map_err(api_err(format!("watch pods {selector}")))?;
+                futures::pin_mut!(stream);
+                use futures::StreamExt;
+                while let Some(ev) = stream.next().await {
+                    match ev.map_err(api_err(format!("watch pods {selector}")))? {
+                        WatchEvent::Added(p) | WatchEvent::Modified(p) => {
+                            if let Some(n) = p.metadata.name.clone() {
+                                pods.insert(n, p);
+                            }
+                        }
+                        WatchEvent::Deleted(p) => {
+                            if let Some(n) = &p.metadata.name {
+                                pods.remove(n);
+                            }
+                        }
+                        WatchEvent::Bookmark(_) => {}
+                        // Expired resourceVersion and similar: list again.
+                        WatchEvent::Error(_) => break,
+                    }
+                    if pods_match(pods.values(), wanted) {
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| K8sError::Timeout {
+                what,
+                secs: timeout.as_secs(),
+            })?
+    }
+
+    /// `spec.volumeName` of a PVC, or `None` when the PVC does not exist (or is unbound).
+    pub async fn pvc(&self, name: &str) -> Result<Option<PersistentVolumeClaim>, K8sError> {
+        self.api::<PersistentVolumeClaim>()
+            .get_opt(name)
+            .await
+            .map_err(api_err(format!("read pvc {name}")))
+    }
+
+    /// A PV (cluster-scoped).
+    pub async fn pv(&self, name: &str) -> Result<Option<PersistentVolume>, K8sError> {
+        Api::<PersistentVolume>::all(self.client.clone())
+            .get_opt(name)
+            .await
+            .map_err(api_err(format!("read pv {name}")))
+    }
+
+    /// Delete a PVC and wait until both it and its bound PV are gone.
+    pub async fn delete_pvc_and_wait(&self, name: &str, timeout: Duration) -> Result<(), K8sError> {
+        let pv_name = self
+            .pvc(name)
+            .await?
+            .and_then(|p| p.spec.and_then(|s| s.volume_name));
+        match self
+            .api::<PersistentVolumeClaim>()
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(api_err(format!("delete pvc {name}"))(e)),
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.wait_gone::<PersistentVolumeClaim>(self.api(), name, deadline)
+            .await?;
+        if let Some(pv) = pv_name {
+            let api = Api::<PersistentVolume>::all(self.client.clone());
+            self.wait_gone(api, &pv, deadline).await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_gone<K>(
+        &self,
+        api: Api<K>,
+        name: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), K8sError>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        let what = format!("{name} is deleted");
+        let fut = async {
+            loop {
+                let list = api
+                    .list(&ListParams::default().fields(&format!("metadata.name={name}")))
+                    .await
+                    .map_err(api_err(format!("list {name}")))?;
+                if list.items.is_empty() {
+                    return Ok(());
+                }
+                let rv = list.metadata.resource_version.unwrap_or_default();
+                let wp = WatchParams::default()
+                    .fields(&format!("metadata.name={name}"))
+                    .timeout(290);
+                let stream = api
+                    .watch(&wp, &rv)
+                    .await
+                    .map_err(api_err(format!("watch {name}")))?;
+                futures::pin_mut!(stream);
+                use futures::StreamExt;
+                while let Some(ev) = stream.next().await {
+                    match ev.map_err(api_err(format!("watch {name}")))? {
+                        WatchEvent::Deleted(_) => return Ok(()),
+                        WatchEvent::Error(_) => break,
+                        _ => {}
+                    }
+                }
+            }
+        };
+        tokio::time::timeout_at(deadline, fut)
+            .await
+            .map_err(|_| K8sError::Timeout { what, secs: 0 })?
+    }
+
+    /// Start `argv` in `pod`/`container` with stdin, stdout and stderr attached, with
+    /// buffers sized for bulk data (kube's default of 1 KiB crawls).
+    pub async fn exec(
+        &self,
+        pod: &str,
+        container: Option<&str>,
+        argv: &[String],
+        stdin: bool,
+    ) -> Result<AttachedProcess, K8sError> {
+        const BUF: usize = 1 << 20;
+        let mut ap = AttachParams::default()
+            .stdin(stdin)
+            .stdout(true)
+            .stderr(true)
+            .max_stdin_buf_size(BUF)
+            .max_stdout_buf_size(BUF)
+            .max_stderr_buf_size(BUF);
+        if let Some(c) = container {
+            ap = ap.container(c);
+        }
+        self.api::<Pod>()
+            .exec(pod, argv.to_vec(), &ap)
+            .await
+            .map_err(api_err(format!("exec in pod {pod}")))
+    }
+
+    /// Run `argv` in a pod without stdin and collect stdout; fails on a non-zero exit.
+    pub async fn exec_output(
+        &self,
+        pod: &str,
+        container: Option<&str>,
+        argv: &[String],
+    ) -> Result<Vec<u8>, K8sError> {
+        let mut proc = self.exec(pod, container, argv, false).await?;
+        let (out, err) = drain(&mut proc).await;
+        finish(pod, proc, &err).await?;
+        Ok(out)
+    }
+
+    /// A ConfigMap's data, or `None`.
+    pub async fn configmap(
+        &self,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, K8sError> {
+        Ok(self
+            .api::<ConfigMap>()
+            .get_opt(name)
+            .await
+            .map_err(api_err(format!("read configmap {name}")))?
+            .map(|c| c.data.unwrap_or_default()))
+    }
+
+    /// Create or replace a ConfigMap's data.
+    pub async fn put_configmap(
+        &self,
+        name: &str,
+        data: BTreeMap<String, String>,
+    ) -> Result<(), K8sError> {
+        let api = self.api::<ConfigMap>();
+        let cm = ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_string()),
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "ferry".to_string(),
+                )])),
+                ..Default::default()
+            },
+            data: Some(data.clone()),
+            ..Default::default()
+        };
+        match api.create(&PostParams::default(), &cm).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => api
+                .patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({ "data": data })),
+                )
+                .await
+                .map(|_| ())
+                .map_err(api_err(format!("update configmap {name}"))),
+            Err(e) => Err(api_err(format!("create configmap {name}"))(e)),
+        }
+    }
+}
+
+/// Read stdout and stderr of an attached process to the end, concurrently (reading
+/// one while the other fills up would stall both).
+pub async fn drain(proc: &mut AttachedProcess) -> (Vec<u8>, Vec<u8>) {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let so = proc.stdout();
+    let se = proc.stderr();
+    let read_out = async {
+        if let Some(mut r) = so {
+            let _ = r.read_to_end(&mut out).await;
+        }
+    };
+    let read_err = async {
+        if let Some(mut r) = se {
+            let _ = r.read_to_end(&mut err).await;
+        }
+    };
+    tokio::join!(read_out, read_err);
+    (out, err)
+}
+
+/// Wait for an attached process's status; a non-zero exit becomes an error with stderr.
+pub async fn finish(pod: &str, mut proc: AttachedProcess, stderr: &[u8]) -> Result<(), K8sError> {
+    let status = match proc.take_status() {
+        Some(s) => s.await,
+        None => None,
+    };
+    let _ = proc.join().await;
+    match status {
+        Some(s) if s.status.as_deref() == Some("Success") => Ok(()),
+        Some(s) => Err(K8sError::Exec {
+            pod: pod.to_string(),
+            reason: format!(
+                "{} {}",
+                s.message.unwrap_or_default(),
+                String::from_utf8_lossy(stderr).trim()
+            ),
+        }),
+        None => Err(K8sError::Exec {
+            pod: pod.to_string(),
+            reason: "the connection closed without an exit status".to_string(),
+        }),
+    }
+}
+
+/// Copy all of `reader` into the process's stdin, then close it (EOF).
+pub async fn feed_stdin<R: tokio::io::AsyncRead + Unpin>(
+    proc: &mut AttachedProcess,
+    reader: &mut R,
+) -> std::io::Result<u64> {
+    let Some(mut w) = proc.stdin() else {
+        return Ok(0);
+    };
+    let n = tokio::io::copy(reader, &mut w).await?;
+    w.shutdown().await?;
+    Ok(n)
+}
+
+fn pods_match<'a>(pods: impl Iterator<Item = &'a Pod>, wanted: PodsWanted) -> bool {
+    let pods: Vec<&Pod> = pods.collect();
+    match wanted {
+        PodsWanted::Gone => pods.is_empty(),
+        PodsWanted::Ready(n) => pods.len() == n as usize && pods.iter().all(|p| pod_ready(p)),
+    }
+}
+
+/// Running, not terminating, and every container ready.
+pub fn pod_ready(p: &Pod) -> bool {
+    if p.metadata.deletion_timestamp.is_some() {
+        return false;
+    }
+    let Some(status) = &p.status else {
+        return false;
+    };
+    if status.phase.as_deref() != Some("Running") {
+        return false;
+    }
+    match &status.container_statuses {
+        Some(cs) if !cs.is_empty() => cs.iter().all(|c| c.ready),
+        _ => false,
+    }
+}
+
+/// Start the local end of the API tunnel: returns the local port.
+async fn open_tunnel(
+    node: Arc<dyn Transport>,
+    host: String,
+    port: u16,
+) -> Result<(u16, JoinHandle<()>), K8sError> {
+    // Fail early (and clearly) if the node cannot reach its API server at all.
+    let (probe, method) = node
+        .forward(&host, port)
+        .await
+        .map_err(|e| K8sError::Tunnel(e.to_string()))?;
+    drop(probe);
+    tracing::info!(host = node.host(), api = %format!("{host}:{port}"), ?method, "Kubernetes API tunnel");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| K8sError::Tunnel(e.to_string()))?;
+    let local_port = listener
+        .local_addr()
+        .map_err(|e| K8sError::Tunnel(e.to_string()))?
+        .port();
+    let handle = tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            let node = node.clone();
+            let host = host.clone();
+            tokio::spawn(async move {
+                match node.forward(&host, port).await {
+                    Ok((mut remote, _)) => {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut remote).await;
+                    }
+                    Err(e) => tracing::warn!("Kubernetes API tunnel connection failed: {e}"),
+                }
+            });
+        }
+    });
+    Ok((local_port, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{ContainerStatus, PodStatus};
+
+    fn pod(phase: &str, ready: &[bool], terminating: bool) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = Some("p".into());
+        if terminating {
+            p.metadata.deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ));
+        }
+        p.status = Some(PodStatus {
+            phase: Some(phase.into()),
+            container_statuses: Some(
+                ready
+                    .iter()
+                    .map(|r| ContainerStatus {
+                        ready: *r,
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        });
+        p
+    }
+
+    #[test]
+    fn ready_needs_running_all_containers_and_not_terminating() {
+        assert!(pod_ready(&pod("Running", &[true, true], false)));
+        assert!(!pod_ready(&pod("Running", &[true, false], false)));
+        assert!(!pod_ready(&pod("Pending", &[true], false)));
+        assert!(!pod_ready(&pod("Running", &[true], true)));
+    }
+
+    #[test]
+    fn pods_match_counts() {
+        let a = pod("Running", &[true], false);
+        assert!(pods_match([&a].into_iter(), PodsWanted::Ready(1)));
+        assert!(!pods_match([&a].into_iter(), PodsWanted::Ready(2)));
+        assert!(!pods_match([&a].into_iter(), PodsWanted::Gone));
+        assert!(pods_match(std::iter::empty(), PodsWanted::Gone));
+    }
+
+    #[test]
+    fn kubectl_text_is_quoted() {
+        assert_eq!(
+            kubectl("default", &["scale", "deployment/ui", "--replicas=0"]),
+            "kubectl -n default scale deployment/ui --replicas=0"
+        );
+    }
+}
