@@ -15,4 +15,5 @@ pub mod modules;
 pub mod playbook;
 pub mod report;
 pub mod secrets;
+pub mod stream;
 pub mod transport;

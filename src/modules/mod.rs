@@ -24,6 +24,7 @@ use crate::transport::{ExecOutput, Transport, TransportError};
 
 pub mod command;
 pub mod redis_layout;
+pub mod shared;
 
 /// Why a module step failed.
 #[derive(Debug, thiserror::Error)]
@@ -89,8 +90,7 @@ pub trait Module: Send + Sync + 'static {
 
     /// Pure: the changes needed to reach the desired state; empty means ok. An error here
     /// means a check failed (e.g. a preflight condition) and fails the task.
-    fn decide(&self, facts: &Self::Facts, ctx: &TaskCtx)
-        -> Result<Vec<Self::Change>, ModuleError>;
+    fn decide(&self, facts: &Self::Facts, ctx: &TaskCtx) -> Result<Vec<Self::Change>, ModuleError>;
 
     /// Make exactly `changes` (never called in check mode, never with an empty list).
     async fn apply(
@@ -217,6 +217,34 @@ pub struct TaskCtx {
     pub vars: Arc<Vars>,
     pub renderer: Arc<Renderer>,
     pub confirmer: Arc<dyn Confirm>,
+    /// Stores named by `--overwrite`: steps that would otherwise refuse to touch a
+    /// completed migration's target may overwrite these.
+    pub overwrite: Vec<String>,
+    /// Things a host's tasks share across the run (e.g. the Kubernetes connection).
+    pub cache: Arc<HostCache>,
+}
+
+/// Per-host values shared by the tasks of one run, each built once on first use.
+#[derive(Default)]
+pub struct HostCache {
+    cells: std::sync::Mutex<std::collections::HashMap<String, Arc<dyn Any + Send + Sync>>>,
+}
+
+impl HostCache {
+    /// The cell for `key`; the first caller initialises it (`get_or_try_init`).
+    pub fn cell<T: Send + Sync + 'static>(&self, key: &str) -> Arc<tokio::sync::OnceCell<Arc<T>>> {
+        let Ok(mut cells) = self.cells.lock() else {
+            // A panic while holding the lock: hand out a fresh, unshared cell.
+            return Arc::new(tokio::sync::OnceCell::new());
+        };
+        let entry = cells
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::OnceCell::<Arc<T>>::new()));
+        match entry.clone().downcast::<tokio::sync::OnceCell<Arc<T>>>() {
+            Ok(cell) => cell,
+            Err(_) => Arc::new(tokio::sync::OnceCell::new()),
+        }
+    }
 }
 
 impl std::fmt::Debug for TaskCtx {
@@ -292,7 +320,9 @@ impl TaskCtx {
 
     /// Record an artifact this task produced on this host.
     pub fn record_artifact(&self, artifact: Artifact) -> Result<(), ModuleError> {
-        Ok(self.journal.record_artifact(&self.host, &self.task, artifact)?)
+        Ok(self
+            .journal
+            .record_artifact(&self.host, &self.task, artifact)?)
     }
 
     /// Record a fingerprint (row counts, key counts, file hashes...) of this task.

@@ -1,0 +1,294 @@
+//! Helpers shared by the migration's steps (not a step itself): Docker facts, artifacts
+//! on disk, the Kubernetes connection and the "migration completed" marker.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::command::Cmd;
+use crate::journal::Artifact;
+use crate::k8s::{Cluster, KubeconfigSource};
+use crate::modules::{ModuleError, TaskCtx};
+use crate::playbook::template::Template;
+use crate::transport::{ExecStream, Transport};
+
+/// Name of the ConfigMap that records, on the new cluster itself, that the migration
+/// completed (so a re-run from any laptop never overwrites a live system).
+pub const MARKER_CONFIGMAP: &str = "ferry-packagist-migration";
+
+/// Default kubeconfig on an embedded-cluster node.
+pub const DEFAULT_KUBECONFIG: &str = "/etc/kubernetes/admin.conf";
+
+// ---------------------------------------------------------------------------------------
+// Docker
+
+/// The part of `docker inspect` the migration reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerState {
+    pub name: String,
+    pub running: bool,
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `docker inspect` of `names`; containers that do not exist are absent from the map.
+/// Never a TTY; one round trip for all names.
+pub async fn docker_inspect(
+    ctx: &TaskCtx,
+    names: &[String],
+) -> Result<BTreeMap<String, ContainerState>, ModuleError> {
+    if names.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let docker = docker_bin(ctx);
+    let cmd = Cmd::new(docker).arg("inspect").args(names.iter().cloned());
+    // Exit 1 with "No such object" for missing ones, but the JSON for the others.
+    let out = ctx.exec(&cmd).await?;
+    let text = out.stdout_str();
+    if !out.success() && !out.stderr_str().contains("No such") {
+        return Err(ModuleError::CommandFailed {
+            cmd: cmd.display(),
+            status: format!("{:?}", out.status),
+            stderr: out.stderr_str().trim().to_string(),
+        });
+    }
+    parse_docker_inspect(&text)
+}
+
+/// Parse `docker inspect` JSON (an array of containers).
+pub fn parse_docker_inspect(text: &str) -> Result<BTreeMap<String, ContainerState>, ModuleError> {
+    if text.trim().is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let v: Vec<Value> = serde_json::from_str(text)
+        .map_err(|e| ModuleError::Failed(format!("cannot read docker inspect output: {e}")))?;
+    let mut map = BTreeMap::new();
+    for c in v {
+        let name = c["Name"]
+            .as_str()
+            .unwrap_or("")
+            .trim_start_matches('/')
+            .to_string();
+        let labels = c["Config"]["Labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        map.insert(
+            name.clone(),
+            ContainerState {
+                name,
+                running: c["State"]["Running"].as_bool().unwrap_or(false),
+                image: c["Config"]["Image"].as_str().unwrap_or("").to_string(),
+                labels,
+            },
+        );
+    }
+    Ok(map)
+}
+
+/// The docker client to call on the host (var `docker`, default `docker`).
+pub fn docker_bin(ctx: &TaskCtx) -> String {
+    ctx.var("docker_bin")
+        .and_then(Value::as_str)
+        .unwrap_or("docker")
+        .to_string()
+}
+
+// ---------------------------------------------------------------------------------------
+// Files and artifacts
+
+/// Size and SHA-256 of a file on a host, or `None` if it does not exist.
+pub async fn remote_file_sha256(
+    transport: &dyn Transport,
+    path: &str,
+) -> Result<Option<(u64, String)>, ModuleError> {
+    // One round trip: size, then hash; nothing printed when the file is absent.
+    let cmd = Cmd::new("test")
+        .arg("-f")
+        .arg(path)
+        .and(Cmd::new("stat").arg("-c").arg("%s").arg(path))
+        .and(Cmd::new("sha256sum").arg(path));
+    let out = transport.exec(&cmd, None).await?;
+    if !out.success() {
+        return Ok(None);
+    }
+    let text = out.stdout_str();
+    let mut lines = text.lines();
+    let size = lines.next().and_then(|s| s.trim().parse().ok());
+    let sha = lines
+        .next()
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_string);
+    match (size, sha) {
+        (Some(size), Some(sha)) => Ok(Some((size, sha))),
+        _ => Err(ModuleError::Failed(format!(
+            "cannot read size and sha256 of {path}: {text:?}"
+        ))),
+    }
+}
+
+/// The newest record of the artifact called `name` (produced by an earlier task).
+pub fn find_artifact(ctx: &TaskCtx, name: &str) -> Result<Artifact, ModuleError> {
+    ctx.journal.artifacts_named(name).pop().ok_or_else(|| {
+        ModuleError::Failed(format!(
+            "artifact `{name}` has not been produced yet: the task that makes it \
+             (on the old host) must run first"
+        ))
+    })
+}
+
+/// Read an artifact from the host that holds it, from byte `offset` on.
+pub async fn open_artifact(
+    ctx: &TaskCtx,
+    artifact: &Artifact,
+    offset: u64,
+) -> Result<(Arc<dyn Transport>, ExecStream), ModuleError> {
+    let source = ctx.peer(&artifact.host).await?;
+    let cmd = if offset == 0 {
+        Cmd::new("cat").arg(artifact.path.as_str())
+    } else {
+        Cmd::new("tail")
+            .arg("-c")
+            .arg(format!("+{}", offset + 1))
+            .arg(artifact.path.as_str())
+    };
+    let stream = source.exec_stream(&cmd).await?;
+    Ok((source, stream))
+}
+
+/// Check that the artifact on its host is still the one the journal recorded.
+pub async fn verify_artifact(ctx: &TaskCtx, artifact: &Artifact) -> Result<(), ModuleError> {
+    let source = ctx.peer(&artifact.host).await?;
+    match remote_file_sha256(&*source, &artifact.path).await? {
+        Some((size, sha)) if size == artifact.size && sha == artifact.sha256 => Ok(()),
+        Some((size, sha)) => Err(ModuleError::Failed(format!(
+            "artifact {} on {} changed since it was made (size {size}, sha256 {sha}; \
+             recorded {} and {}); re-run the backup tasks",
+            artifact.path, artifact.host, artifact.size, artifact.sha256
+        ))),
+        None => Err(ModuleError::Failed(format!(
+            "artifact {} is missing on {}; re-run the backup tasks",
+            artifact.path, artifact.host
+        ))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Kubernetes
+
+/// Where a Kubernetes step finds its cluster; every field falls back to a host var
+/// (`k8s_namespace`, `kubeconfig`, `kubeconfig_local`, `kube_context`), then to the
+/// embedded-cluster defaults (`default`, `/etc/kubernetes/admin.conf`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K8sTarget {
+    pub namespace: Option<Template>,
+    /// kubeconfig on the node, read over SSH.
+    pub kubeconfig: Option<Template>,
+}
+
+fn var_str(ctx: &TaskCtx, name: &str) -> Option<String> {
+    ctx.var(name).and_then(Value::as_str).map(str::to_string)
+}
+
+impl K8sTarget {
+    pub fn namespace(&self, ctx: &TaskCtx) -> Result<String, ModuleError> {
+        Ok(match &self.namespace {
+            Some(t) => ctx.render(t)?,
+            None => var_str(ctx, "k8s_namespace").unwrap_or_else(|| "default".into()),
+        })
+    }
+
+    fn source(&self, ctx: &TaskCtx) -> Result<KubeconfigSource, ModuleError> {
+        if let Some(t) = &self.kubeconfig {
+            return Ok(KubeconfigSource::RemoteFile(ctx.render(t)?));
+        }
+        if let Some(local) = var_str(ctx, "kubeconfig_local") {
+            return Ok(KubeconfigSource::Local {
+                path: local.into(),
+                context: var_str(ctx, "kube_context"),
+            });
+        }
+        Ok(KubeconfigSource::RemoteFile(
+            var_str(ctx, "kubeconfig").unwrap_or_else(|| DEFAULT_KUBECONFIG.into()),
+        ))
+    }
+
+    /// The cluster, connected once per host and namespace and shared by later tasks.
+    pub async fn cluster(&self, ctx: &TaskCtx) -> Result<Arc<Cluster>, ModuleError> {
+        let namespace = self.namespace(ctx)?;
+        let source = self.source(ctx)?;
+        let key = format!("k8s:{namespace}:{source:?}");
+        let transport = ctx.transport.clone();
+        let cell = ctx.cache.cell::<Cluster>(&key);
+        let cluster = cell
+            .get_or_try_init(|| async move {
+                Cluster::connect(transport, &source, Some(&namespace))
+                    .await
+                    .map(Arc::new)
+            })
+            .await
+            .map_err(|e| ModuleError::Failed(e.to_string()))?;
+        Ok(cluster.clone())
+    }
+}
+
+impl From<crate::k8s::K8sError> for ModuleError {
+    fn from(e: crate::k8s::K8sError) -> Self {
+        ModuleError::Failed(e.to_string())
+    }
+}
+
+/// The "migration completed" marker, if the cluster has one.
+pub async fn completed_marker(
+    cluster: &Cluster,
+) -> Result<Option<BTreeMap<String, String>>, ModuleError> {
+    Ok(cluster.configmap(MARKER_CONFIGMAP).await?)
+}
+
+/// Refuse to touch the new side once the migration completed there, unless the
+/// operator named this store in `--overwrite`. Returns `Some(reason)` when the step must
+/// leave the target alone.
+pub fn completed_guard(
+    ctx: &TaskCtx,
+    marker: &Option<BTreeMap<String, String>>,
+    store: &str,
+) -> Option<String> {
+    let m = marker.as_ref()?;
+    if ctx.overwrite.iter().any(|o| o == store || o == "all") {
+        return None;
+    }
+    Some(format!(
+        "the migration already completed on this cluster at {} (ConfigMap {MARKER_CONFIGMAP}); \
+         the new system may be live, so {store} is left alone. To overwrite it anyway, \
+         pass --overwrite {store}",
+        m.get("completed_at")
+            .map(String::as_str)
+            .unwrap_or("an unknown time")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_inspect_parses_running_image_and_labels() {
+        let json = r#"[{"Name":"/packagist-ui","State":{"Running":true},
+            "Config":{"Image":"packagist/ui:1.12.10","Labels":{"com.packagist.version":"1.12.10"}}},
+            {"Name":"/packagist-web","State":{"Running":false},"Config":{"Image":"busybox","Labels":null}}]"#;
+        let m = parse_docker_inspect(json).unwrap();
+        assert!(m["packagist-ui"].running);
+        assert_eq!(m["packagist-ui"].image, "packagist/ui:1.12.10");
+        assert_eq!(m["packagist-ui"].labels["com.packagist.version"], "1.12.10");
+        assert!(!m["packagist-web"].running);
+        assert!(parse_docker_inspect("").unwrap().is_empty());
+        assert!(parse_docker_inspect("not json").is_err());
+    }
+}
