@@ -78,6 +78,21 @@ impl Cmd {
         self
     }
 
+    /// Append a whole command as ONE quoted argument, e.g. the script of `bash -c`.
+    /// Displayed with the inner command's masking intact.
+    pub fn arg_cmd(mut self, inner: &Cmd) -> Self {
+        self.parts.push(Part::Script {
+            text: quote(&inner.to_shell()),
+            display: quote(&inner.display()),
+        });
+        self
+    }
+
+    /// `self ; next`
+    pub fn then(self, next: Cmd) -> Self {
+        self.then_with(";", next)
+    }
+
     /// `self | next`
     pub fn pipe(self, next: Cmd) -> Self {
         self.then_with("|", next)
@@ -148,6 +163,14 @@ pub fn quote_strict(word: &str) -> String {
     }
 }
 
+/// Serialized (facts, plans, journal) as its masked display: a secret can never leak
+/// through a serialized command.
+impl serde::Serialize for Cmd {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.display())
+    }
+}
+
 impl fmt::Debug for Cmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Cmd({})", self.display())
@@ -202,6 +225,19 @@ mod tests {
         assert_eq!(quote(""), "''");
         assert_eq!(quote("a b"), "'a b'");
         assert_eq!(quote("$(x)"), "'$(x)'");
+    }
+
+    #[test]
+    fn nested_commands_keep_masking_and_quote_once_more() {
+        let inner = Cmd::new("echo").secret("s3cr'et").pipe(Cmd::new("cat"));
+        let outer = Cmd::new("bash").arg("-c").arg_cmd(&inner);
+        assert!(!outer.display().contains("s3cr"), "{}", outer.display());
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(outer.to_shell())
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "s3cr'et\n");
     }
 
     #[test]

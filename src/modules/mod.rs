@@ -23,6 +23,8 @@ use crate::secrets::Secrets;
 use crate::transport::{ExecOutput, Transport, TransportError};
 
 pub mod command;
+pub mod docker_container;
+pub mod pg_dump;
 pub mod redis_layout;
 pub mod shared;
 
@@ -416,4 +418,6 @@ macro_rules! modules {
 
 modules! {
     command => command::Command,
+    docker_container => docker_container::DockerContainer,
+    pg_dump => pg_dump::PgDump,
 }

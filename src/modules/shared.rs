@@ -292,3 +292,131 @@ mod tests {
         assert!(parse_docker_inspect("not json").is_err());
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Producing artifacts on a host
+
+/// A file's size and modification time, the cheap "is it still the same file" check a
+/// re-run uses instead of hashing gigabytes again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStamp {
+    pub size: u64,
+    /// Modification time as `stat -c %Y.%y`-independent nanoseconds text (`%.Y` is not
+    /// portable): seconds since the epoch with fraction, as `stat -c %.9Y` prints it.
+    pub mtime: String,
+}
+
+/// The stamp of `path` on this task's host, or `None` if it is not a regular file.
+pub async fn file_stamp(ctx: &TaskCtx, path: &str) -> Result<Option<FileStamp>, ModuleError> {
+    let cmd = Cmd::new("test")
+        .arg("-f")
+        .arg(path)
+        .and(Cmd::new("stat").arg("-c").arg("%s %.9Y").arg(path));
+    let out = ctx.exec(&cmd).await?;
+    if !out.success() {
+        return Ok(None);
+    }
+    let text = out.stdout_str();
+    let mut parts = text.split_whitespace();
+    match (parts.next().and_then(|s| s.parse().ok()), parts.next()) {
+        (Some(size), Some(mtime)) => Ok(Some(FileStamp {
+            size,
+            mtime: mtime.to_string(),
+        })),
+        _ => Err(ModuleError::Failed(format!(
+            "cannot read size and time of {path}: {text:?}"
+        ))),
+    }
+}
+
+/// Run `producer` on this task's host and write its stdout to `path` in one pass:
+/// through `path.part` (mode 0600), hashing on the way, renamed into place only when
+/// the producer succeeded. Returns the artifact (recorded in the journal under `name`)
+/// and its stamp.
+pub async fn write_artifact(
+    ctx: &TaskCtx,
+    name: &str,
+    producer: Cmd,
+    path: &str,
+) -> Result<(Artifact, FileStamp), ModuleError> {
+    let part = format!("{path}.part");
+    let dir = std::path::Path::new(path)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| ".".into());
+    // bash for pipefail: a producer that fails half-way must not leave an artifact.
+    let script = Cmd::new("umask")
+        .arg("077")
+        .and(Cmd::new("mkdir").arg("-p").arg(dir.as_str()))
+        .and(
+            producer
+                .pipe(Cmd::new("tee").arg(part.as_str()))
+                .pipe(Cmd::new("sha256sum")),
+        )
+        .and(Cmd::new("mv").arg("-f").arg(part.as_str()).arg(path))
+        .and(Cmd::new("stat").arg("-c").arg("%s %.9Y").arg(path));
+    let script = Cmd::new("set").arg("-o").arg("pipefail").then(script);
+    let cmd = Cmd::new("bash").arg("-c").arg_cmd(&script);
+    let out = ctx.exec(&cmd).await?;
+    if !out.success() {
+        // Leave nothing half-written behind under the final name (it never was), and
+        // remove the partial file so a re-run starts clean.
+        let _ = ctx.exec(&Cmd::new("rm").arg("-f").arg(part.as_str())).await;
+        return Err(ModuleError::CommandFailed {
+            cmd: ctx.secrets.mask(&cmd.display()),
+            status: format!("{:?}", out.status),
+            stderr: ctx.secrets.mask(out.stderr_str().trim()),
+        });
+    }
+    let text = out.stdout_str();
+    let mut lines = text.lines();
+    let sha = lines
+        .next()
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or("")
+        .to_string();
+    let mut stamp = lines.next().unwrap_or("").split_whitespace();
+    let (Some(size), Some(mtime)) = (stamp.next().and_then(|s| s.parse().ok()), stamp.next())
+    else {
+        return Err(ModuleError::Failed(format!(
+            "unexpected output writing {path}: {text:?}"
+        )));
+    };
+    if sha.len() != 64 {
+        return Err(ModuleError::Failed(format!(
+            "bad sha256 for {path}: {sha:?}"
+        )));
+    }
+    let artifact = Artifact {
+        name: name.to_string(),
+        host: ctx.host.clone(),
+        path: path.to_string(),
+        sha256: sha,
+        size,
+    };
+    let stamp = FileStamp {
+        size,
+        mtime: mtime.to_string(),
+    };
+    ctx.record_artifact(artifact.clone())?;
+    ctx.record_fingerprint(
+        &format!("{name}_stamp"),
+        serde_json::to_value(&stamp).unwrap_or(Value::Null),
+    )?;
+    Ok((artifact, stamp))
+}
+
+/// The artifact `name` this task recorded earlier, if the file on the host still has
+/// the recorded stamp (same size and modification time): then its recorded sha256 holds.
+pub fn recorded_artifact(
+    ctx: &TaskCtx,
+    name: &str,
+    current: &Option<FileStamp>,
+) -> Option<Artifact> {
+    let rec = ctx.record(&ctx.host, &ctx.task)?;
+    let artifact = rec.artifacts.get(name)?.clone();
+    let stamp: FileStamp =
+        serde_json::from_value(rec.fingerprints.get(&format!("{name}_stamp"))?.clone()).ok()?;
+    (current.as_ref() == Some(&stamp)).then_some(artifact)
+}

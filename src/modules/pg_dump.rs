@@ -1,0 +1,296 @@
+//! `pg_dump`: dump a PostgreSQL database running in a Docker container to a file on the
+//! host (the artifact), and record the database's fingerprint.
+//!
+//! ```toml
+//! [task.pg_dump]
+//! container = "packagist-postgres"
+//! database = "packagist_db"
+//! user = "postgres"
+//! dest = "{{ backup_dir_old }}/packagist_db.sql"
+//! artifact = "packagist_db"         # the name later steps use to find it
+//! ```
+//!
+//! Decides from real state plus the journal: the dump is current when the file still has
+//! the size and time recorded when it was written and, if the database is running, its
+//! fingerprint still equals the one recorded then. Otherwise it dumps again (starting
+//! the container first if it was stopped).
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::command::Cmd;
+use crate::fingerprint::{PgFingerprint, PG_FINGERPRINT_SQL};
+use crate::modules::shared::{
+    docker_bin, docker_inspect, file_stamp, recorded_artifact, write_artifact, FileStamp,
+};
+use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::playbook::template::Template;
+
+fn default_artifact() -> String {
+    "packagist_db".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgDump {
+    pub container: Template,
+    pub database: Template,
+    #[serde(default)]
+    pub user: Option<Template>,
+    pub dest: Template,
+    #[serde(default = "default_artifact")]
+    pub artifact: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PgDumpFacts {
+    pub container: String,
+    pub database: String,
+    pub user: String,
+    pub dest: String,
+    pub docker: String,
+    pub exists: bool,
+    pub running: bool,
+    pub stamp: Option<FileStamp>,
+    /// The artifact recorded by an earlier run, if the file still matches it.
+    pub recorded_sha256: Option<String>,
+    pub recorded_fingerprint: Option<PgFingerprint>,
+    pub current_fingerprint: Option<PgFingerprint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum PgDumpChange {
+    StartContainer(Cmd),
+    Dump(Cmd),
+}
+
+impl Change for PgDumpChange {
+    fn describe(&self) -> String {
+        match self {
+            PgDumpChange::StartContainer(_) => "start the database container to dump it".into(),
+            PgDumpChange::Dump(_) => "dump the database".into(),
+        }
+    }
+    fn commands(&self) -> Vec<String> {
+        match self {
+            PgDumpChange::StartContainer(c) | PgDumpChange::Dump(c) => vec![c.display()],
+        }
+    }
+}
+
+impl PgDumpFacts {
+    fn exec(&self, argv: &[&str]) -> Cmd {
+        Cmd::new(self.docker.as_str())
+            .arg("exec")
+            .arg(self.container.as_str())
+            .args(argv.iter().copied())
+    }
+
+    fn dump_cmd(&self) -> Cmd {
+        // --clean --if-exists as the vendor documents: the restore overwrites.
+        self.exec(&["pg_dump", "--clean", "--if-exists", "-U"])
+            .arg(self.user.as_str())
+            .arg("-d")
+            .arg(self.database.as_str())
+    }
+
+    fn fingerprint_cmd(&self) -> Cmd {
+        Cmd::new(self.docker.as_str())
+            .arg("exec")
+            .arg("-i")
+            .arg(self.container.as_str())
+            .args(["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-U"])
+            .arg(self.user.as_str())
+            .arg("-d")
+            .arg(self.database.as_str())
+            .arg("-f")
+            .arg("-")
+    }
+}
+
+/// Fingerprint of a database in a container.
+async fn fingerprint(ctx: &TaskCtx, f: &PgDumpFacts) -> Result<PgFingerprint, ModuleError> {
+    let out = ctx
+        .exec_ok_with_input(&f.fingerprint_cmd(), PG_FINGERPRINT_SQL.as_bytes())
+        .await?;
+    PgFingerprint::parse(&out.stdout_str()).map_err(|e| ModuleError::Failed(e.to_string()))
+}
+
+/// Wait (bounded) until PostgreSQL in the container accepts connections.
+async fn wait_ready(ctx: &TaskCtx, f: &PgDumpFacts) -> Result<(), ModuleError> {
+    let probe = f.exec(&["pg_isready", "-q", "-U"]).arg(f.user.as_str());
+    for _ in 0..120 {
+        if ctx.exec(&probe).await?.success() {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    Err(ModuleError::Failed(format!(
+        "PostgreSQL in {} did not accept connections within 60s",
+        f.container
+    )))
+}
+
+#[async_trait]
+impl Module for PgDump {
+    type Facts = PgDumpFacts;
+    type Change = PgDumpChange;
+
+    async fn facts(&self, ctx: &TaskCtx) -> Result<PgDumpFacts, ModuleError> {
+        let container = ctx.render(&self.container)?;
+        let states = docker_inspect(ctx, std::slice::from_ref(&container)).await?;
+        let dest = ctx.render(&self.dest)?;
+        let stamp = file_stamp(ctx, &dest).await?;
+        let recorded = recorded_artifact(ctx, &self.artifact, &stamp);
+        let recorded_fingerprint = ctx
+            .record(&ctx.host, &ctx.task)
+            .and_then(|r| r.fingerprints.get("pg").cloned())
+            .and_then(|v| serde_json::from_value(v).ok());
+        let mut facts = PgDumpFacts {
+            exists: states.contains_key(&container),
+            running: states.get(&container).is_some_and(|c| c.running),
+            container,
+            database: ctx.render(&self.database)?,
+            user: match &self.user {
+                Some(u) => ctx.render(u)?,
+                None => "postgres".into(),
+            },
+            dest,
+            docker: docker_bin(ctx),
+            stamp,
+            recorded_sha256: recorded.map(|a| a.sha256),
+            recorded_fingerprint,
+            current_fingerprint: None,
+        };
+        // Only worth the query when there is a recorded dump to compare with.
+        if facts.running && facts.recorded_sha256.is_some() {
+            facts.current_fingerprint = Some(fingerprint(ctx, &facts).await?);
+        }
+        Ok(facts)
+    }
+
+    fn decide(&self, f: &PgDumpFacts, _: &TaskCtx) -> Result<Vec<PgDumpChange>, ModuleError> {
+        decide(f)
+    }
+
+    async fn apply(
+        &self,
+        ctx: &TaskCtx,
+        f: &PgDumpFacts,
+        changes: &[PgDumpChange],
+    ) -> Result<Applied, ModuleError> {
+        for c in changes {
+            match c {
+                PgDumpChange::StartContainer(cmd) => {
+                    ctx.exec_ok(cmd).await?;
+                    wait_ready(ctx, f).await?;
+                }
+                PgDumpChange::Dump(cmd) => {
+                    let (artifact, _) =
+                        write_artifact(ctx, &self.artifact, cmd.clone(), &f.dest).await?;
+                    // After the dump: with the app stopped nothing writes, so this is
+                    // the state the dump holds; the restore is checked against it.
+                    let fp = fingerprint(ctx, f).await?;
+                    ctx.record_fingerprint("pg", serde_json::to_value(&fp).unwrap_or_default())?;
+                    tracing::info!(
+                        host = %ctx.host,
+                        "dumped {} tables, {} rows, {} bytes to {}",
+                        fp.tables.len(),
+                        fp.rows(),
+                        artifact.size,
+                        artifact.path
+                    );
+                }
+            }
+        }
+        Ok(Applied::changed())
+    }
+}
+
+/// Pure: dump unless the recorded dump is still current.
+pub fn decide(f: &PgDumpFacts) -> Result<Vec<PgDumpChange>, ModuleError> {
+    if !f.exists {
+        return Err(ModuleError::Failed(format!(
+            "no such container: {}",
+            f.container
+        )));
+    }
+    let current = f.recorded_sha256.is_some()
+        && f.recorded_fingerprint.is_some()
+        && (!f.running || f.current_fingerprint == f.recorded_fingerprint);
+    if current {
+        return Ok(Vec::new());
+    }
+    let mut changes = Vec::new();
+    if !f.running {
+        changes.push(PgDumpChange::StartContainer(
+            Cmd::new(f.docker.as_str())
+                .arg("start")
+                .arg(f.container.as_str()),
+        ));
+    }
+    changes.push(PgDumpChange::Dump(f.dump_cmd()));
+    Ok(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> PgDumpFacts {
+        PgDumpFacts {
+            container: "packagist-postgres".into(),
+            database: "packagist_db".into(),
+            user: "postgres".into(),
+            dest: "/b/packagist_db.sql".into(),
+            docker: "docker".into(),
+            exists: true,
+            running: true,
+            stamp: None,
+            recorded_sha256: None,
+            recorded_fingerprint: None,
+            current_fingerprint: None,
+        }
+    }
+
+    fn fp(rows: u64) -> PgFingerprint {
+        PgFingerprint::parse(&format!("public.t|{rows}|abc")).unwrap()
+    }
+
+    #[test]
+    fn first_run_dumps_with_the_vendor_flags_and_no_tty() {
+        let c = decide(&facts()).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            c[0].commands()[0],
+            "docker exec packagist-postgres pg_dump --clean --if-exists -U postgres -d packagist_db"
+        );
+    }
+
+    #[test]
+    fn recorded_dump_of_unchanged_db_is_ok() {
+        let mut f = facts();
+        f.recorded_sha256 = Some("x".into());
+        f.recorded_fingerprint = Some(fp(3));
+        f.current_fingerprint = Some(fp(3));
+        assert!(decide(&f).unwrap().is_empty());
+        // Stopped since: nothing can have changed; still ok.
+        f.running = false;
+        f.current_fingerprint = None;
+        assert!(decide(&f).unwrap().is_empty());
+    }
+
+    #[test]
+    fn changed_db_or_file_dumps_again() {
+        let mut f = facts();
+        f.recorded_sha256 = Some("x".into());
+        f.recorded_fingerprint = Some(fp(3));
+        f.current_fingerprint = Some(fp(4));
+        assert_eq!(decide(&f).unwrap().len(), 1);
+        let mut f = facts();
+        f.running = false; // file changed (no recorded sha) and db stopped: start, dump
+        let c = decide(&f).unwrap();
+        assert_eq!(c[0].commands()[0], "docker start packagist-postgres");
+        assert!(matches!(c[1], PgDumpChange::Dump(_)));
+    }
+}
