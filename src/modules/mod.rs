@@ -25,8 +25,10 @@ use crate::transport::{ExecOutput, Transport, TransportError};
 pub mod command;
 pub mod docker_container;
 pub mod pg_dump;
+pub mod redis_backup;
 pub mod redis_layout;
 pub mod shared;
+pub mod storage_export;
 
 /// Why a module step failed.
 #[derive(Debug, thiserror::Error)]
@@ -420,4 +422,6 @@ modules! {
     command => command::Command,
     docker_container => docker_container::DockerContainer,
     pg_dump => pg_dump::PgDump,
+    redis_backup => redis_backup::RedisBackup,
+    storage_export => storage_export::StorageExport,
 }

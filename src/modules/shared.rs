@@ -183,7 +183,7 @@ pub async fn verify_artifact(ctx: &TaskCtx, artifact: &Artifact) -> Result<(), M
 // Kubernetes
 
 /// Where a Kubernetes step finds its cluster; every field falls back to a host var
-/// (`k8s_namespace`, `kubeconfig`, `kubeconfig_local`, `kube_context`), then to the
+/// (`namespace`, `kubeconfig`, `kubeconfig_local`, `kube_context`), then to the
 /// embedded-cluster defaults (`default`, `/etc/kubernetes/admin.conf`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,7 +201,7 @@ impl K8sTarget {
     pub fn namespace(&self, ctx: &TaskCtx) -> Result<String, ModuleError> {
         Ok(match &self.namespace {
             Some(t) => ctx.render(t)?,
-            None => var_str(ctx, "k8s_namespace").unwrap_or_else(|| "default".into()),
+            None => var_str(ctx, "namespace").unwrap_or_else(|| "default".into()),
         })
     }
 

@@ -1,0 +1,294 @@
+//! `redis_backup`: have Redis in a container save its dataset, stream `dump.rdb` out to
+//! a file on the host (the artifact), and record the per-database key counts that the
+//! restore must reproduce.
+//!
+//! ```toml
+//! [task.redis_backup]
+//! container = "packagist-redis"
+//! backup_script = "/usr/local/bin/redis-backup.sh"   # as the vendor documents
+//! rdb_path = "/data/dump.rdb"                        # where the script leaves it
+//! dest = "{{ backup_dir_old }}/packagist_redis.rdb"
+//! artifact = "packagist_redis"
+//! ```
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::command::Cmd;
+use crate::fingerprint::RedisKeyCounts;
+use crate::modules::shared::{
+    docker_bin, docker_inspect, file_stamp, recorded_artifact, write_artifact, FileStamp,
+};
+use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::playbook::template::Template;
+
+fn default_artifact() -> String {
+    "packagist_redis".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisBackup {
+    pub container: Template,
+    #[serde(default)]
+    pub backup_script: Option<Template>,
+    #[serde(default)]
+    pub rdb_path: Option<Template>,
+    /// Port of Redis inside the container (for `redis-cli`); default 6379.
+    #[serde(default)]
+    pub port: Option<u16>,
+    pub dest: Template,
+    #[serde(default = "default_artifact")]
+    pub artifact: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RedisBackupFacts {
+    pub container: String,
+    pub docker: String,
+    pub script: String,
+    pub rdb_path: String,
+    pub port: u16,
+    pub dest: String,
+    pub exists: bool,
+    pub running: bool,
+    pub stamp: Option<FileStamp>,
+    pub recorded_sha256: Option<String>,
+    pub recorded_counts: Option<RedisKeyCounts>,
+    pub current_counts: Option<RedisKeyCounts>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum RedisBackupChange {
+    StartContainer(Cmd),
+    Save(Cmd),
+    CopyOut(Cmd),
+}
+
+impl Change for RedisBackupChange {
+    fn describe(&self) -> String {
+        match self {
+            RedisBackupChange::StartContainer(_) => "start the Redis container to back it up",
+            RedisBackupChange::Save(_) => "save the dataset (redis-backup.sh)",
+            RedisBackupChange::CopyOut(_) => "copy dump.rdb out of the container",
+        }
+        .into()
+    }
+    fn commands(&self) -> Vec<String> {
+        match self {
+            RedisBackupChange::StartContainer(c)
+            | RedisBackupChange::Save(c)
+            | RedisBackupChange::CopyOut(c) => vec![c.display()],
+        }
+    }
+}
+
+impl RedisBackupFacts {
+    fn exec(&self) -> Cmd {
+        Cmd::new(self.docker.as_str())
+            .arg("exec")
+            .arg(self.container.as_str())
+    }
+
+    fn keyspace_cmd(&self) -> Cmd {
+        self.exec()
+            .args(["redis-cli", "-p"])
+            .arg(self.port.to_string())
+            .args(["INFO", "keyspace"])
+    }
+}
+
+async fn key_counts(ctx: &TaskCtx, f: &RedisBackupFacts) -> Result<RedisKeyCounts, ModuleError> {
+    let out = ctx.exec_ok(&f.keyspace_cmd()).await?;
+    RedisKeyCounts::parse_info_keyspace(&out.stdout_str())
+        .map_err(|e| ModuleError::Failed(e.to_string()))
+}
+
+#[async_trait]
+impl Module for RedisBackup {
+    type Facts = RedisBackupFacts;
+    type Change = RedisBackupChange;
+
+    async fn facts(&self, ctx: &TaskCtx) -> Result<RedisBackupFacts, ModuleError> {
+        let container = ctx.render(&self.container)?;
+        let states = docker_inspect(ctx, std::slice::from_ref(&container)).await?;
+        let dest = ctx.render(&self.dest)?;
+        let stamp = file_stamp(ctx, &dest).await?;
+        let recorded = recorded_artifact(ctx, &self.artifact, &stamp);
+        let recorded_counts = ctx
+            .record(&ctx.host, &ctx.task)
+            .and_then(|r| r.fingerprints.get("redis_keys").cloned())
+            .and_then(|v| serde_json::from_value(v).ok());
+        let mut f = RedisBackupFacts {
+            exists: states.contains_key(&container),
+            running: states.get(&container).is_some_and(|c| c.running),
+            container,
+            docker: docker_bin(ctx),
+            script: match &self.backup_script {
+                Some(t) => ctx.render(t)?,
+                None => "/usr/local/bin/redis-backup.sh".into(),
+            },
+            rdb_path: match &self.rdb_path {
+                Some(t) => ctx.render(t)?,
+                None => "/data/dump.rdb".into(),
+            },
+            port: self.port.unwrap_or(6379),
+            dest,
+            stamp,
+            recorded_sha256: recorded.map(|a| a.sha256),
+            recorded_counts,
+            current_counts: None,
+        };
+        if f.running && f.recorded_sha256.is_some() {
+            f.current_counts = Some(key_counts(ctx, &f).await?);
+        }
+        Ok(f)
+    }
+
+    fn decide(
+        &self,
+        f: &RedisBackupFacts,
+        _: &TaskCtx,
+    ) -> Result<Vec<RedisBackupChange>, ModuleError> {
+        decide(f)
+    }
+
+    async fn apply(
+        &self,
+        ctx: &TaskCtx,
+        f: &RedisBackupFacts,
+        changes: &[RedisBackupChange],
+    ) -> Result<Applied, ModuleError> {
+        let mut counts = None;
+        for c in changes {
+            match c {
+                RedisBackupChange::StartContainer(cmd) => {
+                    ctx.exec_ok(cmd).await?;
+                    wait_ready(ctx, f).await?;
+                }
+                RedisBackupChange::Save(cmd) => {
+                    // Counted right before the save: with the app stopped, the saved
+                    // dataset holds exactly these keys.
+                    counts = Some(key_counts(ctx, f).await?);
+                    ctx.exec_ok(cmd).await?;
+                }
+                RedisBackupChange::CopyOut(cmd) => {
+                    let (artifact, _) =
+                        write_artifact(ctx, &self.artifact, cmd.clone(), &f.dest).await?;
+                    if artifact.size == 0 {
+                        return Err(ModuleError::Failed(format!(
+                            "{} in {} is empty: refusing to keep an empty Redis backup",
+                            f.rdb_path, f.container
+                        )));
+                    }
+                    let counts = match counts.take() {
+                        Some(c) => c,
+                        None => key_counts(ctx, f).await?,
+                    };
+                    ctx.record_fingerprint(
+                        "redis_keys",
+                        serde_json::to_value(&counts).unwrap_or_default(),
+                    )?;
+                }
+            }
+        }
+        Ok(Applied::changed())
+    }
+}
+
+async fn wait_ready(ctx: &TaskCtx, f: &RedisBackupFacts) -> Result<(), ModuleError> {
+    let ping = f
+        .exec()
+        .args(["redis-cli", "-p"])
+        .arg(f.port.to_string())
+        .arg("PING");
+    for _ in 0..120 {
+        let out = ctx.exec(&ping).await?;
+        // While loading a large dataset Redis answers LOADING, not PONG.
+        if out.success() && out.stdout_str().trim() == "PONG" {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    Err(ModuleError::Failed(format!(
+        "Redis in {} did not answer PING within 60s",
+        f.container
+    )))
+}
+
+/// Pure: back up unless the recorded backup is still current.
+pub fn decide(f: &RedisBackupFacts) -> Result<Vec<RedisBackupChange>, ModuleError> {
+    if !f.exists {
+        return Err(ModuleError::Failed(format!(
+            "no such container: {}",
+            f.container
+        )));
+    }
+    let current = f.recorded_sha256.is_some()
+        && f.recorded_counts.is_some()
+        && (!f.running || f.current_counts == f.recorded_counts);
+    if current {
+        return Ok(Vec::new());
+    }
+    let mut changes = Vec::new();
+    if !f.running {
+        changes.push(RedisBackupChange::StartContainer(
+            Cmd::new(f.docker.as_str())
+                .arg("start")
+                .arg(f.container.as_str()),
+        ));
+    }
+    changes.push(RedisBackupChange::Save(f.exec().arg(f.script.as_str())));
+    // `docker exec cat` streams the file as-is (`docker cp` would wrap it in a tar).
+    changes.push(RedisBackupChange::CopyOut(
+        f.exec().arg("cat").arg(f.rdb_path.as_str()),
+    ));
+    Ok(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> RedisBackupFacts {
+        RedisBackupFacts {
+            container: "packagist-redis".into(),
+            docker: "docker".into(),
+            script: "/usr/local/bin/redis-backup.sh".into(),
+            rdb_path: "/data/dump.rdb".into(),
+            port: 6379,
+            dest: "/b/packagist_redis.rdb".into(),
+            exists: true,
+            running: true,
+            stamp: None,
+            recorded_sha256: None,
+            recorded_counts: None,
+            current_counts: None,
+        }
+    }
+
+    #[test]
+    fn backs_up_with_the_vendor_script_then_streams_the_rdb() {
+        let c = decide(&facts()).unwrap();
+        let cmds: Vec<String> = c.iter().flat_map(|c| c.commands()).collect();
+        assert_eq!(
+            cmds,
+            vec![
+                "docker exec packagist-redis /usr/local/bin/redis-backup.sh",
+                "docker exec packagist-redis cat /data/dump.rdb"
+            ]
+        );
+    }
+
+    #[test]
+    fn current_backup_is_ok_changed_keys_back_up_again() {
+        let counts = RedisKeyCounts::parse_info_keyspace("db0:keys=3,expires=0").unwrap();
+        let mut f = facts();
+        f.recorded_sha256 = Some("x".into());
+        f.recorded_counts = Some(counts.clone());
+        f.current_counts = Some(counts);
+        assert!(decide(&f).unwrap().is_empty());
+        f.current_counts = Some(RedisKeyCounts::parse_info_keyspace("db0:keys=4").unwrap());
+        assert_eq!(decide(&f).unwrap().len(), 2);
+    }
+}

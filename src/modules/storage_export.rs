@@ -1,0 +1,367 @@
+//! `storage_export`: the blob storage (dist files and artifacts) as one archive on the
+//! old host, with top-level `dist/` and `artifact/`, plus the content fingerprint the
+//! import is verified against.
+//!
+//! ```toml
+//! [task.storage_export]
+//! container = "packagist-ui"
+//! data_dir = "/data/packagist"            # on the host
+//! dest = "{{ backup_dir_old }}/packagist_storage.tar.gz"
+//! export_timeout = 600                     # seconds, then the tar fallback
+//! method = "auto"                          # auto | console | tar
+//! ```
+//!
+//! `auto` runs the vendor's console export when the container runs, and falls back to
+//! the vendor's tar method (with the `dist`/`artifact` renames) when the export fails or
+//! times out, or when the container is stopped.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::command::Cmd;
+use crate::fingerprint::StorageFingerprint;
+use crate::modules::shared::{
+    docker_bin, docker_inspect, file_stamp, recorded_artifact, write_artifact, FileStamp,
+};
+use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::playbook::template::Template;
+
+fn default_artifact() -> String {
+    "packagist_storage".into()
+}
+
+/// Inside the container, where the console leaves the archive.
+const CONSOLE_ARCHIVE: &str = "/tmp/storage.tar.gz";
+const CONSOLE: &str = "/srv/manager/bin/console";
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportMethod {
+    #[default]
+    Auto,
+    Console,
+    Tar,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageExport {
+    pub container: Template,
+    pub data_dir: Template,
+    pub dest: Template,
+    #[serde(default)]
+    pub export_timeout: Option<u64>,
+    #[serde(default)]
+    pub method: ExportMethod,
+    #[serde(default = "default_artifact")]
+    pub artifact: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StorageExportFacts {
+    pub container: String,
+    pub docker: String,
+    pub data_dir: String,
+    pub dest: String,
+    pub exists: bool,
+    pub running: bool,
+    pub stamp: Option<FileStamp>,
+    pub recorded_sha256: Option<String>,
+    /// Cheap digest of the source tree (paths, sizes, times) now and when exported.
+    pub tree_stamp: String,
+    pub recorded_tree_stamp: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum StorageExportChange {
+    /// Console export with a timeout, falling back to `tar` on failure.
+    Console {
+        export: Cmd,
+        copy_out: Cmd,
+        cleanup: Cmd,
+        fallback: Option<Cmd>,
+    },
+    Tar(Cmd),
+}
+
+impl Change for StorageExportChange {
+    fn describe(&self) -> String {
+        match self {
+            StorageExportChange::Console {
+                fallback: Some(_), ..
+            } => "export storage with the console (tar fallback on timeout)".into(),
+            StorageExportChange::Console { .. } => "export storage with the console".into(),
+            StorageExportChange::Tar(_) => "archive storage with tar".into(),
+        }
+    }
+    fn commands(&self) -> Vec<String> {
+        match self {
+            StorageExportChange::Console {
+                export,
+                copy_out,
+                cleanup,
+                ..
+            } => {
+                vec![export.display(), copy_out.display(), cleanup.display()]
+            }
+            StorageExportChange::Tar(c) => vec![c.display()],
+        }
+    }
+}
+
+/// The vendor's fallback, streaming to stdout: `tar -cz` of `composer` and `artifacts`
+/// renamed `dist` and `artifact`.
+pub fn tar_cmd(data_dir: &str) -> Cmd {
+    Cmd::new("tar")
+        .arg("-C")
+        .arg(data_dir)
+        .arg("-czf")
+        .arg("-")
+        .args([
+            "--transform",
+            "s/^composer/dist/",
+            "--transform",
+            "s/^artifacts/artifact/",
+        ])
+        .args(["composer", "artifacts"])
+}
+
+/// `find` the two storage dirs, one line per file: `path<TAB>size<TAB>mtime`.
+fn tree_stamp_cmd(data_dir: &str) -> Cmd {
+    Cmd::new("cd")
+        .arg(data_dir)
+        .and(Cmd::new("mkdir").args(["-p", "composer", "artifacts"]))
+        .and(
+            Cmd::new("find")
+                .args([
+                    "composer",
+                    "artifacts",
+                    "-type",
+                    "f",
+                    "-printf",
+                    "%p\\t%s\\t%T@\\n",
+                ])
+                .pipe(Cmd::new("env").arg("LC_ALL=C").arg("sort"))
+                .pipe(Cmd::new("sha256sum")),
+        )
+}
+
+/// sha256 of every file under the two storage dirs (`sha256sum` lines, relative paths).
+pub fn content_hash_cmd(dir: &str) -> Cmd {
+    Cmd::new("cd").arg(dir).and(Cmd::new("find").args([
+        "composer",
+        "artifacts",
+        "-type",
+        "f",
+        "-exec",
+        "sha256sum",
+        "{}",
+        "+",
+    ]))
+}
+
+#[async_trait]
+impl Module for StorageExport {
+    type Facts = StorageExportFacts;
+    type Change = StorageExportChange;
+
+    async fn facts(&self, ctx: &TaskCtx) -> Result<StorageExportFacts, ModuleError> {
+        let container = ctx.render(&self.container)?;
+        let states = docker_inspect(ctx, std::slice::from_ref(&container)).await?;
+        let data_dir = ctx.render(&self.data_dir)?;
+        let dest = ctx.render(&self.dest)?;
+        let stamp = file_stamp(ctx, &dest).await?;
+        let recorded = recorded_artifact(ctx, &self.artifact, &stamp);
+        let tree = ctx.exec_ok(&tree_stamp_cmd(&data_dir)).await?;
+        let recorded_tree_stamp = ctx
+            .record(&ctx.host, &ctx.task)
+            .and_then(|r| r.fingerprints.get("tree_stamp").cloned())
+            .and_then(|v| v.as_str().map(str::to_string));
+        Ok(StorageExportFacts {
+            exists: states.contains_key(&container),
+            running: states.get(&container).is_some_and(|c| c.running),
+            container,
+            docker: docker_bin(ctx),
+            data_dir,
+            dest,
+            stamp,
+            recorded_sha256: recorded.map(|a| a.sha256),
+            tree_stamp: tree
+                .stdout_str()
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+            recorded_tree_stamp,
+        })
+    }
+
+    fn decide(
+        &self,
+        f: &StorageExportFacts,
+        _: &TaskCtx,
+    ) -> Result<Vec<StorageExportChange>, ModuleError> {
+        decide(self, f)
+    }
+
+    async fn apply(
+        &self,
+        ctx: &TaskCtx,
+        f: &StorageExportFacts,
+        changes: &[StorageExportChange],
+    ) -> Result<Applied, ModuleError> {
+        let mut applied = Applied::changed();
+        for c in changes {
+            match c {
+                StorageExportChange::Console {
+                    export,
+                    copy_out,
+                    cleanup,
+                    fallback,
+                } => {
+                    let out = ctx.exec(export).await?;
+                    if out.success() {
+                        write_artifact(ctx, &self.artifact, copy_out.clone(), &f.dest).await?;
+                        ctx.exec_ok(cleanup).await?;
+                    } else {
+                        let why = match out.status {
+                            Some(124) => "timed out".to_string(),
+                            _ => format!("failed: {}", out.stderr_str().trim()),
+                        };
+                        let Some(tar) = fallback else {
+                            return Err(ModuleError::Failed(format!("console export {why}")));
+                        };
+                        let msg = format!("console export {why}; used the tar fallback");
+                        tracing::warn!(host = %ctx.host, "{msg}");
+                        applied.warnings.push(msg);
+                        // Whatever a late export leaves in the container is not ours to keep.
+                        let _ = ctx.exec(cleanup).await;
+                        write_artifact(ctx, &self.artifact, tar.clone(), &f.dest).await?;
+                    }
+                }
+                StorageExportChange::Tar(tar) => {
+                    write_artifact(ctx, &self.artifact, tar.clone(), &f.dest).await?;
+                }
+            }
+        }
+        // What the archive holds, file by file: the import is verified against it.
+        let hashes = ctx.exec_ok(&content_hash_cmd(&f.data_dir)).await?;
+        let fp = StorageFingerprint::parse_sha256sum(&hashes.stdout_str())
+            .map_err(|e| ModuleError::Failed(e.to_string()))?;
+        ctx.record_fingerprint("storage", serde_json::to_value(&fp).unwrap_or_default())?;
+        ctx.record_fingerprint(
+            "tree_stamp",
+            serde_json::Value::String(f.tree_stamp.clone()),
+        )?;
+        Ok(applied)
+    }
+}
+
+/// Pure: export unless the recorded archive still matches an unchanged source tree.
+pub fn decide(
+    args: &StorageExport,
+    f: &StorageExportFacts,
+) -> Result<Vec<StorageExportChange>, ModuleError> {
+    if f.recorded_sha256.is_some() && f.recorded_tree_stamp.as_deref() == Some(&f.tree_stamp) {
+        return Ok(Vec::new());
+    }
+    let tar = tar_cmd(&f.data_dir);
+    let use_console = match args.method {
+        ExportMethod::Tar => false,
+        ExportMethod::Console if !f.running => {
+            return Err(ModuleError::Failed(format!(
+                "method = \"console\" needs container {} running, and it is not",
+                f.container
+            )))
+        }
+        ExportMethod::Console => true,
+        ExportMethod::Auto => f.exists && f.running,
+    };
+    if !use_console {
+        return Ok(vec![StorageExportChange::Tar(tar)]);
+    }
+    let exec = || {
+        Cmd::new(f.docker.as_str())
+            .arg("exec")
+            .arg(f.container.as_str())
+    };
+    Ok(vec![StorageExportChange::Console {
+        export: Cmd::new("timeout")
+            .arg(args.export_timeout.unwrap_or(600).to_string())
+            .arg(f.docker.as_str())
+            .arg("exec")
+            .arg(f.container.as_str())
+            .args([CONSOLE, "packagist:self-hosted:migrate-storage", "export"]),
+        copy_out: exec().arg("cat").arg(CONSOLE_ARCHIVE),
+        cleanup: exec().args(["rm", "-f", CONSOLE_ARCHIVE]),
+        fallback: (args.method == ExportMethod::Auto).then_some(tar),
+    }])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(method: ExportMethod) -> StorageExport {
+        StorageExport {
+            container: Template::new("packagist-ui"),
+            data_dir: Template::new("/data/packagist"),
+            dest: Template::new("/b/s.tgz"),
+            export_timeout: Some(5),
+            method,
+            artifact: default_artifact(),
+        }
+    }
+
+    fn facts(running: bool) -> StorageExportFacts {
+        StorageExportFacts {
+            container: "packagist-ui".into(),
+            docker: "docker".into(),
+            data_dir: "/data/packagist".into(),
+            dest: "/b/s.tgz".into(),
+            exists: true,
+            running,
+            stamp: None,
+            recorded_sha256: None,
+            tree_stamp: "t1".into(),
+            recorded_tree_stamp: None,
+        }
+    }
+
+    #[test]
+    fn running_ui_uses_console_with_timeout_and_tar_fallback() {
+        let c = decide(&args(ExportMethod::Auto), &facts(true)).unwrap();
+        let StorageExportChange::Console {
+            export, fallback, ..
+        } = &c[0]
+        else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            export.display(),
+            "timeout 5 docker exec packagist-ui /srv/manager/bin/console packagist:self-hosted:migrate-storage export"
+        );
+        let words = shlex::split(&fallback.as_ref().unwrap().to_shell()).unwrap();
+        assert_eq!(
+            words.join(" "),
+            "tar -C /data/packagist -czf - --transform s/^composer/dist/ --transform s/^artifacts/artifact/ composer artifacts"
+        );
+    }
+
+    #[test]
+    fn stopped_ui_goes_straight_to_tar() {
+        let c = decide(&args(ExportMethod::Auto), &facts(false)).unwrap();
+        assert!(matches!(c[0], StorageExportChange::Tar(_)));
+        assert!(decide(&args(ExportMethod::Console), &facts(false)).is_err());
+    }
+
+    #[test]
+    fn unchanged_tree_with_recorded_archive_is_ok() {
+        let mut f = facts(true);
+        f.recorded_sha256 = Some("x".into());
+        f.recorded_tree_stamp = Some("t1".into());
+        assert!(decide(&args(ExportMethod::Auto), &f).unwrap().is_empty());
+        f.recorded_tree_stamp = Some("t0".into());
+        assert_eq!(decide(&args(ExportMethod::Auto), &f).unwrap().len(), 1);
+    }
+}
