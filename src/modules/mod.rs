@@ -24,6 +24,7 @@ use crate::transport::{ExecOutput, Transport, TransportError};
 
 pub mod command;
 pub mod docker_container;
+pub mod k8s_scale;
 pub mod pg_dump;
 pub mod redis_backup;
 pub mod redis_layout;
@@ -422,6 +423,7 @@ modules! {
     command => command::Command,
     docker_container => docker_container::DockerContainer,
     pg_dump => pg_dump::PgDump,
+    k8s_scale => k8s_scale::K8sScale,
     redis_backup => redis_backup::RedisBackup,
     storage_export => storage_export::StorageExport,
 }

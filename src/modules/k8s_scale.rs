@@ -1,0 +1,319 @@
+//! `k8s_scale`: set workloads' replicas and wait, by watch, until their pods match: all
+//! gone, or Running and ready.
+//!
+//! ```toml
+//! [task.k8s_scale]
+//! workloads = ["deployment/ui", "deployment/repo", "deployment/worker"]
+//! replicas = 0
+//! timeout = 300              # seconds, per wait
+//! # namespace = "packagist"  # default: var `namespace`, else "default"
+//! ```
+//!
+//! Once the migration completed on the cluster (its marker ConfigMap exists), scaling
+//! *down* is refused (reported ok, with the reason) unless `--overwrite app`: the new
+//! system may be live and serving.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::k8s::{kubectl, pod_ready, PodsWanted, WorkloadKind};
+use crate::modules::shared::{completed_guard, completed_marker, K8sTarget};
+use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::playbook::template::Template;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K8sScale {
+    /// `deployment/NAME` or `statefulset/NAME` (also `deploy/`, `sts/`).
+    pub workloads: Vec<String>,
+    pub replicas: u32,
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    #[serde(default)]
+    pub namespace: Option<Template>,
+    #[serde(default)]
+    pub kubeconfig: Option<Template>,
+}
+
+/// One workload's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkloadFacts {
+    pub kind: WorkloadKind,
+    pub name: String,
+    pub replicas: u32,
+    pub selector: String,
+    /// Pods now, and how many of them are Running and ready (and not terminating).
+    pub pods: u32,
+    pub ready: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScaleFacts {
+    pub namespace: String,
+    pub workloads: Vec<WorkloadFacts>,
+    /// Why the target must be left alone (migration completed), if so.
+    pub guard: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum ScaleChange {
+    Scale {
+        kind: WorkloadKind,
+        name: String,
+        from: u32,
+        to: u32,
+        selector: String,
+        kubectl: String,
+    },
+    /// Replicas are already right but the pods have not caught up (e.g. a run was
+    /// killed while waiting): wait for them.
+    Wait {
+        kind: WorkloadKind,
+        name: String,
+        to: u32,
+        selector: String,
+        kubectl: String,
+    },
+}
+
+impl Change for ScaleChange {
+    fn describe(&self) -> String {
+        match self {
+            ScaleChange::Scale {
+                kind,
+                name,
+                from,
+                to,
+                ..
+            } => {
+                format!("scale {}/{name} from {from} to {to}", kind.kubectl_name())
+            }
+            ScaleChange::Wait { kind, name, to, .. } => {
+                format!(
+                    "wait for {}/{name} to have {to} ready pod(s)",
+                    kind.kubectl_name()
+                )
+            }
+        }
+    }
+    fn commands(&self) -> Vec<String> {
+        match self {
+            ScaleChange::Scale { kubectl, .. } | ScaleChange::Wait { kubectl, .. } => {
+                vec![kubectl.clone()]
+            }
+        }
+    }
+}
+
+/// Parse `deployment/ui`, `deploy/ui`, `statefulset/redis`, `sts/redis`.
+pub fn parse_workload(text: &str) -> Result<(WorkloadKind, String), ModuleError> {
+    let (kind, name) = text.split_once('/').ok_or_else(|| {
+        ModuleError::Failed(format!(
+            "workload {text:?} must be written kind/name, e.g. deployment/ui"
+        ))
+    })?;
+    let kind = match kind {
+        "deployment" | "deploy" | "deployments" => WorkloadKind::Deployment,
+        "statefulset" | "sts" | "statefulsets" => WorkloadKind::StatefulSet,
+        other => {
+            return Err(ModuleError::Failed(format!(
+                "workload kind {other:?} is not supported (deployment or statefulset)"
+            )))
+        }
+    };
+    if name.is_empty() {
+        return Err(ModuleError::Failed(format!(
+            "workload {text:?} has no name"
+        )));
+    }
+    Ok((kind, name.to_string()))
+}
+
+impl K8sScale {
+    fn target(&self) -> K8sTarget {
+        K8sTarget {
+            namespace: self.namespace.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl Module for K8sScale {
+    type Facts = ScaleFacts;
+    type Change = ScaleChange;
+
+    async fn facts(&self, ctx: &TaskCtx) -> Result<ScaleFacts, ModuleError> {
+        let cluster = self.target().cluster(ctx).await?;
+        let mut workloads = Vec::new();
+        for w in &self.workloads {
+            let (kind, name) = parse_workload(w)?;
+            let (replicas, selector) = cluster.workload(kind, &name).await?;
+            let pods = cluster.pods(&selector).await?;
+            workloads.push(WorkloadFacts {
+                kind,
+                name,
+                replicas,
+                ready: pods.iter().filter(|p| pod_ready(p)).count() as u32,
+                pods: pods.len() as u32,
+                selector,
+            });
+        }
+        let marker = completed_marker(&cluster).await?;
+        Ok(ScaleFacts {
+            namespace: cluster.namespace().to_string(),
+            workloads,
+            guard: if self.replicas == 0 {
+                completed_guard(ctx, &marker, "app")
+            } else {
+                None
+            },
+        })
+    }
+
+    fn decide(&self, f: &ScaleFacts, _: &TaskCtx) -> Result<Vec<ScaleChange>, ModuleError> {
+        Ok(decide(self.replicas, f))
+    }
+
+    async fn apply(
+        &self,
+        ctx: &TaskCtx,
+        _: &ScaleFacts,
+        changes: &[ScaleChange],
+    ) -> Result<Applied, ModuleError> {
+        let cluster = self.target().cluster(ctx).await?;
+        let timeout = Duration::from_secs(self.timeout.unwrap_or(300));
+        // Scale everything first, then wait: the workloads stop (or start) together.
+        for c in changes {
+            if let ScaleChange::Scale {
+                kind,
+                name,
+                to,
+                kubectl,
+                ..
+            } = c
+            {
+                tracing::info!(host = %ctx.host, "{kubectl}");
+                cluster.scale(*kind, name, *to).await?;
+            }
+        }
+        for c in changes {
+            let (ScaleChange::Scale { to, selector, .. } | ScaleChange::Wait { to, selector, .. }) =
+                c;
+            let wanted = if *to == 0 {
+                PodsWanted::Gone
+            } else {
+                PodsWanted::Ready(*to)
+            };
+            cluster.wait_pods(selector, wanted, timeout).await?;
+        }
+        Ok(Applied::changed())
+    }
+}
+
+/// Pure: which workloads to scale, and which to wait for.
+pub fn decide(replicas: u32, f: &ScaleFacts) -> Vec<ScaleChange> {
+    if f.guard.is_some() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for w in &f.workloads {
+        let settled = if replicas == 0 {
+            w.pods == 0
+        } else {
+            w.pods == replicas && w.ready == replicas
+        };
+        let name = format!("{}/{}", w.kind.kubectl_name(), w.name);
+        if w.replicas != replicas {
+            out.push(ScaleChange::Scale {
+                kind: w.kind,
+                name: w.name.clone(),
+                from: w.replicas,
+                to: replicas,
+                selector: w.selector.clone(),
+                kubectl: kubectl(
+                    &f.namespace,
+                    &["scale", &name, &format!("--replicas={replicas}")],
+                ),
+            });
+        } else if !settled {
+            let wait_for = if replicas == 0 {
+                "--for=delete".to_string()
+            } else {
+                "--for=condition=Ready".to_string()
+            };
+            out.push(ScaleChange::Wait {
+                kind: w.kind,
+                name: w.name.clone(),
+                to: replicas,
+                selector: w.selector.clone(),
+                kubectl: kubectl(&f.namespace, &["wait", "pod", "-l", &w.selector, &wait_for]),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(name: &str, replicas: u32, pods: u32, ready: u32) -> WorkloadFacts {
+        WorkloadFacts {
+            kind: WorkloadKind::Deployment,
+            name: name.into(),
+            replicas,
+            selector: format!("app={name}"),
+            pods,
+            ready,
+        }
+    }
+
+    fn facts(ws: Vec<WorkloadFacts>) -> ScaleFacts {
+        ScaleFacts {
+            namespace: "default".into(),
+            workloads: ws,
+            guard: None,
+        }
+    }
+
+    #[test]
+    fn scales_what_differs_with_the_kubectl_hint() {
+        let c = decide(0, &facts(vec![w("ui", 1, 1, 1), w("repo", 0, 0, 0)]));
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            c[0].commands(),
+            vec!["kubectl -n default scale deployment/ui --replicas=0"]
+        );
+        assert_eq!(c[0].describe(), "scale deployment/ui from 1 to 0");
+    }
+
+    #[test]
+    fn settled_is_ok_unsettled_waits() {
+        assert!(decide(0, &facts(vec![w("ui", 0, 0, 0)])).is_empty());
+        assert!(decide(1, &facts(vec![w("ui", 1, 1, 1)])).is_empty());
+        let c = decide(1, &facts(vec![w("ui", 1, 1, 0)]));
+        assert!(matches!(c[0], ScaleChange::Wait { .. }), "{c:?}");
+        let c = decide(0, &facts(vec![w("ui", 0, 1, 0)]));
+        assert!(matches!(c[0], ScaleChange::Wait { .. }), "{c:?}");
+    }
+
+    #[test]
+    fn completed_migration_is_left_alone() {
+        let mut f = facts(vec![w("ui", 1, 1, 1)]);
+        f.guard = Some("completed".into());
+        assert!(decide(0, &f).is_empty());
+    }
+
+    #[test]
+    fn workload_names_parse() {
+        assert_eq!(
+            parse_workload("sts/redis").unwrap(),
+            (WorkloadKind::StatefulSet, "redis".into())
+        );
+        assert!(parse_workload("pod/x").is_err());
+        assert!(parse_workload("ui").is_err());
+    }
+}
