@@ -22,6 +22,7 @@ use crate::report::EventSink;
 use crate::secrets::Secrets;
 use crate::transport::{ExecOutput, Transport, TransportError};
 
+pub mod assert;
 pub mod command;
 pub mod redis_layout;
 
@@ -385,5 +386,6 @@ macro_rules! modules {
 }
 
 modules! {
+    assert => assert::Assert,
     command => command::Command,
 }
