@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::engine::connect::SshConnector;
 use crate::engine::{self, RunEnv, RunOptions};
 use crate::inventory::Inventory;
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalError};
 use crate::modules::Confirm;
 use crate::playbook::Playbook;
 use crate::report::{journal_table, EventSink, PlayReport};
@@ -145,7 +145,11 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { EXIT_BAD_INPUT } else { EXIT_OK });
+            return ExitCode::from(if e.use_stderr() {
+                EXIT_BAD_INPUT
+            } else {
+                EXIT_OK
+            });
         }
     };
     init_logs(cli.verbose);
@@ -223,6 +227,12 @@ pub async fn run(cli: Cli, connector: Arc<dyn Connector>) -> u8 {
                         ),
                         Format::Table => print!("{}", journal_table(&data)),
                     }
+                    EXIT_OK
+                }
+                Err(JournalError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    println!("no journal at {}: nothing has run yet", path.display());
                     EXIT_OK
                 }
                 Err(e) => bad_input(e),

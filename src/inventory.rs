@@ -106,8 +106,7 @@ impl Inventory {
         env: &dyn Fn(&str) -> Option<String>,
         secrets: &Secrets,
     ) -> Result<Inventory, InputError> {
-        let raw: RawInventory =
-            toml::from_str(&source.text).map_err(|e| source.toml_error(&e))?;
+        let raw: RawInventory = toml::from_str(&source.text).map_err(|e| source.toml_error(&e))?;
         let base = source
             .path
             .parent()
@@ -123,7 +122,13 @@ impl Inventory {
         // Group membership: hosts listing a group, plus a group's own `hosts`.
         let mut members: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (name, host) in &raw.hosts {
-            for g in host.groups.as_ref().or(raw.defaults.groups.as_ref()).into_iter().flatten() {
+            for g in host
+                .groups
+                .as_ref()
+                .or(raw.defaults.groups.as_ref())
+                .into_iter()
+                .flatten()
+            {
                 members.entry(g.clone()).or_default().push(name.clone());
             }
         }
@@ -154,8 +159,11 @@ impl Inventory {
 
         let mut hosts = BTreeMap::new();
         for (name, raw_host) in &raw.hosts {
-            let mut groups: Vec<String> =
-                raw_host.groups.clone().or_else(|| raw.defaults.groups.clone()).unwrap_or_default();
+            let mut groups: Vec<String> = raw_host
+                .groups
+                .clone()
+                .or_else(|| raw.defaults.groups.clone())
+                .unwrap_or_default();
             for (g, list) in &members {
                 if list.contains(name) && !groups.contains(g) {
                     groups.push(g.clone());
@@ -285,11 +293,8 @@ impl Resolver<'_> {
                             "expected `{ secret_env = \"ENV_NAME\" }`",
                         ));
                     };
-                    let secret = self.env_secret(
-                        host,
-                        Some(Spanned::new(value.span(), name.clone())),
-                        key,
-                    )?;
+                    let secret =
+                        self.env_secret(host, Some(Spanned::new(value.span(), name.clone())), key)?;
                     Value::String(secret.unwrap_or_default())
                 }
                 other => serde_json::to_value(other).map_err(|e| {
@@ -472,9 +477,15 @@ level = "group-k8s"
     #[test]
     fn secret_env_and_secret_vars_are_registered() {
         let text = "[hosts.a]\nsecret_vars = [\"pw2\"]\n[hosts.a.vars]\npw = { secret_env = \"DB_PW\" }\npw2 = \"hunter22\"\n";
-        let env: BTreeMap<String, String> = [("DB_PW".to_string(), "sup3rsecret".to_string())].into();
+        let env: BTreeMap<String, String> =
+            [("DB_PW".to_string(), "sup3rsecret".to_string())].into();
         let secrets = Secrets::new();
-        let inv = Inventory::parse(&SourceFile::new("i.toml", text), &|n| env.get(n).cloned(), &secrets).unwrap();
+        let inv = Inventory::parse(
+            &SourceFile::new("i.toml", text),
+            &|n| env.get(n).cloned(),
+            &secrets,
+        )
+        .unwrap();
         assert_eq!(inv.hosts["a"].vars["pw"], "sup3rsecret");
         assert_eq!(secrets.mask("sup3rsecret hunter22"), "******** ********");
     }

@@ -349,7 +349,10 @@ mod tests {
         let path = dir.path().join("j.journal.json");
         let first = Journal::open(&path, "pb", Secrets::new(), true).unwrap();
         let second = Journal::open(&path, "pb", Secrets::new(), true);
-        assert!(matches!(second, Err(JournalError::Locked { .. })), "{second:?}");
+        assert!(
+            matches!(second, Err(JournalError::Locked { .. })),
+            "{second:?}"
+        );
         drop(first);
         Journal::open(&path, "pb", Secrets::new(), true).unwrap();
     }
@@ -374,8 +377,14 @@ mod tests {
             },
         )
         .unwrap();
-        j.task_finished("old", "Dump", RecordStatus::Changed, &["dumped with hunter2".into()], None)
-            .unwrap();
+        j.task_finished(
+            "old",
+            "Dump",
+            RecordStatus::Changed,
+            &["dumped with hunter2".into()],
+            None,
+        )
+        .unwrap();
         drop(j);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("hunter2"));
@@ -392,7 +401,10 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert!(names.iter().all(|n| !n.starts_with(".journal-")), "{names:?}");
+        assert!(
+            names.iter().all(|n| !n.starts_with(".journal-")),
+            "{names:?}"
+        );
     }
 
     #[test]

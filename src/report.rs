@@ -176,7 +176,12 @@ pub fn journal_table(data: &JournalData) -> String {
             let artifacts = rec
                 .artifacts
                 .values()
-                .map(|a| format!("{} {} ({} bytes, sha256 {})", a.name, a.path, a.size, a.sha256))
+                .map(|a| {
+                    format!(
+                        "{} {} ({} bytes, sha256 {})",
+                        a.name, a.path, a.size, a.sha256
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join("\n");
             table.add_row(vec![

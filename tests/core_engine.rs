@@ -49,7 +49,12 @@ impl World {
         }
     }
 
-    async fn play(&self, playbook: &str, options: RunOptions, connector: FakeConnector) -> PlayReport {
+    async fn play(
+        &self,
+        playbook: &str,
+        options: RunOptions,
+        connector: FakeConnector,
+    ) -> PlayReport {
         let pb = Arc::new(Playbook::parse(SourceFile::new("pb.toml", playbook)).unwrap());
         let prepared =
             engine::prepare(pb, self.inventory.clone(), options.clone(), &self.secrets).unwrap();
@@ -111,7 +116,10 @@ async fn check_mode_applies_nothing() {
     let report = w
         .play(
             MARKER_PLAY,
-            RunOptions { check: true, ..Default::default() },
+            RunOptions {
+                check: true,
+                ..Default::default()
+            },
             FakeConnector::new([old.clone(), new.clone()]),
         )
         .await;
@@ -121,7 +129,11 @@ async fn check_mode_applies_nothing() {
         assert_eq!(t.changes, vec!["run command: touch /srv/marker"]);
     }
     for host in [&old, &new] {
-        assert_eq!(host.commands(), vec!["test -e /srv/marker"], "only facts were gathered");
+        assert_eq!(
+            host.commands(),
+            vec!["test -e /srv/marker"],
+            "only facts were gathered"
+        );
     }
     // A check writes no journal.
     assert!(!w.dir.path().join("pb.journal.json").exists());
@@ -130,12 +142,18 @@ async fn check_mode_applies_nothing() {
 #[tokio::test]
 async fn second_run_changes_nothing() {
     let w = World::new();
-    let (old_fs, new_fs) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (old_fs, new_fs) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
     let first = w
         .play(
             MARKER_PLAY,
             RunOptions::default(),
-            FakeConnector::new([marker_host("old", old_fs.clone()), marker_host("new", new_fs.clone())]),
+            FakeConnector::new([
+                marker_host("old", old_fs.clone()),
+                marker_host("new", new_fs.clone()),
+            ]),
         )
         .await;
     assert!(first.success());
@@ -153,14 +171,33 @@ async fn second_run_changes_nothing() {
         assert_eq!((s.changed, s.ok), (0, 1), "{host}");
     }
     assert!(!old.commands().iter().any(|c| c.starts_with("touch")));
+    // The --format json document has exactly the documented shape.
+    let doc: serde_json::Value = serde_json::from_str(&second.to_json()).unwrap();
+    let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&doc), ["check_mode", "hosts", "playbook", "tasks"]);
+    assert_eq!(
+        keys(&doc["hosts"]["old"]),
+        ["changed", "failed", "ok", "skipped", "unreachable"]
+    );
+    assert_eq!(
+        keys(&doc["tasks"][0]),
+        ["changes", "duration_ms", "error", "host", "status", "task"]
+    );
+    assert_eq!(doc["tasks"][0]["status"], "ok");
+    assert_eq!(doc["tasks"][0]["error"], serde_json::Value::Null);
     // The journal says what happened, the events file too.
     let data = Journal::read(&w.dir.path().join("pb.journal.json")).unwrap();
-    assert_eq!(data.hosts["old"]["Make the marker"].status, RecordStatus::Ok);
+    assert_eq!(
+        data.hosts["old"]["Make the marker"].status,
+        RecordStatus::Ok
+    );
     let events = w.events();
-    assert!(events.iter().any(|e| e["event"] == "task_start" && e["host"] == "old"));
     assert!(events
         .iter()
-        .any(|e| e["event"] == "task_end" && e["status"] == "ok" && e["task"] == "Make the marker"));
+        .any(|e| e["event"] == "task_start" && e["host"] == "old"));
+    assert!(events.iter().any(|e| e["event"] == "task_end"
+        && e["status"] == "ok"
+        && e["task"] == "Make the marker"));
 }
 
 #[tokio::test]
@@ -169,7 +206,13 @@ async fn hostile_values_reach_the_host_quoted() {
     let old = FakeTransport::new("old");
     old.on("", output(0, ""));
     let play = "[[task]]\nname = \"t\"\nhosts = \"old\"\n[task.command]\ncmd = \"test -d {{ hostile }}\"\n";
-    let report = w.play(play, RunOptions::default(), FakeConnector::new([old.clone()])).await;
+    let report = w
+        .play(
+            play,
+            RunOptions::default(),
+            FakeConnector::new([old.clone()]),
+        )
+        .await;
     assert!(report.success(), "{report:?}");
     let line = old.commands().pop().unwrap();
     let words = std::process::Command::new("sh")
@@ -177,7 +220,10 @@ async fn hostile_values_reach_the_host_quoted() {
         .arg(format!("for w in {line}; do printf '%s\\n' \"$w\"; done"))
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8(words.stdout).unwrap(), "test\n-d\na'; rm -rf / #\n");
+    assert_eq!(
+        String::from_utf8(words.stdout).unwrap(),
+        "test\n-d\na'; rm -rf / #\n"
+    );
 }
 
 #[tokio::test]
@@ -191,7 +237,10 @@ async fn unreachable_host_does_not_stop_the_others() {
     assert!(!report.success());
     let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     assert_eq!(json["hosts"]["old"]["unreachable"], true);
-    assert!(w.events().iter().any(|e| e["event"] == "host_unreachable" && e["host"] == "old"));
+    assert!(w
+        .events()
+        .iter()
+        .any(|e| e["event"] == "host_unreachable" && e["host"] == "old"));
 }
 
 const DEPENDENT_PLAY: &str = r#"
@@ -237,7 +286,14 @@ async fn dependent_task_waits_for_the_other_host() {
     // forks = 1: waiting for a dependency must not hold the only slot.
     let connector = FakeConnector::new([old, new]);
     let report = w
-        .play(DEPENDENT_PLAY, RunOptions { forks: Some(1), ..Default::default() }, connector)
+        .play(
+            DEPENDENT_PLAY,
+            RunOptions {
+                forks: Some(1),
+                ..Default::default()
+            },
+            connector,
+        )
         .await;
     assert!(report.success(), "{report:?}");
     assert_eq!(*order.lock().unwrap(), vec!["dump", "restore"]);
@@ -251,12 +307,22 @@ async fn failed_dependency_fails_the_dependant_without_running_it() {
     let new = FakeTransport::new("new");
     new.on("", output(0, ""));
     let connector = FakeConnector::new([old, new.clone()]);
-    let report = w.play(DEPENDENT_PLAY, RunOptions::default(), connector).await;
-    let by_task: BTreeMap<_, _> = report.tasks.iter().map(|t| ((t.host.as_str(), t.task.as_str()), t)).collect();
+    let report = w
+        .play(DEPENDENT_PLAY, RunOptions::default(), connector)
+        .await;
+    let by_task: BTreeMap<_, _> = report
+        .tasks
+        .iter()
+        .map(|t| ((t.host.as_str(), t.task.as_str()), t))
+        .collect();
     assert_eq!(by_task[&("old", "Dump")].status, TaskStatus::Failed);
     let restore = by_task[&("new", "Restore")];
     assert_eq!(restore.status, TaskStatus::Failed);
-    assert!(restore.error.as_deref().unwrap().contains("dependency `Dump` failed on `old`"));
+    assert!(restore
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("dependency `Dump` failed on `old`"));
     // The host stops at its first failure.
     assert!(!by_task.contains_key(&("new", "Cleanup")));
     assert!(new.commands().is_empty());
@@ -287,11 +353,18 @@ cmd = "never"
     old.on("", output(0, ""));
     let connector = Arc::new(FakeConnector::new([old.clone()]));
     let pb = Arc::new(Playbook::parse(SourceFile::new("pb.toml", play)).unwrap());
-    let prepared = engine::prepare(pb, w.inventory.clone(), RunOptions::default(), &w.secrets).unwrap();
+    let prepared =
+        engine::prepare(pb, w.inventory.clone(), RunOptions::default(), &w.secrets).unwrap();
     let env = RunEnv {
         connector: connector.clone(),
         journal: Arc::new(
-            Journal::open(&w.dir.path().join("j.journal.json"), "pb", w.secrets.clone(), true).unwrap(),
+            Journal::open(
+                &w.dir.path().join("j.journal.json"),
+                "pb",
+                w.secrets.clone(),
+                true,
+            )
+            .unwrap(),
         ),
         events: EventSink::none(),
         secrets: w.secrets.clone(),

@@ -51,7 +51,10 @@ fn unknown_module_key() {
 fn two_modules() {
     let (l, c, _, m) = playbook_error("two_modules.toml");
     assert_eq!((l, c), (4, 7));
-    assert!(m.contains("exactly one module") && m.contains("`assert` and `command`"), "{m}");
+    assert!(
+        m.contains("exactly one module") && m.contains("`assert` and `command`"),
+        "{m}"
+    );
 }
 
 #[test]

@@ -125,7 +125,8 @@ pub fn prepare(
             .unwrap_or_default();
         // validate() made sure every pattern resolves.
         let targets = inventory.select(task.hosts.get_ref()).unwrap_or_default();
-        let templates = collect_templates(&serde_json::to_value(&task.module).unwrap_or(Value::Null));
+        let templates =
+            collect_templates(&serde_json::to_value(&task.module).unwrap_or(Value::Null));
         for host in targets {
             if limit.as_ref().is_some_and(|l| !l.contains(&host)) {
                 continue;
@@ -154,7 +155,10 @@ pub fn prepare(
                     }
                 }
             }
-            hosts.entry(host).or_default().push(Scheduled { task: index, skip });
+            hosts
+                .entry(host)
+                .or_default()
+                .push(Scheduled { task: index, skip });
         }
     }
     if !errors.is_empty() {
@@ -180,12 +184,15 @@ pub struct RunEnv {
     pub confirmer: Arc<dyn Confirm>,
 }
 
+/// A host's connection, or why it could not be made; filled once.
+type ConnectionCell = Arc<OnceCell<Result<Arc<dyn Transport>, String>>>;
+
 /// Connections, made once per host and shared by its tasks and by other hosts' tasks.
 struct Connections {
     inventory: Arc<Inventory>,
     connector: Arc<dyn Connector>,
     secrets: Secrets,
-    cells: Mutex<HashMap<String, Arc<OnceCell<Result<Arc<dyn Transport>, String>>>>>,
+    cells: Mutex<HashMap<String, ConnectionCell>>,
 }
 
 impl Connections {
@@ -212,10 +219,12 @@ impl Connections {
 #[async_trait]
 impl Peers for Connections {
     async fn transport(&self, host: &str) -> Result<Arc<dyn Transport>, TransportError> {
-        self.get(host).await.map_err(|reason| TransportError::Unreachable {
-            addr: host.to_string(),
-            reason,
-        })
+        self.get(host)
+            .await
+            .map_err(|reason| TransportError::Unreachable {
+                addr: host.to_string(),
+                reason,
+            })
     }
 }
 
@@ -289,8 +298,8 @@ pub async fn run(prepared: Prepared, env: RunEnv) -> PlayReport {
         report: Mutex::new(report),
     });
     let mut handles = Vec::new();
-    for host in shared.prepared.hosts.keys().cloned() {
-        let shared = shared.clone();
+    for host in shared.prepared.hosts.keys() {
+        let (shared, host) = (shared.clone(), host.clone());
         handles.push(tokio::spawn(async move { run_host(&shared, &host).await }));
     }
     for h in handles {
@@ -433,7 +442,9 @@ async fn run_host(shared: &Shared, host: &str) {
                 None,
             );
             shared.push(result(host, &task.name, TaskStatus::Skipped, started));
-            shared.completion.set(scheduled.task, host, Outcome::Succeeded);
+            shared
+                .completion
+                .set(scheduled.task, host, Outcome::Succeeded);
             continue;
         }
         let warnings = match shared.wait_for_dependencies(scheduled.task, host).await {
@@ -483,12 +494,13 @@ async fn run_host(shared: &Shared, host: &str) {
             TaskStatus::Skipped => RecordStatus::Skipped,
             TaskStatus::Failed => RecordStatus::Failed,
         };
-        if let Err(e) =
-            shared
-                .env
-                .journal
-                .task_finished(host, &task.name, record, &r.changes, r.error.as_deref())
-        {
+        if let Err(e) = shared.env.journal.task_finished(
+            host,
+            &task.name,
+            record,
+            &r.changes,
+            r.error.as_deref(),
+        ) {
             r.status = TaskStatus::Failed;
             r.error = Some(format!("cannot write the journal: {e}"));
         }
@@ -496,7 +508,11 @@ async fn run_host(shared: &Shared, host: &str) {
         shared.completion.set(
             scheduled.task,
             host,
-            if failed { Outcome::Failed } else { Outcome::Succeeded },
+            if failed {
+                Outcome::Failed
+            } else {
+                Outcome::Succeeded
+            },
         );
         shared.push(r);
         if failed {
@@ -510,7 +526,11 @@ async fn run_host(shared: &Shared, host: &str) {
 }
 
 /// facts → decide → (not in check mode) apply. The one place check mode is enforced.
-async fn run_task(ctx: &TaskCtx, module: &crate::modules::ModuleArgs, started: Instant) -> TaskResult {
+async fn run_task(
+    ctx: &TaskCtx,
+    module: &crate::modules::ModuleArgs,
+    started: Instant,
+) -> TaskResult {
     let mut r = result(&ctx.host, &ctx.task, TaskStatus::Ok, started);
     ctx.events.task_start(&ctx.host, &ctx.task);
     if let Err(e) = ctx.journal.task_started(&ctx.host, &ctx.task) {
@@ -518,7 +538,12 @@ async fn run_task(ctx: &TaskCtx, module: &crate::modules::ModuleArgs, started: I
         r.error = Some(format!("cannot write the journal: {e}"));
         return r;
     }
-    tracing::info!(host = ctx.host, task = ctx.task, module = module.name(), "task start");
+    tracing::info!(
+        host = ctx.host,
+        task = ctx.task,
+        module = module.name(),
+        "task start"
+    );
     let m = module.module();
     let outcome = match m.plan(ctx).await {
         Err(e) => Err(e),
@@ -549,7 +574,12 @@ async fn run_task(ctx: &TaskCtx, module: &crate::modules::ModuleArgs, started: I
         }
     }
     r.duration_ms = started.elapsed().as_millis() as u64;
-    tracing::info!(host = ctx.host, task = ctx.task, status = r.status.as_str(), "task end");
+    tracing::info!(
+        host = ctx.host,
+        task = ctx.task,
+        status = r.status.as_str(),
+        "task end"
+    );
     r
 }
 
@@ -569,7 +599,8 @@ pub async fn ping(
     };
     let mut handles = Vec::new();
     for host in hosts {
-        let (inventory, connector, secrets) = (inventory.clone(), connector.clone(), secrets.clone());
+        let (inventory, connector, secrets) =
+            (inventory.clone(), connector.clone(), secrets.clone());
         handles.push(tokio::spawn(async move {
             let started = Instant::now();
             let Some(h) = inventory.hosts.get(&host) else {
@@ -581,7 +612,11 @@ pub async fn ping(
             };
             match outcome {
                 Err(e) => (host, Err(e), started),
-                Ok(exec) => (host, Ok(exec.map_err(|e| secrets.mask(&e.to_string()))), started),
+                Ok(exec) => (
+                    host,
+                    Ok(exec.map_err(|e| secrets.mask(&e.to_string()))),
+                    started,
+                ),
             }
         }));
     }

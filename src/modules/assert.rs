@@ -57,7 +57,12 @@ impl Module for Assert {
         }
     }
 
-    async fn apply(&self, _: &TaskCtx, _: &AssertFacts, _: &[NoChange]) -> Result<Applied, ModuleError> {
+    async fn apply(
+        &self,
+        _: &TaskCtx,
+        _: &AssertFacts,
+        _: &[NoChange],
+    ) -> Result<Applied, ModuleError> {
         Ok(Applied::default())
     }
 }

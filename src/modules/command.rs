@@ -182,13 +182,29 @@ mod tests {
         let m = module(true);
         assert_eq!(decide(&m, &facts()).unwrap().len(), 1);
         for f in [
-            CommandFacts { creates_exists: Some(true), ..facts() },
-            CommandFacts { removes_exists: Some(false), ..facts() },
-            CommandFacts { unless_succeeded: Some(true), ..facts() },
+            CommandFacts {
+                creates_exists: Some(true),
+                ..facts()
+            },
+            CommandFacts {
+                removes_exists: Some(false),
+                ..facts()
+            },
+            CommandFacts {
+                unless_succeeded: Some(true),
+                ..facts()
+            },
         ] {
             assert!(decide(&m, &f).unwrap().is_empty(), "{f:?}");
         }
-        let planned = decide(&m, &CommandFacts { creates_exists: Some(false), ..facts() }).unwrap();
+        let planned = decide(
+            &m,
+            &CommandFacts {
+                creates_exists: Some(false),
+                ..facts()
+            },
+        )
+        .unwrap();
         assert_eq!(planned[0].commands(), vec!["touch /x"]);
     }
 
@@ -196,12 +212,20 @@ mod tests {
     fn read_only_commands_are_checks() {
         let m = module(false);
         let ok = CommandFacts {
-            probe: Some(Probe { status: Some(0), stdout: String::new(), stderr: String::new() }),
+            probe: Some(Probe {
+                status: Some(0),
+                stdout: String::new(),
+                stderr: String::new(),
+            }),
             ..facts()
         };
         assert!(decide(&m, &ok).unwrap().is_empty());
         let bad = CommandFacts {
-            probe: Some(Probe { status: Some(1), stdout: String::new(), stderr: "nope".into() }),
+            probe: Some(Probe {
+                status: Some(1),
+                stdout: String::new(),
+                stderr: "nope".into(),
+            }),
             ..facts()
         };
         let e = decide(&m, &bad).unwrap_err().to_string();

@@ -90,8 +90,7 @@ pub trait Module: Send + Sync + 'static {
 
     /// Pure: the changes needed to reach the desired state; empty means ok. An error here
     /// means a check failed (e.g. a preflight condition) and fails the task.
-    fn decide(&self, facts: &Self::Facts, ctx: &TaskCtx)
-        -> Result<Vec<Self::Change>, ModuleError>;
+    fn decide(&self, facts: &Self::Facts, ctx: &TaskCtx) -> Result<Vec<Self::Change>, ModuleError>;
 
     /// Make exactly `changes` (never called in check mode, never with an empty list).
     async fn apply(
@@ -293,7 +292,9 @@ impl TaskCtx {
 
     /// Record an artifact this task produced on this host.
     pub fn record_artifact(&self, artifact: Artifact) -> Result<(), ModuleError> {
-        Ok(self.journal.record_artifact(&self.host, &self.task, artifact)?)
+        Ok(self
+            .journal
+            .record_artifact(&self.host, &self.task, artifact)?)
     }
 
     /// Record a fingerprint (row counts, key counts, file hashes...) of this task.

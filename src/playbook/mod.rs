@@ -220,7 +220,10 @@ impl Playbook {
                 return Err(source.error_at(
                     Some(span),
                     Some("name".into()),
-                    format!("two tasks are named `{}`; task names must be unique", t.name),
+                    format!(
+                        "two tasks are named `{}`; task names must be unique",
+                        t.name
+                    ),
                 ));
             }
             for dep in &t.after {
@@ -233,7 +236,11 @@ impl Playbook {
                             "task `{}` depends on `{}`, {}; dependencies must name earlier tasks",
                             t.name,
                             dep.get_ref(),
-                            if later { "itself (a cycle)" } else { "which is not an earlier task" }
+                            if later {
+                                "itself (a cycle)"
+                            } else {
+                                "which is not an earlier task"
+                            }
                         ),
                     ));
                 }

@@ -65,7 +65,11 @@ impl SourceFile {
         let before = self.text.get(..offset).unwrap_or(&self.text);
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-        let column = before.get(line_start..).map(|s| s.chars().count()).unwrap_or(0) + 1;
+        let column = before
+            .get(line_start..)
+            .map(|s| s.chars().count())
+            .unwrap_or(0)
+            + 1;
         Location {
             path: self.path.clone(),
             line,
@@ -103,7 +107,11 @@ impl SourceFile {
         if after.starts_with('=') && !covered.contains('\n') {
             return Some(clean(covered));
         }
-        let line_start = text.get(..span.start)?.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let line_start = text
+            .get(..span.start)?
+            .rfind('\n')
+            .map(|i| i + 1)
+            .unwrap_or(0);
         let prefix = text.get(line_start..span.start)?;
         let (key, _) = prefix.split_once('=')?;
         let key = clean(key);

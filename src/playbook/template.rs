@@ -237,7 +237,10 @@ fn quote_helper(
         .param(0)
         .ok_or(RenderErrorReason::ParamNotFoundForIndex("quote", 0))?;
     if param.is_value_missing() {
-        return Err(RenderErrorReason::MissingVariable(Some(param.relative_path().cloned().unwrap_or_default())).into());
+        return Err(RenderErrorReason::MissingVariable(Some(
+            param.relative_path().cloned().unwrap_or_default(),
+        ))
+        .into());
     }
     let text = match param.value() {
         Value::String(s) => s.clone(),
@@ -312,10 +315,10 @@ impl Renderer {
             RenderErrorReason::MissingVariable(Some(v)) => {
                 (Some(v.clone()), format!("undefined variable `{v}`"))
             }
-            RenderErrorReason::MissingVariable(None) => {
-                (None, "undefined variable".to_string())
+            RenderErrorReason::MissingVariable(None) => (None, "undefined variable".to_string()),
+            RenderErrorReason::TemplateError(te) => {
+                (None, format!("invalid template: {}", te.reason()))
             }
-            RenderErrorReason::TemplateError(te) => (None, format!("invalid template: {}", te.reason())),
             other => (None, other.to_string()),
         };
         let pos = match e.reason() {
@@ -367,9 +370,15 @@ mod tests {
     fn shell_values_are_quoted_by_construction() {
         let r = Renderer::new(None);
         let cmd = r
-            .render_shell(&ShellTemplate::new("test -d {{ dir }}"), &vars(&[("dir", "a'; rm -rf / #")]))
+            .render_shell(
+                &ShellTemplate::new("test -d {{ dir }}"),
+                &vars(&[("dir", "a'; rm -rf / #")]),
+            )
             .unwrap();
-        assert_eq!(sh_words(&cmd.to_shell()), vec!["test", "-d", "a'; rm -rf / #"]);
+        assert_eq!(
+            sh_words(&cmd.to_shell()),
+            vec!["test", "-d", "a'; rm -rf / #"]
+        );
     }
 
     /// How a real POSIX shell splits a command line into words.
@@ -392,19 +401,32 @@ mod tests {
         let r = Renderer::new(None);
         let v = vars(&[("x", "a b&<")]);
         assert_eq!(r.render(&Template::new("{{x}}"), &v).unwrap(), "a b&<");
-        assert_eq!(r.render(&Template::new("{{quote x}}"), &v).unwrap(), "'a b&<'");
-        let cmd = r.render_shell(&ShellTemplate::new("echo {{quote x}}"), &v).unwrap();
+        assert_eq!(
+            r.render(&Template::new("{{quote x}}"), &v).unwrap(),
+            "'a b&<'"
+        );
+        let cmd = r
+            .render_shell(&ShellTemplate::new("echo {{quote x}}"), &v)
+            .unwrap();
         assert_eq!(cmd.to_shell(), "echo 'a b&<'");
     }
 
     #[test]
     fn undefined_variables_are_errors_naming_the_variable() {
         let r = Renderer::new(None);
-        let e = r.render(&Template::new("x {{ nope }}"), &vars(&[])).unwrap_err();
+        let e = r
+            .render(&Template::new("x {{ nope }}"), &vars(&[]))
+            .unwrap_err();
         assert_eq!(e.variable.as_deref(), Some("nope"));
         // `#if` is how a template asks whether a variable exists, so it is allowed.
-        assert_eq!(r.render(&Template::new("{{#if nope}}y{{/if}}"), &vars(&[])).unwrap(), "");
-        let e = r.render(&Template::new("{{quote nope}}"), &vars(&[])).unwrap_err();
+        assert_eq!(
+            r.render(&Template::new("{{#if nope}}y{{/if}}"), &vars(&[]))
+                .unwrap(),
+            ""
+        );
+        let e = r
+            .render(&Template::new("{{quote nope}}"), &vars(&[]))
+            .unwrap_err();
         assert_eq!(e.variable.as_deref(), Some("nope"));
     }
 
@@ -412,16 +434,24 @@ mod tests {
     fn raw_and_self_quoted_interpolation_is_refused() {
         let r = Renderer::new(None);
         let v = vars(&[("x", "1")]);
-        assert!(r.render_shell(&ShellTemplate::new("echo {{{x}}}"), &v).is_err());
-        assert!(r.render_shell(&ShellTemplate::new("echo {{&x}}"), &v).is_err());
-        assert!(r.render_shell(&ShellTemplate::new("echo '{{x}}'"), &v).is_err());
+        assert!(r
+            .render_shell(&ShellTemplate::new("echo {{{x}}}"), &v)
+            .is_err());
+        assert!(r
+            .render_shell(&ShellTemplate::new("echo {{&x}}"), &v)
+            .is_err());
+        assert!(r
+            .render_shell(&ShellTemplate::new("echo '{{x}}'"), &v)
+            .is_err());
     }
 
     #[test]
     fn secrets_are_masked_in_display() {
         let secrets = Secrets::new();
         secrets.add("s3cr et");
-        let map = [("pw".to_string(), Value::String("s3cr et".into()))].into_iter().collect();
+        let map = [("pw".to_string(), Value::String("s3cr et".into()))]
+            .into_iter()
+            .collect();
         let v = Vars::new(map, &secrets);
         let cmd = Renderer::new(None)
             .render_shell(&ShellTemplate::new("login --password {{pw}}"), &v)

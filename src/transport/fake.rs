@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use crate::command::Cmd;
 use crate::secrets::Secrets;
 use crate::transport::{
-    BoxRead, Connector, ConnectSpec, Duplex, ExecOutput, ExecStream, ForwardMethod, StreamExit,
+    BoxRead, ConnectSpec, Connector, Duplex, ExecOutput, ExecStream, ForwardMethod, StreamExit,
     Transport, TransportError,
 };
 
@@ -212,7 +212,9 @@ pub fn test_ctx(
     #[async_trait]
     impl Peers for NoPeers {
         async fn transport(&self, host: &str) -> Result<Arc<dyn Transport>, TransportError> {
-            Err(TransportError::Config(format!("no peer `{host}` in this test")))
+            Err(TransportError::Config(format!(
+                "no peer `{host}` in this test"
+            )))
         }
     }
 
