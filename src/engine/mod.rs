@@ -1,1 +1,658 @@
-//! (to be written)
+//! The engine: the only place that decides. For every host (in parallel, bounded by
+//! `--forks`) and every task (in order): facts → decision → apply, where apply is never
+//! called in check mode. Cross-host dependencies (`after`), `--limit/--tags/--skip-tags/
+//! --start-at`, the journal, events and the report are handled here.
+//!
+//! Two steps, so nothing is contacted before all input is known to be good:
+//! [`prepare`] (pure: selects hosts and tasks, renders every template for every host)
+//! and [`run`] (connects once per host, runs).
+
+pub mod connect;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::{Notify, OnceCell, Semaphore};
+
+use crate::command::Cmd;
+use crate::inventory::{Inventory, UnknownTarget};
+use crate::journal::{Journal, RecordStatus};
+use crate::modules::{Confirm, Peers, TaskCtx};
+use crate::playbook::source::InputError;
+use crate::playbook::template::{collect_templates, Renderer, TemplateError, Vars};
+use crate::playbook::{Playbook, UnknownTask};
+use crate::report::{EventSink, HostSummary, PlayReport, TaskResult, TaskStatus};
+use crate::secrets::Secrets;
+use crate::transport::{Connector, Transport, TransportError};
+
+/// What the operator asked for on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub check: bool,
+    pub yes: bool,
+    /// Hosts at a time; `None`: all.
+    pub forks: Option<usize>,
+    pub limit: Option<String>,
+    pub tags: Vec<String>,
+    pub skip_tags: Vec<String>,
+    pub start_at: Option<String>,
+}
+
+/// Bad input found before anything was contacted (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("--limit: {0}")]
+    Limit(UnknownTarget),
+    #[error("--start-at: {0}")]
+    StartAt(#[from] UnknownTask),
+    #[error("{} template error(s):\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Templates(Vec<TemplateError>),
+}
+
+/// One task scheduled on one host.
+#[derive(Debug, Clone)]
+pub struct Scheduled {
+    /// Index into `Playbook::tasks`.
+    pub task: usize,
+    /// Its `when` was false for this host.
+    pub skip: bool,
+}
+
+/// The validated plan of a run: which tasks run where, with every template rendered
+/// once for every host it targets.
+#[derive(Debug)]
+pub struct Prepared {
+    pub playbook: Arc<Playbook>,
+    pub inventory: Arc<Inventory>,
+    pub options: RunOptions,
+    /// Hosts of the run, each with its scheduled tasks in order.
+    pub hosts: BTreeMap<String, Vec<Scheduled>>,
+    pub vars: BTreeMap<String, Arc<Vars>>,
+    pub renderer: Arc<Renderer>,
+}
+
+/// The template variables of `host`: playbook vars < inventory vars, plus
+/// `inventory_hostname`, `group_names` and `hostvars`.
+pub fn host_vars(
+    playbook: &Playbook,
+    inventory: &Inventory,
+    host: &str,
+    secrets: &Secrets,
+) -> Vars {
+    let mut vars = playbook.vars.clone();
+    if let Some(h) = inventory.hosts.get(host) {
+        vars.extend(h.vars.clone());
+        vars.insert(
+            "group_names".into(),
+            Value::Array(h.groups.iter().cloned().map(Value::String).collect()),
+        );
+    }
+    vars.insert("hostvars".into(), inventory.hostvars());
+    Vars::new(vars, secrets)
+}
+
+/// Select hosts and tasks and render every template for every targeted host.
+pub fn prepare(
+    playbook: Arc<Playbook>,
+    inventory: Arc<Inventory>,
+    options: RunOptions,
+    secrets: &Secrets,
+) -> Result<Prepared, PrepareError> {
+    playbook.validate(&inventory)?;
+    let limit = match &options.limit {
+        Some(pattern) => Some(inventory.select(pattern).map_err(PrepareError::Limit)?),
+        None => None,
+    };
+    let tasks = playbook.select_tasks(
+        &options.tags,
+        &options.skip_tags,
+        options.start_at.as_deref(),
+    )?;
+    let renderer = Arc::new(Renderer::new(Some(playbook.source.clone())));
+    let mut hosts: BTreeMap<String, Vec<Scheduled>> = BTreeMap::new();
+    let mut vars = BTreeMap::new();
+    let mut errors = Vec::new();
+    for task in tasks {
+        let index = playbook
+            .tasks
+            .iter()
+            .position(|t| std::ptr::eq(t, task))
+            .unwrap_or_default();
+        // validate() made sure every pattern resolves.
+        let targets = inventory.select(task.hosts.get_ref()).unwrap_or_default();
+        let templates =
+            collect_templates(&serde_json::to_value(&task.module).unwrap_or(Value::Null));
+        for host in targets {
+            if limit.as_ref().is_some_and(|l| !l.contains(&host)) {
+                continue;
+            }
+            let host_vars = vars
+                .entry(host.clone())
+                .or_insert_with(|| Arc::new(host_vars(&playbook, &inventory, &host, secrets)))
+                .clone();
+            let skip = match &task.when {
+                Some(when) => match renderer.truthy(when, &host_vars) {
+                    Ok(holds) => !holds,
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                },
+                None => false,
+            };
+            if !skip {
+                for t in &templates {
+                    if let Err(e) = renderer.check(t, &host_vars) {
+                        errors.push(TemplateError {
+                            message: format!("{} (host `{host}`)", e.message),
+                            ..e
+                        });
+                    }
+                }
+            }
+            hosts
+                .entry(host)
+                .or_default()
+                .push(Scheduled { task: index, skip });
+        }
+    }
+    if !errors.is_empty() {
+        return Err(PrepareError::Templates(errors));
+    }
+    Ok(Prepared {
+        playbook,
+        inventory,
+        options,
+        hosts,
+        vars,
+        renderer,
+    })
+}
+
+/// What a run needs besides the plan.
+#[derive(Clone)]
+pub struct RunEnv {
+    pub connector: Arc<dyn Connector>,
+    pub journal: Arc<Journal>,
+    pub events: EventSink,
+    pub secrets: Secrets,
+    pub confirmer: Arc<dyn Confirm>,
+}
+
+/// A host's connection, or why it could not be made; filled once.
+type ConnectionCell = Arc<OnceCell<Result<Arc<dyn Transport>, String>>>;
+
+/// Connections, made once per host and shared by its tasks and by other hosts' tasks.
+struct Connections {
+    inventory: Arc<Inventory>,
+    connector: Arc<dyn Connector>,
+    secrets: Secrets,
+    cells: Mutex<HashMap<String, ConnectionCell>>,
+}
+
+impl Connections {
+    async fn get(&self, host: &str) -> Result<Arc<dyn Transport>, String> {
+        let cell = match self.cells.lock() {
+            Ok(mut cells) => cells.entry(host.to_string()).or_default().clone(),
+            Err(_) => return Err("connection table poisoned".into()),
+        };
+        cell.get_or_init(|| async {
+            let Some(h) = self.inventory.hosts.get(host) else {
+                return Err(format!("no host `{host}` in the inventory"));
+            };
+            tracing::info!(host, address = %h.connect.address, "connecting");
+            self.connector
+                .connect(&h.connect, &self.secrets)
+                .await
+                .map_err(|e| self.secrets.mask(&e.to_string()))
+        })
+        .await
+        .clone()
+    }
+}
+
+#[async_trait]
+impl Peers for Connections {
+    async fn transport(&self, host: &str) -> Result<Arc<dyn Transport>, TransportError> {
+        self.get(host)
+            .await
+            .map_err(|reason| TransportError::Unreachable {
+                addr: host.to_string(),
+                reason,
+            })
+    }
+}
+
+/// How a scheduled task ended, for dependants waiting on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Succeeded,
+    Failed,
+    /// Never ran: its host failed earlier or was unreachable.
+    NotRun,
+}
+
+#[derive(Default)]
+struct Completion {
+    done: Mutex<HashMap<(usize, String), Outcome>>,
+    changed: Notify,
+}
+
+impl Completion {
+    fn set(&self, task: usize, host: &str, outcome: Outcome) {
+        if let Ok(mut d) = self.done.lock() {
+            d.insert((task, host.to_string()), outcome);
+        }
+        self.changed.notify_waiters();
+    }
+    fn get(&self, task: usize, host: &str) -> Option<Outcome> {
+        self.done
+            .lock()
+            .ok()
+            .and_then(|d| d.get(&(task, host.to_string())).copied())
+    }
+}
+
+struct Shared {
+    prepared: Prepared,
+    env: RunEnv,
+    connections: Arc<Connections>,
+    completion: Completion,
+    forks: Semaphore,
+    report: Mutex<PlayReport>,
+}
+
+/// Run a prepared play. Never fails as a whole: failures are in the report.
+pub async fn run(prepared: Prepared, env: RunEnv) -> PlayReport {
+    let forks = prepared
+        .options
+        .forks
+        .unwrap_or(prepared.hosts.len())
+        .max(1);
+    let report = PlayReport {
+        playbook: prepared.playbook.name.clone(),
+        check_mode: prepared.options.check,
+        hosts: prepared
+            .hosts
+            .keys()
+            .map(|h| (h.clone(), HostSummary::default()))
+            .collect(),
+        tasks: Vec::new(),
+    };
+    let shared = Arc::new(Shared {
+        connections: Arc::new(Connections {
+            inventory: prepared.inventory.clone(),
+            connector: env.connector.clone(),
+            secrets: env.secrets.clone(),
+            cells: Mutex::new(HashMap::new()),
+        }),
+        prepared,
+        env,
+        completion: Completion::default(),
+        forks: Semaphore::new(forks),
+        report: Mutex::new(report),
+    });
+    let mut handles = Vec::new();
+    for host in shared.prepared.hosts.keys() {
+        let (shared, host) = (shared.clone(), host.clone());
+        handles.push(tokio::spawn(async move { run_host(&shared, &host).await }));
+    }
+    for h in handles {
+        if let Err(e) = h.await {
+            tracing::error!("host worker panicked: {e}");
+        }
+    }
+    let mut report = shared
+        .report
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_else(|e| e.into_inner().clone());
+    let order: HashMap<&str, usize> = shared
+        .prepared
+        .playbook
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    report
+        .tasks
+        .sort_by_key(|t| (t.host.clone(), order.get(t.task.as_str()).copied()));
+    report
+}
+
+impl Shared {
+    fn push(&self, result: TaskResult) {
+        self.env.events.task_end(&result);
+        if let Ok(mut r) = self.report.lock() {
+            r.add(result);
+        }
+    }
+
+    fn mark_unreachable(&self, host: &str, reason: &str) {
+        self.env.events.host_unreachable(host, reason);
+        if let Ok(mut r) = self.report.lock() {
+            let s = r.hosts.entry(host.to_string()).or_default();
+            s.unreachable = true;
+            s.unreachable_reason = Some(reason.to_string());
+        }
+    }
+
+    /// Wait until every dependency of task `index` is done; `Err` names the one that is not.
+    async fn wait_for_dependencies(&self, index: usize, host: &str) -> Result<Vec<String>, String> {
+        let pb = &self.prepared.playbook;
+        let mut warnings = Vec::new();
+        for dep in &pb.tasks[index].after {
+            let Some(dep_index) = pb.tasks.iter().position(|t| &t.name == dep.get_ref()) else {
+                return Err(format!("unknown dependency `{}`", dep.get_ref()));
+            };
+            let dep_hosts = self
+                .prepared
+                .inventory
+                .select(pb.tasks[dep_index].hosts.get_ref())
+                .unwrap_or_default();
+            for dep_host in dep_hosts {
+                let scheduled = self
+                    .prepared
+                    .hosts
+                    .get(&dep_host)
+                    .is_some_and(|s| s.iter().any(|s| s.task == dep_index));
+                if !scheduled {
+                    // Not part of this run: the journal must say it was done.
+                    let done = self
+                        .env
+                        .journal
+                        .record(&dep_host, dep.get_ref())
+                        .is_some_and(|r| r.succeeded());
+                    if !done {
+                        let msg = format!(
+                            "dependency `{}` has not completed on `{dep_host}` (not in this run, not in the journal)",
+                            dep.get_ref()
+                        );
+                        if self.prepared.options.check {
+                            warnings.push(msg);
+                            continue;
+                        }
+                        return Err(msg);
+                    }
+                    continue;
+                }
+                loop {
+                    let notified = self.completion.changed.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    match self.completion.get(dep_index, &dep_host) {
+                        Some(Outcome::Succeeded) => break,
+                        Some(_) => {
+                            return Err(format!(
+                                "dependency `{}` failed on `{dep_host}`",
+                                dep.get_ref()
+                            ))
+                        }
+                        None => {
+                            tracing::debug!(host, dep = dep.get_ref(), on = dep_host, "waiting");
+                            notified.await;
+                        }
+                    }
+                }
+            }
+        }
+        let _ = host;
+        Ok(warnings)
+    }
+}
+
+fn result(host: &str, task: &str, status: TaskStatus, started: Instant) -> TaskResult {
+    TaskResult {
+        host: host.to_string(),
+        task: task.to_string(),
+        status,
+        changes: Vec::new(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        error: None,
+        warnings: Vec::new(),
+    }
+}
+
+async fn run_host(shared: &Shared, host: &str) {
+    let Some(schedule) = shared.prepared.hosts.get(host) else {
+        return;
+    };
+    let pb = &shared.prepared.playbook;
+    let secrets = &shared.env.secrets;
+    let mut position = 0;
+    while position < schedule.len() {
+        let scheduled = &schedule[position];
+        position += 1;
+        let task = &pb.tasks[scheduled.task];
+        let started = Instant::now();
+        if scheduled.skip {
+            shared.env.events.task_start(host, &task.name);
+            let _ = shared.env.journal.task_started(host, &task.name);
+            let _ = shared.env.journal.task_finished(
+                host,
+                &task.name,
+                RecordStatus::Skipped,
+                &[],
+                None,
+            );
+            shared.push(result(host, &task.name, TaskStatus::Skipped, started));
+            shared
+                .completion
+                .set(scheduled.task, host, Outcome::Succeeded);
+            continue;
+        }
+        let warnings = match shared.wait_for_dependencies(scheduled.task, host).await {
+            Ok(w) => w,
+            Err(reason) => {
+                shared.env.events.task_start(host, &task.name);
+                let mut r = result(host, &task.name, TaskStatus::Failed, started);
+                r.error = Some(reason);
+                shared.push(r);
+                shared.completion.set(scheduled.task, host, Outcome::Failed);
+                break;
+            }
+        };
+        let Ok(_permit) = shared.forks.acquire().await else {
+            break;
+        };
+        let transport = match shared.connections.get(host).await {
+            Ok(t) => t,
+            Err(reason) => {
+                shared.mark_unreachable(host, &reason);
+                position -= 1;
+                break;
+            }
+        };
+        let ctx = TaskCtx {
+            host: host.to_string(),
+            task: task.name.clone(),
+            check: shared.prepared.options.check,
+            yes: shared.prepared.options.yes,
+            transport,
+            peers: shared.connections.clone(),
+            journal: shared.env.journal.clone(),
+            secrets: secrets.clone(),
+            events: shared.env.events.clone(),
+            vars: shared.prepared.vars.get(host).cloned().unwrap_or_else(|| {
+                Arc::new(host_vars(pb, &shared.prepared.inventory, host, secrets))
+            }),
+            renderer: shared.prepared.renderer.clone(),
+            confirmer: shared.env.confirmer.clone(),
+        };
+        let mut r = run_task(&ctx, &task.module, started).await;
+        r.warnings.extend(warnings);
+        let record = match r.status {
+            TaskStatus::Ok => RecordStatus::Ok,
+            TaskStatus::Changed => RecordStatus::Changed,
+            TaskStatus::WouldChange => RecordStatus::Running,
+            TaskStatus::Skipped => RecordStatus::Skipped,
+            TaskStatus::Failed => RecordStatus::Failed,
+        };
+        if let Err(e) = shared.env.journal.task_finished(
+            host,
+            &task.name,
+            record,
+            &r.changes,
+            r.error.as_deref(),
+        ) {
+            r.status = TaskStatus::Failed;
+            r.error = Some(format!("cannot write the journal: {e}"));
+        }
+        let failed = r.status == TaskStatus::Failed;
+        shared.completion.set(
+            scheduled.task,
+            host,
+            if failed {
+                Outcome::Failed
+            } else {
+                Outcome::Succeeded
+            },
+        );
+        shared.push(r);
+        if failed {
+            break;
+        }
+    }
+    // Tasks that will not run: release anyone waiting on them.
+    for s in &schedule[position..] {
+        shared.completion.set(s.task, host, Outcome::NotRun);
+    }
+}
+
+/// facts → decide → (not in check mode) apply. The one place check mode is enforced.
+async fn run_task(
+    ctx: &TaskCtx,
+    module: &crate::modules::ModuleArgs,
+    started: Instant,
+) -> TaskResult {
+    let mut r = result(&ctx.host, &ctx.task, TaskStatus::Ok, started);
+    ctx.events.task_start(&ctx.host, &ctx.task);
+    if let Err(e) = ctx.journal.task_started(&ctx.host, &ctx.task) {
+        r.status = TaskStatus::Failed;
+        r.error = Some(format!("cannot write the journal: {e}"));
+        return r;
+    }
+    tracing::info!(
+        host = ctx.host,
+        task = ctx.task,
+        module = module.name(),
+        "task start"
+    );
+    let m = module.module();
+    let outcome = match m.plan(ctx).await {
+        Err(e) => Err(e),
+        Ok(plan) => {
+            tracing::debug!(host = ctx.host, task = ctx.task, facts = %ctx.secrets.mask(&plan.facts.to_string()), "facts");
+            r.changes = plan.changes.iter().map(|c| c.report_line()).collect();
+            if plan.changes.is_empty() {
+                Ok(TaskStatus::Ok)
+            } else if ctx.check {
+                Ok(TaskStatus::WouldChange)
+            } else {
+                m.apply_plan(ctx, plan).await.map(|applied| {
+                    r.warnings = applied.warnings;
+                    if applied.changed {
+                        TaskStatus::Changed
+                    } else {
+                        TaskStatus::Ok
+                    }
+                })
+            }
+        }
+    };
+    match outcome {
+        Ok(status) => r.status = status,
+        Err(e) => {
+            r.status = TaskStatus::Failed;
+            r.error = Some(ctx.secrets.mask(&e.to_string()));
+        }
+    }
+    r.duration_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(
+        host = ctx.host,
+        task = ctx.task,
+        status = r.status.as_str(),
+        "task end"
+    );
+    r
+}
+
+/// `ferry ping`: connect to each host and run `true`.
+pub async fn ping(
+    inventory: Arc<Inventory>,
+    hosts: Vec<String>,
+    connector: Arc<dyn Connector>,
+    secrets: Secrets,
+    events: EventSink,
+) -> PlayReport {
+    let mut report = PlayReport {
+        playbook: "ping".into(),
+        check_mode: false,
+        hosts: BTreeMap::new(),
+        tasks: Vec::new(),
+    };
+    let mut handles = Vec::new();
+    for host in hosts {
+        let (inventory, connector, secrets) =
+            (inventory.clone(), connector.clone(), secrets.clone());
+        handles.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let Some(h) = inventory.hosts.get(&host) else {
+                return (host, Err("not in the inventory".to_string()), started);
+            };
+            let outcome = match connector.connect(&h.connect, &secrets).await {
+                Err(e) => Err(secrets.mask(&e.to_string())),
+                Ok(t) => Ok(t.exec(&Cmd::new("true"), None).await),
+            };
+            match outcome {
+                Err(e) => (host, Err(e), started),
+                Ok(exec) => (
+                    host,
+                    Ok(exec.map_err(|e| secrets.mask(&e.to_string()))),
+                    started,
+                ),
+            }
+        }));
+    }
+    for handle in handles {
+        let Ok((host, outcome, started)) = handle.await else {
+            continue;
+        };
+        report.hosts.entry(host.clone()).or_default();
+        match outcome {
+            Err(reason) => {
+                events.host_unreachable(&host, &reason);
+                let s = report.hosts.entry(host.clone()).or_default();
+                s.unreachable = true;
+                s.unreachable_reason = Some(reason);
+            }
+            Ok(exec) => {
+                let mut r = result(&host, "ping", TaskStatus::Ok, started);
+                match exec {
+                    Ok(out) if out.success() => {}
+                    Ok(out) => {
+                        r.status = TaskStatus::Failed;
+                        r.error = Some(format!(
+                            "`true` exited {:?}: {}",
+                            out.status,
+                            secrets.mask(out.stderr_str().trim())
+                        ));
+                    }
+                    Err(e) => {
+                        r.status = TaskStatus::Failed;
+                        r.error = Some(e);
+                    }
+                }
+                events.task_end(&r);
+                report.add(r);
+            }
+        }
+    }
+    report
+}

@@ -22,6 +22,7 @@ use crate::report::EventSink;
 use crate::secrets::Secrets;
 use crate::transport::{ExecOutput, Transport, TransportError};
 
+pub mod assert;
 pub mod command;
 pub mod docker_container;
 pub mod k8s_scale;
@@ -420,6 +421,7 @@ macro_rules! modules {
 }
 
 modules! {
+    assert => assert::Assert,
     command => command::Command,
     docker_container => docker_container::DockerContainer,
     pg_dump => pg_dump::PgDump,

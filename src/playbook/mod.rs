@@ -1,3 +1,320 @@
-//! Playbooks: an ordered list of tasks read from TOML; templating lives in `template`.
+//! Playbooks: an ordered list of tasks read from TOML. Templating lives in [`template`],
+//! file locations in [`source`].
+//!
+//! ```toml
+//! name = "optional title"
+//! [vars]                      # defaults; inventory vars override them
+//! data_dir = "/srv/data"
+//!
+//! [[task]]
+//! name = "Check the data dir"
+//! hosts = "old"               # a host, a group, "all", or a comma-separated list
+//! tags = ["preflight"]
+//! when = "{{ check_data }}"   # optional; rendered per host, "", false, no, off, 0 skip
+//! after = ["Some earlier task"]  # optional: wait until it finished on all its hosts
+//! [task.command]              # exactly one module table
+//! cmd = "test -d {{ data_dir }}"
+//! ```
+
 pub mod source;
 pub mod template;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_spanned::Spanned;
+
+use crate::inventory::Inventory;
+use crate::modules::{ModuleArgs, MODULE_NAMES};
+use source::{InputError, SourceFile};
+use template::Template;
+
+/// A parsed playbook.
+#[derive(Debug, Clone)]
+pub struct Playbook {
+    pub path: PathBuf,
+    pub source: Arc<SourceFile>,
+    /// `name`, or the file stem.
+    pub name: String,
+    /// Playbook-level defaults for variables (inventory vars override them).
+    pub vars: serde_json::Map<String, serde_json::Value>,
+    pub tasks: Vec<Task>,
+}
+
+/// One task: where it runs, when, after what, and its module.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub name: String,
+    /// Host pattern: host, group, `all`, or a comma-separated list of those.
+    pub hosts: Spanned<String>,
+    pub tags: Vec<String>,
+    pub when: Option<Template>,
+    /// Tasks (by name) that must have finished on all their hosts first.
+    pub after: Vec<Spanned<String>>,
+    pub module: ModuleArgs,
+    /// Where the task is in the file.
+    pub span: Range<usize>,
+}
+
+const TASK_KEYS: &[&str] = &["name", "hosts", "tags", "when", "after"];
+
+enum TaskKey {
+    Name,
+    Hosts,
+    Tags,
+    When,
+    After,
+    Module(String),
+}
+
+/// Reads one key of a task table; errors here carry the key's location.
+struct TaskKeySeed<'a> {
+    module_seen: Option<&'a str>,
+}
+
+impl<'de> DeserializeSeed<'de> for TaskKeySeed<'_> {
+    type Value = TaskKey;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<TaskKey, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for TaskKeySeed<'_> {
+    type Value = TaskKey;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a task key")
+    }
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<TaskKey, E> {
+        Ok(match key {
+            "name" => TaskKey::Name,
+            "hosts" => TaskKey::Hosts,
+            "tags" => TaskKey::Tags,
+            "when" => TaskKey::When,
+            "after" => TaskKey::After,
+            m if MODULE_NAMES.contains(&m) => {
+                if let Some(first) = self.module_seen {
+                    return Err(E::custom(format!(
+                        "a task has exactly one module, this one has two: `{first}` and `{m}`"
+                    )));
+                }
+                TaskKey::Module(m.to_string())
+            }
+            other => {
+                return Err(E::custom(format!(
+                    "unknown field `{other}`, expected one of {} or a module: {}",
+                    TASK_KEYS.join(", "),
+                    MODULE_NAMES.join(", ")
+                )))
+            }
+        })
+    }
+}
+
+struct ModuleSeed(String);
+
+impl<'de> DeserializeSeed<'de> for ModuleSeed {
+    type Value = ModuleArgs;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ModuleArgs, D::Error> {
+        ModuleArgs::deserialize_named(&self.0, d)
+    }
+}
+
+/// A task as parsed, before its span is attached.
+struct RawTask {
+    name: String,
+    hosts: Spanned<String>,
+    tags: Vec<String>,
+    when: Option<Template>,
+    after: Vec<Spanned<String>>,
+    module: ModuleArgs,
+}
+
+impl<'de> Deserialize<'de> for RawTask {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TaskVisitor;
+        impl<'de> Visitor<'de> for TaskVisitor {
+            type Value = RawTask;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a task table")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawTask, A::Error> {
+                let mut name = None;
+                let mut hosts = None;
+                let mut tags = None;
+                let mut when = None;
+                let mut after = None;
+                let mut module: Option<ModuleArgs> = None;
+                let mut module_name: Option<String> = None;
+                while let Some(key) = map.next_key_seed(TaskKeySeed {
+                    module_seen: module_name.as_deref(),
+                })? {
+                    match key {
+                        TaskKey::Name => name = Some(map.next_value::<String>()?),
+                        TaskKey::Hosts => hosts = Some(map.next_value()?),
+                        TaskKey::Tags => tags = Some(map.next_value()?),
+                        TaskKey::When => when = Some(map.next_value()?),
+                        TaskKey::After => after = Some(map.next_value()?),
+                        TaskKey::Module(m) => {
+                            module = Some(map.next_value_seed(ModuleSeed(m.clone()))?);
+                            module_name = Some(m);
+                        }
+                    }
+                }
+                let name = name.ok_or_else(|| de::Error::missing_field("name"))?;
+                let hosts = hosts.ok_or_else(|| {
+                    de::Error::custom(format!("task `{name}`: missing field `hosts`"))
+                })?;
+                let module = module.ok_or_else(|| {
+                    de::Error::custom(format!(
+                        "task `{name}` has no module; add exactly one table of: {}",
+                        MODULE_NAMES.join(", ")
+                    ))
+                })?;
+                Ok(RawTask {
+                    name,
+                    hosts,
+                    tags: tags.unwrap_or_default(),
+                    when,
+                    after: after.unwrap_or_default(),
+                    module,
+                })
+            }
+        }
+        d.deserialize_map(TaskVisitor)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlaybook {
+    name: Option<String>,
+    #[serde(default)]
+    vars: toml::Table,
+    #[serde(default)]
+    task: Vec<Spanned<RawTask>>,
+}
+
+impl Playbook {
+    pub fn load(path: &Path) -> Result<Playbook, InputError> {
+        Playbook::parse(SourceFile::read(path)?)
+    }
+
+    /// Parse a playbook: types, unknown keys, module tables, names and dependencies.
+    /// Host patterns are checked against an inventory by [`Playbook::validate`].
+    pub fn parse(source: SourceFile) -> Result<Playbook, InputError> {
+        let raw: RawPlaybook = toml::from_str(&source.text).map_err(|e| source.toml_error(&e))?;
+        let vars = serde_json::to_value(&raw.vars)
+            .ok()
+            .and_then(|v| v.as_object().cloned())
+            .unwrap_or_default();
+        let mut tasks: Vec<Task> = Vec::new();
+        for spanned in raw.task {
+            let span = spanned.span();
+            let t = spanned.into_inner();
+            if tasks.iter().any(|o| o.name == t.name) {
+                return Err(source.error_at(
+                    Some(span),
+                    Some("name".into()),
+                    format!(
+                        "two tasks are named `{}`; task names must be unique",
+                        t.name
+                    ),
+                ));
+            }
+            for dep in &t.after {
+                if !tasks.iter().any(|o| &o.name == dep.get_ref()) {
+                    let later = dep.get_ref() == &t.name;
+                    return Err(source.error_at(
+                        Some(dep.span()),
+                        Some("after".into()),
+                        format!(
+                            "task `{}` depends on `{}`, {}; dependencies must name earlier tasks",
+                            t.name,
+                            dep.get_ref(),
+                            if later {
+                                "itself (a cycle)"
+                            } else {
+                                "which is not an earlier task"
+                            }
+                        ),
+                    ));
+                }
+            }
+            tasks.push(Task {
+                name: t.name,
+                hosts: t.hosts,
+                tags: t.tags,
+                when: t.when,
+                after: t.after,
+                module: t.module,
+                span,
+            });
+        }
+        let name = raw.name.unwrap_or_else(|| {
+            source
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        Ok(Playbook {
+            path: source.path.clone(),
+            name,
+            vars,
+            tasks,
+            source: Arc::new(source),
+        })
+    }
+
+    /// Every task's `hosts` must name inventory hosts or groups.
+    pub fn validate(&self, inventory: &Inventory) -> Result<(), InputError> {
+        for t in &self.tasks {
+            if let Err(e) = inventory.select(t.hosts.get_ref()) {
+                return Err(self.source.error_at(
+                    Some(t.hosts.span()),
+                    Some("hosts".into()),
+                    format!("task `{}`: {e}", t.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn task(&self, name: &str) -> Option<&Task> {
+        self.tasks.iter().find(|t| t.name == name)
+    }
+
+    /// Tasks selected by `--tags`, `--skip-tags` and `--start-at`, in order.
+    pub fn select_tasks(
+        &self,
+        tags: &[String],
+        skip_tags: &[String],
+        start_at: Option<&str>,
+    ) -> Result<Vec<&Task>, UnknownTask> {
+        let start = match start_at {
+            Some(n) => self
+                .tasks
+                .iter()
+                .position(|t| t.name == n)
+                .ok_or_else(|| UnknownTask(n.to_string()))?,
+            None => 0,
+        };
+        let wanted: BTreeSet<&str> = tags.iter().map(String::as_str).collect();
+        let skipped: BTreeSet<&str> = skip_tags.iter().map(String::as_str).collect();
+        Ok(self.tasks[start..]
+            .iter()
+            .filter(|t| wanted.is_empty() || t.tags.iter().any(|g| wanted.contains(g.as_str())))
+            .filter(|t| !t.tags.iter().any(|g| skipped.contains(g.as_str())))
+            .collect())
+    }
+}
+
+/// `--start-at` named no task.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("no task named `{0}` in the playbook")]
+pub struct UnknownTask(pub String);

@@ -1,0 +1,68 @@
+//! `assert`: fail the task unless a condition holds; changes nothing.
+//!
+//! ```toml
+//! [task.assert]
+//! that = "{{ app_version_ok }}"   # rendered; "", false, no, off, 0 fail
+//! msg = "the app must be at least 1.12.10"
+//! ```
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::playbook::template::Template;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assert {
+    pub that: Template,
+    pub msg: Option<Template>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AssertFacts {
+    pub holds: bool,
+    pub msg: String,
+}
+
+/// `assert` never plans a change.
+#[derive(Debug, Clone, Serialize)]
+pub enum NoChange {}
+
+impl Change for NoChange {
+    fn describe(&self) -> String {
+        match *self {}
+    }
+}
+
+#[async_trait]
+impl Module for Assert {
+    type Facts = AssertFacts;
+    type Change = NoChange;
+
+    async fn facts(&self, ctx: &TaskCtx) -> Result<AssertFacts, ModuleError> {
+        let holds = ctx.renderer.truthy(&self.that, &ctx.vars)?;
+        let msg = match &self.msg {
+            Some(m) => ctx.render(m)?,
+            None => format!("assertion failed: {}", self.that.source()),
+        };
+        Ok(AssertFacts { holds, msg })
+    }
+
+    fn decide(&self, facts: &AssertFacts, _: &TaskCtx) -> Result<Vec<NoChange>, ModuleError> {
+        if facts.holds {
+            Ok(Vec::new())
+        } else {
+            Err(ModuleError::Failed(facts.msg.clone()))
+        }
+    }
+
+    async fn apply(
+        &self,
+        _: &TaskCtx,
+        _: &AssertFacts,
+        _: &[NoChange],
+    ) -> Result<Applied, ModuleError> {
+        Ok(Applied::default())
+    }
+}

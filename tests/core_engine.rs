@@ -1,0 +1,378 @@
+//! The engine's contract, against in-memory fake hosts.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ferry::engine::{self, RunEnv, RunOptions};
+use ferry::inventory::Inventory;
+use ferry::journal::{Journal, RecordStatus};
+use ferry::modules::NeverConfirm;
+use ferry::playbook::source::SourceFile;
+use ferry::playbook::Playbook;
+use ferry::report::{EventSink, PlayReport, TaskStatus};
+use ferry::secrets::Secrets;
+use ferry::transport::fake::{output, FakeConnector, FakeTransport};
+
+const INVENTORY: &str = r#"
+[hosts.old]
+address = "10.0.0.1"
+groups = ["docker"]
+[hosts.old.vars]
+hostile = "a'; rm -rf / #"
+[hosts.new]
+address = "10.0.0.2"
+[defaults.vars]
+marker = "/srv/marker"
+"#;
+
+struct World {
+    dir: tempfile::TempDir,
+    inventory: Arc<Inventory>,
+    secrets: Secrets,
+}
+
+impl World {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = Secrets::new();
+        let inventory = Inventory::parse(
+            &SourceFile::new(dir.path().join("inv.toml"), INVENTORY),
+            &|_| None,
+            &secrets,
+        )
+        .unwrap();
+        World {
+            dir,
+            inventory: Arc::new(inventory),
+            secrets,
+        }
+    }
+
+    async fn play(
+        &self,
+        playbook: &str,
+        options: RunOptions,
+        connector: FakeConnector,
+    ) -> PlayReport {
+        let pb = Arc::new(Playbook::parse(SourceFile::new("pb.toml", playbook)).unwrap());
+        let prepared =
+            engine::prepare(pb, self.inventory.clone(), options.clone(), &self.secrets).unwrap();
+        let journal = Journal::open(
+            &self.dir.path().join("pb.journal.json"),
+            "pb",
+            self.secrets.clone(),
+            !options.check,
+        )
+        .unwrap();
+        let env = RunEnv {
+            connector: Arc::new(connector),
+            journal: Arc::new(journal),
+            events: EventSink::to_file(&self.dir.path().join("events.jsonl"), self.secrets.clone())
+                .unwrap(),
+            secrets: self.secrets.clone(),
+            confirmer: Arc::new(NeverConfirm),
+        };
+        engine::run(prepared, env).await
+    }
+
+    fn events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("events.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+const MARKER_PLAY: &str = r#"
+[[task]]
+name = "Make the marker"
+hosts = "all"
+[task.command]
+cmd = "touch {{ marker }}"
+creates = "{{ marker }}"
+"#;
+
+/// A host with a file system of one bit: whether the marker exists.
+fn marker_host(name: &str, exists: Arc<AtomicBool>) -> Arc<FakeTransport> {
+    let t = FakeTransport::new(name);
+    let e = exists.clone();
+    t.on_fn("test -e /srv/marker", move |_, _| {
+        output(if e.load(Ordering::SeqCst) { 0 } else { 1 }, "")
+    });
+    t.on_fn("touch /srv/marker", move |_, _| {
+        exists.store(true, Ordering::SeqCst);
+        output(0, "")
+    });
+    t
+}
+
+#[tokio::test]
+async fn check_mode_applies_nothing() {
+    let w = World::new();
+    let old = marker_host("old", Arc::default());
+    let new = marker_host("new", Arc::default());
+    let report = w
+        .play(
+            MARKER_PLAY,
+            RunOptions {
+                check: true,
+                ..Default::default()
+            },
+            FakeConnector::new([old.clone(), new.clone()]),
+        )
+        .await;
+    assert!(report.check_mode);
+    for t in &report.tasks {
+        assert_eq!(t.status, TaskStatus::WouldChange, "{t:?}");
+        assert_eq!(t.changes, vec!["run command: touch /srv/marker"]);
+    }
+    for host in [&old, &new] {
+        assert_eq!(
+            host.commands(),
+            vec!["test -e /srv/marker"],
+            "only facts were gathered"
+        );
+    }
+    // A check writes no journal.
+    assert!(!w.dir.path().join("pb.journal.json").exists());
+}
+
+#[tokio::test]
+async fn second_run_changes_nothing() {
+    let w = World::new();
+    let (old_fs, new_fs) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let first = w
+        .play(
+            MARKER_PLAY,
+            RunOptions::default(),
+            FakeConnector::new([
+                marker_host("old", old_fs.clone()),
+                marker_host("new", new_fs.clone()),
+            ]),
+        )
+        .await;
+    assert!(first.success());
+    assert_eq!(first.hosts["old"].changed, 1);
+    assert_eq!(first.hosts["new"].changed, 1);
+    let old = marker_host("old", old_fs);
+    let second = w
+        .play(
+            MARKER_PLAY,
+            RunOptions::default(),
+            FakeConnector::new([old.clone(), marker_host("new", new_fs)]),
+        )
+        .await;
+    for (host, s) in &second.hosts {
+        assert_eq!((s.changed, s.ok), (0, 1), "{host}");
+    }
+    assert!(!old.commands().iter().any(|c| c.starts_with("touch")));
+    // The --format json document has exactly the documented shape.
+    let doc: serde_json::Value = serde_json::from_str(&second.to_json()).unwrap();
+    let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&doc), ["check_mode", "hosts", "playbook", "tasks"]);
+    assert_eq!(
+        keys(&doc["hosts"]["old"]),
+        ["changed", "failed", "ok", "skipped", "unreachable"]
+    );
+    assert_eq!(
+        keys(&doc["tasks"][0]),
+        ["changes", "duration_ms", "error", "host", "status", "task"]
+    );
+    assert_eq!(doc["tasks"][0]["status"], "ok");
+    assert_eq!(doc["tasks"][0]["error"], serde_json::Value::Null);
+    // The journal says what happened, the events file too.
+    let data = Journal::read(&w.dir.path().join("pb.journal.json")).unwrap();
+    assert_eq!(
+        data.hosts["old"]["Make the marker"].status,
+        RecordStatus::Ok
+    );
+    let events = w.events();
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "task_start" && e["host"] == "old"));
+    assert!(events.iter().any(|e| e["event"] == "task_end"
+        && e["status"] == "ok"
+        && e["task"] == "Make the marker"));
+}
+
+#[tokio::test]
+async fn hostile_values_reach_the_host_quoted() {
+    let w = World::new();
+    let old = FakeTransport::new("old");
+    old.on("", output(0, ""));
+    let play = "[[task]]\nname = \"t\"\nhosts = \"old\"\n[task.command]\ncmd = \"test -d {{ hostile }}\"\n";
+    let report = w
+        .play(
+            play,
+            RunOptions::default(),
+            FakeConnector::new([old.clone()]),
+        )
+        .await;
+    assert!(report.success(), "{report:?}");
+    let line = old.commands().pop().unwrap();
+    let words = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("for w in {line}; do printf '%s\\n' \"$w\"; done"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(words.stdout).unwrap(),
+        "test\n-d\na'; rm -rf / #\n"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_host_does_not_stop_the_others() {
+    let w = World::new();
+    let mut connector = FakeConnector::new([marker_host("new", Arc::default())]);
+    connector.unreachable.insert("old".into());
+    let report = w.play(MARKER_PLAY, RunOptions::default(), connector).await;
+    assert!(report.hosts["old"].unreachable);
+    assert_eq!(report.hosts["new"].changed, 1);
+    assert!(!report.success());
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(json["hosts"]["old"]["unreachable"], true);
+    assert!(w
+        .events()
+        .iter()
+        .any(|e| e["event"] == "host_unreachable" && e["host"] == "old"));
+}
+
+const DEPENDENT_PLAY: &str = r#"
+[[task]]
+name = "Dump"
+hosts = "old"
+[task.command]
+cmd = "dump"
+
+[[task]]
+name = "Restore"
+hosts = "new"
+after = ["Dump"]
+[task.command]
+cmd = "restore"
+
+[[task]]
+name = "Cleanup"
+hosts = "new"
+[task.command]
+cmd = "cleanup"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependent_task_waits_for_the_other_host() {
+    let w = World::new();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let old = FakeTransport::new("old");
+    let o = order.clone();
+    old.on_fn("dump", move |_, _| {
+        // The dump is slow; the restore must still come after it.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        o.lock().unwrap().push("dump");
+        output(0, "")
+    });
+    let new = FakeTransport::new("new");
+    let o = order.clone();
+    new.on_fn("restore", move |_, _| {
+        o.lock().unwrap().push("restore");
+        output(0, "")
+    });
+    new.on("cleanup", output(0, ""));
+    // forks = 1: waiting for a dependency must not hold the only slot.
+    let connector = FakeConnector::new([old, new]);
+    let report = w
+        .play(
+            DEPENDENT_PLAY,
+            RunOptions {
+                forks: Some(1),
+                ..Default::default()
+            },
+            connector,
+        )
+        .await;
+    assert!(report.success(), "{report:?}");
+    assert_eq!(*order.lock().unwrap(), vec!["dump", "restore"]);
+}
+
+#[tokio::test]
+async fn failed_dependency_fails_the_dependant_without_running_it() {
+    let w = World::new();
+    let old = FakeTransport::new("old");
+    old.on("dump", output(1, ""));
+    let new = FakeTransport::new("new");
+    new.on("", output(0, ""));
+    let connector = FakeConnector::new([old, new.clone()]);
+    let report = w
+        .play(DEPENDENT_PLAY, RunOptions::default(), connector)
+        .await;
+    let by_task: BTreeMap<_, _> = report
+        .tasks
+        .iter()
+        .map(|t| ((t.host.as_str(), t.task.as_str()), t))
+        .collect();
+    assert_eq!(by_task[&("old", "Dump")].status, TaskStatus::Failed);
+    let restore = by_task[&("new", "Restore")];
+    assert_eq!(restore.status, TaskStatus::Failed);
+    assert!(restore
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("dependency `Dump` failed on `old`"));
+    // The host stops at its first failure.
+    assert!(!by_task.contains_key(&("new", "Cleanup")));
+    assert!(new.commands().is_empty());
+}
+
+#[tokio::test]
+async fn connects_once_per_host_and_skips_by_when() {
+    let w = World::new();
+    let play = r#"
+[[task]]
+name = "one"
+hosts = "old"
+[task.command]
+cmd = "one"
+[[task]]
+name = "two"
+hosts = "old"
+[task.command]
+cmd = "two"
+[[task]]
+name = "never"
+hosts = "old"
+when = "{{#if nothing_here}}yes{{/if}}"
+[task.command]
+cmd = "never"
+"#;
+    let old = FakeTransport::new("old");
+    old.on("", output(0, ""));
+    let connector = Arc::new(FakeConnector::new([old.clone()]));
+    let pb = Arc::new(Playbook::parse(SourceFile::new("pb.toml", play)).unwrap());
+    let prepared =
+        engine::prepare(pb, w.inventory.clone(), RunOptions::default(), &w.secrets).unwrap();
+    let env = RunEnv {
+        connector: connector.clone(),
+        journal: Arc::new(
+            Journal::open(
+                &w.dir.path().join("j.journal.json"),
+                "pb",
+                w.secrets.clone(),
+                true,
+            )
+            .unwrap(),
+        ),
+        events: EventSink::none(),
+        secrets: w.secrets.clone(),
+        confirmer: Arc::new(NeverConfirm),
+    };
+    let report = engine::run(prepared, env).await;
+    assert_eq!(connector.connects.lock().unwrap()["old"], 1);
+    assert_eq!(old.commands(), vec!["one", "two"]);
+    assert_eq!(report.hosts["old"].skipped, 1);
+    assert_eq!(report.tasks[2].status, TaskStatus::Skipped);
+}

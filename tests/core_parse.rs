@@ -1,0 +1,167 @@
+//! Playbook and inventory parsing: good and bad fixture files, exact error locations.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ferry::engine::{prepare, PrepareError, RunOptions};
+use ferry::inventory::Inventory;
+use ferry::playbook::Playbook;
+use ferry::secrets::Secrets;
+
+fn fixture(kind: &str, name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(kind)
+        .join(name)
+}
+
+/// (line, column, field, message fragment) of a bad playbook.
+fn playbook_error(name: &str) -> (usize, usize, Option<String>, String) {
+    let e = Playbook::load(&fixture("playbooks", name)).expect_err(name);
+    assert!(e.location.path.ends_with(name));
+    (e.location.line, e.location.column, e.field, e.message)
+}
+
+#[test]
+fn good_playbook_parses() {
+    let pb = Playbook::load(&fixture("playbooks", "good.toml")).unwrap();
+    assert_eq!(pb.name, "fixture");
+    assert_eq!(pb.tasks.len(), 2);
+    assert_eq!(pb.tasks[0].module.name(), "command");
+    assert_eq!(pb.tasks[0].tags, vec!["preflight"]);
+    assert_eq!(pb.tasks[1].after[0].get_ref(), "Check the data dir");
+    assert_eq!(pb.vars["data_dir"], "/srv/data");
+}
+
+#[test]
+fn unknown_task_key() {
+    let (l, c, f, m) = playbook_error("unknown_task_key.toml");
+    assert_eq!((l, c, f.as_deref()), (4, 1, Some("tagz")));
+    assert!(m.contains("unknown field `tagz`"), "{m}");
+}
+
+#[test]
+fn unknown_module_key() {
+    let (l, c, f, m) = playbook_error("unknown_module_key.toml");
+    assert_eq!((l, c, f.as_deref()), (6, 1, Some("creates_")));
+    assert!(m.contains("`creates`"), "{m}");
+}
+
+#[test]
+fn two_modules() {
+    let (l, c, _, m) = playbook_error("two_modules.toml");
+    assert_eq!((l, c), (4, 7));
+    assert!(
+        m.contains("exactly one module") && m.contains("`assert` and `command`"),
+        "{m}"
+    );
+}
+
+#[test]
+fn no_module() {
+    let (l, c, _, m) = playbook_error("no_module.toml");
+    assert_eq!((l, c), (7, 1));
+    assert!(m.contains("task `lonely` has no module"), "{m}");
+}
+
+#[test]
+fn wrong_type() {
+    let (l, c, f, m) = playbook_error("wrong_type.toml");
+    assert_eq!((l, c, f.as_deref()), (6, 11, Some("changed")));
+    assert!(m.contains("expected a boolean"), "{m}");
+}
+
+#[test]
+fn missing_and_cyclic_dependencies() {
+    let (l, c, f, m) = playbook_error("missing_dep.toml");
+    assert_eq!((l, c, f.as_deref()), (4, 10, Some("after")));
+    assert!(m.contains("`b`, which is not an earlier task"), "{m}");
+    let (l, c, _, m) = playbook_error("self_dep.toml");
+    assert_eq!((l, c), (4, 10));
+    assert!(m.contains("itself"), "{m}");
+}
+
+#[test]
+fn raw_interpolation_in_shell_field() {
+    let (l, c, f, m) = playbook_error("raw_shell.toml");
+    assert_eq!((l, c, f.as_deref()), (5, 7, Some("cmd")));
+    assert!(m.contains("raw interpolation"), "{m}");
+}
+
+#[test]
+fn inventory_errors_are_located() {
+    let s = Secrets::new();
+    let e = Inventory::load(&fixture("inventory", "unknown_key.toml"), &s).unwrap_err();
+    assert_eq!((e.location.line, e.location.column), (3, 1));
+    assert_eq!(e.field.as_deref(), Some("identity_fiel"));
+    let e = Inventory::load(&fixture("inventory", "bad_policy.toml"), &s).unwrap_err();
+    assert_eq!((e.location.line, e.location.column), (3, 21));
+    assert_eq!(e.field.as_deref(), Some("host_key_checking"));
+    assert!(e.message.contains("accept-new"), "{}", e.message);
+}
+
+fn load(pb: &str) -> (Arc<Playbook>, Arc<Inventory>) {
+    let inv = Inventory::load(&fixture("inventory", "good.toml"), &Secrets::new()).unwrap();
+    let pb = Playbook::load(&fixture("playbooks", pb)).unwrap();
+    (Arc::new(pb), Arc::new(inv))
+}
+
+#[test]
+fn undefined_variable_is_found_before_running_with_its_location() {
+    let (pb, inv) = load("undefined_var.toml");
+    let Err(PrepareError::Templates(errors)) =
+        prepare(pb, inv, RunOptions::default(), &Secrets::new())
+    else {
+        panic!("expected template errors");
+    };
+    // Once per host of "all".
+    assert_eq!(errors.len(), 2);
+    let e = &errors[0];
+    assert_eq!(e.variable.as_deref(), Some("nope"));
+    let loc = e.location.as_ref().unwrap();
+    // `cmd = "echo {{ data_dir }} {{ nope }}"`: the `{{ nope }}` starts at column 28.
+    assert_eq!((loc.line, loc.column), (5, 28));
+    assert!(e.to_string().contains("undefined variable `nope`"));
+}
+
+#[test]
+fn vars_precedence_reaches_templates() {
+    let (pb, inv) = load("good.toml");
+    let p = prepare(pb, inv, RunOptions::default(), &Secrets::new()).unwrap();
+    // old: group var beats default and playbook var; new: host var.
+    assert_eq!(p.vars["old"].get("data_dir").unwrap(), "/srv/docker");
+    assert_eq!(p.vars["new"].get("data_dir").unwrap(), "/srv/new");
+    assert_eq!(p.hosts["old"].len(), 1);
+    assert_eq!(p.hosts["new"].len(), 1);
+}
+
+#[test]
+fn limit_tags_and_start_at_select() {
+    let (pb, inv) = load("good.toml");
+    let opts = RunOptions {
+        limit: Some("new".into()),
+        ..Default::default()
+    };
+    let p = prepare(pb.clone(), inv.clone(), opts, &Secrets::new()).unwrap();
+    assert_eq!(p.hosts.keys().collect::<Vec<_>>(), vec!["new"]);
+    let opts = RunOptions {
+        tags: vec!["preflight".into()],
+        ..Default::default()
+    };
+    let p = prepare(pb.clone(), inv.clone(), opts, &Secrets::new()).unwrap();
+    assert_eq!(p.hosts.keys().collect::<Vec<_>>(), vec!["old"]);
+    let opts = RunOptions {
+        start_at: Some("Make a marker".into()),
+        ..Default::default()
+    };
+    let p = prepare(pb.clone(), inv.clone(), opts, &Secrets::new()).unwrap();
+    assert_eq!(p.hosts.keys().collect::<Vec<_>>(), vec!["new"]);
+    let opts = RunOptions {
+        start_at: Some("nope".into()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        prepare(pb, inv, opts, &Secrets::new()),
+        Err(PrepareError::StartAt(_))
+    ));
+}
