@@ -71,6 +71,11 @@ pub struct PlayArgs {
     /// Confirm destructive steps in advance.
     #[arg(long)]
     pub yes: bool,
+    /// After a completed migration, allow overwriting these stores on the new side
+    /// (comma-separated: postgres, redis, storage, app, or all). Without it a re-run
+    /// never touches a completed (possibly live) target.
+    #[arg(long, value_delimiter = ',')]
+    pub overwrite: Vec<String>,
     /// Hosts at a time (default: all).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub forks: Option<u16>,
@@ -258,6 +263,7 @@ async fn play(args: PlayArgs, connector: Arc<dyn Connector>, secrets: Secrets) -
         tags: args.tags,
         skip_tags: args.skip_tags,
         start_at: args.start_at,
+        overwrite: args.overwrite,
     };
     let prepared = match engine::prepare(playbook.clone(), inventory.clone(), options, &secrets) {
         Ok(p) => p,

@@ -39,6 +39,8 @@ pub struct RunOptions {
     pub tags: Vec<String>,
     pub skip_tags: Vec<String>,
     pub start_at: Option<String>,
+    /// Stores a completed migration's target may be overwritten in (`--overwrite`).
+    pub overwrite: Vec<String>,
 }
 
 /// Bad input found before anything was contacted (exit code 2).
@@ -426,6 +428,8 @@ async fn run_host(shared: &Shared, host: &str) {
     let pb = &shared.prepared.playbook;
     let secrets = &shared.env.secrets;
     let mut position = 0;
+    // Shared by this host's tasks (e.g. the Kubernetes API connection).
+    let cache = Arc::new(crate::modules::HostCache::default());
     while position < schedule.len() {
         let scheduled = &schedule[position];
         position += 1;
@@ -484,6 +488,8 @@ async fn run_host(shared: &Shared, host: &str) {
             }),
             renderer: shared.prepared.renderer.clone(),
             confirmer: shared.env.confirmer.clone(),
+            overwrite: shared.prepared.options.overwrite.clone(),
+            cache: cache.clone(),
         };
         let mut r = run_task(&ctx, &task.module, started).await;
         r.warnings.extend(warnings);
