@@ -11,7 +11,8 @@
 TESTBED=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REPO=$(cd "$TESTBED/../.." && pwd)
 STATE=$TESTBED/state
-CACHE=$TESTBED/cache
+# Several checkouts may share one cache (the images are shared by the daemon anyway).
+CACHE=${TESTBED_CACHE:-$TESTBED/cache}
 SHARED=$TESTBED/shared
 
 # Debian's client; another `docker` may be earlier on PATH.
