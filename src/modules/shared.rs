@@ -420,3 +420,86 @@ pub fn recorded_artifact(
         serde_json::from_value(rec.fingerprints.get(&format!("{name}_stamp"))?.clone()).ok()?;
     (current.as_ref() == Some(&stamp)).then_some(artifact)
 }
+
+// ---------------------------------------------------------------------------------------
+// Streaming an artifact somewhere
+
+/// Where the laptop keeps its copy of artifacts when the operator asks for one
+/// (var `backup_dir`): `<backup_dir>/<file name>`, mode 0600.
+pub async fn open_local_tee(
+    ctx: &TaskCtx,
+    artifact: &Artifact,
+) -> Result<Option<(tokio::fs::File, std::path::PathBuf)>, ModuleError> {
+    let Some(dir) = ctx.var("backup_dir").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let file_name = std::path::Path::new(&artifact.path)
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| artifact.name.clone().into());
+    let path = dir.join(file_name);
+    let io = |e: std::io::Error| {
+        ModuleError::Failed(format!("local backup copy {}: {e}", path.display()))
+    };
+    tokio::fs::create_dir_all(&dir).await.map_err(io)?;
+    let mut opts = tokio::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let file = opts.open(&path).await.map_err(io)?;
+    Ok(Some((file, path)))
+}
+
+/// Stream `artifact` (from byte `offset`) from the host holding it into `sink`, hashing
+/// on the way; the laptop keeps a copy when `backup_dir` is set and the stream starts at
+/// 0. `hasher` carries the hash of the bytes before `offset` (resume). Progress ticks go
+/// to `--events`. Fails if the source command fails.
+pub async fn stream_artifact<W>(
+    ctx: &TaskCtx,
+    artifact: &Artifact,
+    offset: u64,
+    hasher: sha2::Sha256,
+    sink: &mut W,
+) -> Result<crate::stream::Pumped, ModuleError>
+where
+    W: tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    let (_source, mut stream) = open_artifact(ctx, artifact, offset).await?;
+    let mut tee = if offset == 0 {
+        open_local_tee(ctx, artifact).await?
+    } else {
+        None
+    };
+    // Close our end of the source's stdin: `cat` reads nothing from it.
+    drop(stream.stdin);
+    let what = artifact.name.clone();
+    let total = artifact.size;
+    let mut last_tick = 0u64;
+    let pumped = crate::stream::pump(
+        &mut stream.stdout,
+        sink,
+        tee.as_mut().map(|(f, _)| f),
+        hasher,
+        |n| {
+            // About one event per 8 MiB keeps --events useful and small.
+            if n - last_tick >= 8 << 20 || offset + n == total {
+                last_tick = n;
+                ctx.progress(&what, offset + n, Some(total));
+            }
+        },
+    )
+    .await
+    .map_err(|e| ModuleError::Failed(format!("streaming {}: {e}", artifact.name)))?;
+    let exit = stream.exit.await?;
+    if exit.status != Some(0) {
+        return Err(ModuleError::Failed(format!(
+            "reading {} on {} failed: {}",
+            artifact.path,
+            artifact.host,
+            ctx.secrets
+                .mask(String::from_utf8_lossy(&exit.stderr).trim())
+        )));
+    }
+    Ok(pumped)
+}
