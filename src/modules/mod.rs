@@ -27,6 +27,7 @@ pub mod command;
 pub mod docker_container;
 pub mod k8s_scale;
 pub mod pg_dump;
+pub mod pg_restore_k8s;
 pub mod redis_backup;
 pub mod redis_layout;
 pub mod shared;
@@ -383,7 +384,8 @@ fn check_status(cmd: &Cmd, out: ExecOutput, secrets: &Secrets) -> Result<ExecOut
 macro_rules! modules {
     ($($name:ident => $ty:ty),* $(,)?) => {
         /// The module table of a task: which module, with its typed args.
-        #[allow(non_camel_case_types)]
+        // One value per task, parsed once: boxing the larger args would buy nothing.
+        #[allow(non_camel_case_types, clippy::large_enum_variant)]
         #[derive(Debug, Clone, Serialize)]
         pub enum ModuleArgs {
             $($name($ty)),*
@@ -425,6 +427,7 @@ modules! {
     command => command::Command,
     docker_container => docker_container::DockerContainer,
     pg_dump => pg_dump::PgDump,
+    pg_restore_k8s => pg_restore_k8s::PgRestoreK8s,
     k8s_scale => k8s_scale::K8sScale,
     redis_backup => redis_backup::RedisBackup,
     storage_export => storage_export::StorageExport,
