@@ -30,6 +30,7 @@ pub mod pg_dump;
 pub mod pg_restore_k8s;
 pub mod redis_backup;
 pub mod redis_layout;
+pub mod redis_restore_openebs;
 pub mod shared;
 pub mod storage_export;
 
@@ -428,6 +429,7 @@ modules! {
     docker_container => docker_container::DockerContainer,
     pg_dump => pg_dump::PgDump,
     pg_restore_k8s => pg_restore_k8s::PgRestoreK8s,
+    redis_restore_openebs => redis_restore_openebs::RedisRestoreOpenebs,
     k8s_scale => k8s_scale::K8sScale,
     redis_backup => redis_backup::RedisBackup,
     storage_export => storage_export::StorageExport,
