@@ -1,0 +1,384 @@
+//! SshTransport against a real OpenSSH sshd: exec, concurrency on one connection,
+//! streaming 100 MiB each way, backpressure, a connection killed mid-stream, port
+//! forwarding (direct-tcpip and the relay fallback), and connection failure kinds.
+
+#[path = "common/sshd.rs"]
+mod sshd;
+
+use std::time::{Duration, Instant};
+
+use ferry::command::Cmd;
+use ferry::transport::{ForwardMethod, Transport, TransportError};
+use sha2::{Digest, Sha256};
+use sshd::{Client, Sshd, SshdOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MIB: usize = 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_reports_status_stdout_stderr_and_takes_stdin() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let t = sshd::connect(client.spec(&server)).await.unwrap();
+
+    let out = t
+        .exec(
+            &Cmd::script(
+                "echo out; echo err >&2; exit 3",
+                "echo out; echo err >&2; exit 3",
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.status, Some(3));
+    assert_eq!(out.stdout_str(), "out\n");
+    assert_eq!(out.stderr_str(), "err\n");
+
+    // Arguments arrive intact, however they are quoted.
+    let tricky = "a 'b' \"c\" $HOME `x` ; | & \\ end";
+    let out = t
+        .exec(&Cmd::new("printf").arg("%s").arg(tricky), None)
+        .await
+        .unwrap();
+    assert!(out.success());
+    assert_eq!(out.stdout_str(), tricky);
+
+    let out = t
+        .exec(&Cmd::new("cat"), Some(b"from stdin\x00\xff"))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"from stdin\x00\xff");
+
+    // No stdin given: the command sees EOF at once instead of hanging.
+    let out = t.exec(&Cmd::new("wc").arg("-c"), None).await.unwrap();
+    assert_eq!(out.stdout_str().trim(), "0");
+
+    let out = t
+        .exec(&Cmd::new("ferry-no-such-command"), None)
+        .await
+        .unwrap();
+    assert_eq!(out.status, Some(127));
+
+    // Never a PTY: stdin is not a terminal on the remote side.
+    let out = t
+        .exec(&Cmd::script("test -t 0 || echo notty", "tty?"), None)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_str(), "notty\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_execs_share_one_connection() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let t = std::sync::Arc::new(sshd::connect(client.spec(&server)).await.unwrap());
+
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            t.exec(
+                &Cmd::new("sh").arg("-c").arg("sleep 1; echo $0").arg(i.to_string()),
+                None,
+            )
+            .await
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let out = task.await.unwrap().unwrap();
+        assert_eq!(out.stdout_str(), format!("{i}\n"));
+    }
+    let elapsed = started.elapsed();
+    // 16 one-second commands, at most 8 channels at a time: ~2 s; serially it would be 16.
+    assert!(elapsed < Duration::from_secs(8), "took {elapsed:?}");
+    let logins = server.log().matches("Accepted publickey").count();
+    assert_eq!(logins, 1, "execs must share the control connection");
+}
+
+/// Deterministic, incompressible-enough test data.
+fn chunk(i: usize) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(i.to_le_bytes());
+    let seed = h.finalize();
+    (0..MIB).map(|j| seed[j % 32] ^ (j / 32) as u8).collect()
+}
+
+fn vm_hwm_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_100_mib_each_way_with_flat_memory() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let t = sshd::connect(client.spec(&server)).await.unwrap();
+    let size = 100 * MIB;
+    let hwm_before = vm_hwm_kib();
+
+    // Upload: local → remote file, hashed on both sides.
+    let remote_file = client.dir.path().join("uploaded.bin");
+    let mut local_hash = Sha256::new();
+    let started = Instant::now();
+    let mut s = t
+        .exec_stream(&Cmd::new("sh").arg("-c").arg("cat > \"$0\" && sha256sum \"$0\"").arg(
+            remote_file.display().to_string(),
+        ))
+        .await
+        .unwrap();
+    let reader = tokio::spawn(async move {
+        let mut out = Vec::new();
+        s.stdout.read_to_end(&mut out).await.unwrap();
+        (out, s.exit.await)
+    });
+    for i in 0..size / MIB {
+        let c = chunk(i);
+        local_hash.update(&c);
+        s.stdin.write_all(&c).await.unwrap();
+    }
+    s.stdin.shutdown().await.unwrap();
+    drop(s.stdin);
+    let (out, exit) = reader.await.unwrap();
+    let up_secs = started.elapsed().as_secs_f64();
+    let exit = exit.unwrap();
+    assert_eq!(exit.status, Some(0), "{}", String::from_utf8_lossy(&exit.stderr));
+    let local_hex = hex::encode(local_hash.finalize());
+    let remote_hex = String::from_utf8_lossy(&out)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(remote_hex, local_hex, "upload corrupted");
+
+    // Download: remote file → local hash.
+    let started = Instant::now();
+    let mut s = t
+        .exec_stream(&Cmd::new("cat").arg(remote_file.display().to_string()))
+        .await
+        .unwrap();
+    drop(s.stdin);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0usize;
+    loop {
+        let n = s.stdout.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+        h.update(&buf[..n]);
+    }
+    let down_secs = started.elapsed().as_secs_f64();
+    let exit = s.exit.await.unwrap();
+    assert_eq!(exit.status, Some(0));
+    assert_eq!(total, size);
+    assert_eq!(hex::encode(h.finalize()), local_hex, "download corrupted");
+
+    let grown_mib = (vm_hwm_kib().saturating_sub(hwm_before)) / 1024;
+    assert!(
+        grown_mib < 80,
+        "peak memory grew by {grown_mib} MiB while streaming 100 MiB each way"
+    );
+
+    // The same transfers with OpenSSH's client, for comparison.
+    let file = remote_file.display().to_string();
+    let started = Instant::now();
+    let st = sshd::openssh(&server, &client)
+        .arg(format!("cat > {file}.openssh"))
+        .stdin(std::fs::File::open(&remote_file).unwrap())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let ossh_up = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let st = sshd::openssh(&server, &client)
+        .arg(format!("cat {file}"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let ossh_down = started.elapsed().as_secs_f64();
+    let mibs = |secs: f64| 100.0 / secs;
+    eprintln!(
+        "THROUGHPUT 100 MiB: ferry upload {:.0} MiB/s, download {:.0} MiB/s; \
+         OpenSSH ssh upload {:.0} MiB/s, download {:.0} MiB/s; peak RSS growth {grown_mib} MiB",
+        mibs(up_secs),
+        mibs(down_secs),
+        mibs(ossh_up),
+        mibs(ossh_down)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_applies_backpressure() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let t = sshd::connect(client.spec(&server)).await.unwrap();
+    let size = 300 * MIB;
+    let hwm_before = vm_hwm_kib();
+    let mut s = t
+        .exec_stream(&Cmd::new("head").arg("-c").arg(size.to_string()).arg("/dev/zero"))
+        .await
+        .unwrap();
+    drop(s.stdin);
+    // Not reading for a while: without backpressure the whole output would pile up here.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grown_mib = (vm_hwm_kib().saturating_sub(hwm_before)) / 1024;
+    assert!(grown_mib < 64, "{grown_mib} MiB buffered for an idle reader");
+
+    // Meanwhile the control connection still answers.
+    let out = t.exec(&Cmd::new("echo").arg("alive"), None).await.unwrap();
+    assert_eq!(out.stdout_str(), "alive\n");
+
+    let mut sink = tokio::io::sink();
+    let copied = tokio::io::copy(&mut s.stdout, &mut sink).await.unwrap();
+    assert_eq!(copied as usize, size);
+    assert_eq!(s.exit.await.unwrap().status, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_killed_mid_stream_is_an_error_not_a_hang() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let t = sshd::connect(client.spec(&server)).await.unwrap();
+    let mut s = t.exec_stream(&Cmd::new("cat").arg("/dev/zero")).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0usize;
+    while got < 8 * MIB {
+        got += s.stdout.read(&mut buf).await.unwrap();
+    }
+    assert!(server.kill_connections() > 0, "no sshd child to kill");
+
+    let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match s.stdout.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("reading a dead stream hung");
+    let err = outcome.expect_err("a killed connection must not look like a clean end");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted);
+    let exit = tokio::time::timeout(Duration::from_secs(5), s.exit)
+        .await
+        .expect("exit hung");
+    assert!(
+        matches!(exit, Err(TransportError::Disconnected { .. })),
+        "{exit:?}"
+    );
+
+    // The control connection died too; the next command reconnects.
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        t.exec(&Cmd::new("echo").arg("back"), None),
+    )
+    .await
+    .expect("reconnect hung")
+    .unwrap();
+    assert_eq!(out.stdout_str(), "back\n");
+}
+
+/// A TCP echo server on 127.0.0.1; returns its port.
+async fn echo_server() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = sock.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
+async fn roundtrip(pipe: &mut Box<dyn ferry::transport::Duplex>, payload: &[u8]) -> Vec<u8> {
+    pipe.write_all(payload).await.unwrap();
+    pipe.flush().await.unwrap();
+    let mut got = vec![0u8; payload.len()];
+    tokio::time::timeout(Duration::from_secs(10), pipe.read_exact(&mut got))
+        .await
+        .expect("echo timed out")
+        .unwrap();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_uses_direct_tcpip() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let t = sshd::connect(client.spec(&server)).await.unwrap();
+    let port = echo_server().await;
+    let (mut pipe, method) = t.forward("127.0.0.1", port).await.unwrap();
+    assert_eq!(method, ForwardMethod::DirectTcpip);
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(roundtrip(&mut pipe, &payload).await, payload);
+    // A second tunnel at the same time.
+    let (mut pipe2, _) = t.forward("127.0.0.1", port).await.unwrap();
+    assert_eq!(roundtrip(&mut pipe2, b"second").await, b"second");
+    assert_eq!(roundtrip(&mut pipe, b"first again").await, b"first again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_falls_back_to_relay_when_forwarding_is_disabled() {
+    let server = Sshd::start_with(SshdOptions {
+        tcp_forwarding: false,
+        ..Default::default()
+    });
+    let client = Client::new(&server);
+    let t = sshd::connect(client.spec(&server)).await.unwrap();
+    let port = echo_server().await;
+    let (mut pipe, method) = t.forward("127.0.0.1", port).await.unwrap();
+    assert_eq!(method, ForwardMethod::Relay("socat"));
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    assert_eq!(roundtrip(&mut pipe, &payload).await, payload);
+    let (mut pipe2, method) = t.forward("127.0.0.1", port).await.unwrap();
+    assert_eq!(method, ForwardMethod::Relay("socat"));
+    assert_eq!(roundtrip(&mut pipe2, b"again").await, b"again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_failures_have_their_own_kinds() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+
+    // Refused: nothing listens.
+    let mut spec = client.spec(&server);
+    spec.port = Some(sshd::free_port());
+    let err = sshd::connect(spec).await.unwrap_err();
+    assert!(matches!(err, TransportError::Refused { .. }), "{err}");
+
+    // Timeout: a listener that never speaks SSH.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut spec = client.spec(&server);
+    spec.port = Some(silent.local_addr().unwrap().port());
+    spec.connect_timeout = Duration::from_secs(1);
+    let started = Instant::now();
+    let err = sshd::connect(spec).await.unwrap_err();
+    assert!(matches!(err, TransportError::Timeout { secs: 1, .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Auth failed: a key the server does not know.
+    let other = sshd::keygen(client.dir.path(), "stranger", "ed25519", "", false);
+    let mut spec = client.spec(&server);
+    spec.identity_files = vec![other.private.clone()];
+    let err = sshd::connect(spec).await.unwrap_err();
+    match &err {
+        TransportError::AuthFailed { user, tried, .. } => {
+            assert_eq!(user, "root");
+            assert!(tried.contains("stranger"), "{tried}");
+        }
+        other => panic!("expected AuthFailed, got {other}"),
+    }
+    assert!(err.is_unreachable());
+}
