@@ -60,6 +60,19 @@ async fn exec_reports_status_stdout_stderr_and_takes_stdin() {
         .unwrap();
     assert_eq!(out.status, Some(127));
 
+    // A command that exits without reading a large stdin neither hangs nor fails.
+    let big = vec![7u8; 32 * MIB];
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        t.exec(&Cmd::new("true"), Some(&big)),
+    )
+    .await
+    .expect("exec hung on unread stdin")
+    .unwrap();
+    assert_eq!(out.status, Some(0));
+    let out = t.exec(&Cmd::new("wc").arg("-c"), Some(&big)).await.unwrap();
+    assert_eq!(out.stdout_str().trim(), (32 * MIB).to_string());
+
     // Never a PTY: stdin is not a terminal on the remote side.
     let out = t
         .exec(&Cmd::script("test -t 0 || echo notty", "tty?"), None)
@@ -80,7 +93,10 @@ async fn concurrent_execs_share_one_connection() {
         let t = t.clone();
         tasks.push(tokio::spawn(async move {
             t.exec(
-                &Cmd::new("sh").arg("-c").arg("sleep 1; echo $0").arg(i.to_string()),
+                &Cmd::new("sh")
+                    .arg("-c")
+                    .arg("sleep 1; echo $0")
+                    .arg(i.to_string()),
                 None,
             )
             .await
@@ -127,9 +143,12 @@ async fn streams_100_mib_each_way_with_flat_memory() {
     let mut local_hash = Sha256::new();
     let started = Instant::now();
     let mut s = t
-        .exec_stream(&Cmd::new("sh").arg("-c").arg("cat > \"$0\" && sha256sum \"$0\"").arg(
-            remote_file.display().to_string(),
-        ))
+        .exec_stream(
+            &Cmd::new("sh")
+                .arg("-c")
+                .arg("cat > \"$0\" && sha256sum \"$0\"")
+                .arg(remote_file.display().to_string()),
+        )
         .await
         .unwrap();
     let reader = tokio::spawn(async move {
@@ -147,7 +166,12 @@ async fn streams_100_mib_each_way_with_flat_memory() {
     let (out, exit) = reader.await.unwrap();
     let up_secs = started.elapsed().as_secs_f64();
     let exit = exit.unwrap();
-    assert_eq!(exit.status, Some(0), "{}", String::from_utf8_lossy(&exit.stderr));
+    assert_eq!(
+        exit.status,
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&exit.stderr)
+    );
     let local_hex = hex::encode(local_hash.finalize());
     let remote_hex = String::from_utf8_lossy(&out)
         .split_whitespace()
@@ -186,32 +210,99 @@ async fn streams_100_mib_each_way_with_flat_memory() {
         "peak memory grew by {grown_mib} MiB while streaming 100 MiB each way"
     );
 
-    // The same transfers with OpenSSH's client, for comparison.
-    let file = remote_file.display().to_string();
-    let started = Instant::now();
-    let st = sshd::openssh(&server, &client)
-        .arg(format!("cat > {file}.openssh"))
-        .stdin(std::fs::File::open(&remote_file).unwrap())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let ossh_up = started.elapsed().as_secs_f64();
-    let started = Instant::now();
-    let st = sshd::openssh(&server, &client)
-        .arg(format!("cat {file}"))
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let ossh_down = started.elapsed().as_secs_f64();
-    let mibs = |secs: f64| 100.0 / secs;
     eprintln!(
-        "THROUGHPUT 100 MiB: ferry upload {:.0} MiB/s, download {:.0} MiB/s; \
-         OpenSSH ssh upload {:.0} MiB/s, download {:.0} MiB/s; peak RSS growth {grown_mib} MiB",
-        mibs(up_secs),
-        mibs(down_secs),
-        mibs(ossh_up),
-        mibs(ossh_down)
+        "ferry 100 MiB with sha256 on both ends: upload {:.0} MiB/s, download {:.0} MiB/s; \
+         peak RSS growth {grown_mib} MiB",
+        100.0 / up_secs,
+        100.0 / down_secs
+    );
+}
+
+/// Same 100 MiB file, same server, `cat` on the far side: ferry vs OpenSSH's `ssh`.
+/// Prints the figures (run with `--release --nocapture` for meaningful numbers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_against_openssh() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let t = sshd::connect(client.spec(&server)).await.unwrap();
+    let file = client.dir.path().join("payload.bin");
+    {
+        let mut f = std::fs::File::create(&file).unwrap();
+        for i in 0..100 {
+            std::io::Write::write_all(&mut f, &chunk(i)).unwrap();
+        }
+    }
+    let path = file.display().to_string();
+
+    // Upload with a given write size: tokio::io::copy writes 8 KiB at a time, each write
+    // one SSH packet; large writes fill 32 KiB packets.
+    let upload = |write_size: usize| {
+        let t = &t;
+        let file = file.clone();
+        async move {
+            let started = Instant::now();
+            let mut s = t
+                .exec_stream(&Cmd::new("sh").arg("-c").arg("cat > /dev/null && echo done"))
+                .await
+                .unwrap();
+            let mut local = tokio::io::BufReader::with_capacity(
+                write_size,
+                tokio::fs::File::open(&file).await.unwrap(),
+            );
+            let sent = tokio::io::copy_buf(&mut local, &mut s.stdin).await.unwrap();
+            s.stdin.shutdown().await.unwrap();
+            let mut out = String::new();
+            s.stdout.read_to_string(&mut out).await.unwrap();
+            assert_eq!(s.exit.await.unwrap().status, Some(0));
+            assert_eq!((sent as usize, out.as_str()), (100 * MIB, "done\n"));
+            started.elapsed().as_secs_f64()
+        }
+    };
+    let ferry_up_small = upload(8 * 1024).await;
+    let ferry_up = upload(256 * 1024).await;
+
+    let started = Instant::now();
+    let mut s = t.exec_stream(&Cmd::new("cat").arg(&path)).await.unwrap();
+    drop(s.stdin);
+    let got = tokio::io::copy(&mut s.stdout, &mut tokio::io::sink())
+        .await
+        .unwrap();
+    assert_eq!(s.exit.await.unwrap().status, Some(0));
+    assert_eq!(got as usize, 100 * MIB);
+    let ferry_down = started.elapsed().as_secs_f64();
+
+    let ssh_time = |cipher: Option<&str>, upload: bool| {
+        let mut cmd = sshd::openssh(&server, &client);
+        if let Some(c) = cipher {
+            cmd.args(["-c", c]);
+        }
+        if upload {
+            cmd.arg("cat > /dev/null")
+                .stdin(std::fs::File::open(&file).unwrap());
+        } else {
+            cmd.arg(format!("cat {path}"))
+                .stdout(std::process::Stdio::null());
+        }
+        let started = Instant::now();
+        assert!(cmd.status().unwrap().success());
+        started.elapsed().as_secs_f64()
+    };
+    let ossh_up = ssh_time(None, true);
+    let ossh_down = ssh_time(None, false);
+    let gcm = Some("aes128-gcm@openssh.com");
+    let gcm_up = ssh_time(gcm, true);
+    let gcm_down = ssh_time(gcm, false);
+    let r = |secs: f64| 100.0 / secs;
+    eprintln!(
+        "THROUGHPUT 100 MiB (MiB/s) upload/download: ferry {:.0}/{:.0} \
+         (upload in 8 KiB writes: {:.0}); OpenSSH default cipher {:.0}/{:.0}; OpenSSH aes128-gcm {:.0}/{:.0}",
+        r(ferry_up),
+        r(ferry_down),
+        r(ferry_up_small),
+        r(ossh_up),
+        r(ossh_down),
+        r(gcm_up),
+        r(gcm_down)
     );
 }
 
@@ -223,14 +314,22 @@ async fn slow_reader_applies_backpressure() {
     let size = 300 * MIB;
     let hwm_before = vm_hwm_kib();
     let mut s = t
-        .exec_stream(&Cmd::new("head").arg("-c").arg(size.to_string()).arg("/dev/zero"))
+        .exec_stream(
+            &Cmd::new("head")
+                .arg("-c")
+                .arg(size.to_string())
+                .arg("/dev/zero"),
+        )
         .await
         .unwrap();
     drop(s.stdin);
     // Not reading for a while: without backpressure the whole output would pile up here.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let grown_mib = (vm_hwm_kib().saturating_sub(hwm_before)) / 1024;
-    assert!(grown_mib < 64, "{grown_mib} MiB buffered for an idle reader");
+    assert!(
+        grown_mib < 64,
+        "{grown_mib} MiB buffered for an idle reader"
+    );
 
     // Meanwhile the control connection still answers.
     let out = t.exec(&Cmd::new("echo").arg("alive"), None).await.unwrap();
@@ -247,7 +346,10 @@ async fn connection_killed_mid_stream_is_an_error_not_a_hang() {
     let server = Sshd::start();
     let client = Client::new(&server);
     let t = sshd::connect(client.spec(&server)).await.unwrap();
-    let mut s = t.exec_stream(&Cmd::new("cat").arg("/dev/zero")).await.unwrap();
+    let mut s = t
+        .exec_stream(&Cmd::new("cat").arg("/dev/zero"))
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 64 * 1024];
     let mut got = 0usize;
     while got < 8 * MIB {
@@ -365,7 +467,10 @@ async fn connection_failures_have_their_own_kinds() {
     spec.connect_timeout = Duration::from_secs(1);
     let started = Instant::now();
     let err = sshd::connect(spec).await.unwrap_err();
-    assert!(matches!(err, TransportError::Timeout { secs: 1, .. }), "{err}");
+    assert!(
+        matches!(err, TransportError::Timeout { secs: 1, .. }),
+        "{err}"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // Auth failed: a key the server does not know.

@@ -236,7 +236,9 @@ impl Sshd {
     pub fn kill_connections(&self) -> usize {
         let victims = descendants(self.child.id());
         for pid in &victims {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
         }
         victims.len()
     }
@@ -364,8 +366,14 @@ impl TestUser {
         let tag = if nopasswd { "NOPASSWD: " } else { "" };
         std::fs::write(&path, format!("{} ALL=(ALL:ALL) {tag}ALL\n", self.name)).unwrap();
         set_mode(&path, 0o440);
-        let check = Command::new("visudo").args(["-c", "-q", "-f"]).arg(&path).status();
-        assert!(check.map(|s| s.success()).unwrap_or(false), "bad sudoers file");
+        let check = Command::new("visudo")
+            .args(["-c", "-q", "-f"])
+            .arg(&path)
+            .status();
+        assert!(
+            check.map(|s| s.success()).unwrap_or(false),
+            "bad sudoers file"
+        );
         self.sudoers = Some(path);
     }
 }
@@ -378,10 +386,14 @@ impl Drop for TestUser {
         // Processes of the user (its sshd sessions) would make userdel fail.
         if let Some(uid) = uid_of(&self.name) {
             for pid in processes_of_uid(uid) {
-                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
             }
         }
-        let _ = Command::new("userdel").args(["-r", "-f", &self.name]).output();
+        let _ = Command::new("userdel")
+            .args(["-r", "-f", &self.name])
+            .output();
     }
 }
 

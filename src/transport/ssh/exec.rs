@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::channel::{mpsc, oneshot};
-use futures::SinkExt;
+use futures::{Future, SinkExt};
 use russh::client::Msg;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -73,7 +73,9 @@ pub(crate) async fn start(
     let (out_tx, out_rx) = mpsc::channel::<io::Result<Bytes>>(STDOUT_QUEUE);
     let (exit_tx, exit_rx) = oneshot::channel();
     let (ready_tx, ready_rx) = oneshot::channel();
+    let (channel_open_tx, channel_open_rx) = tokio::sync::watch::channel(());
     let pump = Pump {
+        _channel_open: channel_open_tx,
         read,
         write: write.clone(),
         out: out_tx,
@@ -119,11 +121,7 @@ pub(crate) async fn start(
         })
     });
     Ok(Running {
-        stdin: StdinWriter {
-            inner: Box::pin(write.make_writer()),
-            channel: write.clone(),
-            eof_sent: false,
-        },
+        stdin: StdinWriter::spawn(write.clone(), channel_open_rx),
         stdout: Box::pin(StreamReader::new(out_rx)),
         exit,
         channel: write,
@@ -172,6 +170,8 @@ struct BecomeState {
 }
 
 struct Pump {
+    /// Dropped when the pump ends: tells the stdin sender the channel is gone.
+    _channel_open: tokio::sync::watch::Sender<()>,
     read: ChannelReadHalf,
     write: Arc<ChannelWriteHalf<Msg>>,
     out: mpsc::Sender<io::Result<Bytes>>,
@@ -356,11 +356,93 @@ fn clone_become(e: &TransportError) -> TransportError {
     }
 }
 
+/// Bytes accepted per `poll_write` (larger writes are taken in parts).
+const STDIN_WRITE_MAX: usize = 64 * 1024;
+/// Writes queued towards the channel (at most `STDIN_QUEUE * STDIN_WRITE_MAX` bytes).
+const STDIN_QUEUE: usize = 16;
+/// Queued writes are merged into sends of up to this size.
+const STDIN_COALESCE: usize = 256 * 1024;
+
+enum StdinItem {
+    Data(Bytes),
+    Eof,
+}
+
 /// The command's stdin. Shutting it down, or dropping it, sends EOF.
+///
+/// Writes go through a small queue to a sender task that merges whatever is queued into
+/// large SSH packets: callers that write 8 KiB at a time (`tokio::io::copy`) get the
+/// throughput of large writes, and no byte ever waits for a flush.
 pub(crate) struct StdinWriter {
-    inner: Pin<Box<dyn AsyncWrite + Send>>,
+    queue: mpsc::Sender<StdinItem>,
+    /// Resolves when the sender task has sent EOF (or failed).
+    done: Option<oneshot::Receiver<io::Result<()>>>,
+    eof_queued: bool,
+}
+
+impl StdinWriter {
+    fn spawn(
+        channel: Arc<ChannelWriteHalf<Msg>>,
+        channel_open: tokio::sync::watch::Receiver<()>,
+    ) -> Self {
+        let (queue, rx) = mpsc::channel(STDIN_QUEUE);
+        let (done_tx, done_rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let result = stdin_sender(rx, channel, channel_open).await;
+            let _ = done_tx.send(result);
+        });
+        StdinWriter {
+            queue,
+            done: Some(done_rx),
+            eof_queued: false,
+        }
+    }
+}
+
+/// Drain the queue into the channel; EOF when asked or when the writer is dropped.
+/// `channel_open` ends (its sender is dropped) when the pump saw the channel end: a command
+/// that exited without reading all its input must not leave this task waiting for window
+/// space forever.
+async fn stdin_sender(
+    mut rx: mpsc::Receiver<StdinItem>,
     channel: Arc<ChannelWriteHalf<Msg>>,
-    eof_sent: bool,
+    mut channel_open: tokio::sync::watch::Receiver<()>,
+) -> io::Result<()> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let mut tx = channel.make_writer();
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let mut eof = false;
+        match rx.next().await {
+            None | Some(StdinItem::Eof) => eof = true,
+            Some(StdinItem::Data(b)) => buf.extend_from_slice(&b),
+        }
+        while !eof && buf.len() < STDIN_COALESCE {
+            match rx.try_recv() {
+                Ok(StdinItem::Data(b)) => buf.extend_from_slice(&b),
+                Ok(StdinItem::Eof) | Err(mpsc::TryRecvError::Closed) => eof = true,
+                Err(mpsc::TryRecvError::Empty) => break,
+            }
+        }
+        if !buf.is_empty() {
+            tokio::select! {
+                r = tx.write_all(&buf) => r?,
+                _ = channel_open.changed() => return Err(broken_pipe()),
+            }
+            buf.clear();
+        }
+        if eof {
+            return tx.shutdown().await;
+        }
+    }
+}
+
+fn broken_pipe() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the remote command's stdin is closed",
+    )
 }
 
 impl AsyncWrite for StdinWriter {
@@ -372,36 +454,45 @@ impl AsyncWrite for StdinWriter {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        self.inner.as_mut().poll_write(cx, buf)
+        if self.eof_queued {
+            return Poll::Ready(Err(broken_pipe()));
+        }
+        if let Err(_closed) = futures::ready!(self.queue.poll_ready(cx)) {
+            return Poll::Ready(Err(broken_pipe()));
+        }
+        let n = buf.len().min(STDIN_WRITE_MAX);
+        let chunk = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+        match self.queue.start_send(StdinItem::Data(chunk)) {
+            Ok(()) => Poll::Ready(Ok(n)),
+            Err(_) => Poll::Ready(Err(broken_pipe())),
+        }
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.inner.as_mut().poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Queued bytes are sent without further prompting.
+        Poll::Ready(Ok(()))
     }
 
+    /// Queue EOF and wait until everything before it went out.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.eof_sent {
+        if !self.eof_queued {
+            match futures::ready!(self.queue.poll_ready(cx)) {
+                Ok(()) => {
+                    let _ = self.queue.start_send(StdinItem::Eof);
+                }
+                Err(_) => {}
+            }
+            self.eof_queued = true;
+        }
+        let Some(done) = self.done.as_mut() else {
             return Poll::Ready(Ok(()));
-        }
-        let r = self.inner.as_mut().poll_shutdown(cx);
-        if let Poll::Ready(Ok(())) = r {
-            self.eof_sent = true;
-        }
-        r
-    }
-}
-
-impl Drop for StdinWriter {
-    fn drop(&mut self) {
-        if self.eof_sent {
-            return;
-        }
-        let channel = self.channel.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = channel.eof().await;
-            });
-        }
+        };
+        let result = futures::ready!(std::pin::Pin::new(done).poll(cx));
+        self.done = None;
+        Poll::Ready(match result {
+            Ok(r) => r,
+            Err(_) => Err(broken_pipe()),
+        })
     }
 }
 
