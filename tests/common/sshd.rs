@@ -103,6 +103,8 @@ pub fn keygen(dir: &Path, name: &str, kind: &str, passphrase: &str, pem: bool) -
 pub struct SshdOptions {
     pub password_auth: bool,
     pub tcp_forwarding: bool,
+    /// `LogLevel` (VERBOSE by default; DEBUG1 logs direct-tcpip targets).
+    pub log_level: &'static str,
     /// Extra sshd_config lines.
     pub extra: String,
 }
@@ -112,6 +114,7 @@ impl Default for SshdOptions {
         SshdOptions {
             password_auth: false,
             tcp_forwarding: true,
+            log_level: "VERBOSE",
             extra: String::new(),
         }
     }
@@ -166,13 +169,14 @@ impl Sshd {
                      AllowTcpForwarding {fwd}\n\
                      MaxSessions 64\n\
                      MaxStartups 64\n\
-                     LogLevel VERBOSE\n\
+                     LogLevel {log_level}\n\
                      PrintMotd no\n\
                      {extra}\n",
                     hostkey = host.private.display(),
                     dir = dir.path().display(),
                     pw = yes_no(opts.password_auth),
                     fwd = yes_no(opts.tcp_forwarding),
+                    log_level = opts.log_level,
                     extra = opts.extra,
                 ),
             )
@@ -238,6 +242,7 @@ impl Sshd {
         for pid in &victims {
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
                 .status();
         }
         victims.len()
@@ -388,6 +393,7 @@ impl Drop for TestUser {
             for pid in processes_of_uid(uid) {
                 let _ = Command::new("kill")
                     .args(["-KILL", &pid.to_string()])
+                    .stderr(Stdio::null())
                     .status();
             }
         }
