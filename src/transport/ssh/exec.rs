@@ -195,11 +195,9 @@ impl Pump {
         let mut reader_gone = false;
         while let Some(msg) = self.read.wait().await {
             match msg {
-                ChannelMsg::Data { data } => {
-                    if !reader_gone && self.out.send(Ok(data)).await.is_err() {
-                        // The reader was dropped: keep draining so the command can finish.
-                        reader_gone = true;
-                    }
+                // A dropped reader: keep draining so the command can finish.
+                ChannelMsg::Data { data } if !reader_gone => {
+                    reader_gone = self.out.send(Ok(data)).await.is_err();
                 }
                 ChannelMsg::ExtendedData { data, ext: 1 } => self.on_stderr(&data).await,
                 ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
@@ -476,11 +474,8 @@ impl AsyncWrite for StdinWriter {
     /// Queue EOF and wait until everything before it went out.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.eof_queued {
-            match futures::ready!(self.queue.poll_ready(cx)) {
-                Ok(()) => {
-                    let _ = self.queue.start_send(StdinItem::Eof);
-                }
-                Err(_) => {}
+            if futures::ready!(self.queue.poll_ready(cx)).is_ok() {
+                let _ = self.queue.start_send(StdinItem::Eof);
             }
             self.eof_queued = true;
         }

@@ -205,8 +205,13 @@ pub(crate) fn known_algorithms(path: &Path, host: &str, port: u16) -> Vec<Algori
 /// Append `host:port key` to the file at `path` (creating it and its directory).
 pub(crate) fn append(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)?;
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            // Like ~/.ssh made by OpenSSH: private to the user.
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
         }
     }
     let needs_newline = match std::fs::read(path) {
