@@ -331,9 +331,10 @@ async fn slow_reader_applies_backpressure() {
         "{grown_mib} MiB buffered for an idle reader"
     );
 
-    // Meanwhile the control connection still answers.
+    // Meanwhile the control connection still answers: the stream has its own connection.
     let out = t.exec(&Cmd::new("echo").arg("alive"), None).await.unwrap();
     assert_eq!(out.stdout_str(), "alive\n");
+    assert_eq!(server.log().matches("Accepted publickey").count(), 2);
 
     let mut sink = tokio::io::sink();
     let copied = tokio::io::copy(&mut s.stdout, &mut sink).await.unwrap();
@@ -419,7 +420,8 @@ async fn roundtrip(pipe: &mut Box<dyn ferry::transport::Duplex>, payload: &[u8])
 async fn forward_uses_direct_tcpip() {
     let server = Sshd::start();
     let client = Client::new(&server);
-    let t = sshd::connect(client.spec(&server)).await.unwrap();
+    // Used as the engine does: a trait object.
+    let t: Box<dyn Transport> = Box::new(sshd::connect(client.spec(&server)).await.unwrap());
     let port = echo_server().await;
     let (mut pipe, method) = t.forward("127.0.0.1", port).await.unwrap();
     assert_eq!(method, ForwardMethod::DirectTcpip);
@@ -429,6 +431,8 @@ async fn forward_uses_direct_tcpip() {
     let (mut pipe2, _) = t.forward("127.0.0.1", port).await.unwrap();
     assert_eq!(roundtrip(&mut pipe2, b"second").await, b"second");
     assert_eq!(roundtrip(&mut pipe, b"first again").await, b"first again");
+    // Tunnels ride a connection of their own, next to the control connection.
+    assert_eq!(server.log().matches("Accepted publickey").count(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,4 +490,47 @@ async fn connection_failures_have_their_own_kinds() {
         other => panic!("expected AuthFailed, got {other}"),
     }
     assert!(err.is_unreachable());
+}
+
+/// The relay falls back to nc, then bash's /dev/tcp, when socat is not on the host's PATH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_falls_back_to_nc_then_bash() {
+    for (tool, bins) in [
+        ("nc", &["sh", "nc"][..]),
+        ("bash", &["sh", "bash", "cat"][..]),
+    ] {
+        let bin_dir = tempfile::Builder::new()
+            .prefix("ferry-path-")
+            .tempdir()
+            .unwrap();
+        for b in bins {
+            let real = String::from_utf8(
+                std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("command -v {b}"))
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+            .unwrap();
+            std::os::unix::fs::symlink(real.trim(), bin_dir.path().join(b)).unwrap();
+        }
+        std::fs::set_permissions(
+            bin_dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let server = Sshd::start_with(SshdOptions {
+            tcp_forwarding: false,
+            extra: format!("SetEnv PATH={}", bin_dir.path().display()),
+            ..Default::default()
+        });
+        let client = Client::new(&server);
+        let t = sshd::connect(client.spec(&server)).await.unwrap();
+        let port = echo_server().await;
+        let (mut pipe, method) = t.forward("127.0.0.1", port).await.unwrap();
+        assert_eq!(method, ForwardMethod::Relay(tool));
+        let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 249) as u8).collect();
+        assert_eq!(roundtrip(&mut pipe, &payload).await, payload, "{tool}");
+    }
 }
