@@ -61,8 +61,7 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.parts
-            .extend(args.into_iter().map(|a| Part::Arg(a.into())));
+        self.parts.extend(args.into_iter().map(|a| Part::Arg(a.into())));
         self
     }
 

@@ -165,10 +165,7 @@ impl std::fmt::Debug for BecomeSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BecomeSpec")
             .field("user", &self.user)
-            .field(
-                "password",
-                &self.password.as_ref().map(|_| crate::command::MASK),
-            )
+            .field("password", &self.password.as_ref().map(|_| crate::command::MASK))
             .finish()
     }
 }
