@@ -46,6 +46,18 @@ pub async fn handle_exec(
         .store
         .get(PODS, namespace, pod_name)
         .ok_or_else(|| ApiError::not_found(PODS, pod_name))?;
+    let container = match container {
+        Some(c) => c.to_string(),
+        None => pod["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"]
+            .as_str()
+            .or_else(|| pod["spec"]["containers"][0]["name"].as_str())
+            .unwrap_or("")
+            .to_string(),
+    };
+    let target = sim
+        .kubelet
+        .exec_target(namespace, pod_name, &container)
+        .map_err(ApiError::bad_request)?;
     let headers = req.headers();
     let is_websocket = headers
         .get(header::UPGRADE)
@@ -80,18 +92,6 @@ pub async fn handle_exec(
     if command.is_empty() {
         return Err(ApiError::bad_request("you must specify at least 1 command"));
     }
-    let container = match container {
-        Some(c) => c.to_string(),
-        None => pod["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"]
-            .as_str()
-            .or_else(|| pod["spec"]["containers"][0]["name"].as_str())
-            .unwrap_or("")
-            .to_string(),
-    };
-    let target = sim
-        .kubelet
-        .exec_target(namespace, pod_name, &container)
-        .map_err(ApiError::bad_request)?;
     tracing::info!("exec in {namespace}/{pod_name}/{container} ({protocol}): {command:?}");
 
     let v5 = protocol == PROTOCOLS[0];

@@ -71,6 +71,30 @@ pub fn sandbox_command(hostname: &str) -> io::Result<Command> {
     Ok(command)
 }
 
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+
+/// A detached copy of the mount tree at `path` (like `mount --rbind` without a target yet).
+fn open_tree_clone(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let path = cstring(path)?;
+    // SAFETY: open_tree(2) with a valid path; the returned fd is owned by us.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// Namespace files of a process, opened by the parent before forking.
 pub struct NamespaceFiles {
     files: Vec<File>,
@@ -105,15 +129,24 @@ pub fn container_command(
     let mut command = Command::new(program);
     command.args(args).env_clear().envs(env.iter().cloned());
     let fds = sandbox.fds();
+    // Each source is cloned now as a detached mount tree (open_tree) and attached in the
+    // child with move_mount, so a mount made earlier in the child (e.g. the private /tmp)
+    // cannot hide a source path below it.
+    let mut trees = Vec::new();
     let mut prepared = Vec::new();
     for mount in mounts {
-        prepared.push((cstring(&mount.source)?, cstring(&mount.target)?, mount.read_only));
+        let tree = open_tree_clone(&mount.source)?;
+        prepared.push((tree.as_raw_fd(), cstring(&mount.target)?, mount.read_only));
+        trees.push(tree);
     }
     let root = CString::new("/").map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let empty = CString::new("").map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let workdir = cstring(workdir)?;
     // SAFETY: only async-signal-safe syscalls between fork and exec; all strings prepared before.
     unsafe {
         command.pre_exec(move || {
+            // Keeps the detached trees open until the fork (they close on exec).
+            let _ = &trees;
             check(libc::setsid())?;
             for fd in &fds {
                 check(libc::setns(*fd, 0))?;
@@ -126,14 +159,18 @@ pub fn container_command(
                 libc::MS_REC | libc::MS_PRIVATE,
                 std::ptr::null(),
             ))?;
-            for (source, target, read_only) in &prepared {
-                check(libc::mount(
-                    source.as_ptr(),
+            for (tree, target, read_only) in &prepared {
+                let result = libc::syscall(
+                    libc::SYS_move_mount,
+                    *tree,
+                    empty.as_ptr(),
+                    libc::AT_FDCWD,
                     target.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                ))?;
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                );
+                if result == -1 {
+                    return Err(io::Error::last_os_error());
+                }
                 if *read_only {
                     check(libc::mount(
                         std::ptr::null(),
