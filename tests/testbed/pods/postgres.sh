@@ -25,7 +25,8 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     echo "postgres: created database packagist_db"
 fi
 
-as_postgres "$PGBIN/postgres" -D "$PGDATA" \
+# Started directly (not through the function) so that $! is the server itself.
+setpriv --reuid=postgres --regid=postgres --init-groups "$PGBIN/postgres" -D "$PGDATA" \
     -c listen_addresses='*' -c unix_socket_directories=/var/run/postgresql &
 pid=$!
 trap 'kill -INT "$pid" 2>/dev/null || true' TERM INT
