@@ -142,6 +142,10 @@ async fn route(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Body>, 
         // Plain application/json answers make clients fall back from aggregated discovery.
         ["api"] => Ok(json_response(200, &resources::api_versions(&sim.config.listen))),
         ["apis"] => Ok(json_response(200, &resources::api_group_list())),
+        ["openapi", "v3"] => Ok(json_response(200, &resources::openapi_v3_root())),
+        ["openapi", "v3", rest @ ..] => resources::openapi_v3_group_version(&rest.join("/"))
+            .map(|doc| json_response(200, &doc))
+            .ok_or_else(|| ApiError::not_found_path(&path)),
         ["api", "v1"] => Ok(json_response(
             200,
             &resources::api_resource_list("", "v1").unwrap_or(Value::Null),
@@ -166,6 +170,18 @@ async fn route(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Body>, 
 
 async fn read_body(req: Request<Incoming>) -> Result<(http::HeaderMap, Bytes), ApiError> {
     let (parts, body) = req.into_parts();
+    // Only JSON (and YAML for apply) is spoken; clients retry protobuf bodies as JSON on 415.
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+        return Err(ApiError::unsupported_media(format!(
+            "the body of the request was in an unknown format - accepted media types include: \
+             application/json, application/yaml (got {content_type})"
+        )));
+    }
     let bytes = body
         .collect()
         .await
