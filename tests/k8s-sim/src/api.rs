@@ -29,16 +29,19 @@ pub struct Sim {
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 pub fn json_response(code: u16, value: &Value) -> Response<Body> {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = Response::new(full(serde_json::to_vec(value).unwrap_or_default()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -79,13 +82,18 @@ struct Target {
 }
 
 fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
-    let (namespace, rest) = if rest.len() >= 3 && rest[0] == "namespaces" && !matches!(rest[2], "status" | "finalize") {
+    let (namespace, rest) = if rest.len() >= 3
+        && rest[0] == "namespaces"
+        && !matches!(rest[2], "status" | "finalize")
+    {
         (Some(rest[1].to_string()), &rest[2..])
     } else {
         (None, rest)
     };
     let rt = resources::by_group_version_plural(group, version, rest.first()?)?;
-    if namespace.is_some() != rt.namespaced && !(rt.namespaced && rest.len() == 1 && namespace.is_none()) {
+    if namespace.is_some() != rt.namespaced
+        && !(rt.namespaced && rest.len() == 1 && namespace.is_none())
+    {
         return None;
     }
     Some(Target {
@@ -134,13 +142,17 @@ async fn route(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Body>, 
         )),
         ["healthz"] | ["livez"] | ["readyz"] => {
             let mut response = Response::new(full("ok"));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain"),
+            );
             Ok(response)
         }
         // Plain application/json answers make clients fall back from aggregated discovery.
-        ["api"] => Ok(json_response(200, &resources::api_versions(&sim.config.listen))),
+        ["api"] => Ok(json_response(
+            200,
+            &resources::api_versions(&sim.config.listen),
+        )),
         ["apis"] => Ok(json_response(200, &resources::api_group_list())),
         ["openapi", "v3"] => Ok(json_response(200, &resources::openapi_v3_root())),
         ["openapi", "v3", rest @ ..] => resources::openapi_v3_group_version(&rest.join("/"))
@@ -157,11 +169,13 @@ async fn route(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Body>, 
             .map(|l| json_response(200, &l))
             .ok_or_else(|| ApiError::not_found_path(&path)),
         ["api", "v1", rest @ ..] => {
-            let target = parse_target("", "v1", rest).ok_or_else(|| ApiError::not_found_path(&path))?;
+            let target =
+                parse_target("", "v1", rest).ok_or_else(|| ApiError::not_found_path(&path))?;
             resource_request(sim, req, target).await
         }
         ["apis", group, version, rest @ ..] => {
-            let target = parse_target(group, version, rest).ok_or_else(|| ApiError::not_found_path(&path))?;
+            let target = parse_target(group, version, rest)
+                .ok_or_else(|| ApiError::not_found_path(&path))?;
             resource_request(sim, req, target).await
         }
         _ => Err(ApiError::not_found_path(&path)),
@@ -195,12 +209,17 @@ fn parse_json_or_yaml(bytes: &[u8]) -> Result<Value, ApiError> {
         return Ok(Value::Null);
     }
     serde_json::from_slice(bytes).or_else(|json_err| {
-        serde_yaml::from_slice(bytes)
-            .map_err(|_| ApiError::bad_request(format!("the request body is not valid JSON: {json_err}")))
+        serde_yaml::from_slice(bytes).map_err(|_| {
+            ApiError::bad_request(format!("the request body is not valid JSON: {json_err}"))
+        })
     })
 }
 
-async fn resource_request(sim: Arc<Sim>, req: Request<Incoming>, target: Target) -> Result<Response<Body>, ApiError> {
+async fn resource_request(
+    sim: Arc<Sim>,
+    req: Request<Incoming>,
+    target: Target,
+) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(req.uri().query());
     let method = req.method().clone();
     let ns = target.namespace.clone().unwrap_or_default();
@@ -214,36 +233,62 @@ async fn resource_request(sim: Arc<Sim>, req: Request<Incoming>, target: Target)
             }
         }
         (&Method::GET, Some(name), None | Some("status")) => {
-            let obj = sim.store.get(rt, &ns, name).ok_or_else(|| ApiError::not_found(rt, name))?;
+            let obj = sim
+                .store
+                .get(rt, &ns, name)
+                .ok_or_else(|| ApiError::not_found(rt, name))?;
             if wants_table(&req) {
-                Ok(json_response(200, &table::table(rt, &[obj], sim.store.current_rv())))
+                Ok(json_response(
+                    200,
+                    &table::table(rt, &[obj], sim.store.current_rv()),
+                ))
             } else {
                 Ok(json_response(200, &obj))
             }
         }
         (&Method::GET | &Method::POST, Some(name), Some("exec")) if rt.plural == "pods" => {
-            crate::exec::handle_exec(sim.clone(), req, &ns, name, &query.all("command"), query.get("container"), ExecFlags {
-                stdin: query.flag("stdin"),
-                stdout: query.flag("stdout"),
-                stderr: query.flag("stderr"),
-                tty: query.flag("tty"),
-            })
+            crate::exec::handle_exec(
+                sim.clone(),
+                req,
+                &ns,
+                name,
+                &query.all("command"),
+                query.get("container"),
+                ExecFlags {
+                    stdin: query.flag("stdin"),
+                    stdout: query.flag("stdout"),
+                    stderr: query.flag("stderr"),
+                    tty: query.flag("tty"),
+                },
+            )
             .await
         }
         (&Method::GET, Some(name), Some("log")) if rt.plural == "pods" => {
-            let pod = sim.store.get(rt, &ns, name).ok_or_else(|| ApiError::not_found(rt, name))?;
+            let pod = sim
+                .store
+                .get(rt, &ns, name)
+                .ok_or_else(|| ApiError::not_found(rt, name))?;
             let container = match query.get("container") {
                 Some(c) => c.to_string(),
-                None => pod["spec"]["containers"][0]["name"].as_str().unwrap_or("").to_string(),
+                None => pod["spec"]["containers"][0]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
             };
-            let log = sim.kubelet.read_log(&pod, &container).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let log = sim
+                .kubelet
+                .read_log(&pod, &container)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
             let mut response = Response::new(full(log));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain"),
+            );
             Ok(response)
         }
-        (_, Some(name), Some("scale")) if matches!(rt.plural, "deployments" | "statefulsets" | "replicasets") => {
+        (_, Some(name), Some("scale"))
+            if matches!(rt.plural, "deployments" | "statefulsets" | "replicasets") =>
+        {
             scale(&sim, req, rt, &ns, name).await
         }
         (&Method::POST, None, None) => {
@@ -261,7 +306,9 @@ async fn resource_request(sim: Arc<Sim>, req: Request<Incoming>, target: Target)
             let (_, body) = read_body(req).await?;
             let body = parse_json_or_yaml(&body)?;
             if body["metadata"]["name"].as_str().is_some_and(|n| n != name) {
-                return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
+                return Err(ApiError::bad_request(
+                    "the name of the object does not match the name on the URL",
+                ));
             }
             let status_only = sub == Some("status");
             let updated = sim.store.update_with(rt, &ns, name, |current| {
@@ -280,7 +327,9 @@ async fn resource_request(sim: Arc<Sim>, req: Request<Incoming>, target: Target)
                 .to_string();
             let patch = parse_json_or_yaml(&body)?;
             let status_only = sub == Some("status");
-            if content_type.starts_with("application/apply-patch") && sim.store.get(rt, &ns, name).is_none() {
+            if content_type.starts_with("application/apply-patch")
+                && sim.store.get(rt, &ns, name).is_none()
+            {
                 let mut obj = sanitize_new(rt, patch);
                 obj["metadata"]["name"] = json!(name);
                 prepare_create(&sim.store, &sim.config.node_name, rt, &mut obj);
@@ -314,15 +363,23 @@ async fn resource_request(sim: Arc<Sim>, req: Request<Incoming>, target: Target)
             let mut deleted = Vec::new();
             for item in items.iter().filter(|i| selector.matches(i)) {
                 let item_ns = item["metadata"]["namespace"].as_str().unwrap_or("");
-                if let Ok(Deleted::Pending(obj)) =
-                    ops::delete_object(&sim.store, rt, item_ns, item["metadata"]["name"].as_str().unwrap_or(""), None, None)
-                {
+                if let Ok(Deleted::Pending(obj)) = ops::delete_object(
+                    &sim.store,
+                    rt,
+                    item_ns,
+                    item["metadata"]["name"].as_str().unwrap_or(""),
+                    None,
+                    None,
+                ) {
                     deleted.push(obj);
                 } else {
                     deleted.push(item.clone());
                 }
             }
-            Ok(json_response(200, &list_body(rt, deleted, sim.store.current_rv())))
+            Ok(json_response(
+                200,
+                &list_body(rt, deleted, sim.store.current_rv()),
+            ))
         }
         _ => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({method} {})",
@@ -341,11 +398,20 @@ pub struct ExecFlags {
 /// Drop fields a client may not set on create.
 fn sanitize_new(rt: &ResourceType, mut obj: Value) -> Value {
     if let Some(meta) = obj["metadata"].as_object_mut() {
-        for field in ["uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "generation"] {
+        for field in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "generation",
+        ] {
             meta.remove(field);
         }
     }
-    if matches!(rt.plural, "pods" | "deployments" | "statefulsets" | "replicasets" | "persistentvolumeclaims") {
+    if matches!(
+        rt.plural,
+        "pods" | "deployments" | "statefulsets" | "replicasets" | "persistentvolumeclaims"
+    ) {
         if let Some(map) = obj.as_object_mut() {
             map.remove("status");
         }
@@ -375,7 +441,8 @@ pub fn prepare_create(store: &Store, node_name: &str, rt: &ResourceType, obj: &m
         "namespaces" => {
             obj["spec"] = json!({"finalizers": ["kubernetes"]});
             obj["status"] = json!({"phase": "Active"});
-            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = obj["metadata"]["name"].clone();
+            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] =
+                obj["metadata"]["name"].clone();
         }
         "deployments" => {
             if obj["spec"]["replicas"].is_null() {
@@ -394,7 +461,11 @@ pub fn prepare_create(store: &Store, node_name: &str, rt: &ResourceType, obj: &m
                 obj["spec"]["type"] = json!("ClusterIP");
             }
             if obj["spec"]["clusterIP"].is_null() {
-                obj["spec"]["clusterIP"] = json!(format!("10.43.{}.{}", fastrand::u8(1..255), fastrand::u8(1..255)));
+                obj["spec"]["clusterIP"] = json!(format!(
+                    "10.43.{}.{}",
+                    fastrand::u8(1..255),
+                    fastrand::u8(1..255)
+                ));
             }
         }
         _ => {}
@@ -418,12 +489,18 @@ pub fn default_storage_class(store: &Store) -> Option<String> {
     classes
         .iter()
         .find(|c| {
-            c["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"].as_str() == Some("true")
+            c["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"].as_str()
+                == Some("true")
         })
         .and_then(|c| c["metadata"]["name"].as_str().map(String::from))
 }
 
-fn check_resource_version(rt: &ResourceType, name: &str, current: &Value, incoming: &Value) -> Result<(), ApiError> {
+fn check_resource_version(
+    rt: &ResourceType,
+    name: &str,
+    current: &Value,
+    incoming: &Value,
+) -> Result<(), ApiError> {
     if let Some(wanted) = incoming["metadata"]["resourceVersion"].as_str() {
         if !wanted.is_empty() && Some(wanted) != current["metadata"]["resourceVersion"].as_str() {
             return Err(ApiError::conflict(
@@ -438,7 +515,12 @@ fn check_resource_version(rt: &ResourceType, name: &str, current: &Value, incomi
 
 /// The object a PUT/PATCH leaves: status changes only through /status, spec and metadata
 /// only through the main resource; server-owned metadata is kept.
-fn merge_update(rt: &ResourceType, current: &Value, mut incoming: Value, status_only: bool) -> Value {
+fn merge_update(
+    rt: &ResourceType,
+    current: &Value,
+    mut incoming: Value,
+    status_only: bool,
+) -> Value {
     let has_status_sub = rt.subresources.contains(&"status");
     if status_only {
         let mut result = current.clone();
@@ -448,7 +530,13 @@ fn merge_update(rt: &ResourceType, current: &Value, mut incoming: Value, status_
     if has_status_sub {
         incoming["status"] = current["status"].clone();
     }
-    for field in ["generation", "deletionTimestamp", "deletionGracePeriodSeconds", "creationTimestamp", "uid"] {
+    for field in [
+        "generation",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "creationTimestamp",
+        "uid",
+    ] {
         incoming["metadata"][field] = current["metadata"][field].clone();
     }
     if let Some(meta) = incoming["metadata"].as_object_mut() {
@@ -500,9 +588,18 @@ fn scale_of(obj: &Value) -> Value {
     })
 }
 
-async fn scale(sim: &Sim, req: Request<Incoming>, rt: &ResourceType, ns: &str, name: &str) -> Result<Response<Body>, ApiError> {
+async fn scale(
+    sim: &Sim,
+    req: Request<Incoming>,
+    rt: &ResourceType,
+    ns: &str,
+    name: &str,
+) -> Result<Response<Body>, ApiError> {
     let method = req.method().clone();
-    let current = sim.store.get(rt, ns, name).ok_or_else(|| ApiError::not_found(rt, name))?;
+    let current = sim
+        .store
+        .get(rt, ns, name)
+        .ok_or_else(|| ApiError::not_found(rt, name))?;
     if method == Method::GET {
         return Ok(json_response(200, &scale_of(&current)));
     }
@@ -518,12 +615,20 @@ async fn scale(sim: &Sim, req: Request<Incoming>, rt: &ResourceType, ns: &str, n
         let new_scale = match method {
             Method::PUT => body.clone(),
             Method::PATCH => apply_patch(&current_scale, &body, &content_type)?,
-            _ => return Err(ApiError::method_not_allowed("scale supports get, update and patch")),
+            _ => {
+                return Err(ApiError::method_not_allowed(
+                    "scale supports get, update and patch",
+                ))
+            }
         };
         check_resource_version(rt, name, obj, &new_scale)?;
         let replicas = new_scale["spec"]["replicas"].as_i64().unwrap_or(0);
         if replicas < 0 {
-            return Err(ApiError::invalid(rt, name, "spec.replicas: Invalid value: must be greater than or equal to 0"));
+            return Err(ApiError::invalid(
+                rt,
+                name,
+                "spec.replicas: Invalid value: must be greater than or equal to 0",
+            ));
         }
         obj["spec"]["replicas"] = json!(replicas);
         Ok(())
@@ -557,7 +662,13 @@ fn selectors(query: &Query) -> Result<(LabelSelector, FieldSelector), ApiError> 
     ))
 }
 
-fn list(sim: &Sim, req: &Request<Incoming>, rt: &ResourceType, namespace: Option<&str>, query: &Query) -> Result<Response<Body>, ApiError> {
+fn list(
+    sim: &Sim,
+    req: &Request<Incoming>,
+    rt: &ResourceType,
+    namespace: Option<&str>,
+    query: &Query,
+) -> Result<Response<Body>, ApiError> {
     let (labels, fields) = selectors(query)?;
     let (items, rv) = sim.store.list(rt, namespace);
     let items: Vec<Value> = items
@@ -571,17 +682,27 @@ fn list(sim: &Sim, req: &Request<Incoming>, rt: &ResourceType, namespace: Option
 }
 
 fn event_line(event_type: &str, object: &Value) -> Bytes {
-    let mut line = serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap_or_default();
+    let mut line =
+        serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap_or_default();
     line.push(b'\n');
     Bytes::from(line)
 }
 
-fn watch(sim: Arc<Sim>, req: &Request<Incoming>, rt: &'static ResourceType, namespace: Option<&str>, query: &Query) -> Result<Response<Body>, ApiError> {
+fn watch(
+    sim: Arc<Sim>,
+    req: &Request<Incoming>,
+    rt: &'static ResourceType,
+    namespace: Option<&str>,
+    query: &Query,
+) -> Result<Response<Body>, ApiError> {
     let (labels, fields) = selectors(query)?;
     let as_table = wants_table(req);
     let since = match query.get("resourceVersion") {
         None | Some("") | Some("0") => None,
-        Some(rv) => Some(rv.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?),
+        Some(rv) => Some(
+            rv.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+        ),
     };
     let send_initial = query.flag("sendInitialEvents");
     let bookmarks = query.flag("allowWatchBookmarks");
@@ -589,24 +710,32 @@ fn watch(sim: Arc<Sim>, req: &Request<Incoming>, rt: &'static ResourceType, name
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
         .unwrap_or(1800);
-    let subscription = match sim.store.subscribe(if send_initial { None } else { since }, rt, namespace) {
-        Ok(s) => s,
-        Err(error) => {
-            // As the real server does: an ERROR event inside a 200 watch stream.
-            let body = event_line("ERROR", &error.to_status());
-            let mut response = Response::new(full(body));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
-            return Ok(response);
-        }
-    };
+    let subscription =
+        match sim
+            .store
+            .subscribe(if send_initial { None } else { since }, rt, namespace)
+        {
+            Ok(s) => s,
+            Err(error) => {
+                // As the real server does: an ERROR event inside a 200 watch stream.
+                let body = event_line("ERROR", &error.to_status());
+                let mut response = Response::new(full(body));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
+                return Ok(response);
+            }
+        };
     let key = rt.key();
     let namespace = namespace.map(String::from);
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let format = move |event_type: &str, object: &Value| -> Bytes {
         if as_table && event_type != "BOOKMARK" && event_type != "ERROR" {
-            event_line(event_type, &table::table(rt, std::slice::from_ref(object), 0))
+            event_line(
+                event_type,
+                &table::table(rt, std::slice::from_ref(object), 0),
+            )
         } else {
             event_line(event_type, object)
         }
@@ -630,7 +759,9 @@ fn watch(sim: Arc<Sim>, req: &Request<Incoming>, rt: &'static ResourceType, name
                 return;
             }
         }
-        let relevant = |e: &WatchEvent| e.resource == key && namespace.as_deref().is_none_or(|ns| e.namespace == ns);
+        let relevant = |e: &WatchEvent| {
+            e.resource == key && namespace.as_deref().is_none_or(|ns| e.namespace == ns)
+        };
         let translate = |e: &WatchEvent| -> Option<&'static str> {
             let now = matches(&e.object);
             match e.event_type {
@@ -688,12 +819,15 @@ fn watch(sim: Arc<Sim>, req: &Request<Incoming>, rt: &'static ResourceType, name
         }
     });
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|bytes| (Ok::<_, std::io::Error>(Frame::data(bytes)), rx))
+        rx.recv()
+            .await
+            .map(|bytes| (Ok::<_, std::io::Error>(Frame::data(bytes)), rx))
     });
     let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream.boxed())));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     Ok(response)
 }
 

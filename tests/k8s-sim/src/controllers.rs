@@ -10,7 +10,10 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::api::{add_finalizer, default_storage_class, is_active};
-use crate::ops::{self, controller_uid, owner_reference, Config, DEPLOYMENTS, PODS, PVCS, PVS, REPLICASETS, STATEFULSETS};
+use crate::ops::{
+    self, controller_uid, owner_reference, Config, DEPLOYMENTS, PODS, PVCS, PVS, REPLICASETS,
+    STATEFULSETS,
+};
 use crate::store::{is_deleting, meta_str, name_of, random_suffix, ApiError, Store};
 
 pub const PROVISIONER: &str = "openebs.io/local";
@@ -95,6 +98,8 @@ fn set_counts(status: &mut Value, counts: &[(&str, i64)]) {
     }
 }
 
+type Step = fn(&Controllers) -> Result<(), ApiError>;
+
 pub struct Controllers {
     pub store: Arc<Store>,
     pub config: Config,
@@ -116,7 +121,7 @@ impl Controllers {
     }
 
     fn reconcile(&self) {
-        let steps: [(&str, fn(&Self) -> Result<(), ApiError>); 6] = [
+        let steps: [(&str, Step); 6] = [
             ("deployments", Self::deployments),
             ("replicasets", Self::replicasets),
             ("statefulsets", Self::statefulsets),
@@ -134,7 +139,9 @@ impl Controllers {
 
     fn pods_owned_by(&self, owner_uid: &str, namespace: &str) -> Vec<Value> {
         let (pods, _) = self.store.list(PODS, Some(namespace));
-        pods.into_iter().filter(|p| controller_uid(p) == Some(owner_uid)).collect()
+        pods.into_iter()
+            .filter(|p| controller_uid(p) == Some(owner_uid))
+            .collect()
     }
 
     fn deployments(&self) -> Result<(), ApiError> {
@@ -147,7 +154,10 @@ impl Controllers {
             let replicas = int(&deploy["spec"]["replicas"]);
             let hash = template_hash(&deploy["spec"]["template"]);
             let rs_name = format!("{name}-{hash}");
-            let owned: Vec<&Value> = replicasets.iter().filter(|rs| controller_uid(rs) == Some(uid)).collect();
+            let owned: Vec<&Value> = replicasets
+                .iter()
+                .filter(|rs| controller_uid(rs) == Some(uid))
+                .collect();
             if !owned.iter().any(|rs| name_of(rs) == rs_name) {
                 let mut template = deploy["spec"]["template"].clone();
                 template["metadata"]["labels"]["pod-template-hash"] = json!(hash);
@@ -174,7 +184,8 @@ impl Controllers {
                 if int(&rs["spec"]["replicas"]) != want {
                     self.store.update_with(REPLICASETS, ns, name_of(rs), |o| {
                         o["spec"]["replicas"] = json!(want);
-                        o["metadata"]["annotations"]["deployment.kubernetes.io/desired-replicas"] = json!(replicas.to_string());
+                        o["metadata"]["annotations"]["deployment.kubernetes.io/desired-replicas"] =
+                            json!(replicas.to_string());
                         Ok(())
                     })?;
                 }
@@ -252,9 +263,9 @@ impl Controllers {
     /// Pick the pods a scale-down removes: not ready first, then the newest.
     fn doomed(mut pods: Vec<Value>, count: usize) -> Vec<Value> {
         pods.sort_by(|a, b| {
-            pod_ready(a)
-                .cmp(&pod_ready(b))
-                .then_with(|| meta_str(b, "creationTimestamp").cmp(meta_str(a, "creationTimestamp")))
+            pod_ready(a).cmp(&pod_ready(b)).then_with(|| {
+                meta_str(b, "creationTimestamp").cmp(meta_str(a, "creationTimestamp"))
+            })
         });
         pods.into_iter().take(count).collect()
     }
@@ -285,7 +296,11 @@ impl Controllers {
                 status["observedGeneration"] = generation;
                 set_counts(
                     status,
-                    &[("readyReplicas", ready), ("availableReplicas", ready), ("fullyLabeledReplicas", count)],
+                    &[
+                        ("readyReplicas", ready),
+                        ("availableReplicas", ready),
+                        ("fullyLabeledReplicas", count),
+                    ],
                 );
                 Ok(())
             })?;
@@ -312,11 +327,15 @@ impl Controllers {
                     (ordinal >= want).then_some((ordinal, p))
                 })
                 .collect();
-            extra.sort_by(|a, b| b.0.cmp(&a.0));
+            extra.sort_by_key(|(ordinal, _)| std::cmp::Reverse(*ordinal));
             let terminating_extra = extra.iter().any(|(_, p)| is_deleting(p));
             if !extra.is_empty() && (parallel || !terminating_extra) {
                 let victims: Vec<&Value> = if parallel {
-                    extra.iter().map(|(_, p)| *p).filter(|p| !is_deleting(p)).collect()
+                    extra
+                        .iter()
+                        .map(|(_, p)| *p)
+                        .filter(|p| !is_deleting(p))
+                        .collect()
                 } else {
                     extra.first().map(|(_, p)| *p).into_iter().collect()
                 };
@@ -337,7 +356,11 @@ impl Controllers {
                         Some(_) => break,
                         None => {
                             if self.ensure_claims(sts, ordinal)? {
-                                self.store.create(PODS, ns, self.sts_pod(sts, ordinal, &revision))?;
+                                self.store.create(
+                                    PODS,
+                                    ns,
+                                    self.sts_pod(sts, ordinal, &revision),
+                                )?;
                             }
                             if !parallel {
                                 break;
@@ -378,7 +401,11 @@ impl Controllers {
     fn ensure_claims(&self, sts: &Value, ordinal: usize) -> Result<bool, ApiError> {
         let ns = meta_str(sts, "namespace");
         let mut all_usable = true;
-        for template in sts["spec"]["volumeClaimTemplates"].as_array().into_iter().flatten() {
+        for template in sts["spec"]["volumeClaimTemplates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             let claim_name = format!("{}-{}-{ordinal}", name_of(template), name_of(sts));
             match self.store.get(PVCS, ns, &claim_name) {
                 Some(existing) => {
@@ -431,7 +458,11 @@ impl Controllers {
             *volumes = json!([]);
         }
         if let Some(list) = volumes.as_array_mut() {
-            for template in sts["spec"]["volumeClaimTemplates"].as_array().into_iter().flatten() {
+            for template in sts["spec"]["volumeClaimTemplates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
                 let volume = name_of(template);
                 list.retain(|v| v["name"] != volume);
                 list.push(json!({
@@ -448,7 +479,10 @@ impl Controllers {
         let (claims, _) = self.store.list(PVCS, None);
         let (pods, _) = self.store.list(PODS, None);
         let (classes, _) = self.store.list(ops::STORAGECLASSES, None);
-        for claim in claims.iter().filter(|c| !is_deleting(c) && c["spec"]["volumeName"].is_null()) {
+        for claim in claims
+            .iter()
+            .filter(|c| !is_deleting(c) && c["spec"]["volumeName"].is_null())
+        {
             let ns = meta_str(claim, "namespace");
             let class_name = claim["spec"]["storageClassName"].as_str().unwrap_or("");
             let Some(class) = classes.iter().find(|c| name_of(c) == class_name) else {
@@ -510,7 +544,11 @@ impl Controllers {
                 "status": {"phase": "Bound"},
             });
             self.store.create(PVS, "", pv)?;
-            tracing::info!("provisioned {pv_name} at {} for {ns}/{}", path.display(), name_of(claim));
+            tracing::info!(
+                "provisioned {pv_name} at {} for {ns}/{}",
+                path.display(),
+                name_of(claim)
+            );
         }
         self.store.update_with(PVCS, ns, name_of(claim), |o| {
             o["spec"]["volumeName"] = json!(pv_name);
@@ -520,7 +558,8 @@ impl Controllers {
             annotations["volume.beta.kubernetes.io/storage-provisioner"] = json!(PROVISIONER);
             annotations["volume.kubernetes.io/storage-provisioner"] = json!(PROVISIONER);
             annotations["volume.kubernetes.io/selected-node"] = json!(node);
-            o["status"] = json!({"phase": "Bound", "accessModes": modes, "capacity": {"storage": storage}});
+            o["status"] =
+                json!({"phase": "Bound", "accessModes": modes, "capacity": {"storage": storage}});
             Ok(())
         })?;
         Ok(())
@@ -533,9 +572,9 @@ impl Controllers {
         let (pods, _) = self.store.list(PODS, None);
         for claim in claims.iter().filter(|c| is_deleting(c)) {
             let ns = meta_str(claim, "namespace");
-            let in_use = pods
-                .iter()
-                .any(|p| meta_str(p, "namespace") == ns && volume_claims(p).contains(name_of(claim)));
+            let in_use = pods.iter().any(|p| {
+                meta_str(p, "namespace") == ns && volume_claims(p).contains(name_of(claim))
+            });
             if !in_use {
                 self.store.update_with(PVCS, ns, name_of(claim), |o| {
                     if let Some(finalizers) = o["metadata"]["finalizers"].as_array_mut() {
@@ -572,12 +611,18 @@ impl Controllers {
     fn remove_volume_dir(&self, path: &Path) -> Result<(), ApiError> {
         // Only ever delete below the provisioner's base directory.
         if !path.starts_with(&self.config.openebs_base) || path == self.config.openebs_base {
-            return Err(ApiError::internal(format!("refusing to delete {}", path.display())));
+            return Err(ApiError::internal(format!(
+                "refusing to delete {}",
+                path.display()
+            )));
         }
         match std::fs::remove_dir_all(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ApiError::internal(format!("deleting {}: {e}", path.display()))),
+            Err(e) => Err(ApiError::internal(format!(
+                "deleting {}: {e}",
+                path.display()
+            ))),
         }
     }
 
@@ -591,13 +636,21 @@ impl Controllers {
         let (replicasets, _) = self.store.list(REPLICASETS, None);
         for rs in &replicasets {
             if controller_uid(rs).is_some_and(|uid| !owners.contains(uid)) {
-                self.store.remove(REPLICASETS, meta_str(rs, "namespace"), name_of(rs));
+                self.store
+                    .remove(REPLICASETS, meta_str(rs, "namespace"), name_of(rs));
             }
         }
         let (pods, _) = self.store.list(PODS, None);
         for pod in pods.iter().filter(|p| !is_deleting(p)) {
             if controller_uid(pod).is_some_and(|uid| !owners.contains(uid)) {
-                ops::delete_object(&self.store, PODS, meta_str(pod, "namespace"), name_of(pod), None, None)?;
+                ops::delete_object(
+                    &self.store,
+                    PODS,
+                    meta_str(pod, "namespace"),
+                    name_of(pod),
+                    None,
+                    None,
+                )?;
             }
         }
         Ok(())

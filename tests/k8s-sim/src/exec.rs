@@ -109,7 +109,9 @@ pub async fn handle_exec(
         let config = WebSocketConfig::default()
             .max_message_size(Some(256 << 20))
             .max_frame_size(Some(64 << 20));
-        let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
         let uid = target.uid.clone();
         run_session(socket, target, command, flags, v5, &kubelet, &uid).await;
     });
@@ -117,8 +119,14 @@ pub async fn handle_exec(
     let mut response = Response::new(full(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();
-    h.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, header::HeaderValue::from_static("Upgrade"));
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
     if let Ok(accept) = header::HeaderValue::from_str(&derive_accept_key(&key)) {
         h.insert("sec-websocket-accept", accept);
     }
@@ -155,7 +163,11 @@ async fn pump<R: AsyncRead + Unpin>(mut reader: R, channel: u8, out: mpsc::Sende
         match reader.read(&mut buffer).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                if out.send(channel_message(channel, &buffer[..n])).await.is_err() {
+                if out
+                    .send(channel_message(channel, &buffer[..n]))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -191,15 +203,28 @@ async fn run_session<S>(
         let _ = sink.close().await;
     });
 
-    let spawned = nsexec::exec_command(&command, &target.env, &target.workdir, target.pid).and_then(|(mut cmd, namespaces)| {
-        cmd.stdin(if flags.stdin { Stdio::piped() } else { Stdio::null() })
-            .stdout(if flags.stdout { Stdio::piped() } else { Stdio::null() })
-            .stderr(if flags.stderr { Stdio::piped() } else { Stdio::null() })
+    let spawned = nsexec::exec_command(&command, &target.env, &target.workdir, target.pid)
+        .and_then(|(mut cmd, namespaces)| {
+            cmd.stdin(if flags.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(if flags.stdout {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stderr(if flags.stderr {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .kill_on_drop(true);
-        let child = cmd.spawn();
-        drop(namespaces);
-        child
-    });
+            let child = cmd.spawn();
+            drop(namespaces);
+            child
+        });
     let mut child = match spawned {
         Ok(child) => child,
         Err(error) => {
@@ -209,7 +234,10 @@ async fn run_session<S>(
                 "reason": "InternalError",
             });
             let _ = out_tx
-                .send(channel_message(STATUS, &serde_json::to_vec(&status).unwrap_or_default()))
+                .send(channel_message(
+                    STATUS,
+                    &serde_json::to_vec(&status).unwrap_or_default(),
+                ))
                 .await;
             drop(out_tx);
             let _ = writer.await;
@@ -275,7 +303,10 @@ async fn run_session<S>(
     // that keeps the pipes open must not hold the session forever.
     for pump in pumps {
         let abort = pump.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(5), pump).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), pump)
+            .await
+            .is_err()
+        {
             abort.abort();
         }
     }

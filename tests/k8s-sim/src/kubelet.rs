@@ -23,8 +23,18 @@ const RESTART_BACKOFF: Duration = Duration::from_secs(1);
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 enum Message {
-    Exited { uid: String, container: String, pid: i32, code: i32 },
-    Probe { uid: String, container: String, pid: i32, ok: bool },
+    Exited {
+        uid: String,
+        container: String,
+        pid: i32,
+        code: i32,
+    },
+    Probe {
+        uid: String,
+        container: String,
+        pid: i32,
+        ok: bool,
+    },
 }
 
 struct ContainerRt {
@@ -129,10 +139,21 @@ impl Kubelet {
     fn on_message(&self, message: Message) {
         let mut state = self.lock();
         match message {
-            Message::Exited { uid, container, pid, code } => {
-                let Some(pod) = state.pods.get_mut(&uid) else { return };
+            Message::Exited {
+                uid,
+                container,
+                pid,
+                code,
+            } => {
+                let Some(pod) = state.pods.get_mut(&uid) else {
+                    return;
+                };
                 let terminating = pod.termination.is_some();
-                let Some(c) = pod.containers.iter_mut().find(|c| c.name == container && c.pid == Some(pid)) else {
+                let Some(c) = pod
+                    .containers
+                    .iter_mut()
+                    .find(|c| c.name == container && c.pid == Some(pid))
+                else {
                     return;
                 };
                 c.pid = None;
@@ -140,14 +161,29 @@ impl Kubelet {
                 c.probe_ok = false;
                 c.last_exit = Some((code, now_rfc3339()));
                 if !terminating {
-                    tracing::warn!("{}/{} container {container} exited with {code}; restarting", pod.namespace, pod.name);
+                    tracing::warn!(
+                        "{}/{} container {container} exited with {code}; restarting",
+                        pod.namespace,
+                        pod.name
+                    );
                     c.restart_count += 1;
                     c.restart_at = Some(Instant::now() + RESTART_BACKOFF);
                 }
             }
-            Message::Probe { uid, container, pid, ok } => {
-                let Some(pod) = state.pods.get_mut(&uid) else { return };
-                if let Some(c) = pod.containers.iter_mut().find(|c| c.name == container && c.pid == Some(pid)) {
+            Message::Probe {
+                uid,
+                container,
+                pid,
+                ok,
+            } => {
+                let Some(pod) = state.pods.get_mut(&uid) else {
+                    return;
+                };
+                if let Some(c) = pod
+                    .containers
+                    .iter_mut()
+                    .find(|c| c.name == container && c.pid == Some(pid))
+                {
                     c.probe_running = false;
                     c.probe_ok = ok;
                     c.next_probe = Instant::now() + PROBE_INTERVAL;
@@ -172,7 +208,10 @@ impl Kubelet {
                 continue;
             }
             if is_deleting(pod) {
-                let seen = *state.deleting_unstarted.entry(uid.to_string()).or_insert(now);
+                let seen = *state
+                    .deleting_unstarted
+                    .entry(uid.to_string())
+                    .or_insert(now);
                 if now.duration_since(seen) >= self.config.grace {
                     self.remove_pod_object(pod);
                     state.deleting_unstarted.remove(uid);
@@ -188,7 +227,11 @@ impl Kubelet {
                 Ok(None) => {}
                 Err(error) => {
                     if state.reported.insert(uid.to_string()) {
-                        tracing::warn!("cannot start pod {}/{}: {error:#}", meta_str(pod, "namespace"), name_of(pod));
+                        tracing::warn!(
+                            "cannot start pod {}/{}: {error:#}",
+                            meta_str(pod, "namespace"),
+                            name_of(pod)
+                        );
                     }
                 }
             }
@@ -218,7 +261,9 @@ impl Kubelet {
             }
         }
         let live: HashSet<&str> = by_uid.keys().copied().collect();
-        state.deleting_unstarted.retain(|uid, _| live.contains(uid.as_str()));
+        state
+            .deleting_unstarted
+            .retain(|uid, _| live.contains(uid.as_str()));
     }
 
     fn remove_pod_object(&self, pod: &Value) {
@@ -236,18 +281,28 @@ impl Kubelet {
     }
 
     /// Resolve the pod's volumes to node directories; None while a claim is not bound yet.
-    fn resolve_volumes(&self, pod: &Value, dir: &Path) -> anyhow::Result<Option<HashMap<String, PathBuf>>> {
+    fn resolve_volumes(
+        &self,
+        pod: &Value,
+        dir: &Path,
+    ) -> anyhow::Result<Option<HashMap<String, PathBuf>>> {
         let ns = meta_str(pod, "namespace");
         let mut volumes = HashMap::new();
         for volume in pod["spec"]["volumes"].as_array().into_iter().flatten() {
             let name = volume["name"].as_str().unwrap_or("").to_string();
             let path = if let Some(claim) = volume["persistentVolumeClaim"]["claimName"].as_str() {
-                let Some(pvc) = self.store.get(PVCS, ns, claim) else { return Ok(None) };
-                let Some(pv_name) = pvc["spec"]["volumeName"].as_str() else { return Ok(None) };
+                let Some(pvc) = self.store.get(PVCS, ns, claim) else {
+                    return Ok(None);
+                };
+                let Some(pv_name) = pvc["spec"]["volumeName"].as_str() else {
+                    return Ok(None);
+                };
                 if is_deleting(&pvc) {
                     return Ok(None);
                 }
-                let Some(pv) = self.store.get(PVS, "", pv_name) else { return Ok(None) };
+                let Some(pv) = self.store.get(PVS, "", pv_name) else {
+                    return Ok(None);
+                };
                 let path = pv["spec"]["local"]["path"]
                     .as_str()
                     .or_else(|| pv["spec"]["hostPath"]["path"].as_str())
@@ -262,7 +317,8 @@ impl Kubelet {
                 let kind = volume["hostPath"]["type"].as_str().unwrap_or("");
                 if !path.exists() {
                     if kind == "DirectoryOrCreate" {
-                        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+                        std::fs::create_dir_all(&path)
+                            .with_context(|| format!("creating {}", path.display()))?;
                     } else {
                         bail!("hostPath {host_path} does not exist");
                     }
@@ -287,7 +343,11 @@ impl Kubelet {
             } else if let Some(secret_name) = volume["secret"]["secretName"].as_str() {
                 let secret = self
                     .store
-                    .get(crate::resources::by_key("secrets").unwrap_or(CONFIGMAPS), ns, secret_name)
+                    .get(
+                        crate::resources::by_key("secrets").unwrap_or(CONFIGMAPS),
+                        ns,
+                        secret_name,
+                    )
                     .ok_or_else(|| anyhow!("secret {secret_name} not found"))?;
                 let path = dir.join("volumes").join(&name);
                 std::fs::create_dir_all(&path)?;
@@ -334,11 +394,14 @@ impl Kubelet {
                     _ => String::new(),
                 }
             } else if let Some(cm_ref) = var["valueFrom"]["configMapKeyRef"].as_object() {
-                let cm = self
-                    .store
-                    .get(CONFIGMAPS, ns, cm_ref.get("name").and_then(|n| n.as_str()).unwrap_or(""));
+                let cm = self.store.get(
+                    CONFIGMAPS,
+                    ns,
+                    cm_ref.get("name").and_then(|n| n.as_str()).unwrap_or(""),
+                );
                 let key = cm_ref.get("key").and_then(|k| k.as_str()).unwrap_or("");
-                cm.and_then(|c| c["data"][key].as_str().map(String::from)).unwrap_or_default()
+                cm.and_then(|c| c["data"][key].as_str().map(String::from))
+                    .unwrap_or_default()
             } else {
                 String::new()
             };
@@ -408,8 +471,9 @@ impl Kubelet {
             mounts.sort_by_key(|m| m.target.components().count());
             for mount in &mounts {
                 if !mount.target.exists() {
-                    std::fs::create_dir_all(&mount.target)
-                        .with_context(|| format!("creating mount point {}", mount.target.display()))?;
+                    std::fs::create_dir_all(&mount.target).with_context(|| {
+                        format!("creating mount point {}", mount.target.display())
+                    })?;
                 }
             }
             let workdir = PathBuf::from(spec["workingDir"].as_str().unwrap_or("/"));
@@ -464,20 +528,28 @@ impl Kubelet {
     }
 
     fn start_container(&self, rt: &mut PodRt, index: usize) {
-        let Some(sandbox_pid) = rt.sandbox_pid else { return };
+        let Some(sandbox_pid) = rt.sandbox_pid else {
+            return;
+        };
         let uid = rt.uid.clone();
         let c = &mut rt.containers[index];
         c.restart_at = None;
         let result = (|| -> anyhow::Result<tokio::process::Child> {
             let namespaces = NamespaceFiles::of(sandbox_pid, &["net", "uts"])?;
-            let log = std::fs::OpenOptions::new().create(true).append(true).open(&c.log_path)?;
-            let mut command = nsexec::container_command(&c.argv, &c.env, &c.workdir, &namespaces, &c.mounts)?;
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&c.log_path)?;
+            let mut command =
+                nsexec::container_command(&c.argv, &c.env, &c.workdir, &namespaces, &c.mounts)?;
             command
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)
                 .kill_on_drop(false);
-            let child = command.spawn().with_context(|| format!("starting {:?}", c.argv))?;
+            let child = command
+                .spawn()
+                .with_context(|| format!("starting {:?}", c.argv))?;
             drop(namespaces);
             Ok(child)
         })();
@@ -497,11 +569,21 @@ impl Kubelet {
                         Err(_) => 128,
                     };
                     flag.store(true, Ordering::SeqCst);
-                    let _ = tx.send(Message::Exited { uid, container, pid, code });
+                    let _ = tx.send(Message::Exited {
+                        uid,
+                        container,
+                        pid,
+                        code,
+                    });
                 });
             }
             Err(error) => {
-                tracing::warn!("{}/{}: container {} failed to start: {error:#}", rt.namespace, rt.name, c.name);
+                tracing::warn!(
+                    "{}/{}: container {} failed to start: {error:#}",
+                    rt.namespace,
+                    rt.name,
+                    c.name
+                );
                 c.last_exit = Some((128, now_rfc3339()));
                 c.restart_count += 1;
                 c.restart_at = Some(Instant::now() + RESTART_BACKOFF * 3);
@@ -537,13 +619,21 @@ impl Kubelet {
             let workdir = c.workdir.clone();
             tokio::spawn(async move {
                 let ok = run_probe(&probe, &env, &workdir, pid).await;
-                let _ = tx.send(Message::Probe { uid, container, pid, ok });
+                let _ = tx.send(Message::Probe {
+                    uid,
+                    container,
+                    pid,
+                    ok,
+                });
             });
         }
     }
 
     fn condition(rt: &mut PodRt, kind: &'static str, value: bool) -> Value {
-        let entry = rt.conditions.entry(kind).or_insert_with(|| (value, now_rfc3339()));
+        let entry = rt
+            .conditions
+            .entry(kind)
+            .or_insert_with(|| (value, now_rfc3339()));
         if entry.0 != value {
             *entry = (value, now_rfc3339());
         }
@@ -563,8 +653,10 @@ impl Kubelet {
             let ready = running && c.pid.is_some() && (!has_probe || c.probe_ok);
             let state = match (&c.pid, running, &c.started_at) {
                 (Some(_), true, Some(started)) => json!({"running": {"startedAt": started}}),
-                (None, _, _) if c.restart_at.is_some() => json!({"waiting": {"reason": "CrashLoopBackOff",
-                    "message": format!("back-off restarting failed container {}", c.name)}}),
+                (None, _, _) if c.restart_at.is_some() => {
+                    json!({"waiting": {"reason": "CrashLoopBackOff",
+                    "message": format!("back-off restarting failed container {}", c.name)}})
+                }
                 _ => json!({"waiting": {"reason": "ContainerCreating"}}),
             };
             let mut status = json!({
@@ -610,7 +702,11 @@ impl Kubelet {
         let uid = rt.uid.clone();
         let result = self.store.update_with(PODS, &rt.namespace, &rt.name, |o| {
             if meta_str(o, "uid") != uid {
-                return Err(crate::store::ApiError::conflict(PODS, name_of(pod), "uid changed"));
+                return Err(crate::store::ApiError::conflict(
+                    PODS,
+                    name_of(pod),
+                    "uid changed",
+                ));
             }
             o["status"] = status.clone();
             Ok(())
@@ -639,7 +735,9 @@ impl Kubelet {
                 killed: false,
             });
         }
-        let Some(termination) = rt.termination.as_mut() else { return false };
+        let Some(termination) = rt.termination.as_mut() else {
+            return false;
+        };
         let alive = rt.containers.iter().any(|c| c.pid.is_some());
         if alive {
             if now >= termination.deadline && !termination.killed {
@@ -659,7 +757,12 @@ impl Kubelet {
         now.duration_since(termination.started) >= self.config.grace
     }
 
-    pub fn exec_target(&self, namespace: &str, pod_name: &str, container: &str) -> Result<ExecTarget, String> {
+    pub fn exec_target(
+        &self,
+        namespace: &str,
+        pod_name: &str,
+        container: &str,
+    ) -> Result<ExecTarget, String> {
         let state = self.lock();
         let pod = state
             .pods
@@ -671,7 +774,9 @@ impl Kubelet {
             .iter()
             .find(|c| c.name == container)
             .ok_or_else(|| format!("container not found (\"{container}\")"))?;
-        let pid = c.pid.ok_or_else(|| format!("container not found (\"{container}\")"))?;
+        let pid = c
+            .pid
+            .ok_or_else(|| format!("container not found (\"{container}\")"))?;
         Ok(ExecTarget {
             uid: pod.uid.clone(),
             pid,
@@ -692,7 +797,11 @@ impl Kubelet {
     }
 
     pub fn read_log(&self, pod: &Value, container: &str) -> anyhow::Result<Vec<u8>> {
-        let path = self.pod_dir(meta_str(pod, "uid")).join("containers").join(container).join("log");
+        let path = self
+            .pod_dir(meta_str(pod, "uid"))
+            .join("containers")
+            .join(container)
+            .join("log");
         std::fs::read(&path).with_context(|| format!("container {container} has no log yet"))
     }
 

@@ -29,7 +29,10 @@ use crate::api::Sim;
 use crate::ops::Config;
 
 #[derive(Parser, Debug)]
-#[command(name = "k8s-sim", about = "Kubernetes API server simulator for ferry's testbed")]
+#[command(
+    name = "k8s-sim",
+    about = "Kubernetes API server simulator for ferry's testbed"
+)]
 struct Cli {
     /// Address the API server listens on (TLS).
     #[arg(long, default_value = "127.0.0.1:6443")]
@@ -75,7 +78,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    std::fs::create_dir_all(&cli.state_dir).with_context(|| format!("creating {}", cli.state_dir.display()))?;
+    std::fs::create_dir_all(&cli.state_dir)
+        .with_context(|| format!("creating {}", cli.state_dir.display()))?;
     std::fs::create_dir_all(&cli.openebs_base)
         .with_context(|| format!("creating {}", cli.openebs_base.display()))?;
     let state_dir = std::fs::canonicalize(&cli.state_dir)?;
@@ -101,7 +105,10 @@ async fn main() -> anyhow::Result<()> {
         })?;
         tracing::info!("loaded {loaded} objects from {}", cli.manifests.display());
     } else {
-        tracing::info!("restored objects from {}", state_dir.join("objects.json").display());
+        tracing::info!(
+            "restored objects from {}",
+            state_dir.join("objects.json").display()
+        );
     }
     if let Some(value) = &cli.redis_appendonly {
         manifests::override_redis_appendonly(&store, value)?;
@@ -130,7 +137,10 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", cli.listen))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config()?);
-    tls::write_kubeconfig(&cli.kubeconfig_out, &pki.kubeconfig(&format!("https://{}", cli.listen)))?;
+    tls::write_kubeconfig(
+        &cli.kubeconfig_out,
+        &pki.kubeconfig(&format!("https://{}", cli.listen)),
+    )?;
     tracing::info!(
         "serving the Kubernetes API on https://{} (kubeconfig {})",
         cli.listen,

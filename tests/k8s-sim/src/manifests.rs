@@ -60,7 +60,11 @@ fn kind_order(kind: &str) -> u8 {
 }
 
 /// Create every object of the `*.yaml`/`*.yml` files in `dir` (sorted by file name).
-pub fn load_dir(store: &Store, dir: &Path, admit: impl Fn(&resources::ResourceType, &mut Value)) -> anyhow::Result<usize> {
+pub fn load_dir(
+    store: &Store,
+    dir: &Path,
+    admit: impl Fn(&resources::ResourceType, &mut Value),
+) -> anyhow::Result<usize> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("reading manifests directory {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -69,7 +73,8 @@ pub fn load_dir(store: &Store, dir: &Path, admit: impl Fn(&resources::ResourceTy
     files.sort();
     let mut documents = Vec::new();
     for file in &files {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         for document in serde_yaml::Deserializer::from_str(&text) {
             let value: Value = serde::Deserialize::deserialize(document)
                 .with_context(|| format!("parsing {}", file.display()))?;
@@ -84,9 +89,16 @@ pub fn load_dir(store: &Store, dir: &Path, admit: impl Fn(&resources::ResourceTy
     for (file, mut doc) in documents {
         let api_version = doc["apiVersion"].as_str().unwrap_or("").to_string();
         let kind = doc["kind"].as_str().unwrap_or("").to_string();
-        let rt = resources::by_kind(&api_version, &kind)
-            .ok_or_else(|| anyhow!("{}: {api_version} {kind} is not served by the simulator", file.display()))?;
-        let namespace = doc["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+        let rt = resources::by_kind(&api_version, &kind).ok_or_else(|| {
+            anyhow!(
+                "{}: {api_version} {kind} is not served by the simulator",
+                file.display()
+            )
+        })?;
+        let namespace = doc["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string();
         admit(rt, &mut doc);
         match store.create(rt, &namespace, doc) {
             Ok(_) => count += 1,

@@ -21,7 +21,8 @@ pub struct Mount {
 }
 
 fn cstring(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
 fn check(result: libc::c_int) -> io::Result<()> {
@@ -52,7 +53,8 @@ fn loopback_up() -> io::Result<()> {
 
 /// The pod sandbox: `sleep infinity` in new network and UTS namespaces.
 pub fn sandbox_command(hostname: &str) -> io::Result<Command> {
-    let hostname = CString::new(hostname).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let hostname =
+        CString::new(hostname).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut command = Command::new("sleep");
     command
         .arg("infinity")
@@ -64,7 +66,10 @@ pub fn sandbox_command(hostname: &str) -> io::Result<Command> {
         command.pre_exec(move || {
             check(libc::setsid())?;
             check(libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWUTS))?;
-            check(libc::sethostname(hostname.as_ptr(), hostname.as_bytes().len()))?;
+            check(libc::sethostname(
+                hostname.as_ptr(),
+                hostname.as_bytes().len(),
+            ))?;
             loopback_up()
         });
     }
@@ -191,10 +196,18 @@ pub fn container_command(
 }
 
 /// A command run inside a running container (exec, readiness probes).
-pub fn exec_command(argv: &[String], env: &[(String, String)], workdir: &Path, container_pid: i32) -> io::Result<(Command, NamespaceFiles)> {
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "you must specify at least 1 command"))?;
+pub fn exec_command(
+    argv: &[String],
+    env: &[(String, String)],
+    workdir: &Path,
+    container_pid: i32,
+) -> io::Result<(Command, NamespaceFiles)> {
+    let (program, args) = argv.split_first().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "you must specify at least 1 command",
+        )
+    })?;
     let namespaces = NamespaceFiles::of(container_pid, &["net", "uts", "mnt"])?;
     let fds = namespaces.fds();
     let root = CString::new("/").map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;

@@ -65,7 +65,9 @@ pub fn delete_object(
     }
     if rt.plural == "pods" {
         if grace_seconds == Some(0) {
-            let removed = store.remove(rt, namespace, name).ok_or_else(|| ApiError::not_found(rt, name))?;
+            let removed = store
+                .remove(rt, namespace, name)
+                .ok_or_else(|| ApiError::not_found(rt, name))?;
             return Ok(Deleted::Pending(removed));
         }
         if is_deleting(&current) {
@@ -98,7 +100,9 @@ pub fn delete_object(
         }
         return Ok(Deleted::Gone(success_status(rt, name, &current)));
     }
-    store.remove(rt, namespace, name).ok_or_else(|| ApiError::not_found(rt, name))?;
+    store
+        .remove(rt, namespace, name)
+        .ok_or_else(|| ApiError::not_found(rt, name))?;
     Ok(Deleted::Gone(success_status(rt, name, &current)))
 }
 

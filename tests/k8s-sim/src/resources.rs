@@ -209,7 +209,11 @@ pub static RESOURCES: &[ResourceType] = &[
     },
 ];
 
-pub fn by_group_version_plural(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
+pub fn by_group_version_plural(
+    group: &str,
+    version: &str,
+    plural: &str,
+) -> Option<&'static ResourceType> {
     RESOURCES
         .iter()
         .find(|r| r.group == group && r.version == version && r.plural == plural)
@@ -238,7 +242,10 @@ pub fn groups() -> Vec<&'static str> {
 /// `APIResourceList` for one group/version (legacy discovery).
 pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
     let mut resources = Vec::new();
-    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
         let mut entry = json!({
             "name": r.plural,
             "singularName": r.singular,
@@ -371,7 +378,10 @@ pub fn openapi_v3_root() -> Value {
 /// field validation (and so needs no schemas).
 pub fn openapi_v3_group_version(path: &str) -> Option<Value> {
     let mut paths = serde_json::Map::new();
-    for r in RESOURCES.iter().filter(|r| gv_path(r.group, r.version) == path) {
+    for r in RESOURCES
+        .iter()
+        .filter(|r| gv_path(r.group, r.version) == path)
+    {
         let item = if r.namespaced {
             format!("/{path}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
         } else {

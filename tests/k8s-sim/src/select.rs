@@ -79,7 +79,9 @@ impl LabelSelector {
                 let (key, values) = parse_set(&part[..idx], &part[idx + 4..], &part)?;
                 Requirement::In(key, values)
             } else if part.contains(' ') || part.contains('(') {
-                return Err(ApiError::bad_request(format!("unable to parse requirement: {part:?}")));
+                return Err(ApiError::bad_request(format!(
+                    "unable to parse requirement: {part:?}"
+                )));
             } else {
                 Requirement::Exists(part.clone())
             };
@@ -93,14 +95,25 @@ impl LabelSelector {
         let mut requirements = Vec::new();
         if let Some(labels) = selector["matchLabels"].as_object() {
             for (k, v) in labels {
-                requirements.push(Requirement::Equals(k.clone(), v.as_str().unwrap_or("").to_string()));
+                requirements.push(Requirement::Equals(
+                    k.clone(),
+                    v.as_str().unwrap_or("").to_string(),
+                ));
             }
         }
-        for expr in selector["matchExpressions"].as_array().cloned().unwrap_or_default() {
+        for expr in selector["matchExpressions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
             let key = expr["key"].as_str().unwrap_or("").to_string();
             let values: Vec<String> = expr["values"]
                 .as_array()
-                .map(|vs| vs.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+                .map(|vs| {
+                    vs.iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default();
             requirements.push(match expr["operator"].as_str().unwrap_or("") {
                 "In" => Requirement::In(key, values),
@@ -161,7 +174,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once('=') {
                 (f, true, v)
             } else {
-                return Err(ApiError::bad_request(format!("invalid field selector: {part:?}")));
+                return Err(ApiError::bad_request(format!(
+                    "invalid field selector: {part:?}"
+                )));
             };
             requirements.push((field.trim().to_string(), equal, value.trim().to_string()));
         }

@@ -38,7 +38,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn with_details(code: u16, reason: &'static str, message: String, rt: Option<&ResourceType>, name: &str) -> Self {
+    fn with_details(
+        code: u16,
+        reason: &'static str,
+        message: String,
+        rt: Option<&ResourceType>,
+        name: &str,
+    ) -> Self {
         let mut details = json!({});
         if !name.is_empty() {
             details["name"] = json!(name);
@@ -58,7 +64,13 @@ impl ApiError {
     }
 
     pub fn not_found(rt: &ResourceType, name: &str) -> Self {
-        Self::with_details(404, "NotFound", format!("{} \"{}\" not found", qualified(rt), name), Some(rt), name)
+        Self::with_details(
+            404,
+            "NotFound",
+            format!("{} \"{}\" not found", qualified(rt), name),
+            Some(rt),
+            name,
+        )
     }
 
     pub fn already_exists(rt: &ResourceType, name: &str) -> Self {
@@ -99,7 +111,13 @@ impl ApiError {
     }
 
     pub fn not_found_path(path: &str) -> Self {
-        Self::with_details(404, "NotFound", format!("the server could not find the requested resource ({path})"), None, "")
+        Self::with_details(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+            None,
+            "",
+        )
     }
 
     pub fn gone(message: impl Into<String>) -> Self {
@@ -140,7 +158,8 @@ fn qualified(rt: &ResourceType) -> String {
 }
 
 pub fn now_rfc3339() -> String {
-    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
     time::OffsetDateTime::now_utc()
         .format(&format)
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
@@ -244,7 +263,9 @@ impl Store {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves consistent JSON values behind; keep serving.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -298,16 +319,25 @@ impl Store {
         let items = inner
             .objects
             .iter()
-            .filter(|((r, ns, _), _)| *r == key && namespace.is_none_or(|want| !rt.namespaced || ns == want))
+            .filter(|((r, ns, _), _)| {
+                *r == key && namespace.is_none_or(|want| !rt.namespaced || ns == want)
+            })
             .map(|(_, v)| v.clone())
             .collect();
         (items, inner.rv)
     }
 
-    pub fn create(&self, rt: &ResourceType, namespace: &str, mut obj: Value) -> Result<Value, ApiError> {
+    pub fn create(
+        &self,
+        rt: &ResourceType,
+        namespace: &str,
+        mut obj: Value,
+    ) -> Result<Value, ApiError> {
         let namespace = ns_for(rt, namespace);
         if !obj.is_object() {
-            return Err(ApiError::bad_request("the request body is not a JSON object"));
+            return Err(ApiError::bad_request(
+                "the request body is not a JSON object",
+            ));
         }
         if !obj["metadata"].is_object() {
             obj["metadata"] = json!({});
@@ -316,7 +346,13 @@ impl Store {
         if name.is_empty() {
             match obj["metadata"]["generateName"].as_str() {
                 Some(prefix) => name = format!("{prefix}{}", random_suffix(5)),
-                None => return Err(ApiError::invalid(rt, "", "name or generateName is required")),
+                None => {
+                    return Err(ApiError::invalid(
+                        rt,
+                        "",
+                        "name or generateName is required",
+                    ))
+                }
             }
         }
         if let Some(body_ns) = obj["metadata"]["namespace"].as_str() {
@@ -364,14 +400,27 @@ impl Store {
             obj["metadata"]["generation"] = json!(1);
         }
         inner.objects.insert(key, obj.clone());
-        self.emit(&mut inner, &rt.key(), &namespace, "ADDED", obj.clone(), None);
+        self.emit(
+            &mut inner,
+            &rt.key(),
+            &namespace,
+            "ADDED",
+            obj.clone(),
+            None,
+        );
         Ok(obj)
     }
 
     /// Read-modify-write one object. No change → no new resourceVersion and no event.
     /// An object left with a deletionTimestamp and no finalizers is removed (except pods,
     /// which the kubelet removes once their processes are gone).
-    pub fn update_with<F>(&self, rt: &ResourceType, namespace: &str, name: &str, change: F) -> Result<Value, ApiError>
+    pub fn update_with<F>(
+        &self,
+        rt: &ResourceType,
+        namespace: &str,
+        name: &str,
+        change: F,
+    ) -> Result<Value, ApiError>
     where
         F: FnOnce(&mut Value) -> Result<(), ApiError>,
     {
@@ -393,7 +442,8 @@ impl Store {
             m.retain(|_, v| !v.is_null());
         }
         if is_deleting(&current) {
-            updated["metadata"]["deletionTimestamp"] = current["metadata"]["deletionTimestamp"].clone();
+            updated["metadata"]["deletionTimestamp"] =
+                current["metadata"]["deletionTimestamp"].clone();
         }
         updated["apiVersion"] = json!(rt.api_version());
         updated["kind"] = json!(rt.kind);
@@ -413,11 +463,25 @@ impl Store {
             .is_none_or(|f| f.is_empty());
         if rt.plural != "pods" && is_deleting(&updated) && finalizers_empty {
             inner.objects.remove(&key);
-            self.emit(&mut inner, &rt.key(), &namespace, "DELETED", updated.clone(), None);
+            self.emit(
+                &mut inner,
+                &rt.key(),
+                &namespace,
+                "DELETED",
+                updated.clone(),
+                None,
+            );
             return Ok(updated);
         }
         inner.objects.insert(key, updated.clone());
-        self.emit(&mut inner, &rt.key(), &namespace, "MODIFIED", updated.clone(), Some(current));
+        self.emit(
+            &mut inner,
+            &rt.key(),
+            &namespace,
+            "MODIFIED",
+            updated.clone(),
+            Some(current),
+        );
         Ok(updated)
     }
 
@@ -429,7 +493,14 @@ impl Store {
         let mut obj = inner.objects.remove(&key)?;
         inner.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
-        self.emit(&mut inner, &rt.key(), &namespace, "DELETED", obj.clone(), None);
+        self.emit(
+            &mut inner,
+            &rt.key(),
+            &namespace,
+            "DELETED",
+            obj.clone(),
+            None,
+        );
         Some(obj)
     }
 
@@ -450,7 +521,9 @@ impl Store {
             snapshot = inner
                 .objects
                 .iter()
-                .filter(|((r, ns, _), _)| *r == key && namespace.is_none_or(|want| !rt.namespaced || ns == want))
+                .filter(|((r, ns, _), _)| {
+                    *r == key && namespace.is_none_or(|want| !rt.namespaced || ns == want)
+                })
                 .map(|(_, v)| v.clone())
                 .collect();
         }
@@ -464,7 +537,12 @@ impl Store {
                         oldest.saturating_sub(1)
                     )));
                 }
-                backlog = inner.history.iter().filter(|e| e.rv > since).cloned().collect();
+                backlog = inner
+                    .history
+                    .iter()
+                    .filter(|e| e.rv > since)
+                    .cloned()
+                    .collect();
             }
         }
         Ok(Subscription {
@@ -564,7 +642,11 @@ pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), ApiError> {
                 };
                 pointer_set(target, path, value, true)?;
             }
-            other => return Err(ApiError::bad_request(format!("unknown JSON patch op {other:?}"))),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown JSON patch op {other:?}"
+                )))
+            }
         }
     }
     Ok(())
@@ -603,7 +685,9 @@ fn pointer_set(target: &mut Value, path: &str, value: Value, insert: bool) -> Re
                 } else if !insert && index < items.len() {
                     items[index] = value;
                 } else {
-                    return Err(ApiError::bad_request(format!("array index out of range in {path}")));
+                    return Err(ApiError::bad_request(format!(
+                        "array index out of range in {path}"
+                    )));
                 }
             }
         }

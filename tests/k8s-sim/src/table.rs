@@ -14,7 +14,9 @@ pub fn age(timestamp: &Value) -> String {
     let Some(created) = timestamp.as_str().and_then(parse_rfc3339) else {
         return "<unknown>".to_string();
     };
-    let secs = (time::OffsetDateTime::now_utc() - created).whole_seconds().max(0);
+    let secs = (time::OffsetDateTime::now_utc() - created)
+        .whole_seconds()
+        .max(0);
     match secs {
         s if s < 120 => format!("{s}s"),
         s if s < 600 => format!("{}m{}s", s / 60, s % 60),
@@ -45,7 +47,11 @@ pub fn pod_status_text(pod: &Value) -> String {
     if is_deleting(pod) {
         return "Terminating".to_string();
     }
-    for status in pod["status"]["containerStatuses"].as_array().into_iter().flatten() {
+    for status in pod["status"]["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         if let Some(reason) = status["state"]["waiting"]["reason"].as_str() {
             return reason.to_string();
         }
@@ -53,7 +59,10 @@ pub fn pod_status_text(pod: &Value) -> String {
     or_none(text(&pod["status"]["phase"]))
 }
 
-fn columns_and_cells(rt: &ResourceType) -> (Vec<Value>, fn(&Value) -> Vec<Value>) {
+/// Cells of one row after the name (the age cell is appended by the caller).
+type Cells = fn(&Value) -> Vec<Value>;
+
+fn columns_and_cells(rt: &ResourceType) -> (Vec<Value>, Cells) {
     let name = column("Name", "string", "name");
     let age_col = column("Age", "string", "");
     match rt.plural {
@@ -66,9 +75,18 @@ fn columns_and_cells(rt: &ResourceType) -> (Vec<Value>, fn(&Value) -> Vec<Value>
                 age_col,
             ],
             |o| {
-                let statuses = o["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
-                let total = o["spec"]["containers"].as_array().map(|c| c.len()).unwrap_or(0);
-                let ready = statuses.iter().filter(|s| s["ready"] == json!(true)).count();
+                let statuses = o["status"]["containerStatuses"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let total = o["spec"]["containers"]
+                    .as_array()
+                    .map(|c| c.len())
+                    .unwrap_or(0);
+                let ready = statuses
+                    .iter()
+                    .filter(|s| s["ready"] == json!(true))
+                    .count();
                 let restarts: i64 = statuses.iter().map(|s| int(&s["restartCount"])).sum();
                 vec![
                     json!(format!("{ready}/{total}")),
@@ -87,7 +105,11 @@ fn columns_and_cells(rt: &ResourceType) -> (Vec<Value>, fn(&Value) -> Vec<Value>
             ],
             |o| {
                 vec![
-                    json!(format!("{}/{}", int(&o["status"]["readyReplicas"]), int(&o["spec"]["replicas"]))),
+                    json!(format!(
+                        "{}/{}",
+                        int(&o["status"]["readyReplicas"]),
+                        int(&o["spec"]["replicas"])
+                    )),
                     json!(int(&o["status"]["updatedReplicas"])),
                     json!(int(&o["status"]["availableReplicas"])),
                 ]
@@ -197,7 +219,10 @@ fn columns_and_cells(rt: &ResourceType) -> (Vec<Value>, fn(&Value) -> Vec<Value>
                     json!(text(&o["provisioner"])),
                     json!(text(&o["reclaimPolicy"])),
                     json!(text(&o["volumeBindingMode"])),
-                    json!(o["allowVolumeExpansion"].as_bool().unwrap_or(false).to_string()),
+                    json!(o["allowVolumeExpansion"]
+                        .as_bool()
+                        .unwrap_or(false)
+                        .to_string()),
                 ]
             },
         ),
@@ -214,7 +239,13 @@ fn columns_and_cells(rt: &ResourceType) -> (Vec<Value>, fn(&Value) -> Vec<Value>
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|p| format!("{}/{}", int(&p["port"]), p["protocol"].as_str().unwrap_or("TCP")))
+                    .map(|p| {
+                        format!(
+                            "{}/{}",
+                            int(&p["port"]),
+                            p["protocol"].as_str().unwrap_or("TCP")
+                        )
+                    })
                     .collect();
                 vec![
                     json!(text(&o["spec"]["type"])),
@@ -223,7 +254,9 @@ fn columns_and_cells(rt: &ResourceType) -> (Vec<Value>, fn(&Value) -> Vec<Value>
                 ]
             },
         ),
-        "nodes" => (vec![name, column("Status", "string", ""), age_col], |_| vec![json!("Ready")]),
+        "nodes" => (vec![name, column("Status", "string", ""), age_col], |_| {
+            vec![json!("Ready")]
+        }),
         _ => (vec![name, age_col], |_| vec![]),
     }
 }

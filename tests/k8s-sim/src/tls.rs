@@ -23,14 +23,21 @@ pub struct Pki {
     pub client_key_pem: String,
 }
 
-const FILES: [&str; 5] = ["ca.crt", "server.crt", "server.key", "admin.crt", "admin.key"];
+const FILES: [&str; 5] = [
+    "ca.crt",
+    "server.crt",
+    "server.key",
+    "admin.crt",
+    "admin.key",
+];
 
 impl Pki {
     /// Load the PKI from `dir`, or create it there.
     pub fn load_or_create(dir: &Path, node_name: &str) -> anyhow::Result<Pki> {
         if FILES.iter().all(|f| dir.join(f).exists()) {
             let read = |f: &str| {
-                std::fs::read_to_string(dir.join(f)).with_context(|| format!("reading {}", dir.join(f).display()))
+                std::fs::read_to_string(dir.join(f))
+                    .with_context(|| format!("reading {}", dir.join(f).display()))
             };
             return Ok(Pki {
                 ca_pem: read("ca.crt")?,
@@ -59,7 +66,9 @@ impl Pki {
     fn generate(node_name: &str) -> anyhow::Result<Pki> {
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.distinguished_name.push(DnType::CommonName, "kubernetes");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "kubernetes");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -83,7 +92,9 @@ impl Pki {
         server_params
             .subject_alt_names
             .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        server_params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+        server_params
+            .distinguished_name
+            .push(DnType::CommonName, "kube-apiserver");
         server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         server_params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
@@ -93,7 +104,9 @@ impl Pki {
 
         let client_key = KeyPair::generate()?;
         let mut client_params = CertificateParams::new(Vec::<String>::new())?;
-        client_params.distinguished_name.push(DnType::CommonName, "kubernetes-admin");
+        client_params
+            .distinguished_name
+            .push(DnType::CommonName, "kubernetes-admin");
         client_params
             .distinguished_name
             .push(DnType::OrganizationName, "system:masters");
@@ -120,9 +133,12 @@ impl Pki {
         for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
             roots.add(cert.map_err(|e| anyhow!("CA certificate: {e}"))?)?;
         }
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| anyhow!("client verifier: {e}"))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| anyhow!("client verifier: {e}"))?;
         let certs = CertificateDer::pem_slice_iter(self.server_cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow!("server certificate: {e}"))?;
@@ -168,7 +184,8 @@ impl Pki {
 /// Write the kubeconfig with mode 0440, as a real node's admin.conf has.
 pub fn write_kubeconfig(path: &Path, content: &str) -> anyhow::Result<()> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;

@@ -67,44 +67,110 @@ fn kubectl_get_scale_exec_configmaps_and_pvc_protection() {
     let alt = sim.kubectl(&["-n", "packagist-alt", "get", "deploy", "-o", "name"]);
     assert_eq!(
         alt.lines().collect::<Vec<_>>(),
-        ["deployment.apps/repo", "deployment.apps/ui", "deployment.apps/worker"]
+        [
+            "deployment.apps/repo",
+            "deployment.apps/ui",
+            "deployment.apps/worker"
+        ]
     );
 
     // The ui pod: two containers, both ready; each container has its own /tmp.
     let ui = sim.pod_name("default", "ui");
     assert!(ui.starts_with("ui-"), "{ui}");
     assert_eq!(
-        sim.kubectl(&["get", "pod", &ui, "-o", "jsonpath={.spec.containers[*].name}"]),
+        sim.kubectl(&[
+            "get",
+            "pod",
+            &ui,
+            "-o",
+            "jsonpath={.spec.containers[*].name}"
+        ]),
         "ui sidecar"
     );
     assert_eq!(
-        sim.kubectl(&["get", "pod", &ui, "-o", "jsonpath={.status.containerStatuses[*].ready}"]),
+        sim.kubectl(&[
+            "get",
+            "pod",
+            &ui,
+            "-o",
+            "jsonpath={.status.containerStatuses[*].ready}"
+        ]),
         "true true"
     );
-    sim.kubectl(&["exec", &ui, "-c", "ui", "--", "sh", "-c", "echo hi > /tmp/only-in-ui"]);
-    let in_ui = sim.kubectl_output(&["exec", &ui, "-c", "ui", "--", "test", "-e", "/tmp/only-in-ui"], None);
+    sim.kubectl(&[
+        "exec",
+        &ui,
+        "-c",
+        "ui",
+        "--",
+        "sh",
+        "-c",
+        "echo hi > /tmp/only-in-ui",
+    ]);
+    let in_ui = sim.kubectl_output(
+        &[
+            "exec",
+            &ui,
+            "-c",
+            "ui",
+            "--",
+            "test",
+            "-e",
+            "/tmp/only-in-ui",
+        ],
+        None,
+    );
     assert_eq!(in_ui.status.code(), Some(0));
-    let in_sidecar = sim.kubectl_output(&["exec", &ui, "-c", "sidecar", "--", "test", "-e", "/tmp/only-in-ui"], None);
-    assert_eq!(in_sidecar.status.code(), Some(1), "the sidecar must not see ui's /tmp");
+    let in_sidecar = sim.kubectl_output(
+        &[
+            "exec",
+            &ui,
+            "-c",
+            "sidecar",
+            "--",
+            "test",
+            "-e",
+            "/tmp/only-in-ui",
+        ],
+        None,
+    );
+    assert_eq!(
+        in_sidecar.status.code(),
+        Some(1),
+        "the sidecar must not see ui's /tmp"
+    );
 
     // Volumes: OpenEBS-hostpath-like PVs.
     let (redis_pv, redis_dir) = volume_of(&sim, "redis-data-redis-0");
-    assert_eq!(redis_dir, sim.openebs_base.canonicalize().unwrap().join(&redis_pv));
+    assert_eq!(
+        redis_dir,
+        sim.openebs_base.canonicalize().unwrap().join(&redis_pv)
+    );
     assert!(redis_dir.is_dir());
     assert_eq!(
-        sim.kubectl(&["get", "pv", &redis_pv, "-o", "jsonpath={.spec.persistentVolumeReclaimPolicy}"]),
+        sim.kubectl(&[
+            "get",
+            "pv",
+            &redis_pv,
+            "-o",
+            "jsonpath={.spec.persistentVolumeReclaimPolicy}"
+        ]),
         "Delete"
     );
 
     // Exec: output, stdin, exit codes.
     assert_eq!(
-        sim.kubectl(&["exec", "redis-0", "--", "redis-cli", "-p", "9869", "dbsize"]).trim(),
+        sim.kubectl(&["exec", "redis-0", "--", "redis-cli", "-p", "9869", "dbsize"])
+            .trim(),
         "0"
     );
     let select = psql(&sim, "select 1");
     assert!(select.status.success(), "{}", stderr(&select));
     assert_eq!(stdout(&select), "1");
-    let created = psql(&sim, "create table marker(x int); insert into marker values (42);");
+    let created = psql(
+        &sim,
+        "create table marker(x int); insert into marker values (42);",
+    );
     assert!(created.status.success(), "{}", stderr(&created));
     let failing = sim.kubectl_output(&["exec", "redis-0", "--", "sh", "-c", "exit 3"], None);
     assert_eq!(failing.status.code(), Some(3), "{}", stderr(&failing));
@@ -117,30 +183,74 @@ fn kubectl_get_scale_exec_configmaps_and_pvc_protection() {
     assert!(created.status.success(), "{}", stderr(&created));
     let again = sim.kubectl_output(&["create", "-f", "-"], Some(manifest));
     assert!(!again.status.success());
-    assert!(stderr(&again).contains("(AlreadyExists)"), "{}", stderr(&again));
-    sim.kubectl(&["patch", "configmap", "ferry-migration", "--type", "merge", "-p", r#"{"data":{"state":"completed"}}"#]);
+    assert!(
+        stderr(&again).contains("(AlreadyExists)"),
+        "{}",
+        stderr(&again)
+    );
+    sim.kubectl(&[
+        "patch",
+        "configmap",
+        "ferry-migration",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"state":"completed"}}"#,
+    ]);
     assert_eq!(
-        sim.kubectl(&["get", "configmap", "ferry-migration", "-o", "jsonpath={.data.state}"]),
+        sim.kubectl(&[
+            "get",
+            "configmap",
+            "ferry-migration",
+            "-o",
+            "jsonpath={.data.state}"
+        ]),
         "completed"
     );
     sim.kubectl(&["delete", "configmap", "ferry-migration"]);
     let missing = sim.kubectl_output(&["get", "configmap", "ferry-migration"], None);
-    assert!(stderr(&missing).contains("(NotFound)"), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("(NotFound)"),
+        "{}",
+        stderr(&missing)
+    );
 
     // Scale a deployment to 0 and back.
     sim.kubectl(&["scale", "deploy/ui", "--replicas=0"]);
-    sim.kubectl(&["wait", "--for=delete", &format!("pod/{ui}"), "--timeout=30s"]);
-    assert_eq!(sim.kubectl(&["get", "pods", "-l", "app=ui", "-o", "name"]), "");
+    sim.kubectl(&[
+        "wait",
+        "--for=delete",
+        &format!("pod/{ui}"),
+        "--timeout=30s",
+    ]);
+    assert_eq!(
+        sim.kubectl(&["get", "pods", "-l", "app=ui", "-o", "name"]),
+        ""
+    );
     sim.kubectl(&["scale", "deploy/ui", "--replicas=1"]);
-    sim.kubectl(&["wait", "--for=condition=Available", "deploy/ui", "--timeout=30s"]);
-    assert_ne!(sim.pod_name("default", "ui"), ui, "a new ui pod replaces the old one");
+    sim.kubectl(&[
+        "wait",
+        "--for=condition=Available",
+        "deploy/ui",
+        "--timeout=30s",
+    ]);
+    assert_ne!(
+        sim.pod_name("default", "ui"),
+        ui,
+        "a new ui pod replaces the old one"
+    );
 
     // PVC deletion while the pod runs stays pending (pvc-protection) ...
     let (old_pv, old_dir) = volume_of(&sim, "postgres-data-postgres-0");
     assert!(old_dir.join("PG_VERSION").is_file());
     sim.kubectl(&["delete", "pvc", "postgres-data-postgres-0", "--wait=false"]);
     let marker = psql(&sim, "select x from marker");
-    assert_eq!(stdout(&marker), "42", "the pod keeps its volume: {}", stderr(&marker));
+    assert_eq!(
+        stdout(&marker),
+        "42",
+        "the pod keeps its volume: {}",
+        stderr(&marker)
+    );
     let deleting = sim.kubectl(&[
         "get",
         "pvc",
@@ -148,28 +258,60 @@ fn kubectl_get_scale_exec_configmaps_and_pvc_protection() {
         "-o",
         "jsonpath={.metadata.deletionTimestamp} {.metadata.finalizers}",
     ]);
-    assert!(deleting.contains("kubernetes.io/pvc-protection"), "{deleting}");
-    assert!(!deleting.starts_with(' '), "deletionTimestamp must be set: {deleting:?}");
+    assert!(
+        deleting.contains("kubernetes.io/pvc-protection"),
+        "{deleting}"
+    );
+    assert!(
+        !deleting.starts_with(' '),
+        "deletionTimestamp must be set: {deleting:?}"
+    );
     assert!(sim.kubectl(&["get", "pvc"]).contains("Terminating"));
     assert!(old_dir.is_dir());
 
     // ... and completes after scale to 0: claim, PV and directory gone.
     sim.kubectl(&["scale", "sts/postgres", "--replicas=0"]);
-    sim.kubectl(&["wait", "--for=delete", "pvc/postgres-data-postgres-0", "--timeout=60s"]);
-    sim.kubectl(&["wait", "--for=delete", &format!("pv/{old_pv}"), "--timeout=30s"]);
-    assert!(!old_dir.exists(), "reclaimPolicy Delete removes {}", old_dir.display());
+    sim.kubectl(&[
+        "wait",
+        "--for=delete",
+        "pvc/postgres-data-postgres-0",
+        "--timeout=60s",
+    ]);
+    sim.kubectl(&[
+        "wait",
+        "--for=delete",
+        &format!("pv/{old_pv}"),
+        "--timeout=30s",
+    ]);
+    assert!(
+        !old_dir.exists(),
+        "reclaimPolicy Delete removes {}",
+        old_dir.display()
+    );
 
     // Scaling back up makes a new, empty volume and a fresh packagist_db.
     sim.kubectl(&["scale", "sts/postgres", "--replicas=1"]);
     sim.kubectl(&["wait", "--for=create", "pod/postgres-0", "--timeout=30s"]);
-    sim.kubectl(&["wait", "--for=condition=Ready", "pod/postgres-0", "--timeout=60s"]);
+    sim.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/postgres-0",
+        "--timeout=60s",
+    ]);
     let (new_pv, new_dir) = volume_of(&sim, "postgres-data-postgres-0");
     assert_ne!(new_pv, old_pv);
     assert!(new_dir.is_dir());
     let gone = psql(&sim, "select x from marker");
     assert!(!gone.status.success(), "the new database must be empty");
-    assert!(stderr(&gone).contains("does not exist"), "{}", stderr(&gone));
-    assert_eq!(stdout(&psql(&sim, "select current_database()")), "packagist_db");
+    assert!(
+        stderr(&gone).contains("does not exist"),
+        "{}",
+        stderr(&gone)
+    );
+    assert_eq!(
+        stdout(&psql(&sim, "select current_database()")),
+        "packagist_db"
+    );
 }
 
 fn redis(sim: &Sim, args: &[&str]) -> String {
@@ -189,14 +331,22 @@ fn restart_redis_with_dump(sim: &Sim, dir: &std::path::Path, dump: &[u8]) {
     std::fs::write(dir.join("dump.rdb"), dump).unwrap();
     sim.kubectl(&["scale", "sts/redis", "--replicas=1"]);
     sim.kubectl(&["wait", "--for=create", "pod/redis-0", "--timeout=30s"]);
-    sim.kubectl(&["wait", "--for=condition=Ready", "pod/redis-0", "--timeout=60s"]);
+    sim.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/redis-0",
+        "--timeout=60s",
+    ]);
 }
 
 #[test]
 fn redis_appendonly_yes_ignores_a_lone_dump_rdb() {
     let sim = Sim::start(&[]);
     sim.wait_all_ready("default");
-    assert_eq!(redis(&sim, &["config", "get", "appendonly"]), "appendonly\nyes");
+    assert_eq!(
+        redis(&sim, &["config", "get", "appendonly"]),
+        "appendonly\nyes"
+    );
 
     sim.kubectl(&[
         "exec",
@@ -213,8 +363,15 @@ fn redis_appendonly_yes_ignores_a_lone_dump_rdb() {
 
     // The trap: appendonly yes, only dump.rdb in the data dir → Redis starts empty.
     restart_redis_with_dump(&sim, &dir, &dump);
-    assert_eq!(redis(&sim, &["dbsize"]), "0", "appendonly yes must ignore a lone dump.rdb");
-    assert!(dir.join("appendonlydir").is_dir(), "Redis created a fresh AOF");
+    assert_eq!(
+        redis(&sim, &["dbsize"]),
+        "0",
+        "appendonly yes must ignore a lone dump.rdb"
+    );
+    assert!(
+        dir.join("appendonlydir").is_dir(),
+        "Redis created a fresh AOF"
+    );
 
     // With appendonly no (template changed by a JSON patch), the same dump loads.
     sim.kubectl(&[
@@ -228,7 +385,10 @@ fn redis_appendonly_yes_ignores_a_lone_dump_rdb() {
             {"op":"replace","path":"/spec/template/spec/containers/0/env/1/value","value":"no"}]"#,
     ]);
     restart_redis_with_dump(&sim, &dir, &dump);
-    assert_eq!(redis(&sim, &["config", "get", "appendonly"]), "appendonly\nno");
+    assert_eq!(
+        redis(&sim, &["config", "get", "appendonly"]),
+        "appendonly\nno"
+    );
     assert_eq!(redis(&sim, &["dbsize"]), "200");
 }
 
@@ -236,7 +396,10 @@ fn redis_appendonly_yes_ignores_a_lone_dump_rdb() {
 fn exec_stdin_round_trips_50_mib_and_redis_appendonly_flag() {
     let sim = Sim::start(&["--redis-appendonly", "no"]);
     sim.wait_all_ready("default");
-    assert_eq!(redis(&sim, &["config", "get", "appendonly"]), "appendonly\nno");
+    assert_eq!(
+        redis(&sim, &["config", "get", "appendonly"]),
+        "appendonly\nno"
+    );
 
     // 50 MiB of pseudo-random bytes (xorshift), so nothing compresses or repeats.
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -257,5 +420,8 @@ fn exec_stdin_round_trips_50_mib_and_redis_appendonly_flag() {
 
     let hashed = sim.kubectl_output(&["exec", "-i", "redis-0", "--", "sha256sum"], Some(&data));
     assert!(hashed.status.success(), "{}", stderr(&hashed));
-    assert_eq!(stdout(&hashed).split_whitespace().next(), Some(expected.as_str()));
+    assert_eq!(
+        stdout(&hashed).split_whitespace().next(),
+        Some(expected.as_str())
+    );
 }

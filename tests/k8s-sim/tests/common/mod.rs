@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 pub const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// The tests need root (namespaces, bind mounts), kubectl 1.32, PostgreSQL 15 and Redis.
@@ -68,7 +71,10 @@ fn free_port() -> u16 {
 impl Sim {
     pub fn start(extra_args: &[&str]) -> Sim {
         ensure_prerequisites();
-        let dir = tempfile::Builder::new().prefix("k8s-sim-test").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("k8s-sim-test")
+            .tempdir()
+            .unwrap();
         let port = free_port();
         let kubeconfig = dir.path().join("admin.conf");
         let openebs_base = dir.path().join("openebs");
@@ -103,7 +109,11 @@ impl Sim {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !sim.kubeconfig.exists() {
-            assert!(Instant::now() < deadline, "k8s-sim did not write its kubeconfig:\n{}", sim.log());
+            assert!(
+                Instant::now() < deadline,
+                "k8s-sim did not write its kubeconfig:\n{}",
+                sim.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         sim
@@ -123,7 +133,11 @@ impl Sim {
     pub fn kubectl_output(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         let mut command = self.command(args);
         command
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("running kubectl");
@@ -157,7 +171,15 @@ impl Sim {
 
     /// Wait until every workload of a namespace runs and is ready.
     pub fn wait_all_ready(&self, namespace: &str) {
-        self.kubectl(&["-n", namespace, "wait", "--for=create", "pod/postgres-0", "pod/redis-0", "--timeout=60s"]);
+        self.kubectl(&[
+            "-n",
+            namespace,
+            "wait",
+            "--for=create",
+            "pod/postgres-0",
+            "pod/redis-0",
+            "--timeout=60s",
+        ]);
         self.kubectl(&[
             "-n",
             namespace,
@@ -204,7 +226,10 @@ impl Drop for Sim {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SIGTERM: the simulator stops its pods cleanly.
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 if let Ok(Some(_)) = child.try_wait() {
