@@ -26,13 +26,16 @@ pub mod assert;
 pub mod command;
 pub mod docker_container;
 pub mod k8s_scale;
+pub mod migration_marker;
 pub mod pg_dump;
 pub mod pg_restore_k8s;
 pub mod redis_backup;
+pub mod redis_flushdb;
 pub mod redis_layout;
 pub mod redis_restore_openebs;
 pub mod shared;
 pub mod storage_export;
+pub mod storage_import;
 
 /// Why a module step failed.
 #[derive(Debug, thiserror::Error)]
@@ -433,4 +436,7 @@ modules! {
     k8s_scale => k8s_scale::K8sScale,
     redis_backup => redis_backup::RedisBackup,
     storage_export => storage_export::StorageExport,
+    storage_import => storage_import::StorageImport,
+    redis_flushdb => redis_flushdb::RedisFlushdb,
+    migration_marker => migration_marker::MigrationMarker,
 }
