@@ -32,6 +32,10 @@ pub struct DockerContainer {
     /// Seconds `docker stop` waits before killing (docker's default is 10).
     #[serde(default)]
     pub stop_timeout: Option<u32>,
+    /// Shown in the report whenever this task changes something (e.g. "changes made
+    /// on the old app from now on will be lost").
+    #[serde(default)]
+    pub warning: Option<Template>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -99,7 +103,11 @@ impl Module for DockerContainer {
         for c in changes {
             ctx.exec_ok(&c.cmd).await?;
         }
-        Ok(Applied::changed())
+        let mut applied = Applied::changed();
+        if let Some(w) = &self.warning {
+            applied.warnings.push(ctx.render(w)?);
+        }
+        Ok(applied)
     }
 }
 
@@ -180,6 +188,7 @@ mod tests {
             names: vec![],
             state,
             stop_timeout: None,
+            warning: None,
         }
     }
 

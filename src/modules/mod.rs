@@ -122,11 +122,12 @@ pub struct PlannedChange {
 impl PlannedChange {
     /// The report line: the description, then the commands.
     pub fn report_line(&self) -> String {
-        if self.commands.is_empty() {
-            self.description.clone()
-        } else {
-            format!("{}: {}", self.description, self.commands.join(" ; "))
+        let mut line = self.description.clone();
+        for c in &self.commands {
+            line.push_str("\n  $ ");
+            line.push_str(c);
         }
+        line
     }
 }
 

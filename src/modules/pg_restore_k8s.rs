@@ -105,6 +105,8 @@ pub struct PgRestoreFacts {
     /// `None` when the database cannot be read (pod down, database missing).
     pub current: Option<PgFingerprint>,
     pub guard: Option<String>,
+    /// Check mode before the backup ran: the source will exist in a real run.
+    pub source_pending: bool,
     #[serde(skip)]
     pub password: Option<String>,
 }
@@ -301,9 +303,11 @@ impl Module for PgRestoreK8s {
         } else {
             None
         };
+        let source: Option<PgFingerprint> = artifact_fingerprint(ctx, &self.artifact, "pg");
         Ok(PgRestoreFacts {
             target,
-            source: artifact_fingerprint(ctx, &self.artifact, "pg"),
+            source_pending: ctx.check && source.is_none(),
+            source,
             current,
             guard,
             password,
@@ -501,13 +505,15 @@ pub fn decide(f: &PgRestoreFacts) -> Result<Vec<PgRestoreChange>, ModuleError> {
     if f.guard.is_some() {
         return Ok(Vec::new());
     }
-    let Some(source) = &f.source else {
-        return Err(ModuleError::Failed(
-            "no source fingerprint: the pg_dump task on the old host has not run (or its journal is elsewhere)".into(),
-        ));
-    };
-    if f.current.as_ref() == Some(source) {
-        return Ok(Vec::new());
+    match &f.source {
+        Some(source) if f.current.as_ref() == Some(source) => return Ok(Vec::new()),
+        Some(_) => {}
+        None if f.source_pending => {}
+        None => {
+            return Err(ModuleError::Failed(
+                "no source fingerprint: the pg_dump task on the old host has not run (or its journal is elsewhere)".into(),
+            ))
+        }
     }
     Ok(match &f.target {
         Target::InCluster {
@@ -593,6 +599,7 @@ mod tests {
             source: Some(fp(3)),
             current,
             guard: None,
+            source_pending: false,
             password: None,
         }
     }
@@ -627,6 +634,9 @@ mod tests {
         let mut f = facts(None);
         f.source = None;
         assert!(decide(&f).is_err());
+        // In check mode before the backup ran, the restore would happen.
+        f.source_pending = true;
+        assert_eq!(decide(&f).unwrap().len(), 2);
     }
 
     #[test]

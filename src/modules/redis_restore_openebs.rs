@@ -76,6 +76,8 @@ pub struct RedisRestoreFacts {
     pub source: Option<RedisKeyCounts>,
     pub current: Option<RedisKeyCounts>,
     pub guard: Option<String>,
+    /// Check mode before the backup ran: the source will exist in a real run.
+    pub source_pending: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -313,7 +315,9 @@ impl Module for RedisRestoreOpenebs {
             source: artifact_fingerprint(ctx, &self.artifact, "redis_keys"),
             current: None,
             guard: completed_guard(ctx, &marker, "redis"),
+            source_pending: false,
         };
+        f.source_pending = ctx.check && f.source.is_none();
         if ready && f.guard.is_none() {
             f.current = read_counts(&cluster, &f).await.ok();
             if let Ok(p) = read_persistence(&cluster, &f).await {
@@ -457,14 +461,16 @@ pub fn decide(f: &RedisRestoreFacts) -> Result<Vec<RedisRestoreChange>, ModuleEr
     if f.guard.is_some() {
         return Ok(Vec::new());
     }
-    let Some(source) = &f.source else {
-        return Err(ModuleError::Failed(
-            "no source key counts: the redis_backup task on the old host has not run".into(),
-        ));
-    };
-    if let Some(current) = &f.current {
-        if current.without_db(5) == source.without_db(5) {
-            return Ok(Vec::new());
+    match (&f.source, &f.current) {
+        (Some(source), Some(current)) if current.without_db(5) == source.without_db(5) => {
+            return Ok(Vec::new())
+        }
+        (Some(_), _) => {}
+        (None, _) if f.source_pending => {}
+        (None, _) => {
+            return Err(ModuleError::Failed(
+                "no source key counts: the redis_backup task on the old host has not run".into(),
+            ))
         }
     }
     let Some(pv_path) = &f.pv_path else {
@@ -528,6 +534,7 @@ mod tests {
             source: Some(counts("db0:keys=5\ndb5:keys=2")),
             current: Some(RedisKeyCounts::default()),
             guard: None,
+            source_pending: false,
         }
     }
 

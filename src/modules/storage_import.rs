@@ -71,6 +71,8 @@ pub struct StorageImportFacts {
     /// Bytes of `<archive>.part` already in the container.
     pub partial: u64,
     pub guard: Option<String>,
+    /// Check mode before the export ran: the source will exist in a real run.
+    pub source_pending: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -177,7 +179,9 @@ impl Module for StorageImport {
                 .and_then(|v| v.as_str().map(str::to_string)),
             partial: 0,
             guard,
+            source_pending: false,
         };
+        f.source_pending = ctx.check && f.source.is_none();
         if let (Some(pod), None) = (&f.pod, &f.guard) {
             if let Some(dir) = &f.verify_dir {
                 f.current = storage_fingerprint(&cluster, pod, &f.container, dir).await?;
@@ -353,15 +357,16 @@ pub fn decide(f: &StorageImportFacts) -> Result<Vec<ImportChange>, ModuleError> 
     if f.guard.is_some() {
         return Ok(Vec::new());
     }
-    let Some(source) = &f.source else {
-        return Err(ModuleError::Failed(
-            "no source file list: the storage_export task on the old host has not run".into(),
-        ));
-    };
-    let done = match (&f.verify_dir, &f.current) {
-        (Some(_), Some(current)) => current.digest == source.digest,
-        (Some(_), None) => false,
-        (None, _) => f.recorded_digest.as_deref() == Some(source.digest.as_str()),
+    let done = match (&f.source, &f.verify_dir, &f.current) {
+        (Some(source), Some(_), Some(current)) => current.digest == source.digest,
+        (Some(_), Some(_), None) => false,
+        (Some(source), None, _) => f.recorded_digest.as_deref() == Some(source.digest.as_str()),
+        (None, _, _) if f.source_pending => false,
+        (None, _, _) => {
+            return Err(ModuleError::Failed(
+                "no source file list: the storage_export task on the old host has not run".into(),
+            ))
+        }
     };
     if done {
         return Ok(Vec::new());
@@ -438,6 +443,7 @@ mod tests {
             recorded_digest: None,
             partial: 0,
             guard: None,
+            source_pending: false,
         }
     }
 
