@@ -27,6 +27,7 @@ pub mod command;
 pub mod docker_container;
 pub mod k8s_scale;
 pub mod pg_dump;
+pub mod preflight;
 pub mod redis_backup;
 pub mod redis_layout;
 pub mod shared;
@@ -428,4 +429,5 @@ modules! {
     k8s_scale => k8s_scale::K8sScale,
     redis_backup => redis_backup::RedisBackup,
     storage_export => storage_export::StorageExport,
+    preflight => preflight::Preflight,
 }
