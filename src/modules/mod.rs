@@ -32,6 +32,7 @@ pub mod redis_backup;
 pub mod redis_layout;
 pub mod shared;
 pub mod storage_export;
+pub mod transfer;
 
 /// Why a module step failed.
 #[derive(Debug, thiserror::Error)]
@@ -430,4 +431,5 @@ modules! {
     redis_backup => redis_backup::RedisBackup,
     storage_export => storage_export::StorageExport,
     preflight => preflight::Preflight,
+    transfer => transfer::Transfer,
 }
