@@ -273,6 +273,16 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
+/// A byte count for a comparison the operator must be able to check: human-readable,
+/// plus the exact figure when rounding could hide the difference.
+pub fn exact(bytes: u64) -> String {
+    if bytes < 1024 {
+        human(bytes)
+    } else {
+        format!("{} ({bytes} bytes)", human(bytes))
+    }
+}
+
 /// Prints the nearest existing parent of `$1`, then `df -PB1` of it. A fixed script:
 /// the path is a positional argument, never spliced into the text.
 const DF_SCRIPT: &str = r#"p=$1
@@ -834,7 +844,7 @@ pub fn old_failures(f: &OldFacts) -> Vec<String> {
                          found {} available. Free space there or set backup_dir_old to a \
                          larger filesystem",
                         disk.mount,
-                        human(need),
+                        exact(need),
                         human(s),
                         human(d),
                         human(r),
@@ -844,7 +854,7 @@ pub fn old_failures(f: &OldFacts) -> Vec<String> {
                         } else {
                             String::new()
                         },
-                        human(disk.available)
+                        exact(disk.available)
                     ));
                 }
             }
@@ -951,12 +961,12 @@ pub fn new_failures(f: &NewFacts) -> Vec<String> {
                      (the old side's data on {old_host}: storage {} + database {} + Redis {}, \
                      × {} per use), found {} available. Free space on the node or grow the disk",
                     uses.join(" and "),
-                    human(need),
+                    exact(need),
                     human(sizes.storage),
                     human(sizes.database),
                     human(sizes.redis),
                     f.safety_factor,
-                    human(available)
+                    exact(available)
                 ));
             }
         }

@@ -94,8 +94,14 @@ pub enum TransferChange {
         hint: String,
     },
     /// Check mode, before the artifact exists: it will be sent once produced.
-    SendWhenProduced { artifact: String, dest: String },
-    Chmod { dest: String, cmd: Cmd },
+    SendWhenProduced {
+        artifact: String,
+        dest: String,
+    },
+    Chmod {
+        dest: String,
+        cmd: Cmd,
+    },
 }
 
 impl Change for TransferChange {
@@ -209,7 +215,12 @@ async fn sha256_of_part(ctx: &TaskCtx, part: &str) -> Result<Option<String>, Mod
     let out = ctx.exec(&Cmd::new("sha256sum").arg(part)).await?;
     Ok(out
         .success()
-        .then(|| out.stdout_str().split_whitespace().next().map(str::to_string))
+        .then(|| {
+            out.stdout_str()
+                .split_whitespace()
+                .next()
+                .map(str::to_string)
+        })
         .flatten())
 }
 
@@ -227,7 +238,12 @@ async fn source_prefix_sha256(
     let out = source.exec(&cmd, None).await?;
     Ok(out
         .success()
-        .then(|| out.stdout_str().split_whitespace().next().map(str::to_string))
+        .then(|| {
+            out.stdout_str()
+                .split_whitespace()
+                .next()
+                .map(str::to_string)
+        })
         .flatten())
 }
 
