@@ -22,12 +22,11 @@ impl Connector for SshConnector {
 }
 
 /// The one call into `transport::ssh`.
-// TODO(merge with the ssh branch): replace the body with
-// `Ok(Arc::new(crate::transport::ssh::SshTransport::connect(spec, secrets).await?))`.
 async fn ssh_connect(
     spec: ConnectSpec,
     secrets: Secrets,
 ) -> Result<Arc<dyn Transport>, TransportError> {
-    let _ = (spec, secrets);
-    Err(TransportError::Config("ssh transport not built yet".into()))
+    Ok(Arc::new(
+        crate::transport::ssh::SshTransport::connect(spec, secrets).await?,
+    ))
 }

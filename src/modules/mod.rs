@@ -26,12 +26,17 @@ pub mod assert;
 pub mod command;
 pub mod docker_container;
 pub mod k8s_scale;
+pub mod migration_marker;
 pub mod pg_dump;
+pub mod pg_restore_k8s;
 pub mod preflight;
 pub mod redis_backup;
+pub mod redis_flushdb;
 pub mod redis_layout;
+pub mod redis_restore_openebs;
 pub mod shared;
 pub mod storage_export;
+pub mod storage_import;
 pub mod transfer;
 
 /// Why a module step failed.
@@ -385,7 +390,8 @@ fn check_status(cmd: &Cmd, out: ExecOutput, secrets: &Secrets) -> Result<ExecOut
 macro_rules! modules {
     ($($name:ident => $ty:ty),* $(,)?) => {
         /// The module table of a task: which module, with its typed args.
-        #[allow(non_camel_case_types)]
+        // One value per task, parsed once: boxing the larger args would buy nothing.
+        #[allow(non_camel_case_types, clippy::large_enum_variant)]
         #[derive(Debug, Clone, Serialize)]
         pub enum ModuleArgs {
             $($name($ty)),*
@@ -427,9 +433,14 @@ modules! {
     command => command::Command,
     docker_container => docker_container::DockerContainer,
     pg_dump => pg_dump::PgDump,
+    pg_restore_k8s => pg_restore_k8s::PgRestoreK8s,
+    redis_restore_openebs => redis_restore_openebs::RedisRestoreOpenebs,
     k8s_scale => k8s_scale::K8sScale,
     redis_backup => redis_backup::RedisBackup,
     storage_export => storage_export::StorageExport,
+    storage_import => storage_import::StorageImport,
+    redis_flushdb => redis_flushdb::RedisFlushdb,
+    migration_marker => migration_marker::MigrationMarker,
     preflight => preflight::Preflight,
     transfer => transfer::Transfer,
 }

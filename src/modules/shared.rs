@@ -503,3 +503,48 @@ where
     }
     Ok(pumped)
 }
+
+/// A fingerprint recorded (under `key`) by the task that produced artifact `name`.
+pub fn artifact_fingerprint<T: serde::de::DeserializeOwned>(
+    ctx: &TaskCtx,
+    artifact: &str,
+    key: &str,
+) -> Option<T> {
+    let data = ctx.journal.snapshot();
+    data.hosts
+        .values()
+        .flat_map(|tasks| tasks.values())
+        .filter(|r| r.artifacts.contains_key(artifact))
+        .find_map(|r| r.fingerprints.get(key).cloned())
+        .and_then(|v| serde_json::from_value(v).ok())
+}
+
+/// Run `argv` in a pod with `input` on stdin; stdout on success, an error naming the
+/// pod and stderr otherwise. Feeds and drains at the same time (either alone can stall).
+pub async fn pod_exec(
+    cluster: &Cluster,
+    pod: &str,
+    container: Option<&str>,
+    argv: &[String],
+    input: Option<&[u8]>,
+) -> Result<Vec<u8>, ModuleError> {
+    let mut proc = cluster.exec(pod, container, argv, input.is_some()).await?;
+    let stdin = proc.stdin();
+    let feed = async move {
+        if let (Some(mut w), Some(bytes)) = (stdin, input) {
+            use tokio::io::AsyncWriteExt;
+            w.write_all(bytes).await?;
+            w.shutdown().await?;
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let (fed, (out, err)) = tokio::join!(feed, crate::k8s::drain(&mut proc));
+    crate::k8s::finish(pod, proc, &err).await?;
+    fed.map_err(|e| ModuleError::Failed(format!("writing to {pod}: {e}")))?;
+    Ok(out)
+}
+
+/// argv as owned strings.
+pub fn argv(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|s| s.to_string()).collect()
+}

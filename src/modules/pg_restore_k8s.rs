@@ -1,0 +1,640 @@
+//! `pg_restore_k8s`: restore the PostgreSQL dump into the new cluster's statefulset (or
+//! into an external PostgreSQL), streaming it from the old host, and prove it: the
+//! target's fingerprint must equal the source's.
+//!
+//! ```toml
+//! [task.pg_restore_k8s]
+//! artifact = "packagist_db"
+//! statefulset = "postgres"
+//! pvc = "postgres-data-postgres-0"
+//! database = "packagist_db"
+//! user = "postgres"
+//! # external = { host = "db.internal", port = 5432, user = "packagist", database = "packagist_db", password_var = "external_pg_password" }
+//! ```
+//!
+//! The destructive part (scale to 0, delete the PVC and wait until it and its PV are
+//! gone, scale to 1) runs only when the target's fingerprint differs from the source's,
+//! only with `--yes` or a confirmation naming what is destroyed, and never once the
+//! migration completed on the cluster (unless `--overwrite postgres`).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use crate::command::Cmd;
+use crate::fingerprint::{PgFingerprint, PG_FINGERPRINT_SQL};
+use crate::k8s::{kubectl, PodsWanted, WorkloadKind};
+use crate::modules::shared::{
+    argv, artifact_fingerprint, completed_guard, completed_marker, find_artifact, pod_exec,
+    stream_artifact, K8sTarget,
+};
+use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::playbook::template::Template;
+
+fn default_artifact() -> String {
+    "packagist_db".into()
+}
+
+/// An external PostgreSQL instead of the in-cluster statefulset. psql runs on this
+/// task's host; the password (from a secret var) is sent on psql's stdin, never argv.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalPg {
+    pub host: Template,
+    #[serde(default)]
+    pub port: Option<u16>,
+    pub user: Template,
+    pub database: Template,
+    /// Name of the (secret) var holding the password.
+    #[serde(default)]
+    pub password_var: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgRestoreK8s {
+    #[serde(default = "default_artifact")]
+    pub artifact: String,
+    #[serde(default)]
+    pub statefulset: Option<Template>,
+    #[serde(default)]
+    pub pvc: Option<Template>,
+    #[serde(default)]
+    pub container: Option<Template>,
+    #[serde(default)]
+    pub database: Option<Template>,
+    #[serde(default)]
+    pub user: Option<Template>,
+    #[serde(default)]
+    pub external: Option<ExternalPg>,
+    /// Seconds for each wait (pods gone, PVC gone, pod ready).
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    #[serde(default)]
+    pub namespace: Option<Template>,
+    #[serde(default)]
+    pub kubeconfig: Option<Template>,
+}
+
+/// Where the dump goes, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Target {
+    InCluster {
+        namespace: String,
+        statefulset: String,
+        pod: String,
+        container: Option<String>,
+        pvc: String,
+        database: String,
+        user: String,
+    },
+    External {
+        host: String,
+        port: u16,
+        user: String,
+        database: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PgRestoreFacts {
+    pub target: Target,
+    pub source: Option<PgFingerprint>,
+    /// `None` when the database cannot be read (pod down, database missing).
+    pub current: Option<PgFingerprint>,
+    pub guard: Option<String>,
+    #[serde(skip)]
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum PgRestoreChange {
+    /// Wipe the in-cluster database: scale to 0, delete the PVC (and so its PV), scale to 1.
+    Recreate { pvc: String, kubectl: Vec<String> },
+    /// Stream the dump into psql.
+    Load { into: String, command: String },
+}
+
+impl Change for PgRestoreChange {
+    fn describe(&self) -> String {
+        match self {
+            PgRestoreChange::Recreate { pvc, .. } => {
+                format!("recreate the database volume (delete PVC {pvc} and its data)")
+            }
+            PgRestoreChange::Load { into, .. } => format!("load the dump into {into}"),
+        }
+    }
+    fn commands(&self) -> Vec<String> {
+        match self {
+            PgRestoreChange::Recreate { kubectl, .. } => kubectl.clone(),
+            PgRestoreChange::Load { command, .. } => vec![command.clone()],
+        }
+    }
+}
+
+impl PgRestoreK8s {
+    fn k8s(&self) -> K8sTarget {
+        K8sTarget {
+            namespace: self.namespace.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout.unwrap_or(300))
+    }
+
+    fn resolve(&self, ctx: &TaskCtx, namespace: String) -> Result<Target, ModuleError> {
+        let or = |t: &Option<Template>, d: &str| -> Result<String, ModuleError> {
+            match t {
+                Some(t) => ctx.render(t),
+                None => Ok(d.to_string()),
+            }
+        };
+        if let Some(x) = &self.external {
+            return Ok(Target::External {
+                host: ctx.render(&x.host)?,
+                port: x.port.unwrap_or(5432),
+                user: ctx.render(&x.user)?,
+                database: ctx.render(&x.database)?,
+            });
+        }
+        let statefulset = or(&self.statefulset, "postgres")?;
+        Ok(Target::InCluster {
+            namespace,
+            pod: format!("{statefulset}-0"),
+            pvc: or(&self.pvc, &format!("postgres-data-{statefulset}-0"))?,
+            container: match &self.container {
+                Some(t) => Some(ctx.render(t)?),
+                None => None,
+            },
+            statefulset,
+            database: or(&self.database, "packagist_db")?,
+            user: or(&self.user, "postgres")?,
+        })
+    }
+}
+
+/// psql argv for an in-cluster target.
+fn pod_psql(database: &str, user: &str, extra: &[&str]) -> Vec<String> {
+    let mut v = argv(&[
+        "psql",
+        "-X",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-U",
+        user,
+        "-d",
+        database,
+    ]);
+    v.extend(argv(extra));
+    v
+}
+
+/// Shell command for psql against an external server, reading the password as the
+/// first line of stdin (so it is never in argv or the environment of other commands).
+fn external_psql(host: &str, port: u16, user: &str, database: &str, extra: &[&str]) -> Cmd {
+    let psql = Cmd::new("psql")
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-h", host, "-p"])
+        .arg(port.to_string())
+        .args(["-U", user, "-d", database])
+        .args(extra.iter().copied());
+    let script = Cmd::new("read")
+        .arg("-r")
+        .arg("PGPASSWORD")
+        .and(Cmd::new("export").arg("PGPASSWORD"))
+        .and(Cmd::new("exec").args(shlex_words(&psql)));
+    Cmd::new("sh").arg("-c").arg_cmd(&script)
+}
+
+fn shlex_words(c: &Cmd) -> Vec<String> {
+    shlex::split(&c.to_shell()).unwrap_or_default()
+}
+
+async fn fingerprint(
+    ctx: &TaskCtx,
+    args: &PgRestoreK8s,
+    target: &Target,
+    password: Option<&str>,
+) -> Result<Option<PgFingerprint>, ModuleError> {
+    let out = match target {
+        Target::InCluster {
+            pod,
+            container,
+            database,
+            user,
+            ..
+        } => {
+            let cluster = args.k8s().cluster(ctx).await?;
+            let argv = pod_psql(database, user, &["-At", "-f", "-"]);
+            match pod_exec(
+                &cluster,
+                pod,
+                container.as_deref(),
+                &argv,
+                Some(PG_FINGERPRINT_SQL.as_bytes()),
+            )
+            .await
+            {
+                Ok(out) => String::from_utf8_lossy(&out).into_owned(),
+                // Pod down or database not there yet: nothing restored.
+                Err(e) => {
+                    tracing::debug!("target database not readable: {e}");
+                    return Ok(None);
+                }
+            }
+        }
+        Target::External {
+            host,
+            port,
+            user,
+            database,
+        } => {
+            let cmd = external_psql(host, *port, user, database, &["-At", "-f", "-"]);
+            let mut input = password.unwrap_or("").as_bytes().to_vec();
+            input.push(b'\n');
+            input.extend_from_slice(PG_FINGERPRINT_SQL.as_bytes());
+            let out = ctx.transport.exec(&cmd, Some(&input)).await?;
+            if !out.success() {
+                return Ok(None);
+            }
+            out.stdout_str()
+        }
+    };
+    Ok(PgFingerprint::parse(&out).ok())
+}
+
+#[async_trait]
+impl Module for PgRestoreK8s {
+    type Facts = PgRestoreFacts;
+    type Change = PgRestoreChange;
+
+    async fn facts(&self, ctx: &TaskCtx) -> Result<PgRestoreFacts, ModuleError> {
+        let password = match self.external.as_ref().and_then(|x| x.password_var.as_ref()) {
+            Some(var) => Some(
+                ctx.var(var)
+                    .and_then(|v| v.as_str())
+                    .ok_or_else(|| {
+                        ModuleError::Failed(format!(
+                            "var `{var}` (the external PostgreSQL password) is not set"
+                        ))
+                    })?
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let (namespace, guard) = if self.external.is_none() {
+            let cluster = self.k8s().cluster(ctx).await?;
+            let marker = completed_marker(&cluster).await?;
+            (
+                cluster.namespace().to_string(),
+                completed_guard(ctx, &marker, "postgres"),
+            )
+        } else {
+            (String::new(), None)
+        };
+        let target = self.resolve(ctx, namespace)?;
+        let current = if guard.is_none() {
+            fingerprint(ctx, self, &target, password.as_deref()).await?
+        } else {
+            None
+        };
+        Ok(PgRestoreFacts {
+            target,
+            source: artifact_fingerprint(ctx, &self.artifact, "pg"),
+            current,
+            guard,
+            password,
+        })
+    }
+
+    fn decide(&self, f: &PgRestoreFacts, _: &TaskCtx) -> Result<Vec<PgRestoreChange>, ModuleError> {
+        decide(f)
+    }
+
+    async fn apply(
+        &self,
+        ctx: &TaskCtx,
+        f: &PgRestoreFacts,
+        changes: &[PgRestoreChange],
+    ) -> Result<Applied, ModuleError> {
+        let artifact = find_artifact(ctx, &self.artifact)?;
+        for c in changes {
+            match (c, &f.target) {
+                (
+                    PgRestoreChange::Recreate { pvc, .. },
+                    Target::InCluster {
+                        statefulset,
+                        pod,
+                        container,
+                        database,
+                        user,
+                        ..
+                    },
+                ) => {
+                    ctx.confirm_destructive(&format!(
+                        "delete PVC {pvc} and its volume: every row of the new PostgreSQL is lost"
+                    ))?;
+                    let cluster = self.k8s().cluster(ctx).await?;
+                    let (_, selector) = cluster
+                        .workload(WorkloadKind::StatefulSet, statefulset)
+                        .await?;
+                    cluster
+                        .scale(WorkloadKind::StatefulSet, statefulset, 0)
+                        .await?;
+                    cluster
+                        .wait_pods(&selector, PodsWanted::Gone, self.timeout())
+                        .await?;
+                    cluster.delete_pvc_and_wait(pvc, self.timeout()).await?;
+                    cluster
+                        .scale(WorkloadKind::StatefulSet, statefulset, 1)
+                        .await?;
+                    cluster
+                        .wait_pods(&selector, PodsWanted::Ready(1), self.timeout())
+                        .await?;
+                    wait_accepting(
+                        &cluster,
+                        pod,
+                        container.as_deref(),
+                        database,
+                        user,
+                        self.timeout(),
+                    )
+                    .await?;
+                }
+                (
+                    PgRestoreChange::Load { .. },
+                    Target::InCluster {
+                        pod,
+                        container,
+                        database,
+                        user,
+                        ..
+                    },
+                ) => {
+                    let cluster = self.k8s().cluster(ctx).await?;
+                    let argv = pod_psql(database, user, &["-q", "-o", "/dev/null"]);
+                    let mut proc = cluster.exec(pod, container.as_deref(), &argv, true).await?;
+                    let mut stdin = proc
+                        .stdin()
+                        .ok_or_else(|| ModuleError::Internal("exec without stdin".into()))?;
+                    let feed =
+                        stream_artifact(ctx, &artifact, 0, sha2::Sha256::default(), &mut stdin);
+                    let (pumped, (_, err)) = tokio::join!(feed, crate::k8s::drain(&mut proc));
+                    crate::k8s::finish(pod, proc, &err).await?;
+                    check_sha(&artifact, &pumped?)?;
+                }
+                (
+                    PgRestoreChange::Load { .. },
+                    Target::External {
+                        host,
+                        port,
+                        user,
+                        database,
+                    },
+                ) => {
+                    let cmd =
+                        external_psql(host, *port, user, database, &["-q", "-o", "/dev/null"]);
+                    let mut stream = ctx.transport.exec_stream(&cmd).await?;
+                    let mut line = f.password.clone().unwrap_or_default().into_bytes();
+                    line.push(b'\n');
+                    stream.stdin.write_all(&line).await.map_err(|e| {
+                        ModuleError::Failed(format!("writing to psql on {host}: {e}"))
+                    })?;
+                    let mut stdout = stream.stdout;
+                    let drain = async move {
+                        let mut sink = tokio::io::sink();
+                        tokio::io::copy(&mut stdout, &mut sink).await
+                    };
+                    let feed = stream_artifact(
+                        ctx,
+                        &artifact,
+                        0,
+                        sha2::Sha256::default(),
+                        &mut stream.stdin,
+                    );
+                    let (pumped, _) = tokio::join!(feed, drain);
+                    let exit = stream.exit.await?;
+                    if exit.status != Some(0) {
+                        return Err(ModuleError::Failed(format!(
+                            "psql on {host} failed: {}",
+                            ctx.secrets
+                                .mask(String::from_utf8_lossy(&exit.stderr).trim())
+                        )));
+                    }
+                    check_sha(&artifact, &pumped?)?;
+                }
+                (PgRestoreChange::Recreate { .. }, Target::External { .. }) => {
+                    return Err(ModuleError::Internal(
+                        "no volume to recreate for an external database".into(),
+                    ))
+                }
+            }
+        }
+        // Prove it.
+        let after = fingerprint(ctx, self, &f.target, f.password.as_deref()).await?;
+        let Some(after) = after else {
+            return Err(ModuleError::Failed(
+                "the restored database cannot be read".into(),
+            ));
+        };
+        if let Some(source) = &f.source {
+            let diff = after.diff(source);
+            if !diff.is_empty() {
+                return Err(ModuleError::Failed(format!(
+                    "restored database differs from the source: {}",
+                    diff.join("; ")
+                )));
+            }
+        }
+        ctx.record_fingerprint("pg", serde_json::to_value(&after).unwrap_or_default())?;
+        Ok(Applied::changed())
+    }
+}
+
+fn check_sha(
+    artifact: &crate::journal::Artifact,
+    pumped: &crate::stream::Pumped,
+) -> Result<(), ModuleError> {
+    if pumped.sha256 != artifact.sha256 || pumped.bytes != artifact.size {
+        return Err(ModuleError::Failed(format!(
+            "the dump read from {} on {} is not the one recorded (sha256 {} / {} bytes, recorded {} / {})",
+            artifact.path, artifact.host, pumped.sha256, pumped.bytes, artifact.sha256, artifact.size
+        )));
+    }
+    Ok(())
+}
+
+/// After the pod is ready, wait until the database itself answers (a fresh volume is
+/// initialised first).
+async fn wait_accepting(
+    cluster: &crate::k8s::Cluster,
+    pod: &str,
+    container: Option<&str>,
+    database: &str,
+    user: &str,
+    timeout: Duration,
+) -> Result<(), ModuleError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let probe = pod_psql(database, user, &["-At", "-c", "select 1"]);
+    loop {
+        if pod_exec(cluster, pod, container, &probe, None)
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ModuleError::Failed(format!(
+                "PostgreSQL in {pod} did not accept connections to {database} within {}s",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Pure: restore unless the target already holds exactly the source's data.
+pub fn decide(f: &PgRestoreFacts) -> Result<Vec<PgRestoreChange>, ModuleError> {
+    if f.guard.is_some() {
+        return Ok(Vec::new());
+    }
+    let Some(source) = &f.source else {
+        return Err(ModuleError::Failed(
+            "no source fingerprint: the pg_dump task on the old host has not run (or its journal is elsewhere)".into(),
+        ));
+    };
+    if f.current.as_ref() == Some(source) {
+        return Ok(Vec::new());
+    }
+    Ok(match &f.target {
+        Target::InCluster {
+            namespace,
+            statefulset,
+            pod,
+            pvc,
+            database,
+            user,
+            ..
+        } => {
+            let sts = format!("statefulset/{statefulset}");
+            vec![
+                PgRestoreChange::Recreate {
+                    pvc: pvc.clone(),
+                    kubectl: vec![
+                        kubectl(namespace, &["scale", &sts, "--replicas=0"]),
+                        kubectl(namespace, &["delete", "pvc", pvc]),
+                        kubectl(namespace, &["scale", &sts, "--replicas=1"]),
+                    ],
+                },
+                PgRestoreChange::Load {
+                    into: format!("{pod} ({database})"),
+                    command: format!(
+                        "{} < dump",
+                        kubectl(
+                            namespace,
+                            &[
+                                "exec",
+                                "-i",
+                                pod,
+                                "--",
+                                "psql",
+                                "-v",
+                                "ON_ERROR_STOP=1",
+                                "-U",
+                                user,
+                                "-d",
+                                database
+                            ]
+                        )
+                    ),
+                },
+            ]
+        }
+        Target::External {
+            host,
+            port,
+            user,
+            database,
+        } => vec![PgRestoreChange::Load {
+            into: format!("{database} on {host}:{port}"),
+            command: format!(
+                "psql -h {host} -p {port} -U {user} -d {database} -v ON_ERROR_STOP=1 < dump"
+            ),
+        }],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_cluster() -> Target {
+        Target::InCluster {
+            namespace: "default".into(),
+            statefulset: "postgres".into(),
+            pod: "postgres-0".into(),
+            container: None,
+            pvc: "postgres-data-postgres-0".into(),
+            database: "packagist_db".into(),
+            user: "postgres".into(),
+        }
+    }
+
+    fn fp(rows: u64) -> PgFingerprint {
+        PgFingerprint::parse(&format!("public.t|{rows}|abc")).unwrap()
+    }
+
+    fn facts(current: Option<PgFingerprint>) -> PgRestoreFacts {
+        PgRestoreFacts {
+            target: in_cluster(),
+            source: Some(fp(3)),
+            current,
+            guard: None,
+            password: None,
+        }
+    }
+
+    #[test]
+    fn differing_target_is_recreated_then_loaded() {
+        let c = decide(&facts(Some(fp(0)))).unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            c[0].commands(),
+            vec![
+                "kubectl -n default scale statefulset/postgres --replicas=0",
+                "kubectl -n default delete pvc postgres-data-postgres-0",
+                "kubectl -n default scale statefulset/postgres --replicas=1"
+            ]
+        );
+        assert!(c[1].commands()[0].contains("exec -i postgres-0 -- psql -v ON_ERROR_STOP=1"));
+        // Unreadable target (pod down after a killed run): restore too.
+        assert_eq!(decide(&facts(None)).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn equal_fingerprint_is_ok_and_completed_migration_is_left_alone() {
+        assert!(decide(&facts(Some(fp(3)))).unwrap().is_empty());
+        let mut f = facts(Some(fp(0)));
+        f.guard = Some("done".into());
+        assert!(decide(&f).unwrap().is_empty());
+    }
+
+    #[test]
+    fn no_source_fingerprint_is_an_error() {
+        let mut f = facts(None);
+        f.source = None;
+        assert!(decide(&f).is_err());
+    }
+
+    #[test]
+    fn external_password_goes_on_stdin_not_argv() {
+        let c = external_psql("db", 5432, "u", "d", &["-q"]);
+        let shown = c.to_shell();
+        assert!(shown.starts_with("sh -c "));
+        assert!(shown.contains("read -r PGPASSWORD"));
+        assert!(!shown.contains("PGPASSWORD="));
+    }
+}

@@ -1,0 +1,605 @@
+//! `redis_restore_openebs`: put the Redis backup onto the new Redis's OpenEBS LocalPV
+//! hostpath volume so that Redis really loads it, and prove it by key counts.
+//!
+//! ```toml
+//! [task.redis_restore_openebs]
+//! artifact = "packagist_redis"
+//! statefulset = "redis"
+//! pvc = "redis-data-redis-0"
+//! port = 9869
+//! ```
+//!
+//! The volume's directory comes from the cluster, not from a hard-coded path: the PVC's
+//! `spec.volumeName`, then that PV's `spec.local.path` (or `hostPath.path`). The live
+//! persistence settings are read before Redis is stopped, and the file layout follows
+//! them ([`redis_layout`](crate::modules::redis_layout)): with `appendonly yes` the RDB
+//! becomes the AOF's base, so Redis does not start empty and overwrite the backup.
+//! The RDB is streamed to the node and checked (sha256) before Redis is stopped, so the
+//! downtime is only the file moves and the restart.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+use crate::command::Cmd;
+use crate::fingerprint::RedisKeyCounts;
+use crate::k8s::{kubectl, pod_ready, Cluster, PodsWanted, WorkloadKind};
+use crate::modules::redis_layout::{restore_plan, FileOp, RedisPersistence, CONFIG_GET_ARGS};
+use crate::modules::shared::{
+    argv, artifact_fingerprint, completed_guard, completed_marker, find_artifact, pod_exec,
+    stream_artifact, K8sTarget,
+};
+use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::playbook::template::Template;
+
+fn default_artifact() -> String {
+    "packagist_redis".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisRestoreOpenebs {
+    #[serde(default = "default_artifact")]
+    pub artifact: String,
+    #[serde(default)]
+    pub statefulset: Option<Template>,
+    #[serde(default)]
+    pub pvc: Option<Template>,
+    #[serde(default)]
+    pub container: Option<Template>,
+    /// Redis's port in the pod (Private Packagist uses 9869).
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    #[serde(default)]
+    pub namespace: Option<Template>,
+    #[serde(default)]
+    pub kubeconfig: Option<Template>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RedisRestoreFacts {
+    pub namespace: String,
+    pub statefulset: String,
+    pub pod: String,
+    pub container: Option<String>,
+    pub port: u16,
+    pub pvc: String,
+    pub pv: Option<String>,
+    /// The PV's directory on the node.
+    pub pv_path: Option<String>,
+    pub pod_ready: bool,
+    pub persistence: Option<RedisPersistence>,
+    pub source: Option<RedisKeyCounts>,
+    pub current: Option<RedisKeyCounts>,
+    pub guard: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RedisRestoreChange {
+    pub pv_path: String,
+    /// The file layout, when the settings are known now (else read before stopping).
+    pub layout: Option<Vec<FileOp>>,
+    pub kubectl: Vec<String>,
+}
+
+impl Change for RedisRestoreChange {
+    fn describe(&self) -> String {
+        let target = match &self.layout {
+            Some(ops) => ops
+                .iter()
+                .filter_map(|o| match o {
+                    FileOp::WriteRdb { path } => Some(path.as_str()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join(" and "),
+            None => "the layout its live settings ask for".into(),
+        };
+        format!(
+            "replace the Redis data in {} with the backup (as {target}), removing any AOF",
+            self.pv_path
+        )
+    }
+    fn commands(&self) -> Vec<String> {
+        self.kubectl.clone()
+    }
+}
+
+impl RedisRestoreOpenebs {
+    fn k8s(&self) -> K8sTarget {
+        K8sTarget {
+            namespace: self.namespace.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+        }
+    }
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout.unwrap_or(300))
+    }
+}
+
+fn cli(port: u16, args: &[&str]) -> Vec<String> {
+    let mut v = argv(&["redis-cli", "-p"]);
+    v.push(port.to_string());
+    v.extend(argv(args));
+    v
+}
+
+async fn read_counts(
+    cluster: &Cluster,
+    f: &RedisRestoreFacts,
+) -> Result<RedisKeyCounts, ModuleError> {
+    let out = pod_exec(
+        cluster,
+        &f.pod,
+        f.container.as_deref(),
+        &cli(f.port, &["INFO", "keyspace"]),
+        None,
+    )
+    .await?;
+    RedisKeyCounts::parse_info_keyspace(&String::from_utf8_lossy(&out))
+        .map_err(|e| ModuleError::Failed(e.to_string()))
+}
+
+async fn read_persistence(
+    cluster: &Cluster,
+    f: &RedisRestoreFacts,
+) -> Result<RedisPersistence, ModuleError> {
+    let out = pod_exec(
+        cluster,
+        &f.pod,
+        f.container.as_deref(),
+        &cli(f.port, &CONFIG_GET_ARGS),
+        None,
+    )
+    .await?;
+    RedisPersistence::parse_config_get(&String::from_utf8_lossy(&out))
+        .map_err(|e| ModuleError::Failed(format!("redis in {}: {e}", f.pod)))
+}
+
+/// Wait until Redis answers PONG (while loading a large dataset it answers LOADING).
+async fn wait_pong(
+    cluster: &Cluster,
+    f: &RedisRestoreFacts,
+    timeout: Duration,
+) -> Result<(), ModuleError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let ok = pod_exec(
+            cluster,
+            &f.pod,
+            f.container.as_deref(),
+            &cli(f.port, &["PING"]),
+            None,
+        )
+        .await
+        .map(|o| String::from_utf8_lossy(&o).trim() == "PONG")
+        .unwrap_or(false);
+        if ok {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ModuleError::Failed(format!(
+                "Redis in {} did not answer PING within {}s",
+                f.pod,
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A PV directory we are willing to write into.
+fn checked_pv_path(path: &str) -> Result<&str, ModuleError> {
+    let p = std::path::Path::new(path);
+    let ok = p.is_absolute()
+        && p.components().count() >= 3
+        && !p
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+    if ok {
+        Ok(path)
+    } else {
+        Err(ModuleError::Failed(format!(
+            "refusing to write Redis data into {path:?}: not a plausible volume directory"
+        )))
+    }
+}
+
+/// The node-side script that applies `ops` in `dir` from the staged RDB `staged`.
+pub fn node_script(dir: &str, staged: &str, ops: &[FileOp]) -> Cmd {
+    let at = |rel: &str| format!("{dir}/{rel}");
+    let mut script = Cmd::new("set").arg("-e");
+    for op in ops {
+        let step = match op {
+            FileOp::Remove { path } => Cmd::new("rm").arg("-rf").arg("--").arg(at(path)),
+            FileOp::MakeDir { path } => Cmd::new("mkdir").arg("-p").arg(at(path)),
+            FileOp::WriteRdb { path } => Cmd::new("cp")
+                .arg(staged)
+                .arg(at(&format!("{path}.ferry-tmp")))
+                .and(
+                    Cmd::new("mv")
+                        .arg("-f")
+                        .arg(at(&format!("{path}.ferry-tmp")))
+                        .arg(at(path)),
+                ),
+            FileOp::WriteText { path, content } => Cmd::new("printf")
+                .arg("%s")
+                .arg(content.as_str())
+                .op(">")
+                .arg(at(&format!("{path}.ferry-tmp")))
+                .and(
+                    Cmd::new("mv")
+                        .arg("-f")
+                        .arg(at(&format!("{path}.ferry-tmp")))
+                        .arg(at(path)),
+                ),
+        };
+        script = script.then(step);
+    }
+    // Redis in the pod must own what it loads: same owner as the volume directory.
+    script = script
+        .then(
+            Cmd::new("chown")
+                .arg("-R")
+                .arg(format!("--reference={dir}"))
+                .arg(dir),
+        )
+        .then(Cmd::new("rm").arg("-f").arg(staged))
+        .then(Cmd::new("sync"));
+    Cmd::new("sh").arg("-c").arg_cmd(&script)
+}
+
+#[async_trait]
+impl Module for RedisRestoreOpenebs {
+    type Facts = RedisRestoreFacts;
+    type Change = RedisRestoreChange;
+
+    async fn facts(&self, ctx: &TaskCtx) -> Result<RedisRestoreFacts, ModuleError> {
+        let cluster = self.k8s().cluster(ctx).await?;
+        let marker = completed_marker(&cluster).await?;
+        let statefulset = match &self.statefulset {
+            Some(t) => ctx.render(t)?,
+            None => "redis".into(),
+        };
+        let pvc = match &self.pvc {
+            Some(t) => ctx.render(t)?,
+            None => format!("redis-data-{statefulset}-0"),
+        };
+        let pv = cluster
+            .pvc(&pvc)
+            .await?
+            .and_then(|p| p.spec.and_then(|s| s.volume_name));
+        let pv_path = match &pv {
+            Some(name) => cluster.pv(name).await?.and_then(|pv| {
+                let spec = pv.spec?;
+                spec.local
+                    .map(|l| l.path)
+                    .or_else(|| spec.host_path.map(|h| h.path))
+            }),
+            None => None,
+        };
+        let pod = format!("{statefulset}-0");
+        let ready = cluster
+            .pods(
+                &cluster
+                    .workload(WorkloadKind::StatefulSet, &statefulset)
+                    .await?
+                    .1,
+            )
+            .await?
+            .iter()
+            .any(|p| p.metadata.name.as_deref() == Some(pod.as_str()) && pod_ready(p));
+        let mut f = RedisRestoreFacts {
+            namespace: cluster.namespace().to_string(),
+            statefulset,
+            pod,
+            container: match &self.container {
+                Some(t) => Some(ctx.render(t)?),
+                None => None,
+            },
+            port: self.port.unwrap_or(9869),
+            pvc,
+            pv,
+            pv_path,
+            pod_ready: ready,
+            persistence: ctx
+                .record(&ctx.host, &ctx.task)
+                .and_then(|r| r.fingerprints.get("persistence").cloned())
+                .and_then(|v| serde_json::from_value(v).ok()),
+            source: artifact_fingerprint(ctx, &self.artifact, "redis_keys"),
+            current: None,
+            guard: completed_guard(ctx, &marker, "redis"),
+        };
+        if ready && f.guard.is_none() {
+            f.current = read_counts(&cluster, &f).await.ok();
+            if let Ok(p) = read_persistence(&cluster, &f).await {
+                f.persistence = Some(p);
+            }
+        }
+        Ok(f)
+    }
+
+    fn decide(
+        &self,
+        f: &RedisRestoreFacts,
+        _: &TaskCtx,
+    ) -> Result<Vec<RedisRestoreChange>, ModuleError> {
+        decide(f)
+    }
+
+    async fn apply(
+        &self,
+        ctx: &TaskCtx,
+        f: &RedisRestoreFacts,
+        changes: &[RedisRestoreChange],
+    ) -> Result<Applied, ModuleError> {
+        let Some(change) = changes.first() else {
+            return Ok(Applied::default());
+        };
+        let dir = checked_pv_path(&change.pv_path)?.to_string();
+        ctx.confirm_destructive(&format!(
+            "replace the new Redis's data in {dir} (PVC {}) with the backup",
+            f.pvc
+        ))?;
+        let cluster = self.k8s().cluster(ctx).await?;
+        let (_, selector) = cluster
+            .workload(WorkloadKind::StatefulSet, &f.statefulset)
+            .await?;
+        // 1. The live settings decide the layout: read them while Redis runs.
+        let persistence = match &f.persistence {
+            Some(p) => p.clone(),
+            None => {
+                cluster
+                    .scale(WorkloadKind::StatefulSet, &f.statefulset, 1)
+                    .await?;
+                cluster
+                    .wait_pods(&selector, PodsWanted::Ready(1), self.timeout())
+                    .await?;
+                wait_pong(&cluster, f, self.timeout()).await?;
+                read_persistence(&cluster, f).await?
+            }
+        };
+        ctx.record_fingerprint(
+            "persistence",
+            serde_json::to_value(&persistence).unwrap_or_default(),
+        )?;
+        // 2. Stage the RDB on the node, checked, while Redis still runs.
+        let artifact = find_artifact(ctx, &self.artifact)?;
+        let staged = format!("{dir}/.ferry-restore.rdb");
+        let stage = Cmd::new("set")
+            .arg("-o")
+            .arg("pipefail")
+            .then(Cmd::new("umask").arg("077"))
+            .then(
+                Cmd::new("tee")
+                    .arg(staged.as_str())
+                    .pipe(Cmd::new("sha256sum")),
+            );
+        let mut stream = ctx
+            .transport
+            .exec_stream(&Cmd::new("bash").arg("-c").arg_cmd(&stage))
+            .await?;
+        let mut stdout = stream.stdout;
+        let read_hash = async move {
+            let mut s = String::new();
+            stdout.read_to_string(&mut s).await.map(|_| s)
+        };
+        let (pumped, far) = tokio::join!(
+            stream_artifact(
+                ctx,
+                &artifact,
+                0,
+                sha2::Sha256::default(),
+                &mut stream.stdin
+            ),
+            read_hash
+        );
+        let pumped = pumped?;
+        let exit = stream.exit.await?;
+        let far =
+            far.map_err(|e| ModuleError::Failed(format!("reading the node's checksum: {e}")))?;
+        let far_sha = far.split_whitespace().next().unwrap_or("");
+        if exit.status != Some(0) || far_sha != artifact.sha256 || pumped.sha256 != artifact.sha256
+        {
+            let _ = ctx
+                .exec(&Cmd::new("rm").arg("-f").arg(staged.as_str()))
+                .await;
+            return Err(ModuleError::Failed(format!(
+                "staging the RDB on the node failed or was corrupted (sent {}, node has {far_sha:?}, recorded {}): {}",
+                pumped.sha256,
+                artifact.sha256,
+                String::from_utf8_lossy(&exit.stderr).trim()
+            )));
+        }
+        // 3. Stop Redis, lay the files out, start it.
+        cluster
+            .scale(WorkloadKind::StatefulSet, &f.statefulset, 0)
+            .await?;
+        cluster
+            .wait_pods(&selector, PodsWanted::Gone, self.timeout())
+            .await?;
+        ctx.exec_ok(&node_script(&dir, &staged, &restore_plan(&persistence)))
+            .await?;
+        cluster
+            .scale(WorkloadKind::StatefulSet, &f.statefulset, 1)
+            .await?;
+        cluster
+            .wait_pods(&selector, PodsWanted::Ready(1), self.timeout())
+            .await?;
+        wait_pong(&cluster, f, self.timeout()).await?;
+        // 4. Prove it.
+        let after = read_counts(&cluster, f).await?;
+        if let Some(source) = &f.source {
+            let diff = after.diff(source);
+            if !diff.is_empty() {
+                return Err(ModuleError::Failed(format!(
+                    "Redis did not load the backup (appendonly {}): {}",
+                    if persistence.appendonly { "yes" } else { "no" },
+                    diff.join("; ")
+                )));
+            }
+        }
+        ctx.record_fingerprint(
+            "redis_keys",
+            serde_json::to_value(&after).unwrap_or_default(),
+        )?;
+        Ok(Applied::changed())
+    }
+}
+
+/// Pure: restore unless the target's key counts already equal the backup's (database 5,
+/// the Composer cache, is not compared: it is flushed after the restore).
+pub fn decide(f: &RedisRestoreFacts) -> Result<Vec<RedisRestoreChange>, ModuleError> {
+    if f.guard.is_some() {
+        return Ok(Vec::new());
+    }
+    let Some(source) = &f.source else {
+        return Err(ModuleError::Failed(
+            "no source key counts: the redis_backup task on the old host has not run".into(),
+        ));
+    };
+    if let Some(current) = &f.current {
+        if current.without_db(5) == source.without_db(5) {
+            return Ok(Vec::new());
+        }
+    }
+    let Some(pv_path) = &f.pv_path else {
+        return Err(ModuleError::Failed(format!(
+            "PVC {} has no bound local/hostPath volume: cannot find Redis's data directory",
+            f.pvc
+        )));
+    };
+    let sts = format!("statefulset/{}", f.statefulset);
+    Ok(vec![RedisRestoreChange {
+        pv_path: pv_path.clone(),
+        layout: f.persistence.as_ref().map(restore_plan),
+        kubectl: vec![
+            kubectl(
+                &f.namespace,
+                &["get", "pvc", &f.pvc, "-o", "jsonpath={.spec.volumeName}"],
+            ),
+            kubectl(
+                &f.namespace,
+                &[
+                    "exec",
+                    &f.pod,
+                    "--",
+                    "redis-cli",
+                    "-p",
+                    &f.port.to_string(),
+                    "CONFIG",
+                    "GET",
+                    "appendonly",
+                ],
+            ),
+            kubectl(&f.namespace, &["scale", &sts, "--replicas=0"]),
+            kubectl(&f.namespace, &["scale", &sts, "--replicas=1"]),
+        ],
+    }])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(s: &str) -> RedisKeyCounts {
+        RedisKeyCounts::parse_info_keyspace(s).unwrap()
+    }
+
+    fn facts() -> RedisRestoreFacts {
+        RedisRestoreFacts {
+            namespace: "default".into(),
+            statefulset: "redis".into(),
+            pod: "redis-0".into(),
+            container: None,
+            port: 9869,
+            pvc: "redis-data-redis-0".into(),
+            pv: Some("pvc-1".into()),
+            pv_path: Some("/var/openebs/local/pvc-1".into()),
+            pod_ready: true,
+            persistence: Some(RedisPersistence {
+                appendonly: true,
+                ..Default::default()
+            }),
+            source: Some(counts("db0:keys=5\ndb5:keys=2")),
+            current: Some(RedisKeyCounts::default()),
+            guard: None,
+        }
+    }
+
+    #[test]
+    fn empty_target_is_restored_into_the_pv_from_the_cluster() {
+        let c = decide(&facts()).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].pv_path, "/var/openebs/local/pvc-1");
+        assert!(
+            c[0].describe()
+                .contains("appendonlydir/appendonly.aof.1.base.rdb"),
+            "{}",
+            c[0].describe()
+        );
+        assert!(c[0].commands()[0].contains("jsonpath={.spec.volumeName}"));
+    }
+
+    #[test]
+    fn restored_target_is_ok_even_after_db5_was_flushed() {
+        let mut f = facts();
+        f.current = Some(counts("db0:keys=5"));
+        assert!(decide(&f).unwrap().is_empty());
+        f.current = Some(counts("db0:keys=4"));
+        assert_eq!(decide(&f).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn missing_pv_or_source_is_an_error() {
+        let mut f = facts();
+        f.pv_path = None;
+        assert!(decide(&f).is_err());
+        let mut f = facts();
+        f.source = None;
+        assert!(decide(&f).is_err());
+    }
+
+    #[test]
+    fn node_script_lays_out_files_atomically_and_cleans_up() {
+        let p = RedisPersistence {
+            appendonly: true,
+            ..Default::default()
+        };
+        let s = node_script(
+            "/var/openebs/local/pvc-1",
+            "/var/openebs/local/pvc-1/.ferry-restore.rdb",
+            &restore_plan(&p),
+        );
+        let text = s.to_shell();
+        let words = shlex::split(&text).unwrap();
+        assert_eq!(words[0], "sh");
+        let inner = &words[2];
+        assert!(
+            inner.starts_with("set -e ; rm -rf -- /var/openebs/local/pvc-1/appendonlydir"),
+            "{inner}"
+        );
+        assert!(inner.contains("mv -f /var/openebs/local/pvc-1/appendonlydir/appendonly.aof.1.base.rdb.ferry-tmp /var/openebs/local/pvc-1/appendonlydir/appendonly.aof.1.base.rdb"), "{inner}");
+        assert!(
+            inner.contains("chown -R --reference=/var/openebs/local/pvc-1"),
+            "{inner}"
+        );
+        assert!(
+            inner.contains("rm -f /var/openebs/local/pvc-1/.ferry-restore.rdb"),
+            "{inner}"
+        );
+    }
+
+    #[test]
+    fn implausible_pv_paths_are_refused() {
+        assert!(checked_pv_path("/").is_err());
+        assert!(checked_pv_path("/var").is_err());
+        assert!(checked_pv_path("relative/x/y").is_err());
+        assert!(checked_pv_path("/var/openebs/../../etc").is_err());
+        assert!(checked_pv_path("/var/openebs/local/pvc-1").is_ok());
+    }
+}

@@ -1,0 +1,549 @@
+//! Running a command on a session channel (never with a PTY) with stdin/stdout as byte
+//! streams.
+//!
+//! A pump task owns the channel's receiving side: stdout chunks go through a small bounded
+//! queue to the reader (so a slow reader stops the pump, which fills russh's per-channel
+//! buffer, which stops the connection: backpressure end to end, memory flat), stderr is
+//! collected, and the exit status, a sudo handshake (see [`super::become_`]) and a lost
+//! connection are all handled there.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::channel::{mpsc, oneshot};
+use futures::{Future, SinkExt};
+use russh::client::Msg;
+use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::io::StreamReader;
+
+use super::become_::{self, BecomeHandshake};
+use super::session::{map_russh_error, Connection};
+use crate::secrets::Secrets;
+use crate::transport::{BoxFuture, BoxRead, ExecOutput, StreamExit, TransportError};
+
+/// Stdout chunks queued between the pump and the reader.
+const STDOUT_QUEUE: usize = 16;
+/// Stderr kept per command; the rest is dropped (a runaway command must not eat memory).
+const STDERR_LIMIT: usize = 4 * 1024 * 1024;
+
+/// A started command.
+pub(crate) struct Running {
+    pub stdin: StdinWriter,
+    pub stdout: BoxRead,
+    pub exit: BoxFuture<Result<StreamExit, TransportError>>,
+    /// To close the channel early (relays).
+    pub channel: Arc<ChannelWriteHalf<Msg>>,
+}
+
+/// Open a session channel on `conn` and exec `command` (already a complete shell command
+/// line for the login shell). With `become_`, returns only once sudo has accepted, so
+/// nothing written to stdin can reach sudo's password prompt.
+pub(crate) async fn start(
+    conn: &Arc<Connection>,
+    command: String,
+    become_: Option<BecomeHandshake>,
+    host: &str,
+    secrets: &Secrets,
+) -> Result<Running, TransportError> {
+    let permit =
+        conn.sessions
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| TransportError::Disconnected {
+                host: host.to_string(),
+                reason: "connection shut down".into(),
+            })?;
+    let channel = conn
+        .handle
+        .channel_open_session()
+        .await
+        .map_err(|e| map_russh_error(e, host))?;
+    channel
+        .exec(true, command)
+        .await
+        .map_err(|e| map_russh_error(e, host))?;
+    let (read, write) = channel.split();
+    let write = Arc::new(write);
+
+    let (out_tx, out_rx) = mpsc::channel::<io::Result<Bytes>>(STDOUT_QUEUE);
+    let (exit_tx, exit_rx) = oneshot::channel();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let (channel_open_tx, channel_open_rx) = tokio::sync::watch::channel(());
+    let pump = Pump {
+        _channel_open: channel_open_tx,
+        read,
+        write: write.clone(),
+        out: out_tx,
+        stderr: Vec::new(),
+        stderr_truncated: false,
+        become_: become_.map(|hs| BecomeState {
+            hs,
+            pre: Vec::new(),
+            prompts_answered: 0,
+            failure: None,
+        }),
+        ready: Some(ready_tx),
+        host: host.to_string(),
+        secrets: secrets.clone(),
+    };
+    let keep_alive = conn.clone();
+    tokio::spawn(async move {
+        let result = pump.run().await;
+        let _ = exit_tx.send(result);
+        drop(permit);
+        drop(keep_alive);
+    });
+
+    // Without become the pump reports ready at once.
+    match ready_rx.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            return Err(TransportError::Disconnected {
+                host: host.to_string(),
+                reason: "channel ended before the command started".into(),
+            })
+        }
+    }
+
+    let host_owned = host.to_string();
+    let exit: BoxFuture<Result<StreamExit, TransportError>> = Box::pin(async move {
+        exit_rx.await.unwrap_or_else(|_| {
+            Err(TransportError::Disconnected {
+                host: host_owned,
+                reason: "command state lost".into(),
+            })
+        })
+    });
+    Ok(Running {
+        stdin: StdinWriter::spawn(write.clone(), channel_open_rx),
+        stdout: Box::pin(StreamReader::new(out_rx)),
+        exit,
+        channel: write,
+    })
+}
+
+/// Run to completion: feed `stdin` (EOF right away when `None`), collect stdout/stderr.
+pub(crate) async fn collect(
+    running: Running,
+    stdin: Option<&[u8]>,
+) -> Result<ExecOutput, TransportError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Running {
+        stdin: mut input,
+        stdout: mut output,
+        exit,
+        ..
+    } = running;
+    let write = async {
+        if let Some(data) = stdin.filter(|d| !d.is_empty()) {
+            input.write_all(data).await?;
+        }
+        input.shutdown().await
+    };
+    let read = async {
+        let mut buf = Vec::new();
+        output.read_to_end(&mut buf).await.map(|_| buf)
+    };
+    // A command that exits without reading its stdin makes the write fail: not an error.
+    let (_written, read) = tokio::join!(write, read);
+    let exit = exit.await?;
+    let stdout = read?;
+    Ok(ExecOutput {
+        status: exit.status,
+        stdout,
+        stderr: exit.stderr,
+    })
+}
+
+struct BecomeState {
+    hs: BecomeHandshake,
+    /// Stderr before sudo let the command start.
+    pre: Vec<u8>,
+    prompts_answered: usize,
+    failure: Option<TransportError>,
+}
+
+struct Pump {
+    /// Dropped when the pump ends: tells the stdin sender the channel is gone.
+    _channel_open: tokio::sync::watch::Sender<()>,
+    read: ChannelReadHalf,
+    write: Arc<ChannelWriteHalf<Msg>>,
+    out: mpsc::Sender<io::Result<Bytes>>,
+    stderr: Vec<u8>,
+    stderr_truncated: bool,
+    become_: Option<BecomeState>,
+    ready: Option<oneshot::Sender<Result<(), TransportError>>>,
+    host: String,
+    secrets: Secrets,
+}
+
+impl Pump {
+    async fn run(mut self) -> Result<StreamExit, TransportError> {
+        if self.become_.is_none() {
+            self.signal_ready(Ok(()));
+        }
+        let mut status: Option<u32> = None;
+        let mut signal: Option<String> = None;
+        let mut closed = false;
+        let mut eof = false;
+        let mut reader_gone = false;
+        while let Some(msg) = self.read.wait().await {
+            match msg {
+                // A dropped reader: keep draining so the command can finish.
+                ChannelMsg::Data { data } if !reader_gone => {
+                    reader_gone = self.out.send(Ok(data)).await.is_err();
+                }
+                ChannelMsg::ExtendedData { data, ext: 1 } => self.on_stderr(&data).await,
+                ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                ChannelMsg::ExitSignal {
+                    signal_name,
+                    error_message,
+                    ..
+                } => {
+                    signal = Some(
+                        format!("{signal_name:?} {error_message}")
+                            .trim()
+                            .to_string(),
+                    );
+                }
+                ChannelMsg::Eof => eof = true,
+                ChannelMsg::Close => {
+                    closed = true;
+                    break;
+                }
+                ChannelMsg::Failure => {
+                    let e = TransportError::Protocol(format!(
+                        "{}: the server refused to run the command",
+                        self.host
+                    ));
+                    self.signal_ready(Err(TransportError::Protocol(e.to_string())));
+                    let _ = self.write.close().await;
+                    return Err(e);
+                }
+                _ => {}
+            }
+        }
+
+        let lost = !closed && !(eof && (status.is_some() || signal.is_some()));
+        if lost {
+            let reason = "connection lost while the command was running".to_string();
+            if !reader_gone {
+                let _ = self
+                    .out
+                    .send(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        format!("{}: {reason}", self.host),
+                    )))
+                    .await;
+            }
+            let e = TransportError::Disconnected {
+                host: self.host.clone(),
+                reason,
+            };
+            self.signal_ready(Err(TransportError::Disconnected {
+                host: self.host.clone(),
+                reason: "connection lost before the command started".into(),
+            }));
+            return Err(e);
+        }
+
+        if let Some(state) = self.become_.take() {
+            // The channel ended before sudo let the command start (or after a refusal).
+            let e = state.failure.unwrap_or_else(|| {
+                become_::failure(&state.hs, &state.pre, status, &self.host, &self.secrets)
+            });
+            self.signal_ready(Err(clone_become(&e)));
+            return Err(e);
+        }
+
+        if let Some(sig) = signal {
+            self.push_stderr(
+                format!("\n[ferry: remote command killed by signal {sig}]\n").as_bytes(),
+            );
+        }
+        if self.stderr_truncated {
+            self.stderr
+                .extend_from_slice(b"\n[ferry: stderr truncated]\n");
+        }
+        Ok(StreamExit {
+            status,
+            stderr: std::mem::take(&mut self.stderr),
+        })
+    }
+
+    fn signal_ready(&mut self, r: Result<(), TransportError>) {
+        if let Some(tx) = self.ready.take() {
+            let _ = tx.send(r);
+        }
+    }
+
+    fn push_stderr(&mut self, data: &[u8]) {
+        let room = STDERR_LIMIT.saturating_sub(self.stderr.len());
+        if data.len() > room {
+            self.stderr_truncated = true;
+        }
+        self.stderr
+            .extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
+    }
+
+    async fn on_stderr(&mut self, data: &[u8]) {
+        let Some(mut state) = self.become_.take() else {
+            self.push_stderr(data);
+            return;
+        };
+        state.pre.extend_from_slice(data);
+        if state.failure.is_none() {
+            let prompts = become_::count(&state.pre, state.hs.prompt.as_bytes());
+            if prompts > state.prompts_answered {
+                match (&state.hs.password, state.prompts_answered) {
+                    (Some(pw), 0) => {
+                        state.prompts_answered = 1;
+                        let line = Bytes::from(format!("{pw}\n"));
+                        if let Err(e) = self.write.data_bytes(line).await {
+                            tracing::debug!("could not send the sudo password: {e}");
+                        }
+                    }
+                    _ => {
+                        // Asked again: the password was wrong (or none was expected).
+                        let e = become_::failure(
+                            &state.hs,
+                            &state.pre,
+                            None,
+                            &self.host,
+                            &self.secrets,
+                        );
+                        self.signal_ready(Err(clone_become(&e)));
+                        state.failure = Some(e);
+                        let _ = self.write.eof().await;
+                        let _ = self.write.close().await;
+                    }
+                }
+            }
+        }
+        if state.failure.is_none() {
+            let ok_line = format!("{}\n", state.hs.ok);
+            if let Some(pos) = become_::find(&state.pre, ok_line.as_bytes()) {
+                let rest = state
+                    .pre
+                    .get(pos + ok_line.len()..)
+                    .unwrap_or_default()
+                    .to_vec();
+                self.push_stderr(&rest);
+                self.signal_ready(Ok(()));
+                return;
+            }
+        }
+        self.become_ = Some(state);
+    }
+}
+
+/// `TransportError` is not `Clone`; sudo failures are rebuilt for the second receiver.
+fn clone_become(e: &TransportError) -> TransportError {
+    match e {
+        TransportError::Become { host, reason } => TransportError::Become {
+            host: host.clone(),
+            reason: reason.clone(),
+        },
+        other => TransportError::Protocol(other.to_string()),
+    }
+}
+
+/// Bytes accepted per `poll_write` (larger writes are taken in parts).
+const STDIN_WRITE_MAX: usize = 64 * 1024;
+/// Writes queued towards the channel (at most `STDIN_QUEUE * STDIN_WRITE_MAX` bytes).
+const STDIN_QUEUE: usize = 16;
+/// Queued writes are merged into sends of up to this size.
+const STDIN_COALESCE: usize = 256 * 1024;
+
+enum StdinItem {
+    Data(Bytes),
+    Eof,
+}
+
+/// The command's stdin. Shutting it down, or dropping it, sends EOF.
+///
+/// Writes go through a small queue to a sender task that merges whatever is queued into
+/// large SSH packets: callers that write 8 KiB at a time (`tokio::io::copy`) get the
+/// throughput of large writes, and no byte ever waits for a flush.
+pub(crate) struct StdinWriter {
+    queue: mpsc::Sender<StdinItem>,
+    /// Resolves when the sender task has sent EOF (or failed).
+    done: Option<oneshot::Receiver<io::Result<()>>>,
+    eof_queued: bool,
+}
+
+impl StdinWriter {
+    fn spawn(
+        channel: Arc<ChannelWriteHalf<Msg>>,
+        channel_open: tokio::sync::watch::Receiver<()>,
+    ) -> Self {
+        let (queue, rx) = mpsc::channel(STDIN_QUEUE);
+        let (done_tx, done_rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let result = stdin_sender(rx, channel, channel_open).await;
+            let _ = done_tx.send(result);
+        });
+        StdinWriter {
+            queue,
+            done: Some(done_rx),
+            eof_queued: false,
+        }
+    }
+}
+
+/// Drain the queue into the channel; EOF when asked or when the writer is dropped.
+/// `channel_open` ends (its sender is dropped) when the pump saw the channel end: a command
+/// that exited without reading all its input must not leave this task waiting for window
+/// space forever.
+async fn stdin_sender(
+    mut rx: mpsc::Receiver<StdinItem>,
+    channel: Arc<ChannelWriteHalf<Msg>>,
+    mut channel_open: tokio::sync::watch::Receiver<()>,
+) -> io::Result<()> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let mut tx = channel.make_writer();
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let mut eof = false;
+        match rx.next().await {
+            None | Some(StdinItem::Eof) => eof = true,
+            Some(StdinItem::Data(b)) => buf.extend_from_slice(&b),
+        }
+        while !eof && buf.len() < STDIN_COALESCE {
+            match rx.try_recv() {
+                Ok(StdinItem::Data(b)) => buf.extend_from_slice(&b),
+                Ok(StdinItem::Eof) | Err(mpsc::TryRecvError::Closed) => eof = true,
+                Err(mpsc::TryRecvError::Empty) => break,
+            }
+        }
+        if !buf.is_empty() {
+            tokio::select! {
+                r = tx.write_all(&buf) => r?,
+                _ = channel_open.changed() => return Err(broken_pipe()),
+            }
+            buf.clear();
+        }
+        if eof {
+            return tx.shutdown().await;
+        }
+    }
+}
+
+fn broken_pipe() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the remote command's stdin is closed",
+    )
+}
+
+impl AsyncWrite for StdinWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if self.eof_queued {
+            return Poll::Ready(Err(broken_pipe()));
+        }
+        if let Err(_closed) = futures::ready!(self.queue.poll_ready(cx)) {
+            return Poll::Ready(Err(broken_pipe()));
+        }
+        let n = buf.len().min(STDIN_WRITE_MAX);
+        let chunk = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+        match self.queue.start_send(StdinItem::Data(chunk)) {
+            Ok(()) => Poll::Ready(Ok(n)),
+            Err(_) => Poll::Ready(Err(broken_pipe())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Queued bytes are sent without further prompting.
+        Poll::Ready(Ok(()))
+    }
+
+    /// Queue EOF and wait until everything before it went out.
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.eof_queued {
+            if futures::ready!(self.queue.poll_ready(cx)).is_ok() {
+                let _ = self.queue.start_send(StdinItem::Eof);
+            }
+            self.eof_queued = true;
+        }
+        let Some(done) = self.done.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let result = futures::ready!(std::pin::Pin::new(done).poll(cx));
+        self.done = None;
+        Poll::Ready(match result {
+            Ok(r) => r,
+            Err(_) => Err(broken_pipe()),
+        })
+    }
+}
+
+/// A relay command's stdout/stdin as one duplex pipe; dropping it closes the channel so
+/// the remote relay process goes away with it.
+pub(crate) struct RelayPipe {
+    stdin: StdinWriter,
+    stdout: BoxRead,
+    channel: Arc<ChannelWriteHalf<Msg>>,
+}
+
+impl RelayPipe {
+    pub fn new(running: Running) -> Self {
+        // The relay's exit status is of no interest; the pump finishes on its own.
+        drop(running.exit);
+        RelayPipe {
+            stdin: running.stdin,
+            stdout: running.stdout,
+            channel: running.channel,
+        }
+    }
+}
+
+impl AsyncRead for RelayPipe {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.stdout.as_mut().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for RelayPipe {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stdin).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stdin).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stdin).poll_shutdown(cx)
+    }
+}
+
+impl Drop for RelayPipe {
+    fn drop(&mut self) {
+        let channel = self.channel.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = channel.close().await;
+            });
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! OpenSSH `known_hosts` files: lookup (plain, wildcard, negated and hashed `|1|salt|hash`
+//! host patterns; `[host]:port` names for non-standard ports; `@revoked` markers) and
+//! appending a newly accepted key.
+//!
+//! russh ships a known_hosts helper, but it splits on single spaces only, ignores markers
+//! and wildcards, and treats a key of another algorithm as "unknown". This module mirrors
+//! OpenSSH's behaviour closely enough that a file written by `ssh` or `ssh-keyscan` works.
+
+use std::io::Write;
+use std::path::Path;
+
+use base64::Engine;
+use hmac::{KeyInit, Mac};
+use russh::keys::{Algorithm, PublicKey};
+
+type HmacSha1 = hmac::Hmac<sha1::Sha1>;
+
+/// The name OpenSSH looks up (and records) for `host` on `port`.
+pub(crate) fn host_token(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_ascii_lowercase()
+    } else {
+        format!("[{}]:{port}", host.to_ascii_lowercase())
+    }
+}
+
+/// What a known_hosts file says about a server key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HostKeyStatus {
+    /// The key is recorded for this host.
+    Known,
+    /// No key of this algorithm is recorded for this host.
+    Unknown,
+    /// A different key of the same algorithm is recorded (line number, 1-based).
+    Changed { line: usize },
+    /// The key is marked `@revoked` (line number, 1-based).
+    Revoked { line: usize },
+}
+
+/// One usable line of a known_hosts file.
+struct Entry {
+    line: usize,
+    revoked: bool,
+    key: PublicKey,
+}
+
+/// Entries whose host patterns match `token`. A missing file has no entries.
+fn matching_entries(path: &Path, token: &str) -> std::io::Result<Vec<Entry>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for (idx, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let mut first = fields.next().unwrap_or_default();
+        let mut revoked = false;
+        if let Some(marker) = first.strip_prefix('@') {
+            match marker {
+                "revoked" => revoked = true,
+                // Certificate authorities are not supported: such lines vouch for no key.
+                _ => continue,
+            }
+            first = fields.next().unwrap_or_default();
+        }
+        let (Some(key_type), Some(key_b64)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !patterns_match(first, token) {
+            continue;
+        }
+        match PublicKey::from_openssh(&format!("{key_type} {key_b64}")) {
+            Ok(key) => out.push(Entry {
+                line: idx + 1,
+                revoked,
+                key,
+            }),
+            Err(e) => {
+                tracing::debug!(
+                    "ignoring unparsable key on line {} of {}: {e}",
+                    idx + 1,
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a comma-separated host pattern list matches `token`, as OpenSSH does: a negated
+/// pattern that matches rejects the line whatever else matches.
+fn patterns_match(list: &str, token: &str) -> bool {
+    let mut matched = false;
+    for pattern in list.split(',') {
+        if let Some(hashed) = pattern.strip_prefix("|1|") {
+            if hashed_matches(hashed, token) {
+                matched = true;
+            }
+        } else if let Some(negated) = pattern.strip_prefix('!') {
+            if glob_match(&negated.to_ascii_lowercase(), token) {
+                return false;
+            }
+        } else if glob_match(&pattern.to_ascii_lowercase(), token) {
+            matched = true;
+        }
+    }
+    matched
+}
+
+/// `salt|hash` (both base64) of a hashed entry against `token`.
+fn hashed_matches(salt_and_hash: &str, token: &str) -> bool {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let Some((salt, hash)) = salt_and_hash.split_once('|') else {
+        return false;
+    };
+    let (Ok(salt), Ok(hash)) = (b64.decode(salt), b64.decode(hash)) else {
+        return false;
+    };
+    let Ok(mut mac) = HmacSha1::new_from_slice(&salt) else {
+        return false;
+    };
+    mac.update(token.as_bytes());
+    mac.verify_slice(&hash).is_ok()
+}
+
+/// OpenSSH wildcard matching: `*` any run of characters, `?` exactly one.
+fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || Some(&c) == t.get(ti) => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p.get(pi..)
+        .is_some_and(|rest| rest.iter().all(|&c| c == '*'))
+}
+
+/// Check `key` presented by `host:port` against the file at `path`.
+pub(crate) fn check(
+    path: &Path,
+    host: &str,
+    port: u16,
+    key: &PublicKey,
+) -> std::io::Result<HostKeyStatus> {
+    let token = host_token(host, port);
+    let entries = matching_entries(path, &token)?;
+    if let Some(e) = entries
+        .iter()
+        .find(|e| e.revoked && e.key.key_data() == key.key_data())
+    {
+        return Ok(HostKeyStatus::Revoked { line: e.line });
+    }
+    if entries
+        .iter()
+        .any(|e| !e.revoked && e.key.key_data() == key.key_data())
+    {
+        return Ok(HostKeyStatus::Known);
+    }
+    if let Some(e) = entries
+        .iter()
+        .find(|e| !e.revoked && e.key.algorithm() == key.algorithm())
+    {
+        return Ok(HostKeyStatus::Changed { line: e.line });
+    }
+    Ok(HostKeyStatus::Unknown)
+}
+
+/// Algorithms of the keys recorded for `host:port`, so the client can ask the server for a
+/// key it can verify (as OpenSSH orders `HostKeyAlgorithms`).
+pub(crate) fn known_algorithms(path: &Path, host: &str, port: u16) -> Vec<Algorithm> {
+    let token = host_token(host, port);
+    let mut algs: Vec<Algorithm> = Vec::new();
+    for e in matching_entries(path, &token).unwrap_or_default() {
+        let alg = e.key.algorithm();
+        if !e.revoked && !algs.contains(&alg) {
+            algs.push(alg);
+        }
+    }
+    algs
+}
+
+/// Append `host:port key` to the file at `path` (creating it and its directory).
+pub(crate) fn append(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            // Like ~/.ssh made by OpenSSH: private to the user.
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+    }
+    let needs_newline = match std::fs::read(path) {
+        Ok(bytes) => !bytes.is_empty() && bytes.last() != Some(&b'\n'),
+        Err(_) => false,
+    };
+    let mut plain = key.clone();
+    plain.set_comment("");
+    let encoded = plain
+        .to_openssh()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let mut line = String::new();
+    if needs_newline {
+        line.push('\n');
+    }
+    line.push_str(&host_token(host, port));
+    line.push(' ');
+    line.push_str(encoded.trim());
+    line.push('\n');
+    file.write_all(line.as_bytes())?;
+    file.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
+    const KEY_B: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILIG2T/B0l0gaqj3puu510tu9N1OkQ4znY3LYuEm5zCF";
+
+    fn key(s: &str) -> PublicKey {
+        PublicKey::from_openssh(s).unwrap()
+    }
+
+    fn hashed(token: &str, salt: &[u8]) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut mac = HmacSha1::new_from_slice(salt).unwrap();
+        mac.update(token.as_bytes());
+        let hash = mac.finalize().into_bytes();
+        format!("|1|{}|{}", b64.encode(salt), b64.encode(hash))
+    }
+
+    #[test]
+    fn tokens_use_brackets_for_other_ports() {
+        assert_eq!(host_token("Example.COM", 22), "example.com");
+        assert_eq!(host_token("127.0.0.1", 2222), "[127.0.0.1]:2222");
+    }
+
+    #[test]
+    fn globs_and_negation() {
+        assert!(glob_match("*.example.com", "a.example.com"));
+        assert!(glob_match("[10.0.0.?]:22*", "[10.0.0.5]:2222"));
+        assert!(!glob_match("*.example.com", "example.org"));
+        assert!(patterns_match(
+            "*.example.com,!bad.example.com",
+            "ok.example.com"
+        ));
+        assert!(!patterns_match(
+            "*.example.com,!bad.example.com",
+            "bad.example.com"
+        ));
+    }
+
+    #[test]
+    fn plain_hashed_port_changed_and_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        let hashed_entry = hashed("[10.1.1.1]:2200", b"0123456789abcdefghij");
+        std::fs::write(
+            &path,
+            format!(
+                "# comment\n\
+                 [127.0.0.1]:2222\t{KEY_A}\n\
+                 {hashed_entry} {KEY_B}\n\
+                 other.host {KEY_B}\n\
+                 @revoked revoked.host {KEY_A}\n\
+                 @cert-authority *.ca.host {KEY_A}\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            check(&path, "127.0.0.1", 2222, &key(KEY_A)).unwrap(),
+            HostKeyStatus::Known
+        );
+        assert_eq!(
+            check(&path, "127.0.0.1", 2222, &key(KEY_B)).unwrap(),
+            HostKeyStatus::Changed { line: 2 }
+        );
+        assert_eq!(
+            check(&path, "127.0.0.1", 22, &key(KEY_A)).unwrap(),
+            HostKeyStatus::Unknown
+        );
+        assert_eq!(
+            check(&path, "10.1.1.1", 2200, &key(KEY_B)).unwrap(),
+            HostKeyStatus::Known
+        );
+        assert_eq!(
+            check(&path, "10.1.1.1", 2201, &key(KEY_B)).unwrap(),
+            HostKeyStatus::Unknown
+        );
+        assert_eq!(
+            check(&path, "revoked.host", 22, &key(KEY_A)).unwrap(),
+            HostKeyStatus::Revoked { line: 5 }
+        );
+        assert_eq!(
+            check(&path, "x.ca.host", 22, &key(KEY_A)).unwrap(),
+            HostKeyStatus::Unknown
+        );
+        assert_eq!(
+            known_algorithms(&path, "127.0.0.1", 2222),
+            vec![Algorithm::Ed25519]
+        );
+    }
+
+    #[test]
+    fn append_then_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/known_hosts");
+        append(&path, "h", 2022, &key(KEY_A)).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"x.host ssh-ed25519 AAAA")
+            .unwrap();
+        append(&path, "h2", 22, &key(KEY_B)).unwrap();
+        assert_eq!(
+            check(&path, "h", 2022, &key(KEY_A)).unwrap(),
+            HostKeyStatus::Known
+        );
+        assert_eq!(
+            check(&path, "h2", 22, &key(KEY_B)).unwrap(),
+            HostKeyStatus::Known
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("[h]:2022 ssh-ed25519 AAAA"), "{text}");
+    }
+}

@@ -1,0 +1,308 @@
+//! The real transport: SSH through russh.
+//!
+//! One host gets up to three connections, each opened (and re-opened after a loss) on
+//! demand: `control` for every [`Transport::exec`] (concurrent channels on it), `bulk` for
+//! [`Transport::exec_stream`], `tunnel` for [`Transport::forward`]. A slow consumer blocks
+//! the russh event loop of its own connection only, so a long dump never delays the small
+//! commands of other tasks, nor the Kubernetes API tunnel.
+//!
+//! Submodules: `config` (inventory + ssh config → route), `known_hosts`, `auth`, `session`
+//! (connect, tune, map errors), `exec` (channels as streams), `become_` (sudo).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::command::Cmd;
+use crate::secrets::Secrets;
+use crate::transport::{
+    BecomeSpec, ConnectSpec, Duplex, ExecOutput, ExecStream, ForwardMethod, Transport,
+    TransportError,
+};
+
+mod auth;
+mod become_;
+mod config;
+mod exec;
+mod known_hosts;
+mod session;
+
+pub use auth::AgentSource;
+
+use session::Connection;
+
+/// Connect timeout when the inventory gives none.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Knobs that are not part of the inventory's [`ConnectSpec`].
+#[derive(Debug, Clone, Default)]
+pub struct SshOptions {
+    /// Which ssh-agent to use; `$SSH_AUTH_SOCK` by default.
+    pub agent: AgentSource,
+}
+
+/// Open `spec`'s host: the engine's entry point (same as [`SshTransport::connect`]).
+pub async fn connect(spec: ConnectSpec, secrets: Secrets) -> Result<SshTransport, TransportError> {
+    SshTransport::connect(spec, secrets).await
+}
+
+/// One lazily (re)opened connection.
+struct Lane {
+    purpose: &'static str,
+    conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
+}
+
+impl Lane {
+    fn new(purpose: &'static str) -> Self {
+        Lane {
+            purpose,
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// SSH connections to one host.
+pub struct SshTransport {
+    name: String,
+    route: config::Route,
+    creds: Arc<auth::Credentials>,
+    timeout: Duration,
+    become_: Option<BecomeSpec>,
+    secrets: Secrets,
+    control: Lane,
+    bulk: Lane,
+    tunnel: Lane,
+    /// Relay program found on the host (probed once).
+    relay_tool: tokio::sync::OnceCell<&'static str>,
+    /// The server refused `direct-tcpip` once: go straight to the relay afterwards.
+    direct_tcpip_refused: AtomicBool,
+}
+
+impl std::fmt::Debug for SshTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshTransport")
+            .field("name", &self.name)
+            .field("target", &self.route.target.addr())
+            .field("user", &self.route.target.user)
+            .field("jumps", &self.route.jumps.len())
+            .finish()
+    }
+}
+
+impl SshTransport {
+    /// Resolve the route, open and authenticate the control connection.
+    pub async fn connect(spec: ConnectSpec, secrets: Secrets) -> Result<Self, TransportError> {
+        Self::connect_with(spec, secrets, SshOptions::default()).await
+    }
+
+    /// [`SshTransport::connect`] with explicit [`SshOptions`].
+    pub async fn connect_with(
+        spec: ConnectSpec,
+        secrets: Secrets,
+        options: SshOptions,
+    ) -> Result<Self, TransportError> {
+        for s in [&spec.password, &spec.key_passphrase]
+            .into_iter()
+            .flatten()
+            .chain(spec.become_.as_ref().and_then(|b| b.password.as_ref()))
+        {
+            secrets.add(s.clone());
+        }
+        let route = config::resolve(&spec)?;
+        let timeout = if spec.connect_timeout.is_zero() {
+            DEFAULT_CONNECT_TIMEOUT
+        } else {
+            spec.connect_timeout
+        };
+        let creds = Arc::new(auth::Credentials::new(
+            options.agent,
+            spec.key_passphrase.clone(),
+            spec.password.clone(),
+            spec.allow_prompt,
+            secrets.clone(),
+        ));
+        let transport = SshTransport {
+            name: spec.name.clone(),
+            route,
+            creds,
+            timeout,
+            become_: spec.become_.clone(),
+            secrets,
+            control: Lane::new("control"),
+            bulk: Lane::new("bulk"),
+            tunnel: Lane::new("tunnel"),
+            relay_tool: tokio::sync::OnceCell::new(),
+            direct_tcpip_refused: AtomicBool::new(false),
+        };
+        transport.connection(&transport.control).await?;
+        Ok(transport)
+    }
+
+    /// `user@host:port` actually connected to (after ssh config).
+    pub fn target(&self) -> String {
+        format!("{}@{}", self.route.target.user, self.route.target.addr())
+    }
+
+    /// The lane's connection, (re)opened when absent or lost.
+    async fn connection(&self, lane: &Lane) -> Result<Arc<Connection>, TransportError> {
+        let mut slot = lane.conn.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            if !conn.is_closed() {
+                return Ok(conn.clone());
+            }
+            tracing::info!(
+                "{}: {} connection was lost; reconnecting",
+                self.name,
+                lane.purpose
+            );
+        }
+        let conn = Arc::new(session::open(&self.route, &self.creds, self.timeout).await?);
+        tracing::debug!(
+            "{}: opened {} connection to {}",
+            self.name,
+            lane.purpose,
+            self.target()
+        );
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// The command line for the login shell: `sh -c CMD`, or through sudo with `become`.
+    fn command_line(&self, cmd: &Cmd) -> (String, Option<become_::BecomeHandshake>) {
+        match &self.become_ {
+            Some(spec) => {
+                let (line, hs) = become_::wrap(cmd, spec);
+                (line, Some(hs))
+            }
+            None => (
+                Cmd::new("sh").arg("-c").arg(cmd.to_shell()).to_shell(),
+                None,
+            ),
+        }
+    }
+
+    async fn start(&self, lane: &Lane, cmd: &Cmd) -> Result<exec::Running, TransportError> {
+        let conn = self.connection(lane).await?;
+        let (line, hs) = self.command_line(cmd);
+        tracing::debug!(host = %self.name, lane = lane.purpose, "exec: {}", cmd.display());
+        exec::start(&conn, line, hs, &self.name, &self.secrets).await
+    }
+
+    /// Which relay program the host has: socat, nc, or bash (for `/dev/tcp`).
+    async fn relay_tool(&self, conn: &Arc<Connection>) -> Result<&'static str, TransportError> {
+        self.relay_tool
+            .get_or_try_init(|| async {
+                let probe = Cmd::script(
+                    "for t in socat nc bash; do \
+                     if command -v \"$t\" >/dev/null 2>&1; then echo \"$t\"; exit 0; fi; \
+                     done; exit 1",
+                    "probe for socat/nc/bash",
+                );
+                let line = Cmd::new("sh").arg("-c").arg(probe.to_shell()).to_shell();
+                let running = exec::start(conn, line, None, &self.name, &self.secrets).await?;
+                let out = exec::collect(running, None).await?;
+                match out.stdout_str().trim() {
+                    "socat" => Ok("socat"),
+                    "nc" => Ok("nc"),
+                    "bash" => Ok("bash"),
+                    _ => Err(TransportError::Forward {
+                        target: self.name.clone(),
+                        reason: "the server forbids TCP forwarding and has none of socat, nc \
+                                 or bash to relay through"
+                            .into(),
+                    }),
+                }
+            })
+            .await
+            .copied()
+    }
+
+    async fn relay(
+        &self,
+        conn: &Arc<Connection>,
+        host: &str,
+        port: u16,
+    ) -> Result<(Box<dyn Duplex>, ForwardMethod), TransportError> {
+        let tool = self.relay_tool(conn).await?;
+        let relay = match tool {
+            "socat" => Cmd::new("socat").arg("-").arg(format!("TCP:{host}:{port}")),
+            "nc" => Cmd::new("nc").arg(host).arg(port.to_string()),
+            _ => Cmd::new("bash")
+                .arg("-c")
+                .arg("exec 3<>\"/dev/tcp/$0/$1\" || exit 1; cat <&3 & cat >&3")
+                .arg(host)
+                .arg(port.to_string()),
+        };
+        let line = Cmd::new("sh").arg("-c").arg(relay.to_shell()).to_shell();
+        let running = exec::start(conn, line, None, &self.name, &self.secrets).await?;
+        tracing::info!(
+            "{}: forwarding to {host}:{port} through a {tool} relay (server forbids TCP forwarding)",
+            self.name
+        );
+        Ok((
+            Box::new(exec::RelayPipe::new(running)),
+            ForwardMethod::Relay(tool),
+        ))
+    }
+}
+
+#[async_trait]
+impl Transport for SshTransport {
+    fn host(&self) -> &str {
+        &self.name
+    }
+
+    async fn exec(&self, cmd: &Cmd, stdin: Option<&[u8]>) -> Result<ExecOutput, TransportError> {
+        let running = self.start(&self.control, cmd).await?;
+        exec::collect(running, stdin).await
+    }
+
+    async fn exec_stream(&self, cmd: &Cmd) -> Result<ExecStream, TransportError> {
+        let running = self.start(&self.bulk, cmd).await?;
+        Ok(ExecStream {
+            stdin: Box::pin(running.stdin),
+            stdout: running.stdout,
+            exit: running.exit,
+        })
+    }
+
+    async fn forward(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<(Box<dyn Duplex>, ForwardMethod), TransportError> {
+        let conn = self.connection(&self.tunnel).await?;
+        let target = format!("{host}:{port}");
+        if !self.direct_tcpip_refused.load(Ordering::Relaxed) {
+            match conn
+                .handle
+                .channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0)
+                .await
+            {
+                Ok(channel) => {
+                    tracing::debug!("{}: forwarding to {target} via direct-tcpip", self.name);
+                    return Ok((Box::new(channel.into_stream()), ForwardMethod::DirectTcpip));
+                }
+                Err(russh::Error::ChannelOpenFailure(
+                    russh::ChannelOpenFailure::AdministrativelyProhibited,
+                )) => {
+                    self.direct_tcpip_refused.store(true, Ordering::Relaxed);
+                    tracing::info!(
+                        "{}: server refused direct-tcpip (AllowTcpForwarding no?); using a relay",
+                        self.name
+                    );
+                }
+                Err(russh::Error::ChannelOpenFailure(reason)) => {
+                    return Err(TransportError::Forward {
+                        target,
+                        reason: format!("the server could not connect: {reason:?}"),
+                    })
+                }
+                Err(e) => return Err(session::map_russh_error(e, &self.name)),
+            }
+        }
+        self.relay(&conn, host, port).await
+    }
+}

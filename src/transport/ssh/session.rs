@@ -1,0 +1,337 @@
+//! Opening one authenticated SSH connection along a route (through jump hosts if any):
+//! TCP connect with timeout, host-key verification before authentication, russh tuned for
+//! throughput, and every failure mapped to its [`TransportError`] kind.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::client::{Handle, Handler};
+use russh::keys::{Algorithm, HashAlg, PublicKey, PublicKeyOrCertificate};
+use tokio::sync::Semaphore;
+
+use super::auth::{self, Credentials};
+use super::config::{Route, Target};
+use super::known_hosts::{self, HostKeyStatus};
+use crate::transport::{HostKeyPolicy, TransportError};
+
+/// Session channels open at once on one connection. OpenSSH's `MaxSessions` defaults to
+/// 10; staying below it means a burst of concurrent commands waits instead of failing.
+pub(crate) const MAX_SESSIONS_PER_CONNECTION: usize = 8;
+
+/// Channel window: large enough that a fast link is never idle waiting for window
+/// adjustments (russh's 2 MiB default halves bulk throughput on fast links).
+const WINDOW_SIZE: u32 = 16 * 1024 * 1024;
+/// Largest packet russh accepts from the peer.
+const MAX_PACKET_SIZE: u32 = 65535;
+/// Without any traffic for this long, probe the server; after three unanswered probes the
+/// connection counts as lost.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+const KEEPALIVE_MAX: usize = 3;
+
+/// An authenticated connection, plus the jump-host connections it runs through (they
+/// must live as long as it does).
+pub(crate) struct Connection {
+    pub handle: Handle<Client>,
+    /// Limits concurrent session channels (see [`MAX_SESSIONS_PER_CONNECTION`]).
+    pub sessions: Arc<Semaphore>,
+    _jumps: Vec<Handle<Client>>,
+}
+
+impl Connection {
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+}
+
+/// Cipher order: AES-GCM first where the CPU accelerates AES, ChaCha20-Poly1305 first
+/// elsewhere (it is the faster one in software).
+fn cipher_order() -> Vec<russh::cipher::Name> {
+    use russh::cipher::*;
+    let aes_fast = {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("aes")
+                && std::arch::is_x86_feature_detected!("pclmulqdq")
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            std::arch::is_aarch64_feature_detected!("aes")
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            false
+        }
+    };
+    if aes_fast {
+        vec![
+            AES_128_GCM,
+            AES_256_GCM,
+            CHACHA20_POLY1305,
+            AES_128_CTR,
+            AES_256_CTR,
+        ]
+    } else {
+        vec![
+            CHACHA20_POLY1305,
+            AES_128_GCM,
+            AES_256_GCM,
+            AES_128_CTR,
+            AES_256_CTR,
+        ]
+    }
+}
+
+/// Host-key algorithms with those already recorded for this host first, so the server
+/// presents a key that can be verified (as OpenSSH does).
+fn host_key_order(known: &[Algorithm]) -> Vec<Algorithm> {
+    let defaults: Vec<Algorithm> = russh::Preferred::DEFAULT.key.to_vec();
+    let is_known = |a: &Algorithm| {
+        known
+            .iter()
+            .any(|k| k == a || (k.clone().is_rsa() && a.clone().is_rsa()))
+    };
+    let mut order: Vec<Algorithm> = defaults.iter().filter(|a| is_known(a)).cloned().collect();
+    order.extend(defaults.iter().filter(|a| !is_known(a)).cloned());
+    order
+}
+
+fn client_config(target: &Target) -> Arc<russh::client::Config> {
+    let known = known_hosts::known_algorithms(&target.known_hosts, &target.host, target.port);
+    let preferred = russh::Preferred {
+        key: host_key_order(&known).into(),
+        cipher: cipher_order().into(),
+        // Compression costs CPU and gains nothing on dumps that are already compressed.
+        compression: (&[russh::compression::NONE][..]).into(),
+        ..russh::Preferred::DEFAULT
+    };
+    Arc::new(russh::client::Config {
+        window_size: WINDOW_SIZE,
+        maximum_packet_size: MAX_PACKET_SIZE,
+        preferred,
+        keepalive_interval: Some(KEEPALIVE_INTERVAL),
+        keepalive_max: KEEPALIVE_MAX,
+        nodelay: true,
+        ..Default::default()
+    })
+}
+
+/// The russh event handler of one connection: verifies the host key.
+pub(crate) struct Client {
+    target: Target,
+}
+
+/// Errors the handler reports through russh.
+#[derive(Debug)]
+pub(crate) enum ClientError {
+    Ssh(russh::Error),
+    HostKey(TransportError),
+}
+
+impl From<russh::Error> for ClientError {
+    fn from(e: russh::Error) -> Self {
+        ClientError::Ssh(e)
+    }
+}
+
+impl Handler for Client {
+    type Error = ClientError;
+
+    async fn check_server_key(
+        &mut self,
+        server_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let key = match server_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
+            PublicKeyOrCertificate::Certificate(cert) => {
+                PublicKey::new(cert.public_key().clone(), "")
+            }
+        };
+        verify_host_key(&self.target, &key).map_err(ClientError::HostKey)?;
+        Ok(true)
+    }
+}
+
+/// Strict host-key checking against the target's known_hosts file.
+fn verify_host_key(target: &Target, key: &PublicKey) -> Result<(), TransportError> {
+    let path = &target.known_hosts;
+    let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+    let status = known_hosts::check(path, &target.host, target.port, key).map_err(|e| {
+        TransportError::Config(format!("cannot read known_hosts {}: {e}", path.display()))
+    })?;
+    let token = known_hosts::host_token(&target.host, target.port);
+    match status {
+        HostKeyStatus::Known => Ok(()),
+        HostKeyStatus::Changed { line } | HostKeyStatus::Revoked { line } => {
+            tracing::error!(
+                "host key for {token} does not match {} line {line}",
+                path.display()
+            );
+            Err(TransportError::HostKeyChanged {
+                host: token,
+                fingerprint,
+                known_hosts: path.display().to_string(),
+                line,
+            })
+        }
+        HostKeyStatus::Unknown if target.policy == HostKeyPolicy::AcceptNew => {
+            known_hosts::append(path, &target.host, target.port, key).map_err(|e| {
+                TransportError::Config(format!("cannot record host key in {}: {e}", path.display()))
+            })?;
+            tracing::warn!(
+                "accepted new host key for {token} ({fingerprint}), recorded in {}",
+                path.display()
+            );
+            Ok(())
+        }
+        HostKeyStatus::Unknown => {
+            let port_arg = if target.port == 22 {
+                String::new()
+            } else {
+                format!("-p {} ", target.port)
+            };
+            let key_type = key.algorithm().to_string();
+            Err(TransportError::HostKeyUnknown {
+                host: token,
+                hint: format!(
+                    "`ssh-keyscan {port_arg}-t {key_type} {} >> {}` and check that the \
+                     fingerprint is {fingerprint}; or set host_key_checking = \"accept-new\" \
+                     for this host in the inventory",
+                    target.host,
+                    path.display()
+                ),
+            })
+        }
+    }
+}
+
+/// Map a russh error to what the operator should read.
+pub(crate) fn map_russh_error(e: russh::Error, addr: &str) -> TransportError {
+    use russh::Error as E;
+    match e {
+        E::Disconnect | E::HUP | E::SendError | E::RecvError => TransportError::Disconnected {
+            host: addr.to_string(),
+            reason: "the server closed the connection".into(),
+        },
+        E::KeepaliveTimeout | E::InactivityTimeout | E::ConnectionTimeout => {
+            TransportError::Disconnected {
+                host: addr.to_string(),
+                reason: "no answer to keepalives".into(),
+            }
+        }
+        E::IO(io) => TransportError::Disconnected {
+            host: addr.to_string(),
+            reason: io.to_string(),
+        },
+        other => TransportError::Protocol(format!("{addr}: {other}")),
+    }
+}
+
+fn map_client_error(e: ClientError, addr: &str) -> TransportError {
+    match e {
+        ClientError::HostKey(t) => t,
+        ClientError::Ssh(e) => map_russh_error(e, addr),
+    }
+}
+
+/// Open a connection along `route` and authenticate on every hop.
+pub(crate) async fn open(
+    route: &Route,
+    creds: &Credentials,
+    timeout: Duration,
+) -> Result<Connection, TransportError> {
+    let mut jumps: Vec<Handle<Client>> = Vec::new();
+    for hop in &route.jumps {
+        let handle = connect_hop(hop, jumps.last(), creds, timeout).await?;
+        tracing::debug!("connected to jump host {}", hop.addr());
+        jumps.push(handle);
+    }
+    let handle = connect_hop(&route.target, jumps.last(), creds, timeout).await?;
+    Ok(Connection {
+        handle,
+        sessions: Arc::new(Semaphore::new(MAX_SESSIONS_PER_CONNECTION)),
+        _jumps: jumps,
+    })
+}
+
+/// Connect to `target`, directly or through a `direct-tcpip` channel of `via`.
+async fn connect_hop(
+    target: &Target,
+    via: Option<&Handle<Client>>,
+    creds: &Credentials,
+    timeout: Duration,
+) -> Result<Handle<Client>, TransportError> {
+    let addr = target.addr();
+    let config = client_config(target);
+    let handler = Client {
+        target: target.clone(),
+    };
+    let timed_out = || TransportError::Timeout {
+        addr: addr.clone(),
+        secs: timeout.as_secs(),
+    };
+    let mut handle = match via {
+        None => {
+            let tcp = tokio::time::timeout(
+                timeout,
+                tokio::net::TcpStream::connect((target.host.as_str(), target.port)),
+            )
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    TransportError::Refused { addr: addr.clone() }
+                }
+                std::io::ErrorKind::TimedOut => timed_out(),
+                _ => TransportError::Unreachable {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                },
+            })?;
+            let _ = tcp.set_nodelay(true);
+            tokio::time::timeout(timeout, russh::client::connect_stream(config, tcp, handler))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|e| map_client_error(e, &addr))?
+        }
+        Some(jump) => {
+            let channel = tokio::time::timeout(
+                timeout,
+                jump.channel_open_direct_tcpip(
+                    target.host.clone(),
+                    u32::from(target.port),
+                    "127.0.0.1",
+                    0,
+                ),
+            )
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| TransportError::Unreachable {
+                addr: addr.clone(),
+                reason: format!("the jump host could not open a connection to it: {e}"),
+            })?;
+            tokio::time::timeout(
+                timeout,
+                russh::client::connect_stream(config, channel.into_stream(), handler),
+            )
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| map_client_error(e, &addr))?
+        }
+    };
+    auth::authenticate(&mut handle, target, creds, timeout).await?;
+    tracing::debug!("authenticated to {} as {}", addr, target.user);
+    Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_algorithms_come_first() {
+        let order = host_key_order(&[Algorithm::Rsa { hash: None }]);
+        assert!(order[0].clone().is_rsa(), "{order:?}");
+        assert!(order.contains(&Algorithm::Ed25519));
+        assert_eq!(order.len(), russh::Preferred::DEFAULT.key.len());
+    }
+}

@@ -1,0 +1,427 @@
+//! The simulator driven by the real kubectl 1.32, as ferry's testbed uses it.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::Sim;
+use sha2::{Digest, Sha256};
+
+fn psql(sim: &Sim, sql: &str) -> std::process::Output {
+    sim.kubectl_output(
+        &[
+            "exec",
+            "-i",
+            "postgres-0",
+            "--",
+            "psql",
+            "-U",
+            "postgres",
+            "-d",
+            "packagist_db",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-tA",
+        ],
+        Some(sql.as_bytes()),
+    )
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
+fn volume_of(sim: &Sim, claim: &str) -> (String, PathBuf) {
+    let pv = sim.kubectl(&["get", "pvc", claim, "-o", "jsonpath={.spec.volumeName}"]);
+    assert!(pv.starts_with("pvc-"), "PV name {pv:?}");
+    let path = sim.kubectl(&["get", "pv", &pv, "-o", "jsonpath={.spec.local.path}"]);
+    (pv, PathBuf::from(path))
+}
+
+#[test]
+fn kubectl_get_scale_exec_configmaps_and_pvc_protection() {
+    let sim = Sim::start(&[]);
+    sim.wait_all_ready("default");
+    sim.wait_all_ready("packagist-alt");
+
+    let listing = sim.kubectl(&["get", "pods,deploy,sts,pvc,pv"]);
+    for needle in [
+        "pod/postgres-0",
+        "pod/redis-0",
+        "deployment.apps/ui",
+        "deployment.apps/repo",
+        "deployment.apps/worker",
+        "statefulset.apps/postgres",
+        "statefulset.apps/redis",
+        "persistentvolumeclaim/postgres-data-postgres-0",
+        "persistentvolumeclaim/redis-data-redis-0",
+        "persistentvolume/pvc-",
+        "openebs-hostpath",
+    ] {
+        assert!(listing.contains(needle), "{needle} missing in:\n{listing}");
+    }
+    let alt = sim.kubectl(&["-n", "packagist-alt", "get", "deploy", "-o", "name"]);
+    assert_eq!(
+        alt.lines().collect::<Vec<_>>(),
+        [
+            "deployment.apps/repo",
+            "deployment.apps/ui",
+            "deployment.apps/worker"
+        ]
+    );
+
+    // The ui pod: two containers, both ready; each container has its own /tmp.
+    let ui = sim.pod_name("default", "ui");
+    assert!(ui.starts_with("ui-"), "{ui}");
+    assert_eq!(
+        sim.kubectl(&[
+            "get",
+            "pod",
+            &ui,
+            "-o",
+            "jsonpath={.spec.containers[*].name}"
+        ]),
+        "ui sidecar"
+    );
+    assert_eq!(
+        sim.kubectl(&[
+            "get",
+            "pod",
+            &ui,
+            "-o",
+            "jsonpath={.status.containerStatuses[*].ready}"
+        ]),
+        "true true"
+    );
+    sim.kubectl(&[
+        "exec",
+        &ui,
+        "-c",
+        "ui",
+        "--",
+        "sh",
+        "-c",
+        "echo hi > /tmp/only-in-ui",
+    ]);
+    let in_ui = sim.kubectl_output(
+        &[
+            "exec",
+            &ui,
+            "-c",
+            "ui",
+            "--",
+            "test",
+            "-e",
+            "/tmp/only-in-ui",
+        ],
+        None,
+    );
+    assert_eq!(in_ui.status.code(), Some(0));
+    let in_sidecar = sim.kubectl_output(
+        &[
+            "exec",
+            &ui,
+            "-c",
+            "sidecar",
+            "--",
+            "test",
+            "-e",
+            "/tmp/only-in-ui",
+        ],
+        None,
+    );
+    assert_eq!(
+        in_sidecar.status.code(),
+        Some(1),
+        "the sidecar must not see ui's /tmp"
+    );
+
+    // Volumes: OpenEBS-hostpath-like PVs.
+    let (redis_pv, redis_dir) = volume_of(&sim, "redis-data-redis-0");
+    assert_eq!(
+        redis_dir,
+        sim.openebs_base.canonicalize().unwrap().join(&redis_pv)
+    );
+    assert!(redis_dir.is_dir());
+    assert_eq!(
+        sim.kubectl(&[
+            "get",
+            "pv",
+            &redis_pv,
+            "-o",
+            "jsonpath={.spec.persistentVolumeReclaimPolicy}"
+        ]),
+        "Delete"
+    );
+
+    // Exec: output, stdin, exit codes.
+    assert_eq!(
+        sim.kubectl(&["exec", "redis-0", "--", "redis-cli", "-p", "9869", "dbsize"])
+            .trim(),
+        "0"
+    );
+    let select = psql(&sim, "select 1");
+    assert!(select.status.success(), "{}", stderr(&select));
+    assert_eq!(stdout(&select), "1");
+    let created = psql(
+        &sim,
+        "create table marker(x int); insert into marker values (42);",
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let failing = sim.kubectl_output(&["exec", "redis-0", "--", "sh", "-c", "exit 3"], None);
+    assert_eq!(failing.status.code(), Some(3), "{}", stderr(&failing));
+
+    // ConfigMaps (ferry records the completed migration in one).
+    // (`kubectl create configmap NAME` would send protobuf, which the simulator refuses with
+    // 415; manifests go as JSON.)
+    let manifest = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ferry-migration\ndata:\n  state: started\n";
+    let created = sim.kubectl_output(&["create", "-f", "-"], Some(manifest));
+    assert!(created.status.success(), "{}", stderr(&created));
+    let again = sim.kubectl_output(&["create", "-f", "-"], Some(manifest));
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("(AlreadyExists)"),
+        "{}",
+        stderr(&again)
+    );
+    sim.kubectl(&[
+        "patch",
+        "configmap",
+        "ferry-migration",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"state":"completed"}}"#,
+    ]);
+    assert_eq!(
+        sim.kubectl(&[
+            "get",
+            "configmap",
+            "ferry-migration",
+            "-o",
+            "jsonpath={.data.state}"
+        ]),
+        "completed"
+    );
+    sim.kubectl(&["delete", "configmap", "ferry-migration"]);
+    let missing = sim.kubectl_output(&["get", "configmap", "ferry-migration"], None);
+    assert!(
+        stderr(&missing).contains("(NotFound)"),
+        "{}",
+        stderr(&missing)
+    );
+
+    // Scale a deployment to 0 and back.
+    sim.kubectl(&["scale", "deploy/ui", "--replicas=0"]);
+    sim.kubectl(&[
+        "wait",
+        "--for=delete",
+        &format!("pod/{ui}"),
+        "--timeout=30s",
+    ]);
+    assert_eq!(
+        sim.kubectl(&["get", "pods", "-l", "app=ui", "-o", "name"]),
+        ""
+    );
+    sim.kubectl(&["scale", "deploy/ui", "--replicas=1"]);
+    sim.kubectl(&[
+        "wait",
+        "--for=condition=Available",
+        "deploy/ui",
+        "--timeout=30s",
+    ]);
+    assert_ne!(
+        sim.pod_name("default", "ui"),
+        ui,
+        "a new ui pod replaces the old one"
+    );
+
+    // PVC deletion while the pod runs stays pending (pvc-protection) ...
+    let (old_pv, old_dir) = volume_of(&sim, "postgres-data-postgres-0");
+    assert!(old_dir.join("PG_VERSION").is_file());
+    sim.kubectl(&["delete", "pvc", "postgres-data-postgres-0", "--wait=false"]);
+    let marker = psql(&sim, "select x from marker");
+    assert_eq!(
+        stdout(&marker),
+        "42",
+        "the pod keeps its volume: {}",
+        stderr(&marker)
+    );
+    let deleting = sim.kubectl(&[
+        "get",
+        "pvc",
+        "postgres-data-postgres-0",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp} {.metadata.finalizers}",
+    ]);
+    assert!(
+        deleting.contains("kubernetes.io/pvc-protection"),
+        "{deleting}"
+    );
+    assert!(
+        !deleting.starts_with(' '),
+        "deletionTimestamp must be set: {deleting:?}"
+    );
+    assert!(sim.kubectl(&["get", "pvc"]).contains("Terminating"));
+    assert!(old_dir.is_dir());
+
+    // ... and completes after scale to 0: claim, PV and directory gone.
+    sim.kubectl(&["scale", "sts/postgres", "--replicas=0"]);
+    sim.kubectl(&[
+        "wait",
+        "--for=delete",
+        "pvc/postgres-data-postgres-0",
+        "--timeout=60s",
+    ]);
+    sim.kubectl(&[
+        "wait",
+        "--for=delete",
+        &format!("pv/{old_pv}"),
+        "--timeout=30s",
+    ]);
+    assert!(
+        !old_dir.exists(),
+        "reclaimPolicy Delete removes {}",
+        old_dir.display()
+    );
+
+    // Scaling back up makes a new, empty volume and a fresh packagist_db.
+    sim.kubectl(&["scale", "sts/postgres", "--replicas=1"]);
+    sim.kubectl(&["wait", "--for=create", "pod/postgres-0", "--timeout=30s"]);
+    sim.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/postgres-0",
+        "--timeout=60s",
+    ]);
+    let (new_pv, new_dir) = volume_of(&sim, "postgres-data-postgres-0");
+    assert_ne!(new_pv, old_pv);
+    assert!(new_dir.is_dir());
+    let gone = psql(&sim, "select x from marker");
+    assert!(!gone.status.success(), "the new database must be empty");
+    assert!(
+        stderr(&gone).contains("does not exist"),
+        "{}",
+        stderr(&gone)
+    );
+    assert_eq!(
+        stdout(&psql(&sim, "select current_database()")),
+        "packagist_db"
+    );
+}
+
+fn redis(sim: &Sim, args: &[&str]) -> String {
+    let mut full = vec!["exec", "redis-0", "--", "redis-cli", "-p", "9869"];
+    full.extend_from_slice(args);
+    sim.kubectl(&full).trim().to_string()
+}
+
+fn restart_redis_with_dump(sim: &Sim, dir: &std::path::Path, dump: &[u8]) {
+    sim.kubectl(&["scale", "sts/redis", "--replicas=0"]);
+    sim.kubectl(&["wait", "--for=delete", "pod/redis-0", "--timeout=30s"]);
+    let aof_dir = dir.join("appendonlydir");
+    if aof_dir.exists() {
+        std::fs::remove_dir_all(&aof_dir).unwrap();
+    }
+    let _ = std::fs::remove_file(dir.join("appendonly.aof"));
+    std::fs::write(dir.join("dump.rdb"), dump).unwrap();
+    sim.kubectl(&["scale", "sts/redis", "--replicas=1"]);
+    sim.kubectl(&["wait", "--for=create", "pod/redis-0", "--timeout=30s"]);
+    sim.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/redis-0",
+        "--timeout=60s",
+    ]);
+}
+
+#[test]
+fn redis_appendonly_yes_ignores_a_lone_dump_rdb() {
+    let sim = Sim::start(&[]);
+    sim.wait_all_ready("default");
+    assert_eq!(
+        redis(&sim, &["config", "get", "appendonly"]),
+        "appendonly\nyes"
+    );
+
+    sim.kubectl(&[
+        "exec",
+        "redis-0",
+        "--",
+        "sh",
+        "-c",
+        "for i in $(seq 1 200); do echo \"SET key:$i value$i\"; done | redis-cli -p 9869 >/dev/null",
+    ]);
+    assert_eq!(redis(&sim, &["dbsize"]), "200");
+    assert_eq!(redis(&sim, &["save"]), "OK");
+    let (_, dir) = volume_of(&sim, "redis-data-redis-0");
+    let dump = std::fs::read(dir.join("dump.rdb")).unwrap();
+
+    // The trap: appendonly yes, only dump.rdb in the data dir → Redis starts empty.
+    restart_redis_with_dump(&sim, &dir, &dump);
+    assert_eq!(
+        redis(&sim, &["dbsize"]),
+        "0",
+        "appendonly yes must ignore a lone dump.rdb"
+    );
+    assert!(
+        dir.join("appendonlydir").is_dir(),
+        "Redis created a fresh AOF"
+    );
+
+    // With appendonly no (template changed by a JSON patch), the same dump loads.
+    sim.kubectl(&[
+        "patch",
+        "sts",
+        "redis",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"test","path":"/spec/template/spec/containers/0/env/1/name","value":"REDIS_APPENDONLY"},
+            {"op":"replace","path":"/spec/template/spec/containers/0/env/1/value","value":"no"}]"#,
+    ]);
+    restart_redis_with_dump(&sim, &dir, &dump);
+    assert_eq!(
+        redis(&sim, &["config", "get", "appendonly"]),
+        "appendonly\nno"
+    );
+    assert_eq!(redis(&sim, &["dbsize"]), "200");
+}
+
+#[test]
+fn exec_stdin_round_trips_50_mib_and_redis_appendonly_flag() {
+    let sim = Sim::start(&["--redis-appendonly", "no"]);
+    sim.wait_all_ready("default");
+    assert_eq!(
+        redis(&sim, &["config", "get", "appendonly"]),
+        "appendonly\nno"
+    );
+
+    // 50 MiB of pseudo-random bytes (xorshift), so nothing compresses or repeats.
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut data = Vec::with_capacity(50 << 20);
+    while data.len() < 50 << 20 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    let expected = hex::encode(Sha256::digest(&data));
+    let ui = sim.pod_name("default", "ui");
+
+    let echoed = sim.kubectl_output(&["exec", "-i", &ui, "-c", "ui", "--", "cat"], Some(&data));
+    assert!(echoed.status.success(), "{}", stderr(&echoed));
+    assert_eq!(echoed.stdout.len(), data.len());
+    assert_eq!(hex::encode(Sha256::digest(&echoed.stdout)), expected);
+
+    let hashed = sim.kubectl_output(&["exec", "-i", "redis-0", "--", "sha256sum"], Some(&data));
+    assert!(hashed.status.success(), "{}", stderr(&hashed));
+    assert_eq!(
+        stdout(&hashed).split_whitespace().next(),
+        Some(expected.as_str())
+    );
+}
