@@ -225,7 +225,10 @@ fn old_preflight_lists_every_failed_check_at_once() {
         "{msg}"
     );
     assert!(msg.contains("need 1.1 KiB (1100 bytes)"), "{msg}");
-    assert!(msg.contains("found 1.1 KiB (1099 bytes) available"), "{msg}");
+    assert!(
+        msg.contains("found 1.1 KiB (1099 bytes) available"),
+        "{msg}"
+    );
     assert!(
         msg.contains("storage 600 B + database 300 B + Redis 100 B"),
         "{msg}"
@@ -523,7 +526,10 @@ async fn old_facts_measure_record_and_feed_the_new_side() {
         err.contains("not enough free disk on filesystem /var"),
         "{err}"
     );
-    assert!(err.contains("found 8.6 MiB (9000000 bytes) available"), "{err}");
+    assert!(
+        err.contains("found 8.6 MiB (9000000 bytes) available"),
+        "{err}"
+    );
     assert!(
         new.commands()
             .iter()
@@ -618,7 +624,7 @@ fn transfer_decides_ok_chmod_send_resume_restart() {
     );
     assert_eq!(
         c[0].commands(),
-        vec!["ssh old cat /b/packagist_db.sql | ssh new tee /n/packagist_db.sql.part | sha256sum, then mv /n/packagist_db.sql.part /n/packagist_db.sql"]
+        vec!["ssh old cat /b/packagist_db.sql | ssh new 'tee /n/packagist_db.sql.part' | sha256sum, then mv /n/packagist_db.sql.part /n/packagist_db.sql"]
     );
     // A part whose prefix matches the source's: resume after it.
     let mut f = tfacts();
@@ -630,7 +636,13 @@ fn transfer_decides_ok_chmod_send_resume_restart() {
     assert!(c[0]
         .describe()
         .contains("resuming after 400 B already there (600 B to send)"));
-    assert!(c[0].commands()[0].contains("tail -c +401 /b/packagist_db.sql"));
+    assert!(
+        c[0].commands()[0].starts_with(
+            "ssh old tail -c +401 /b/packagist_db.sql | ssh new '{ cat /n/packagist_db.sql.part && tee -a /n/packagist_db.sql.part; }' | sha256sum"
+        ),
+        "{:?}",
+        c[0].commands()
+    );
     // A part that does not match: start over.
     f.source_prefix_sha256 = Some("q".into());
     let c = transfer::decide(&f, false).unwrap();

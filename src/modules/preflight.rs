@@ -598,7 +598,7 @@ impl Preflight {
         match target.cluster(ctx).await {
             Err(e) => f.cluster_error = Some(e.to_string()),
             Ok(cluster) => match cluster.ping().await {
-                Err(e @ K8sError::NotFound { .. }) => f.namespace_error = Some(e.to_string()),
+                Err(K8sError::NotFound { .. }) => f.namespace_error = Some("not found".into()),
                 Err(e) => f.cluster_error = Some(e.to_string()),
                 Ok(()) => {
                     let names = |v: &Option<Vec<String>>, d: &[&str]| -> Vec<String> {

@@ -485,12 +485,17 @@ pub fn decide(f: &TransferFacts, check: bool) -> Result<Vec<TransferChange>, Mod
         size: a.size,
         offset,
         discard_part: f.part_size.is_some_and(|n| n > 0) && !resumable,
+        // For reading only (never run), so plain formatting is fine here.
         hint: format!(
-            "ssh {} {} | ssh {} {} | sha256sum, then mv {} {}",
+            "ssh {} {} | ssh {} '{}' | sha256sum, then mv {} {}",
             a.host,
             source.display(),
             f.host,
-            receive.display(),
+            if offset > 0 {
+                format!("{{ {}; }}", receive.display())
+            } else {
+                receive.display()
+            },
             f.part(),
             f.dest
         ),
