@@ -29,6 +29,7 @@ pub mod k8s_scale;
 pub mod migration_marker;
 pub mod pg_dump;
 pub mod pg_restore_k8s;
+pub mod preflight;
 pub mod redis_backup;
 pub mod redis_flushdb;
 pub mod redis_layout;
@@ -36,6 +37,7 @@ pub mod redis_restore_openebs;
 pub mod shared;
 pub mod storage_export;
 pub mod storage_import;
+pub mod transfer;
 
 /// Why a module step failed.
 #[derive(Debug, thiserror::Error)]
@@ -440,4 +442,6 @@ modules! {
     storage_import => storage_import::StorageImport,
     redis_flushdb => redis_flushdb::RedisFlushdb,
     migration_marker => migration_marker::MigrationMarker,
+    preflight => preflight::Preflight,
+    transfer => transfer::Transfer,
 }

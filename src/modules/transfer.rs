@@ -1,0 +1,503 @@
+//! `transfer`: move an artifact (found by name in the journal) from the host holding it
+//! to a path on this task's host, streaming through the controller.
+//!
+//! ```toml
+//! [[task]]
+//! name = "Send the database dump"
+//! hosts = "new"
+//! after = ["Dump the database"]
+//! [task.transfer]
+//! artifact = "packagist_db"
+//! dest = "{{ backup_dir_new }}/packagist_db.sql"
+//! # mode = "0600"                 # the default
+//! # record_as = "packagist_db_new" # record the delivered copy as an artifact
+//! ```
+//!
+//! - One pass over the bytes: the source host `cat`s the file, the controller hashes
+//!   what passes (and, with var `backup_dir`, keeps a copy on the laptop), and the far end
+//!   writes `DEST.part` while computing the sha256 of the whole file in the same pass.
+//! - Checked at the far end: `DEST.part` becomes `DEST` (mode 0600 unless `mode` says
+//!   otherwise) only when its sha256 equals the artifact's recorded one.
+//! - Resumable: an interrupted transfer leaves `DEST.part`. If its N bytes hash like the
+//!   source's first N bytes, only the rest is sent; otherwise it starts over.
+//! - Ok when `DEST` already has the artifact's size and sha256 (and the mode).
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use tokio::io::AsyncReadExt;
+
+use crate::command::Cmd;
+use crate::journal::Artifact;
+use crate::modules::shared::{find_artifact, remote_file_sha256, stream_artifact};
+use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::playbook::template::Template;
+
+const DEFAULT_MODE: u32 = 0o600;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transfer {
+    /// Name of the artifact, as recorded by the task that produced it.
+    pub artifact: String,
+    /// Path on this task's host.
+    pub dest: Template,
+    /// Octal file mode of `dest`, e.g. "0600" (the default).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Record the delivered copy in the journal under this artifact name.
+    #[serde(default)]
+    pub record_as: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TransferFacts {
+    pub host: String,
+    pub artifact_name: String,
+    /// `None`: not produced yet (fine in check mode only).
+    pub artifact: Option<Artifact>,
+    pub dest: String,
+    pub mode: u32,
+    /// Size and sha256 of `dest`, if it exists.
+    pub dest_file: Option<(u64, String)>,
+    pub dest_mode: Option<u32>,
+    /// Size of `dest.part`, if it exists.
+    pub part_size: Option<u64>,
+    /// sha256 of `dest.part` and of the source's first `part_size` bytes, when a resume
+    /// is possible (the part is not longer than the artifact).
+    pub part_sha256: Option<String>,
+    pub source_prefix_sha256: Option<String>,
+}
+
+impl TransferFacts {
+    pub fn part(&self) -> String {
+        part_path(&self.dest)
+    }
+}
+
+pub fn part_path(dest: &str) -> String {
+    format!("{dest}.part")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum TransferChange {
+    /// Stream the artifact from byte `offset` (0: from the start, replacing any part).
+    Send {
+        artifact: String,
+        from_host: String,
+        source: String,
+        dest: String,
+        size: u64,
+        offset: u64,
+        /// A `.part` was there but could not be resumed from.
+        discard_part: bool,
+        hint: String,
+    },
+    /// Check mode, before the artifact exists: it will be sent once produced.
+    SendWhenProduced {
+        artifact: String,
+        dest: String,
+    },
+    Chmod {
+        dest: String,
+        cmd: Cmd,
+    },
+}
+
+impl Change for TransferChange {
+    fn describe(&self) -> String {
+        match self {
+            TransferChange::Send {
+                artifact,
+                from_host,
+                source,
+                dest,
+                size,
+                offset,
+                discard_part,
+                ..
+            } => {
+                let how = if *offset > 0 {
+                    format!(
+                        ", resuming after {} already there ({} to send)",
+                        crate::modules::preflight::human(*offset),
+                        crate::modules::preflight::human(size - offset)
+                    )
+                } else if *discard_part {
+                    " (the partial copy there does not match the source: starting over)".into()
+                } else {
+                    String::new()
+                };
+                format!(
+                    "send {artifact} ({}) from {from_host}:{source} to {dest}{how}",
+                    crate::modules::preflight::human(*size)
+                )
+            }
+            TransferChange::SendWhenProduced { artifact, dest } => {
+                format!("send {artifact} to {dest} (once an earlier task has produced it)")
+            }
+            TransferChange::Chmod { dest, cmd } => {
+                format!("set the mode of {dest}: {}", cmd.display())
+            }
+        }
+    }
+
+    fn commands(&self) -> Vec<String> {
+        match self {
+            TransferChange::Send { hint, .. } => vec![hint.clone()],
+            TransferChange::SendWhenProduced { .. } => Vec::new(),
+            TransferChange::Chmod { cmd, .. } => vec![cmd.display()],
+        }
+    }
+}
+
+/// Parse an octal mode such as "0600" or "640".
+pub fn parse_mode(text: &str) -> Result<u32, ModuleError> {
+    let t = text.trim();
+    if (3..=4).contains(&t.len()) && t.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        if let Ok(m) = u32::from_str_radix(t, 8) {
+            return Ok(m);
+        }
+    }
+    Err(ModuleError::Failed(format!(
+        "mode {text:?} is not an octal file mode such as \"0600\""
+    )))
+}
+
+/// Receives the bytes on stdin into `$part` (appending after its existing prefix when
+/// `$resume` is 1), hashing the whole file in the same pass; prints the sha256; renames
+/// `$part` to `$dest` with `$mode` only if the hash is `$expected`. A short file (the
+/// sender stopped: killed, connection lost) is kept for the next run to resume; a
+/// complete but wrong one is removed. Values arrive as positional arguments: the script
+/// text is fixed.
+pub const RECEIVE_SCRIPT: &str = r#"set -o pipefail
+part=$1 dest=$2 expected=$3 size=$4 mode=$5 resume=$6
+umask 077
+mkdir -p -- "$(dirname -- "$dest")" || exit 1
+if [ "$resume" = 1 ]; then
+  got=$({ cat -- "$part" && tee -a -- "$part"; } | sha256sum) || exit 1
+else
+  got=$(tee -- "$part" | sha256sum) || exit 1
+fi
+got=${got%% *}
+printf '%s\n' "$got"
+have=$(stat -c %s -- "$part") || exit 1
+if [ "$have" -lt "$size" ]; then
+  echo "incomplete: $have of $size bytes arrived; kept $part to resume from" >&2
+  exit 4
+fi
+if [ "$got" != "$expected" ]; then
+  rm -f -- "$part"
+  echo "the received file's sha256 is $got, expected $expected; removed $part" >&2
+  exit 3
+fi
+chmod -- "$mode" "$part" && mv -f -- "$part" "$dest""#;
+
+/// The far end of a transfer: [`RECEIVE_SCRIPT`] with its arguments.
+pub fn receive_cmd(dest: &str, artifact: &Artifact, mode: u32, resume: bool) -> Cmd {
+    Cmd::new("bash")
+        .arg("-c")
+        .arg(RECEIVE_SCRIPT)
+        .arg("ferry-receive")
+        .arg(part_path(dest))
+        .arg(dest)
+        .arg(artifact.sha256.as_str())
+        .arg(artifact.size.to_string())
+        .arg(format!("{mode:04o}"))
+        .arg(if resume { "1" } else { "0" })
+}
+
+/// Prints `dest`'s octal mode and `part`'s size, `-` for a missing file.
+const STAT_SCRIPT: &str = r#"stat -c %a -- "$1" 2>/dev/null || echo -
+stat -c %s -- "$2" 2>/dev/null || echo -"#;
+
+async fn sha256_of_part(ctx: &TaskCtx, part: &str) -> Result<Option<String>, ModuleError> {
+    let out = ctx.exec(&Cmd::new("sha256sum").arg(part)).await?;
+    Ok(out
+        .success()
+        .then(|| {
+            out.stdout_str()
+                .split_whitespace()
+                .next()
+                .map(str::to_string)
+        })
+        .flatten())
+}
+
+async fn source_prefix_sha256(
+    ctx: &TaskCtx,
+    artifact: &Artifact,
+    len: u64,
+) -> Result<Option<String>, ModuleError> {
+    let source = ctx.peer(&artifact.host).await?;
+    let cmd = Cmd::new("head")
+        .arg("-c")
+        .arg(len.to_string())
+        .arg(artifact.path.as_str())
+        .pipe(Cmd::new("sha256sum"));
+    let out = source.exec(&cmd, None).await?;
+    Ok(out
+        .success()
+        .then(|| {
+            out.stdout_str()
+                .split_whitespace()
+                .next()
+                .map(str::to_string)
+        })
+        .flatten())
+}
+
+#[async_trait]
+impl Module for Transfer {
+    type Facts = TransferFacts;
+    type Change = TransferChange;
+
+    async fn facts(&self, ctx: &TaskCtx) -> Result<TransferFacts, ModuleError> {
+        let mode = match &self.mode {
+            Some(m) => parse_mode(m)?,
+            None => DEFAULT_MODE,
+        };
+        let dest = ctx.render(&self.dest)?;
+        let artifact = find_artifact(ctx, &self.artifact).ok();
+        let part = part_path(&dest);
+        let dest_file = remote_file_sha256(&*ctx.transport, &dest).await?;
+        let stat = ctx
+            .exec_ok(
+                &Cmd::new("sh")
+                    .arg("-c")
+                    .arg(STAT_SCRIPT)
+                    .arg("ferry-stat")
+                    .arg(dest.as_str())
+                    .arg(part.as_str()),
+            )
+            .await?
+            .stdout_str();
+        let mut lines = stat.lines();
+        let dest_mode = lines
+            .next()
+            .and_then(|m| u32::from_str_radix(m.trim(), 8).ok());
+        let part_size = lines.next().and_then(|s| s.trim().parse::<u64>().ok());
+        let mut f = TransferFacts {
+            host: ctx.host.clone(),
+            artifact_name: self.artifact.clone(),
+            artifact,
+            dest,
+            mode,
+            dest_file,
+            dest_mode,
+            part_size,
+            part_sha256: None,
+            source_prefix_sha256: None,
+        };
+        // Only worth hashing when a resume is possible and needed.
+        let done = f
+            .artifact
+            .as_ref()
+            .is_some_and(|a| f.dest_file == Some((a.size, a.sha256.clone())));
+        if let (Some(a), Some(n), false) = (&f.artifact, f.part_size, done) {
+            if n > 0 && n <= a.size {
+                let (part_sha, src_sha) =
+                    tokio::join!(sha256_of_part(ctx, &part), source_prefix_sha256(ctx, a, n));
+                f.part_sha256 = part_sha?;
+                f.source_prefix_sha256 = src_sha?;
+            }
+        }
+        Ok(f)
+    }
+
+    fn decide(&self, f: &TransferFacts, ctx: &TaskCtx) -> Result<Vec<TransferChange>, ModuleError> {
+        decide(f, ctx.check)
+    }
+
+    async fn apply(
+        &self,
+        ctx: &TaskCtx,
+        f: &TransferFacts,
+        changes: &[TransferChange],
+    ) -> Result<Applied, ModuleError> {
+        for c in changes {
+            match c {
+                TransferChange::Chmod { cmd, .. } => {
+                    ctx.exec_ok(cmd).await?;
+                }
+                TransferChange::SendWhenProduced { .. } => {
+                    // Only planned in check mode, where apply never runs.
+                    return Err(ModuleError::Internal(
+                        "transfer planned without its artifact".into(),
+                    ));
+                }
+                TransferChange::Send { offset, .. } => {
+                    let artifact = f.artifact.as_ref().ok_or_else(|| {
+                        ModuleError::Internal("transfer planned without its artifact".into())
+                    })?;
+                    send(ctx, artifact, &f.dest, f.mode, *offset).await?;
+                }
+            }
+        }
+        if let (Some(name), Some(a)) = (&self.record_as, &f.artifact) {
+            ctx.record_artifact(Artifact {
+                name: name.clone(),
+                host: ctx.host.clone(),
+                path: f.dest.clone(),
+                sha256: a.sha256.clone(),
+                size: a.size,
+            })?;
+        }
+        Ok(Applied::changed())
+    }
+}
+
+/// Stream `artifact` from byte `offset` into `dest` on this task's host and check it
+/// there. On any failure, what arrived stays in `dest.part` for a resume.
+pub async fn send(
+    ctx: &TaskCtx,
+    artifact: &Artifact,
+    dest: &str,
+    mode: u32,
+    offset: u64,
+) -> Result<(), ModuleError> {
+    let receive = receive_cmd(dest, artifact, mode, offset > 0);
+    let mut far = ctx.transport.exec_stream(&receive).await?;
+    let sent = stream_artifact(ctx, artifact, offset, sha2::Sha256::new(), &mut far.stdin).await;
+    // EOF to the far end in every case (on success the pump already shut it down), then
+    // its verdict.
+    drop(far.stdin);
+    let mut printed = Vec::new();
+    let read = far.stdout.read_to_end(&mut printed).await;
+    let exit = far.exit.await?;
+    let far_err = || {
+        ctx.secrets
+            .mask(String::from_utf8_lossy(&exit.stderr).trim())
+    };
+    let pumped = match sent {
+        Ok(p) => p,
+        Err(e) if exit.status != Some(0) && !exit.stderr.is_empty() => {
+            return Err(ModuleError::Failed(format!(
+                "{e}; on {}: {}",
+                ctx.host,
+                far_err()
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    if offset == 0 && pumped.sha256 != artifact.sha256 {
+        return Err(ModuleError::Failed(format!(
+            "artifact {} on {} changed since it was made (read sha256 {}, recorded {}); \
+             re-run the backup tasks",
+            artifact.path, artifact.host, pumped.sha256, artifact.sha256
+        )));
+    }
+    if offset + pumped.bytes != artifact.size {
+        return Err(ModuleError::Failed(format!(
+            "artifact {} on {} has {} bytes, recorded {}; re-run the backup tasks",
+            artifact.path,
+            artifact.host,
+            offset + pumped.bytes,
+            artifact.size
+        )));
+    }
+    if exit.status != Some(0) {
+        return Err(ModuleError::Failed(format!(
+            "receiving {} into {dest} on {} failed ({}): {}",
+            artifact.name,
+            ctx.host,
+            match exit.status {
+                Some(c) => format!("exit {c}"),
+                None => "killed by a signal".into(),
+            },
+            far_err()
+        )));
+    }
+    read.map_err(|e| ModuleError::Failed(format!("reading the far end's answer: {e}")))?;
+    let far_sha = String::from_utf8_lossy(&printed).trim().to_string();
+    if far_sha != artifact.sha256 {
+        return Err(ModuleError::Failed(format!(
+            "{dest} on {} has sha256 {far_sha:?}, expected {}",
+            ctx.host, artifact.sha256
+        )));
+    }
+    tracing::info!(
+        host = %ctx.host,
+        "received {} ({} bytes, {} sent) as {dest}, sha256 {}",
+        artifact.name,
+        artifact.size,
+        pumped.bytes,
+        artifact.sha256
+    );
+    Ok(())
+}
+
+/// Pure: what to do to have the artifact at `dest` with its recorded content and mode.
+pub fn decide(f: &TransferFacts, check: bool) -> Result<Vec<TransferChange>, ModuleError> {
+    let Some(a) = &f.artifact else {
+        if check {
+            return Ok(vec![TransferChange::SendWhenProduced {
+                artifact: f.artifact_name.clone(),
+                dest: f.dest.clone(),
+            }]);
+        }
+        return Err(ModuleError::Failed(format!(
+            "artifact `{}` has not been produced yet: the task that makes it (on the old \
+             host) must run first",
+            f.artifact_name
+        )));
+    };
+    if f.dest_file.as_ref() == Some(&(a.size, a.sha256.clone())) {
+        if f.dest_mode == Some(f.mode) {
+            return Ok(Vec::new());
+        }
+        return Ok(vec![TransferChange::Chmod {
+            dest: f.dest.clone(),
+            cmd: Cmd::new("chmod")
+                .arg(format!("{:04o}", f.mode))
+                .arg(f.dest.as_str()),
+        }]);
+    }
+    let resumable = matches!(
+        (f.part_size, &f.part_sha256, &f.source_prefix_sha256),
+        (Some(n), Some(p), Some(s)) if n > 0 && n <= a.size && p == s
+    );
+    let offset = if resumable {
+        f.part_size.unwrap_or(0)
+    } else {
+        0
+    };
+    let receive = if offset > 0 {
+        Cmd::new("cat")
+            .arg(f.part())
+            .and(Cmd::new("tee").arg("-a").arg(f.part()))
+    } else {
+        Cmd::new("tee").arg(f.part())
+    };
+    let source = if offset > 0 {
+        Cmd::new("tail")
+            .arg("-c")
+            .arg(format!("+{}", offset + 1))
+            .arg(a.path.as_str())
+    } else {
+        Cmd::new("cat").arg(a.path.as_str())
+    };
+    Ok(vec![TransferChange::Send {
+        artifact: a.name.clone(),
+        from_host: a.host.clone(),
+        source: a.path.clone(),
+        dest: f.dest.clone(),
+        size: a.size,
+        offset,
+        discard_part: f.part_size.is_some_and(|n| n > 0) && !resumable,
+        // For reading only (never run), so plain formatting is fine here.
+        hint: format!(
+            "ssh {} {} | ssh {} '{}' | sha256sum, then mv {} {}",
+            a.host,
+            source.display(),
+            f.host,
+            if offset > 0 {
+                format!("{{ {}; }}", receive.display())
+            } else {
+                receive.display()
+            },
+            f.part(),
+            f.dest
+        ),
+    }])
+}

@@ -1,0 +1,1027 @@
+//! `preflight` and `transfer`: fixture tests of `decide` (facts in → changes out), facts
+//! gathering against scripted hosts, and `transfer`'s apply against hosts whose commands
+//! really run (locally, through `sh -c`, in a temp dir): the real receive script, real
+//! `cat`/`tail`/`sha256sum`, with the bytes each side received captured.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ferry::journal::{Artifact, Journal};
+use ferry::k8s::WorkloadKind;
+use ferry::modules::preflight::{
+    self, DataSizes, DiskFree, Measured, NewFacts, OldFacts, Preflight, PreflightFacts,
+    WorkloadCheck, OLD_SIZES_KEY,
+};
+use ferry::modules::shared::ContainerState;
+use ferry::modules::transfer::{self, Transfer, TransferChange, TransferFacts};
+use ferry::modules::{Change, DynModule, HostCache, NeverConfirm, Peers, TaskCtx};
+use ferry::playbook::template::{Renderer, Template, Vars};
+use ferry::report::EventSink;
+use ferry::secrets::Secrets;
+use ferry::transport::fake::{output, FakeTransport};
+use ferry::transport::{ExecOutput, Transport, TransportError};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+// ---------------------------------------------------------------------------------------
+// Test plumbing
+
+struct MapPeers(BTreeMap<String, Arc<FakeTransport>>);
+
+#[async_trait]
+impl Peers for MapPeers {
+    async fn transport(&self, host: &str) -> Result<Arc<dyn Transport>, TransportError> {
+        self.0
+            .get(host)
+            .map(|t| t.clone() as Arc<dyn Transport>)
+            .ok_or_else(|| TransportError::Config(format!("no host {host}")))
+    }
+}
+
+/// A context for `task` on `host`, peers `peers`, sharing `journal`.
+fn ctx(
+    host: &Arc<FakeTransport>,
+    task: &str,
+    peers: &[&Arc<FakeTransport>],
+    journal: &Arc<Journal>,
+    vars: Value,
+    check: bool,
+) -> TaskCtx {
+    let secrets = Secrets::new();
+    journal.task_started(host.host(), task).unwrap();
+    TaskCtx {
+        host: host.host().to_string(),
+        task: task.into(),
+        check,
+        yes: true,
+        transport: host.clone(),
+        peers: Arc::new(MapPeers(
+            peers
+                .iter()
+                .map(|t| (t.host().to_string(), (*t).clone()))
+                .collect(),
+        )),
+        journal: journal.clone(),
+        secrets: secrets.clone(),
+        events: EventSink::none(),
+        vars: Arc::new(Vars::new(
+            vars.as_object().cloned().unwrap_or_default(),
+            &secrets,
+        )),
+        renderer: Arc::new(Renderer::new(None)),
+        confirmer: Arc::new(NeverConfirm),
+        overwrite: Vec::new(),
+        cache: Arc::new(HostCache::default()),
+    }
+}
+
+fn journal(dir: &tempfile::TempDir) -> Arc<Journal> {
+    Arc::new(Journal::open(&dir.path().join("j.json"), "t", Secrets::new(), true).unwrap())
+}
+
+/// Run a shell line on this machine with `stdin`, as a host's `sh -c` would.
+fn run_local(shell: &str, stdin: Option<&[u8]>) -> ExecOutput {
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(shell)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sh runs");
+    let input = stdin.map(<[u8]>::to_vec).unwrap_or_default();
+    let mut child_stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        // The command may not read all of it (e.g. `cat FILE`): a broken pipe is fine.
+        let _ = child_stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().expect("sh finishes");
+    writer.join().unwrap();
+    ExecOutput {
+        status: out.status.code().map(|c| c as u32),
+        stdout: out.stdout,
+        stderr: out.stderr,
+    }
+}
+
+/// A host whose every command really runs here.
+fn local_host(name: &str) -> Arc<FakeTransport> {
+    let t = FakeTransport::new(name);
+    t.on_fn("", run_local);
+    // The far end of a transfer consumes its stdin: answer once it is closed.
+    t.on_stream("ferry-receive", |shell, stdin| {
+        run_local(shell, Some(stdin))
+    });
+    t
+}
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+// ---------------------------------------------------------------------------------------
+// preflight, old host: fixtures
+
+fn container(name: &str, image: &str, label: Option<&str>) -> ContainerState {
+    ContainerState {
+        name: name.into(),
+        running: true,
+        image: image.into(),
+        labels: label
+            .map(|l| BTreeMap::from([("com.packagist.version".to_string(), l.to_string())]))
+            .unwrap_or_default(),
+    }
+}
+
+const SIX: [&str; 6] = [
+    "packagist-ui",
+    "packagist-repo",
+    "packagist-web",
+    "packagist-worker",
+    "packagist-postgres",
+    "packagist-redis",
+];
+
+fn old_facts() -> OldFacts {
+    let mut containers: BTreeMap<String, ContainerState> = SIX
+        .iter()
+        .map(|n| (n.to_string(), container(n, "busybox", None)))
+        .collect();
+    containers.insert(
+        "packagist-ui".into(),
+        container("packagist-ui", "packagist/ui:1.12.10", Some("1.12.10")),
+    );
+    OldFacts {
+        host: "old".into(),
+        min_version: "1.12.10".into(),
+        ui_container: "packagist-ui".into(),
+        containers,
+        required: SIX.iter().map(|s| s.to_string()).collect(),
+        version_override: None,
+        postgres_container: "packagist-postgres".into(),
+        redis_container: "packagist-redis".into(),
+        data_dir: "/data/packagist".into(),
+        backup_dir: Some("/backup".into()),
+        storage: Measured::Bytes(600),
+        database: Measured::Bytes(300),
+        redis: Measured::Bytes(100),
+        disk: Ok(DiskFree {
+            path: "/backup".into(),
+            existing: "/".into(),
+            mount: "/".into(),
+            available: 1100,
+        }),
+        already_backed_up: 0,
+        safety_factor: 1.1,
+    }
+}
+
+fn failures(f: PreflightFacts) -> String {
+    match preflight::decide(&f) {
+        Ok(c) => {
+            assert!(c.is_empty());
+            String::new()
+        }
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn old_preflight_passes_when_everything_is_there() {
+    // 1000 bytes of data × 1.1 = 1100 needed, exactly 1100 available.
+    assert_eq!(failures(PreflightFacts::Old(old_facts())), "");
+}
+
+#[test]
+fn old_preflight_lists_every_failed_check_at_once() {
+    let mut f = old_facts();
+    f.containers.insert(
+        "packagist-ui".into(),
+        container("packagist-ui", "packagist/ui:1.12.9", None),
+    );
+    f.containers.remove("packagist-web");
+    f.containers.remove("packagist-worker");
+    if let Ok(d) = &mut f.disk {
+        d.available = 1099;
+    }
+    let msg = failures(PreflightFacts::Old(f));
+    assert!(
+        msg.starts_with("preflight failed on old: 3 check(s) failed"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("1. old: Private Packagist must be version 1.12.10 or newer"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("found 1.12.9 (from image packagist/ui:1.12.9)"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("not found: packagist-web, packagist-worker"),
+        "{msg}"
+    );
+    assert!(msg.contains("need 1.1 KiB (1100 bytes)"), "{msg}");
+    assert!(
+        msg.contains("found 1.1 KiB (1099 bytes) available"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("storage 600 B + database 300 B + Redis 100 B"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn old_preflight_version_sources_label_and_override() {
+    // Untagged image: the label decides.
+    let mut f = old_facts();
+    f.containers.insert(
+        "packagist-ui".into(),
+        container("packagist-ui", "packagist/ui:latest", Some("1.13.2")),
+    );
+    assert_eq!(
+        preflight::detected_version(&f).unwrap().0.to_string(),
+        "1.13.2"
+    );
+    assert_eq!(failures(PreflightFacts::Old(f.clone())), "");
+    // The var wins over both.
+    f.version_override = Some("1.11.0".into());
+    let msg = failures(PreflightFacts::Old(f.clone()));
+    assert!(
+        msg.contains("found 1.11.0 (from var packagist_version)"),
+        "{msg}"
+    );
+    // Neither: the operator is told to set the var.
+    f.version_override = None;
+    f.containers.insert(
+        "packagist-ui".into(),
+        container("packagist-ui", "packagist/ui:latest", None),
+    );
+    let msg = failures(PreflightFacts::Old(f));
+    assert!(msg.contains("Set var packagist_version"), "{msg}");
+    // A missing ui container is one failure (missing containers), not two.
+    let mut f = old_facts();
+    f.containers.remove("packagist-ui");
+    let msg = failures(PreflightFacts::Old(f));
+    assert!(msg.contains("1 check(s) failed"), "{msg}");
+    assert!(msg.contains("not found: packagist-ui"), "{msg}");
+}
+
+#[test]
+fn old_preflight_sizes_unknown_recorded_and_already_backed_up() {
+    let mut f = old_facts();
+    f.database = Measured::Unknown("packagist-postgres is not running".into());
+    let msg = failures(PreflightFacts::Old(f.clone()));
+    assert!(msg.contains("cannot measure the database size"), "{msg}");
+    assert!(msg.contains("start packagist-postgres"), "{msg}");
+    // A re-run after the backup stopped it: the recorded figure stands in.
+    f.database = Measured::Recorded(300);
+    assert_eq!(failures(PreflightFacts::Old(f.clone())), "");
+    // Less room, but part of the backup is already there.
+    if let Ok(d) = &mut f.disk {
+        d.available = 700;
+    }
+    assert!(!failures(PreflightFacts::Old(f.clone())).is_empty());
+    f.already_backed_up = 400;
+    assert_eq!(failures(PreflightFacts::Old(f.clone())), "");
+    // No backup dir at all.
+    f.backup_dir = None;
+    let msg = failures(PreflightFacts::Old(f));
+    assert!(msg.contains("set var backup_dir_old"), "{msg}");
+}
+
+// ---------------------------------------------------------------------------------------
+// preflight, new host: fixtures
+
+fn disk(path: &str, mount: &str, available: u64) -> DiskFree {
+    DiskFree {
+        path: path.into(),
+        existing: path.into(),
+        mount: mount.into(),
+        available,
+    }
+}
+
+fn new_facts() -> NewFacts {
+    let w = |kind, name: &str| WorkloadCheck {
+        kind,
+        name: name.into(),
+        problem: None,
+    };
+    NewFacts {
+        host: "new".into(),
+        namespace: "packagist".into(),
+        cluster_error: None,
+        namespace_error: None,
+        workloads: vec![
+            w(WorkloadKind::Deployment, "ui"),
+            w(WorkloadKind::Deployment, "repo"),
+            w(WorkloadKind::Deployment, "worker"),
+            w(WorkloadKind::StatefulSet, "postgres"),
+            w(WorkloadKind::StatefulSet, "redis"),
+        ],
+        ui_deployment: "ui".into(),
+        ui_app_container: "ui".into(),
+        ui_containers: Some(vec!["ui".into(), "nginx".into()]),
+        completed: false,
+        openebs: Ok(disk("/var/openebs/local", "/var", 2000)),
+        staging: None,
+        already_staged: 0,
+        old_sizes: Some((
+            "old".into(),
+            DataSizes {
+                storage: 600,
+                database: 300,
+                redis: 100,
+            },
+        )),
+        safety_factor: 1.1,
+    }
+}
+
+#[test]
+fn new_preflight_passes_and_checks_workloads_and_ui_container() {
+    assert_eq!(failures(PreflightFacts::New(new_facts())), "");
+    let mut f = new_facts();
+    f.workloads[2].problem = Some("not found".into());
+    f.workloads[4].problem = Some("not found".into());
+    f.ui_containers = Some(vec!["app".into(), "nginx".into()]);
+    let msg = failures(PreflightFacts::New(f));
+    assert!(msg.contains("2 check(s) failed"), "{msg}");
+    assert!(
+        msg.contains("missing: deployment/worker (not found), statefulset/redis (not found)"),
+        "{msg}"
+    );
+    assert!(msg.contains("in namespace packagist"), "{msg}");
+    assert!(
+        msg.contains("expected a container named ui in deployment/ui; found: app, nginx"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn new_preflight_api_and_namespace_failures_replace_the_workload_checks() {
+    let mut f = new_facts();
+    f.cluster_error = Some("could not read the kubeconfig".into());
+    f.workloads.clear();
+    f.ui_containers = None;
+    let msg = failures(PreflightFacts::New(f));
+    assert!(msg.contains("1 check(s) failed"), "{msg}");
+    assert!(msg.contains("the Kubernetes API is not usable"), "{msg}");
+    let mut f = new_facts();
+    f.namespace_error = Some("namespace packagist not found".into());
+    let msg = failures(PreflightFacts::New(f));
+    assert!(
+        msg.contains("expected namespace packagist to exist"),
+        "{msg}"
+    );
+    assert!(msg.contains("Set var namespace"), "{msg}");
+}
+
+#[test]
+fn new_preflight_disk_against_old_sizes_summed_per_filesystem() {
+    // Volumes and staging on the same filesystem: 1100 + 1100 > 2000.
+    let mut f = new_facts();
+    f.staging = Some(Ok(disk("/root/ferry", "/var", 2000)));
+    let msg = failures(PreflightFacts::New(f.clone()));
+    assert!(
+        msg.contains("not enough free disk on filesystem /var"),
+        "{msg}"
+    );
+    assert!(msg.contains("need 2.1 KiB (2200 bytes)"), "{msg}");
+    assert!(msg.contains("the old side's data on old"), "{msg}");
+    // Staged already (a re-run): only the volumes' share is needed.
+    f.already_staged = 1000;
+    assert_eq!(failures(PreflightFacts::New(f.clone())), "");
+    // On separate filesystems each one only needs its own share.
+    f.already_staged = 0;
+    f.staging = Some(Ok(disk("/root/ferry", "/", 1100)));
+    assert_eq!(failures(PreflightFacts::New(f.clone())), "");
+    // Unknown old sizes: nothing to compare with, no failure.
+    f.old_sizes = None;
+    f.openebs = Ok(disk("/var/openebs/local", "/var", 1));
+    assert_eq!(failures(PreflightFacts::New(f.clone())), "");
+    // Completed migration: the data is there already.
+    let mut f = new_facts();
+    f.openebs = Ok(disk("/var/openebs/local", "/var", 1));
+    assert!(!failures(PreflightFacts::New(f.clone())).is_empty());
+    f.completed = true;
+    assert_eq!(failures(PreflightFacts::New(f)), "");
+}
+
+// ---------------------------------------------------------------------------------------
+// preflight: facts from scripted hosts
+
+const INSPECT: &str = r#"[
+ {"Name":"/packagist-ui","State":{"Running":true},"Config":{"Image":"packagist/ui:1.12.10","Labels":{"com.packagist.version":"1.12.10"}}},
+ {"Name":"/packagist-repo","State":{"Running":true},"Config":{"Image":"busybox","Labels":{}}},
+ {"Name":"/packagist-web","State":{"Running":true},"Config":{"Image":"busybox","Labels":{}}},
+ {"Name":"/packagist-worker","State":{"Running":true},"Config":{"Image":"busybox","Labels":{}}},
+ {"Name":"/packagist-postgres","State":{"Running":true},"Config":{"Image":"pg","Labels":{}}},
+ {"Name":"/packagist-redis","State":{"Running":true},"Config":{"Image":"redis","Labels":{}}}]"#;
+
+const DF_OUT: &str = "/srv\nFilesystem 1-blocks Used Available Capacity Mounted on\n\
+                      /dev/vda1 100000000 1000 50000000 1% /\n";
+
+fn preflight_args(toml_text: &str) -> Preflight {
+    toml::from_str(toml_text).unwrap()
+}
+
+#[tokio::test]
+async fn old_facts_measure_record_and_feed_the_new_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = journal(&dir);
+    let old = FakeTransport::new("old");
+    old.on("docker inspect", output(0, INSPECT));
+    old.on(
+        "du -sb /data/packagist",
+        output(0, "3000000\t/data/packagist\n"),
+    );
+    old.on("pg_database_size", output(0, "8000000\n"));
+    old.on("stat -c %s /data/dump.rdb", output(0, "50000\n"));
+    old.on("ferry-df", output(0, DF_OUT));
+    let args = preflight_args("role = \"old\"");
+    let c = ctx(
+        &old,
+        "Preflight (old host)",
+        &[],
+        &j,
+        json!({"backup_dir_old": "/srv/backup"}),
+        false,
+    );
+    let plan = args.plan(&c).await.unwrap();
+    assert!(plan.changes.is_empty(), "{plan:?}");
+    let cmds = old.commands();
+    assert!(
+        cmds.iter().any(|c| c
+            == "docker exec packagist-postgres psql -X -At -U postgres -d packagist_db -c 'select pg_database_size(current_database())'"),
+        "{cmds:#?}"
+    );
+    assert!(
+        cmds.iter()
+            .all(|c| !c.contains(" -t ") && !c.contains(" -it ")),
+        "{cmds:#?}"
+    );
+    assert!(
+        cmds.iter().any(|c| c.ends_with("ferry-df /srv/backup")),
+        "{cmds:#?}"
+    );
+    // Recorded for the new side.
+    let rec = j.record("old", "Preflight (old host)").unwrap();
+    assert_eq!(
+        rec.fingerprints[OLD_SIZES_KEY],
+        json!({"storage": 3000000, "database": 8000000, "redis": 50000})
+    );
+
+    // Too little room: the same facts now fail, with the figures.
+    old.on(
+        "ferry-df",
+        output(
+            0,
+            "/srv\nFilesystem 1-blocks Used Available Capacity Mounted on\n/dev/vda1 1 1 1000 1% /\n",
+        ),
+    );
+    let err = args.plan(&c).await.unwrap_err().to_string();
+    assert!(
+        err.contains("not enough free disk for the backup in /srv/backup"),
+        "{err}"
+    );
+
+    // Postgres stopped since (the backup ran): the recorded size stands in.
+    old.on(
+        "docker inspect",
+        output(
+            0,
+            &INSPECT.replace(
+                r#"{"Name":"/packagist-postgres","State":{"Running":true}"#,
+                r#"{"Name":"/packagist-postgres","State":{"Running":false}"#,
+            ),
+        ),
+    );
+    old.on("ferry-df", output(0, DF_OUT));
+    let plan = args.plan(&c).await.unwrap();
+    assert_eq!(plan.facts["Old"]["database"], json!({"Recorded": 8000000}));
+
+    // The new side: the API is unreachable (kubeconfig unreadable) and the node's disk
+    // is smaller than the old side's data; both are reported together.
+    let new = FakeTransport::new("new");
+    new.on("cat /etc/kubernetes/admin.conf", output(1, ""));
+    new.on(
+        "ferry-df",
+        output(
+            0,
+            "/var\nFilesystem 1-blocks Used Available Capacity Mounted on\n/dev/vdb 1 1 9000000 1% /var\n",
+        ),
+    );
+    let args = preflight_args("role = \"new\"");
+    let c = ctx(&new, "Preflight (new host)", &[], &j, json!({}), false);
+    let err = args.plan(&c).await.unwrap_err().to_string();
+    assert!(err.contains("2 check(s) failed"), "{err}");
+    assert!(err.contains("the Kubernetes API is not usable"), "{err}");
+    assert!(
+        err.contains("not enough free disk on filesystem /var"),
+        "{err}"
+    );
+    assert!(
+        err.contains("found 8.6 MiB (9000000 bytes) available"),
+        "{err}"
+    );
+    assert!(
+        new.commands()
+            .iter()
+            .any(|c| c.ends_with("ferry-df /var/openebs/local")),
+        "{:#?}",
+        new.commands()
+    );
+}
+
+#[test]
+fn preflight_args_are_strict() {
+    assert!(toml::from_str::<Preflight>("role = \"old\"\nbogus = 1").is_err());
+    assert!(toml::from_str::<Preflight>("role = \"middle\"").is_err());
+}
+
+#[tokio::test]
+async fn preflight_refuses_args_of_the_other_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = journal(&dir);
+    let h = FakeTransport::new("new");
+    let args = preflight_args("role = \"new\"\nbackup_dir = \"/b\"");
+    let err = args
+        .plan(&ctx(&h, "p", &[], &j, json!({}), false))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not take backup_dir"), "{err}");
+    assert!(
+        h.commands().is_empty(),
+        "nothing may run: {:?}",
+        h.commands()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// transfer: fixtures
+
+fn artifact(size: u64, sha256: &str) -> Artifact {
+    Artifact {
+        name: "packagist_db".into(),
+        host: "old".into(),
+        path: "/b/packagist_db.sql".into(),
+        sha256: sha256.into(),
+        size,
+    }
+}
+
+fn tfacts() -> TransferFacts {
+    TransferFacts {
+        host: "new".into(),
+        artifact_name: "packagist_db".into(),
+        artifact: Some(artifact(1000, "aaa")),
+        dest: "/n/packagist_db.sql".into(),
+        mode: 0o600,
+        dest_file: None,
+        dest_mode: None,
+        part_size: None,
+        part_sha256: None,
+        source_prefix_sha256: None,
+    }
+}
+
+fn offset_of(c: &[TransferChange]) -> (u64, bool) {
+    match c {
+        [TransferChange::Send {
+            offset,
+            discard_part,
+            ..
+        }] => (*offset, *discard_part),
+        other => panic!("expected one send, got {other:?}"),
+    }
+}
+
+#[test]
+fn transfer_decides_ok_chmod_send_resume_restart() {
+    // Already there with the recorded content and mode: ok.
+    let mut f = tfacts();
+    f.dest_file = Some((1000, "aaa".into()));
+    f.dest_mode = Some(0o600);
+    assert!(transfer::decide(&f, false).unwrap().is_empty());
+    // Right content, loose mode: chmod only.
+    f.dest_mode = Some(0o644);
+    let c = transfer::decide(&f, false).unwrap();
+    assert_eq!(c[0].commands(), vec!["chmod 0600 /n/packagist_db.sql"]);
+    // Different content: send from the start.
+    f.dest_file = Some((1000, "bbb".into()));
+    let c = transfer::decide(&f, false).unwrap();
+    assert_eq!(offset_of(&c), (0, false));
+    assert_eq!(
+        c[0].describe(),
+        "send packagist_db (1000 B) from old:/b/packagist_db.sql to /n/packagist_db.sql"
+    );
+    assert_eq!(
+        c[0].commands(),
+        vec!["ssh old cat /b/packagist_db.sql | ssh new 'tee /n/packagist_db.sql.part' | sha256sum, then mv /n/packagist_db.sql.part /n/packagist_db.sql"]
+    );
+    // A part whose prefix matches the source's: resume after it.
+    let mut f = tfacts();
+    f.part_size = Some(400);
+    f.part_sha256 = Some("p".into());
+    f.source_prefix_sha256 = Some("p".into());
+    let c = transfer::decide(&f, false).unwrap();
+    assert_eq!(offset_of(&c), (400, false));
+    assert!(c[0]
+        .describe()
+        .contains("resuming after 400 B already there (600 B to send)"));
+    assert!(
+        c[0].commands()[0].starts_with(
+            "ssh old tail -c +401 /b/packagist_db.sql | ssh new '{ cat /n/packagist_db.sql.part && tee -a /n/packagist_db.sql.part; }' | sha256sum"
+        ),
+        "{:?}",
+        c[0].commands()
+    );
+    // A part that does not match: start over.
+    f.source_prefix_sha256 = Some("q".into());
+    let c = transfer::decide(&f, false).unwrap();
+    assert_eq!(offset_of(&c), (0, true));
+    assert!(c[0].describe().contains("starting over"));
+    // Longer than the artifact (no hashes taken): start over.
+    let mut f = tfacts();
+    f.part_size = Some(2000);
+    assert_eq!(offset_of(&transfer::decide(&f, false).unwrap()), (0, true));
+    // Empty part: a plain send.
+    f.part_size = Some(0);
+    assert_eq!(offset_of(&transfer::decide(&f, false).unwrap()), (0, false));
+}
+
+#[test]
+fn transfer_before_the_artifact_exists() {
+    let mut f = tfacts();
+    f.artifact = None;
+    let c = transfer::decide(&f, true).unwrap();
+    assert!(
+        matches!(c[..], [TransferChange::SendWhenProduced { .. }]),
+        "{c:?}"
+    );
+    let err = transfer::decide(&f, false).unwrap_err().to_string();
+    assert!(
+        err.contains("`packagist_db` has not been produced yet"),
+        "{err}"
+    );
+}
+
+#[test]
+fn transfer_args_are_strict_and_modes_octal() {
+    assert!(toml::from_str::<Transfer>("artifact = \"a\"\ndest = \"/x\"\nbogus = 1").is_err());
+    assert_eq!(transfer::parse_mode("0600").unwrap(), 0o600);
+    assert_eq!(transfer::parse_mode("640").unwrap(), 0o640);
+    assert!(transfer::parse_mode("0900").is_err());
+    assert!(transfer::parse_mode("rw").is_err());
+}
+
+// ---------------------------------------------------------------------------------------
+// transfer: apply with scripted hosts (bytes captured on both sides)
+
+#[tokio::test]
+async fn transfer_apply_resumes_sending_only_the_missing_suffix() {
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let prefix = 120_000usize;
+    let dir = tempfile::tempdir().unwrap();
+    let j = journal(&dir);
+
+    // The old host holds the artifact; it answers the prefix hash and the suffix.
+    let old = FakeTransport::new("old");
+    let a = Artifact {
+        name: "blob".into(),
+        host: "old".into(),
+        path: "/b/blob".into(),
+        sha256: sha(&data),
+        size: data.len() as u64,
+    };
+    old.on(
+        &format!("head -c {prefix} /b/blob | sha256sum"),
+        output(0, &format!("{}  -\n", sha(&data[..prefix]))),
+    );
+    let suffix = data[prefix..].to_vec();
+    old.on_fn(&format!("tail -c +{} /b/blob", prefix + 1), move |_, _| {
+        ExecOutput {
+            status: Some(0),
+            stdout: suffix.clone(),
+            stderr: Vec::new(),
+        }
+    });
+    // Producing the artifact is the old side's job; here it is simply recorded.
+    let producer = ctx(&old, "Dump", &[], &j, json!({}), false);
+    producer.record_artifact(a.clone()).unwrap();
+
+    // The new host has the first `prefix` bytes in the .part; its receiver hashes the
+    // part plus what arrives, as the real script does.
+    let new = FakeTransport::new("new");
+    new.on("test -f /n/blob", output(1, ""));
+    new.on("ferry-stat", output(0, &format!("-\n{prefix}\n")));
+    new.on(
+        "sha256sum /n/blob.part",
+        output(0, &format!("{}  /n/blob.part\n", sha(&data[..prefix]))),
+    );
+    let have = data[..prefix].to_vec();
+    new.on_stream("ferry-receive", move |shell, stdin| {
+        assert!(shell.ends_with(" 1"), "resume flag: {shell}");
+        let mut whole = have.clone();
+        whole.extend_from_slice(stdin);
+        output(0, &format!("{}\n", sha(&whole)))
+    });
+
+    let args: Transfer = toml::from_str("artifact = \"blob\"\ndest = \"/n/blob\"").unwrap();
+    let c = ctx(&new, "Send", &[&old, &new], &j, json!({}), false);
+    let plan = args.plan(&c).await.unwrap();
+    assert_eq!(plan.changes.len(), 1, "{plan:?}");
+    assert!(
+        plan.changes[0]
+            .description
+            .contains("resuming after 117.2 KiB"),
+        "{plan:?}"
+    );
+    let applied = args.apply_plan(&c, plan).await.unwrap();
+    assert!(applied.changed);
+
+    // Only the suffix went over the wire, and the source was read from there on.
+    let received = new
+        .received()
+        .into_iter()
+        .find(|r| r.shell.contains("ferry-receive"))
+        .unwrap();
+    assert_eq!(received.stdin.as_deref(), Some(&data[prefix..]));
+    assert!(old
+        .commands()
+        .iter()
+        .any(|c| c == "tail -c +120001 /b/blob"));
+    assert!(!old.commands().iter().any(|c| c == "cat /b/blob"));
+}
+
+#[tokio::test]
+async fn transfer_apply_fails_when_the_far_end_disagrees() {
+    let data = b"the whole artifact".to_vec();
+    let dir = tempfile::tempdir().unwrap();
+    let j = journal(&dir);
+    let old = FakeTransport::new("old");
+    let bytes = data.clone();
+    old.on_fn("cat /b/a", move |_, _| ExecOutput {
+        status: Some(0),
+        stdout: bytes.clone(),
+        stderr: Vec::new(),
+    });
+    ctx(&old, "Dump", &[], &j, json!({}), false)
+        .record_artifact(Artifact {
+            name: "a".into(),
+            host: "old".into(),
+            path: "/b/a".into(),
+            sha256: sha(&data),
+            size: data.len() as u64,
+        })
+        .unwrap();
+    let new = FakeTransport::new("new");
+    new.on("test -f", output(1, ""));
+    new.on("ferry-stat", output(0, "-\n-\n"));
+    new.on_stream("ferry-receive", |_, _| ExecOutput {
+        status: Some(3),
+        stdout: b"0000\n".to_vec(),
+        stderr: b"the received file's sha256 is 0000".to_vec(),
+    });
+    let args: Transfer = toml::from_str("artifact = \"a\"\ndest = \"/n/a\"").unwrap();
+    let c = ctx(&new, "Send", &[&old, &new], &j, json!({}), false);
+    let plan = args.plan(&c).await.unwrap();
+    let err = args.apply_plan(&c, plan).await.unwrap_err().to_string();
+    assert!(
+        err.contains("receiving a into /n/a on new failed (exit 3)"),
+        "{err}"
+    );
+    assert!(err.contains("sha256 is 0000"), "{err}");
+    let received = new
+        .received()
+        .into_iter()
+        .find(|r| r.shell.contains("ferry-receive"))
+        .unwrap();
+    assert_eq!(received.stdin.as_deref(), Some(&data[..]));
+}
+
+// ---------------------------------------------------------------------------------------
+// transfer: end to end with real commands (both "hosts" run here)
+
+struct Local {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    journal: Arc<Journal>,
+    old: Arc<FakeTransport>,
+    new: Arc<FakeTransport>,
+    data: Vec<u8>,
+}
+
+fn local_setup(size: usize) -> Local {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let j = journal(&dir);
+    let data: Vec<u8> = (0..size as u64)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::create_dir_all(root.join("old")).unwrap();
+    let src = root.join("old/packagist_storage.tar.gz");
+    std::fs::write(&src, &data).unwrap();
+    let old = local_host("old");
+    let new = local_host("new");
+    ctx(&old, "Export storage", &[], &j, json!({}), false)
+        .record_artifact(Artifact {
+            name: "packagist_storage".into(),
+            host: "old".into(),
+            path: src.to_string_lossy().into_owned(),
+            sha256: sha(&data),
+            size: data.len() as u64,
+        })
+        .unwrap();
+    Local {
+        _dir: dir,
+        root,
+        journal: j,
+        old,
+        new,
+        data,
+    }
+}
+
+impl Local {
+    fn dest(&self) -> std::path::PathBuf {
+        self.root.join("new/staging dir/packagist_storage.tar.gz")
+    }
+    fn part(&self) -> std::path::PathBuf {
+        self.root
+            .join("new/staging dir/packagist_storage.tar.gz.part")
+    }
+    fn args(&self) -> Transfer {
+        Transfer {
+            artifact: "packagist_storage".into(),
+            dest: Template::new(self.dest().to_string_lossy()),
+            mode: None,
+            record_as: Some("packagist_storage_new".into()),
+        }
+    }
+    fn ctx(&self, vars: Value, check: bool) -> TaskCtx {
+        ctx(
+            &self.new,
+            "Send storage",
+            &[&self.old, &self.new],
+            &self.journal,
+            vars,
+            check,
+        )
+    }
+    fn receiver_stdin(&self) -> Vec<u8> {
+        self.new
+            .received()
+            .into_iter()
+            .rev()
+            .find(|r| r.shell.contains("ferry-receive"))
+            .and_then(|r| r.stdin)
+            .unwrap_or_default()
+    }
+}
+
+fn mode_of(p: &std::path::Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[tokio::test]
+async fn transfer_for_real_sends_checks_is_idempotent_and_tees_to_the_laptop() {
+    let l = local_setup(3 << 20);
+    let laptop = l.root.join("laptop backup");
+    let vars = json!({"backup_dir": laptop.to_string_lossy()});
+    let args = l.args();
+
+    // Check mode: planned, nothing touched.
+    let plan = args.plan(&l.ctx(vars.clone(), true)).await.unwrap();
+    assert_eq!(plan.changes.len(), 1);
+    assert!(!l.root.join("new").exists());
+
+    let c = l.ctx(vars.clone(), false);
+    let plan = args.plan(&c).await.unwrap();
+    args.apply_plan(&c, plan).await.unwrap();
+    assert_eq!(std::fs::read(l.dest()).unwrap(), l.data);
+    assert_eq!(mode_of(&l.dest()), 0o600);
+    assert!(!l.part().exists());
+    assert_eq!(l.receiver_stdin().len(), l.data.len());
+    // The laptop copy, private too.
+    let copy = laptop.join("packagist_storage.tar.gz");
+    assert_eq!(std::fs::read(&copy).unwrap(), l.data);
+    assert_eq!(mode_of(&copy), 0o600);
+    // The delivered copy is recorded for later steps.
+    let rec = l.journal.record("new", "Send storage").unwrap();
+    assert_eq!(rec.artifacts["packagist_storage_new"].sha256, sha(&l.data));
+
+    // Again: ok, nothing sent.
+    let sent_before = l.new.commands().len();
+    let plan = args.plan(&c).await.unwrap();
+    assert!(plan.changes.is_empty(), "{plan:?}");
+    assert!(
+        !l.new.commands()[sent_before..]
+            .iter()
+            .any(|c| c.contains("ferry-receive")),
+        "nothing may be sent on a re-run"
+    );
+
+    // Mode loosened by someone: only a chmod.
+    std::fs::set_permissions(l.dest(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let plan = args.plan(&c).await.unwrap();
+    assert_eq!(plan.changes.len(), 1);
+    assert!(
+        plan.changes[0].description.starts_with("set the mode"),
+        "{plan:?}"
+    );
+    args.apply_plan(&c, plan).await.unwrap();
+    assert_eq!(mode_of(&l.dest()), 0o600);
+
+    // Content changed at the destination: sent again from the start.
+    std::fs::write(l.dest(), b"tampered").unwrap();
+    let plan = args.plan(&c).await.unwrap();
+    assert!(plan.changes[0]
+        .description
+        .starts_with("send packagist_storage"));
+    args.apply_plan(&c, plan).await.unwrap();
+    assert_eq!(std::fs::read(l.dest()).unwrap(), l.data);
+}
+
+#[tokio::test]
+async fn transfer_for_real_resumes_from_a_partial_copy_and_restarts_from_a_bad_one() {
+    let l = local_setup(2 << 20);
+    let args = l.args();
+    let c = l.ctx(json!({}), false);
+    let have = 777_777usize;
+    std::fs::create_dir_all(l.part().parent().unwrap()).unwrap();
+    std::fs::write(l.part(), &l.data[..have]).unwrap();
+
+    let plan = args.plan(&c).await.unwrap();
+    assert!(
+        plan.changes[0].description.contains("resuming after"),
+        "{plan:?}"
+    );
+    args.apply_plan(&c, plan).await.unwrap();
+    assert_eq!(std::fs::read(l.dest()).unwrap(), l.data);
+    assert_eq!(mode_of(&l.dest()), 0o600);
+    assert!(!l.part().exists());
+    // Exactly the missing bytes crossed.
+    assert_eq!(l.receiver_stdin(), &l.data[have..]);
+
+    // A part that is not a prefix of the source: discarded, everything sent.
+    std::fs::remove_file(l.dest()).unwrap();
+    let mut bad = l.data[..have].to_vec();
+    bad[10] ^= 0xff;
+    std::fs::write(l.part(), &bad).unwrap();
+    let plan = args.plan(&c).await.unwrap();
+    assert!(
+        plan.changes[0].description.contains("starting over"),
+        "{plan:?}"
+    );
+    args.apply_plan(&c, plan).await.unwrap();
+    assert_eq!(std::fs::read(l.dest()).unwrap(), l.data);
+    assert_eq!(l.receiver_stdin().len(), l.data.len());
+}
+
+#[tokio::test]
+async fn transfer_for_real_keeps_what_arrived_when_the_source_breaks_off() {
+    let l = local_setup(1 << 20);
+    let src = l.root.join("old/packagist_storage.tar.gz");
+    // The source dies after 300000 bytes (as when ferry or the link goes away).
+    let cut = 300_000usize;
+    let path = src.to_string_lossy().into_owned();
+    l.old.on_fn(&format!("cat {path}"), move |_, _| {
+        let mut out = run_local(&format!("head -c {cut} '{path}'"), None);
+        out.status = Some(1);
+        out.stderr = b"connection lost".to_vec();
+        out
+    });
+    let args = l.args();
+    let c = l.ctx(json!({}), false);
+    let plan = args.plan(&c).await.unwrap();
+    let err = args.apply_plan(&c, plan).await.unwrap_err().to_string();
+    assert!(err.contains("connection lost"), "{err}");
+    assert!(
+        err.contains("incomplete: 300000 of 1048576 bytes arrived"),
+        "{err}"
+    );
+    assert!(!l.dest().exists(), "no file under the final name");
+    assert_eq!(std::fs::read(l.part()).unwrap(), &l.data[..cut]);
+
+    // The source is back (a newer rule answers for real again): the re-run resumes and
+    // sends only the rest.
+    l.old
+        .on_fn(&format!("cat {}", src.to_string_lossy()), run_local);
+    let c = l.ctx(json!({}), false);
+    let plan = args.plan(&c).await.unwrap();
+    assert!(
+        plan.changes[0].description.contains("resuming after"),
+        "{plan:?}"
+    );
+    args.apply_plan(&c, plan).await.unwrap();
+    assert_eq!(std::fs::read(l.dest()).unwrap(), l.data);
+    assert_eq!(l.receiver_stdin(), &l.data[cut..]);
+}
