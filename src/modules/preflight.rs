@@ -485,9 +485,14 @@ impl Preflight {
                 .arg("select pg_database_size(current_database())");
             measure(ctx, &cmd).await
         } else {
-            Err(format!(
-                "{postgres_container} is not running, so the database size cannot be read"
-            ))
+            // Stopped, typically by an earlier backup: its dump is the best estimate.
+            backup_file_size(ctx, backup_dir.as_deref(), "packagist_db.sql")
+                .await
+                .ok_or_else(|| {
+                    format!(
+                        "{postgres_container} is not running, so the database size cannot be read"
+                    )
+                })
         };
         let database = fallback(database, recorded.as_ref().map(|r| r.database));
 
@@ -515,9 +520,13 @@ impl Preflight {
                 }
             }
         } else {
-            Err(format!(
-                "{redis_container} is not running, so the Redis data size cannot be read"
-            ))
+            backup_file_size(ctx, backup_dir.as_deref(), "packagist_redis.rdb")
+                .await
+                .ok_or_else(|| {
+                    format!(
+                        "{redis_container} is not running, so the Redis data size cannot be read"
+                    )
+                })
         };
         let redis = fallback(redis, recorded.as_ref().map(|r| r.redis));
 
@@ -704,6 +713,18 @@ impl Module for Preflight {
             None => Ok(Applied::default()),
         }
     }
+}
+
+/// Size of a backup file an earlier run left in `dir` on this host, if any.
+async fn backup_file_size(ctx: &TaskCtx, dir: Option<&str>, name: &str) -> Option<u64> {
+    let path = format!("{}/{name}", dir?);
+    let out = ctx
+        .exec(&Cmd::new("stat").arg("-c").arg("%s").arg(path))
+        .await
+        .ok()?;
+    out.success()
+        .then(|| out.stdout_str().trim().parse().ok())
+        .flatten()
 }
 
 /// Pure: Ok(no change) when every check passes, else one error listing every failure.
