@@ -126,7 +126,7 @@ async fn check_mode_applies_nothing() {
     assert!(report.check_mode);
     for t in &report.tasks {
         assert_eq!(t.status, TaskStatus::WouldChange, "{t:?}");
-        assert_eq!(t.changes, vec!["run command: touch /srv/marker"]);
+        assert_eq!(t.changes, vec!["run command\n  $ touch /srv/marker"]);
     }
     for host in [&old, &new] {
         assert_eq!(

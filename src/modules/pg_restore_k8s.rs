@@ -155,7 +155,7 @@ impl PgRestoreK8s {
                 None => Ok(d.to_string()),
             }
         };
-        if let Some(x) = &self.external {
+        if let Some(x) = self.external.clone().or(external_from_var(ctx)?) {
             return Ok(Target::External {
                 host: ctx.render(&x.host)?,
                 port: x.port.unwrap_or(5432),
@@ -177,6 +177,27 @@ impl PgRestoreK8s {
             user: or(&self.user, "postgres")?,
         })
     }
+}
+
+/// The external PostgreSQL named by the inventory var `external_postgres`
+/// (`{ host, port, user, database, password_var }`), so one playbook serves both setups.
+fn external_from_var(ctx: &TaskCtx) -> Result<Option<ExternalPg>, ModuleError> {
+    let Some(v) = ctx.var("external_postgres") else {
+        return Ok(None);
+    };
+    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    let required = |k: &str| {
+        field(k).ok_or_else(|| {
+            ModuleError::Failed(format!("var external_postgres needs a string `{k}`"))
+        })
+    };
+    Ok(Some(ExternalPg {
+        host: Template::new(required("host")?),
+        port: v.get("port").and_then(|p| p.as_u64()).map(|p| p as u16),
+        user: Template::new(required("user")?),
+        database: Template::new(required("database")?),
+        password_var: field("password_var"),
+    }))
 }
 
 /// psql argv for an in-cluster target.
@@ -274,7 +295,8 @@ impl Module for PgRestoreK8s {
     type Change = PgRestoreChange;
 
     async fn facts(&self, ctx: &TaskCtx) -> Result<PgRestoreFacts, ModuleError> {
-        let password = match self.external.as_ref().and_then(|x| x.password_var.as_ref()) {
+        let external = self.external.clone().or(external_from_var(ctx)?);
+        let password = match external.as_ref().and_then(|x| x.password_var.as_ref()) {
             Some(var) => Some(
                 ctx.var(var)
                     .and_then(|v| v.as_str())
@@ -287,7 +309,7 @@ impl Module for PgRestoreK8s {
             ),
             None => None,
         };
-        let (namespace, guard) = if self.external.is_none() {
+        let (namespace, guard) = if external.is_none() {
             let cluster = self.k8s().cluster(ctx).await?;
             let marker = completed_marker(&cluster).await?;
             (
