@@ -309,16 +309,14 @@ impl Module for PgRestoreK8s {
             ),
             None => None,
         };
-        let (namespace, guard) = if external.is_none() {
-            let cluster = self.k8s().cluster(ctx).await?;
-            let marker = completed_marker(&cluster).await?;
-            (
-                cluster.namespace().to_string(),
-                completed_guard(ctx, &marker, "postgres"),
-            )
-        } else {
-            (String::new(), None)
-        };
+        // The completion marker lives on the cluster in both setups: an external
+        // database that went live must be protected just the same.
+        let cluster = self.k8s().cluster(ctx).await?;
+        let marker = completed_marker(&cluster).await?;
+        let (namespace, guard) = (
+            cluster.namespace().to_string(),
+            completed_guard(ctx, &marker, "postgres"),
+        );
         let target = self.resolve(ctx, namespace)?;
         let current = if guard.is_none() {
             fingerprint(ctx, self, &target, password.as_deref()).await?
