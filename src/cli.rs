@@ -277,6 +277,7 @@ async fn play(args: PlayArgs, connector: Arc<dyn Connector>, secrets: Secrets) -
         Err(e) => return bad_input(e),
     };
     let sink = match events(args.events.as_deref(), &secrets) {
+        Ok(s) if matches!(args.format, Format::Table) => s.with_progress_bars(),
         Ok(s) => s,
         Err(e) => return bad_input(e),
     };

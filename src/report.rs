@@ -206,6 +206,41 @@ pub fn journal_table(data: &JournalData) -> String {
 pub struct EventSink {
     file: Option<Arc<Mutex<File>>>,
     secrets: Secrets,
+    /// Progress bars on the terminal (stderr), one per host and artifact.
+    bars: Option<Arc<ProgressBars>>,
+}
+
+/// indicatif bars for long transfers: bytes, rate and ETA per artifact.
+#[derive(Default)]
+pub struct ProgressBars {
+    multi: indicatif::MultiProgress,
+    bars: Mutex<std::collections::HashMap<(String, String), indicatif::ProgressBar>>,
+}
+
+impl ProgressBars {
+    fn tick(&self, host: &str, what: &str, bytes: u64, total: Option<u64>) {
+        let Ok(mut bars) = self.bars.lock() else {
+            return;
+        };
+        let bar = bars
+            .entry((host.to_string(), what.to_string()))
+            .or_insert_with(|| {
+                let bar = self
+                    .multi
+                    .add(indicatif::ProgressBar::new(total.unwrap_or(0)));
+                let style = indicatif::ProgressStyle::with_template(
+                    "{prefix:.bold} {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+                bar.set_style(style);
+                bar.set_prefix(format!("[{host}] {what}"));
+                bar
+            });
+        bar.set_position(bytes);
+        if total.is_some_and(|t| bytes >= t) {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 impl std::fmt::Debug for EventSink {
@@ -220,11 +255,22 @@ impl EventSink {
         EventSink::default()
     }
 
+    /// Also draw progress bars on stderr, when it is a terminal (never in pipes, CI
+    /// logs, or with `--format json`: the caller decides).
+    pub fn with_progress_bars(mut self) -> Self {
+        use std::io::IsTerminal;
+        if std::io::stderr().is_terminal() {
+            self.bars = Some(Arc::new(ProgressBars::default()));
+        }
+        self
+    }
+
     /// A sink appending to `path` (created or truncated).
     pub fn to_file(path: &Path, secrets: Secrets) -> std::io::Result<Self> {
         Ok(EventSink {
             file: Some(Arc::new(Mutex::new(File::create(path)?))),
             secrets,
+            bars: None,
         })
     }
 
@@ -257,6 +303,9 @@ impl EventSink {
 
     /// A transfer progress tick.
     pub fn progress(&self, host: &str, task: &str, what: &str, bytes: u64, total: Option<u64>) {
+        if let Some(bars) = &self.bars {
+            bars.tick(host, what, bytes, total);
+        }
         self.emit(json!({
             "event": "progress", "host": host, "task": task, "status": "running",
             "what": what, "bytes": bytes, "total": total,
