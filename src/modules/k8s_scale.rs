@@ -152,15 +152,31 @@ impl Module for K8sScale {
             let (kind, name) = parse_workload(w)?;
             let (replicas, selector) = cluster.workload(kind, &name).await?;
             let pods = cluster.pods(&selector).await?;
-            workloads.push(WorkloadFacts {
+            let mut w = WorkloadFacts {
                 kind,
                 name,
                 replicas,
                 ready: pods.iter().filter(|p| pod_ready(p)).count() as u32,
                 pods: pods.len() as u32,
                 selector,
-            });
+            };
+            // Check mode: what an earlier task of this run would have set.
+            let key = format!("{}/{}", kind.kubectl_name(), w.name);
+            if let Some(Some(planned)) = ctx.overlay(|o| o.replicas.get(&key).copied()) {
+                w.replicas = planned;
+                w.pods = planned;
+                w.ready = planned;
+            }
+            workloads.push(w);
         }
+        ctx.overlay_update(|o| {
+            for w in &workloads {
+                o.replicas.insert(
+                    format!("{}/{}", w.kind.kubectl_name(), w.name),
+                    self.replicas,
+                );
+            }
+        });
         let marker = completed_marker(&cluster).await?;
         Ok(ScaleFacts {
             namespace: cluster.namespace().to_string(),

@@ -244,6 +244,53 @@ pub struct HostCache {
     cells: std::sync::Mutex<std::collections::HashMap<String, Arc<dyn Any + Send + Sync>>>,
 }
 
+/// In check mode nothing is applied, so a later task would see the state from before
+/// the earlier tasks' changes and could report `ok` where a real run changes something
+/// (e.g. scaling `ui` back to 1 after an earlier task scaled it to 0). Modules whose
+/// outcome depends on earlier steps record what they *would* have done here, and later
+/// tasks overlay it on the facts they read.
+#[derive(Default)]
+pub struct CheckOverlay {
+    /// `kind/name` → replicas an earlier task would have set.
+    pub replicas: std::collections::BTreeMap<String, u32>,
+    /// Stores an earlier task would have restored (`postgres`, `redis`, `storage`).
+    pub restored: std::collections::BTreeSet<String>,
+}
+
+impl TaskCtx {
+    /// Update the check-mode overlay (no-op outside check mode).
+    pub fn overlay_update(&self, f: impl FnOnce(&mut CheckOverlay)) {
+        if !self.check {
+            return;
+        }
+        let cell = self
+            .cache
+            .cell::<std::sync::Mutex<CheckOverlay>>("check-overlay");
+        let overlay = cell.get().cloned().unwrap_or_else(|| {
+            let fresh = Arc::new(std::sync::Mutex::new(CheckOverlay::default()));
+            let _ = cell.set(fresh.clone());
+            cell.get().cloned().unwrap_or(fresh)
+        });
+        let guard = overlay.lock();
+        if let Ok(mut o) = guard {
+            f(&mut o);
+        }
+    }
+
+    /// Read the check-mode overlay (`None` outside check mode or when empty).
+    pub fn overlay<T>(&self, f: impl FnOnce(&CheckOverlay) -> T) -> Option<T> {
+        if !self.check {
+            return None;
+        }
+        let cell = self
+            .cache
+            .cell::<std::sync::Mutex<CheckOverlay>>("check-overlay");
+        let overlay = cell.get()?;
+        let o = overlay.lock().ok()?;
+        Some(f(&o))
+    }
+}
+
 impl HostCache {
     /// The cell for `key`; the first caller initialises it (`get_or_try_init`).
     pub fn cell<T: Send + Sync + 'static>(&self, key: &str) -> Arc<tokio::sync::OnceCell<Arc<T>>> {

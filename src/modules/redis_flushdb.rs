@@ -128,6 +128,18 @@ impl Module for RedisFlushdb {
         if f.guard.is_none() {
             f.counts = counts(&cluster, &f).await?;
         }
+        // Check mode after a restore that would happen: database 5 would hold the
+        // backup's cache keys (how many, the journal may not know yet).
+        if ctx.overlay(|o| o.restored.contains("redis")) == Some(true) {
+            let keys: u64 = crate::modules::shared::artifact_fingerprint::<RedisKeyCounts>(
+                ctx,
+                "packagist_redis",
+                "redis_keys",
+            )
+            .and_then(|c| c.dbs.get(&self.db).copied())
+            .unwrap_or(1);
+            f.counts.dbs.insert(self.db, keys.max(1));
+        }
         Ok(f)
     }
 

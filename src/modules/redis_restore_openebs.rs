@@ -318,6 +318,11 @@ impl Module for RedisRestoreOpenebs {
             source_pending: false,
         };
         f.source_pending = ctx.check && f.source.is_none();
+        if ctx.check && !decide(&f).map(|c| c.is_empty()).unwrap_or(true) {
+            ctx.overlay_update(|o| {
+                o.restored.insert("redis".into());
+            });
+        }
         if ready && f.guard.is_none() {
             f.current = read_counts(&cluster, &f).await.ok();
             if let Ok(p) = read_persistence(&cluster, &f).await {
