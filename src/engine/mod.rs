@@ -337,6 +337,9 @@ impl Shared {
     }
 
     fn mark_unreachable(&self, host: &str, reason: &str) {
+        // Always on stderr too: with `--format json` the JSON document has no room for
+        // the reason, and the operator must see it.
+        tracing::error!(host, "unreachable: {reason}");
         self.env.events.host_unreachable(host, reason);
         if let Ok(mut r) = self.report.lock() {
             let s = r.hosts.entry(host.to_string()).or_default();
