@@ -232,6 +232,33 @@ fn external_psql(host: &str, port: u16, user: &str, database: &str, extra: &[&st
     Cmd::new("sh").arg("-c").arg_cmd(&script)
 }
 
+/// `sed` dropping the dump's `ALTER ... OWNER TO ...;` statements (outside COPY data):
+/// the objects of an external database belong to the user ferry restores as, who is
+/// usually not a member of the source's owner role (often not even existing there).
+/// A mangled stream cannot pass unnoticed: the restore is proven by fingerprint.
+fn drop_owner_statements() -> Cmd {
+    Cmd::new("sed")
+        .arg("-e")
+        .arg(r"/^COPY .* FROM stdin;$/,/^\\\.$/b")
+        .arg("-e")
+        .arg(r"/^ALTER .* OWNER TO [^ ]*;$/d")
+}
+
+/// Shell command loading a dump (on stdin, after the password line) into an external
+/// server, without the dump's ownership statements.
+fn external_load(host: &str, port: u16, user: &str, database: &str) -> Cmd {
+    let psql = Cmd::new("psql")
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-h", host, "-p"])
+        .arg(port.to_string())
+        .args(["-U", user, "-d", database, "-q", "-o", "/dev/null"]);
+    let script = Cmd::new("read")
+        .arg("-r")
+        .arg("PGPASSWORD")
+        .and(Cmd::new("export").arg("PGPASSWORD"))
+        .and(drop_owner_statements().pipe(psql));
+    Cmd::new("sh").arg("-c").arg_cmd(&script)
+}
+
 fn shlex_words(c: &Cmd) -> Vec<String> {
     shlex::split(&c.to_shell()).unwrap_or_default()
 }
@@ -419,8 +446,7 @@ impl Module for PgRestoreK8s {
                         database,
                     },
                 ) => {
-                    let cmd =
-                        external_psql(host, *port, user, database, &["-q", "-o", "/dev/null"]);
+                    let cmd = external_load(host, *port, user, database);
                     let mut stream = ctx.transport.exec_stream(&cmd).await?;
                     let mut line = f.password.clone().unwrap_or_default().into_bytes();
                     line.push(b'\n');
@@ -596,6 +622,48 @@ pub fn decide(f: &PgRestoreFacts) -> Result<Vec<PgRestoreChange>, ModuleError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn external_load_drops_owner_statements_but_not_copy_data() {
+        // The real sed, on a dump shaped like pg_dump's (and a COPY row that looks like
+        // an ownership statement, which must survive).
+        let dump = "SET client_encoding = 'UTF8';\n\
+            CREATE TABLE public.t (\n    id integer,\n    s text\n);\n\
+            ALTER TABLE public.t OWNER TO postgres;\n\
+            ALTER SEQUENCE public.t_id_seq OWNER TO postgres;\n\
+            COPY public.t (id, s) FROM stdin;\n\
+            ALTER TABLE x OWNER TO y;\n\
+            1\tALTER TABLE public.t OWNER TO postgres;\n\
+            \\.\n\
+            ALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY (id);\n";
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(drop_owner_statements().to_shell())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(dump.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        // Only the two ownership statements outside the COPY block are gone.
+        let expected = "SET client_encoding = 'UTF8';\n\
+            CREATE TABLE public.t (\n    id integer,\n    s text\n);\n\
+            COPY public.t (id, s) FROM stdin;\n\
+            ALTER TABLE x OWNER TO y;\n\
+            1\tALTER TABLE public.t OWNER TO postgres;\n\
+            \\.\n\
+            ALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY (id);\n";
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);
+        let load = external_load("db", 5432, "packagist", "packagist_db").to_shell();
+        assert!(load.contains("| psql -X -v ON_ERROR_STOP=1 -h db -p 5432"), "{load}");
+    }
 
     fn in_cluster() -> Target {
         Target::InCluster {

@@ -9,13 +9,19 @@
 //!
 //! The database is selected by number (`redis-cli -n 5`), and the result is checked:
 //! database 5 empty, every other database's key count unchanged.
+//!
+//! In check mode the Redis restore before this step has not happened: when it is still
+//! pending (no backup recorded yet, or the target's key counts differ from the backup's)
+//! the flush is predicted from the backup's database 5, not from the target as it is now.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::fingerprint::RedisKeyCounts;
 use crate::k8s::kubectl;
-use crate::modules::shared::{argv, completed_guard, completed_marker, pod_exec, K8sTarget};
+use crate::modules::shared::{
+    argv, artifact_fingerprint, completed_guard, completed_marker, pod_exec, K8sTarget,
+};
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
 
@@ -26,6 +32,9 @@ pub const COMPOSER_CACHE_DB: u32 = 5;
 #[serde(deny_unknown_fields)]
 pub struct RedisFlushdb {
     pub db: u32,
+    /// The Redis backup artifact whose restore precedes this step (for check mode).
+    #[serde(default)]
+    pub artifact: Option<String>,
     #[serde(default)]
     pub statefulset: Option<Template>,
     #[serde(default)]
@@ -46,18 +55,28 @@ pub struct FlushFacts {
     pub port: u16,
     pub counts: RedisKeyCounts,
     pub guard: Option<String>,
+    /// Check mode only: the restore is still pending, so `db` will hold what the backup
+    /// holds (`Some(None)`: no backup yet, count unknown).
+    pub pending_restore: Option<Option<u64>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Flush {
     pub db: u32,
-    pub keys: u64,
+    /// `None`: the restore still to come brings an unknown number (check mode).
+    pub keys: Option<u64>,
     pub kubectl: String,
 }
 
 impl Change for Flush {
     fn describe(&self) -> String {
-        format!("flush Redis database {} ({} keys)", self.db, self.keys)
+        match self.keys {
+            Some(keys) => format!("flush Redis database {} ({keys} keys)", self.db),
+            None => format!(
+                "flush Redis database {} (the keys the pending restore brings)",
+                self.db
+            ),
+        }
     }
     fn commands(&self) -> Vec<String> {
         vec![self.kubectl.clone()]
@@ -124,9 +143,16 @@ impl Module for RedisFlushdb {
             port: self.port.unwrap_or(9869),
             counts: RedisKeyCounts::default(),
             guard: completed_guard(ctx, &marker, "redis"),
+            pending_restore: None,
         };
         if f.guard.is_none() {
             f.counts = counts(&cluster, &f).await?;
+            if ctx.check {
+                let artifact = self.artifact.as_deref().unwrap_or("packagist_redis");
+                let source: Option<RedisKeyCounts> =
+                    artifact_fingerprint(ctx, artifact, "redis_keys");
+                f.pending_restore = pending_restore(self.db, source.as_ref(), &f.counts);
+            }
         }
         // Check mode after a restore that would happen: database 5 would hold the
         // backup's cache keys (how many, the journal may not know yet).
@@ -187,13 +213,36 @@ impl Module for RedisFlushdb {
     }
 }
 
-/// Pure: flush only when the database holds keys.
+/// Check mode: what the restore still to come puts into `db`, if it is pending: the
+/// backup's count, or `Some(None)` when there is no backup yet. `None`: not pending (the
+/// target's other databases already equal the backup's).
+pub fn pending_restore(
+    db: u32,
+    source: Option<&RedisKeyCounts>,
+    current: &RedisKeyCounts,
+) -> Option<Option<u64>> {
+    match source {
+        None => Some(None),
+        Some(s) if s.without_db(db) != current.without_db(db) => {
+            Some(Some(s.dbs.get(&db).copied().unwrap_or(0)))
+        }
+        Some(_) => None,
+    }
+}
+
+/// Pure: flush only when the database holds keys (or will, after a pending restore).
 pub fn decide(db: u32, f: &FlushFacts) -> Vec<Flush> {
     if f.guard.is_some() {
         return Vec::new();
     }
-    match f.counts.dbs.get(&db) {
-        Some(&keys) if keys > 0 => vec![Flush {
+    let keys = match f.pending_restore {
+        Some(predicted) => predicted,
+        None => f.counts.dbs.get(&db).copied(),
+    };
+    match keys {
+        Some(0) => Vec::new(),
+        None if f.pending_restore.is_none() => Vec::new(),
+        keys => vec![Flush {
             db,
             keys,
             kubectl: kubectl(
@@ -211,7 +260,6 @@ pub fn decide(db: u32, f: &FlushFacts) -> Vec<Flush> {
                 ],
             ),
         }],
-        _ => Vec::new(),
     }
 }
 
@@ -227,6 +275,7 @@ mod tests {
             port: 9869,
             counts: RedisKeyCounts::parse_info_keyspace(info).unwrap(),
             guard: None,
+            pending_restore: None,
         }
     }
 
@@ -243,5 +292,27 @@ mod tests {
     #[test]
     fn empty_db5_is_ok() {
         assert!(decide(5, &facts("db0:keys=3")).is_empty());
+    }
+
+    #[test]
+    fn check_mode_predicts_the_flush_after_a_pending_restore() {
+        let empty_target = RedisKeyCounts::parse_info_keyspace("").unwrap();
+        // Fresh target, no backup yet: the restore brings an unknown db 5.
+        let mut f = facts("");
+        f.pending_restore = pending_restore(5, None, &empty_target);
+        let c = decide(5, &f);
+        assert_eq!(c.len(), 1);
+        assert!(c[0].describe().contains("pending restore"), "{}", c[0].describe());
+        // Backup recorded, target not restored yet: the backup's db 5 count.
+        let backup = RedisKeyCounts::parse_info_keyspace("db0:keys=3\ndb5:keys=60").unwrap();
+        f.pending_restore = pending_restore(5, Some(&backup), &empty_target);
+        assert_eq!(decide(5, &f)[0].keys, Some(60));
+        // Backup without db 5: nothing to flush after the restore either.
+        let no_cache = RedisKeyCounts::parse_info_keyspace("db0:keys=3").unwrap();
+        f.pending_restore = pending_restore(5, Some(&no_cache), &empty_target);
+        assert!(decide(5, &f).is_empty());
+        // Restored already (other dbs equal) and db 5 empty: ok.
+        let restored = RedisKeyCounts::parse_info_keyspace("db0:keys=3").unwrap();
+        assert_eq!(pending_restore(5, Some(&backup), &restored), None);
     }
 }

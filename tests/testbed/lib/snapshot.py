@@ -14,7 +14,8 @@ The old side is read through the machine's Docker Engine (packagist-postgres,
 packagist-redis) and the old host's data dir on the machine. The new side is read over
 SSH on the new host (127.0.0.1:2202, the testbed key and known_hosts, strict checking):
 psql in pod postgres-0, redis-cli -p 9869 in pod redis-0 (both via kubectl exec), files
-under /var/lib/packagist-new/storage on the node.
+under /var/lib/packagist-new/storage on the node (/var/lib/packagist-new/<namespace>/storage
+for a namespace other than `default`).
 """
 
 import argparse
@@ -159,8 +160,15 @@ class NewSide:
     def redis_cli(self, args):
         return self.kubectl_exec("redis-0", ["redis-cli", "-p", "9869"] + args)
 
+    def storage_dir(self):
+        # The ui pod's storage (hostPath in tests/testbed/manifests): the default
+        # namespace at NEW_STORAGE, any other under /var/lib/packagist-new/<namespace>/.
+        if self.ns == "default":
+            return NEW_STORAGE
+        return f"/var/lib/packagist-new/{self.ns}/storage"
+
     def storage_hashes(self):
-        script = (f"cd {shlex.quote(NEW_STORAGE)} && "
+        script = (f"cd {shlex.quote(self.storage_dir())} && "
                   "for d in " + " ".join(STORAGE_DIRS) + "; do "
                   "[ -d \"$d\" ] && find \"$d\" -type f -print0; done "
                   "| xargs -0 -r sha256sum")
