@@ -662,7 +662,10 @@ mod tests {
             ALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY (id);\n";
         assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);
         let load = external_load("db", 5432, "packagist", "packagist_db").to_shell();
-        assert!(load.contains("| psql -X -v ON_ERROR_STOP=1 -h db -p 5432"), "{load}");
+        assert!(
+            load.contains("| psql -X -v ON_ERROR_STOP=1 -h db -p 5432"),
+            "{load}"
+        );
     }
 
     fn in_cluster() -> Target {

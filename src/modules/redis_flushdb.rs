@@ -302,7 +302,11 @@ mod tests {
         f.pending_restore = pending_restore(5, None, &empty_target);
         let c = decide(5, &f);
         assert_eq!(c.len(), 1);
-        assert!(c[0].describe().contains("pending restore"), "{}", c[0].describe());
+        assert!(
+            c[0].describe().contains("pending restore"),
+            "{}",
+            c[0].describe()
+        );
         // Backup recorded, target not restored yet: the backup's db 5 count.
         let backup = RedisKeyCounts::parse_info_keyspace("db0:keys=3\ndb5:keys=60").unwrap();
         f.pending_restore = pending_restore(5, Some(&backup), &empty_target);

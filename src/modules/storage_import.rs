@@ -12,7 +12,9 @@
 //! ```
 //!
 //! The upload resumes: a partial `<archive>.part` left by an interrupted run is kept
-//! when its bytes equal the artifact's first bytes, and only the rest is sent.
+//! when its bytes equal the artifact's first bytes, and only the rest is sent. That
+//! needs `archive` on a volume that outlives the pod (e.g. under the storage dir): the
+//! pod's own `/tmp` is gone once a re-run has scaled the deployment down and up again.
 
 use std::time::Duration;
 
