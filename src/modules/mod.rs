@@ -324,6 +324,14 @@ impl TaskCtx {
         Ok(self.renderer.render(t, &self.vars)?)
     }
 
+    /// Render an optional template, or use `default` when the playbook left it out.
+    pub fn render_or(&self, t: &Option<Template>, default: &str) -> Result<String, ModuleError> {
+        match t {
+            Some(t) => self.render(t),
+            None => Ok(default.to_string()),
+        }
+    }
+
     /// Render a shell template to a command whose values are quoted.
     pub fn render_shell(&self, t: &ShellTemplate) -> Result<Cmd, ModuleError> {
         Ok(self.renderer.render_shell(t, &self.vars)?)

@@ -124,14 +124,8 @@ impl Module for RedisBackup {
             running: states.get(&container).is_some_and(|c| c.running),
             container,
             docker: docker_bin(ctx),
-            script: match &self.backup_script {
-                Some(t) => ctx.render(t)?,
-                None => "/usr/local/bin/redis-backup.sh".into(),
-            },
-            rdb_path: match &self.rdb_path {
-                Some(t) => ctx.render(t)?,
-                None => "/data/dump.rdb".into(),
-            },
+            script: ctx.render_or(&self.backup_script, "/usr/local/bin/redis-backup.sh")?,
+            rdb_path: ctx.render_or(&self.rdb_path, "/data/dump.rdb")?,
             port: self.port.unwrap_or(6379),
             dest,
             stamp,

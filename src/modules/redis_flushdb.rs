@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::fingerprint::RedisKeyCounts;
 use crate::k8s::kubectl;
 use crate::modules::shared::{
-    argv, artifact_fingerprint, completed_guard, completed_marker, pod_exec, K8sTarget,
+    artifact_fingerprint, completed_guard, completed_marker, pod_exec, redis_cli, K8sTarget,
 };
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
@@ -92,13 +92,6 @@ impl RedisFlushdb {
     }
 }
 
-fn cli(port: u16, args: &[&str]) -> Vec<String> {
-    let mut v = argv(&["redis-cli", "-p"]);
-    v.push(port.to_string());
-    v.extend(argv(args));
-    v
-}
-
 async fn counts(
     cluster: &crate::k8s::Cluster,
     f: &FlushFacts,
@@ -107,7 +100,7 @@ async fn counts(
         cluster,
         &f.pod,
         f.container.as_deref(),
-        &cli(f.port, &["INFO", "keyspace"]),
+        &redis_cli(f.port, &["INFO", "keyspace"]),
         None,
     )
     .await?;
@@ -129,10 +122,7 @@ impl Module for RedisFlushdb {
         }
         let cluster = self.k8s().cluster(ctx).await?;
         let marker = completed_marker(&cluster).await?;
-        let sts = match &self.statefulset {
-            Some(t) => ctx.render(t)?,
-            None => "redis".into(),
-        };
+        let sts = ctx.render_or(&self.statefulset, "redis")?;
         let mut f = FlushFacts {
             namespace: cluster.namespace().to_string(),
             pod: format!("{sts}-0"),
@@ -186,7 +176,7 @@ impl Module for RedisFlushdb {
                 &cluster,
                 &f.pod,
                 f.container.as_deref(),
-                &cli(f.port, &["-n", &db, "FLUSHDB"]),
+                &redis_cli(f.port, &["-n", &db, "FLUSHDB"]),
                 None,
             )
             .await?;

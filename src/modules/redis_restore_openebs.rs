@@ -28,7 +28,7 @@ use crate::fingerprint::RedisKeyCounts;
 use crate::k8s::{kubectl, pod_ready, Cluster, PodsWanted, WorkloadKind};
 use crate::modules::redis_layout::{restore_plan, FileOp, RedisPersistence, CONFIG_GET_ARGS};
 use crate::modules::shared::{
-    argv, artifact_fingerprint, completed_guard, completed_marker, find_artifact, pod_exec,
+    artifact_fingerprint, completed_guard, completed_marker, find_artifact, pod_exec, redis_cli,
     stream_artifact, K8sTarget,
 };
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
@@ -123,13 +123,6 @@ impl RedisRestoreOpenebs {
     }
 }
 
-fn cli(port: u16, args: &[&str]) -> Vec<String> {
-    let mut v = argv(&["redis-cli", "-p"]);
-    v.push(port.to_string());
-    v.extend(argv(args));
-    v
-}
-
 async fn read_counts(
     cluster: &Cluster,
     f: &RedisRestoreFacts,
@@ -138,7 +131,7 @@ async fn read_counts(
         cluster,
         &f.pod,
         f.container.as_deref(),
-        &cli(f.port, &["INFO", "keyspace"]),
+        &redis_cli(f.port, &["INFO", "keyspace"]),
         None,
     )
     .await?;
@@ -154,7 +147,7 @@ async fn read_persistence(
         cluster,
         &f.pod,
         f.container.as_deref(),
-        &cli(f.port, &CONFIG_GET_ARGS),
+        &redis_cli(f.port, &CONFIG_GET_ARGS),
         None,
     )
     .await?;
@@ -174,7 +167,7 @@ async fn wait_pong(
             cluster,
             &f.pod,
             f.container.as_deref(),
-            &cli(f.port, &["PING"]),
+            &redis_cli(f.port, &["PING"]),
             None,
         )
         .await
@@ -263,10 +256,7 @@ impl Module for RedisRestoreOpenebs {
     async fn facts(&self, ctx: &TaskCtx) -> Result<RedisRestoreFacts, ModuleError> {
         let cluster = self.k8s().cluster(ctx).await?;
         let marker = completed_marker(&cluster).await?;
-        let statefulset = match &self.statefulset {
-            Some(t) => ctx.render(t)?,
-            None => "redis".into(),
-        };
+        let statefulset = ctx.render_or(&self.statefulset, "redis")?;
         let pvc = match &self.pvc {
             Some(t) => ctx.render(t)?,
             None => format!("redis-data-{statefulset}-0"),

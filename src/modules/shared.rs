@@ -544,6 +544,14 @@ pub async fn pod_exec(
     Ok(out)
 }
 
+/// `redis-cli -p PORT ARGS...` as argv.
+pub fn redis_cli(port: u16, args: &[&str]) -> Vec<String> {
+    let mut v = argv(&["redis-cli", "-p"]);
+    v.push(port.to_string());
+    v.extend(argv(args));
+    v
+}
+
 /// argv as owned strings.
 pub fn argv(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()

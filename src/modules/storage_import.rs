@@ -141,10 +141,7 @@ impl Module for StorageImport {
     async fn facts(&self, ctx: &TaskCtx) -> Result<StorageImportFacts, ModuleError> {
         let cluster = self.k8s().cluster(ctx).await?;
         let marker = completed_marker(&cluster).await?;
-        let deployment = match &self.deployment {
-            Some(t) => ctx.render(t)?,
-            None => "ui".into(),
-        };
+        let deployment = ctx.render_or(&self.deployment, "ui")?;
         let (_, selector) = cluster
             .workload(WorkloadKind::Deployment, &deployment)
             .await?;
@@ -154,14 +151,8 @@ impl Module for StorageImport {
             .into_iter()
             .find(pod_ready)
             .and_then(|p| p.metadata.name);
-        let container = match &self.container {
-            Some(t) => ctx.render(t)?,
-            None => "ui".into(),
-        };
-        let archive = match &self.archive {
-            Some(t) => ctx.render(t)?,
-            None => "/tmp/packagist_storage.tar.gz".into(),
-        };
+        let container = ctx.render_or(&self.container, "ui")?;
+        let archive = ctx.render_or(&self.archive, "/tmp/packagist_storage.tar.gz")?;
         let verify_dir = match &self.verify_dir {
             Some(t) => Some(ctx.render(t)?).filter(|d| !d.is_empty()),
             None => Some("/data/packagist".into()),
