@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use crate::fingerprint::RedisKeyCounts;
 use crate::k8s::kubectl;
 use crate::modules::shared::{
-    artifact_fingerprint, completed_guard, completed_marker, pod_exec, redis_cli, K8sTarget,
+    artifact_fingerprint, completed_guard, completed_marker, pod_exec, pod_redis_key_counts,
+    redis_cli, K8sTarget,
 };
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
@@ -96,16 +97,7 @@ async fn counts(
     cluster: &crate::k8s::Cluster,
     f: &FlushFacts,
 ) -> Result<RedisKeyCounts, ModuleError> {
-    let out = pod_exec(
-        cluster,
-        &f.pod,
-        f.container.as_deref(),
-        &redis_cli(f.port, &["INFO", "keyspace"]),
-        None,
-    )
-    .await?;
-    RedisKeyCounts::parse_info_keyspace(&String::from_utf8_lossy(&out))
-        .map_err(|e| ModuleError::Failed(e.to_string()))
+    pod_redis_key_counts(cluster, &f.pod, f.container.as_deref(), f.port).await
 }
 
 #[async_trait]

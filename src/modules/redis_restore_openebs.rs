@@ -28,8 +28,8 @@ use crate::fingerprint::RedisKeyCounts;
 use crate::k8s::{kubectl, pod_ready, Cluster, PodsWanted, WorkloadKind};
 use crate::modules::redis_layout::{restore_plan, FileOp, RedisPersistence, CONFIG_GET_ARGS};
 use crate::modules::shared::{
-    artifact_fingerprint, completed_guard, completed_marker, find_artifact, pod_exec, redis_cli,
-    stream_artifact, K8sTarget,
+    artifact_fingerprint, completed_guard, completed_marker, find_artifact, pod_exec,
+    pod_redis_key_counts, redis_cli, stream_artifact, K8sTarget,
 };
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
@@ -127,16 +127,7 @@ async fn read_counts(
     cluster: &Cluster,
     f: &RedisRestoreFacts,
 ) -> Result<RedisKeyCounts, ModuleError> {
-    let out = pod_exec(
-        cluster,
-        &f.pod,
-        f.container.as_deref(),
-        &redis_cli(f.port, &["INFO", "keyspace"]),
-        None,
-    )
-    .await?;
-    RedisKeyCounts::parse_info_keyspace(&String::from_utf8_lossy(&out))
-        .map_err(|e| ModuleError::Failed(e.to_string()))
+    pod_redis_key_counts(cluster, &f.pod, f.container.as_deref(), f.port).await
 }
 
 async fn read_persistence(

@@ -552,6 +552,25 @@ pub fn redis_cli(port: u16, args: &[&str]) -> Vec<String> {
     v
 }
 
+/// Keys per database of the Redis in `pod` (`redis-cli INFO keyspace`).
+pub async fn pod_redis_key_counts(
+    cluster: &Cluster,
+    pod: &str,
+    container: Option<&str>,
+    port: u16,
+) -> Result<crate::fingerprint::RedisKeyCounts, ModuleError> {
+    let out = pod_exec(
+        cluster,
+        pod,
+        container,
+        &redis_cli(port, &["INFO", "keyspace"]),
+        None,
+    )
+    .await?;
+    crate::fingerprint::RedisKeyCounts::parse_info_keyspace(&String::from_utf8_lossy(&out))
+        .map_err(|e| ModuleError::Failed(e.to_string()))
+}
+
 /// argv as owned strings.
 pub fn argv(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()
