@@ -1,8 +1,16 @@
 //! The journal: what a playbook has done, per host and task, for resuming and for
 //! `ferry status`. One JSON file, by default beside the inventory.
 //!
-//! - Written atomically after every change: temp file in the same directory, fsync,
-//!   rename, fsync of the directory. A crash leaves the old or the new journal, never half.
+//! - Written atomically: temp file in the same directory, fsync, rename, fsync of the
+//!   directory. A crash leaves the old or the new journal, never half.
+//! - Durable when it matters, in memory until then. What a resume relies on is written
+//!   at once: a task about to change something ([`Journal::flush`] before apply, so a
+//!   crash mid-change leaves `running`), a `changed` or `failed` result, artifacts and
+//!   fingerprints. A task that only looked (`running` while gathering facts, then `ok`
+//!   or `skipped`) stays in memory until the next durable write or the end of the run:
+//!   if the process dies first, the journal keeps the task's previous record and the
+//!   next run checks it again, which is what it would have done anyway. This saves two
+//!   fsyncs per no-op task.
 //! - Mode 0600.
 //! - An exclusive lock on a sibling `.lock` file (`std::fs::File::try_lock`, an OS
 //!   advisory lock released when the process dies): a second ferry run on the same
@@ -92,11 +100,28 @@ pub struct JournalData {
 
 pub const JOURNAL_VERSION: u32 = 1;
 
-/// An open, locked journal. Writes go to disk immediately unless it is read-only
-/// (check mode: the journal says what was done, and a check does nothing).
+/// The in-memory journal and whether it has changes not yet on disk.
+#[derive(Debug, Default)]
+struct State {
+    data: JournalData,
+    /// Changed since the last write (see the module docs for what may wait).
+    dirty: bool,
+}
+
+/// When a change must reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// Before the call returns.
+    Now,
+    /// With the next durable write, [`Journal::flush`], or when the journal is dropped.
+    Deferred,
+}
+
+/// An open, locked journal, written to disk as described in the module docs unless it
+/// is read-only (check mode: the journal says what was done, and a check does nothing).
 pub struct Journal {
     path: PathBuf,
-    data: Mutex<JournalData>,
+    state: Mutex<State>,
     secrets: Secrets,
     writable: bool,
     /// Holds the lock for as long as the journal is open.
@@ -169,7 +194,7 @@ impl Journal {
         };
         Ok(Journal {
             path: path.to_path_buf(),
-            data: Mutex::new(data),
+            state: Mutex::new(State { data, dirty: false }),
             secrets,
             writable,
             _lock: lock,
@@ -191,31 +216,38 @@ impl Journal {
 
     /// A copy of the current content.
     pub fn snapshot(&self) -> JournalData {
-        self.data.lock().map(|d| d.clone()).unwrap_or_default()
+        self.state
+            .lock()
+            .map(|d| d.data.clone())
+            .unwrap_or_default()
     }
 
     /// The record of `task` on `host`, if any (any host: modules read other hosts' records).
     pub fn record(&self, host: &str, task: &str) -> Option<TaskRecord> {
-        self.data
+        self.state
             .lock()
             .ok()
-            .and_then(|d| d.hosts.get(host).and_then(|t| t.get(task)).cloned())
+            .and_then(|d| d.data.hosts.get(host).and_then(|t| t.get(task)).cloned())
     }
 
     /// Every artifact named `name`, on any host, newest task order not implied.
     pub fn artifacts_named(&self, name: &str) -> Vec<Artifact> {
-        let Ok(d) = self.data.lock() else {
+        let Ok(d) = self.state.lock() else {
             return Vec::new();
         };
-        d.hosts
+        d.data
+            .hosts
             .values()
             .flat_map(|tasks| tasks.values())
             .filter_map(|r| r.artifacts.get(name).cloned())
             .collect()
     }
 
+    /// Record that `task` started on `host`. Kept in memory only: while the task gathers
+    /// facts there is nothing to resume; call [`Journal::flush`] before it changes
+    /// anything.
     pub fn task_started(&self, host: &str, task: &str) -> Result<(), JournalError> {
-        self.update(|d| {
+        self.update(Durability::Deferred, |d| {
             let tasks = d.hosts.entry(host.to_string()).or_default();
             let rec = tasks.entry(task.to_string()).or_insert_with(|| TaskRecord {
                 status: RecordStatus::Running,
@@ -241,7 +273,13 @@ impl Journal {
         changes: &[String],
         error: Option<&str>,
     ) -> Result<(), JournalError> {
-        self.update(|d| {
+        // A no-op result that is lost is checked again on the next run; a change or a
+        // failure must be on disk before anything relies on it.
+        let durability = match status {
+            RecordStatus::Ok | RecordStatus::Skipped if changes.is_empty() => Durability::Deferred,
+            _ => Durability::Now,
+        };
+        self.update(durability, |d| {
             if let Some(rec) = d.hosts.get_mut(host).and_then(|t| t.get_mut(task)) {
                 rec.status = status;
                 rec.finished = Some(now_rfc3339());
@@ -257,7 +295,7 @@ impl Journal {
         task: &str,
         artifact: Artifact,
     ) -> Result<(), JournalError> {
-        self.update(|d| {
+        self.update(Durability::Now, |d| {
             if let Some(rec) = d.hosts.get_mut(host).and_then(|t| t.get_mut(task)) {
                 rec.artifacts.insert(artifact.name.clone(), artifact);
             }
@@ -271,23 +309,51 @@ impl Journal {
         name: &str,
         value: Value,
     ) -> Result<(), JournalError> {
-        self.update(|d| {
+        self.update(Durability::Now, |d| {
             if let Some(rec) = d.hosts.get_mut(host).and_then(|t| t.get_mut(task)) {
                 rec.fingerprints.insert(name.to_string(), value);
             }
         })
     }
 
-    fn update(&self, change: impl FnOnce(&mut JournalData)) -> Result<(), JournalError> {
+    /// Write every change made so far to disk (durably), if there is any.
+    pub fn flush(&self) -> Result<(), JournalError> {
         if !self.writable {
             return Ok(());
         }
-        let mut data = self.data.lock().map_err(|_| JournalError::Corrupt {
+        let mut state = self.lock_state()?;
+        self.write_if_dirty(&mut state)
+    }
+
+    fn lock_state(&self) -> Result<std::sync::MutexGuard<'_, State>, JournalError> {
+        self.state.lock().map_err(|_| JournalError::Corrupt {
             path: self.path.clone(),
             reason: "journal state poisoned by a panic".into(),
-        })?;
-        change(&mut data);
-        let value = serde_json::to_value(&*data).map_err(|e| JournalError::Corrupt {
+        })
+    }
+
+    fn update(
+        &self,
+        durability: Durability,
+        change: impl FnOnce(&mut JournalData),
+    ) -> Result<(), JournalError> {
+        if !self.writable {
+            return Ok(());
+        }
+        let mut state = self.lock_state()?;
+        change(&mut state.data);
+        state.dirty = true;
+        match durability {
+            Durability::Now => self.write_if_dirty(&mut state),
+            Durability::Deferred => Ok(()),
+        }
+    }
+
+    fn write_if_dirty(&self, state: &mut State) -> Result<(), JournalError> {
+        if !state.dirty {
+            return Ok(());
+        }
+        let value = serde_json::to_value(&state.data).map_err(|e| JournalError::Corrupt {
             path: self.path.clone(),
             reason: e.to_string(),
         })?;
@@ -296,7 +362,19 @@ impl Journal {
             path: self.path.clone(),
             reason: e.to_string(),
         })?;
-        write_atomic(&self.path, &text)
+        write_atomic(&self.path, &text)?;
+        state.dirty = false;
+        Ok(())
+    }
+}
+
+impl Drop for Journal {
+    /// Last chance for deferred records (the engine flushes at the end of a run and
+    /// reports a failure; here a failure can only be logged).
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::error!("{e}");
+        }
     }
 }
 

@@ -70,6 +70,10 @@ pub struct PlayReport {
     pub check_mode: bool,
     pub hosts: BTreeMap<String, HostSummary>,
     pub tasks: Vec<TaskResult>,
+    /// The journal could not be written at the end of the run (the run then fails: the
+    /// next run would not know what this one did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub journal_error: Option<String>,
 }
 
 impl PlayReport {
@@ -87,7 +91,7 @@ impl PlayReport {
 
     /// True when nothing failed and every host was reached.
     pub fn success(&self) -> bool {
-        self.hosts.values().all(|h| h.failed == 0 && !h.unreachable)
+        self.journal_error.is_none() && self.hosts.values().all(|h| h.failed == 0 && !h.unreachable)
     }
 
     pub fn to_json(&self) -> String {
@@ -160,6 +164,9 @@ impl PlayReport {
                 s.failed,
                 s.skipped
             ));
+        }
+        if let Some(e) = &self.journal_error {
+            out.push_str(&format!("JOURNAL NOT WRITTEN: {e}\n"));
         }
         out
     }

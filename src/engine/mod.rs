@@ -285,6 +285,7 @@ pub async fn run(prepared: Prepared, env: RunEnv) -> PlayReport {
             .map(|h| (h.clone(), HostSummary::default()))
             .collect(),
         tasks: Vec::new(),
+        journal_error: None,
     };
     let shared = Arc::new(Shared {
         connections: Arc::new(Connections {
@@ -307,6 +308,13 @@ pub async fn run(prepared: Prepared, env: RunEnv) -> PlayReport {
     for h in handles {
         if let Err(e) = h.await {
             tracing::error!("host worker panicked: {e}");
+        }
+    }
+    // No-op results are kept in memory until here (see `journal`).
+    if let Err(e) = shared.env.journal.flush() {
+        tracing::error!("cannot write the journal: {e}");
+        if let Ok(mut r) = shared.report.lock() {
+            r.journal_error = Some(e.to_string());
         }
     }
     let mut report = shared
@@ -563,6 +571,12 @@ async fn run_task(
                 Ok(TaskStatus::Ok)
             } else if ctx.check {
                 Ok(TaskStatus::WouldChange)
+            } else if let Err(e) = ctx.journal.flush() {
+                // `running` must be on disk before anything changes: a crash mid-change
+                // then shows where it happened.
+                r.status = TaskStatus::Failed;
+                r.error = Some(format!("cannot write the journal: {e}"));
+                return r;
             } else {
                 m.apply_plan(ctx, plan).await.map(|applied| {
                     r.warnings = applied.warnings;
@@ -605,6 +619,7 @@ pub async fn ping(
         check_mode: false,
         hosts: BTreeMap::new(),
         tasks: Vec::new(),
+        journal_error: None,
     };
     let mut handles = Vec::new();
     for host in hosts {
