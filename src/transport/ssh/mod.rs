@@ -1,13 +1,16 @@
 //! The real transport: SSH through russh.
 //!
 //! One host gets up to three connections, each opened (and re-opened after a loss) on
-//! demand: `control` for every [`Transport::exec`] (concurrent channels on it), `bulk` for
+//! first use, so a play of short commands opens one: `control` for every
+//! [`Transport::exec`] (through its persistent shell, see `shell`, or concurrent
+//! channels of their own), `bulk` for
 //! [`Transport::exec_stream`], `tunnel` for [`Transport::forward`]. A slow consumer blocks
 //! the russh event loop of its own connection only, so a long dump never delays the small
 //! commands of other tasks, nor the Kubernetes API tunnel.
 //!
 //! Submodules: `config` (inventory + ssh config → route), `known_hosts`, `auth`, `session`
-//! (connect, tune, map errors), `exec` (channels as streams), `become_` (sudo).
+//! (connect, tune, map errors), `exec` (channels as streams), `shell` (short commands
+//! through one long-lived `sh`), `become_` (sudo).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,10 +31,12 @@ mod config;
 mod exec;
 mod known_hosts;
 mod session;
+mod shell;
 
 pub use auth::AgentSource;
 
-use session::Connection;
+use session::{Connection, ShellSlot};
+use shell::{Shell, ShellError};
 
 /// Connect timeout when the inventory gives none.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -183,6 +188,59 @@ impl SshTransport {
         }
     }
 
+    /// Run `cmd` through the control connection's persistent shell. `None` when the
+    /// shell is busy with another command or unavailable: use a channel of its own.
+    async fn exec_in_shell(&self, cmd: &Cmd) -> Result<Option<ExecOutput>, TransportError> {
+        let conn = self.connection(&self.control).await?;
+        let mut shell = match conn.take_shell() {
+            ShellSlot::Idle(shell) => shell,
+            ShellSlot::Busy | ShellSlot::Unavailable => return Ok(None),
+            ShellSlot::Unopened => {
+                // Dropped while opening: the slot goes back to `Unopened`.
+                let reset = ResetSlot::new(&conn);
+                let opened = Shell::open(&conn, &self.name).await;
+                reset.disarm();
+                match opened {
+                    Ok(Some(shell)) => shell,
+                    Ok(None) => {
+                        conn.put_shell(ShellSlot::Unopened);
+                        return Ok(None);
+                    }
+                    Err(e) => {
+                        tracing::debug!(
+                            "{}: no persistent shell ({e}); using a channel per command",
+                            self.name
+                        );
+                        conn.put_shell(ShellSlot::Unavailable);
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        let line = Cmd::new("sh").arg("-c").arg(cmd.to_shell()).to_shell();
+        tracing::debug!(host = %self.name, lane = "control shell", "exec: {}", cmd.display());
+        // Dropped mid-command: the shell is dropped (closed) and the slot reset.
+        let reset = ResetSlot::new(&conn);
+        let outcome = shell.run(&line, &self.name).await;
+        reset.disarm();
+        match outcome {
+            Ok(out) => {
+                conn.put_shell(ShellSlot::Idle(shell));
+                Ok(Some(out))
+            }
+            Err(e) => {
+                conn.put_shell(ShellSlot::Unopened);
+                Err(match e {
+                    ShellError::Lost(e) => e,
+                    ShellError::Ended | ShellError::Garbled => TransportError::Disconnected {
+                        host: self.name.clone(),
+                        reason: format!("the remote shell ended while running `{}`", cmd.display()),
+                    },
+                })
+            }
+        }
+    }
+
     async fn start(&self, lane: &Lane, cmd: &Cmd) -> Result<exec::Running, TransportError> {
         let conn = self.connection(lane).await?;
         let (line, hs) = self.command_line(cmd);
@@ -248,6 +306,30 @@ impl SshTransport {
     }
 }
 
+/// Puts a connection's shell slot back to `Unopened` unless disarmed: a future dropped
+/// while it held the slot must not leave it `Busy` for ever.
+struct ResetSlot<'a> {
+    conn: &'a Connection,
+    armed: bool,
+}
+
+impl<'a> ResetSlot<'a> {
+    fn new(conn: &'a Connection) -> Self {
+        ResetSlot { conn, armed: true }
+    }
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ResetSlot<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.conn.put_shell(ShellSlot::Unopened);
+        }
+    }
+}
+
 #[async_trait]
 impl Transport for SshTransport {
     fn host(&self) -> &str {
@@ -255,6 +337,14 @@ impl Transport for SshTransport {
     }
 
     async fn exec(&self, cmd: &Cmd, stdin: Option<&[u8]>) -> Result<ExecOutput, TransportError> {
+        // Short commands without input: one round trip through the persistent shell
+        // instead of a channel (a fork and exec on the server) per command. sudo needs
+        // its own channel for the password handshake.
+        if self.become_.is_none() && stdin.is_none_or(<[u8]>::is_empty) {
+            if let Some(out) = self.exec_in_shell(cmd).await? {
+                return Ok(out);
+            }
+        }
         let running = self.start(&self.control, cmd).await?;
         exec::collect(running, stdin).await
     }

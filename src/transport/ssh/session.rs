@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use super::auth::{self, Credentials};
 use super::config::{Route, Target};
 use super::known_hosts::{self, HostKeyStatus};
+use super::shell::Shell;
 use crate::transport::{HostKeyPolicy, TransportError};
 
 /// Session channels open at once on one connection. OpenSSH's `MaxSessions` defaults to
@@ -34,12 +35,47 @@ pub(crate) struct Connection {
     pub handle: Handle<Client>,
     /// Limits concurrent session channels (see [`MAX_SESSIONS_PER_CONNECTION`]).
     pub sessions: Arc<Semaphore>,
+    /// The persistent shell for short commands (see [`super::shell`]).
+    shell: std::sync::Mutex<ShellSlot>,
     _jumps: Vec<Handle<Client>>,
+}
+
+/// State of a connection's persistent shell.
+pub(crate) enum ShellSlot {
+    /// None yet (or the last one was closed): the next command opens one.
+    Unopened,
+    Idle(Shell),
+    /// A command is running in it: others use channels of their own meanwhile.
+    Busy,
+    /// The server would not start one: always use channels of their own.
+    Unavailable,
 }
 
 impl Connection {
     pub fn is_closed(&self) -> bool {
         self.handle.is_closed()
+    }
+
+    /// Take the shell's state out, leaving `Busy` when it was idle or unopened (the
+    /// caller then owns opening it or must put it back).
+    pub fn take_shell(&self) -> ShellSlot {
+        let Ok(mut slot) = self.shell.lock() else {
+            return ShellSlot::Unavailable;
+        };
+        match &*slot {
+            ShellSlot::Busy => ShellSlot::Busy,
+            ShellSlot::Unavailable => ShellSlot::Unavailable,
+            ShellSlot::Unopened | ShellSlot::Idle(_) => {
+                std::mem::replace(&mut *slot, ShellSlot::Busy)
+            }
+        }
+    }
+
+    /// End a `take_shell`.
+    pub fn put_shell(&self, state: ShellSlot) {
+        if let Ok(mut slot) = self.shell.lock() {
+            *slot = state;
+        }
     }
 }
 
@@ -249,6 +285,7 @@ pub(crate) async fn open(
     Ok(Connection {
         handle,
         sessions: Arc::new(Semaphore::new(MAX_SESSIONS_PER_CONNECTION)),
+        shell: std::sync::Mutex::new(ShellSlot::Unopened),
         _jumps: jumps,
     })
 }
