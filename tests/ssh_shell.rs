@@ -34,8 +34,11 @@ async fn sequential_commands_share_one_remote_shell() {
         parents.iter().all(|p| p == &parents[0]),
         "commands ran under different parents: {parents:?}"
     );
-    // ... which is a shell the sshd session runs (a descendant of the sshd).
+    // ... which is a shell the sshd session runs (a descendant of the sshd), not the
+    // sshd itself (the parent of a command on a channel of its own).
     let parent: u32 = parents[0].parse().unwrap();
+    let comm = std::fs::read_to_string(format!("/proc/{parent}/comm")).unwrap();
+    assert_eq!(comm.trim(), "sh", "the commands' parent is not a shell");
     assert!(
         sshd::descendants(server.pid()).contains(&parent),
         "{parent} is not under sshd {}",
