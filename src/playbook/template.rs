@@ -204,9 +204,11 @@ fn mask_value(v: &Value, secrets: &Secrets) -> Value {
 
 /// A template that could not be rendered.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{}template {template:?}: {message}", location.as_ref().map(|l| format!("{l}: ")).unwrap_or_default())]
+#[error("{}template {template:?}: {message}{}", location.as_ref().map(|l| format!("{l}: ")).unwrap_or_default(), field.as_ref().map(|f| format!(" (field `{f}`)")).unwrap_or_default())]
 pub struct TemplateError {
     pub location: Option<Location>,
+    /// The key the template is the value of, when it was read from a file.
+    pub field: Option<String>,
     pub template: String,
     /// The undefined variable, when that is the problem.
     pub variable: Option<String>,
@@ -280,6 +282,7 @@ impl Renderer {
         let t = &t.0;
         check_shell_source(&t.source).map_err(|message| TemplateError {
             location: self.location(t, None),
+            field: self.field(t),
             template: t.source.clone(),
             variable: None,
             message,
@@ -327,10 +330,16 @@ impl Renderer {
         };
         TemplateError {
             location: self.location(t, pos),
+            field: self.field(t),
             template: t.source.clone(),
             variable,
             message,
         }
+    }
+
+    /// The key whose value the template is.
+    fn field(&self, t: &Template) -> Option<String> {
+        self.source.as_ref()?.key_near(t.span.clone()?)
     }
 
     /// Where in the file a template (and a line/column inside it) is.
