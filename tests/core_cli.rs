@@ -558,7 +558,10 @@ fn hostile_input_matrix() {
     let pb = write(dir.path(), "pb.toml", GOOD_PLAY);
     let out = ferry(&["play", &pb, "-i", &inv]);
     assert_ne!(out.status.code(), Some(2), "good input refused");
-    assert!(host.contacted(), "the recording host did not see a good run");
+    assert!(
+        host.contacted(),
+        "the recording host did not see a good run"
+    );
     println!("hostile-input matrix: {} cases", cases.len());
     assert!(
         failures.is_empty(),
