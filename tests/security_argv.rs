@@ -501,3 +501,156 @@ async fn exact_argv_and_hostile_vars() {
         assert_single_quoted("migration_marker", &line, "$(touch");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Over a real sshd: the argv a program on the host really receives.
+
+#[path = "common/sshd.rs"]
+mod sshd;
+
+/// Hostile values for the real-host run: those of `security_secrets.rs` plus an empty
+/// string, a leading dash, a lone quote, a tab and a backslash at the end.
+fn real_host_values(canary: &std::path::Path) -> Vec<String> {
+    let c = canary.display();
+    vec![
+        HOSTILE.replace("/tmp/pwn", &c.to_string()),
+        format!("a'; touch {c} #"),
+        format!("$(touch {c})"),
+        format!("`touch {c}`"),
+        format!("x\ntouch {c}"),
+        format!("\"; touch {c}; echo \""),
+        "*".into(),
+        " leading and trailing ".into(),
+        String::new(),
+        "-rf".into(),
+        "'".into(),
+        "tab\there".into(),
+        "ends with \\".into(),
+    ]
+}
+
+/// Every call of the recorder: its argv after the program name, one file per call.
+fn recorded_calls(dir: &std::path::Path) -> Vec<Vec<String>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::read(f).unwrap();
+            String::from_utf8(bytes)
+                .unwrap()
+                .split_terminator('\0')
+                .map(str::to_string)
+                .collect()
+        })
+        .collect()
+}
+
+/// Through the real binary over real SSH: a recorder program on the host writes down
+/// the argv it gets, as the `command` module's program and as the docker client of
+/// `docker_container`; every hostile value arrives as exactly one argument, verbatim,
+/// and nothing was executed.
+#[test]
+fn real_host_sees_the_exact_argv() {
+    let server = sshd::Sshd::start();
+    let client = sshd::Client::new(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("calls");
+    std::fs::create_dir(&calls).unwrap();
+    let canary = dir.path().join("pwned");
+    let values = real_host_values(&canary);
+
+    // `docker inspect` answers that every container asked for exists and runs.
+    let inspect: Vec<Value> = values
+        .iter()
+        .map(|n| json!({"Name": format!("/{n}"), "State": {"Running": true}, "Config": {"Image": "x:1", "Labels": {}}}))
+        .collect();
+    let inspect_json = dir.path().join("inspect.json");
+    std::fs::write(&inspect_json, Value::Array(inspect).to_string()).unwrap();
+    let recorder = dir.path().join("record-argv");
+    std::fs::write(
+        &recorder,
+        format!(
+            "#!/bin/sh\nf=$(mktemp {calls}/call.$(date +%s%N).XXXXXX)\nfor a in \"$@\"; do printf '%s\\0' \"$a\"; done > \"$f\"\n[ \"$1\" = inspect ] && cat {json}\nexit 0\n",
+            calls = calls.display(),
+            json = inspect_json.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &recorder,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+
+    let mut vars = format!(
+        "recorder = {}\ndocker_bin = {}\n",
+        toml::Value::String(recorder.display().to_string()),
+        toml::Value::String(recorder.display().to_string())
+    );
+    let mut words = Vec::new();
+    let mut names = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        vars.push_str(&format!("v{i} = {}\n", toml::Value::String(v.clone())));
+        words.push(format!("{{{{ v{i} }}}}"));
+        names.push(format!("\"{{{{ v{i} }}}}\""));
+    }
+    std::fs::write(
+        dir.path().join("inventory.toml"),
+        format!(
+            "[hosts.target]\naddress = \"127.0.0.1\"\nport = {}\nuser = \"root\"\nidentity_file = \"{}\"\nknown_hosts = \"{}\"\nssh_config = \"{}\"\n[hosts.target.vars]\n{vars}",
+            server.port,
+            client.key.private.display(),
+            client.known_hosts.display(),
+            client.ssh_config.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("playbook.toml"),
+        format!(
+            "name = \"argv\"\n[[task]]\nname = \"command\"\nhosts = \"all\"\n[task.command]\ncmd = \"{{{{ recorder }}}} {}\"\n\n[[task]]\nname = \"docker\"\nhosts = \"all\"\nafter = [\"command\"]\n[task.docker_container]\nnames = [{}]\nstate = \"stopped\"\n",
+            words.join(" "),
+            names.join(", ")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "play",
+            "playbook.toml",
+            "-i",
+            "inventory.toml",
+            "--yes",
+            "--journal",
+            "journal.json",
+        ])
+        .current_dir(dir.path())
+        .env_remove("SSH_AUTH_SOCK")
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    let got = recorded_calls(&calls);
+    let mut inspect_argv = vec!["inspect".to_string()];
+    inspect_argv.extend(values.iter().cloned());
+    let mut stop_argv = vec!["stop".to_string()];
+    stop_argv.extend(values.iter().cloned());
+    assert_eq!(
+        got,
+        vec![values.clone(), inspect_argv, stop_argv],
+        "argv seen on the host\n{report}"
+    );
+    assert!(!canary.exists(), "a hostile value was executed on the host");
+    println!(
+        "{} hostile values arrived verbatim in 4 calls",
+        values.len()
+    );
+}
