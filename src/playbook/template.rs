@@ -204,11 +204,9 @@ fn mask_value(v: &Value, secrets: &Secrets) -> Value {
 
 /// A template that could not be rendered.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{}template {template:?}: {message}{}", location.as_ref().map(|l| format!("{l}: ")).unwrap_or_default(), field.as_ref().map(|f| format!(" (field `{f}`)")).unwrap_or_default())]
+#[error("{}template {template:?}: {message}", location.as_ref().map(|l| format!("{l}: ")).unwrap_or_default())]
 pub struct TemplateError {
     pub location: Option<Location>,
-    /// The key the template is the value of, when it was read from a file.
-    pub field: Option<String>,
     pub template: String,
     /// The undefined variable, when that is the problem.
     pub variable: Option<String>,
@@ -282,10 +280,9 @@ impl Renderer {
         let t = &t.0;
         check_shell_source(&t.source).map_err(|message| TemplateError {
             location: self.location(t, None),
-            field: self.field(t),
             template: t.source.clone(),
             variable: None,
-            message,
+            message: self.with_field(t, message),
         })?;
         let text = self
             .shell
@@ -330,16 +327,22 @@ impl Renderer {
         };
         TemplateError {
             location: self.location(t, pos),
-            field: self.field(t),
             template: t.source.clone(),
             variable,
-            message,
+            message: self.with_field(t, message),
         }
     }
 
-    /// The key whose value the template is.
-    fn field(&self, t: &Template) -> Option<String> {
-        self.source.as_ref()?.key_near(t.span.clone()?)
+    /// `message`, naming the key whose value the template is when it was read from a
+    /// file (in the message: one more field would make every `ModuleError` larger).
+    fn with_field(&self, t: &Template, message: String) -> String {
+        let field = (self.source.as_ref())
+            .zip(t.span.clone())
+            .and_then(|(source, span)| source.key_near(span));
+        match field {
+            Some(f) => format!("{message} (field `{f}`)"),
+            None => message,
+        }
     }
 
     /// Where in the file a template (and a line/column inside it) is.
