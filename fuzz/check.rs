@@ -35,7 +35,9 @@ n = 3
 
 /// Environment lookups are deterministic: names of even length are set.
 pub fn fuzz_env(name: &str) -> Option<String> {
-    name.len().is_multiple_of(2).then(|| format!("value-of-{name}"))
+    name.len()
+        .is_multiple_of(2)
+        .then(|| format!("value-of-{name}"))
 }
 
 /// Panics unless `loc` names `path` and a real 1-based `line:column` of `text` (the

@@ -352,14 +352,19 @@ impl Renderer {
         // When the file holds the template verbatim (no escapes), point inside it.
         if let (Some((line, col)), Some(raw)) = (inner, source.text.get(span.clone())) {
             if let Some(open) = raw.find(t.source.as_str()) {
-                let offset = t
-                    .source
-                    .split_inclusive('\n')
+                let mut lines = t.source.split_inclusive('\n');
+                let before: usize = lines
+                    .by_ref()
                     .take(line.saturating_sub(1))
                     .map(str::len)
-                    .sum::<usize>()
-                    + col.saturating_sub(1);
-                return Some(source.locate(span.start + open + offset));
+                    .sum();
+                // Handlebars counts columns in characters; the offset is in bytes.
+                let this_line = lines.next().unwrap_or_default();
+                let within = this_line
+                    .char_indices()
+                    .nth(col.saturating_sub(1))
+                    .map_or(this_line.len(), |(i, _)| i);
+                return Some(source.locate(span.start + open + before + within));
             }
         }
         Some(source.locate(span.start))
