@@ -2,6 +2,7 @@
 #![no_main]
 
 #[path = "../check.rs"]
+#[allow(dead_code)] // each target uses part of the shared checks
 mod check;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
