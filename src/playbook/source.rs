@@ -119,8 +119,10 @@ impl SourceFile {
         let covered = text.get(span.clone())?;
         let after = text.get(span.end..)?.trim_start_matches([' ', '\t']);
         let clean = |k: &str| k.trim().trim_matches('"').trim_matches('\'').to_string();
+        // Not a key: nothing, or a table header (`[a=` of a broken file).
+        let usable = |k: &String| !k.is_empty() && !k.starts_with('[');
         if after.starts_with('=') && !covered.contains('\n') {
-            return Some(clean(covered));
+            return Some(clean(covered)).filter(usable);
         }
         let line_start = text
             .get(..span.start)?
@@ -129,8 +131,7 @@ impl SourceFile {
             .unwrap_or(0);
         let prefix = text.get(line_start..span.start)?;
         let (key, _) = prefix.split_once('=')?;
-        let key = clean(key);
-        (!key.is_empty() && !key.starts_with('[')).then_some(key)
+        Some(clean(key)).filter(usable)
     }
 }
 
