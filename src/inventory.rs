@@ -107,6 +107,14 @@ impl Inventory {
         secrets: &Secrets,
     ) -> Result<Inventory, InputError> {
         let raw: RawInventory = toml::from_str(&source.text).map_err(|e| source.toml_error(&e))?;
+        if raw.hosts.is_empty() {
+            // An empty (or host-less) file is almost surely the wrong file.
+            return Err(source.error_at(
+                None,
+                None,
+                "the inventory has no hosts; add at least one [hosts.NAME] table",
+            ));
+        }
         let base = source
             .path
             .parent()

@@ -165,3 +165,42 @@ fn limit_tags_and_start_at_select() {
         Err(PrepareError::StartAt(_))
     ));
 }
+
+/// Columns count characters, in the file and inside templates (found while writing the
+/// fuzz regression inputs: a template error after multi-byte characters pointed at the
+/// wrong column, counting bytes of the template as characters of the line).
+#[test]
+fn template_error_columns_count_characters() {
+    let (_, inv) = load("good.toml");
+    let text =
+        "[[task]]\nname = \"é\"\nhosts = \"all\"\n[task.command]\ncmd = \"échø 😀 {{ nope }}\"\n";
+    let pb = Arc::new(
+        Playbook::parse(ferry::playbook::source::SourceFile::new("pb.toml", text)).unwrap(),
+    );
+    let Err(PrepareError::Templates(errors)) =
+        prepare(pb, inv, RunOptions::default(), &Secrets::new())
+    else {
+        panic!("expected template errors");
+    };
+    let loc = errors[0].location.as_ref().unwrap();
+    // `cmd = "échø 😀 {{ nope }}"`: the `{{` is the 15th character of line 5.
+    assert_eq!((loc.line, loc.column), (5, 15), "{}", errors[0]);
+}
+
+#[test]
+fn non_utf8_and_empty_files_are_located_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pb.toml");
+    std::fs::write(&path, b"[[task]]\nname = \"t\xe9\"\n").unwrap();
+    let e = Playbook::load(&path).unwrap_err();
+    assert_eq!((e.location.line, e.location.column), (2, 10));
+    assert_eq!(e.field.as_deref(), Some("name"));
+    assert!(e.message.contains("0xe9"), "{}", e.message);
+    std::fs::write(&path, "# nothing\n").unwrap();
+    let e = Playbook::load(&path).unwrap_err();
+    assert_eq!((e.location.line, e.location.column), (1, 1));
+    assert!(e.message.contains("no tasks"), "{}", e.message);
+    std::fs::write(&path, "").unwrap();
+    let e = Inventory::load(&path, &Secrets::new()).unwrap_err();
+    assert!(e.message.contains("no hosts"), "{}", e.message);
+}

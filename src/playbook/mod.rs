@@ -212,6 +212,14 @@ impl Playbook {
             .ok()
             .and_then(|v| v.as_object().cloned())
             .unwrap_or_default();
+        if raw.task.is_empty() {
+            // An empty (or task-less) file is almost surely the wrong file.
+            return Err(source.error_at(
+                None,
+                None,
+                "the playbook has no tasks; add at least one [[task]] table",
+            ));
+        }
         let mut tasks: Vec<Task> = Vec::new();
         for spanned in raw.task {
             let span = spanned.span();

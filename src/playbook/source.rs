@@ -44,19 +44,34 @@ impl SourceFile {
         }
     }
 
-    /// Read a file; a missing file is an [`InputError`] at 0:0.
+    /// Read a file; a file that cannot be read (missing, a directory, no permission) is
+    /// an [`InputError`] at 0:0 (there is no position to point at); bytes that are not
+    /// UTF-8 are an error at the first bad byte.
     pub fn read(path: &Path) -> Result<Self, InputError> {
-        std::fs::read_to_string(path)
-            .map(|text| SourceFile::new(path, text))
-            .map_err(|e| InputError {
-                location: Location {
-                    path: path.to_path_buf(),
-                    line: 0,
-                    column: 0,
-                },
-                field: None,
-                message: format!("cannot read file: {e}"),
-            })
+        let bytes = std::fs::read(path).map_err(|e| InputError {
+            location: Location {
+                path: path.to_path_buf(),
+                line: 0,
+                column: 0,
+            },
+            field: None,
+            message: format!("cannot read file: {e}"),
+        })?;
+        match String::from_utf8(bytes) {
+            Ok(text) => Ok(SourceFile::new(path, text)),
+            Err(e) => {
+                let at = e.utf8_error().valid_up_to();
+                let bytes = e.into_bytes();
+                let valid = String::from_utf8_lossy(bytes.get(..at).unwrap_or_default());
+                let bad = bytes.get(at).copied().unwrap_or_default();
+                let prefix = SourceFile::new(path, valid.into_owned());
+                Err(prefix.error_at(
+                    Some(at..at),
+                    None,
+                    format!("not UTF-8 text: byte 0x{bad:02x} is not valid UTF-8"),
+                ))
+            }
+        }
     }
 
     /// Line and column of a byte offset.
@@ -99,13 +114,15 @@ impl SourceFile {
 
     /// The key a span is about: the span itself when it covers a key (`key =`), else the
     /// key on the left of `=` on the span's line.
-    fn key_near(&self, span: Range<usize>) -> Option<String> {
+    pub fn key_near(&self, span: Range<usize>) -> Option<String> {
         let text = &self.text;
         let covered = text.get(span.clone())?;
         let after = text.get(span.end..)?.trim_start_matches([' ', '\t']);
         let clean = |k: &str| k.trim().trim_matches('"').trim_matches('\'').to_string();
+        // Not a key: nothing, or a table header (`[a=` of a broken file).
+        let usable = |k: &String| !k.is_empty() && !k.starts_with('[');
         if after.starts_with('=') && !covered.contains('\n') {
-            return Some(clean(covered));
+            return Some(clean(covered)).filter(usable);
         }
         let line_start = text
             .get(..span.start)?
@@ -114,8 +131,7 @@ impl SourceFile {
             .unwrap_or(0);
         let prefix = text.get(line_start..span.start)?;
         let (key, _) = prefix.split_once('=')?;
-        let key = clean(key);
-        (!key.is_empty() && !key.starts_with('[')).then_some(key)
+        Some(clean(key)).filter(usable)
     }
 }
 

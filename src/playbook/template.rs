@@ -282,7 +282,7 @@ impl Renderer {
             location: self.location(t, None),
             template: t.source.clone(),
             variable: None,
-            message,
+            message: self.with_field(t, message),
         })?;
         let text = self
             .shell
@@ -329,7 +329,19 @@ impl Renderer {
             location: self.location(t, pos),
             template: t.source.clone(),
             variable,
-            message,
+            message: self.with_field(t, message),
+        }
+    }
+
+    /// `message`, naming the key whose value the template is when it was read from a
+    /// file (in the message: one more field would make every `ModuleError` larger).
+    fn with_field(&self, t: &Template, message: String) -> String {
+        let field = (self.source.as_ref())
+            .zip(t.span.clone())
+            .and_then(|(source, span)| source.key_near(span));
+        match field {
+            Some(f) => format!("{message} (field `{f}`)"),
+            None => message,
         }
     }
 
@@ -340,14 +352,19 @@ impl Renderer {
         // When the file holds the template verbatim (no escapes), point inside it.
         if let (Some((line, col)), Some(raw)) = (inner, source.text.get(span.clone())) {
             if let Some(open) = raw.find(t.source.as_str()) {
-                let offset = t
-                    .source
-                    .split_inclusive('\n')
+                let mut lines = t.source.split_inclusive('\n');
+                let before: usize = lines
+                    .by_ref()
                     .take(line.saturating_sub(1))
                     .map(str::len)
-                    .sum::<usize>()
-                    + col.saturating_sub(1);
-                return Some(source.locate(span.start + open + offset));
+                    .sum();
+                // Handlebars counts columns in characters; the offset is in bytes.
+                let this_line = lines.next().unwrap_or_default();
+                let within = this_line
+                    .char_indices()
+                    .nth(col.saturating_sub(1))
+                    .map_or(this_line.len(), |(i, _)| i);
+                return Some(source.locate(span.start + open + before + within));
             }
         }
         Some(source.locate(span.start))
