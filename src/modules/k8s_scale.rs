@@ -201,7 +201,9 @@ impl Module for K8sScale {
         changes: &[ScaleChange],
     ) -> Result<Applied, ModuleError> {
         let cluster = self.target().cluster(ctx).await?;
-        let timeout = self.timeout.map_or(Duration::from_secs(300), Seconds::duration);
+        let timeout = self
+            .timeout
+            .map_or(Duration::from_secs(300), Seconds::duration);
         // Scale everything first, then wait: the workloads stop (or start) together.
         for c in changes {
             if let ScaleChange::Scale {

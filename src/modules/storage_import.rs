@@ -25,8 +25,8 @@ use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
 use crate::k8s::{kubectl, pod_ready, Cluster, WorkloadKind};
 use crate::modules::shared::{
-    artifact_fingerprint, completed_guard, completed_marker, df_text, find_artifact,
-    is_disk_full, pod_exec, stream_artifact, K8sTarget,
+    artifact_fingerprint, completed_guard, completed_marker, df_text, find_artifact, is_disk_full,
+    pod_exec, stream_artifact, K8sTarget,
 };
 use crate::modules::storage_export::content_hash_cmd;
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};

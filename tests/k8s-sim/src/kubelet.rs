@@ -672,8 +672,7 @@ impl Kubelet {
         let mut statuses = Vec::new();
         for c in &rt.containers {
             let has_probe = c.spec["readinessProbe"]["exec"].is_object();
-            let ready =
-                running && c.pid.is_some() && (!has_probe || c.probe_ok) && !held_unready;
+            let ready = running && c.pid.is_some() && (!has_probe || c.probe_ok) && !held_unready;
             let state = match (&c.pid, running, &c.started_at) {
                 (Some(_), true, Some(started)) => json!({"running": {"startedAt": started}}),
                 (None, _, _) if c.restart_at.is_some() => {
