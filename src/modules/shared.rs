@@ -560,8 +560,26 @@ where
         },
     )
     .await
-    .map_err(|e| ModuleError::Failed(format!("streaming {}: {e}", artifact.name)))?;
-    let exit = stream.exit.await?;
+    .map_err(|e| {
+        let side = match e {
+            crate::stream::PumpError::Read(_) => format!("from host {}", artifact.host),
+            crate::stream::PumpError::Write(_) => format!("to host {}", ctx.host),
+            crate::stream::PumpError::Tee(_) => "to the local backup copy".to_string(),
+        };
+        ModuleError::Failed(format!(
+            "streaming {} ({}) {side} failed: {e}",
+            artifact.name, artifact.path
+        ))
+    })?;
+    let exit = stream.exit.await.map_err(|e| {
+        ModuleError::Failed(format!(
+            "reading {} on host {} stopped after {} of {} bytes: {e}",
+            artifact.path,
+            artifact.host,
+            offset + pumped.bytes,
+            artifact.size
+        ))
+    })?;
     if exit.status != Some(0) {
         return Err(ModuleError::Failed(format!(
             "reading {} on {} failed: {}",
