@@ -535,6 +535,27 @@ pub async fn stream_artifact<W>(
 where
     W: tokio::io::AsyncWrite + Unpin + ?Sized,
 {
+    let result = stream_artifact_inner(ctx, artifact, offset, hasher, sink).await;
+    if result.is_err() {
+        // Close the far end's stdin whatever went wrong: a consumer waiting for more
+        // (`cat >> part` in a pod) would otherwise wait forever, and with it a caller
+        // draining that consumer's output. What arrived stays (a resumable prefix).
+        use tokio::io::AsyncWriteExt;
+        let _ = sink.shutdown().await;
+    }
+    result
+}
+
+async fn stream_artifact_inner<W>(
+    ctx: &TaskCtx,
+    artifact: &Artifact,
+    offset: u64,
+    hasher: sha2::Sha256,
+    sink: &mut W,
+) -> Result<crate::stream::Pumped, ModuleError>
+where
+    W: tokio::io::AsyncWrite + Unpin + ?Sized,
+{
     let (_source, mut stream) = open_artifact(ctx, artifact, offset).await?;
     let mut tee = if offset == 0 {
         open_local_tee(ctx, artifact).await?
