@@ -470,10 +470,10 @@ pub fn disk_full_message(
         None => "the disk filled while writing".to_string(),
     };
     format!(
-        "No space left on device on host {host} writing {path}: {written}; now {free}. \
-         The partial file {part} was removed; nothing else was deleted (earlier backups, \
-         the containers and their data are as they were). Free space there (or point the \
-         backup directory at a larger disk) and re-run. ({stderr})"
+        "No space left on device on host {host} writing {path}: {written}. The partial \
+         file {part} was removed, after which {free}; nothing else was deleted (earlier \
+         backups, the containers and their data are as they were). Free space there (or \
+         point the backup directory at a larger disk) and re-run. ({stderr})"
     )
 }
 
