@@ -316,6 +316,11 @@ impl Cluster {
     }
 
     /// Wait by watch until the pods matching `selector` are as `wanted`.
+    ///
+    /// The watch survives a lost connection to the API (the SSH tunnel dropped, the API
+    /// server restarted): it lists again (a fresh resourceVersion) and watches on, through
+    /// a new tunnel connection, until `timeout`. A timeout that happened while the API was
+    /// unreachable says so, with the last connection error.
     pub async fn wait_pods(
         &self,
         selector: &str,
@@ -327,56 +332,86 @@ impl Cluster {
             PodsWanted::Ready(n) => format!("{n} pod(s) {selector} are running and ready"),
         };
         let api = self.api::<Pod>();
+        let mut lost: Option<String> = None;
         let fut = async {
+            let mut retry = Duration::from_millis(200);
             loop {
-                let list = api
-                    .list(&ListParams::default().labels(selector))
-                    .await
-                    .map_err(api_err(format!("list pods {selector}")))?;
-                let mut pods: BTreeMap<String, Pod> = list
-                    .items
-                    .into_iter()
-                    .filter_map(|p| p.metadata.name.clone().map(|n| (n, p)))
-                    .collect();
-                if pods_match(pods.values(), wanted) {
-                    return Ok(());
-                }
-                let rv = list.metadata.resource_version.unwrap_or_default();
-                let wp = WatchParams::default().labels(selector).timeout(290);
-                let stream = api
-                    .watch(&wp, &rv)
-                    .await
-                    .map_err(api_err(format!("watch pods {selector}")))?;
-                futures::pin_mut!(stream);
-                use futures::StreamExt;
-                while let Some(ev) = stream.next().await {
-                    match ev.map_err(api_err(format!("watch pods {selector}")))? {
-                        WatchEvent::Added(p) | WatchEvent::Modified(p) => {
-                            if let Some(n) = p.metadata.name.clone() {
-                                pods.insert(n, p);
-                            }
-                        }
-                        WatchEvent::Deleted(p) => {
-                            if let Some(n) = &p.metadata.name {
-                                pods.remove(n);
-                            }
-                        }
-                        WatchEvent::Bookmark(_) => {}
-                        // Expired resourceVersion and similar: list again.
-                        WatchEvent::Error(_) => break,
+                match self.watch_pods_once(&api, selector, wanted).await {
+                    Ok(true) => return Ok(()),
+                    // The watch ended normally (server timeout, expired resourceVersion).
+                    Ok(false) => continue,
+                    Err(e) if is_transient(&e) => {
+                        tracing::warn!(
+                            "lost the Kubernetes API connection while waiting until {what}: \
+                             {e}; reconnecting"
+                        );
+                        lost = Some(e.to_string());
+                        tokio::time::sleep(retry).await;
+                        retry = (retry * 2).min(Duration::from_secs(2));
                     }
-                    if pods_match(pods.values(), wanted) {
-                        return Ok(());
-                    }
+                    Err(e) => return Err(api_err(format!("watch pods {selector}"))(e)),
                 }
             }
         };
-        tokio::time::timeout(timeout, fut)
-            .await
-            .map_err(|_| K8sError::Timeout {
-                what,
+        let result = tokio::time::timeout(timeout, fut).await;
+        match result {
+            Ok(r) => r,
+            Err(_) => Err(K8sError::Timeout {
+                what: match &lost {
+                    Some(e) => format!(
+                        "{what} (the Kubernetes API connection through the tunnel was lost \
+                         on the way; last error: {e})"
+                    ),
+                    None => what,
+                },
                 secs: timeout.as_secs(),
-            })?
+            }),
+        }
+    }
+
+    /// One list + watch of the pods: `Ok(true)` when they are as wanted, `Ok(false)` when
+    /// the watch ended without that (list again).
+    async fn watch_pods_once(
+        &self,
+        api: &Api<Pod>,
+        selector: &str,
+        wanted: PodsWanted,
+    ) -> Result<bool, kube::Error> {
+        let list = api.list(&ListParams::default().labels(selector)).await?;
+        let mut pods: BTreeMap<String, Pod> = list
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.name.clone().map(|n| (n, p)))
+            .collect();
+        if pods_match(pods.values(), wanted) {
+            return Ok(true);
+        }
+        let rv = list.metadata.resource_version.unwrap_or_default();
+        let wp = WatchParams::default().labels(selector).timeout(290);
+        let stream = api.watch(&wp, &rv).await?;
+        futures::pin_mut!(stream);
+        use futures::StreamExt;
+        while let Some(ev) = stream.next().await {
+            match ev? {
+                WatchEvent::Added(p) | WatchEvent::Modified(p) => {
+                    if let Some(n) = p.metadata.name.clone() {
+                        pods.insert(n, p);
+                    }
+                }
+                WatchEvent::Deleted(p) => {
+                    if let Some(n) = &p.metadata.name {
+                        pods.remove(n);
+                    }
+                }
+                WatchEvent::Bookmark(_) => {}
+                // Expired resourceVersion and similar: list again.
+                WatchEvent::Error(_) => return Ok(false),
+            }
+            if pods_match(pods.values(), wanted) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// `spec.volumeName` of a PVC, or `None` when the PVC does not exist (or is unbound).
@@ -606,6 +641,15 @@ pub async fn feed_stdin<R: tokio::io::AsyncRead + Unpin>(
     let n = tokio::io::copy(reader, &mut w).await?;
     w.shutdown().await?;
     Ok(n)
+}
+
+/// A failure of the connection to the API (worth reconnecting), not an answer of it.
+fn is_transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
+        kube::Error::Api(s) => s.code >= 500,
+        _ => false,
+    }
 }
 
 fn pods_match<'a>(pods: impl Iterator<Item = &'a Pod>, wanted: PodsWanted) -> bool {

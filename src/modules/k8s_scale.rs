@@ -5,7 +5,7 @@
 //! [task.k8s_scale]
 //! workloads = ["deployment/ui", "deployment/repo", "deployment/worker"]
 //! replicas = 0
-//! timeout = 300              # seconds, per wait
+//! timeout = "5m"             # per wait: seconds (300) or "30s", "5m", "1h"
 //! # namespace = "packagist"  # default: var `namespace`, else "default"
 //! ```
 //!
@@ -19,7 +19,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::k8s::{kubectl, pod_ready, PodsWanted, WorkloadKind};
-use crate::modules::shared::{completed_guard, completed_marker, K8sTarget};
+use crate::k8s::{Cluster, K8sError};
+use crate::modules::shared::{completed_guard, completed_marker, K8sTarget, Seconds};
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
 
@@ -30,7 +31,7 @@ pub struct K8sScale {
     pub workloads: Vec<String>,
     pub replicas: u32,
     #[serde(default)]
-    pub timeout: Option<u64>,
+    pub timeout: Option<Seconds>,
     #[serde(default)]
     pub namespace: Option<Template>,
     #[serde(default)]
@@ -200,7 +201,9 @@ impl Module for K8sScale {
         changes: &[ScaleChange],
     ) -> Result<Applied, ModuleError> {
         let cluster = self.target().cluster(ctx).await?;
-        let timeout = Duration::from_secs(self.timeout.unwrap_or(300));
+        let timeout = self
+            .timeout
+            .map_or(Duration::from_secs(300), Seconds::duration);
         // Scale everything first, then wait: the workloads stop (or start) together.
         for c in changes {
             if let ScaleChange::Scale {
@@ -216,17 +219,116 @@ impl Module for K8sScale {
             }
         }
         for c in changes {
-            let (ScaleChange::Scale { to, selector, .. } | ScaleChange::Wait { to, selector, .. }) =
-                c;
+            let (ScaleChange::Scale {
+                kind,
+                name,
+                to,
+                selector,
+                ..
+            }
+            | ScaleChange::Wait {
+                kind,
+                name,
+                to,
+                selector,
+                ..
+            }) = c;
             let wanted = if *to == 0 {
                 PodsWanted::Gone
             } else {
                 PodsWanted::Ready(*to)
             };
-            cluster.wait_pods(selector, wanted, timeout).await?;
+            match cluster.wait_pods(selector, wanted, timeout).await {
+                Ok(()) => {}
+                Err(K8sError::Timeout { what, secs }) => {
+                    let workload = format!("{}/{name}", kind.kubectl_name());
+                    let pods = pods_now(&cluster, selector).await;
+                    return Err(ModuleError::Failed(timeout_message(
+                        &workload,
+                        cluster.namespace(),
+                        selector,
+                        *to,
+                        secs,
+                        &what,
+                        &pods,
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(Applied::changed())
     }
+}
+
+/// The pods of a workload as one line each (`name phase ready|not ready (...)`), for the
+/// timeout message; what cannot be read is said so.
+async fn pods_now(cluster: &Cluster, selector: &str) -> Vec<String> {
+    match cluster.pods(selector).await {
+        Ok(pods) => pods
+            .iter()
+            .map(|p| {
+                let name = p.metadata.name.clone().unwrap_or_default();
+                let status = p.status.clone().unwrap_or_default();
+                let phase = status.phase.unwrap_or_else(|| "Unknown".into());
+                let unready: Vec<String> = status
+                    .container_statuses
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|c| !c.ready)
+                    .map(|c| c.name)
+                    .collect();
+                let terminating = if p.metadata.deletion_timestamp.is_some() {
+                    ", terminating"
+                } else {
+                    ""
+                };
+                if pod_ready(p) {
+                    format!("{name} {phase}, ready{terminating}")
+                } else if unready.is_empty() {
+                    format!("{name} {phase}, not ready{terminating}")
+                } else {
+                    format!(
+                        "{name} {phase}, not ready (containers not ready: {}){terminating}",
+                        unready.join(", ")
+                    )
+                }
+            })
+            .collect(),
+        Err(e) => vec![format!("(could not list them: {e})")],
+    }
+}
+
+/// Pure: the operator's message when a workload's pods did not settle in time.
+pub fn timeout_message(
+    workload: &str,
+    namespace: &str,
+    selector: &str,
+    replicas: u32,
+    secs: u64,
+    what: &str,
+    pods: &[String],
+) -> String {
+    let goal = if replicas == 0 {
+        "all its pods gone".to_string()
+    } else {
+        format!("{replicas} pod(s) running and ready")
+    };
+    let now = if pods.is_empty() {
+        "no pods".to_string()
+    } else {
+        pods.join("; ")
+    };
+    let look = [
+        kubectl(namespace, &["get", "pods", "-l", selector, "-o", "wide"]),
+        kubectl(namespace, &["describe", "pods", "-l", selector]),
+        kubectl(namespace, &["rollout", "status", workload]),
+    ];
+    format!(
+        "{workload} in namespace {namespace} did not reach {goal} within the timeout of \
+         {secs}s (waited until {what}); pods now: {now}. Look with: {}. \
+         Raise the task's `timeout` if the pods are just slow; a re-run waits again.",
+        look.join(" ; ")
+    )
 }
 
 /// Pure: which workloads to scale, and which to wait for.
@@ -321,6 +423,39 @@ mod tests {
         let mut f = facts(vec![w("ui", 1, 1, 1)]);
         f.guard = Some("completed".into());
         assert!(decide(0, &f).is_empty());
+    }
+
+    #[test]
+    fn timeout_names_workload_namespace_timeout_and_kubectl() {
+        let m = timeout_message(
+            "deployment/ui",
+            "packagist",
+            "app=ui",
+            1,
+            30,
+            "1 pod(s) app=ui are running and ready",
+            &["ui-1 Running, not ready (containers not ready: ui)".into()],
+        );
+        for want in [
+            "deployment/ui in namespace packagist",
+            "timeout of 30s",
+            "ui-1 Running, not ready (containers not ready: ui)",
+            "kubectl -n packagist describe pods -l app=ui",
+            "kubectl -n packagist get pods -l app=ui -o wide",
+        ] {
+            assert!(m.contains(want), "{want:?} not in {m}");
+        }
+    }
+
+    #[test]
+    fn timeout_parses_text_or_seconds() {
+        let t: K8sScale =
+            toml::from_str("workloads = [\"deployment/ui\"]\nreplicas = 1\ntimeout = \"30s\"")
+                .unwrap();
+        assert_eq!(t.timeout, Some(Seconds(30)));
+        let t: K8sScale =
+            toml::from_str("workloads = [\"deployment/ui\"]\nreplicas = 1\ntimeout = 45").unwrap();
+        assert_eq!(t.timeout, Some(Seconds(45)));
     }
 
     #[test]

@@ -360,9 +360,25 @@ pub async fn write_artifact(
     let cmd = Cmd::new("bash").arg("-c").arg_cmd(&script);
     let out = ctx.exec(&cmd).await?;
     if !out.success() {
+        let stderr = ctx.secrets.mask(out.stderr_str().trim());
+        // How far it got, before the partial file goes (for the disk-full message).
+        let written = if is_disk_full(&stderr) {
+            ctx.exec(&Cmd::new("stat").arg("-c").arg("%s").arg(part.as_str()))
+                .await
+                .ok()
+                .and_then(|o| o.stdout_str().trim().parse::<u64>().ok())
+        } else {
+            None
+        };
         // Leave nothing half-written behind under the final name (it never was), and
         // remove the partial file so a re-run starts clean.
         let _ = ctx.exec(&Cmd::new("rm").arg("-f").arg(part.as_str())).await;
+        if is_disk_full(&stderr) {
+            let free = disk_free_text(ctx, &dir).await;
+            return Err(ModuleError::Failed(disk_full_message(
+                &ctx.host, path, &part, written, &free, &stderr,
+            )));
+        }
         return Err(ModuleError::CommandFailed {
             cmd: ctx.secrets.mask(&cmd.display()),
             status: format!("{:?}", out.status),
@@ -405,6 +421,60 @@ pub async fn write_artifact(
         serde_json::to_value(&stamp).unwrap_or(Value::Null),
     )?;
     Ok((artifact, stamp))
+}
+
+/// A command's stderr says the filesystem is full.
+pub fn is_disk_full(stderr: &str) -> bool {
+    stderr.contains("No space left on device") || stderr.contains("ENOSPC")
+}
+
+/// "N bytes free of M in DIR" from `df -PB1` on the host, or why not.
+async fn disk_free_text(ctx: &TaskCtx, dir: &str) -> String {
+    match ctx
+        .exec(&Cmd::new("df").arg("-PB1").arg("--").arg(dir))
+        .await
+    {
+        Ok(out) if out.success() => df_text(dir, &out.stdout_str()),
+        Ok(out) => format!("df {dir} failed: {}", out.stderr_str().trim()),
+        Err(e) => format!("df {dir} failed: {e}"),
+    }
+}
+
+/// Pure: `df -PB1` output as "N bytes free of M on MOUNT".
+pub fn df_text(dir: &str, out: &str) -> String {
+    let fields: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    match fields.as_slice() {
+        [_, size, _, avail, _, mount, ..] => {
+            format!("{avail} bytes free of {size} on the filesystem mounted at {mount}")
+        }
+        _ => format!("free space of {dir} unknown (df said {:?})", out.trim()),
+    }
+}
+
+/// Pure: the operator's message for an artifact that did not fit.
+pub fn disk_full_message(
+    host: &str,
+    path: &str,
+    part: &str,
+    written: Option<u64>,
+    free: &str,
+    stderr: &str,
+) -> String {
+    let written = match written {
+        Some(n) => format!("{n} bytes were written before the disk filled"),
+        None => "the disk filled while writing".to_string(),
+    };
+    format!(
+        "No space left on device on host {host} writing {path}: {written}. The partial \
+         file {part} was removed, after which {free}; nothing else was deleted (earlier \
+         backups, the containers and their data are as they were). Free space there (or \
+         point the backup directory at a larger disk) and re-run. ({stderr})"
+    )
 }
 
 /// The artifact `name` this task recorded earlier, if the file on the host still has
@@ -465,6 +535,27 @@ pub async fn stream_artifact<W>(
 where
     W: tokio::io::AsyncWrite + Unpin + ?Sized,
 {
+    let result = stream_artifact_inner(ctx, artifact, offset, hasher, sink).await;
+    if result.is_err() {
+        // Close the far end's stdin whatever went wrong: a consumer waiting for more
+        // (`cat >> part` in a pod) would otherwise wait forever, and with it a caller
+        // draining that consumer's output. What arrived stays (a resumable prefix).
+        use tokio::io::AsyncWriteExt;
+        let _ = sink.shutdown().await;
+    }
+    result
+}
+
+async fn stream_artifact_inner<W>(
+    ctx: &TaskCtx,
+    artifact: &Artifact,
+    offset: u64,
+    hasher: sha2::Sha256,
+    sink: &mut W,
+) -> Result<crate::stream::Pumped, ModuleError>
+where
+    W: tokio::io::AsyncWrite + Unpin + ?Sized,
+{
     let (_source, mut stream) = open_artifact(ctx, artifact, offset).await?;
     let mut tee = if offset == 0 {
         open_local_tee(ctx, artifact).await?
@@ -490,8 +581,26 @@ where
         },
     )
     .await
-    .map_err(|e| ModuleError::Failed(format!("streaming {}: {e}", artifact.name)))?;
-    let exit = stream.exit.await?;
+    .map_err(|e| {
+        let side = match e {
+            crate::stream::PumpError::Read(_) => format!("from host {}", artifact.host),
+            crate::stream::PumpError::Write(_) => format!("to host {}", ctx.host),
+            crate::stream::PumpError::Tee(_) => "to the local backup copy".to_string(),
+        };
+        ModuleError::Failed(format!(
+            "streaming {} ({}) {side} failed: {e}",
+            artifact.name, artifact.path
+        ))
+    })?;
+    let exit = stream.exit.await.map_err(|e| {
+        ModuleError::Failed(format!(
+            "reading {} on host {} stopped after {} of {} bytes: {e}",
+            artifact.path,
+            artifact.host,
+            offset + pumped.bytes,
+            artifact.size
+        ))
+    })?;
     if exit.status != Some(0) {
         return Err(ModuleError::Failed(format!(
             "reading {} on {} failed: {}",
@@ -574,4 +683,137 @@ pub async fn pod_redis_key_counts(
 /// argv as owned strings.
 pub fn argv(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Durations in playbooks
+
+/// A duration a playbook gives either as whole seconds (`timeout = 300`) or as text with a
+/// unit (`timeout = "30s"`, `"5m"`, `"1h"`, `"1m30s"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "u64")]
+pub struct Seconds(pub u64);
+
+impl From<Seconds> for u64 {
+    fn from(s: Seconds) -> u64 {
+        s.0
+    }
+}
+
+impl Seconds {
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.0)
+    }
+
+    /// Parse `30s`, `5m`, `1h`, `1m30s` or a bare number of seconds.
+    pub fn parse(text: &str) -> Result<Seconds, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("an empty duration".into());
+        }
+        if let Ok(n) = text.parse::<u64>() {
+            return Ok(Seconds(n));
+        }
+        let mut total = 0u64;
+        let mut digits = String::new();
+        for ch in text.chars() {
+            if ch.is_ascii_digit() {
+                digits.push(ch);
+                continue;
+            }
+            let unit = match ch {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                _ => return Err(format!("{text:?}: unknown unit {ch:?} (use s, m or h)")),
+            };
+            let n: u64 = digits
+                .parse()
+                .map_err(|_| format!("{text:?}: a number must come before {ch:?}"))?;
+            total = total.saturating_add(n.saturating_mul(unit));
+            digits.clear();
+        }
+        if !digits.is_empty() {
+            return Err(format!("{text:?}: the last number has no unit (s, m or h)"));
+        }
+        Ok(Seconds(total))
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Seconds, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(Seconds(n)),
+            Raw::Text(t) => Seconds::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod disk_full_tests {
+    use super::*;
+
+    #[test]
+    fn disk_full_message_names_host_path_and_space() {
+        let df = "Filesystem 1-blocks Used Available Capacity Mounted on\n\
+                  tmpfs 4194304 4190208 4096 100% /root/packagist-migration\n";
+        let free = df_text("/root/packagist-migration", df);
+        assert_eq!(
+            free,
+            "4096 bytes free of 4194304 on the filesystem mounted at /root/packagist-migration"
+        );
+        let m = disk_full_message(
+            "old",
+            "/b/db.sql",
+            "/b/db.sql.part",
+            Some(1000),
+            &free,
+            "tee: /b/db.sql.part: No space left on device",
+        );
+        for want in [
+            "No space left on device on host old writing /b/db.sql",
+            "1000 bytes were written",
+            "4096 bytes free",
+            "nothing else was deleted",
+        ] {
+            assert!(m.contains(want), "{want:?} not in {m}");
+        }
+        assert!(is_disk_full("tee: x: No space left on device"));
+        assert!(!is_disk_full("permission denied"));
+    }
+}
+
+#[cfg(test)]
+mod seconds_tests {
+    use super::Seconds;
+
+    #[test]
+    fn durations_parse_with_units_or_as_seconds() {
+        assert_eq!(Seconds::parse("30s"), Ok(Seconds(30)));
+        assert_eq!(Seconds::parse("5m"), Ok(Seconds(300)));
+        assert_eq!(Seconds::parse("1m30s"), Ok(Seconds(90)));
+        assert_eq!(Seconds::parse("2h"), Ok(Seconds(7200)));
+        assert_eq!(Seconds::parse("45"), Ok(Seconds(45)));
+        assert!(Seconds::parse("30x").is_err());
+        assert!(Seconds::parse("1m30").is_err());
+        assert!(Seconds::parse("").is_err());
+    }
+
+    #[test]
+    fn toml_takes_a_number_or_text() {
+        #[derive(serde::Deserialize)]
+        struct T {
+            timeout: Seconds,
+        }
+        let a: T = toml::from_str("timeout = 12").unwrap();
+        let b: T = toml::from_str("timeout = \"2m\"").unwrap();
+        assert_eq!((a.timeout, b.timeout), (Seconds(12), Seconds(120)));
+        assert!(toml::from_str::<T>("timeout = \"soon\"").is_err());
+    }
 }

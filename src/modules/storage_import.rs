@@ -25,8 +25,8 @@ use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
 use crate::k8s::{kubectl, pod_ready, Cluster, WorkloadKind};
 use crate::modules::shared::{
-    artifact_fingerprint, completed_guard, completed_marker, find_artifact, pod_exec,
-    stream_artifact, K8sTarget,
+    artifact_fingerprint, completed_guard, completed_marker, df_text, find_artifact, is_disk_full,
+    pod_exec, stream_artifact, K8sTarget,
 };
 use crate::modules::storage_export::content_hash_cmd;
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
@@ -265,7 +265,15 @@ impl Module for StorageImport {
             stream_artifact(ctx, &artifact, offset, sha2::Sha256::default(), &mut stdin),
             crate::k8s::drain(&mut proc)
         );
-        crate::k8s::finish(pod, proc, &err).await?;
+        if let Err(e) = crate::k8s::finish(pod, proc, &err).await {
+            let text = e.to_string();
+            if is_disk_full(&text) {
+                return Err(ModuleError::Failed(
+                    upload_disk_full(ctx, &cluster, pod, f, &part, artifact.size, &text).await,
+                ));
+            }
+            return Err(e.into());
+        }
         let pumped = pumped?;
         // 3. The far end checks the whole file, then moves it into place.
         let check = Cmd::new("sha256sum").arg(part.as_str());
@@ -410,6 +418,64 @@ pub fn decide(f: &StorageImportFacts) -> Result<Vec<ImportChange>, ModuleError> 
             ),
         ],
     }])
+}
+
+/// The message for an upload that filled the pod's filesystem: where (host, namespace,
+/// pod, container, path), how much arrived and how much is still needed, the free space
+/// now, and that the partial upload is kept for the re-run to resume after.
+async fn upload_disk_full(
+    ctx: &TaskCtx,
+    cluster: &Cluster,
+    pod: &str,
+    f: &StorageImportFacts,
+    part: &str,
+    total: u64,
+    error: &str,
+) -> String {
+    let container = Some(f.container.as_str());
+    let dir = std::path::Path::new(part)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "/".into());
+    let kept = pod_exec(
+        cluster,
+        pod,
+        container,
+        &sh(&Cmd::new("stat").arg("-c").arg("%s").arg(part)),
+        None,
+    )
+    .await
+    .ok()
+    .and_then(|o| String::from_utf8_lossy(&o).trim().parse::<u64>().ok());
+    let free = match pod_exec(
+        cluster,
+        pod,
+        container,
+        &sh(&Cmd::new("df").arg("-PB1").arg("--").arg(dir.as_str())),
+        None,
+    )
+    .await
+    {
+        Ok(out) => df_text(&dir, &String::from_utf8_lossy(&out)),
+        Err(e) => format!("free space unknown ({e})"),
+    };
+    let arrived = match kept {
+        Some(n) => format!(
+            "{n} of {total} bytes arrived, {} more needed (and about as much again to \
+             unpack it)",
+            total.saturating_sub(n)
+        ),
+        None => format!("the archive is {total} bytes (and about as much again to unpack it)"),
+    };
+    format!(
+        "No space left on device on host {host}, namespace {ns}, pod {pod} (container {c}) \
+         writing {part}: {arrived}; now {free}. The partial upload is kept and nothing else \
+         was deleted (the old host's backups and what is already restored stay); free space \
+         there and re-run: the upload resumes after the kept part. ({error})",
+        host = ctx.host,
+        ns = cluster.namespace(),
+        c = f.container,
+    )
 }
 
 #[cfg(test)]

@@ -9,6 +9,13 @@
         run CMD, poll FILE every 10 ms, SIGKILL CMD (by pid) right after the first event
         that matches. Exit 0: killed there (prints the matching event); 1: CMD ended
         before the event appeared (prints its exit status).
+    e2e.py hook-at --events FILE (--task-start HOST TASK | --progress WHAT) [--pause]
+                   --hook SHELL --hook-log FILE --stdout FILE --stderr FILE -- CMD...
+        run CMD; right after the first matching event run the shell command SHELL (with
+        --pause, CMD is SIGSTOPped while it runs and SIGCONTed after), then let CMD finish.
+        Prints {"event": ..., "hook": status, "exit": CMD's status}. Exit 0 when the event
+        came and the hook succeeded; 1 otherwise.
+    e2e.py artifacts JOURNAL              "name host path sha256 size" per recorded artifact
     e2e.py summary REPORT                 "host ok=N changed=N skipped=N failed=N" lines
     e2e.py expect-unchanged REPORT        every task ok or skipped, changed=0 everywhere
     e2e.py expect-status REPORT STATUS HOST TASK...
@@ -123,6 +130,68 @@ def kill_at(args):
     return 1
 
 
+def event_matcher(opts):
+    if "--task-start" in opts:
+        i = opts.index("--task-start")
+        host, task = opts[i + 1], opts[i + 2]
+        return lambda e: e.get("event") == "task_start" and e.get("host") == host and e.get("task") == task
+    what = opts[opts.index("--progress") + 1]
+    return lambda e: e.get("event") == "progress" and e.get("what") == what
+
+
+def hook_at(args):
+    sep = args.index("--")
+    opts, cmd = args[:sep], args[sep + 1:]
+    events_path = opts[opts.index("--events") + 1]
+    hook = opts[opts.index("--hook") + 1]
+    hook_log = open(opts[opts.index("--hook-log") + 1], "wb")
+    out = open(opts[opts.index("--stdout") + 1], "wb")
+    err = open(opts[opts.index("--stderr") + 1], "wb")
+    pause = "--pause" in opts
+    match = event_matcher(opts)
+    if os.path.exists(events_path):
+        os.unlink(events_path)
+    proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+    pos = 0
+    deadline = time.monotonic() + 600
+    fired, hook_status = None, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        events, pos = read_events(events_path, pos)
+        for e in events:
+            if fired is None and match(e):
+                fired = e
+                if pause:
+                    os.kill(proc.pid, signal.SIGSTOP)
+                try:
+                    hook_status = subprocess.run(["bash", "-c", hook], stdout=hook_log,
+                                                 stderr=subprocess.STDOUT, timeout=300).returncode
+                except subprocess.TimeoutExpired:
+                    hook_status = "timeout"
+                if pause:
+                    os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.01)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        print(json.dumps({"event": fired, "hook": hook_status, "exit": "killed after 10 min"}))
+        return 1
+    print(json.dumps({"event": fired, "hook": hook_status, "exit": proc.returncode}))
+    return 0 if fired is not None and hook_status == 0 else 1
+
+
+def artifacts(path):
+    with open(path) as f:
+        journal = json.load(f)
+    hosts = journal.get("hosts", journal)
+    for tasks in hosts.values():
+        if not isinstance(tasks, dict):
+            continue
+        for record in tasks.values():
+            for a in (record.get("artifacts") or {}).values():
+                print(f"{a['name']} {a['host']} {a['path']} {a['sha256']} {a['size']}")
+    return 0
+
+
 def main():
     if len(sys.argv) < 2:
         die(__doc__)
@@ -132,6 +201,10 @@ def main():
         return 0
     if cmd == "kill-at":
         return kill_at(args)
+    if cmd == "hook-at":
+        return hook_at(args)
+    if cmd == "artifacts":
+        return artifacts(args[0])
     report = load_report(args[0])
     tasks = report.get("tasks", [])
     if cmd == "summary":

@@ -641,16 +641,38 @@ impl Kubelet {
                "lastProbeTime": null, "lastTransitionTime": entry.1})
     }
 
+    /// Test switch: while `<state-dir>/switches/unready/<namespace>/<prefix>` exists, the
+    /// pods of that namespace named `<prefix>-…` (a workload's pods) stay Running but never
+    /// become ready, as if their readiness probe kept failing. Removing the file lets them
+    /// become ready at the next tick.
+    fn held_unready(&self, namespace: &str, pod: &str) -> bool {
+        let dir = self
+            .config
+            .state_dir
+            .join("switches")
+            .join("unready")
+            .join(namespace);
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return false;
+        };
+        entries.flatten().any(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|prefix| pod.strip_prefix(prefix).is_some_and(|r| r.starts_with('-')))
+        })
+    }
+
     fn report_status(&self, rt: &mut PodRt, pod: &Value) {
         let all_alive = rt.containers.iter().all(|c| c.pid.is_some());
         if !rt.running && all_alive && rt.started.elapsed() >= self.config.start_delay {
             rt.running = true;
         }
         let running = rt.running;
+        let held_unready = self.held_unready(&rt.namespace, &rt.name);
         let mut statuses = Vec::new();
         for c in &rt.containers {
             let has_probe = c.spec["readinessProbe"]["exec"].is_object();
-            let ready = running && c.pid.is_some() && (!has_probe || c.probe_ok);
+            let ready = running && c.pid.is_some() && (!has_probe || c.probe_ok) && !held_unready;
             let state = match (&c.pid, running, &c.started_at) {
                 (Some(_), true, Some(started)) => json!({"running": {"startedAt": started}}),
                 (None, _, _) if c.restart_at.is_some() => {
