@@ -186,11 +186,16 @@ impl Module for PgDump {
                     wait_ready(ctx, f).await?;
                 }
                 PgDumpChange::Dump(cmd) => {
-                    let (artifact, _) =
-                        write_artifact(ctx, &self.artifact, cmd.clone(), &f.dest).await?;
-                    // After the dump: with the app stopped nothing writes, so this is
-                    // the state the dump holds; the restore is checked against it.
-                    let fp = fingerprint(ctx, f).await?;
+                    // With the app stopped nothing writes, so the fingerprint taken
+                    // beside the dump is the state the dump holds; the restore is
+                    // checked against it. Side by side: the dump is pg_dump's
+                    // work, the fingerprint the server's hashing.
+                    let (written, fp) = tokio::join!(
+                        write_artifact(ctx, &self.artifact, cmd.clone(), &f.dest),
+                        fingerprint(ctx, f)
+                    );
+                    let (artifact, _) = written?;
+                    let fp = fp?;
                     ctx.record_fingerprint("pg", serde_json::to_value(&fp).unwrap_or_default())?;
                     tracing::info!(
                         host = %ctx.host,

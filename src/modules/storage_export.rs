@@ -210,6 +210,32 @@ impl Module for StorageExport {
         f: &StorageExportFacts,
         changes: &[StorageExportChange],
     ) -> Result<Applied, ModuleError> {
+        // What the archive holds, file by file: the import is verified against it. The
+        // source does not change while the app is stopped, so the files are hashed at
+        // the same time as the archive is written (the export is gzip-bound, one core).
+        let hash_cmd = content_hash_cmd(&f.data_dir);
+        let (exported, hashes) = tokio::join!(self.export(ctx, f, changes), ctx.exec_ok(&hash_cmd));
+        let applied = exported?;
+        let hashes = hashes?;
+        let fp = StorageFingerprint::parse_sha256sum(&hashes.stdout_str())
+            .map_err(|e| ModuleError::Failed(e.to_string()))?;
+        ctx.record_fingerprint("storage", serde_json::to_value(&fp).unwrap_or_default())?;
+        ctx.record_fingerprint(
+            "tree_stamp",
+            serde_json::Value::String(f.tree_stamp.clone()),
+        )?;
+        Ok(applied)
+    }
+}
+
+impl StorageExport {
+    /// Write the archive: the console export (with the tar fallback) or tar.
+    async fn export(
+        &self,
+        ctx: &TaskCtx,
+        f: &StorageExportFacts,
+        changes: &[StorageExportChange],
+    ) -> Result<Applied, ModuleError> {
         let mut applied = Applied::changed();
         for c in changes {
             match c {
@@ -244,15 +270,6 @@ impl Module for StorageExport {
                 }
             }
         }
-        // What the archive holds, file by file: the import is verified against it.
-        let hashes = ctx.exec_ok(&content_hash_cmd(&f.data_dir)).await?;
-        let fp = StorageFingerprint::parse_sha256sum(&hashes.stdout_str())
-            .map_err(|e| ModuleError::Failed(e.to_string()))?;
-        ctx.record_fingerprint("storage", serde_json::to_value(&fp).unwrap_or_default())?;
-        ctx.record_fingerprint(
-            "tree_stamp",
-            serde_json::Value::String(f.tree_stamp.clone()),
-        )?;
         Ok(applied)
     }
 }

@@ -249,11 +249,15 @@ impl Module for StorageImport {
                 tracing::info!(host = %ctx.host, "resuming the storage upload after {offset} bytes");
             }
         }
-        // 2. Upload (appending after the kept prefix), hashing in the pod on the way.
+        // 2. Upload (appending after the kept prefix). A fresh upload is hashed in the
+        //    pod as it is written (`tee part | sha256sum`), so the archive is read once;
+        //    a resumed one is hashed whole afterwards, since its prefix came earlier.
         let upload = if offset == 0 {
-            Cmd::new("umask")
-                .arg("077")
-                .and(Cmd::new("cat").op(">").arg(part.as_str()))
+            Cmd::new("umask").arg("077").and(
+                Cmd::new("tee")
+                    .arg(part.as_str())
+                    .pipe(Cmd::new("sha256sum")),
+            )
         } else {
             Cmd::new("cat").op(">>").arg(part.as_str())
         };
@@ -261,11 +265,19 @@ impl Module for StorageImport {
         let mut stdin = proc
             .stdin()
             .ok_or_else(|| ModuleError::Internal("exec without stdin".into()))?;
-        let (pumped, (_, err)) = tokio::join!(
+        let (pumped, (out, err)) = tokio::join!(
             stream_artifact(ctx, &artifact, offset, sha2::Sha256::default(), &mut stdin),
             crate::k8s::drain(&mut proc)
         );
-        if let Err(e) = crate::k8s::finish(pod, proc, &err).await {
+        let finished = crate::k8s::finish(pod, proc, &err).await;
+        // `tee` reports a full disk on stderr, but the pipe's status is sha256sum's.
+        let err_text = String::from_utf8_lossy(&err).to_string();
+        if is_disk_full(&err_text) {
+            return Err(ModuleError::Failed(
+                upload_disk_full(ctx, &cluster, pod, f, &part, artifact.size, &err_text).await,
+            ));
+        }
+        if let Err(e) = finished {
             let text = e.to_string();
             if is_disk_full(&text) {
                 return Err(ModuleError::Failed(
@@ -275,15 +287,31 @@ impl Module for StorageImport {
             return Err(e.into());
         }
         let pumped = pumped?;
-        // 3. The far end checks the whole file, then moves it into place.
-        let check = Cmd::new("sha256sum").arg(part.as_str());
-        let out = pod_exec(&cluster, pod, container, &sh(&check), None).await?;
-        let far = String::from_utf8_lossy(&out)
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_string();
-        if far != artifact.sha256 {
+        // 3. The far end's file must be the artifact, byte for byte: its size (a write
+        //    that failed half-way leaves it short) and its sha256.
+        let check = if offset == 0 {
+            Cmd::new("stat").arg("-c").arg("%s").arg(part.as_str())
+        } else {
+            Cmd::new("stat")
+                .arg("-c")
+                .arg("%s")
+                .arg(part.as_str())
+                .and(Cmd::new("sha256sum").arg(part.as_str()))
+        };
+        let checked = pod_exec(&cluster, pod, container, &sh(&check), None).await?;
+        let checked = String::from_utf8_lossy(&checked).to_string();
+        let mut words = checked.split_whitespace();
+        let far_size = words.next().unwrap_or("").to_string();
+        let far = if offset == 0 {
+            String::from_utf8_lossy(&out)
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        } else {
+            words.next().unwrap_or("").to_string()
+        };
+        if far != artifact.sha256 || far_size != artifact.size.to_string() {
             // A wrong prefix must not be resumed from next time.
             let _ = pod_exec(
                 &cluster,
@@ -294,8 +322,11 @@ impl Module for StorageImport {
             )
             .await;
             return Err(ModuleError::Failed(format!(
-                "the archive in {pod} has sha256 {far}, expected {} ({} bytes sent from offset {offset})",
-                artifact.sha256, pumped.bytes
+                "the archive in {pod} has {far_size} bytes and sha256 {far}, expected {} bytes and {} ({} bytes sent from offset {offset}){}",
+                artifact.size,
+                artifact.sha256,
+                pumped.bytes,
+                if err_text.trim().is_empty() { String::new() } else { format!(": {}", err_text.trim()) }
             )));
         }
         let timeout = Duration::from_secs(self.timeout.unwrap_or(3600));
