@@ -596,7 +596,11 @@ fn real_host_sees_the_exact_argv() {
     for (i, v) in values.iter().enumerate() {
         vars.push_str(&format!("v{i} = {}\n", toml::Value::String(v.clone())));
         words.push(format!("{{{{ v{i} }}}}"));
-        names.push(format!("\"{{{{ v{i} }}}}\""));
+        // An option-like container name is refused before anything runs (see
+        // `option_like_values_are_refused_before_reaching_the_host`).
+        if !v.starts_with('-') {
+            names.push(format!("\"{{{{ v{i} }}}}\""));
+        }
     }
     std::fs::write(
         dir.path().join("inventory.toml"),
@@ -639,10 +643,11 @@ fn real_host_sees_the_exact_argv() {
     );
     assert_eq!(out.status.code(), Some(0), "{report}");
     let got = recorded_calls(&calls);
+    let name_values = values.iter().filter(|v| !v.starts_with('-')).cloned();
     let mut inspect_argv = vec!["inspect".to_string()];
-    inspect_argv.extend(values.iter().cloned());
+    inspect_argv.extend(name_values.clone());
     let mut stop_argv = vec!["stop".to_string()];
-    stop_argv.extend(values.iter().cloned());
+    stop_argv.extend(name_values);
     assert_eq!(
         got,
         vec![values.clone(), inspect_argv, stop_argv],
@@ -653,4 +658,54 @@ fn real_host_sees_the_exact_argv() {
         "{} hostile values arrived verbatim in 4 calls",
         values.len()
     );
+}
+
+/// A value that a program would read as an option (`-…`) is refused in every field the
+/// host sees as a name or path, before any command carries it: quoting keeps the shell
+/// out, but `cat -n` or `docker inspect --format=…` would still change what runs.
+#[tokio::test]
+async fn option_like_values_are_refused_before_reaching_the_host() {
+    const OPTION: &str = "--ferry-option-canary";
+    let mut refused = 0;
+    for case in CASES {
+        for (field, kind, reaches) in case.fields {
+            if !matches!(reaches, Host) || !matches!(kind, Template | TemplateList) {
+                continue;
+            }
+            let mut body: Vec<String> = case.fixed.lines().map(str::to_string).collect();
+            for (other, other_kind, _) in case.fields {
+                if other != field && !case.fixed.contains(&format!("{other} =")) {
+                    body.push(setting(other, *other_kind, false));
+                }
+            }
+            body.retain(|l| !l.starts_with(&format!("{field} =")));
+            body.push(setting(field, *kind, true));
+            let args = module_args(case.module, &body.join("\n"));
+            let dir = tempfile::tempdir().unwrap();
+            let journal = Arc::new(
+                Journal::open(&dir.path().join("j.json"), "pb", Secrets::new(), true).unwrap(),
+            );
+            let host = scripted_host("old");
+            let ctx = ctx(&host, &journal, json!({ "h": OPTION }), false);
+            let err = match args.module().plan(&ctx).await {
+                Ok(_) => panic!("{}.{field}: an option-like value was accepted", case.module),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                err.contains("starting with `-`"),
+                "{}.{field}: unclear error: {err}",
+                case.module
+            );
+            for line in host.commands() {
+                assert!(
+                    !shell_words(&line).iter().any(|w| w.starts_with(OPTION)),
+                    "{}.{field}: reached the host: {line}",
+                    case.module
+                );
+            }
+            refused += 1;
+        }
+    }
+    println!("option-like values refused in {refused} fields");
+    assert!(refused >= 20, "only {refused} fields checked");
 }

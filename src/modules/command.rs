@@ -69,7 +69,7 @@ impl Change for RunCommand {
 
 impl Command {
     async fn path_exists(ctx: &TaskCtx, path: &Template) -> Result<bool, ModuleError> {
-        let path = ctx.render(path)?;
+        let path = ctx.render_operand(path)?;
         let out = ctx.exec(&Cmd::new("test").arg("-e").arg(path)).await?;
         Ok(out.success())
     }

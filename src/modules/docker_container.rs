@@ -76,7 +76,7 @@ impl Module for DockerContainer {
         let names = self
             .names
             .iter()
-            .map(|t| ctx.render(t))
+            .map(|t| ctx.render_operand(t))
             .collect::<Result<Vec<_>, _>>()?;
         let containers = docker_inspect(ctx, &names).await?;
         Ok(ContainerFacts {

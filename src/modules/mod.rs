@@ -324,10 +324,17 @@ impl TaskCtx {
         Ok(self.renderer.render(t, &self.vars)?)
     }
 
-    /// Render an optional template, or use `default` when the playbook left it out.
+    /// Render a template whose value a command receives as a name or path operand;
+    /// a value starting with `-` is refused (it would be read as an option).
+    pub fn render_operand(&self, t: &Template) -> Result<String, ModuleError> {
+        Ok(self.renderer.render_operand(t, &self.vars)?)
+    }
+
+    /// Render an optional operand template (see [`TaskCtx::render_operand`]), or use
+    /// `default` when the playbook left it out.
     pub fn render_or(&self, t: &Option<Template>, default: &str) -> Result<String, ModuleError> {
         match t {
-            Some(t) => self.render(t),
+            Some(t) => self.render_operand(t),
             None => Ok(default.to_string()),
         }
     }

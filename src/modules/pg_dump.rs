@@ -137,9 +137,9 @@ impl Module for PgDump {
     type Change = PgDumpChange;
 
     async fn facts(&self, ctx: &TaskCtx) -> Result<PgDumpFacts, ModuleError> {
-        let container = ctx.render(&self.container)?;
+        let container = ctx.render_operand(&self.container)?;
         let states = docker_inspect(ctx, std::slice::from_ref(&container)).await?;
-        let dest = ctx.render(&self.dest)?;
+        let dest = ctx.render_operand(&self.dest)?;
         let stamp = file_stamp(ctx, &dest).await?;
         let recorded = recorded_artifact(ctx, &self.artifact, &stamp);
         let recorded_fingerprint = ctx
@@ -150,9 +150,9 @@ impl Module for PgDump {
             exists: states.contains_key(&container),
             running: states.get(&container).is_some_and(|c| c.running),
             container,
-            database: ctx.render(&self.database)?,
+            database: ctx.render_operand(&self.database)?,
             user: match &self.user {
-                Some(u) => ctx.render(u)?,
+                Some(u) => ctx.render_operand(u)?,
                 None => "postgres".into(),
             },
             dest,

@@ -151,16 +151,16 @@ impl PgRestoreK8s {
     fn resolve(&self, ctx: &TaskCtx, namespace: String) -> Result<Target, ModuleError> {
         let or = |t: &Option<Template>, d: &str| -> Result<String, ModuleError> {
             match t {
-                Some(t) => ctx.render(t),
+                Some(t) => ctx.render_operand(t),
                 None => Ok(d.to_string()),
             }
         };
         if let Some(x) = self.external.clone().or(external_from_var(ctx)?) {
             return Ok(Target::External {
-                host: ctx.render(&x.host)?,
+                host: ctx.render_operand(&x.host)?,
                 port: x.port.unwrap_or(5432),
-                user: ctx.render(&x.user)?,
-                database: ctx.render(&x.database)?,
+                user: ctx.render_operand(&x.user)?,
+                database: ctx.render_operand(&x.database)?,
             });
         }
         let statefulset = or(&self.statefulset, "postgres")?;
@@ -169,7 +169,7 @@ impl PgRestoreK8s {
             pod: format!("{statefulset}-0"),
             pvc: or(&self.pvc, &format!("postgres-data-{statefulset}-0"))?,
             container: match &self.container {
-                Some(t) => Some(ctx.render(t)?),
+                Some(t) => Some(ctx.render_operand(t)?),
                 None => None,
             },
             statefulset,

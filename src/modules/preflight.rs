@@ -252,7 +252,7 @@ fn render_or_var(
     var: &str,
 ) -> Result<Option<String>, ModuleError> {
     Ok(match t {
-        Some(t) => Some(ctx.render(t)?),
+        Some(t) => Some(ctx.render_operand(t)?),
         None => var_str(ctx, var),
     })
 }

@@ -110,9 +110,9 @@ impl Module for RedisBackup {
     type Change = RedisBackupChange;
 
     async fn facts(&self, ctx: &TaskCtx) -> Result<RedisBackupFacts, ModuleError> {
-        let container = ctx.render(&self.container)?;
+        let container = ctx.render_operand(&self.container)?;
         let states = docker_inspect(ctx, std::slice::from_ref(&container)).await?;
-        let dest = ctx.render(&self.dest)?;
+        let dest = ctx.render_operand(&self.dest)?;
         let stamp = file_stamp(ctx, &dest).await?;
         let recorded = recorded_artifact(ctx, &self.artifact, &stamp);
         let recorded_counts = ctx

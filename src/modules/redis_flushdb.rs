@@ -119,7 +119,7 @@ impl Module for RedisFlushdb {
             namespace: cluster.namespace().to_string(),
             pod: format!("{sts}-0"),
             container: match &self.container {
-                Some(t) => Some(ctx.render(t)?),
+                Some(t) => Some(ctx.render_operand(t)?),
                 None => None,
             },
             port: self.port.unwrap_or(9869),

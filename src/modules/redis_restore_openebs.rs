@@ -249,7 +249,7 @@ impl Module for RedisRestoreOpenebs {
         let marker = completed_marker(&cluster).await?;
         let statefulset = ctx.render_or(&self.statefulset, "redis")?;
         let pvc = match &self.pvc {
-            Some(t) => ctx.render(t)?,
+            Some(t) => ctx.render_operand(t)?,
             None => format!("redis-data-{statefulset}-0"),
         };
         let pv = cluster
@@ -281,7 +281,7 @@ impl Module for RedisRestoreOpenebs {
             statefulset,
             pod,
             container: match &self.container {
-                Some(t) => Some(ctx.render(t)?),
+                Some(t) => Some(ctx.render_operand(t)?),
                 None => None,
             },
             port: self.port.unwrap_or(9869),

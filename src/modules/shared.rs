@@ -200,14 +200,14 @@ fn var_str(ctx: &TaskCtx, name: &str) -> Option<String> {
 impl K8sTarget {
     pub fn namespace(&self, ctx: &TaskCtx) -> Result<String, ModuleError> {
         Ok(match &self.namespace {
-            Some(t) => ctx.render(t)?,
+            Some(t) => ctx.render_operand(t)?,
             None => var_str(ctx, "namespace").unwrap_or_else(|| "default".into()),
         })
     }
 
     fn source(&self, ctx: &TaskCtx) -> Result<KubeconfigSource, ModuleError> {
         if let Some(t) = &self.kubeconfig {
-            return Ok(KubeconfigSource::RemoteFile(ctx.render(t)?));
+            return Ok(KubeconfigSource::RemoteFile(ctx.render_operand(t)?));
         }
         if let Some(local) = var_str(ctx, "kubeconfig_local") {
             return Ok(KubeconfigSource::Local {

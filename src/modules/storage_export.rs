@@ -166,10 +166,10 @@ impl Module for StorageExport {
     type Change = StorageExportChange;
 
     async fn facts(&self, ctx: &TaskCtx) -> Result<StorageExportFacts, ModuleError> {
-        let container = ctx.render(&self.container)?;
+        let container = ctx.render_operand(&self.container)?;
         let states = docker_inspect(ctx, std::slice::from_ref(&container)).await?;
-        let data_dir = ctx.render(&self.data_dir)?;
-        let dest = ctx.render(&self.dest)?;
+        let data_dir = ctx.render_operand(&self.data_dir)?;
+        let dest = ctx.render_operand(&self.dest)?;
         let stamp = file_stamp(ctx, &dest).await?;
         let recorded = recorded_artifact(ctx, &self.artifact, &stamp);
         let tree = ctx.exec_ok(&tree_stamp_cmd(&data_dir)).await?;

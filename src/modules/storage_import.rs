@@ -154,7 +154,7 @@ impl Module for StorageImport {
         let container = ctx.render_or(&self.container, "ui")?;
         let archive = ctx.render_or(&self.archive, "/tmp/packagist_storage.tar.gz")?;
         let verify_dir = match &self.verify_dir {
-            Some(t) => Some(ctx.render(t)?).filter(|d| !d.is_empty()),
+            Some(t) => Some(ctx.render_operand(t)?).filter(|d| !d.is_empty()),
             None => Some("/data/packagist".into()),
         };
         let guard = completed_guard(ctx, &marker, "storage");

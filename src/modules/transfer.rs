@@ -257,7 +257,7 @@ impl Module for Transfer {
             Some(m) => parse_mode(m)?,
             None => DEFAULT_MODE,
         };
-        let dest = ctx.render(&self.dest)?;
+        let dest = ctx.render_operand(&self.dest)?;
         let artifact = find_artifact(ctx, &self.artifact).ok();
         let part = part_path(&dest);
         let dest_file = remote_file_sha256(&*ctx.transport, &dest).await?;

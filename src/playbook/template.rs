@@ -275,6 +275,28 @@ impl Renderer {
             .map_err(|e| self.error(t, e))
     }
 
+    /// Plain text that a command receives as an operand (a name or a path). Quoting
+    /// keeps shell syntax out, but a leading `-` would still be read as an option by
+    /// the program (`cat -n`, `docker inspect --format=…`), so such a value is refused.
+    /// The value itself is not repeated in the message: it may be a secret.
+    pub fn render_operand(&self, t: &Template, vars: &Vars) -> Result<String, TemplateError> {
+        let text = self.render(t, vars)?;
+        if text.starts_with('-') {
+            return Err(TemplateError {
+                location: self.location(t, None),
+                template: t.source.clone(),
+                variable: None,
+                message: self.with_field(
+                    t,
+                    "renders to a value starting with `-`, which the command would read as \
+                     an option (write a relative path as ./-…)"
+                        .to_string(),
+                ),
+            });
+        }
+        Ok(text)
+    }
+
     /// A shell script whose interpolated values are quoted; displays with secrets masked.
     pub fn render_shell(&self, t: &ShellTemplate, vars: &Vars) -> Result<Cmd, TemplateError> {
         let t = &t.0;
