@@ -409,6 +409,20 @@ fn setting(field: &str, kind: Kind, hostile: bool) -> String {
     }
 }
 
+/// The module table of `case` with `field` set to the hostile template or value and
+/// every other field benign.
+fn hostile_body(case: &ModuleCase, field: &str, kind: Kind) -> String {
+    let mut body: Vec<String> = case.fixed.lines().map(str::to_string).collect();
+    for (other, other_kind, _) in case.fields {
+        if *other != field && !case.fixed.contains(&format!("{other} =")) {
+            body.push(setting(other, *other_kind, false));
+        }
+    }
+    body.retain(|l| !l.starts_with(&format!("{field} =")));
+    body.push(setting(field, kind, true));
+    body.join("\n")
+}
+
 /// Each string field of each migration module, set alone to the hostile value: every
 /// command the host receives keeps it whole and single-quoted, and fields that feed
 /// host commands really reach one.
@@ -419,15 +433,8 @@ async fn hostile_field_values_stay_one_argument() {
     let mut report = Vec::new();
     for case in CASES {
         for (field, kind, reaches) in case.fields {
-            let mut body: Vec<String> = case.fixed.lines().map(str::to_string).collect();
-            for (other, other_kind, _) in case.fields {
-                if other != field && !case.fixed.contains(&format!("{other} =")) {
-                    body.push(setting(other, *other_kind, false));
-                }
-            }
-            body.retain(|l| !l.starts_with(&format!("{field} =")));
-            body.push(setting(field, *kind, true));
-            let outcome = run_module(case.module, &body.join("\n"), json!({ "h": HOSTILE })).await;
+            let body = hostile_body(case, field, *kind);
+            let outcome = run_module(case.module, &body, json!({ "h": HOSTILE })).await;
             let line = format!(
                 "{}.{field}: {} commands, {} words hold the value; {}",
                 case.module, outcome.commands, outcome.hostile_words, outcome.result
@@ -672,15 +679,8 @@ async fn option_like_values_are_refused_before_reaching_the_host() {
             if !matches!(reaches, Host) || !matches!(kind, Template | TemplateList) {
                 continue;
             }
-            let mut body: Vec<String> = case.fixed.lines().map(str::to_string).collect();
-            for (other, other_kind, _) in case.fields {
-                if other != field && !case.fixed.contains(&format!("{other} =")) {
-                    body.push(setting(other, *other_kind, false));
-                }
-            }
-            body.retain(|l| !l.starts_with(&format!("{field} =")));
-            body.push(setting(field, *kind, true));
-            let args = module_args(case.module, &body.join("\n"));
+            let body = hostile_body(case, field, *kind);
+            let args = module_args(case.module, &body);
             let dir = tempfile::tempdir().unwrap();
             let journal = Arc::new(
                 Journal::open(&dir.path().join("j.json"), "pb", Secrets::new(), true).unwrap(),
