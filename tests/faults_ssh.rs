@@ -29,12 +29,7 @@ fn ferry(dir: &Path, extra: &[&str]) -> Output {
 }
 
 fn host(name: &str, port: u16, client: &Client) -> String {
-    format!(
-        "[hosts.{name}]\naddress = \"127.0.0.1\"\nport = {port}\nuser = \"root\"\nidentity_file = \"{}\"\nknown_hosts = \"{}\"\nssh_config = \"{}\"\nconnect_timeout = 5\n",
-        client.key.private.display(),
-        client.known_hosts.display(),
-        client.ssh_config.display()
-    )
+    format!("{}connect_timeout = 5\n", client.inventory_host(name, port))
 }
 
 const PLAYBOOK: &str = r#"name = "faults"

@@ -612,11 +612,8 @@ fn real_host_sees_the_exact_argv() {
     std::fs::write(
         dir.path().join("inventory.toml"),
         format!(
-            "[hosts.target]\naddress = \"127.0.0.1\"\nport = {}\nuser = \"root\"\nidentity_file = \"{}\"\nknown_hosts = \"{}\"\nssh_config = \"{}\"\n[hosts.target.vars]\n{vars}",
-            server.port,
-            client.key.private.display(),
-            client.known_hosts.display(),
-            client.ssh_config.display(),
+            "{}[hosts.target.vars]\n{vars}",
+            client.inventory_host("target", server.port)
         ),
     )
     .unwrap();

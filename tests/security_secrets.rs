@@ -160,11 +160,8 @@ fn hostile_values_arrive_verbatim() {
     std::fs::write(
         dir.path().join("inventory.toml"),
         format!(
-            "[hosts.target]\naddress = \"127.0.0.1\"\nport = {}\nuser = \"root\"\nidentity_file = \"{}\"\nknown_hosts = \"{}\"\nssh_config = \"{}\"\n[hosts.target.vars]\n{vars}",
-            server.port,
-            client.key.private.display(),
-            client.known_hosts.display(),
-            client.ssh_config.display(),
+            "{}[hosts.target.vars]\n{vars}",
+            client.inventory_host("target", server.port)
         ),
     )
     .unwrap();

@@ -449,6 +449,17 @@ pub struct Client {
 }
 
 impl Client {
+    /// An inventory table `[hosts.NAME]` that reaches `port` on 127.0.0.1 as root with
+    /// this client's key, known_hosts and ssh config; append more keys after it.
+    pub fn inventory_host(&self, name: &str, port: u16) -> String {
+        format!(
+            "[hosts.{name}]\naddress = \"127.0.0.1\"\nport = {port}\nuser = \"root\"\nidentity_file = \"{}\"\nknown_hosts = \"{}\"\nssh_config = \"{}\"\n",
+            self.key.private.display(),
+            self.known_hosts.display(),
+            self.ssh_config.display()
+        )
+    }
+
     pub fn new(sshd: &Sshd) -> Client {
         let dir = tempfile::Builder::new()
             .prefix("ferry-client-")
