@@ -270,22 +270,15 @@ impl Module for StorageImport {
             crate::k8s::drain(&mut proc)
         );
         let finished = crate::k8s::finish(pod, proc, &err).await;
-        // `tee` reports a full disk on stderr, but the pipe's status is sha256sum's.
+        // A full disk shows on stderr (`tee` or `cat`), whatever the exit status: a
+        // pipe's status is its last command's (sha256sum).
         let err_text = String::from_utf8_lossy(&err).to_string();
         if is_disk_full(&err_text) {
             return Err(ModuleError::Failed(
                 upload_disk_full(ctx, &cluster, pod, f, &part, artifact.size, &err_text).await,
             ));
         }
-        if let Err(e) = finished {
-            let text = e.to_string();
-            if is_disk_full(&text) {
-                return Err(ModuleError::Failed(
-                    upload_disk_full(ctx, &cluster, pod, f, &part, artifact.size, &text).await,
-                ));
-            }
-            return Err(e.into());
-        }
+        finished?;
         let pumped = pumped?;
         // 3. The far end's file must be the artifact, byte for byte: its size (a write
         //    that failed half-way leaves it short) and its sha256.
