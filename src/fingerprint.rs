@@ -168,7 +168,6 @@ pub struct StorageFingerprint {
 impl StorageFingerprint {
     /// Parse `sha256sum` lines (`<hex>  ./relative/path`), in any order.
     pub fn parse_sha256sum(out: &str) -> Result<Self, FingerprintParseError> {
-        use sha2::{Digest, Sha256};
         let mut hashes = BTreeMap::new();
         for (i, line) in out.lines().enumerate() {
             if line.trim().is_empty() {
@@ -186,6 +185,12 @@ impl StorageFingerprint {
             let path = path.strip_prefix("./").unwrap_or(path);
             hashes.insert(path.to_string(), hash.to_ascii_lowercase());
         }
+        Ok(Self::from_hashes(hashes))
+    }
+
+    /// The fingerprint of `path → sha256 hex` (lowercase), e.g. hashed from a stream.
+    pub fn from_hashes(hashes: BTreeMap<String, String>) -> Self {
+        use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         for (path, hash) in &hashes {
             h.update(hash.as_bytes());
@@ -193,11 +198,11 @@ impl StorageFingerprint {
             h.update(path.as_bytes());
             h.update(b"\n");
         }
-        Ok(StorageFingerprint {
+        StorageFingerprint {
             files: hashes.len() as u64,
             digest: hex::encode(h.finalize()),
             hashes,
-        })
+        }
     }
 
     /// Human-readable differences from `expected` (empty when equal), at most `limit`.

@@ -95,6 +95,22 @@ pub fn host_vars(
         );
     }
     vars.insert("hostvars".into(), inventory.hostvars());
+    // Group name → member hosts, e.g. for a module whose source is "the old host".
+    vars.insert(
+        "groups".into(),
+        Value::Object(
+            inventory
+                .groups
+                .iter()
+                .map(|(g, hosts)| {
+                    (
+                        g.clone(),
+                        Value::Array(hosts.iter().cloned().map(Value::String).collect()),
+                    )
+                })
+                .collect(),
+        ),
+    );
     Vars::new(vars, secrets)
 }
 

@@ -37,6 +37,7 @@ pub mod redis_restore_openebs;
 pub mod shared;
 pub mod storage_export;
 pub mod storage_import;
+pub mod storage_stream;
 pub mod transfer;
 
 /// Why a module step failed.
@@ -502,6 +503,7 @@ modules! {
     redis_backup => redis_backup::RedisBackup,
     storage_export => storage_export::StorageExport,
     storage_import => storage_import::StorageImport,
+    storage_stream => storage_stream::StorageStream,
     redis_flushdb => redis_flushdb::RedisFlushdb,
     migration_marker => migration_marker::MigrationMarker,
     preflight => preflight::Preflight,

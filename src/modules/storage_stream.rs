@@ -1,0 +1,1019 @@
+//! `storage_stream`: the blob storage, old host → laptop → the `ui` pod, in one pass.
+//!
+//! ```toml
+//! [task.storage_stream]
+//! source = "packagist_old"          # inventory host or group (exactly one host)
+//! data_dir = "/data/packagist"      # on the source; default: the source host's
+//!                                   # `data_dir` var, else this play's, else this
+//! deployment = "ui"
+//! container = "ui"
+//! archive = "/tmp/packagist_storage.tar.gz"   # in the container, removed after import
+//! verify_dir = "/data/packagist"              # "" when the storage is not a directory there
+//! timeout = 3600                              # seconds for the vendor's import
+//! ```
+//!
+//! What `storage_export` + `storage_import` do in three passes over the bytes (archive
+//! written on the old host, read again to send it, then imported), this does in one:
+//!
+//! - the old host runs the vendor's tar fallback (`tar -c` of `composer` and `artifacts`
+//!   renamed `dist` and `artifact`), uncompressed, to stdout;
+//! - the laptop reads that stream once and, at the same time, (a) hashes every file in it
+//!   (the source fingerprint, no second read on the old host), (b) wraps it in gzip
+//!   *stored* blocks (the vendor's import wants a `.tar.gz`; dist files are zips, so
+//!   deflating them again would only burn CPU on the critical path), (c) sends that to
+//!   the pod, where `tee part | sha256sum` writes it once and hashes it, and (d) copies
+//!   it to `backup_dir` on the laptop when that var is set;
+//! - the pod's hash and size must equal what was sent; then the vendor's import runs on
+//!   the archive (the one file the procedure needs, written once, at the far end), the
+//!   archive is removed, and the imported files' hashes must equal the streamed ones.
+//!
+//! The source tree's listing (paths, sizes, times) is taken before and after the stream:
+//! if anything changed while streaming, the task fails instead of importing a mix.
+//! Not resumable mid-stream: an interrupted upload is removed and the re-run streams
+//! again from the start (the source is the old host's live storage dir, which ferry
+//! never modifies, so nothing is lost).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::command::Cmd;
+use crate::fingerprint::StorageFingerprint;
+use crate::k8s::{kubectl, pod_ready, Cluster, WorkloadKind};
+use crate::modules::shared::{
+    completed_guard, completed_marker, df_text, is_disk_full, pod_exec, K8sTarget,
+};
+use crate::modules::storage_export::content_hash_cmd;
+use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::playbook::template::Template;
+
+const CONSOLE: &str = "/srv/manager/bin/console";
+/// The name progress events and the laptop's copy use.
+const ARTIFACT: &str = "packagist_storage";
+/// The journal fingerprint this task records once the import is proven.
+const RECORD_KEY: &str = "streamed_storage";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageStream {
+    /// Inventory host, or a group with exactly one host, holding the storage.
+    pub source: Template,
+    #[serde(default)]
+    pub data_dir: Option<Template>,
+    #[serde(default)]
+    pub deployment: Option<Template>,
+    #[serde(default)]
+    pub container: Option<Template>,
+    #[serde(default)]
+    pub archive: Option<Template>,
+    #[serde(default)]
+    pub verify_dir: Option<Template>,
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    #[serde(default)]
+    pub namespace: Option<Template>,
+    #[serde(default)]
+    pub kubeconfig: Option<Template>,
+}
+
+/// What an earlier run of this task streamed and proved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamedRecord {
+    /// The source tree's listing digest when it was streamed.
+    pub tree_stamp: String,
+    /// The streamed files' fingerprint digest (= the imported files').
+    pub digest: String,
+    pub files: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StorageStreamFacts {
+    pub source_host: String,
+    pub data_dir: String,
+    pub namespace: String,
+    pub pod: Option<String>,
+    pub container: String,
+    pub archive: String,
+    pub verify_dir: Option<String>,
+    /// The source tree now: listing digest and the expected tar size (for progress).
+    pub tree: SourceTree,
+    pub recorded: Option<StreamedRecord>,
+    /// The pod's files now; only read when the record says this was done before.
+    pub current: Option<StorageFingerprint>,
+    pub guard: Option<String>,
+}
+
+/// The source tree, from one `find` listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourceTree {
+    /// sha256 of the sorted listing (type, size, mtime, path per entry).
+    pub stamp: String,
+    pub files: u64,
+    /// What `tar -c` will produce, roughly (headers and block padding included).
+    pub tar_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StreamChange {
+    pub source_host: String,
+    pub pod: String,
+    pub files: u64,
+    pub commands: Vec<String>,
+}
+
+impl Change for StreamChange {
+    fn describe(&self) -> String {
+        format!(
+            "stream the storage ({} files) from {} into {} and import it",
+            self.files, self.source_host, self.pod
+        )
+    }
+    fn commands(&self) -> Vec<String> {
+        self.commands.clone()
+    }
+}
+
+fn sh(script: &Cmd) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script.to_shell()]
+}
+
+/// The vendor's tar fallback, uncompressed, to stdout.
+pub fn source_tar_cmd(data_dir: &str) -> Cmd {
+    Cmd::new("cd")
+        .arg(data_dir)
+        .and(Cmd::new("mkdir").args(["-p", "composer", "artifacts"]))
+        .and(Cmd::new("tar").arg("-cf").arg("-").args([
+            "--transform",
+            "s/^composer/dist/",
+            "--transform",
+            "s/^artifacts/artifact/",
+            "composer",
+            "artifacts",
+        ]))
+}
+
+/// One line per entry under the two storage dirs: `type<TAB>size<TAB>mtime<TAB>path`.
+fn listing_cmd(data_dir: &str) -> Cmd {
+    Cmd::new("cd")
+        .arg(data_dir)
+        .and(Cmd::new("mkdir").args(["-p", "composer", "artifacts"]))
+        .and(
+            Cmd::new("find")
+                .args(["composer", "artifacts", "-printf", "%y\\t%s\\t%T@\\t%p\\n"])
+                .pipe(Cmd::new("env").arg("LC_ALL=C").arg("sort")),
+        )
+}
+
+/// Pure: the tree's stamp, file count and expected tar size from [`listing_cmd`]'s output.
+pub fn parse_listing(text: &str) -> SourceTree {
+    const BLOCK: u64 = 512;
+    let mut files = 0;
+    // End-of-archive marker: two zero blocks.
+    let mut tar_bytes = 2 * BLOCK;
+    for line in text.lines() {
+        let mut fields = line.splitn(4, '\t');
+        let kind = fields.next().unwrap_or("");
+        let size: u64 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        tar_bytes += BLOCK;
+        if kind == "f" {
+            files += 1;
+            tar_bytes += size.div_ceil(BLOCK) * BLOCK;
+        }
+    }
+    // tar pads the archive to whole records of 20 blocks.
+    let record = 20 * BLOCK;
+    SourceTree {
+        stamp: hex::encode(Sha256::digest(text.as_bytes())),
+        files,
+        tar_bytes: tar_bytes.div_ceil(record) * record,
+    }
+}
+
+/// Pure: the storage path a tar member came from (`dist/…` → `composer/…`,
+/// `artifact/…` → `artifacts/…`), as the pod's `sha256sum` listing names it.
+pub fn source_path(member: &str) -> String {
+    let member = member.strip_prefix("./").unwrap_or(member);
+    if let Some(rest) = member.strip_prefix("dist/") {
+        format!("composer/{rest}")
+    } else if let Some(rest) = member.strip_prefix("artifact/") {
+        format!("artifacts/{rest}")
+    } else {
+        member.to_string()
+    }
+}
+
+impl StorageStream {
+    fn k8s(&self) -> K8sTarget {
+        K8sTarget {
+            namespace: self.namespace.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+        }
+    }
+}
+
+/// `source` as one inventory host: a host name, or a group with exactly one member.
+fn resolve_source(ctx: &TaskCtx, source: &str) -> Result<String, ModuleError> {
+    let is_host = ctx
+        .var("hostvars")
+        .and_then(Value::as_object)
+        .is_some_and(|h| h.contains_key(source));
+    if is_host {
+        return Ok(source.to_string());
+    }
+    let members: Vec<String> = ctx
+        .var("groups")
+        .and_then(|g| g.get(source))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    match members.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(ModuleError::Failed(format!(
+            "source `{source}` is neither a host nor a group of the inventory"
+        ))),
+        many => Err(ModuleError::Failed(format!(
+            "source `{source}` names {} hosts ({}); the storage must come from exactly one",
+            many.len(),
+            many.join(", ")
+        ))),
+    }
+}
+
+#[async_trait]
+impl Module for StorageStream {
+    type Facts = StorageStreamFacts;
+    type Change = StreamChange;
+
+    async fn facts(&self, ctx: &TaskCtx) -> Result<StorageStreamFacts, ModuleError> {
+        let source_host = resolve_source(ctx, &ctx.render_operand(&self.source)?)?;
+        let data_dir = match &self.data_dir {
+            Some(t) => ctx.render_operand(t)?,
+            None => ctx
+                .var("hostvars")
+                .and_then(|h| h.get(&source_host))
+                .and_then(|v| v.get("data_dir"))
+                .or_else(|| ctx.var("data_dir"))
+                .and_then(Value::as_str)
+                .unwrap_or("/data/packagist")
+                .to_string(),
+        };
+        let cluster = self.k8s().cluster(ctx).await?;
+        let marker = completed_marker(&cluster).await?;
+        let deployment = ctx.render_or(&self.deployment, "ui")?;
+        let (_, selector) = cluster
+            .workload(WorkloadKind::Deployment, &deployment)
+            .await?;
+        let pod = cluster
+            .pods(&selector)
+            .await?
+            .into_iter()
+            .find(pod_ready)
+            .and_then(|p| p.metadata.name);
+        let container = ctx.render_or(&self.container, "ui")?;
+        let archive = ctx.render_or(&self.archive, "/tmp/packagist_storage.tar.gz")?;
+        let verify_dir = match &self.verify_dir {
+            Some(t) => Some(ctx.render_operand(t)?).filter(|d| !d.is_empty()),
+            None => Some("/data/packagist".into()),
+        };
+        let guard = completed_guard(ctx, &marker, "storage");
+        let source = ctx.peer(&source_host).await?;
+        let listing = source.exec(&listing_cmd(&data_dir), None).await?;
+        if !listing.success() {
+            return Err(ModuleError::Failed(format!(
+                "cannot list the storage in {data_dir} on {source_host}: {}",
+                ctx.secrets.mask(listing.stderr_str().trim())
+            )));
+        }
+        let tree = parse_listing(&listing.stdout_str());
+        let recorded: Option<StreamedRecord> = ctx
+            .record(&ctx.host, &ctx.task)
+            .and_then(|r| r.fingerprints.get(RECORD_KEY).cloned())
+            .and_then(|v| serde_json::from_value(v).ok());
+        let mut f = StorageStreamFacts {
+            source_host,
+            data_dir,
+            namespace: cluster.namespace().to_string(),
+            pod,
+            container,
+            archive,
+            verify_dir,
+            tree,
+            recorded,
+            current: None,
+            guard,
+        };
+        // Hashing the pod's files is only worth it when they may already be the source's.
+        let maybe_done = f
+            .recorded
+            .as_ref()
+            .is_some_and(|r| r.tree_stamp == f.tree.stamp);
+        if let (true, None, Some(pod), Some(dir)) = (maybe_done, &f.guard, &f.pod, &f.verify_dir) {
+            f.current = pod_fingerprint(&cluster, pod, &f.container, dir).await?;
+        }
+        Ok(f)
+    }
+
+    fn decide(
+        &self,
+        f: &StorageStreamFacts,
+        _: &TaskCtx,
+    ) -> Result<Vec<StreamChange>, ModuleError> {
+        decide(f)
+    }
+
+    async fn apply(
+        &self,
+        ctx: &TaskCtx,
+        f: &StorageStreamFacts,
+        changes: &[StreamChange],
+    ) -> Result<Applied, ModuleError> {
+        let Some(change) = changes.first() else {
+            return Ok(Applied::default());
+        };
+        let cluster = self.k8s().cluster(ctx).await?;
+        let pod = change.pod.as_str();
+        let part = format!("{}.part", f.archive);
+        let streamed = match stream_into_pod(ctx, &cluster, f, pod, &part).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Not resumable: do not leave gigabytes behind in the pod.
+                remove_in_pod(&cluster, pod, &f.container, &part).await;
+                return Err(e);
+            }
+        };
+        // The source must not have changed while it was read.
+        let source = ctx.peer(&f.source_host).await?;
+        let after = source.exec(&listing_cmd(&f.data_dir), None).await?;
+        if parse_listing(&after.stdout_str()).stamp != f.tree.stamp {
+            remove_in_pod(&cluster, pod, &f.container, &part).await;
+            return Err(ModuleError::Failed(format!(
+                "the storage in {} on {} changed while it was streamed (is the old app \
+                 stopped?); nothing was imported, re-run once it is quiet",
+                f.data_dir, f.source_host
+            )));
+        }
+        let timeout = Duration::from_secs(self.timeout.unwrap_or(3600));
+        let import = Cmd::new("mv")
+            .arg("-f")
+            .arg(part.as_str())
+            .arg(f.archive.as_str())
+            .and(
+                Cmd::new(CONSOLE)
+                    .args(["packagist:self-hosted:migrate-storage", "import"])
+                    .arg(f.archive.as_str()),
+            );
+        let imported = tokio::time::timeout(
+            timeout,
+            pod_exec(&cluster, pod, Some(&f.container), &sh(&import), None),
+        )
+        .await;
+        remove_in_pod(&cluster, pod, &f.container, &f.archive).await;
+        match imported {
+            Err(_) => {
+                return Err(ModuleError::Failed(format!(
+                    "the storage import did not finish within {}s",
+                    timeout.as_secs()
+                )))
+            }
+            Ok(result) => {
+                result?;
+            }
+        }
+        // Prove it: the imported files are the streamed ones.
+        if let Some(dir) = &f.verify_dir {
+            let now = pod_fingerprint(&cluster, pod, &f.container, dir)
+                .await?
+                .ok_or_else(|| {
+                    ModuleError::Failed(format!("cannot list the imported files in {dir}"))
+                })?;
+            let diff = now.diff(&streamed, 10);
+            if !diff.is_empty() {
+                return Err(ModuleError::Failed(format!(
+                    "imported storage differs from the source: {}",
+                    diff.join("; ")
+                )));
+            }
+        }
+        let record = StreamedRecord {
+            tree_stamp: f.tree.stamp.clone(),
+            digest: streamed.digest.clone(),
+            files: streamed.files,
+        };
+        ctx.record_fingerprint(
+            RECORD_KEY,
+            serde_json::to_value(&record).unwrap_or(Value::Null),
+        )?;
+        Ok(Applied::changed())
+    }
+}
+
+/// Pure: stream and import unless the pod already holds exactly what the unchanged
+/// source held when this task last streamed it.
+pub fn decide(f: &StorageStreamFacts) -> Result<Vec<StreamChange>, ModuleError> {
+    if f.guard.is_some() {
+        return Ok(Vec::new());
+    }
+    let done = match &f.recorded {
+        Some(r) if r.tree_stamp == f.tree.stamp => match (&f.verify_dir, &f.current) {
+            (Some(_), Some(current)) => current.digest == r.digest,
+            (Some(_), None) => false,
+            (None, _) => true,
+        },
+        _ => false,
+    };
+    if done {
+        return Ok(Vec::new());
+    }
+    let Some(pod) = &f.pod else {
+        return Err(ModuleError::Failed(
+            "the ui deployment has no ready pod to import into: scale it to 1 first".into(),
+        ));
+    };
+    let exec = |args: &[&str]| {
+        let mut argv = vec!["exec"];
+        argv.extend_from_slice(args);
+        kubectl(&f.namespace, &argv)
+    };
+    Ok(vec![StreamChange {
+        source_host: f.source_host.clone(),
+        pod: pod.clone(),
+        files: f.tree.files,
+        commands: vec![
+            format!(
+                "ssh {} {} | gzip (stored) | {}",
+                f.source_host,
+                source_tar_cmd(&f.data_dir).display(),
+                exec(&[
+                    "-i",
+                    pod,
+                    "-c",
+                    &f.container,
+                    "--",
+                    "sh",
+                    "-c",
+                    &format!("tee {}.part | sha256sum", f.archive),
+                ])
+            ),
+            exec(&[
+                pod,
+                "-c",
+                &f.container,
+                "--",
+                CONSOLE,
+                "packagist:self-hosted:migrate-storage",
+                "import",
+                &f.archive,
+            ]),
+            exec(&[pod, "-c", &f.container, "--", "rm", &f.archive]),
+        ],
+    }])
+}
+
+async fn pod_fingerprint(
+    cluster: &Cluster,
+    pod: &str,
+    container: &str,
+    dir: &str,
+) -> Result<Option<StorageFingerprint>, ModuleError> {
+    match pod_exec(
+        cluster,
+        pod,
+        Some(container),
+        &sh(&content_hash_cmd(dir)),
+        None,
+    )
+    .await
+    {
+        Ok(out) => Ok(StorageFingerprint::parse_sha256sum(&String::from_utf8_lossy(&out)).ok()),
+        Err(_) => Ok(None),
+    }
+}
+
+async fn remove_in_pod(cluster: &Cluster, pod: &str, container: &str, path: &str) {
+    let rm = Cmd::new("rm").arg("-f").arg(path);
+    if let Err(e) = pod_exec(cluster, pod, Some(container), &sh(&rm), None).await {
+        tracing::warn!(pod, path, "cannot remove: {e}");
+    }
+}
+
+/// Steps 1–3: the stream itself, and the check that the pod holds what was sent.
+/// Returns the fingerprint of the files in the stream.
+async fn stream_into_pod(
+    ctx: &TaskCtx,
+    cluster: &Cluster,
+    f: &StorageStreamFacts,
+    pod: &str,
+    part: &str,
+) -> Result<StorageFingerprint, ModuleError> {
+    let container = Some(f.container.as_str());
+    let upload = Cmd::new("umask")
+        .arg("077")
+        .and(Cmd::new("tee").arg(part).pipe(Cmd::new("sha256sum")));
+    let mut proc = cluster.exec(pod, container, &sh(&upload), true).await?;
+    let mut sink = proc
+        .stdin()
+        .ok_or_else(|| ModuleError::Internal("exec without stdin".into()))?;
+    let source = ctx.peer(&f.source_host).await?;
+    let mut stream = source.exec_stream(&source_tar_cmd(&f.data_dir)).await?;
+    // tar reads nothing from stdin.
+    drop(stream.stdin);
+    let mut tee = open_laptop_copy(ctx).await?;
+    let progress = |n: u64| ctx.progress(ARTIFACT, n, Some(f.tree.tar_bytes.max(n)));
+    let (pumped, (out, err)) = tokio::join!(
+        async {
+            let r = pump_tar_as_gzip(
+                &mut stream.stdout,
+                &mut sink,
+                tee.as_mut().map(|(file, _)| file),
+                progress,
+            )
+            .await;
+            // Whatever happened, the pod's `tee` must see EOF (or it waits forever).
+            let _ = sink.shutdown().await;
+            r
+        },
+        crate::k8s::drain(&mut proc)
+    );
+    let finished = crate::k8s::finish(pod, proc, &err).await;
+    let err_text = String::from_utf8_lossy(&err).to_string();
+    if is_disk_full(&err_text) {
+        return Err(ModuleError::Failed(
+            disk_full(ctx, cluster, f, pod, part, &err_text).await,
+        ));
+    }
+    let pumped = pumped.map_err(|e| {
+        ModuleError::Failed(match e {
+            TarStreamError::Read(e) => {
+                format!(
+                    "streaming the storage from host {} failed: {e}",
+                    f.source_host
+                )
+            }
+            TarStreamError::Write(e) => {
+                format!(
+                    "streaming the storage into {pod} on host {} failed: {e}",
+                    ctx.host
+                )
+            }
+            TarStreamError::Tee(e) => format!("writing the laptop's copy failed: {e}"),
+            TarStreamError::Archive(e) => format!(
+                "the tar stream from host {} is not a valid archive: {e}",
+                f.source_host
+            ),
+        })
+    })?;
+    let exit = stream.exit.await.map_err(|e| {
+        ModuleError::Failed(format!(
+            "tar on host {} stopped after {} bytes: {e}",
+            f.source_host, pumped.tar_bytes
+        ))
+    })?;
+    if exit.status != Some(0) {
+        return Err(ModuleError::Failed(format!(
+            "tar of {} on host {} failed: {}",
+            f.data_dir,
+            f.source_host,
+            ctx.secrets
+                .mask(String::from_utf8_lossy(&exit.stderr).trim())
+        )));
+    }
+    finished?;
+    let far = String::from_utf8_lossy(&out)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let size = pod_exec(
+        cluster,
+        pod,
+        container,
+        &sh(&Cmd::new("stat").arg("-c").arg("%s").arg(part)),
+        None,
+    )
+    .await?;
+    let size = String::from_utf8_lossy(&size).trim().to_string();
+    if far != pumped.sha256 || size != pumped.bytes.to_string() {
+        return Err(ModuleError::Failed(format!(
+            "the archive in {pod} has {size} bytes and sha256 {far}, but {} bytes with \
+             sha256 {} were sent{}",
+            pumped.bytes,
+            pumped.sha256,
+            if err_text.trim().is_empty() {
+                String::new()
+            } else {
+                format!(": {}", err_text.trim())
+            }
+        )));
+    }
+    if let Some((_, path)) = tee {
+        tracing::info!(path = %path.display(), "laptop copy of the storage archive written");
+    }
+    Ok(pumped.fingerprint)
+}
+
+/// The laptop's copy (`backup_dir` var): `<backup_dir>/packagist_storage.tar.gz`, 0600.
+async fn open_laptop_copy(
+    ctx: &TaskCtx,
+) -> Result<Option<(tokio::fs::File, std::path::PathBuf)>, ModuleError> {
+    let Some(dir) = ctx.var("backup_dir").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let path = dir.join(format!("{ARTIFACT}.tar.gz"));
+    let io = |e: std::io::Error| {
+        ModuleError::Failed(format!("local backup copy {}: {e}", path.display()))
+    };
+    tokio::fs::create_dir_all(&dir).await.map_err(io)?;
+    let mut opts = tokio::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let file = opts.open(&path).await.map_err(io)?;
+    Ok(Some((file, path)))
+}
+
+async fn disk_full(
+    ctx: &TaskCtx,
+    cluster: &Cluster,
+    f: &StorageStreamFacts,
+    pod: &str,
+    part: &str,
+    error: &str,
+) -> String {
+    let dir = std::path::Path::new(part)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "/".into());
+    let free = match pod_exec(
+        cluster,
+        pod,
+        Some(&f.container),
+        &sh(&Cmd::new("df").arg("-PB1").arg("--").arg(dir.as_str())),
+        None,
+    )
+    .await
+    {
+        Ok(out) => df_text(&dir, &String::from_utf8_lossy(&out)),
+        Err(e) => format!("free space unknown ({e})"),
+    };
+    format!(
+        "No space left on device on host {host}, namespace {ns}, pod {pod} (container {c}) \
+         writing {part}: the archive needs about {need} bytes (and about as much again to \
+         unpack it); now {free}. The partial archive is removed and nothing else was \
+         deleted (the old host's storage and what is already restored stay); free space \
+         there, or set `archive` to a larger volume, and re-run. ({error})",
+        host = ctx.host,
+        ns = f.namespace,
+        c = f.container,
+        need = f.tree.tar_bytes,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// The one pass: tar in, gzip out, every file hashed on the way
+
+/// What [`pump_tar_as_gzip`] moved.
+#[derive(Debug)]
+pub struct TarPumped {
+    /// Bytes of tar read from the source.
+    pub tar_bytes: u64,
+    /// Bytes of gzip written to the sink, and their sha256.
+    pub bytes: u64,
+    pub sha256: String,
+    /// sha256 of every regular file in the tar, by its storage path.
+    pub fingerprint: StorageFingerprint,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TarStreamError {
+    #[error("reading the source: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("writing the destination: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("writing the local copy: {0}")]
+    Tee(#[source] std::io::Error),
+    #[error("{0}")]
+    Archive(String),
+}
+
+/// Read a tar stream from `reader` to EOF; write it to `writer` as a gzip of stored
+/// blocks (and to `tee`), hashing what is written; hash every regular file of the tar
+/// on a blocking thread fed with the same chunks. Memory stays bounded: a few chunks
+/// in flight.
+pub async fn pump_tar_as_gzip<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    mut tee: Option<&mut tokio::fs::File>,
+    mut progress: impl FnMut(u64),
+) -> Result<TarPumped, TarStreamError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let (to_parser, from_pump) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let parser = tokio::task::spawn_blocking(move || hash_tar_members(from_pump));
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
+    let mut hasher = Sha256::new();
+    let mut written = 0u64;
+    let mut read = 0u64;
+    let mut buf = vec![0u8; crate::stream::CHUNK];
+    let mut last_tick = 0u64;
+    let mut parser_gone = false;
+    loop {
+        let n = reader.read(&mut buf).await.map_err(TarStreamError::Read)?;
+        if n == 0 {
+            break;
+        }
+        let chunk = Bytes::copy_from_slice(&buf[..n]);
+        read += n as u64;
+        if !parser_gone && to_parser.send(chunk.clone()).await.is_err() {
+            // The parser stopped early (a broken archive): its error is reported below.
+            parser_gone = true;
+        }
+        gzip.write_all(&chunk).map_err(TarStreamError::Write)?;
+        let out = std::mem::take(gzip.get_mut());
+        written += out.len() as u64;
+        hasher.update(&out);
+        writer
+            .write_all(&out)
+            .await
+            .map_err(TarStreamError::Write)?;
+        if let Some(t) = tee.as_deref_mut() {
+            t.write_all(&out).await.map_err(TarStreamError::Tee)?;
+        }
+        if read - last_tick >= 8 << 20 {
+            last_tick = read;
+            progress(read);
+        }
+    }
+    drop(to_parser);
+    let tail = gzip.finish().map_err(TarStreamError::Write)?;
+    written += tail.len() as u64;
+    hasher.update(&tail);
+    writer
+        .write_all(&tail)
+        .await
+        .map_err(TarStreamError::Write)?;
+    writer.flush().await.map_err(TarStreamError::Write)?;
+    writer.shutdown().await.map_err(TarStreamError::Write)?;
+    if let Some(t) = tee {
+        t.write_all(&tail).await.map_err(TarStreamError::Tee)?;
+        t.flush().await.map_err(TarStreamError::Tee)?;
+        t.sync_all().await.map_err(TarStreamError::Tee)?;
+    }
+    progress(read);
+    let fingerprint = parser
+        .await
+        .map_err(|e| TarStreamError::Archive(format!("the tar reader stopped: {e}")))?
+        .map_err(TarStreamError::Archive)?;
+    Ok(TarPumped {
+        tar_bytes: read,
+        bytes: written,
+        sha256: hex::encode(hasher.finalize()),
+        fingerprint,
+    })
+}
+
+/// A `Read` over chunks arriving on a channel (for the `tar` crate, which reads
+/// synchronously), on a blocking thread.
+struct ChunkReader {
+    chunks: tokio::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.blocking_recv() {
+                Some(next) => self.current = next,
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.current.len());
+        out[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
+}
+
+/// sha256 of every regular file in the tar arriving on `chunks`, as a fingerprint
+/// keyed by storage path. Reads the channel to its end, so the sender never blocks.
+fn hash_tar_members(
+    chunks: tokio::sync::mpsc::Receiver<Bytes>,
+) -> Result<StorageFingerprint, String> {
+    let mut archive = tar::Archive::new(ChunkReader {
+        chunks,
+        current: Bytes::new(),
+    });
+    let mut hashes = BTreeMap::new();
+    let entries = archive.entries().map_err(|e| e.to_string())?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = entry
+            .path()
+            .map_err(|e| e.to_string())?
+            .to_string_lossy()
+            .into_owned();
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut entry, &mut hasher).map_err(|e| format!("{path}: {e}"))?;
+        hashes.insert(source_path(&path), hex::encode(hasher.finalize()));
+    }
+    // Past the end-of-archive blocks: drain, so the pump is never left waiting.
+    let mut rest = archive.into_inner();
+    std::io::copy(&mut rest, &mut std::io::sink()).map_err(|e| e.to_string())?;
+    Ok(StorageFingerprint::from_hashes(hashes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, path, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_pass_gives_a_valid_gzip_and_the_files_hashes() {
+        let big: Vec<u8> = (0..3 * crate::stream::CHUNK + 5)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let long = format!("dist/{}/pkg.zip", "x".repeat(150));
+        let tar = tar_of(&[
+            ("dist/acme/a.zip", b"aaa"),
+            (&long, &big),
+            ("artifact/1/upload.zip", b""),
+        ]);
+        let mut src = &tar[..];
+        let mut out = Vec::new();
+        let p = pump_tar_as_gzip(&mut src, &mut out, None, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(p.tar_bytes, tar.len() as u64);
+        assert_eq!(p.bytes, out.len() as u64);
+        assert_eq!(p.sha256, hex::encode(Sha256::digest(&out)));
+        // What the pod gets unpacks to the same tar.
+        let mut unpacked = Vec::new();
+        flate2::read::GzDecoder::new(&out[..])
+            .read_to_end(&mut unpacked)
+            .unwrap();
+        assert_eq!(unpacked, tar);
+        // Hashes under the storage's own names, as the pod's sha256sum lists them.
+        let expected = StorageFingerprint::parse_sha256sum(&format!(
+            "{}  ./composer/acme/a.zip\n{}  ./composer/{}/pkg.zip\n{}  ./artifacts/1/upload.zip\n",
+            hex::encode(Sha256::digest(b"aaa")),
+            hex::encode(Sha256::digest(&big)),
+            "x".repeat(150),
+            hex::encode(Sha256::digest(b"")),
+        ))
+        .unwrap();
+        assert_eq!(p.fingerprint, expected);
+    }
+
+    #[tokio::test]
+    async fn a_broken_tar_is_an_error_not_a_hang() {
+        let mut tar = tar_of(&[("dist/a.zip", b"aaa")]);
+        tar[100] ^= 0xff; // header checksum no longer matches
+        let mut src = &tar[..];
+        let mut out = Vec::new();
+        let e = pump_tar_as_gzip(&mut src, &mut out, None, |_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(e, TarStreamError::Archive(_)), "{e}");
+    }
+
+    fn facts() -> StorageStreamFacts {
+        StorageStreamFacts {
+            source_host: "old".into(),
+            data_dir: "/data/packagist".into(),
+            namespace: "default".into(),
+            pod: Some("ui-abc".into()),
+            container: "ui".into(),
+            archive: "/data/packagist/.a.tar.gz".into(),
+            verify_dir: Some("/data/packagist".into()),
+            tree: parse_listing("f\t3\t1.0\tcomposer/a.zip\n"),
+            recorded: None,
+            current: None,
+            guard: None,
+        }
+    }
+
+    fn streamed(f: &StorageStreamFacts, digest: &str) -> StreamedRecord {
+        StreamedRecord {
+            tree_stamp: f.tree.stamp.clone(),
+            digest: digest.into(),
+            files: 1,
+        }
+    }
+
+    #[test]
+    fn first_run_streams_imports_and_cleans_up() {
+        let c = decide(&facts()).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].files, 1);
+        let cmds = c[0].commands();
+        assert!(
+            cmds[0].starts_with(
+                "ssh old cd /data/packagist && mkdir -p composer artifacts && tar -cf -"
+            ),
+            "{cmds:?}"
+        );
+        assert!(
+            cmds[0].contains("tee /data/packagist/.a.tar.gz.part | sha256sum"),
+            "{cmds:?}"
+        );
+        assert!(
+            cmds[1].ends_with("migrate-storage import /data/packagist/.a.tar.gz"),
+            "{cmds:?}"
+        );
+        assert!(
+            cmds[2].ends_with("rm /data/packagist/.a.tar.gz"),
+            "{cmds:?}"
+        );
+    }
+
+    #[test]
+    fn rerun_with_unchanged_source_and_same_files_is_ok() {
+        let mut f = facts();
+        f.recorded = Some(streamed(&f, "d1"));
+        f.current = Some(StorageFingerprint {
+            files: 1,
+            digest: "d1".into(),
+            hashes: BTreeMap::new(),
+        });
+        assert!(decide(&f).unwrap().is_empty());
+        // The pod's files differ (someone changed them, or the import was half done).
+        f.current.as_mut().unwrap().digest = "d2".into();
+        assert_eq!(decide(&f).unwrap().len(), 1);
+        // The pod's files could not be read.
+        f.current = None;
+        assert_eq!(decide(&f).unwrap().len(), 1);
+        // Without a directory to check, the journal record decides.
+        f.verify_dir = None;
+        assert!(decide(&f).unwrap().is_empty());
+    }
+
+    #[test]
+    fn changed_source_streams_again() {
+        let mut f = facts();
+        f.recorded = Some(streamed(&f, "d1"));
+        f.current = Some(StorageFingerprint {
+            files: 1,
+            digest: "d1".into(),
+            hashes: BTreeMap::new(),
+        });
+        f.tree = parse_listing("f\t4\t2.0\tcomposer/a.zip\n");
+        assert_eq!(decide(&f).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn completed_migration_is_left_alone_and_missing_pod_is_clear() {
+        let mut f = facts();
+        f.guard = Some("the migration already completed".into());
+        f.pod = None;
+        assert!(decide(&f).unwrap().is_empty());
+        f.guard = None;
+        let e = decide(&f).unwrap_err().to_string();
+        assert!(e.contains("scale it to 1"), "{e}");
+    }
+
+    #[test]
+    fn member_paths_map_back_to_storage_paths() {
+        assert_eq!(source_path("dist/a/b.zip"), "composer/a/b.zip");
+        assert_eq!(source_path("./artifact/x"), "artifacts/x");
+        assert_eq!(source_path("distant/x"), "distant/x");
+    }
+
+    #[test]
+    fn listing_gives_stamp_count_and_tar_size() {
+        let t = parse_listing(
+            "d\t4096\t1.0\tcomposer\nf\t3\t1.0\tcomposer/a.zip\nf\t513\t1.0\tcomposer/b.zip\n",
+        );
+        assert_eq!(t.files, 2);
+        // 3 headers + 512 + 1024 of data + 1024 end = 4096 → one 10240 record.
+        assert_eq!(t.tar_bytes, 10240);
+        assert_ne!(parse_listing("f\t3\t2.0\tcomposer/a.zip\n").stamp, t.stamp);
+    }
+}
