@@ -53,7 +53,7 @@ impl World {
         &self,
         playbook: &str,
         options: RunOptions,
-        connector: FakeConnector,
+        connector: impl ferry::transport::Connector + 'static,
     ) -> PlayReport {
         let pb = Arc::new(Playbook::parse(SourceFile::new("pb.toml", playbook)).unwrap());
         let prepared =
@@ -744,4 +744,42 @@ cmd = "fast"
         }
     }
     assert_eq!(most_open_on_one_host, 2, "a host's two lanes overlapped");
+}
+
+/// Refuses every connection, after a while: long enough for both lanes of a host to be
+/// waiting for the one connection attempt when it fails.
+struct SlowRefusal;
+
+#[async_trait::async_trait]
+impl ferry::transport::Connector for SlowRefusal {
+    async fn connect(
+        &self,
+        spec: &ferry::transport::ConnectSpec,
+        _: &Secrets,
+    ) -> Result<Arc<dyn ferry::transport::Transport>, ferry::transport::TransportError> {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        Err(ferry::transport::TransportError::Refused {
+            addr: spec.address.clone(),
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_host_with_lanes_is_reported_once() {
+    let w = World::new();
+    let play = TWO_LANES_PLAY.replace("\"new\"", "\"old\"");
+    let report = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        w.play(&play, RunOptions::default(), SlowRefusal),
+    )
+    .await
+    .expect("the run did not end: the engine deadlocked");
+    assert!(report.hosts["old"].unreachable);
+    assert!(report.tasks.is_empty(), "{report:?}");
+    let reported = w
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "host_unreachable" && e["host"] == "old")
+        .count();
+    assert_eq!(reported, 1);
 }
