@@ -53,7 +53,7 @@ impl World {
         &self,
         playbook: &str,
         options: RunOptions,
-        connector: FakeConnector,
+        connector: impl ferry::transport::Connector + 'static,
     ) -> PlayReport {
         let pb = Arc::new(Playbook::parse(SourceFile::new("pb.toml", playbook)).unwrap());
         let prepared =
@@ -375,4 +375,411 @@ cmd = "never"
     assert_eq!(old.commands(), vec!["one", "two"]);
     assert_eq!(report.hosts["old"].skipped, 1);
     assert_eq!(report.tasks[2].status, TaskStatus::Skipped);
+}
+
+/// A one-shot signal between fake commands of different lanes. The fakes answer
+/// synchronously, so a command that waits blocks its thread: it waits inside
+/// `block_in_place`, which hands the worker's other tasks to another thread.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+
+    /// Whether the gate opened within `GATE_TIMEOUT`.
+    fn wait(&self) -> bool {
+        tokio::task::block_in_place(|| {
+            let open = self.open.lock().unwrap();
+            let (open, _) = self
+                .opened
+                .wait_timeout_while(open, GATE_TIMEOUT, |open| !*open)
+                .unwrap();
+            *open
+        })
+    }
+}
+
+/// Long enough never to be hit when the engine works; a deadlock turns into a failure.
+const GATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A command answer: exit 0, or exit 1 with `why` on stderr.
+fn ok_or(holds: bool, why: &str) -> ferry::transport::ExecOutput {
+    if holds {
+        output(0, "")
+    } else {
+        ferry::transport::ExecOutput {
+            status: Some(1),
+            stdout: Vec::new(),
+            stderr: why.as_bytes().to_vec(),
+        }
+    }
+}
+
+/// `World::play`, failing instead of hanging if the engine deadlocks.
+async fn play_or_deadlock(
+    w: &World,
+    playbook: &str,
+    options: RunOptions,
+    connector: FakeConnector,
+) -> PlayReport {
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        w.play(playbook, options, connector),
+    )
+    .await
+    .expect("the run did not end: the engine deadlocked")
+}
+
+fn by_task(report: &PlayReport) -> BTreeMap<(String, String), ferry::report::TaskResult> {
+    report
+        .tasks
+        .iter()
+        .map(|t| ((t.host.clone(), t.task.clone()), t.clone()))
+        .collect()
+}
+
+fn key(host: &str, task: &str) -> (String, String) {
+    (host.to_string(), task.to_string())
+}
+
+const TWO_LANES_PLAY: &str = r#"
+[[task]]
+name = "Stream the storage"
+hosts = "new"
+lane = "storage"
+[task.command]
+cmd = "stream"
+
+[[task]]
+name = "Restore PostgreSQL"
+hosts = "new"
+[task.command]
+cmd = "restore"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_of_one_host_run_at_the_same_time() {
+    let w = World::new();
+    let new = FakeTransport::new("new");
+    let (stream_started, restore_started) = (Arc::<Gate>::default(), Arc::<Gate>::default());
+    // Each command ends only once the other (the other lane's task) has started: run one
+    // after the other, in either order, the first would wait in vain and fail.
+    let (me, other) = (stream_started.clone(), restore_started.clone());
+    new.on_fn("stream", move |_, _| {
+        me.open();
+        ok_or(
+            other.wait(),
+            "the restore never started while the stream ran: lanes did not run at the same time",
+        )
+    });
+    let (me, other) = (restore_started.clone(), stream_started.clone());
+    new.on_fn("restore", move |_, _| {
+        me.open();
+        ok_or(
+            other.wait(),
+            "the stream never started while the restore ran: lanes did not run at the same time",
+        )
+    });
+    let report = play_or_deadlock(
+        &w,
+        TWO_LANES_PLAY,
+        RunOptions::default(),
+        FakeConnector::new([new.clone()]),
+    )
+    .await;
+    assert!(report.success(), "{report:?}");
+    assert_eq!(report.hosts["new"].changed, 2, "{report:?}");
+    let mut commands = new.commands();
+    commands.sort();
+    assert_eq!(commands, vec!["restore", "stream"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_of_one_lane_run_in_playbook_order() {
+    // `First` waits for `Dump` on old, which waits for `Side` (lane aux of new): the
+    // main lane's `Second` is ready long before `First`, and must still come after it.
+    let play = r#"
+[[task]]
+name = "Dump"
+hosts = "old"
+[task.command]
+cmd = "dump"
+
+[[task]]
+name = "First"
+hosts = "new"
+after = ["Dump"]
+[task.command]
+cmd = "first"
+
+[[task]]
+name = "Second"
+hosts = "new"
+[task.command]
+cmd = "second"
+
+[[task]]
+name = "Side"
+hosts = "new"
+lane = "aux"
+[task.command]
+cmd = "side"
+"#;
+    let w = World::new();
+    let side_ran = Arc::new(Gate::default());
+    let old = FakeTransport::new("old");
+    let g = side_ran.clone();
+    old.on_fn("dump", move |_, _| {
+        ok_or(
+            g.wait(),
+            "`Side` never ran: the aux lane waited behind the main lane",
+        )
+    });
+    let new = FakeTransport::new("new");
+    new.on("", output(0, ""));
+    let g = side_ran.clone();
+    new.on_fn("side", move |_, _| {
+        g.open();
+        output(0, "")
+    });
+    let report = play_or_deadlock(
+        &w,
+        play,
+        RunOptions::default(),
+        FakeConnector::new([old, new.clone()]),
+    )
+    .await;
+    assert!(report.success(), "{report:?}");
+    assert_eq!(new.commands(), vec!["side", "first", "second"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_in_one_lane_stops_the_host() {
+    let play = r#"
+[[task]]
+name = "Stream the storage"
+hosts = "new"
+lane = "storage"
+[task.command]
+cmd = "stream"
+
+[[task]]
+name = "Restore PostgreSQL"
+hosts = "new"
+[task.command]
+cmd = "restore"
+
+[[task]]
+name = "Migrate"
+hosts = "new"
+[task.command]
+cmd = "migrate"
+
+[[task]]
+name = "Announce"
+hosts = "old"
+after = ["Migrate"]
+[task.command]
+cmd = "announce"
+"#;
+    let w = World::new();
+    let new = FakeTransport::new("new");
+    let restore_started = Arc::new(Gate::default());
+    let g = restore_started.clone();
+    // The stream fails while the restore runs...
+    new.on_fn("stream", move |_, _| {
+        let overlapped = g.wait();
+        ok_or(
+            false,
+            if overlapped {
+                "disk full"
+            } else {
+                "the restore never started: lanes did not run at the same time"
+            },
+        )
+    });
+    let g = restore_started.clone();
+    let events = w.dir.path().join("events.jsonl");
+    // ...and the restore ends only once the stream's failure was reported (the
+    // `--events` stream is written as it happens), so the main lane then knows.
+    new.on_fn("restore", move |_, _| {
+        g.open();
+        let reported = tokio::task::block_in_place(|| {
+            let deadline = std::time::Instant::now() + GATE_TIMEOUT;
+            while std::time::Instant::now() < deadline {
+                let text = std::fs::read_to_string(&events).unwrap_or_default();
+                if text.lines().any(|l| {
+                    l.contains(r#""event":"task_end""#) && l.contains("Stream the storage")
+                }) {
+                    return true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            false
+        });
+        ok_or(reported, "the stream's failure was never reported")
+    });
+    new.on("migrate", output(0, ""));
+    let old = FakeTransport::new("old");
+    old.on("", output(0, ""));
+    let report = play_or_deadlock(
+        &w,
+        play,
+        RunOptions::default(),
+        FakeConnector::new([old.clone(), new.clone()]),
+    )
+    .await;
+    let tasks = by_task(&report);
+    let stream = &tasks[&key("new", "Stream the storage")];
+    assert_eq!(stream.status, TaskStatus::Failed);
+    assert!(
+        stream
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("disk full"),
+        "{stream:?}"
+    );
+    // The running task of the other lane finished; its next one never started.
+    assert_eq!(
+        tasks[&key("new", "Restore PostgreSQL")].status,
+        TaskStatus::Changed,
+        "{report:?}"
+    );
+    assert!(!tasks.contains_key(&key("new", "Migrate")), "{report:?}");
+    let mut commands = new.commands();
+    commands.sort();
+    assert_eq!(commands, vec!["restore", "stream"]);
+    // Another host waiting on the task that never ran is released, with the reason.
+    let announce = &tasks[&key("old", "Announce")];
+    assert_eq!(announce.status, TaskStatus::Failed);
+    assert!(
+        announce
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("dependency `Migrate` failed on `new`"),
+        "{announce:?}"
+    );
+    assert!(old.commands().is_empty());
+    assert!(!report.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forks_bound_hosts_not_lanes() {
+    // Each host's `Slow` (main lane) ends only once its `Fast` (side lane) has started:
+    // with one permit per task and `--forks 1`, that would never happen.
+    let play = r#"
+[[task]]
+name = "Slow"
+hosts = "all"
+[task.command]
+cmd = "slow"
+
+[[task]]
+name = "Fast"
+hosts = "all"
+lane = "side"
+[task.command]
+cmd = "fast"
+"#;
+    let w = World::new();
+    let host = |name: &str| {
+        let t = FakeTransport::new(name);
+        let fast_started = Arc::new(Gate::default());
+        let g = fast_started.clone();
+        t.on_fn("slow", move |_, _| {
+            ok_or(
+                g.wait(),
+                "`Fast` never started while `Slow` ran: the host's lanes did not share its --forks slot",
+            )
+        });
+        t.on_fn("fast", move |_, _| {
+            fast_started.open();
+            output(0, "")
+        });
+        t
+    };
+    let report = play_or_deadlock(
+        &w,
+        play,
+        RunOptions {
+            forks: Some(1),
+            ..Default::default()
+        },
+        FakeConnector::new([host("old"), host("new")]),
+    )
+    .await;
+    assert!(report.success(), "{report:?}");
+    assert_eq!(report.tasks.len(), 4);
+    // The events are written as they happen, each task's start and end inside its
+    // host's slot: no task of one host may start while a task of the other is open.
+    let mut open: BTreeMap<String, usize> = BTreeMap::new();
+    let mut most_open_on_one_host = 0;
+    for e in w.events() {
+        let host = e["host"].as_str().unwrap_or_default().to_string();
+        match e["event"].as_str() {
+            Some("task_start") => {
+                let others: usize = open
+                    .iter()
+                    .filter(|(h, _)| **h != host)
+                    .map(|(_, n)| n)
+                    .sum();
+                assert_eq!(
+                    others, 0,
+                    "`{host}` started a task while another host ran one"
+                );
+                let n = open.entry(host).or_default();
+                *n += 1;
+                most_open_on_one_host = most_open_on_one_host.max(*n);
+            }
+            Some("task_end") => *open.entry(host).or_default() -= 1,
+            _ => {}
+        }
+    }
+    assert_eq!(most_open_on_one_host, 2, "a host's two lanes overlapped");
+}
+
+/// Refuses every connection, after a while: long enough for both lanes of a host to be
+/// waiting for the one connection attempt when it fails.
+struct SlowRefusal;
+
+#[async_trait::async_trait]
+impl ferry::transport::Connector for SlowRefusal {
+    async fn connect(
+        &self,
+        spec: &ferry::transport::ConnectSpec,
+        _: &Secrets,
+    ) -> Result<Arc<dyn ferry::transport::Transport>, ferry::transport::TransportError> {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        Err(ferry::transport::TransportError::Refused {
+            addr: spec.address.clone(),
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_host_with_lanes_is_reported_once() {
+    let w = World::new();
+    let play = TWO_LANES_PLAY.replace("\"new\"", "\"old\"");
+    let report = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        w.play(&play, RunOptions::default(), SlowRefusal),
+    )
+    .await
+    .expect("the run did not end: the engine deadlocked");
+    assert!(report.hosts["old"].unreachable);
+    assert!(report.tasks.is_empty(), "{report:?}");
+    let reported = w
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "host_unreachable" && e["host"] == "old")
+        .count();
+    assert_eq!(reported, 1);
 }

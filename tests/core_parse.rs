@@ -204,3 +204,44 @@ fn non_utf8_and_empty_files_are_located_errors() {
     let e = Inventory::load(&path, &Secrets::new()).unwrap_err();
     assert!(e.message.contains("no hosts"), "{}", e.message);
 }
+
+fn parse(text: &str) -> Result<Playbook, ferry::playbook::source::InputError> {
+    Playbook::parse(ferry::playbook::source::SourceFile::new("pb.toml", text))
+}
+
+#[test]
+fn lane_defaults_to_main_and_parses() {
+    let pb = parse(
+        "[[task]]\nname = \"a\"\nhosts = \"all\"\nlane = \"storage-2_b\"\n[task.command]\ncmd = \"true\"\n\n\
+         [[task]]\nname = \"b\"\nhosts = \"all\"\n[task.command]\ncmd = \"true\"\n",
+    )
+    .unwrap();
+    assert_eq!(pb.tasks[0].lane, "storage-2_b");
+    assert_eq!(pb.tasks[1].lane, "main");
+    assert_eq!(ferry::playbook::DEFAULT_LANE, "main");
+}
+
+#[test]
+fn bad_lane_names_are_located_errors() {
+    for (lane, column) in [("\"\"", 8), ("\"Bad Lane\"", 8), ("\"a/b\"", 8)] {
+        let text = format!(
+            "[[task]]\nname = \"a\"\nhosts = \"all\"\nlane = {lane}\n[task.command]\ncmd = \"true\"\n"
+        );
+        let e = parse(&text).expect_err(lane);
+        assert!(e.location.path.ends_with("pb.toml"));
+        assert_eq!((e.location.line, e.location.column), (4, column), "{lane}");
+        assert_eq!(e.field.as_deref(), Some("lane"), "{lane}");
+        assert!(
+            e.message.contains("is not a lane name") && e.message.contains("task `a`"),
+            "{}",
+            e.message
+        );
+    }
+    // Not a string: the type error is located too.
+    let e = parse(
+        "[[task]]\nname = \"a\"\nhosts = \"all\"\nlane = 3\n[task.command]\ncmd = \"true\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.location.line, 4);
+    assert_eq!(e.field.as_deref(), Some("lane"));
+}

@@ -1,6 +1,6 @@
 //! The engine: the only place that decides. For every host (in parallel, bounded by
-//! `--forks`) and every task (in order): facts → decision → apply, where apply is never
-//! called in check mode. Cross-host dependencies (`after`), `--limit/--tags/--skip-tags/
+//! `--forks`) and every task (in order within its lane; a host's lanes run at the same
+//! time): facts → decision → apply, where apply is never called in check mode. Cross-host dependencies (`after`), `--limit/--tags/--skip-tags/
 //! --start-at`, the journal, events and the report are handled here.
 //!
 //! Two steps, so nothing is contacted before all input is known to be good:
@@ -10,12 +10,13 @@
 pub mod connect;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
 use serde_json::Value;
-use tokio::sync::{Notify, OnceCell, Semaphore};
+use tokio::sync::{Notify, OnceCell, OwnedSemaphorePermit, Semaphore};
 
 use crate::command::Cmd;
 use crate::inventory::{Inventory, UnknownTarget};
@@ -281,7 +282,8 @@ struct Shared {
     env: RunEnv,
     connections: Arc<Connections>,
     completion: Completion,
-    forks: Semaphore,
+    /// One permit per host that is running a task (in any number of its lanes).
+    forks: Arc<Semaphore>,
     report: Mutex<PlayReport>,
 }
 
@@ -313,13 +315,13 @@ pub async fn run(prepared: Prepared, env: RunEnv) -> PlayReport {
         prepared,
         env,
         completion: Completion::default(),
-        forks: Semaphore::new(forks),
+        forks: Arc::new(Semaphore::new(forks)),
         report: Mutex::new(report),
     });
     let mut handles = Vec::new();
     for host in shared.prepared.hosts.keys() {
         let (shared, host) = (shared.clone(), host.clone());
-        handles.push(tokio::spawn(async move { run_host(&shared, &host).await }));
+        handles.push(tokio::spawn(async move { run_host(shared, host).await }));
     }
     for h in handles {
         if let Err(e) = h.await {
@@ -448,16 +450,129 @@ fn result(host: &str, task: &str, status: TaskStatus, started: Instant) -> TaskR
     }
 }
 
-async fn run_host(shared: &Shared, host: &str) {
-    let Some(schedule) = shared.prepared.hosts.get(host) else {
+/// A host's `--forks` slot: the host holds one permit while at least one of its lanes
+/// runs a task, however many lanes do, so `--forks` bounds hosts, not tasks.
+#[derive(Default)]
+struct HostSlot {
+    /// Serialises taking the permit, so two lanes starting at once take one permit.
+    acquiring: tokio::sync::Mutex<()>,
+    held: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    permit: Option<OwnedSemaphorePermit>,
+    /// Tasks of the host running now.
+    active: usize,
+}
+
+impl HostSlot {
+    /// Wait for the host's permit (none if a lane of the host already has it).
+    /// `None`: the semaphore was closed.
+    async fn enter(&self, forks: &Arc<Semaphore>) -> Option<SlotGuard<'_>> {
+        let _acquiring = self.acquiring.lock().await;
+        {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            if held.active > 0 {
+                held.active += 1;
+                return Some(SlotGuard { slot: self });
+            }
+        }
+        let permit = forks.clone().acquire_owned().await.ok()?;
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.permit = Some(permit);
+        held.active += 1;
+        Some(SlotGuard { slot: self })
+    }
+}
+
+/// One running task of a host; the last one to end gives the permit back.
+struct SlotGuard<'a> {
+    slot: &'a HostSlot,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        let mut held = self.slot.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.active = held.active.saturating_sub(1);
+        if held.active == 0 {
+            held.permit = None;
+        }
+    }
+}
+
+/// What the lanes of one host share.
+#[derive(Default)]
+struct HostRun {
+    /// Set by the first failure (or unreachable connection) in any lane: no lane starts
+    /// another task.
+    stopped: AtomicBool,
+    /// The host was reported unreachable (once, whichever lane found out first).
+    unreachable_reported: AtomicBool,
+    slot: HostSlot,
+    /// Shared by this host's tasks (e.g. the Kubernetes API connection).
+    cache: Arc<crate::modules::HostCache>,
+}
+
+impl HostRun {
+    fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Run a host's schedule: one lane per distinct `lane`, each in playbook order, the
+/// lanes at the same time. Each lane is its own tokio task, so a lane busy on the CPU
+/// (hashing a stream) does not hold up the others.
+async fn run_host(shared: Arc<Shared>, host: String) {
+    let Some(schedule) = shared.prepared.hosts.get(&host) else {
         return;
     };
     let pb = &shared.prepared.playbook;
+    let mut lanes: Vec<(&str, Vec<Scheduled>)> = Vec::new();
+    for scheduled in schedule {
+        let lane = pb.tasks[scheduled.task].lane.as_str();
+        match lanes.iter_mut().find(|(name, _)| *name == lane) {
+            Some((_, tasks)) => tasks.push(scheduled.clone()),
+            None => lanes.push((lane, vec![scheduled.clone()])),
+        }
+    }
+    let run = Arc::new(HostRun::default());
+    let mut workers = Vec::new();
+    for (lane, tasks) in lanes {
+        let tasks = Arc::new(tasks);
+        let worker = {
+            let (shared, host, run, tasks) =
+                (shared.clone(), host.clone(), run.clone(), tasks.clone());
+            tokio::spawn(async move { run_lane(&shared, &host, &run, &tasks).await })
+        };
+        workers.push((lane.to_string(), tasks, worker));
+    }
+    for (lane, tasks, worker) in workers {
+        if let Err(e) = worker.await {
+            tracing::error!(host, lane, "lane worker panicked: {e}");
+            // Stop the host and release anyone waiting on the tasks the lane left.
+            run.stop();
+            for s in tasks.iter() {
+                if shared.completion.get(s.task, &host).is_none() {
+                    shared.completion.set(s.task, &host, Outcome::NotRun);
+                }
+            }
+        }
+    }
+}
+
+/// Run one lane of a host: its tasks in order, one at a time, until the host stops.
+async fn run_lane(shared: &Shared, host: &str, run: &HostRun, schedule: &[Scheduled]) {
+    let pb = &shared.prepared.playbook;
     let secrets = &shared.env.secrets;
     let mut position = 0;
-    // Shared by this host's tasks (e.g. the Kubernetes API connection).
-    let cache = Arc::new(crate::modules::HostCache::default());
     while position < schedule.len() {
+        if run.stopped() {
+            break;
+        }
         let scheduled = &schedule[position];
         position += 1;
         let task = &pb.tasks[scheduled.task];
@@ -478,9 +593,16 @@ async fn run_host(shared: &Shared, host: &str) {
                 .set(scheduled.task, host, Outcome::Succeeded);
             continue;
         }
-        let warnings = match shared.wait_for_dependencies(scheduled.task, host).await {
+        let waited = shared.wait_for_dependencies(scheduled.task, host).await;
+        if run.stopped() {
+            // Another lane failed while this one waited: the task does not start.
+            position -= 1;
+            break;
+        }
+        let warnings = match waited {
             Ok(w) => w,
             Err(reason) => {
+                run.stop();
                 shared.env.events.task_start(host, &task.name);
                 let mut r = result(host, &task.name, TaskStatus::Failed, started);
                 r.error = Some(reason);
@@ -489,13 +611,22 @@ async fn run_host(shared: &Shared, host: &str) {
                 break;
             }
         };
-        let Ok(_permit) = shared.forks.acquire().await else {
+        let Some(_slot) = run.slot.enter(&shared.forks).await else {
+            position -= 1;
             break;
         };
+        if run.stopped() {
+            // Stopped while this lane waited for `--forks`.
+            position -= 1;
+            break;
+        }
         let transport = match shared.connections.get(host).await {
             Ok(t) => t,
             Err(reason) => {
-                shared.mark_unreachable(host, &reason);
+                run.stop();
+                if !run.unreachable_reported.swap(true, Ordering::SeqCst) {
+                    shared.mark_unreachable(host, &reason);
+                }
                 position -= 1;
                 break;
             }
@@ -516,7 +647,7 @@ async fn run_host(shared: &Shared, host: &str) {
             renderer: shared.prepared.renderer.clone(),
             confirmer: shared.env.confirmer.clone(),
             overwrite: shared.prepared.options.overwrite.clone(),
-            cache: cache.clone(),
+            cache: run.cache.clone(),
         };
         let mut r = run_task(&ctx, &task.module, started).await;
         r.warnings.extend(warnings);
@@ -538,6 +669,10 @@ async fn run_host(shared: &Shared, host: &str) {
             r.error = Some(format!("cannot write the journal: {e}"));
         }
         let failed = r.status == TaskStatus::Failed;
+        if failed {
+            // Before anyone hears of the failure, so no lane starts a task after it.
+            run.stop();
+        }
         shared.completion.set(
             scheduled.task,
             host,

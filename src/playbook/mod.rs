@@ -12,9 +12,16 @@
 //! tags = ["preflight"]
 //! when = "{{ check_data }}"   # optional; rendered per host, "", false, no, off, 0 skip
 //! after = ["Some earlier task"]  # optional: wait until it finished on all its hosts
+//! lane = "storage"            # optional, default "main"; see "Lanes" below
 //! [task.command]              # exactly one module table
 //! cmd = "test -d {{ data_dir }}"
 //! ```
+//!
+//! Lanes: the tasks of one host that are in the same lane (`lane`, default `main`; a
+//! name of `[a-z0-9_-]+`) run in playbook order, one at a time. Tasks in different
+//! lanes of the same host run at the same time (e.g. streaming the storage while
+//! PostgreSQL is restored). The only order between lanes is the one `after` gives. A
+//! failure in any lane stops the whole host: running tasks finish, no new task starts.
 
 pub mod source;
 pub mod template;
@@ -56,12 +63,27 @@ pub struct Task {
     pub when: Option<Template>,
     /// Tasks (by name) that must have finished on all their hosts first.
     pub after: Vec<Spanned<String>>,
+    /// The host's lane this task runs in ([`DEFAULT_LANE`] when not given): tasks of one
+    /// lane run in order, lanes of one host run at the same time.
+    pub lane: String,
     pub module: ModuleArgs,
     /// Where the task is in the file.
     pub span: Range<usize>,
 }
 
-const TASK_KEYS: &[&str] = &["name", "hosts", "tags", "when", "after"];
+const TASK_KEYS: &[&str] = &["name", "hosts", "tags", "when", "after", "lane"];
+
+/// The lane of a task that names none.
+pub const DEFAULT_LANE: &str = "main";
+
+/// Lane names are short identifiers: they appear in logs and may become part of file
+/// names, so no spaces, no capitals, nothing to quote.
+fn valid_lane(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
 
 enum TaskKey {
     Name,
@@ -69,6 +91,7 @@ enum TaskKey {
     Tags,
     When,
     After,
+    Lane,
     Module(String),
 }
 
@@ -96,6 +119,7 @@ impl Visitor<'_> for TaskKeySeed<'_> {
             "tags" => TaskKey::Tags,
             "when" => TaskKey::When,
             "after" => TaskKey::After,
+            "lane" => TaskKey::Lane,
             m if MODULE_NAMES.contains(&m) => {
                 if let Some(first) = self.module_seen {
                     return Err(E::custom(format!(
@@ -131,6 +155,7 @@ struct RawTask {
     tags: Vec<String>,
     when: Option<Template>,
     after: Vec<Spanned<String>>,
+    lane: Option<Spanned<String>>,
     module: ModuleArgs,
 }
 
@@ -148,6 +173,7 @@ impl<'de> Deserialize<'de> for RawTask {
                 let mut tags = None;
                 let mut when = None;
                 let mut after = None;
+                let mut lane = None;
                 let mut module: Option<ModuleArgs> = None;
                 let mut module_name: Option<String> = None;
                 while let Some(key) = map.next_key_seed(TaskKeySeed {
@@ -159,6 +185,7 @@ impl<'de> Deserialize<'de> for RawTask {
                         TaskKey::Tags => tags = Some(map.next_value()?),
                         TaskKey::When => when = Some(map.next_value()?),
                         TaskKey::After => after = Some(map.next_value()?),
+                        TaskKey::Lane => lane = Some(map.next_value()?),
                         TaskKey::Module(m) => {
                             module = Some(map.next_value_seed(ModuleSeed(m.clone()))?);
                             module_name = Some(m);
@@ -181,6 +208,7 @@ impl<'de> Deserialize<'de> for RawTask {
                     tags: tags.unwrap_or_default(),
                     when,
                     after: after.unwrap_or_default(),
+                    lane,
                     module,
                 })
             }
@@ -253,12 +281,28 @@ impl Playbook {
                     ));
                 }
             }
+            let lane = match t.lane {
+                None => DEFAULT_LANE.to_string(),
+                Some(lane) if valid_lane(lane.get_ref()) => lane.into_inner(),
+                Some(lane) => {
+                    return Err(source.error_at(
+                        Some(lane.span()),
+                        Some("lane".into()),
+                        format!(
+                            "task `{}`: lane `{}` is not a lane name; use lowercase letters, digits, `_` and `-` (e.g. `storage`)",
+                            t.name,
+                            lane.get_ref()
+                        ),
+                    ))
+                }
+            };
             tasks.push(Task {
                 name: t.name,
                 hosts: t.hosts,
                 tags: t.tags,
                 when: t.when,
                 after: t.after,
+                lane,
                 module: t.module,
                 span,
             });
