@@ -500,14 +500,23 @@ pub async fn open_local_tee(
     ctx: &TaskCtx,
     artifact: &Artifact,
 ) -> Result<Option<(tokio::fs::File, std::path::PathBuf)>, ModuleError> {
-    let Some(dir) = ctx.var("backup_dir").and_then(Value::as_str) else {
-        return Ok(None);
-    };
-    let dir = std::path::PathBuf::from(dir);
     let file_name = std::path::Path::new(&artifact.path)
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_else(|| artifact.name.clone().into());
+    open_local_copy(ctx, &file_name).await
+}
+
+/// `<backup_dir>/<file_name>` on the laptop, mode 0600, truncated; `None` when the
+/// operator did not ask for copies (no `backup_dir` var).
+pub async fn open_local_copy(
+    ctx: &TaskCtx,
+    file_name: &std::ffi::OsStr,
+) -> Result<Option<(tokio::fs::File, std::path::PathBuf)>, ModuleError> {
+    let Some(dir) = ctx.var("backup_dir").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let dir = std::path::PathBuf::from(dir);
     let path = dir.join(file_name);
     let io = |e: std::io::Error| {
         ModuleError::Failed(format!("local backup copy {}: {e}", path.display()))
@@ -651,6 +660,68 @@ pub async fn pod_exec(
     crate::k8s::finish(pod, proc, &err).await?;
     fed.map_err(|e| ModuleError::Failed(format!("writing to {pod}: {e}")))?;
     Ok(out)
+}
+
+/// `sh -c SCRIPT` as argv, for a pod exec.
+pub fn sh_argv(script: &Cmd) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script.to_shell()]
+}
+
+/// The name of a ready pod of `deployment`, if any.
+pub async fn ready_deployment_pod(
+    cluster: &Cluster,
+    deployment: &str,
+) -> Result<Option<String>, ModuleError> {
+    let (_, selector) = cluster
+        .workload(crate::k8s::WorkloadKind::Deployment, deployment)
+        .await?;
+    Ok(cluster
+        .pods(&selector)
+        .await?
+        .into_iter()
+        .find(crate::k8s::pod_ready)
+        .and_then(|p| p.metadata.name))
+}
+
+/// The `verify_dir` arg of the storage modules: default `/data/packagist`, `""` for none.
+pub fn storage_verify_dir(
+    ctx: &TaskCtx,
+    verify_dir: &Option<Template>,
+) -> Result<Option<String>, ModuleError> {
+    Ok(match verify_dir {
+        Some(t) => Some(ctx.render_operand(t)?).filter(|d| !d.is_empty()),
+        None => Some("/data/packagist".into()),
+    })
+}
+
+/// sha256 of every storage file under `dir` in a pod, or `None` if it cannot be read.
+pub async fn pod_storage_fingerprint(
+    cluster: &Cluster,
+    pod: &str,
+    container: &str,
+    dir: &str,
+) -> Result<Option<crate::fingerprint::StorageFingerprint>, ModuleError> {
+    let hash = crate::modules::storage_export::content_hash_cmd(dir);
+    match pod_exec(cluster, pod, Some(container), &sh_argv(&hash), None).await {
+        Ok(out) => Ok(crate::fingerprint::StorageFingerprint::parse_sha256sum(
+            &String::from_utf8_lossy(&out),
+        )
+        .ok()),
+        Err(_) => Ok(None),
+    }
+}
+
+/// "N bytes free of M …" for the directory holding `path` in a pod, or why not.
+pub async fn pod_free_text(cluster: &Cluster, pod: &str, container: &str, path: &str) -> String {
+    let dir = std::path::Path::new(path)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "/".into());
+    let df = Cmd::new("df").arg("-PB1").arg("--").arg(dir.as_str());
+    match pod_exec(cluster, pod, Some(container), &sh_argv(&df), None).await {
+        Ok(out) => df_text(&dir, &String::from_utf8_lossy(&out)),
+        Err(e) => format!("free space unknown ({e})"),
+    }
 }
 
 /// `redis-cli -p PORT ARGS...` as argv.

@@ -23,12 +23,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
-use crate::k8s::{kubectl, pod_ready, Cluster, WorkloadKind};
+use crate::k8s::{kubectl, Cluster};
 use crate::modules::shared::{
-    artifact_fingerprint, completed_guard, completed_marker, df_text, find_artifact, is_disk_full,
-    pod_exec, stream_artifact, K8sTarget,
+    artifact_fingerprint, completed_guard, completed_marker, find_artifact, is_disk_full, pod_exec,
+    pod_free_text, pod_storage_fingerprint, ready_deployment_pod, sh_argv as sh,
+    storage_verify_dir, stream_artifact, K8sTarget,
 };
-use crate::modules::storage_export::content_hash_cmd;
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
 
@@ -100,30 +100,6 @@ impl Change for ImportChange {
     }
 }
 
-fn sh(script: &Cmd) -> Vec<String> {
-    vec!["sh".into(), "-c".into(), script.to_shell()]
-}
-
-async fn storage_fingerprint(
-    cluster: &Cluster,
-    pod: &str,
-    container: &str,
-    dir: &str,
-) -> Result<Option<StorageFingerprint>, ModuleError> {
-    match pod_exec(
-        cluster,
-        pod,
-        Some(container),
-        &sh(&content_hash_cmd(dir)),
-        None,
-    )
-    .await
-    {
-        Ok(out) => Ok(StorageFingerprint::parse_sha256sum(&String::from_utf8_lossy(&out)).ok()),
-        Err(_) => Ok(None),
-    }
-}
-
 impl StorageImport {
     fn k8s(&self) -> K8sTarget {
         K8sTarget {
@@ -142,21 +118,10 @@ impl Module for StorageImport {
         let cluster = self.k8s().cluster(ctx).await?;
         let marker = completed_marker(&cluster).await?;
         let deployment = ctx.render_or(&self.deployment, "ui")?;
-        let (_, selector) = cluster
-            .workload(WorkloadKind::Deployment, &deployment)
-            .await?;
-        let pod = cluster
-            .pods(&selector)
-            .await?
-            .into_iter()
-            .find(pod_ready)
-            .and_then(|p| p.metadata.name);
+        let pod = ready_deployment_pod(&cluster, &deployment).await?;
         let container = ctx.render_or(&self.container, "ui")?;
         let archive = ctx.render_or(&self.archive, "/tmp/packagist_storage.tar.gz")?;
-        let verify_dir = match &self.verify_dir {
-            Some(t) => Some(ctx.render_operand(t)?).filter(|d| !d.is_empty()),
-            None => Some("/data/packagist".into()),
-        };
+        let verify_dir = storage_verify_dir(ctx, &self.verify_dir)?;
         let guard = completed_guard(ctx, &marker, "storage");
         let mut f = StorageImportFacts {
             namespace: cluster.namespace().to_string(),
@@ -177,7 +142,7 @@ impl Module for StorageImport {
         f.source_pending = ctx.check && f.source.is_none();
         if let (Some(pod), None) = (&f.pod, &f.guard) {
             if let Some(dir) = &f.verify_dir {
-                f.current = storage_fingerprint(&cluster, pod, &f.container, dir).await?;
+                f.current = pod_storage_fingerprint(&cluster, pod, &f.container, dir).await?;
             }
             let part = format!("{}.part", f.archive);
             let stat = Cmd::new("stat").arg("-c").arg("%s").arg(part.as_str());
@@ -354,7 +319,7 @@ impl Module for StorageImport {
         .await?;
         // 5. Prove it.
         if let (Some(dir), Some(source)) = (&f.verify_dir, &f.source) {
-            let after = storage_fingerprint(&cluster, pod, &f.container, dir)
+            let after = pod_storage_fingerprint(&cluster, pod, &f.container, dir)
                 .await?
                 .ok_or_else(|| {
                     ModuleError::Failed(format!("cannot list the imported files in {dir}"))
@@ -457,10 +422,6 @@ async fn upload_disk_full(
     error: &str,
 ) -> String {
     let container = Some(f.container.as_str());
-    let dir = std::path::Path::new(part)
-        .parent()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "/".into());
     let kept = pod_exec(
         cluster,
         pod,
@@ -471,18 +432,7 @@ async fn upload_disk_full(
     .await
     .ok()
     .and_then(|o| String::from_utf8_lossy(&o).trim().parse::<u64>().ok());
-    let free = match pod_exec(
-        cluster,
-        pod,
-        container,
-        &sh(&Cmd::new("df").arg("-PB1").arg("--").arg(dir.as_str())),
-        None,
-    )
-    .await
-    {
-        Ok(out) => df_text(&dir, &String::from_utf8_lossy(&out)),
-        Err(e) => format!("free space unknown ({e})"),
-    };
+    let free = pod_free_text(cluster, pod, &f.container, part).await;
     let arrived = match kept {
         Some(n) => format!(
             "{n} of {total} bytes arrived, {} more needed (and about as much again to \

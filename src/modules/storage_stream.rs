@@ -46,11 +46,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
-use crate::k8s::{kubectl, pod_ready, Cluster, WorkloadKind};
+use crate::k8s::{kubectl, Cluster};
 use crate::modules::shared::{
-    completed_guard, completed_marker, df_text, is_disk_full, pod_exec, K8sTarget,
+    completed_guard, completed_marker, is_disk_full, open_local_copy, pod_exec, pod_free_text,
+    pod_storage_fingerprint, ready_deployment_pod, sh_argv as sh, storage_verify_dir, K8sTarget,
 };
-use crate::modules::storage_export::content_hash_cmd;
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
 
@@ -138,10 +138,6 @@ impl Change for StreamChange {
     fn commands(&self) -> Vec<String> {
         self.commands.clone()
     }
-}
-
-fn sh(script: &Cmd) -> Vec<String> {
-    vec!["sh".into(), "-c".into(), script.to_shell()]
 }
 
 /// The vendor's tar fallback, uncompressed, to stdout.
@@ -272,21 +268,10 @@ impl Module for StorageStream {
         let cluster = self.k8s().cluster(ctx).await?;
         let marker = completed_marker(&cluster).await?;
         let deployment = ctx.render_or(&self.deployment, "ui")?;
-        let (_, selector) = cluster
-            .workload(WorkloadKind::Deployment, &deployment)
-            .await?;
-        let pod = cluster
-            .pods(&selector)
-            .await?
-            .into_iter()
-            .find(pod_ready)
-            .and_then(|p| p.metadata.name);
+        let pod = ready_deployment_pod(&cluster, &deployment).await?;
         let container = ctx.render_or(&self.container, "ui")?;
         let archive = ctx.render_or(&self.archive, "/tmp/packagist_storage.tar.gz")?;
-        let verify_dir = match &self.verify_dir {
-            Some(t) => Some(ctx.render_operand(t)?).filter(|d| !d.is_empty()),
-            None => Some("/data/packagist".into()),
-        };
+        let verify_dir = storage_verify_dir(ctx, &self.verify_dir)?;
         let guard = completed_guard(ctx, &marker, "storage");
         let source = ctx.peer(&source_host).await?;
         let listing = source.exec(&listing_cmd(&data_dir), None).await?;
@@ -320,7 +305,7 @@ impl Module for StorageStream {
             .as_ref()
             .is_some_and(|r| r.tree_stamp == f.tree.stamp);
         if let (true, None, Some(pod), Some(dir)) = (maybe_done, &f.guard, &f.pod, &f.verify_dir) {
-            f.current = pod_fingerprint(&cluster, pod, &f.container, dir).await?;
+            f.current = pod_storage_fingerprint(&cluster, pod, &f.container, dir).await?;
         }
         Ok(f)
     }
@@ -393,7 +378,7 @@ impl Module for StorageStream {
         }
         // Prove it: the imported files are the streamed ones.
         if let Some(dir) = &f.verify_dir {
-            let now = pod_fingerprint(&cluster, pod, &f.container, dir)
+            let now = pod_storage_fingerprint(&cluster, pod, &f.container, dir)
                 .await?
                 .ok_or_else(|| {
                     ModuleError::Failed(format!("cannot list the imported files in {dir}"))
@@ -481,26 +466,6 @@ pub fn decide(f: &StorageStreamFacts) -> Result<Vec<StreamChange>, ModuleError> 
     }])
 }
 
-async fn pod_fingerprint(
-    cluster: &Cluster,
-    pod: &str,
-    container: &str,
-    dir: &str,
-) -> Result<Option<StorageFingerprint>, ModuleError> {
-    match pod_exec(
-        cluster,
-        pod,
-        Some(container),
-        &sh(&content_hash_cmd(dir)),
-        None,
-    )
-    .await
-    {
-        Ok(out) => Ok(StorageFingerprint::parse_sha256sum(&String::from_utf8_lossy(&out)).ok()),
-        Err(_) => Ok(None),
-    }
-}
-
 async fn remove_in_pod(cluster: &Cluster, pod: &str, container: &str, path: &str) {
     let rm = Cmd::new("rm").arg("-f").arg(path);
     if let Err(e) = pod_exec(cluster, pod, Some(container), &sh(&rm), None).await {
@@ -529,7 +494,7 @@ async fn stream_into_pod(
     let mut stream = source.exec_stream(&source_tar_cmd(&f.data_dir)).await?;
     // tar reads nothing from stdin.
     drop(stream.stdin);
-    let mut tee = open_laptop_copy(ctx).await?;
+    let mut tee = open_local_copy(ctx, format!("{ARTIFACT}.tar.gz").as_ref()).await?;
     let progress = |n: u64| ctx.progress(ARTIFACT, n, Some(f.tree.tar_bytes.max(n)));
     let (pumped, (out, err)) = tokio::join!(
         async {
@@ -623,27 +588,6 @@ async fn stream_into_pod(
     Ok(pumped.fingerprint)
 }
 
-/// The laptop's copy (`backup_dir` var): `<backup_dir>/packagist_storage.tar.gz`, 0600.
-async fn open_laptop_copy(
-    ctx: &TaskCtx,
-) -> Result<Option<(tokio::fs::File, std::path::PathBuf)>, ModuleError> {
-    let Some(dir) = ctx.var("backup_dir").and_then(Value::as_str) else {
-        return Ok(None);
-    };
-    let dir = std::path::PathBuf::from(dir);
-    let path = dir.join(format!("{ARTIFACT}.tar.gz"));
-    let io = |e: std::io::Error| {
-        ModuleError::Failed(format!("local backup copy {}: {e}", path.display()))
-    };
-    tokio::fs::create_dir_all(&dir).await.map_err(io)?;
-    let mut opts = tokio::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    opts.mode(0o600);
-    let file = opts.open(&path).await.map_err(io)?;
-    Ok(Some((file, path)))
-}
-
 async fn disk_full(
     ctx: &TaskCtx,
     cluster: &Cluster,
@@ -652,22 +596,7 @@ async fn disk_full(
     part: &str,
     error: &str,
 ) -> String {
-    let dir = std::path::Path::new(part)
-        .parent()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "/".into());
-    let free = match pod_exec(
-        cluster,
-        pod,
-        Some(&f.container),
-        &sh(&Cmd::new("df").arg("-PB1").arg("--").arg(dir.as_str())),
-        None,
-    )
-    .await
-    {
-        Ok(out) => df_text(&dir, &String::from_utf8_lossy(&out)),
-        Err(e) => format!("free space unknown ({e})"),
-    };
+    let free = pod_free_text(cluster, pod, &f.container, part).await;
     format!(
         "No space left on device on host {host}, namespace {ns}, pod {pod} (container {c}) \
          writing {part}: the archive needs about {need} bytes (and about as much again to \
@@ -920,6 +849,15 @@ mod tests {
         }
     }
 
+    /// The pod's files as `facts` reads them, by digest only.
+    fn pod_files(digest: &str) -> StorageFingerprint {
+        StorageFingerprint {
+            files: 1,
+            digest: digest.into(),
+            hashes: BTreeMap::new(),
+        }
+    }
+
     fn streamed(f: &StorageStreamFacts, digest: &str) -> StreamedRecord {
         StreamedRecord {
             tree_stamp: f.tree.stamp.clone(),
@@ -958,11 +896,7 @@ mod tests {
     fn rerun_with_unchanged_source_and_same_files_is_ok() {
         let mut f = facts();
         f.recorded = Some(streamed(&f, "d1"));
-        f.current = Some(StorageFingerprint {
-            files: 1,
-            digest: "d1".into(),
-            hashes: BTreeMap::new(),
-        });
+        f.current = Some(pod_files("d1"));
         assert!(decide(&f).unwrap().is_empty());
         // The pod's files differ (someone changed them, or the import was half done).
         f.current.as_mut().unwrap().digest = "d2".into();
@@ -979,11 +913,7 @@ mod tests {
     fn changed_source_streams_again() {
         let mut f = facts();
         f.recorded = Some(streamed(&f, "d1"));
-        f.current = Some(StorageFingerprint {
-            files: 1,
-            digest: "d1".into(),
-            hashes: BTreeMap::new(),
-        });
+        f.current = Some(pod_files("d1"));
         f.tree = parse_listing("f\t4\t2.0\tcomposer/a.zip\n");
         assert_eq!(decide(&f).unwrap().len(), 1);
     }
