@@ -23,11 +23,21 @@ pub struct TableFingerprint {
     pub digest: String,
 }
 
-/// Every base table of the `public` schema.
+/// Every base table of the `public` schema, and what a dump restores after the rows.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PgFingerprint {
     pub tables: BTreeMap<String, TableFingerprint>,
+    /// The schema objects a plain dump creates *after* its COPYs (constraints, indexes,
+    /// triggers) and the sequences' positions it sets: their count and a digest of their
+    /// names. The rows alone cannot tell a complete restore from one cut after its data.
+    /// `None` in journals written before it was fingerprinted (such a journal then never
+    /// matches, so the step runs again: the safe direction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<TableFingerprint>,
 }
+
+/// The name [`PG_FINGERPRINT_SQL`] gives its schema line (no table name lacks a dot).
+const SCHEMA_LINE: &str = ":schema";
 
 /// psql script (run with `psql -X -At -v ON_ERROR_STOP=1 -f -` or `-c`) printing one
 /// `schema.table|rows|digest` line per base table of `public`.
@@ -42,12 +52,33 @@ FROM information_schema.tables
 WHERE table_schema = 'public' AND table_type = 'BASE TABLE'
 ORDER BY table_name
 \gexec
+SELECT ':schema', count(*), md5(coalesce(string_agg(d, E'\n' ORDER BY d), ''))
+FROM (
+  SELECT 'constraint ' || coalesce(cl.relname::text, '-') || ' ' || co.conname || ' ' || co.contype::text AS d
+    FROM pg_constraint co
+    JOIN pg_namespace n ON n.oid = co.connamespace
+    LEFT JOIN pg_class cl ON cl.oid = co.conrelid
+   WHERE n.nspname = 'public' AND co.contype::text <> 'n'
+  UNION ALL
+  SELECT 'index ' || tablename || ' ' || indexname
+    FROM pg_indexes WHERE schemaname = 'public'
+  UNION ALL
+  SELECT 'sequence ' || sequencename || ' ' || coalesce(last_value::text, '-')
+    FROM pg_sequences WHERE schemaname = 'public'
+  UNION ALL
+  SELECT 'trigger ' || cl.relname || ' ' || t.tgname
+    FROM pg_trigger t
+    JOIN pg_class cl ON cl.oid = t.tgrelid
+    JOIN pg_namespace n ON n.oid = cl.relnamespace
+   WHERE n.nspname = 'public' AND NOT t.tgisinternal
+) s;
 "#;
 
 impl PgFingerprint {
     /// Parse the output of [`PG_FINGERPRINT_SQL`].
     pub fn parse(out: &str) -> Result<Self, FingerprintParseError> {
         let mut tables = BTreeMap::new();
+        let mut schema = None;
         for (i, line) in out.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() {
@@ -65,15 +96,17 @@ impl PgFingerprint {
                 return Err(err());
             };
             let rows = rows.parse().map_err(|_| err())?;
-            tables.insert(
-                name.to_string(),
-                TableFingerprint {
-                    rows,
-                    digest: digest.to_string(),
-                },
-            );
+            let fingerprint = TableFingerprint {
+                rows,
+                digest: digest.to_string(),
+            };
+            if name == SCHEMA_LINE {
+                schema = Some(fingerprint);
+            } else {
+                tables.insert(name.to_string(), fingerprint);
+            }
         }
-        Ok(PgFingerprint { tables })
+        Ok(PgFingerprint { tables, schema })
     }
 
     /// Total rows over all tables.
@@ -83,7 +116,7 @@ impl PgFingerprint {
 
     /// Human-readable differences from `expected` (empty when equal).
     pub fn diff(&self, expected: &PgFingerprint) -> Vec<String> {
-        diff_maps(&expected.tables, &self.tables, |name, e, a| {
+        let mut out = diff_maps(&expected.tables, &self.tables, |name, e, a| {
             if e.rows != a.rows {
                 Some(format!(
                     "table {name}: {} rows, expected {}",
@@ -94,7 +127,23 @@ impl PgFingerprint {
             } else {
                 None
             }
-        })
+        });
+        const WHAT: &str = "constraints, indexes, triggers and sequence positions";
+        match (&expected.schema, &self.schema) {
+            (Some(e), Some(a)) if e.rows != a.rows => out.push(format!(
+                "schema: {} {WHAT}, expected {} (a restore cut after its rows?)",
+                a.rows, e.rows
+            )),
+            (Some(e), Some(a)) if e.digest != a.digest => out.push(format!(
+                "schema: same number of {WHAT}, different names or values"
+            )),
+            (Some(_), None) => out.push(format!("schema: {WHAT} not fingerprinted")),
+            (None, Some(_)) => out.push(format!(
+                "schema: the source's {WHAT} were not fingerprinted (journal of an older ferry)"
+            )),
+            _ => {}
+        }
+        out
     }
 }
 
@@ -292,6 +341,33 @@ mod tests {
                 "public.extra: not in the source"
             ]
         );
+        // The schema line is not a table, and a difference there is named.
+        let with_schema = |n: u64, d: &str| {
+            PgFingerprint::parse(&format!(
+                "public.orgs|3|abc\npublic.packages|10|def\n:schema|{n}|{d}\n"
+            ))
+            .unwrap()
+        };
+        let complete = with_schema(7, "s1");
+        assert_eq!(complete.tables.len(), 2);
+        assert_eq!(complete.rows(), 13);
+        assert!(with_schema(7, "s1").diff(&complete).is_empty());
+        assert_ne!(
+            src, complete,
+            "a fingerprint without schema never matches one with"
+        );
+        let cut = with_schema(0, "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(
+            cut.diff(&complete),
+            vec![
+                "schema: 0 constraints, indexes, triggers and sequence positions, expected 7 (a restore cut after its rows?)"
+            ]
+        );
+        assert_eq!(
+            with_schema(7, "s2").diff(&complete),
+            vec!["schema: same number of constraints, indexes, triggers and sequence positions, different names or values"]
+        );
+        assert_eq!(src.diff(&complete).len(), 1);
         assert_eq!(
             PgFingerprint::parse("garbage").unwrap_err().line,
             1,

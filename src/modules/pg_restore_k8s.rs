@@ -27,8 +27,8 @@ use crate::command::Cmd;
 use crate::fingerprint::{PgFingerprint, PG_FINGERPRINT_SQL};
 use crate::k8s::{kubectl, PodsWanted, WorkloadKind};
 use crate::modules::shared::{
-    argv, artifact_fingerprint, completed_guard, completed_marker, find_artifact, pod_exec,
-    stream_artifact, K8sTarget,
+    argv, artifact_fingerprint, attempt_proven, attempt_started, completed_guard, completed_marker,
+    find_artifact, interrupted_attempt, pod_exec, stream_artifact, K8sTarget,
 };
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
@@ -107,6 +107,9 @@ pub struct PgRestoreFacts {
     pub guard: Option<String>,
     /// Check mode before the backup ran: the source will exist in a real run.
     pub source_pending: bool,
+    /// The journal says the last restore started and was never proven (see
+    /// [`interrupted_attempt`]): restore again even if the fingerprints match.
+    pub interrupted: bool,
     #[serde(skip)]
     pub password: Option<String>,
 }
@@ -115,8 +118,12 @@ pub struct PgRestoreFacts {
 pub enum PgRestoreChange {
     /// Wipe the in-cluster database: scale to 0, delete the PVC (and so its PV), scale to 1.
     Recreate { pvc: String, kubectl: Vec<String> },
-    /// Stream the dump into psql.
-    Load { into: String, command: String },
+    /// Stream the dump into psql. `retry`: the last restore was interrupted.
+    Load {
+        into: String,
+        command: String,
+        retry: bool,
+    },
 }
 
 impl Change for PgRestoreChange {
@@ -125,6 +132,11 @@ impl Change for PgRestoreChange {
             PgRestoreChange::Recreate { pvc, .. } => {
                 format!("recreate the database volume (delete PVC {pvc} and its data)")
             }
+            PgRestoreChange::Load {
+                into, retry: true, ..
+            } => format!(
+                "load the dump into {into} again: the last restore was interrupted before it was proven"
+            ),
             PgRestoreChange::Load { into, .. } => format!("load the dump into {into}"),
         }
     }
@@ -357,6 +369,7 @@ impl Module for PgRestoreK8s {
             source,
             current,
             guard,
+            interrupted: interrupted_attempt(ctx),
             password,
         })
     }
@@ -388,6 +401,7 @@ impl Module for PgRestoreK8s {
                     ctx.confirm_destructive(&format!(
                         "delete PVC {pvc} and its volume: every row of the new PostgreSQL is lost"
                     ))?;
+                    attempt_started(ctx)?;
                     let cluster = self.k8s().cluster(ctx).await?;
                     let (_, selector) = cluster
                         .workload(WorkloadKind::StatefulSet, statefulset)
@@ -425,6 +439,7 @@ impl Module for PgRestoreK8s {
                         ..
                     },
                 ) => {
+                    attempt_started(ctx)?;
                     let cluster = self.k8s().cluster(ctx).await?;
                     let argv = pod_psql(database, user, &["-q", "-o", "/dev/null"]);
                     let mut proc = cluster.exec(pod, container.as_deref(), &argv, true).await?;
@@ -446,6 +461,7 @@ impl Module for PgRestoreK8s {
                         database,
                     },
                 ) => {
+                    attempt_started(ctx)?;
                     let cmd = external_load(host, *port, user, database);
                     let mut stream = ctx.transport.exec_stream(&cmd).await?;
                     let mut line = f.password.clone().unwrap_or_default().into_bytes();
@@ -500,6 +516,7 @@ impl Module for PgRestoreK8s {
             }
         }
         ctx.record_fingerprint("pg", serde_json::to_value(&after).unwrap_or_default())?;
+        attempt_proven(ctx)?;
         Ok(Applied::changed())
     }
 }
@@ -552,7 +569,9 @@ pub fn decide(f: &PgRestoreFacts) -> Result<Vec<PgRestoreChange>, ModuleError> {
         return Ok(Vec::new());
     }
     match &f.source {
-        Some(source) if f.current.as_ref() == Some(source) => return Ok(Vec::new()),
+        Some(source) if f.current.as_ref() == Some(source) && !f.interrupted => {
+            return Ok(Vec::new())
+        }
         Some(_) => {}
         None if f.source_pending => {}
         None => {
@@ -582,6 +601,7 @@ pub fn decide(f: &PgRestoreFacts) -> Result<Vec<PgRestoreChange>, ModuleError> {
                     ],
                 },
                 PgRestoreChange::Load {
+                    retry: f.interrupted,
                     into: format!("{pod} ({database})"),
                     command: format!(
                         "{} < dump",
@@ -611,6 +631,7 @@ pub fn decide(f: &PgRestoreFacts) -> Result<Vec<PgRestoreChange>, ModuleError> {
             user,
             database,
         } => vec![PgRestoreChange::Load {
+            retry: f.interrupted,
             into: format!("{database} on {host}:{port}"),
             command: format!(
                 "psql -h {host} -p {port} -U {user} -d {database} -v ON_ERROR_STOP=1 < dump"
@@ -691,8 +712,28 @@ mod tests {
             current,
             guard: None,
             source_pending: false,
+            interrupted: false,
             password: None,
         }
+    }
+
+    #[test]
+    fn interrupted_restore_is_done_again_even_when_it_looks_complete() {
+        // A dump cut after its COPYs leaves every row in place: the fingerprints may
+        // match, but the journal says the attempt was never proven.
+        let mut f = facts(Some(fp(3)));
+        f.interrupted = true;
+        let c = decide(&f).unwrap();
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert!(
+            c[1].describe()
+                .contains("again: the last restore was interrupted"),
+            "{}",
+            c[1].describe()
+        );
+        // A completed migration is still never touched.
+        f.guard = Some("done".into());
+        assert!(decide(&f).unwrap().is_empty());
     }
 
     #[test]

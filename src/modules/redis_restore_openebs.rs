@@ -28,8 +28,9 @@ use crate::fingerprint::RedisKeyCounts;
 use crate::k8s::{kubectl, pod_ready, Cluster, PodsWanted, WorkloadKind};
 use crate::modules::redis_layout::{restore_plan, FileOp, RedisPersistence, CONFIG_GET_ARGS};
 use crate::modules::shared::{
-    artifact_fingerprint, completed_guard, completed_marker, find_artifact, pod_exec,
-    pod_redis_key_counts, redis_cli, stream_artifact, K8sTarget,
+    artifact_fingerprint, attempt_proven, attempt_started, completed_guard, completed_marker,
+    find_artifact, interrupted_attempt, pod_exec, pod_redis_key_counts, redis_cli, stream_artifact,
+    K8sTarget,
 };
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
@@ -78,6 +79,9 @@ pub struct RedisRestoreFacts {
     pub guard: Option<String>,
     /// Check mode before the backup ran: the source will exist in a real run.
     pub source_pending: bool,
+    /// The journal says the last restore started and was never proven (see
+    /// [`interrupted_attempt`]): restore again even if the key counts match.
+    pub interrupted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -86,6 +90,8 @@ pub struct RedisRestoreChange {
     /// The file layout, when the settings are known now (else read before stopping).
     pub layout: Option<Vec<FileOp>>,
     pub kubectl: Vec<String>,
+    /// The last restore was interrupted before it was proven.
+    pub retry: bool,
 }
 
 impl Change for RedisRestoreChange {
@@ -102,8 +108,13 @@ impl Change for RedisRestoreChange {
             None => "the layout its live settings ask for".into(),
         };
         format!(
-            "replace the Redis data in {} with the backup (as {target}), removing any AOF",
-            self.pv_path
+            "replace the Redis data in {} with the backup (as {target}), removing any AOF{}",
+            self.pv_path,
+            if self.retry {
+                "; again: the last restore was interrupted before it was proven"
+            } else {
+                ""
+            }
         )
     }
     fn commands(&self) -> Vec<String> {
@@ -297,6 +308,7 @@ impl Module for RedisRestoreOpenebs {
             current: None,
             guard: completed_guard(ctx, &marker, "redis"),
             source_pending: false,
+            interrupted: interrupted_attempt(ctx),
         };
         f.source_pending = ctx.check && f.source.is_none();
         if ctx.check && !decide(&f).map(|c| c.is_empty()).unwrap_or(true) {
@@ -406,6 +418,7 @@ impl Module for RedisRestoreOpenebs {
             )));
         }
         // 3. Stop Redis, lay the files out, start it.
+        attempt_started(ctx)?;
         cluster
             .scale(WorkloadKind::StatefulSet, &f.statefulset, 0)
             .await?;
@@ -437,6 +450,7 @@ impl Module for RedisRestoreOpenebs {
             "redis_keys",
             serde_json::to_value(&after).unwrap_or_default(),
         )?;
+        attempt_proven(ctx)?;
         Ok(Applied::changed())
     }
 }
@@ -448,7 +462,9 @@ pub fn decide(f: &RedisRestoreFacts) -> Result<Vec<RedisRestoreChange>, ModuleEr
         return Ok(Vec::new());
     }
     match (&f.source, &f.current) {
-        (Some(source), Some(current)) if current.without_db(5) == source.without_db(5) => {
+        (Some(source), Some(current))
+            if current.without_db(5) == source.without_db(5) && !f.interrupted =>
+        {
             return Ok(Vec::new())
         }
         (Some(_), _) => {}
@@ -467,6 +483,7 @@ pub fn decide(f: &RedisRestoreFacts) -> Result<Vec<RedisRestoreChange>, ModuleEr
     };
     let sts = format!("statefulset/{}", f.statefulset);
     Ok(vec![RedisRestoreChange {
+        retry: f.interrupted,
         pv_path: pv_path.clone(),
         layout: f.persistence.as_ref().map(restore_plan),
         kubectl: vec![
@@ -521,7 +538,23 @@ mod tests {
             current: Some(RedisKeyCounts::default()),
             guard: None,
             source_pending: false,
+            interrupted: false,
         }
+    }
+
+    #[test]
+    fn interrupted_restore_is_done_again_even_when_the_counts_match() {
+        let mut f = facts();
+        f.current = f.source.clone();
+        assert!(decide(&f).unwrap().is_empty());
+        f.interrupted = true;
+        let c = decide(&f).unwrap();
+        assert_eq!(c.len(), 1);
+        assert!(c[0]
+            .describe()
+            .contains("again: the last restore was interrupted"));
+        f.guard = Some("done".into());
+        assert!(decide(&f).unwrap().is_empty());
     }
 
     #[test]
