@@ -385,6 +385,15 @@ impl Module for PgRestoreK8s {
         changes: &[PgRestoreChange],
     ) -> Result<Applied, ModuleError> {
         let artifact = find_artifact(ctx, &self.artifact)?;
+        // Ask before anything is touched; then mark the attempt, on disk, once.
+        for c in changes {
+            if let PgRestoreChange::Recreate { pvc, .. } = c {
+                ctx.confirm_destructive(&format!(
+                    "delete PVC {pvc} and its volume: every row of the new PostgreSQL is lost"
+                ))?;
+            }
+        }
+        attempt_started(ctx)?;
         for c in changes {
             match (c, &f.target) {
                 (
@@ -398,10 +407,6 @@ impl Module for PgRestoreK8s {
                         ..
                     },
                 ) => {
-                    ctx.confirm_destructive(&format!(
-                        "delete PVC {pvc} and its volume: every row of the new PostgreSQL is lost"
-                    ))?;
-                    attempt_started(ctx)?;
                     let cluster = self.k8s().cluster(ctx).await?;
                     let (_, selector) = cluster
                         .workload(WorkloadKind::StatefulSet, statefulset)
@@ -439,7 +444,6 @@ impl Module for PgRestoreK8s {
                         ..
                     },
                 ) => {
-                    attempt_started(ctx)?;
                     let cluster = self.k8s().cluster(ctx).await?;
                     let argv = pod_psql(database, user, &["-q", "-o", "/dev/null"]);
                     let mut proc = cluster.exec(pod, container.as_deref(), &argv, true).await?;
@@ -461,7 +465,6 @@ impl Module for PgRestoreK8s {
                         database,
                     },
                 ) => {
-                    attempt_started(ctx)?;
                     let cmd = external_load(host, *port, user, database);
                     let mut stream = ctx.transport.exec_stream(&cmd).await?;
                     let mut line = f.password.clone().unwrap_or_default().into_bytes();

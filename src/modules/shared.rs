@@ -711,6 +711,59 @@ pub async fn pod_storage_fingerprint(
     }
 }
 
+/// The vendor's console in the ui pod.
+pub const CONSOLE: &str = "/srv/manager/bin/console";
+
+/// Move the uploaded `part` into place as `archive` and run the vendor's storage import
+/// on it in `pod`, within `timeout`. The archive is left for the caller to remove.
+pub async fn import_storage_archive(
+    cluster: &Cluster,
+    pod: &str,
+    container: &str,
+    part: &str,
+    archive: &str,
+    timeout: std::time::Duration,
+) -> Result<(), ModuleError> {
+    let import = Cmd::new("mv").arg("-f").arg(part).arg(archive).and(
+        Cmd::new(CONSOLE)
+            .args(["packagist:self-hosted:migrate-storage", "import"])
+            .arg(archive),
+    );
+    tokio::time::timeout(
+        timeout,
+        pod_exec(cluster, pod, Some(container), &sh_argv(&import), None),
+    )
+    .await
+    .map_err(|_| {
+        ModuleError::Failed(format!(
+            "the storage import did not finish within {}s",
+            timeout.as_secs()
+        ))
+    })??;
+    Ok(())
+}
+
+/// The import's proof: the files under `dir` in the pod must be exactly `expected`.
+pub async fn prove_imported_storage(
+    cluster: &Cluster,
+    pod: &str,
+    container: &str,
+    dir: &str,
+    expected: &crate::fingerprint::StorageFingerprint,
+) -> Result<(), ModuleError> {
+    let now = pod_storage_fingerprint(cluster, pod, container, dir)
+        .await?
+        .ok_or_else(|| ModuleError::Failed(format!("cannot list the imported files in {dir}")))?;
+    let diff = now.diff(expected, 10);
+    if !diff.is_empty() {
+        return Err(ModuleError::Failed(format!(
+            "imported storage differs from the source: {}",
+            diff.join("; ")
+        )));
+    }
+    Ok(())
+}
+
 /// "N bytes free of M …" for the directory holding `path` in a pod, or why not.
 pub async fn pod_free_text(cluster: &Cluster, pod: &str, container: &str, path: &str) -> String {
     let dir = std::path::Path::new(path)

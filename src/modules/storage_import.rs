@@ -25,9 +25,9 @@ use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
 use crate::k8s::{kubectl, Cluster};
 use crate::modules::shared::{
-    artifact_fingerprint, completed_guard, completed_marker, find_artifact, is_disk_full, pod_exec,
-    pod_free_text, pod_storage_fingerprint, ready_deployment_pod, sh_argv as sh,
-    storage_verify_dir, stream_artifact, K8sTarget,
+    artifact_fingerprint, completed_guard, completed_marker, find_artifact, import_storage_archive,
+    is_disk_full, pod_exec, pod_free_text, pod_storage_fingerprint, prove_imported_storage,
+    ready_deployment_pod, sh_argv as sh, storage_verify_dir, stream_artifact, K8sTarget, CONSOLE,
 };
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
@@ -35,8 +35,6 @@ use crate::playbook::template::Template;
 fn default_artifact() -> String {
     "packagist_storage".into()
 }
-
-const CONSOLE: &str = "/srv/manager/bin/console";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -288,26 +286,7 @@ impl Module for StorageImport {
             )));
         }
         let timeout = Duration::from_secs(self.timeout.unwrap_or(3600));
-        let import = Cmd::new("mv")
-            .arg("-f")
-            .arg(part.as_str())
-            .arg(f.archive.as_str())
-            .and(
-                Cmd::new(CONSOLE)
-                    .args(["packagist:self-hosted:migrate-storage", "import"])
-                    .arg(f.archive.as_str()),
-            );
-        tokio::time::timeout(
-            timeout,
-            pod_exec(&cluster, pod, container, &sh(&import), None),
-        )
-        .await
-        .map_err(|_| {
-            ModuleError::Failed(format!(
-                "the storage import did not finish within {}s",
-                timeout.as_secs()
-            ))
-        })??;
+        import_storage_archive(&cluster, pod, &f.container, &part, &f.archive, timeout).await?;
         // 4. The archive is not needed in the pod any more.
         pod_exec(
             &cluster,
@@ -319,18 +298,7 @@ impl Module for StorageImport {
         .await?;
         // 5. Prove it.
         if let (Some(dir), Some(source)) = (&f.verify_dir, &f.source) {
-            let after = pod_storage_fingerprint(&cluster, pod, &f.container, dir)
-                .await?
-                .ok_or_else(|| {
-                    ModuleError::Failed(format!("cannot list the imported files in {dir}"))
-                })?;
-            let diff = after.diff(source, 10);
-            if !diff.is_empty() {
-                return Err(ModuleError::Failed(format!(
-                    "imported storage differs from the source: {}",
-                    diff.join("; ")
-                )));
-            }
+            prove_imported_storage(&cluster, pod, &f.container, dir, source).await?;
         }
         if let Some(source) = &f.source {
             ctx.record_fingerprint(

@@ -48,13 +48,13 @@ use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
 use crate::k8s::{kubectl, Cluster};
 use crate::modules::shared::{
-    completed_guard, completed_marker, is_disk_full, open_local_copy, pod_exec, pod_free_text,
-    pod_storage_fingerprint, ready_deployment_pod, sh_argv as sh, storage_verify_dir, K8sTarget,
+    completed_guard, completed_marker, import_storage_archive, is_disk_full, open_local_copy,
+    pod_exec, pod_free_text, pod_storage_fingerprint, prove_imported_storage, ready_deployment_pod,
+    sh_argv as sh, storage_verify_dir, K8sTarget, CONSOLE,
 };
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
 
-const CONSOLE: &str = "/srv/manager/bin/console";
 /// The name progress events and the laptop's copy use.
 const ARTIFACT: &str = "packagist_storage";
 /// The journal fingerprint this task records once the import is proven.
@@ -350,46 +350,13 @@ impl Module for StorageStream {
             )));
         }
         let timeout = Duration::from_secs(self.timeout.unwrap_or(3600));
-        let import = Cmd::new("mv")
-            .arg("-f")
-            .arg(part.as_str())
-            .arg(f.archive.as_str())
-            .and(
-                Cmd::new(CONSOLE)
-                    .args(["packagist:self-hosted:migrate-storage", "import"])
-                    .arg(f.archive.as_str()),
-            );
-        let imported = tokio::time::timeout(
-            timeout,
-            pod_exec(&cluster, pod, Some(&f.container), &sh(&import), None),
-        )
-        .await;
+        let imported =
+            import_storage_archive(&cluster, pod, &f.container, &part, &f.archive, timeout).await;
         remove_in_pod(&cluster, pod, &f.container, &f.archive).await;
-        match imported {
-            Err(_) => {
-                return Err(ModuleError::Failed(format!(
-                    "the storage import did not finish within {}s",
-                    timeout.as_secs()
-                )))
-            }
-            Ok(result) => {
-                result?;
-            }
-        }
+        imported?;
         // Prove it: the imported files are the streamed ones.
         if let Some(dir) = &f.verify_dir {
-            let now = pod_storage_fingerprint(&cluster, pod, &f.container, dir)
-                .await?
-                .ok_or_else(|| {
-                    ModuleError::Failed(format!("cannot list the imported files in {dir}"))
-                })?;
-            let diff = now.diff(&streamed, 10);
-            if !diff.is_empty() {
-                return Err(ModuleError::Failed(format!(
-                    "imported storage differs from the source: {}",
-                    diff.join("; ")
-                )));
-            }
+            prove_imported_storage(&cluster, pod, &f.container, dir, &streamed).await?;
         }
         let record = StreamedRecord {
             tree_stamp: f.tree.stamp.clone(),
