@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::engine::connect::SshConnector;
 use crate::engine::{self, RunEnv, RunOptions};
 use crate::inventory::Inventory;
-use crate::journal::{Journal, JournalError};
+use crate::journal::{check_owner, Journal, JournalError};
 use crate::modules::Confirm;
 use crate::playbook::Playbook;
 use crate::report::{journal_table, EventSink, PlayReport};
@@ -168,6 +168,33 @@ pub fn main() -> ExitCode {
     ExitCode::from(runtime.block_on(run(cli, Arc::new(SshConnector))))
 }
 
+/// The journal of a run: `--journal`, else the default beside the inventory. A journal
+/// an older ferry left at the old default path (shared by every playbook of the same
+/// file name) is not taken over silently: the operator says whose it is by moving it.
+fn journal_path(
+    given: Option<PathBuf>,
+    inventory: &Inventory,
+    playbook: &Path,
+) -> Result<PathBuf, String> {
+    if let Some(path) = given {
+        return Ok(path);
+    }
+    let path = inventory.default_journal_path(playbook);
+    let legacy = inventory.legacy_journal_path(playbook);
+    if !path.exists() && legacy.exists() {
+        return Err(format!(
+            "found a journal of an older ferry at {legacy}, which does not record which playbook \
+             wrote it (any playbook named like {playbook} shared it). Journals are now kept per \
+             playbook and inventory. If it is this playbook's, move it: mv {legacy} {path}; \
+             otherwise delete it, or pass it with --journal",
+            legacy = crate::command::quote(&legacy.to_string_lossy()),
+            playbook = playbook.display(),
+            path = crate::command::quote(&path.to_string_lossy()),
+        ));
+    }
+    Ok(path)
+}
+
 /// Print an input error and return exit code 2.
 fn bad_input(e: impl std::fmt::Display) -> u8 {
     eprintln!("ferry: {e}");
@@ -220,10 +247,19 @@ pub async fn run(cli: Cli, connector: Arc<dyn Connector>) -> u8 {
                 Ok(i) => i,
                 Err(e) => return bad_input(e),
             };
-            let path = args
-                .journal
-                .unwrap_or_else(|| inventory.default_journal_path(&args.playbook));
-            match Journal::read(&path) {
+            let path = match journal_path(args.journal, &inventory, &args.playbook) {
+                Ok(p) => p,
+                Err(e) => return bad_input(e),
+            };
+            let read = Journal::read(&path).and_then(|data| {
+                // Only with a playbook that parses: status is also for a playbook
+                // being repaired.
+                if let Ok(playbook) = Playbook::load(&args.playbook) {
+                    check_owner(&path, &data, &engine::journal_owner(&playbook, &inventory))?;
+                }
+                Ok(data)
+            });
+            match read {
                 Ok(data) => {
                     match args.format {
                         Format::Json => println!(
@@ -269,13 +305,18 @@ async fn play(args: PlayArgs, connector: Arc<dyn Connector>, secrets: Secrets) -
         Ok(p) => p,
         Err(e) => return bad_input(e),
     };
-    let journal_path = args
-        .journal
-        .unwrap_or_else(|| inventory.default_journal_path(&args.playbook));
-    let journal = match Journal::open(&journal_path, &playbook.name, secrets.clone(), !args.check) {
+    let journal_path = match journal_path(args.journal, &inventory, &args.playbook) {
+        Ok(p) => p,
+        Err(e) => return bad_input(e),
+    };
+    let owner = engine::journal_owner(&playbook, &inventory);
+    let journal = match Journal::open_for(&journal_path, &owner, secrets.clone(), !args.check) {
         Ok(j) => Arc::new(j),
         Err(e) => return bad_input(e),
     };
+    if let Err(e) = engine::check_start_at(&prepared, &journal) {
+        return bad_input(e);
+    }
     let sink = match events(args.events.as_deref(), &secrets) {
         Ok(s) if matches!(args.format, Format::Table) => s.with_progress_bars(),
         Ok(s) => s,

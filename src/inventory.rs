@@ -215,18 +215,50 @@ impl Inventory {
         )
     }
 
-    /// Where the journal of `playbook` lives by default: `<inventory dir>/.ferry/<stem>.journal.json`.
+    /// Where the journal of `playbook` lives by default:
+    /// `<inventory dir>/.ferry/<stem>-<id>.journal.json`, where `<id>` is a digest of
+    /// the canonical paths of the playbook and of this inventory: two playbooks of the
+    /// same name (in other directories), or one playbook with two inventories, get
+    /// journals of their own.
     pub fn default_journal_path(&self, playbook: &Path) -> PathBuf {
-        let stem = playbook
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "playbook".into());
-        self.path
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(".ferry")
-            .join(format!("{stem}.journal.json"))
+        use sha2::Digest;
+        let mut id = sha2::Sha256::new();
+        id.update(canonical_path(playbook).as_os_str().as_encoded_bytes());
+        id.update([0]);
+        id.update(canonical_path(&self.path).as_os_str().as_encoded_bytes());
+        let id = hex::encode(id.finalize());
+        self.journal_dir().join(format!(
+            "{}-{}.journal.json",
+            journal_stem(playbook),
+            id.get(..12).unwrap_or(&id)
+        ))
     }
+
+    /// Where ferry before journal version 2 kept the journal of `playbook` by default
+    /// (`<inventory dir>/.ferry/<stem>.journal.json`), shared by every playbook of that
+    /// file name. Only looked at to tell the operator about it.
+    pub fn legacy_journal_path(&self, playbook: &Path) -> PathBuf {
+        self.journal_dir()
+            .join(format!("{}.journal.json", journal_stem(playbook)))
+    }
+
+    fn journal_dir(&self) -> PathBuf {
+        self.path.parent().unwrap_or(Path::new(".")).join(".ferry")
+    }
+}
+
+fn journal_stem(playbook: &Path) -> String {
+    playbook
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "playbook".into())
+}
+
+/// `path` made absolute with symlinks resolved; a path that cannot be resolved (it does
+/// not exist) is made absolute against the working directory as it is.
+pub fn canonical_path(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()))
 }
 
 struct Resolver<'a> {
@@ -452,8 +484,20 @@ level = "group-k8s"
         let new = &inv.hosts["new"].connect;
         assert_eq!(new.known_hosts, Some(PathBuf::from("/abs/known_hosts")));
         assert!(new.become_.is_none());
+        let journal = inv.default_journal_path(Path::new("/pb/migrate.toml"));
+        assert_eq!(journal.parent(), Some(Path::new("/inv/.ferry")));
+        let name = journal.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with("migrate-") && name.ends_with(".journal.json"),
+            "{name}"
+        );
+        // A playbook of the same name elsewhere has a journal of its own.
+        assert_ne!(
+            journal,
+            inv.default_journal_path(Path::new("/other/migrate.toml"))
+        );
         assert_eq!(
-            inv.default_journal_path(Path::new("pb/migrate.toml")),
+            inv.legacy_journal_path(Path::new("/pb/migrate.toml")),
             PathBuf::from("/inv/.ferry/migrate.journal.json")
         );
     }

@@ -16,6 +16,16 @@
 //!   advisory lock released when the process dies): a second ferry run on the same
 //!   journal refuses to start.
 //! - Every string is passed through [`Secrets::mask`] before it is written.
+//! - Owned: the journal records the playbook and inventory it belongs to (canonical
+//!   paths, [`JournalOwner`]) and [`Journal::open_for`] refuses one that belongs to
+//!   another. Each task record says which definition of the task (module and a digest
+//!   of its arguments) made it, so an edited task is told from an unchanged one.
+//! - Temporary files of the atomic write are named after the journal
+//!   (`.NAME.XXXXXX.tmp`); one left behind by a killed run is removed by the next run
+//!   once it holds the lock (never any other file).
+//! - The journal path must be a regular file or not exist yet: a symlink is refused
+//!   (writing would replace the link, or write through it somewhere unexpected), and
+//!   so is a name ending in `.lock` (it would be its own lock file).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -40,6 +50,20 @@ pub enum JournalError {
     },
     #[error("journal {path} is not valid: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "journal {path} belongs to {theirs}, not to {ours}; use the journal of this \
+         playbook and inventory (leave out --journal for the default one), or delete {path} \
+         to start this playbook's record over"
+    )]
+    OtherOwner {
+        path: PathBuf,
+        theirs: String,
+        ours: String,
+    },
+    #[error("journal {path} was written by a newer ferry (journal version {version}, this ferry reads up to {JOURNAL_VERSION}); use that ferry")]
+    TooNew { path: PathBuf, version: u32 },
+    #[error("journal {path}: {reason}")]
+    BadPath { path: PathBuf, reason: String },
 }
 
 /// A file a task produced, as it was when recorded.
@@ -77,6 +101,13 @@ pub struct TaskRecord {
     #[serde(default)]
     pub fingerprints: BTreeMap<String, Value>,
     pub error: Option<String>,
+    /// The module of the task definition that made this record (absent in journals of
+    /// older ferry versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// Digest of the task definition that made this record ([`TaskDefinition::digest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<String>,
 }
 
 impl TaskRecord {
@@ -94,11 +125,101 @@ impl TaskRecord {
 pub struct JournalData {
     pub version: u32,
     pub playbook: String,
+    /// Whose journal this is (absent in version 1, and in journals opened by name only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<OwnerRecord>,
     /// host → task name → record.
     pub hosts: BTreeMap<String, BTreeMap<String, TaskRecord>>,
 }
 
-pub const JOURNAL_VERSION: u32 = 1;
+/// Version 2: the owner and each record's task definition are recorded. Version 1
+/// journals (no owner) are adopted by the playbook that opens them; see
+/// [`Journal::open_for`].
+pub const JOURNAL_VERSION: u32 = 2;
+
+/// The playbook and inventory a journal belongs to, as recorded in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerRecord {
+    /// Canonical path of the playbook file.
+    pub playbook: PathBuf,
+    /// Canonical path of the inventory file.
+    pub inventory: PathBuf,
+    /// Digest of all task definitions when the journal was last opened (informational:
+    /// records are matched per task, see [`TaskRecord::definition`]).
+    pub tasks_digest: String,
+}
+
+/// One task of the playbook, as far as the journal cares: its module and a digest of
+/// what it does (module, arguments, hosts, `when`), so a record made by an edited task
+/// can be told from one made by the task as it is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskDefinition {
+    pub module: String,
+    pub digest: String,
+}
+
+/// Who opens a journal: the playbook (by name, and by canonical paths of the playbook
+/// and inventory when run from files) and its task definitions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JournalOwner {
+    pub playbook_name: String,
+    /// `(playbook, inventory)`, canonical; `None`: identified by name only (tests, tools).
+    pub paths: Option<(PathBuf, PathBuf)>,
+    pub tasks_digest: String,
+    /// Task name → definition.
+    pub tasks: BTreeMap<String, TaskDefinition>,
+}
+
+impl JournalOwner {
+    /// Identified by the playbook's name only, with no task definitions.
+    pub fn named(playbook: &str) -> JournalOwner {
+        JournalOwner {
+            playbook_name: playbook.to_string(),
+            ..JournalOwner::default()
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.paths {
+            Some((pb, inv)) => {
+                format!("playbook {} with inventory {}", pb.display(), inv.display())
+            }
+            None => format!("playbook `{}`", self.playbook_name),
+        }
+    }
+
+    /// Whether `data` (read from a journal) is this owner's. A journal with no recorded
+    /// owner (version 1, or opened by name) is anybody's: it is adopted.
+    fn check(&self, path: &Path, data: &JournalData) -> Result<(), JournalError> {
+        let theirs = match (&data.owner, &self.paths) {
+            (Some(o), Some((pb, inv))) if &o.playbook == pb && &o.inventory == inv => return Ok(()),
+            (Some(o), _) => format!(
+                "playbook {} with inventory {}",
+                o.playbook.display(),
+                o.inventory.display()
+            ),
+            (None, Some(_)) => return Ok(()),
+            (None, None) if data.playbook == self.playbook_name => return Ok(()),
+            (None, None) => format!("playbook `{}`", data.playbook),
+        };
+        Err(JournalError::OtherOwner {
+            path: path.to_path_buf(),
+            theirs,
+            ours: self.describe(),
+        })
+    }
+}
+
+/// Check that `data`, read from `path`, belongs to `owner` (for readers such as
+/// `ferry status`; [`Journal::open_for`] does this itself).
+pub fn check_owner(
+    path: &Path,
+    data: &JournalData,
+    owner: &JournalOwner,
+) -> Result<(), JournalError> {
+    owner.check(path, data)
+}
 
 /// The in-memory journal and whether it has changes not yet on disk.
 #[derive(Debug, Default)]
@@ -121,6 +242,8 @@ enum Durability {
 /// is read-only (check mode: the journal says what was done, and a check does nothing).
 pub struct Journal {
     path: PathBuf,
+    /// Task name → the definition that now makes its records.
+    tasks: BTreeMap<String, TaskDefinition>,
     state: Mutex<State>,
     secrets: Secrets,
     writable: bool,
@@ -153,17 +276,47 @@ pub fn lock_path(journal: &Path) -> PathBuf {
 }
 
 impl Journal {
-    /// Open (or start) the journal at `path` and take its lock.
+    /// Open (or start) the journal at `path` for the playbook called `playbook`,
+    /// identified by name only (see [`Journal::open_for`]).
     pub fn open(
         path: &Path,
         playbook: &str,
         secrets: Secrets,
         writable: bool,
     ) -> Result<Journal, JournalError> {
+        Journal::open_for(path, &JournalOwner::named(playbook), secrets, writable)
+    }
+
+    /// Open (or start) the journal at `path` for `owner` and take its lock.
+    ///
+    /// - A journal that belongs to another playbook or inventory is refused
+    ///   ([`JournalError::OtherOwner`]); one without a recorded owner (written by an
+    ///   older ferry) is adopted: it is recorded as `owner`'s from now on.
+    /// - Records made by a task of the same name but another module are dropped: they
+    ///   are about something else. Records made by an edited definition of the same
+    ///   module are kept (the module checks the real state anyway); [`Journal::is_current`]
+    ///   tells them apart.
+    /// - Temporary files a killed run left beside the journal are removed.
+    pub fn open_for(
+        path: &Path,
+        owner: &JournalOwner,
+        secrets: Secrets,
+        writable: bool,
+    ) -> Result<Journal, JournalError> {
+        check_journal_path(path)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
         let lock_file = lock_path(path);
+        if std::fs::symlink_metadata(&lock_file).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(JournalError::BadPath {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "its lock file {} is a symlink; remove it (ferry creates the lock file itself)",
+                    lock_file.display()
+                ),
+            });
+        }
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -179,35 +332,98 @@ impl Journal {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_file)(e)),
         }
-        let data = match Journal::read(path) {
-            Ok(d) => d,
+        // Holding the lock, no other ferry writes this journal: its temp files are
+        // leftovers of a killed run.
+        if writable {
+            remove_stale_temp_files(path);
+        }
+        let (mut data, fresh) = match Journal::read(path) {
+            Ok(d) => (d, false),
             Err(JournalError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
-                JournalData {
-                    version: JOURNAL_VERSION,
-                    playbook: playbook.to_string(),
-                    hosts: BTreeMap::new(),
-                }
+                (JournalData::default(), true)
             }
             Err(e) => return Err(e),
         };
+        // A fresh journal is written with its first record, not before.
+        let mut dirty = false;
+        if !fresh {
+            owner.check(path, &data)?;
+        }
+        if data.owner.is_none() && owner.paths.is_some() && !data.hosts.is_empty() {
+            tracing::warn!(
+                journal = %path.display(),
+                "the journal records no owner (written by an older ferry); it is adopted as the journal of {}",
+                owner.describe()
+            );
+        }
+        let recorded_owner = owner.paths.as_ref().map(|(pb, inv)| OwnerRecord {
+            playbook: pb.clone(),
+            inventory: inv.clone(),
+            tasks_digest: owner.tasks_digest.clone(),
+        });
+        if data.owner != recorded_owner && recorded_owner.is_some() {
+            data.owner = recorded_owner;
+            dirty = !fresh;
+        }
+        if data.version != JOURNAL_VERSION || data.playbook != owner.playbook_name {
+            data.version = JOURNAL_VERSION;
+            data.playbook = owner.playbook_name.clone();
+            dirty = !fresh;
+        }
+        for (host, tasks) in data.hosts.iter_mut() {
+            tasks.retain(|task, record| {
+                let other_module = match (&record.module, owner.tasks.get(task)) {
+                    (Some(recorded), Some(now)) => recorded != &now.module,
+                    _ => false,
+                };
+                if other_module {
+                    tracing::warn!(
+                        host,
+                        task,
+                        "the journal's record was made by module {} and the task is now another module: the record is dropped",
+                        record.module.as_deref().unwrap_or_default()
+                    );
+                    dirty = true;
+                }
+                !other_module
+            });
+        }
         Ok(Journal {
             path: path.to_path_buf(),
-            state: Mutex::new(State { data, dirty: false }),
+            tasks: owner.tasks.clone(),
+            state: Mutex::new(State { data, dirty }),
             secrets,
             writable,
             _lock: lock,
         })
     }
 
+    /// Whether `record` of `task` was made by the task's current definition. A record
+    /// that does not say (older ferry) or a task the journal was not told about counts
+    /// as current.
+    pub fn is_current(&self, task: &str, record: &TaskRecord) -> bool {
+        match (&record.definition, self.tasks.get(task)) {
+            (Some(made_by), Some(now)) => made_by == &now.digest,
+            _ => true,
+        }
+    }
+
     /// Read a journal without locking it (for `ferry status`).
     pub fn read(path: &Path) -> Result<JournalData, JournalError> {
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-        serde_json::from_str(&text).map_err(|e| JournalError::Corrupt {
+        let data: JournalData = serde_json::from_str(&text).map_err(|e| JournalError::Corrupt {
             path: path.to_path_buf(),
             reason: e.to_string(),
-        })
+        })?;
+        if data.version > JOURNAL_VERSION {
+            return Err(JournalError::TooNew {
+                path: path.to_path_buf(),
+                version: data.version,
+            });
+        }
+        Ok(data)
     }
 
     pub fn path(&self) -> &Path {
@@ -247,6 +463,7 @@ impl Journal {
     /// facts there is nothing to resume; call [`Journal::flush`] before it changes
     /// anything.
     pub fn task_started(&self, host: &str, task: &str) -> Result<(), JournalError> {
+        let definition = self.tasks.get(task).cloned();
         self.update(Durability::Deferred, |d| {
             let tasks = d.hosts.entry(host.to_string()).or_default();
             let rec = tasks.entry(task.to_string()).or_insert_with(|| TaskRecord {
@@ -257,7 +474,13 @@ impl Journal {
                 artifacts: BTreeMap::new(),
                 fingerprints: BTreeMap::new(),
                 error: None,
+                module: None,
+                definition: None,
             });
+            if let Some(def) = definition {
+                rec.module = Some(def.module);
+                rec.definition = Some(def.digest);
+            }
             rec.status = RecordStatus::Running;
             rec.started = now_rfc3339();
             rec.finished = None;
@@ -397,8 +620,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    let prefix = temp_prefix(path);
     let mut tmp = tempfile::Builder::new()
-        .prefix(".journal-")
+        .prefix(&prefix)
+        .suffix(TEMP_SUFFIX)
+        .rand_bytes(TEMP_RAND_LEN)
         .tempfile_in(dir)
         .map_err(io_err(dir))?;
     #[cfg(unix)]
@@ -415,6 +641,83 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))?;
     Ok(())
+}
+
+const TEMP_SUFFIX: &str = ".tmp";
+const TEMP_RAND_LEN: usize = 6;
+
+/// The start of the temporary files' names of the journal at `path`: `.NAME.`.
+fn temp_prefix(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(".{name}.")
+}
+
+/// Whether `name` is one of ferry's temporary files for the journal whose prefix is
+/// `prefix`: exactly `PREFIX` + the random part + `.tmp`.
+fn is_temp_file_of(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_suffix(TEMP_SUFFIX))
+        .is_some_and(|random| {
+            random.len() == TEMP_RAND_LEN && random.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
+}
+
+/// Remove the temporary files a killed run of this journal left behind (the caller
+/// holds the journal's lock). Failures are logged: they cost disk space, not safety.
+fn remove_stale_temp_files(path: &Path) {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let prefix = temp_prefix(path);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && is_temp_file_of(name, &prefix) {
+            let stale = entry.path();
+            match std::fs::remove_file(&stale) {
+                Ok(()) => {
+                    tracing::info!(file = %stale.display(), "removed a temporary journal file left by an interrupted run")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %stale.display(), "cannot remove a stale temporary journal file: {e}")
+                }
+            }
+        }
+    }
+}
+
+/// A journal path must be (or become) a regular file that is not its own lock file.
+fn check_journal_path(path: &Path) -> Result<(), JournalError> {
+    let bad = |reason: String| JournalError::BadPath {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if lock_path(path) == path {
+        return Err(bad(format!(
+            "a journal cannot be named `*.lock`: its lock file is its name with the extension `.lock`, so it would be its own lock; use e.g. {}",
+            path.with_extension("journal.json").display()
+        )));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            let target = std::fs::read_link(path)
+                .map(|t| t.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            Err(bad(format!(
+                "is a symlink (to {target}); ferry does not write a journal through a symlink: pass the real file with --journal"
+            )))
+        }
+        Ok(m) if !m.is_file() => Err(bad("is not a regular file".into())),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -479,10 +782,7 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert!(
-            names.iter().all(|n| !n.starts_with(".journal-")),
-            "{names:?}"
-        );
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
     }
 
     #[test]
@@ -501,5 +801,218 @@ mod tests {
         let j = Journal::open(&path, "pb", Secrets::new(), false).unwrap();
         j.task_started("h", "t").unwrap();
         assert!(!path.exists());
+    }
+
+    fn owner(pb: &str, inv: &str, tasks: &[(&str, &str, &str)]) -> JournalOwner {
+        JournalOwner {
+            playbook_name: "migrate".into(),
+            paths: Some((PathBuf::from(pb), PathBuf::from(inv))),
+            tasks_digest: "all".into(),
+            tasks: tasks
+                .iter()
+                .map(|(name, module, digest)| {
+                    (
+                        name.to_string(),
+                        TaskDefinition {
+                            module: module.to_string(),
+                            digest: digest.to_string(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn record_done(j: &Journal, host: &str, task: &str) {
+        j.task_started(host, task).unwrap();
+        j.task_finished(host, task, RecordStatus::Changed, &[], None)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_journal_of_another_playbook_or_inventory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.journal.json");
+        let a = owner("/a/migrate.toml", "/inv.toml", &[("t", "command", "d1")]);
+        let j = Journal::open_for(&path, &a, Secrets::new(), true).unwrap();
+        record_done(&j, "old", "t");
+        drop(j);
+        let data = Journal::read(&path).unwrap();
+        assert_eq!(data.version, JOURNAL_VERSION);
+        assert_eq!(
+            data.owner.as_ref().map(|o| o.playbook.clone()),
+            Some(PathBuf::from("/a/migrate.toml"))
+        );
+        // Same file name, other directory: another playbook.
+        let b = owner("/b/migrate.toml", "/inv.toml", &[("t", "command", "d1")]);
+        let err = Journal::open_for(&path, &b, Secrets::new(), true).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, JournalError::OtherOwner { .. }), "{msg}");
+        assert!(
+            msg.contains("/a/migrate.toml") && msg.contains("/b/migrate.toml"),
+            "{msg}"
+        );
+        // Same playbook, other inventory.
+        let c = owner(
+            "/a/migrate.toml",
+            "/other-inv.toml",
+            &[("t", "command", "d1")],
+        );
+        let msg = Journal::open_for(&path, &c, Secrets::new(), true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("/inv.toml") && msg.contains("/other-inv.toml"),
+            "{msg}"
+        );
+        // The owner is welcome.
+        Journal::open_for(&path, &a, Secrets::new(), true).unwrap();
+    }
+
+    #[test]
+    fn a_version_1_journal_is_adopted_by_the_playbook_that_opens_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.journal.json");
+        std::fs::write(
+            &path,
+            r#"{"version": 1, "playbook": "migrate", "hosts": {"old": {"t": {
+                "status": "changed", "started": "2025-01-01T00:00:00Z", "finished": null,
+                "changes": [], "artifacts": {}, "fingerprints": {}, "error": null}}}}"#,
+        )
+        .unwrap();
+        let a = owner("/a/migrate.toml", "/inv.toml", &[("t", "command", "d1")]);
+        let j = Journal::open_for(&path, &a, Secrets::new(), true).unwrap();
+        let rec = j.record("old", "t").unwrap();
+        assert!(rec.succeeded());
+        // Made before definitions were recorded: trusted as the current one.
+        assert!(j.is_current("t", &rec));
+        drop(j);
+        let data = Journal::read(&path).unwrap();
+        assert_eq!(data.version, JOURNAL_VERSION);
+        assert!(data.owner.is_some());
+        // From now on it is a's.
+        let b = owner("/b/migrate.toml", "/inv.toml", &[]);
+        assert!(Journal::open_for(&path, &b, Secrets::new(), true).is_err());
+    }
+
+    #[test]
+    fn a_journal_from_a_newer_ferry_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.journal.json");
+        std::fs::write(&path, r#"{"version": 99, "playbook": "p", "hosts": {}}"#).unwrap();
+        let err = Journal::open(&path, "p", Secrets::new(), true).unwrap_err();
+        assert!(
+            matches!(err, JournalError::TooNew { version: 99, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn records_follow_the_task_definition() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.journal.json");
+        let before = owner(
+            "/a/migrate.toml",
+            "/inv.toml",
+            &[
+                ("same", "command", "d1"),
+                ("edited", "command", "d2"),
+                ("remade", "command", "d3"),
+            ],
+        );
+        let j = Journal::open_for(&path, &before, Secrets::new(), true).unwrap();
+        for t in ["same", "edited", "remade"] {
+            record_done(&j, "old", t);
+        }
+        drop(j);
+        let after = owner(
+            "/a/migrate.toml",
+            "/inv.toml",
+            &[
+                ("same", "command", "d1"),
+                ("edited", "command", "d2b"),
+                ("remade", "transfer", "d4"),
+            ],
+        );
+        let j = Journal::open_for(&path, &after, Secrets::new(), true).unwrap();
+        let same = j.record("old", "same").unwrap();
+        assert!(j.is_current("same", &same));
+        // Same module, other arguments: the record still applies, but it is not the
+        // current definition's.
+        let edited = j.record("old", "edited").unwrap();
+        assert!(!j.is_current("edited", &edited));
+        // Another module under the same name: the record is about something else.
+        assert!(j.record("old", "remade").is_none());
+        // Running the edited task records the new definition.
+        record_done(&j, "old", "edited");
+        let edited = j.record("old", "edited").unwrap();
+        assert!(j.is_current("edited", &edited));
+        assert_eq!(edited.definition.as_deref(), Some("d2b"));
+    }
+
+    #[test]
+    fn a_journal_named_like_its_lock_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        let err = Journal::open(&path, "pb", Secrets::new(), true).unwrap_err();
+        assert!(matches!(err, JournalError::BadPath { .. }), "{err}");
+        assert!(err.to_string().contains("its own lock"), "{err}");
+        assert!(!path.exists());
+        // Nor another journal's lock file.
+        let other = dir.path().join("pb.journal.json");
+        let _held = Journal::open(&other, "pb", Secrets::new(), true).unwrap();
+        let err = Journal::open(&lock_path(&other), "pb", Secrets::new(), true).unwrap_err();
+        assert!(matches!(err, JournalError::BadPath { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_symlinked_journal_is_refused_and_its_target_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real.json");
+        std::fs::write(&target, "precious").unwrap();
+        let link = dir.path().join("j.journal.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = Journal::open(&link, "pb", Secrets::new(), true).unwrap_err();
+        assert!(matches!(err, JournalError::BadPath { .. }), "{err}");
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+        // A dangling one too.
+        let dangling = dir.path().join("d.journal.json");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        assert!(Journal::open(&dangling, "pb", Secrets::new(), true).is_err());
+        assert!(!dir.path().join("nowhere").exists());
+    }
+
+    #[test]
+    fn temp_files_left_by_a_killed_run_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.journal.json");
+        // What write_atomic names its temp files, as a SIGKILL would leave them.
+        let leftover = dir.path().join(".j.journal.json.a1B2c3.tmp");
+        std::fs::write(&leftover, "half").unwrap();
+        let keep = [
+            ".other.journal.json.a1B2c3.tmp", // another journal's (maybe mid-write)
+            ".j.journal.json.a1B2c3",         // not ferry's name
+            ".j.journal.json.toolong1.tmp",
+            "j.journal.json.a1B2c3.tmp",
+            "notes.tmp",
+        ];
+        for k in keep {
+            std::fs::write(dir.path().join(k), "x").unwrap();
+        }
+        let j = Journal::open(&path, "pb", Secrets::new(), true).unwrap();
+        assert!(!leftover.exists());
+        for k in keep {
+            assert!(dir.path().join(k).exists(), "{k} was removed");
+        }
+        // The temp names write_atomic uses are the ones cleaned up.
+        record_done(&j, "h", "t");
+        let prefix = temp_prefix(&path);
+        assert!(is_temp_file_of(".j.journal.json.Zz09aa.tmp", &prefix));
+        drop(j);
     }
 }

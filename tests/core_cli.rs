@@ -4,7 +4,9 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use ferry::journal::Journal;
+use ferry::inventory::Inventory;
+use ferry::journal::{Journal, JournalOwner, RecordStatus};
+use ferry::playbook::Playbook;
 use ferry::secrets::Secrets;
 
 fn ferry(args: &[&str]) -> Output {
@@ -168,16 +170,161 @@ fn status_reads_the_journal_without_connecting() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing has run yet"));
     // The default journal lives beside the inventory.
-    let journal = dir.path().join(".ferry/pb.journal.json");
-    let j = Journal::open(&journal, "pb", Secrets::new(), true).unwrap();
+    let (journal, owner) = default_journal(&pb, &inv);
+    assert_eq!(journal.parent(), Some(dir.path().join(".ferry").as_path()));
+    let j = Journal::open_for(&journal, &owner, Secrets::new(), true).unwrap();
     j.task_started("old", "t").unwrap();
-    j.task_finished("old", "t", ferry::journal::RecordStatus::Changed, &[], None)
+    j.task_finished("old", "t", RecordStatus::Changed, &[], None)
         .unwrap();
     drop(j);
     let out = ferry(&["status", &pb, "-i", &inv, "--format", "json"]);
     assert_eq!(out.status.code(), Some(0));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["hosts"]["old"]["t"]["status"], "changed");
+    assert!(!host.contacted());
+}
+
+/// The default journal of `playbook` with `inventory`, and the owner a run records.
+fn default_journal(playbook: &str, inventory: &str) -> (std::path::PathBuf, JournalOwner) {
+    let secrets = Secrets::new();
+    let inv = Inventory::load(Path::new(inventory), &secrets).unwrap();
+    let pb = Playbook::load(Path::new(playbook)).unwrap();
+    (
+        inv.default_journal_path(Path::new(playbook)),
+        ferry::engine::journal_owner(&pb, &inv),
+    )
+}
+
+/// Record `task` as done on `host`, as `owner`'s run would.
+fn record_done(journal: &Path, owner: &JournalOwner, host: &str, task: &str) {
+    let j = Journal::open_for(journal, owner, Secrets::new(), true).unwrap();
+    j.task_started(host, task).unwrap();
+    j.task_finished(host, task, RecordStatus::Changed, &[], None)
+        .unwrap();
+}
+
+/// Two playbooks with the same file name (other directories) keep journals of their
+/// own, and one refuses the other's journal when it is given with --journal.
+#[test]
+fn same_named_playbooks_do_not_share_a_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Watcher::new();
+    let inv = inventory(dir.path(), host.port(), "");
+    std::fs::create_dir_all(dir.path().join("a")).unwrap();
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    let pb_a = write(&dir.path().join("a"), "pb.toml", GOOD_PLAY);
+    let pb_b = write(&dir.path().join("b"), "pb.toml", GOOD_PLAY);
+    let (journal_a, owner_a) = default_journal(&pb_a, &inv);
+    let (journal_b, _) = default_journal(&pb_b, &inv);
+    assert_ne!(journal_a, journal_b);
+    record_done(&journal_a, &owner_a, "old", "t");
+    // b's default journal is its own: nothing has run.
+    let out = ferry(&["status", &pb_b, "-i", &inv]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing has run yet"));
+    // a's journal given to b: refused, naming both playbooks, nothing contacted.
+    for command in ["play", "status"] {
+        let out = ferry(&[
+            command,
+            &pb_b,
+            "-i",
+            &inv,
+            "--journal",
+            journal_a.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(stderr.contains("belongs to playbook"), "{stderr}");
+        let canonical = |p: &str| std::fs::canonicalize(p).unwrap().display().to_string();
+        assert!(stderr.contains(&canonical(&pb_a)), "{stderr}");
+        assert!(stderr.contains(&canonical(&pb_b)), "{stderr}");
+    }
+    // --start-at on b trusts nothing of a's.
+    let out = ferry(&[
+        "play",
+        &pb_b,
+        "-i",
+        &inv,
+        "--start-at",
+        "t",
+        "--journal",
+        journal_a.to_str().unwrap(),
+    ]);
+    assert_bad_input(&out, "belongs to playbook");
+    assert!(!host.contacted());
+}
+
+/// An edited task is not skipped by --start-at on the strength of a record its earlier
+/// definition made.
+#[test]
+fn start_at_refuses_to_skip_an_edited_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Watcher::new();
+    let inv = inventory(dir.path(), host.port(), "");
+    let two = |first_cmd: &str| {
+        format!(
+            "[[task]]\nname = \"first\"\nhosts = \"old\"\n[task.command]\ncmd = \"{first_cmd}\"\n\n\
+             [[task]]\nname = \"second\"\nhosts = \"old\"\n[task.command]\ncmd = \"true\"\n"
+        )
+    };
+    let pb = write(dir.path(), "pb.toml", &two("echo one"));
+    let (journal, owner) = default_journal(&pb, &inv);
+    record_done(&journal, &owner, "old", "first");
+    write(dir.path(), "pb.toml", &two("echo two"));
+    let out = ferry(&["play", &pb, "-i", &inv, "--start-at", "second"]);
+    assert_bad_input(&out, "task `first` is skipped but has been edited");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pb.toml:1:1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!host.contacted());
+}
+
+/// A journal of an older ferry at the old default path is not taken over silently.
+#[test]
+fn a_journal_at_the_old_default_path_is_reported_not_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Watcher::new();
+    let inv = inventory(dir.path(), host.port(), "");
+    let pb = write(dir.path(), "pb.toml", GOOD_PLAY);
+    std::fs::create_dir_all(dir.path().join(".ferry")).unwrap();
+    let legacy = dir.path().join(".ferry/pb.journal.json");
+    std::fs::write(&legacy, r#"{"version": 1, "playbook": "pb", "hosts": {}}"#).unwrap();
+    let out = ferry(&["play", &pb, "-i", &inv]);
+    assert_bad_input(&out, "found a journal of an older ferry");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mv "));
+    assert!(!host.contacted());
+    // Moved into place as the message says, it is adopted.
+    let (journal, owner) = default_journal(&pb, &inv);
+    std::fs::rename(&legacy, &journal).unwrap();
+    record_done(&journal, &owner, "old", "t");
+    let out = ferry(&["status", &pb, "-i", &inv]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `--journal` naming a lock file or a symlink is refused before anything is contacted.
+#[test]
+fn journal_at_a_lock_name_or_a_symlink_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Watcher::new();
+    let inv = inventory(dir.path(), host.port(), "");
+    let pb = write(dir.path(), "pb.toml", GOOD_PLAY);
+    let lock = dir.path().join("x.lock");
+    let out = ferry(&["play", &pb, "-i", &inv, "--journal", lock.to_str().unwrap()]);
+    assert_bad_input(&out, "its own lock");
+    let target = dir.path().join("elsewhere.json");
+    std::fs::write(&target, "keep me").unwrap();
+    let link = dir.path().join("j.journal.json");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = ferry(&["play", &pb, "-i", &inv, "--journal", link.to_str().unwrap()]);
+    assert_bad_input(&out, "is a symlink");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
     assert!(!host.contacted());
 }
 

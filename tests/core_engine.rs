@@ -783,3 +783,121 @@ async fn an_unreachable_host_with_lanes_is_reported_once() {
         .count();
     assert_eq!(reported, 1);
 }
+
+/// Run `playbook` as a run from files would: the journal at `journal`, owned by the
+/// playbook (its task definitions recorded).
+async fn play_owned(
+    w: &World,
+    playbook: &str,
+    options: RunOptions,
+    connector: impl ferry::transport::Connector + 'static,
+) -> Result<PlayReport, String> {
+    let pb =
+        Arc::new(Playbook::parse(SourceFile::new(w.dir.path().join("pb.toml"), playbook)).unwrap());
+    let owner = engine::journal_owner(&pb, &w.inventory);
+    let prepared = engine::prepare(pb, w.inventory.clone(), options, &w.secrets).unwrap();
+    let journal = Arc::new(
+        Journal::open_for(
+            &w.dir.path().join("owned.journal.json"),
+            &owner,
+            w.secrets.clone(),
+            true,
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    engine::check_start_at(&prepared, &journal).map_err(|e| e.to_string())?;
+    let env = RunEnv {
+        connector: Arc::new(connector),
+        journal,
+        events: EventSink::none(),
+        secrets: w.secrets.clone(),
+        confirmer: Arc::new(NeverConfirm),
+    };
+    Ok(engine::run(prepared, env).await)
+}
+
+/// A dependency outside the run (`--limit`) counts as done only if its journal record
+/// was made by the task as it is now; `--start-at` likewise does not skip an edited task,
+/// but skips unchanged and never-run ones.
+#[tokio::test]
+async fn journal_records_of_an_edited_task_are_not_trusted() {
+    let w = World::new();
+    let old = || {
+        let t = FakeTransport::new("old");
+        t.on("", output(0, ""));
+        t
+    };
+    let new = || {
+        let t = FakeTransport::new("new");
+        t.on("", output(0, ""));
+        t
+    };
+    let full = play_owned(
+        &w,
+        DEPENDENT_PLAY,
+        RunOptions::default(),
+        FakeConnector::new([old(), new()]),
+    )
+    .await
+    .unwrap();
+    assert!(full.success(), "{full:?}");
+    // Unchanged: the record of Dump on old stands for the dependency and for --start-at.
+    let limited = RunOptions {
+        limit: Some("new".into()),
+        ..Default::default()
+    };
+    let report = play_owned(
+        &w,
+        DEPENDENT_PLAY,
+        limited.clone(),
+        FakeConnector::new([new()]),
+    )
+    .await
+    .unwrap();
+    assert!(report.success(), "{report:?}");
+    let start_at = RunOptions {
+        start_at: Some("Restore".into()),
+        ..Default::default()
+    };
+    play_owned(
+        &w,
+        DEPENDENT_PLAY,
+        start_at.clone(),
+        FakeConnector::new([old(), new()]),
+    )
+    .await
+    .unwrap();
+    // Dump edited (another command): its record no longer says it is done.
+    let edited = DEPENDENT_PLAY.replace("cmd = \"dump\"", "cmd = \"dump --all\"");
+    assert_ne!(edited, DEPENDENT_PLAY);
+    let new_host = new();
+    let report = play_owned(&w, &edited, limited, FakeConnector::new([new_host.clone()]))
+        .await
+        .unwrap();
+    let restore = report.tasks.iter().find(|t| t.task == "Restore").unwrap();
+    assert_eq!(restore.status, TaskStatus::Failed);
+    assert!(
+        restore
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("only as it was before the playbook was edited"),
+        "{restore:?}"
+    );
+    assert!(new_host.commands().is_empty());
+    let refused = play_owned(&w, &edited, start_at, FakeConnector::new([old(), new()]))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains("task `Dump` is skipped but has been edited"),
+        "{refused}"
+    );
+    // Moving a task in the file (its spans) is not an edit.
+    let moved = format!("\n\n# a comment\n{DEPENDENT_PLAY}");
+    let pb_a = Playbook::parse(SourceFile::new("a.toml", DEPENDENT_PLAY)).unwrap();
+    let pb_b = Playbook::parse(SourceFile::new("a.toml", moved.as_str())).unwrap();
+    assert_eq!(
+        engine::task_definition(&pb_a.tasks[0]),
+        engine::task_definition(&pb_b.tasks[0])
+    );
+}

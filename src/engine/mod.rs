@@ -20,10 +20,12 @@ use tokio::sync::{Notify, OnceCell, OwnedSemaphorePermit, Semaphore};
 
 use crate::command::Cmd;
 use crate::inventory::{Inventory, UnknownTarget};
-use crate::journal::{Journal, RecordStatus};
+use crate::journal::{Journal, JournalData, JournalOwner, RecordStatus, TaskDefinition};
 use crate::modules::{Confirm, Peers, TaskCtx};
 use crate::playbook::source::InputError;
-use crate::playbook::template::{collect_templates, Renderer, TemplateError, Vars};
+use crate::playbook::template::{
+    collect_templates, without_template_spans, Renderer, TemplateError, Vars,
+};
 use crate::playbook::{Playbook, UnknownTask};
 use crate::report::{EventSink, HostSummary, PlayReport, TaskResult, TaskStatus};
 use crate::secrets::Secrets;
@@ -55,6 +57,104 @@ pub enum PrepareError {
     StartAt(#[from] UnknownTask),
     #[error("{} template error(s):\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Templates(Vec<TemplateError>),
+    #[error("--start-at: {}", .0.join("\n  "))]
+    StartAtEdited(Vec<String>),
+}
+
+/// What a task does, as the journal identifies it: its module and a digest of the
+/// module, its arguments (not where they are written), `hosts` and `when`. Name, tags,
+/// `after` and `lane` are left out: they do not change what the task does on a host.
+pub fn task_definition(task: &crate::playbook::Task) -> TaskDefinition {
+    use sha2::Digest;
+    let args = without_template_spans(&serde_json::to_value(&task.module).unwrap_or(Value::Null));
+    let what = serde_json::json!({
+        "module": task.module.name(),
+        "args": args,
+        "hosts": task.hosts.get_ref(),
+        "when": task.when.as_ref().map(|w| w.source().to_string()),
+    });
+    TaskDefinition {
+        module: task.module.name().to_string(),
+        digest: hex::encode(sha2::Sha256::digest(what.to_string().as_bytes())),
+    }
+}
+
+/// The journal identity of a run: the playbook and inventory (canonical paths) and the
+/// definition of every task.
+pub fn journal_owner(playbook: &Playbook, inventory: &Inventory) -> JournalOwner {
+    use sha2::Digest;
+    let tasks: BTreeMap<String, TaskDefinition> = playbook
+        .tasks
+        .iter()
+        .map(|t| (t.name.clone(), task_definition(t)))
+        .collect();
+    let mut all = sha2::Sha256::new();
+    for t in &playbook.tasks {
+        if let Some(d) = tasks.get(&t.name) {
+            all.update(t.name.as_bytes());
+            all.update([0]);
+            all.update(d.digest.as_bytes());
+            all.update([0]);
+        }
+    }
+    JournalOwner {
+        playbook_name: playbook.name.clone(),
+        paths: Some((
+            crate::inventory::canonical_path(&playbook.path),
+            crate::inventory::canonical_path(&inventory.path),
+        )),
+        tasks_digest: hex::encode(all.finalize()),
+        tasks,
+    }
+}
+
+/// `--start-at` skips the tasks before it, trusting the journal that they are done. It
+/// refuses to skip a task whose record on a host of this run was made by another
+/// definition of the task (the playbook was edited since): that record says nothing
+/// about what the task does now. Tasks never recorded are skipped as asked.
+pub fn check_start_at(prepared: &Prepared, journal: &Journal) -> Result<(), PrepareError> {
+    let Some(start) = prepared.options.start_at.as_deref() else {
+        return Ok(());
+    };
+    let pb = &prepared.playbook;
+    let Some(start_index) = pb.tasks.iter().position(|t| t.name == start) else {
+        return Ok(());
+    };
+    let data: JournalData = journal.snapshot();
+    // The hosts of the run as `--limit` chose them (prepare() checked the pattern).
+    let limit = prepared
+        .options
+        .limit
+        .as_deref()
+        .map(|l| prepared.inventory.select(l).unwrap_or_default());
+    let mut edited = Vec::new();
+    for task in &pb.tasks[..start_index] {
+        let targets = prepared
+            .inventory
+            .select(task.hosts.get_ref())
+            .unwrap_or_default();
+        for host in targets {
+            if limit.as_ref().is_some_and(|l| !l.contains(&host)) {
+                continue;
+            }
+            let Some(record) = data.hosts.get(&host).and_then(|t| t.get(&task.name)) else {
+                continue;
+            };
+            if !journal.is_current(&task.name, record) {
+                edited.push(format!(
+                    "task `{}` is skipped but has been edited since its journal record on `{host}` was made ({}); its record no longer says the task is done: run from `{}` or earlier",
+                    task.name,
+                    pb.source.locate(task.span.start),
+                    task.name
+                ));
+            }
+        }
+    }
+    if edited.is_empty() {
+        Ok(())
+    } else {
+        Err(PrepareError::StartAtEdited(edited))
+    }
 }
 
 /// One task scheduled on one host.
@@ -395,16 +495,25 @@ impl Shared {
                     .is_some_and(|s| s.iter().any(|s| s.task == dep_index));
                 if !scheduled {
                     // Not part of this run: the journal must say it was done.
-                    let done = self
-                        .env
-                        .journal
-                        .record(&dep_host, dep.get_ref())
-                        .is_some_and(|r| r.succeeded());
-                    if !done {
-                        let msg = format!(
-                            "dependency `{}` has not completed on `{dep_host}` (not in this run, not in the journal)",
-                            dep.get_ref()
-                        );
+                    // Not done as far as the task now goes if an earlier definition
+                    // of it made the record.
+                    let record = self.env.journal.record(&dep_host, dep.get_ref());
+                    let done = record.as_ref().is_some_and(|r| r.succeeded());
+                    let current = record
+                        .as_ref()
+                        .is_none_or(|r| self.env.journal.is_current(dep.get_ref(), r));
+                    if !done || !current {
+                        let msg = if done {
+                            format!(
+                                "dependency `{}` has completed on `{dep_host}` only as it was before the playbook was edited (not in this run); run it again",
+                                dep.get_ref()
+                            )
+                        } else {
+                            format!(
+                                "dependency `{}` has not completed on `{dep_host}` (not in this run, not in the journal)",
+                                dep.get_ref()
+                            )
+                        };
                         if self.prepared.options.check {
                             warnings.push(msg);
                             continue;

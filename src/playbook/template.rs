@@ -125,6 +125,26 @@ pub fn collect_templates(value: &Value) -> Vec<AnyTemplate> {
     found
 }
 
+/// `value` (module args serialized with serde_json) without the templates' positions in
+/// the file: what a task does, not where it is written (for the journal's task digest).
+pub fn without_template_spans(value: &Value) -> Value {
+    match value {
+        Value::Object(map) if map.contains_key(TEMPLATE_KEY) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| k.as_str() != "span")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), without_template_spans(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_template_spans).collect()),
+        other => other.clone(),
+    }
+}
+
 fn walk(value: &Value, found: &mut Vec<AnyTemplate>) {
     match value {
         Value::Object(map) if map.contains_key(TEMPLATE_KEY) => {
