@@ -718,3 +718,292 @@ fn hostile_input_matrix() {
         failures.join("\n")
     );
 }
+
+/// Every module's arguments are checked before any host is contacted: static ones when
+/// the playbook is read, templated ones rendered for every host of the task (and the
+/// checks that need vars). A bad argument of a later task exits 2 at its
+/// file:line:column, and the valid first task never runs.
+#[test]
+fn invalid_module_arguments_exit_2_before_the_first_task_runs() {
+    // (case, module table of the second task, line:column, field, message fragment)
+    let cases: &[(&str, &str, &str, Option<&str>, &str)] = &[
+        (
+            "storage_export gzip_level 12",
+            "[task.storage_export]\ncontainer = \"c\"\ndata_dir = \"/d\"\ndest = \"/x.tgz\"\ngzip_level = 12\n",
+            "14:14",
+            Some("gzip_level"),
+            "gzip_level = 12: gzip takes 1 (fast) to 9 (small)",
+        ),
+        (
+            "storage_export gzip_level 0",
+            "[task.storage_export]\ncontainer = \"c\"\ndata_dir = \"/d\"\ndest = \"/x.tgz\"\ngzip_level = 0\n",
+            "14:14",
+            Some("gzip_level"),
+            "gzip_level = 0",
+        ),
+        (
+            "storage_export method",
+            "[task.storage_export]\ncontainer = \"c\"\ndata_dir = \"/d\"\ndest = \"/x.tgz\"\nmethod = \"zip\"\n",
+            "14:10",
+            Some("method"),
+            "unknown variant `zip`",
+        ),
+        (
+            "storage_export dest operand",
+            "[task.storage_export]\ncontainer = \"c\"\ndata_dir = \"/d\"\ndest = \"{{ dash }}\"\n",
+            "13:8",
+            Some("dest"),
+            "renders to a value starting with `-`",
+        ),
+        (
+            "transfer mode",
+            "[task.transfer]\nartifact = \"a\"\ndest = \"/x\"\nmode = \"0900\"\n",
+            "13:8",
+            Some("mode"),
+            "mode \"0900\" is not an octal file mode",
+        ),
+        (
+            "transfer dest operand",
+            "[task.transfer]\nartifact = \"a\"\ndest = \"{{ dash }}\"\n",
+            "12:8",
+            Some("dest"),
+            "renders to a value starting with `-`",
+        ),
+        (
+            "k8s_scale workload kind",
+            "[task.k8s_scale]\nworkloads = [\"deployment/ui\", \"pod/x\"]\nreplicas = 0\n",
+            "11:13",
+            Some("workloads"),
+            "workload kind \"pod\" is not supported",
+        ),
+        (
+            "k8s_scale workload without kind",
+            "[task.k8s_scale]\nworkloads = [\"ui\"]\nreplicas = 0\n",
+            "11:13",
+            Some("workloads"),
+            "must be written kind/name",
+        ),
+        (
+            "k8s_scale no workloads",
+            "[task.k8s_scale]\nworkloads = []\nreplicas = 0\n",
+            "11:13",
+            Some("workloads"),
+            "workloads is empty",
+        ),
+        (
+            "k8s_scale timeout",
+            "[task.k8s_scale]\nworkloads = [\"deployment/ui\"]\nreplicas = 0\ntimeout = \"5x\"\n",
+            "13:11",
+            Some("timeout"),
+            "unknown unit 'x'",
+        ),
+        (
+            "k8s_scale replicas",
+            "[task.k8s_scale]\nworkloads = [\"deployment/ui\"]\nreplicas = -1\n",
+            "12:12",
+            Some("replicas"),
+            "invalid value",
+        ),
+        (
+            "k8s_scale namespace operand",
+            "[task.k8s_scale]\nworkloads = [\"deployment/ui\"]\nreplicas = 0\nnamespace = \"{{ dash }}\"\n",
+            "13:13",
+            Some("namespace"),
+            "renders to a value starting with `-`",
+        ),
+        (
+            "redis_flushdb db",
+            "[task.redis_flushdb]\ndb = 0\n",
+            "11:6",
+            Some("db"),
+            "refusing to flush Redis database 0",
+        ),
+        (
+            "redis_flushdb port",
+            "[task.redis_flushdb]\ndb = 5\nport = 70000\n",
+            "12:8",
+            Some("port"),
+            "invalid value",
+        ),
+        (
+            "preflight min_version",
+            "[task.preflight]\nrole = \"old\"\nmin_version = \"latest\"\n",
+            "12:15",
+            Some("min_version"),
+            "min_version = \"latest\" is not a version",
+        ),
+        (
+            "preflight safety_factor",
+            "[task.preflight]\nrole = \"old\"\nsafety_factor = 0.5\n",
+            "12:17",
+            Some("safety_factor"),
+            "safety_factor = 0.5",
+        ),
+        (
+            "preflight role",
+            "[task.preflight]\nrole = \"sideways\"\n",
+            "11:8",
+            Some("role"),
+            "unknown variant `sideways`",
+        ),
+        (
+            "preflight args of the other role",
+            "[task.preflight]\nrole = \"new\"\ndata_dir = \"/d\"\n",
+            "12:1",
+            Some("data_dir"),
+            "preflight with role = \"new\" does not take data_dir",
+        ),
+        (
+            "docker_container state",
+            "[task.docker_container]\nnames = [\"a\"]\nstate = \"paused\"\n",
+            "12:9",
+            Some("state"),
+            "unknown variant `paused`",
+        ),
+        (
+            "docker_container stop_timeout",
+            "[task.docker_container]\nnames = [\"a\"]\nstate = \"stopped\"\nstop_timeout = -1\n",
+            "13:16",
+            Some("stop_timeout"),
+            "invalid value",
+        ),
+        (
+            "docker_container name operand",
+            "[task.docker_container]\nnames = [\"{{ dash }}\"]\nstate = \"stopped\"\n",
+            "11:10",
+            Some("names"),
+            "renders to a value starting with `-`",
+        ),
+        (
+            "pg_dump database operand",
+            "[task.pg_dump]\ncontainer = \"pg\"\ndatabase = \"{{ dash }}\"\ndest = \"/x.sql\"\n",
+            "12:12",
+            Some("database"),
+            "renders to a value starting with `-`",
+        ),
+        (
+            "pg_restore_k8s timeout",
+            "[task.pg_restore_k8s]\ntimeout = \"soon\"\n",
+            "11:11",
+            Some("timeout"),
+            "invalid type",
+        ),
+        (
+            "pg_restore_k8s external_postgres var",
+            "[task.pg_restore_k8s]\nartifact = \"packagist_db\"\n",
+            "7:1",
+            None,
+            "var external_postgres needs a string `user` (host `old`)",
+        ),
+        (
+            "redis_backup port",
+            "[task.redis_backup]\ncontainer = \"r\"\ndest = \"/x.rdb\"\nport = 65536\n",
+            "13:8",
+            Some("port"),
+            "invalid value",
+        ),
+        (
+            "redis_restore_openebs timeout",
+            "[task.redis_restore_openebs]\ntimeout = -5\n",
+            "11:11",
+            Some("timeout"),
+            "invalid value",
+        ),
+        (
+            "storage_import timeout",
+            "[task.storage_import]\ntimeout = \"x\"\n",
+            "11:11",
+            Some("timeout"),
+            "invalid type",
+        ),
+        (
+            "storage_import archive operand",
+            "[task.storage_import]\narchive = \"{{ dash }}\"\n",
+            "11:11",
+            Some("archive"),
+            "renders to a value starting with `-`",
+        ),
+        (
+            "storage_stream source",
+            "[task.storage_stream]\nsource = \"{{ nowhere }}\"\n",
+            "11:10",
+            Some("source"),
+            "source `nohost` is neither a host nor a group of the inventory",
+        ),
+        (
+            "migration_marker namespace operand",
+            "[task.migration_marker]\nnamespace = \"{{ dash }}\"\n",
+            "11:13",
+            Some("namespace"),
+            "renders to a value starting with `-`",
+        ),
+        (
+            "command creates operand",
+            "[task.command]\ncmd = \"true\"\ncreates = \"{{ dash }}\"\n",
+            "12:11",
+            Some("creates"),
+            "renders to a value starting with `-`",
+        ),
+        (
+            "command changed",
+            "[task.command]\ncmd = \"true\"\nchanged = \"yes\"\n",
+            "12:11",
+            Some("changed"),
+            "invalid type",
+        ),
+        (
+            "assert that",
+            "[task.assert]\nthat = \"{{ undefined_thing }}\"\n",
+            "11:9",
+            Some("that"),
+            "undefined variable `undefined_thing`",
+        ),
+    ];
+    let host = Watcher::new();
+    let mut failures = Vec::new();
+    for (name, module, at, field, says) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(
+            dir.path(),
+            host.port(),
+            "[hosts.old.vars]\ndash = \"-rf\"\nnowhere = \"nohost\"\n\
+             [hosts.old.vars.external_postgres]\nhost = \"db\"\ndatabase = \"d\"\n",
+        );
+        let marker = dir.path().join("first-ran");
+        let pb = write(
+            dir.path(),
+            "pb.toml",
+            &format!(
+                "[[task]]\nname = \"first\"\nhosts = \"old\"\n[task.command]\ncmd = \"touch {}\"\n\n\
+                 [[task]]\nname = \"bad\"\nhosts = \"old\"\n{module}",
+                marker.display()
+            ),
+        );
+        let out = ferry(&["play", &pb, "-i", &inv]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let mut wanted = vec![format!("{pb}:{at}"), says.to_string()];
+        if let Some(field) = field {
+            wanted.push(format!("field `{field}`"));
+        }
+        let missing: Vec<&String> = wanted
+            .iter()
+            .filter(|w| !stderr.contains(w.as_str()))
+            .collect();
+        if out.status.code() != Some(2) || !missing.is_empty() || !out.stdout.is_empty() {
+            failures.push(format!(
+                "{name}: exit {:?}, missing {missing:?} in stderr:\n{stderr}",
+                out.status.code()
+            ));
+        }
+        if host.contacted() || marker.exists() {
+            failures.push(format!("{name}: a host was contacted"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}

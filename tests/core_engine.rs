@@ -901,3 +901,49 @@ async fn journal_records_of_an_edited_task_are_not_trusted() {
         engine::task_definition(&pb_b.tasks[0])
     );
 }
+
+/// Text fields (a message, a warning) may start with `-`; names and paths may not, and
+/// that is found for every host before anything is contacted.
+#[test]
+fn operand_rule_spares_text_fields() {
+    let w = World::new();
+    let prepare = |play: &str| {
+        let pb = Arc::new(Playbook::parse(SourceFile::new("pb.toml", play)).unwrap());
+        engine::prepare(pb, w.inventory.clone(), RunOptions::default(), &w.secrets)
+    };
+    let text = r#"
+[[task]]
+name = "Say"
+hosts = "all"
+[task.assert]
+that = "yes"
+msg = "- {{ marker }} is a list item"
+
+[[task]]
+name = "Stop"
+hosts = "old"
+[task.docker_container]
+names = ["a"]
+state = "stopped"
+warning = "-- changes on the old app are lost from now on"
+"#;
+    prepare(text).unwrap();
+    let operand = r#"
+[[task]]
+name = "Make"
+hosts = "all"
+[task.command]
+cmd = "true"
+creates = "-{{ marker }}"
+"#;
+    let err = prepare(operand).unwrap_err().to_string();
+    assert!(
+        err.contains("renders to a value starting with `-`"),
+        "{err}"
+    );
+    // Reported per host: both hosts of `all`.
+    assert!(
+        err.contains("host `old`") && err.contains("host `new`"),
+        "{err}"
+    );
+}

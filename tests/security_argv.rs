@@ -398,8 +398,15 @@ fn setting(field: &str, kind: Kind, hostile: bool) -> String {
     let one = if hostile {
         match kind {
             Template | TemplateList => "\"{{ h }}\"".to_string(),
+            // Workloads are checked as kind/name when the playbook is read: the
+            // hostile part is the name.
+            List if field == "workloads" => {
+                toml::Value::String(format!("deployment/{HOSTILE}")).to_string()
+            }
             Literal | List => lit(),
         }
+    } else if field == "workloads" {
+        "\"deployment/benign\"".to_string()
     } else {
         format!("\"benign-{field}\"")
     };

@@ -21,10 +21,10 @@ use tokio::sync::{Notify, OnceCell, OwnedSemaphorePermit, Semaphore};
 use crate::command::Cmd;
 use crate::inventory::{Inventory, UnknownTarget};
 use crate::journal::{Journal, JournalData, JournalOwner, RecordStatus, TaskDefinition};
-use crate::modules::{Confirm, Peers, TaskCtx};
+use crate::modules::{ArgCheck, ArgError, Confirm, Peers, TaskCtx};
 use crate::playbook::source::InputError;
 use crate::playbook::template::{
-    collect_templates, without_template_spans, Renderer, TemplateError, Vars,
+    collect_templates, without_template_spans, AnyTemplate, Renderer, TemplateError, Vars,
 };
 use crate::playbook::{Playbook, UnknownTask};
 use crate::report::{EventSink, HostSummary, PlayReport, TaskResult, TaskStatus};
@@ -57,6 +57,8 @@ pub enum PrepareError {
     StartAt(#[from] UnknownTask),
     #[error("{} template error(s):\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Templates(Vec<TemplateError>),
+    #[error("{} argument error(s):\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Args(Vec<InputError>),
     #[error("--start-at: {}", .0.join("\n  "))]
     StartAtEdited(Vec<String>),
 }
@@ -236,6 +238,7 @@ pub fn prepare(
     let mut hosts: BTreeMap<String, Vec<Scheduled>> = BTreeMap::new();
     let mut vars = BTreeMap::new();
     let mut errors = Vec::new();
+    let mut arg_errors: Vec<InputError> = Vec::new();
     for task in tasks {
         let index = playbook
             .tasks
@@ -265,12 +268,29 @@ pub fn prepare(
                 None => false,
             };
             if !skip {
+                let mut rendered = true;
                 for t in &templates {
-                    if let Err(e) = renderer.check(t, &host_vars) {
+                    if let Err(e) = check_template(&playbook, task, &renderer, t, &host_vars) {
+                        rendered = false;
                         errors.push(TemplateError {
                             message: format!("{} (host `{host}`)", e.message),
                             ..e
                         });
+                    }
+                }
+                // The module's own checks, on templates known to render.
+                let at = ArgCheck {
+                    host: &host,
+                    vars: &host_vars,
+                    renderer: &renderer,
+                };
+                if let Err(e) = rendered
+                    .then(|| task.module.module().check_args(&at))
+                    .unwrap_or(Ok(()))
+                {
+                    let e = locate_arg_error(&playbook, task, e);
+                    if !arg_errors.iter().any(|o| o.to_string() == e.to_string()) {
+                        arg_errors.push(e);
                     }
                 }
             }
@@ -283,6 +303,9 @@ pub fn prepare(
     if !errors.is_empty() {
         return Err(PrepareError::Templates(errors));
     }
+    if !arg_errors.is_empty() {
+        return Err(PrepareError::Args(arg_errors));
+    }
     Ok(Prepared {
         playbook,
         inventory,
@@ -291,6 +314,70 @@ pub fn prepare(
         vars,
         renderer,
     })
+}
+
+/// Render one template of `task` for one host the way the module will: plain templates
+/// are names or paths a command receives (operands: a leading `-` is refused) unless
+/// the module lists their field as text.
+fn check_template(
+    playbook: &Playbook,
+    task: &crate::playbook::Task,
+    renderer: &Renderer,
+    template: &AnyTemplate,
+    vars: &Vars,
+) -> Result<(), TemplateError> {
+    match template {
+        AnyTemplate::Plain(t) => {
+            let field = t.span().and_then(|span| playbook.source.key_near(span));
+            let text = field
+                .as_deref()
+                .is_some_and(|f| task.module.text_fields().contains(&f));
+            if text {
+                renderer.render(t, vars).map(drop)
+            } else {
+                renderer.render_operand(t, vars).map(drop)
+            }
+        }
+        shell => renderer.check(shell, vars),
+    }
+}
+
+/// Where in the playbook an argument error is: at its template, at its key in the
+/// task, or at the task.
+fn locate_arg_error(playbook: &Playbook, task: &crate::playbook::Task, e: ArgError) -> InputError {
+    let source = &playbook.source;
+    if let Some(span) = e.template.as_ref().and_then(|t| t.span()) {
+        return source.error_at(
+            Some(span),
+            None,
+            format!("task `{}`: {}", task.name, e.message),
+        );
+    }
+    let key_at = e.field.and_then(|key| {
+        // The task's span ends with its own keys; its module table follows, up to the
+        // next task.
+        let text = source.text.get(task.span.start..)?;
+        let mut offset = 0;
+        for (n, line) in text.split_inclusive('\n').enumerate() {
+            let trimmed = line.trim_start();
+            if n > 0 && trimmed.starts_with("[[") {
+                break;
+            }
+            if let Some(rest) = trimmed.strip_prefix(key) {
+                if rest.trim_start().starts_with('=') {
+                    return Some(task.span.start + offset + (line.len() - trimmed.len()));
+                }
+            }
+            offset += line.len();
+        }
+        None
+    });
+    let at = key_at.unwrap_or(task.span.start);
+    source.error_at(
+        Some(at..at),
+        e.field.map(str::to_string),
+        format!("task `{}`: {}", task.name, e.message),
+    )
 }
 
 /// What a run needs besides the plan.

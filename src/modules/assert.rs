@@ -39,6 +39,7 @@ impl Change for NoChange {
 impl Module for Assert {
     type Facts = AssertFacts;
     type Change = NoChange;
+    const TEXT_FIELDS: &'static [&'static str] = &["that", "msg"];
 
     async fn facts(&self, ctx: &TaskCtx) -> Result<AssertFacts, ModuleError> {
         let holds = ctx.renderer.truthy(&self.that, &ctx.vars)?;

@@ -71,6 +71,7 @@ impl Change for ContainerChange {
 impl Module for DockerContainer {
     type Facts = ContainerFacts;
     type Change = ContainerChange;
+    const TEXT_FIELDS: &'static [&'static str] = &["warning"];
 
     async fn facts(&self, ctx: &TaskCtx) -> Result<ContainerFacts, ModuleError> {
         let names = self

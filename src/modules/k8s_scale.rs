@@ -28,6 +28,7 @@ use crate::playbook::template::Template;
 #[serde(deny_unknown_fields)]
 pub struct K8sScale {
     /// `deployment/NAME` or `statefulset/NAME` (also `deploy/`, `sts/`).
+    #[serde(deserialize_with = "checked_workloads")]
     pub workloads: Vec<String>,
     pub replicas: u32,
     #[serde(default)]
@@ -106,6 +107,18 @@ impl Change for ScaleChange {
             }
         }
     }
+}
+
+/// `workloads`, checked when the playbook is read.
+fn checked_workloads<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    crate::modules::checked(d, |workloads: &Vec<String>| {
+        if workloads.is_empty() {
+            return Err("workloads is empty; name at least one, e.g. [\"deployment/ui\"]".into());
+        }
+        workloads
+            .iter()
+            .try_for_each(|w| parse_workload(w).map(drop).map_err(|e| e.to_string()))
+    })
 }
 
 /// Parse `deployment/ui`, `deploy/ui`, `statefulset/redis`, `sts/redis`.

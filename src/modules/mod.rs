@@ -93,11 +93,75 @@ impl Applied {
     }
 }
 
+/// Deserialize a static argument and check it, so a bad value is refused when the
+/// playbook is read (exit code 2, at the value's file:line:column), not when the task
+/// runs after earlier tasks changed hosts.
+pub fn checked<'de, D, T>(
+    deserializer: D,
+    check: impl FnOnce(&T) -> Result<(), String>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let value = T::deserialize(deserializer)?;
+    check(&value).map_err(serde::de::Error::custom)?;
+    Ok(value)
+}
+
+/// What [`Module::check_args`] may use: one host's vars, no connection.
+pub struct ArgCheck<'a> {
+    pub host: &'a str,
+    pub vars: &'a Vars,
+    pub renderer: &'a Renderer,
+}
+
+/// An argument found bad before any host was contacted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgError {
+    /// The key it is about (located in the task), when not a template's.
+    pub field: Option<&'static str>,
+    /// The template it is about (located where it is written).
+    pub template: Option<Template>,
+    pub message: String,
+}
+
+impl ArgError {
+    pub fn field(field: &'static str, message: impl Into<String>) -> Self {
+        ArgError {
+            field: Some(field),
+            template: None,
+            message: message.into(),
+        }
+    }
+    pub fn template(template: &Template, message: impl Into<String>) -> Self {
+        ArgError {
+            field: None,
+            template: Some(template.clone()),
+            message: message.into(),
+        }
+    }
+}
+
 /// The module contract; see the module docs.
 #[async_trait]
 pub trait Module: Send + Sync + 'static {
     type Facts: Serialize + Send + Sync + 'static;
     type Change: Change;
+
+    /// Plain template fields whose value is text (a message, a condition), not a name
+    /// or path a command receives: every other plain template of the module is
+    /// rendered for every host before anything is contacted as an operand
+    /// ([`Renderer::render_operand`]), the way the module renders it.
+    const TEXT_FIELDS: &'static [&'static str] = &[];
+
+    /// Checks of the arguments that need no host: run by the engine for every host of
+    /// the task, with its vars, before any host is contacted. Static values are checked
+    /// when the playbook is read instead (see [`checked`]); this is for what depends
+    /// on vars or on several fields at once.
+    fn check_args(&self, _at: &ArgCheck<'_>) -> Result<(), ArgError> {
+        Ok(())
+    }
 
     /// Read the current state. Must not change anything.
     async fn facts(&self, ctx: &TaskCtx) -> Result<Self::Facts, ModuleError>;
@@ -154,6 +218,8 @@ impl std::fmt::Debug for Plan {
 /// The object-safe face of every [`Module`]; the engine only sees this.
 #[async_trait]
 pub trait DynModule: Send + Sync {
+    /// [`Module::check_args`].
+    fn check_args(&self, at: &ArgCheck<'_>) -> Result<(), ArgError>;
     /// facts → decide.
     async fn plan(&self, ctx: &TaskCtx) -> Result<Plan, ModuleError>;
     /// apply the plan's changes.
@@ -167,6 +233,10 @@ struct TypedPlan<M: Module> {
 
 #[async_trait]
 impl<M: Module> DynModule for M {
+    fn check_args(&self, at: &ArgCheck<'_>) -> Result<(), ArgError> {
+        Module::check_args(self, at)
+    }
+
     async fn plan(&self, ctx: &TaskCtx) -> Result<Plan, ModuleError> {
         let facts = self.facts(ctx).await?;
         let changes = self.decide(&facts, ctx)?;
@@ -468,6 +538,13 @@ macro_rules! modules {
             pub fn name(&self) -> &'static str {
                 match self {
                     $(ModuleArgs::$name(_) => stringify!($name)),*
+                }
+            }
+
+            /// [`Module::TEXT_FIELDS`] of this module.
+            pub fn text_fields(&self) -> &'static [&'static str] {
+                match self {
+                    $(ModuleArgs::$name(_) => <$ty as Module>::TEXT_FIELDS),*
                 }
             }
 

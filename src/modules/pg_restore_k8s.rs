@@ -30,8 +30,8 @@ use crate::modules::shared::{
     argv, artifact_fingerprint, attempt_proven, attempt_started, completed_guard, completed_marker,
     find_artifact, interrupted_attempt, pod_exec, stream_artifact, K8sTarget,
 };
-use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
-use crate::playbook::template::Template;
+use crate::modules::{Applied, ArgCheck, ArgError, Change, Module, ModuleError, TaskCtx};
+use crate::playbook::template::{Template, Vars};
 
 fn default_artifact() -> String {
     "packagist_db".into()
@@ -167,7 +167,7 @@ impl PgRestoreK8s {
                 None => Ok(d.to_string()),
             }
         };
-        if let Some(x) = self.external.clone().or(external_from_var(ctx)?) {
+        if let Some(x) = self.external.clone().or(external_from_var(&ctx.vars)?) {
             return Ok(Target::External {
                 host: ctx.render_operand(&x.host)?,
                 port: x.port.unwrap_or(5432),
@@ -193,8 +193,9 @@ impl PgRestoreK8s {
 
 /// The external PostgreSQL named by the inventory var `external_postgres`
 /// (`{ host, port, user, database, password_var }`), so one playbook serves both setups.
-fn external_from_var(ctx: &TaskCtx) -> Result<Option<ExternalPg>, ModuleError> {
-    let Some(v) = ctx.var("external_postgres") else {
+/// Needs only the vars: checked before any host is contacted.
+fn external_from_var(vars: &Vars) -> Result<Option<ExternalPg>, ModuleError> {
+    let Some(v) = vars.get("external_postgres") else {
         return Ok(None);
     };
     let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
@@ -333,8 +334,40 @@ impl Module for PgRestoreK8s {
     type Facts = PgRestoreFacts;
     type Change = PgRestoreChange;
 
+    fn check_args(&self, at: &ArgCheck<'_>) -> Result<(), ArgError> {
+        let from_var = |e: ModuleError| ArgError {
+            field: None,
+            template: None,
+            message: format!("{e} (host `{}`)", at.host),
+        };
+        let external = match &self.external {
+            Some(x) => x.clone(),
+            None => match external_from_var(at.vars).map_err(from_var)? {
+                Some(x) => {
+                    // Written in the var, not in the playbook: the template pass has
+                    // not seen these.
+                    for t in [&x.host, &x.user, &x.database] {
+                        at.renderer
+                            .render_operand(t, at.vars)
+                            .map_err(|e| from_var(e.into()))?;
+                    }
+                    x
+                }
+                None => return Ok(()),
+            },
+        };
+        match &external.password_var {
+            Some(var) if at.vars.get(var).and_then(|v| v.as_str()).is_none() => {
+                Err(from_var(ModuleError::Failed(format!(
+                    "var `{var}` (the external PostgreSQL password) is not set"
+                ))))
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn facts(&self, ctx: &TaskCtx) -> Result<PgRestoreFacts, ModuleError> {
-        let external = self.external.clone().or(external_from_var(ctx)?);
+        let external = self.external.clone().or(external_from_var(&ctx.vars)?);
         let password = match external.as_ref().and_then(|x| x.password_var.as_ref()) {
             Some(var) => Some(
                 ctx.var(var)

@@ -44,7 +44,7 @@ use crate::k8s::{K8sError, WorkloadKind};
 use crate::modules::shared::{
     completed_marker, docker_bin, docker_inspect, file_stamp, ContainerState, K8sTarget,
 };
-use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::modules::{Applied, ArgCheck, ArgError, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
 
 /// The version the vendor requires before migrating.
@@ -73,13 +73,36 @@ pub enum Role {
     New,
 }
 
+/// `min_version`, checked when the playbook is read.
+fn checked_min_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    crate::modules::checked(d, |v: &Option<String>| match v {
+        Some(v) if Version::parse(v).is_none() => Err(format!(
+            "min_version = {v:?} is not a version; write it like \"{MIN_VERSION}\""
+        )),
+        _ => Ok(()),
+    })
+}
+
+/// `safety_factor`, checked when the playbook is read: the free space needed is the
+/// data size times this, so less than 1 would plan for less than the data.
+fn checked_safety_factor<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    crate::modules::checked(d, |f: &Option<f64>| {
+        match f {
+        Some(f) if !(f.is_finite() && *f >= 1.0) => Err(format!(
+            "safety_factor = {f}: the free space needed is the data size times this; use 1 or more (default {SAFETY_FACTOR})"
+        )),
+        _ => Ok(()),
+    }
+    })
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preflight {
     pub role: Role,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "checked_min_version")]
     pub min_version: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "checked_safety_factor")]
     pub safety_factor: Option<f64>,
 
     // --- old host
@@ -426,6 +449,17 @@ impl Preflight {
             .collect()
     }
 
+    fn misplaced_message(&self) -> String {
+        format!(
+            "preflight with role = \"{}\" does not take {}: they belong to the other role",
+            match self.role {
+                Role::Old => "old",
+                Role::New => "new",
+            },
+            self.misplaced_args().join(", ")
+        )
+    }
+
     async fn old_facts(&self, ctx: &TaskCtx) -> Result<OldFacts, ModuleError> {
         let required: Vec<String> = match &self.containers {
             Some(c) => c.clone(),
@@ -679,17 +713,16 @@ impl Module for Preflight {
     type Facts = PreflightFacts;
     type Change = NoChange;
 
+    fn check_args(&self, _: &ArgCheck<'_>) -> Result<(), ArgError> {
+        match self.misplaced_args().first() {
+            Some(first) => Err(ArgError::field(first, self.misplaced_message())),
+            None => Ok(()),
+        }
+    }
+
     async fn facts(&self, ctx: &TaskCtx) -> Result<PreflightFacts, ModuleError> {
-        let misplaced = self.misplaced_args();
-        if !misplaced.is_empty() {
-            return Err(ModuleError::Failed(format!(
-                "preflight with role = \"{}\" does not take {}: they belong to the other role",
-                match self.role {
-                    Role::Old => "old",
-                    Role::New => "new",
-                },
-                misplaced.join(", ")
-            )));
+        if !self.misplaced_args().is_empty() {
+            return Err(ModuleError::Failed(self.misplaced_message()));
         }
         Ok(match self.role {
             Role::Old => PreflightFacts::Old(self.old_facts(ctx).await?),

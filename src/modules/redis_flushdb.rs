@@ -29,9 +29,21 @@ use crate::playbook::template::Template;
 /// The Composer endpoint cache: the one database the migration clears.
 pub const COMPOSER_CACHE_DB: u32 = 5;
 
+/// `db`, checked when the playbook is read.
+fn checked_db<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    crate::modules::checked(d, |db: &u32| {
+        if *db == COMPOSER_CACHE_DB {
+            Ok(())
+        } else {
+            Err(format!("refusing to flush Redis database {db}: only database {COMPOSER_CACHE_DB} (the Composer cache) may be flushed"))
+        }
+    })
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisFlushdb {
+    #[serde(deserialize_with = "checked_db")]
     pub db: u32,
     /// The Redis backup artifact whose restore precedes this step (for check mode).
     #[serde(default)]

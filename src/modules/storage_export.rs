@@ -31,6 +31,16 @@ fn default_artifact() -> String {
     "packagist_storage".into()
 }
 
+/// `gzip_level`, checked when the playbook is read.
+fn gzip_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+    crate::modules::checked(d, |level: &Option<u8>| match level {
+        Some(l) if !(1..=9).contains(l) => Err(format!(
+            "gzip_level = {l}: gzip takes 1 (fast) to 9 (small)"
+        )),
+        _ => Ok(()),
+    })
+}
+
 /// Inside the container, where the console leaves the archive.
 const CONSOLE_ARCHIVE: &str = "/tmp/storage.tar.gz";
 const CONSOLE: &str = "/srv/manager/bin/console";
@@ -59,7 +69,7 @@ pub struct StorageExport {
     /// gzip level of the tar method; unset, gzip's default (the vendor's `tar -czf`).
     /// Packages are zip files already: level 1 is several times faster for about the
     /// same size, which is downtime saved.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "gzip_level")]
     pub gzip_level: Option<u8>,
 }
 

@@ -52,8 +52,8 @@ use crate::modules::shared::{
     pod_exec, pod_free_text, pod_storage_fingerprint, prove_imported_storage, ready_deployment_pod,
     sh_argv as sh, storage_verify_dir, K8sTarget, CONSOLE,
 };
-use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
-use crate::playbook::template::Template;
+use crate::modules::{Applied, ArgCheck, ArgError, Change, Module, ModuleError, TaskCtx};
+use crate::playbook::template::{Template, Vars};
 
 /// The name progress events and the laptop's copy use.
 const ARTIFACT: &str = "packagist_storage";
@@ -215,16 +215,17 @@ impl StorageStream {
 }
 
 /// `source` as one inventory host: a host name, or a group with exactly one member.
-fn resolve_source(ctx: &TaskCtx, source: &str) -> Result<String, ModuleError> {
-    let is_host = ctx
-        .var("hostvars")
+/// Needs only the vars (`hostvars`, `groups`): checked before any host is contacted.
+fn resolve_source(vars: &Vars, source: &str) -> Result<String, ModuleError> {
+    let is_host = vars
+        .get("hostvars")
         .and_then(Value::as_object)
         .is_some_and(|h| h.contains_key(source));
     if is_host {
         return Ok(source.to_string());
     }
-    let members: Vec<String> = ctx
-        .var("groups")
+    let members: Vec<String> = vars
+        .get("groups")
         .and_then(|g| g.get(source))
         .and_then(Value::as_array)
         .map(|a| {
@@ -252,8 +253,18 @@ impl Module for StorageStream {
     type Facts = StorageStreamFacts;
     type Change = StreamChange;
 
+    fn check_args(&self, at: &ArgCheck<'_>) -> Result<(), ArgError> {
+        // Rendering errors are the template pass's to report.
+        let Ok(source) = at.renderer.render_operand(&self.source, at.vars) else {
+            return Ok(());
+        };
+        resolve_source(at.vars, &source)
+            .map(drop)
+            .map_err(|e| ArgError::template(&self.source, e.to_string()))
+    }
+
     async fn facts(&self, ctx: &TaskCtx) -> Result<StorageStreamFacts, ModuleError> {
-        let source_host = resolve_source(ctx, &ctx.render_operand(&self.source)?)?;
+        let source_host = resolve_source(&ctx.vars, &ctx.render_operand(&self.source)?)?;
         let data_dir = match &self.data_dir {
             Some(t) => ctx.render_operand(t)?,
             None => ctx

@@ -43,7 +43,7 @@ pub struct Transfer {
     /// Path on this task's host.
     pub dest: Template,
     /// Octal file mode of `dest`, e.g. "0600" (the default).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "checked_mode")]
     pub mode: Option<String>,
     /// Record the delivered copy in the journal under this artifact name.
     #[serde(default)]
@@ -149,6 +149,14 @@ impl Change for TransferChange {
             TransferChange::Chmod { cmd, .. } => vec![cmd.display()],
         }
     }
+}
+
+/// `mode`, checked when the playbook is read.
+fn checked_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    crate::modules::checked(d, |mode: &Option<String>| match mode {
+        Some(m) => parse_mode(m).map(drop).map_err(|e| e.to_string()),
+        None => Ok(()),
+    })
 }
 
 /// Parse an octal mode such as "0600" or "640".
