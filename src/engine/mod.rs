@@ -284,10 +284,12 @@ pub fn prepare(
                     vars: &host_vars,
                     renderer: &renderer,
                 };
-                if let Err(e) = rendered
-                    .then(|| task.module.module().check_args(&at))
-                    .unwrap_or(Ok(()))
-                {
+                let checked = if rendered {
+                    task.module.module().check_args(&at)
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = checked {
                     let e = locate_arg_error(&playbook, task, e);
                     if !arg_errors.iter().any(|o| o.to_string() == e.to_string()) {
                         arg_errors.push(e);
