@@ -8,13 +8,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
 use serde_spanned::Spanned;
 
+use crate::playbook::check_user_var;
 use crate::playbook::source::{InputError, SourceFile};
+use crate::playbook::template::SharedVars;
 use crate::secrets::Secrets;
 use crate::transport::{BecomeSpec, ConnectSpec, HostKeyPolicy};
 
@@ -86,12 +89,24 @@ pub struct Inventory {
     pub hosts: BTreeMap<String, Host>,
     /// Group name → member host names.
     pub groups: BTreeMap<String, Vec<String>>,
+    /// `hostvars` and `groups` for templates, built once (see [`Inventory::shared_vars`]).
+    shared_vars: OnceLock<Arc<SharedVars>>,
 }
 
-/// A `--limit` or `hosts =` pattern that names nothing.
+/// A `--limit` or `hosts =` pattern that names nothing (an empty name: the pattern is
+/// empty).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("no host or group named `{0}` in the inventory")]
+#[error("{}", describe_unknown(.0))]
 pub struct UnknownTarget(pub String);
+
+fn describe_unknown(name: &str) -> String {
+    if name.is_empty() {
+        "the host pattern is empty and would select no host; name hosts, groups or `all`"
+            .to_string()
+    } else {
+        format!("no host or group named `{name}` in the inventory")
+    }
+}
 
 impl Inventory {
     /// Read and resolve an inventory file; secret values are registered in `secrets`.
@@ -184,12 +199,17 @@ impl Inventory {
             path: source.path.clone(),
             hosts,
             groups: members,
+            shared_vars: OnceLock::new(),
         })
     }
 
     /// Host names matched by a pattern: comma-separated host names, group names or `all`.
     /// Returned in inventory order, without duplicates.
+    /// An empty pattern (`""`, `" , "`) is an error: it would silently select nothing.
     pub fn select(&self, pattern: &str) -> Result<Vec<String>, UnknownTarget> {
+        if pattern.split(',').all(|p| p.trim().is_empty()) {
+            return Err(UnknownTarget(String::new()));
+        }
         let mut chosen = BTreeSet::new();
         for part in pattern.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             if part == "all" {
@@ -203,6 +223,37 @@ impl Inventory {
             }
         }
         Ok(chosen.into_iter().collect())
+    }
+
+    /// The variables every host's templates share, `hostvars` and `groups`: built on the
+    /// first call and then shared (one allocation for all hosts, however many). Masked
+    /// with the secrets known at that first call, which is after the inventory and
+    /// playbook were read.
+    pub fn shared_vars(&self, secrets: &Secrets) -> Arc<SharedVars> {
+        self.shared_vars
+            .get_or_init(|| {
+                let mut values = serde_json::Map::new();
+                values.insert("hostvars".into(), self.hostvars());
+                // Group name → member hosts, e.g. for a module whose source is "the old host".
+                values.insert(
+                    "groups".into(),
+                    Value::Object(
+                        self.groups
+                            .iter()
+                            .map(|(g, hosts)| {
+                                (
+                                    g.clone(),
+                                    Value::Array(
+                                        hosts.iter().cloned().map(Value::String).collect(),
+                                    ),
+                                )
+                            })
+                            .collect(),
+                    ),
+                );
+                Arc::new(SharedVars::new(values, secrets))
+            })
+            .clone()
     }
 
     /// The `hostvars` tree: every host's vars by name (for cross-host templates).
@@ -322,6 +373,7 @@ impl Resolver<'_> {
         out: &mut serde_json::Map<String, Value>,
     ) -> Result<(), InputError> {
         for (key, value) in vars {
+            check_user_var(self.source, key, value)?;
             let resolved = match value.get_ref() {
                 toml::Value::Table(t) if t.contains_key("secret_env") => {
                     let Some(toml::Value::String(name)) =

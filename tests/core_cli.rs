@@ -566,7 +566,7 @@ fn hostile_input_matrix() {
             inventory: None,
             playbook: task("[[task]]\nname = \"t\"\nhosts = \"old\"\n[task.command]\ncmd = \"ls {{{x}}}\"\n"),
             file: "pb.toml",
-            at: "5:7",
+            at: "5:11",
             field: Some("cmd"),
             says: "raw interpolation",
         },
@@ -575,7 +575,7 @@ fn hostile_input_matrix() {
             inventory: None,
             playbook: task("[[task]]\nname = \"t\"\nhosts = \"old\"\n[task.command]\ncmd = \"ls {{&x}}\"\n"),
             file: "pb.toml",
-            at: "5:7",
+            at: "5:11",
             field: Some("cmd"),
             says: "raw interpolation",
         },
@@ -584,9 +584,99 @@ fn hostile_input_matrix() {
             inventory: None,
             playbook: task("[[task]]\nname = \"t\"\nhosts = \"old\"\n[task.command]\ncmd = \"ls '{{x}}'\"\n"),
             file: "pb.toml",
-            at: "5:7",
+            at: "5:12",
             field: Some("cmd"),
             says: "wrapped in quotes",
+        },
+        Case {
+            name: "raw {{ &x }} (spaced) in a shell field",
+            inventory: None,
+            playbook: task("[[task]]\nname = \"t\"\nhosts = \"old\"\n[task.command]\ncmd = \"ls {{ &x }}\"\n"),
+            file: "pb.toml",
+            at: "5:11",
+            field: Some("cmd"),
+            says: "raw interpolation",
+        },
+        Case {
+            name: "value inside the template's own double quotes",
+            inventory: None,
+            playbook: task("[vars]\nx = \"1\"\n[[task]]\nname = \"t\"\nhosts = \"old\"\n[task.command]\ncmd = 'echo \"a {{x}}\"'\n"),
+            file: "pb.toml",
+            at: "7:16",
+            field: Some("cmd"),
+            says: "inside double quotes",
+        },
+        Case {
+            name: "value in a here-document",
+            inventory: None,
+            playbook: task("[vars]\nx = \"1\"\n[[task]]\nname = \"t\"\nhosts = \"old\"\n[task.command]\ncmd = '''\ncat <<EOF\n{{x}}\nEOF\n'''\n"),
+            file: "pb.toml",
+            at: "9:1",
+            field: Some("cmd"),
+            says: "here-document",
+        },
+        Case {
+            name: "value in a comment",
+            inventory: None,
+            playbook: task("[vars]\nx = \"1\"\n[[task]]\nname = \"t\"\nhosts = \"old\"\n[task.command]\ncmd = \"true # {{x}}\"\n"),
+            file: "pb.toml",
+            at: "7:15",
+            field: Some("cmd"),
+            says: "comment",
+        },
+        Case {
+            name: "value in command position",
+            inventory: None,
+            playbook: task("[vars]\nx = \"PATH=/tmp\"\n[[task]]\nname = \"t\"\nhosts = \"old\"\n[task.command]\ncmd = \"{{x}} ls\"\n"),
+            file: "pb.toml",
+            at: "7:8",
+            field: Some("cmd"),
+            says: "command position",
+        },
+        Case {
+            name: "inventory var named like a built-in",
+            inventory: Some(Text("[hosts.old]\nport = {port}\n[hosts.old.vars]\ngroups = \"x\"\n")),
+            playbook: None,
+            file: "inv.toml",
+            at: "4:10",
+            field: Some("groups"),
+            says: "ferry sets itself",
+        },
+        Case {
+            name: "playbook var named like a built-in",
+            inventory: None,
+            playbook: task("[vars]\nhostvars = 1\n[[task]]\nname = \"t\"\nhosts = \"old\"\n[task.command]\ncmd = \"true\"\n"),
+            file: "pb.toml",
+            at: "2:12",
+            field: Some("hostvars"),
+            says: "ferry sets itself",
+        },
+        Case {
+            name: "NUL byte in an inventory var",
+            inventory: Some(Text("[hosts.old]\nport = {port}\n[hosts.old.vars]\nx = \"a\\u0000b\"\n")),
+            playbook: None,
+            file: "inv.toml",
+            at: "4:5",
+            field: Some("x"),
+            says: "NUL byte",
+        },
+        Case {
+            name: "NUL byte in a playbook var",
+            inventory: None,
+            playbook: task("[vars]\nx = [\"ok\", \"a\\u0000b\"]\n[[task]]\nname = \"t\"\nhosts = \"old\"\n[task.command]\ncmd = \"echo {{x}}\"\n"),
+            file: "pb.toml",
+            at: "2:5",
+            field: Some("x"),
+            says: "NUL byte",
+        },
+        Case {
+            name: "empty hosts pattern",
+            inventory: None,
+            playbook: task("[[task]]\nname = \"t\"\nhosts = \"\"\n[task.command]\ncmd = \"true\"\n"),
+            file: "pb.toml",
+            at: "3:9",
+            field: Some("hosts"),
+            says: "empty",
         },
         Case {
             name: "unset environment variable",
@@ -1006,4 +1096,27 @@ fn invalid_module_arguments_exit_2_before_the_first_task_runs() {
         cases.len(),
         failures.join("\n")
     );
+/// `--limit ""` (or `--limit ,`) would select no host and report success: it is bad
+/// input (exit 2), for `play` and `ping`, before any host is contacted.
+#[test]
+fn empty_limit_is_bad_input() {
+    let host = Watcher::new();
+    let dir = tempfile::tempdir().unwrap();
+    let inv = inventory(dir.path(), host.port(), "connect_timeout = 1");
+    let pb = write(dir.path(), "pb.toml", GOOD_PLAY);
+    for limit in ["", " , "] {
+        for args in [
+            vec!["play", pb.as_str(), "-i", inv.as_str(), "--limit", limit],
+            vec!["ping", "-i", inv.as_str(), "--limit", limit],
+        ] {
+            let out = ferry(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+            assert!(
+                stderr.contains("--limit") && stderr.contains("empty"),
+                "{stderr}"
+            );
+            assert!(!host.contacted(), "{args:?}: the host was contacted");
+        }
+    }
 }

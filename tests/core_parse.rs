@@ -84,7 +84,8 @@ fn missing_and_cyclic_dependencies() {
 #[test]
 fn raw_interpolation_in_shell_field() {
     let (l, c, f, m) = playbook_error("raw_shell.toml");
-    assert_eq!((l, c, f.as_deref()), (5, 7, Some("cmd")));
+    // `cmd = "echo {{{ data_dir }}}"`: located at the raw expression itself.
+    assert_eq!((l, c, f.as_deref()), (5, 13, Some("cmd")));
     assert!(m.contains("raw interpolation"), "{m}");
 }
 
@@ -133,6 +134,64 @@ fn vars_precedence_reaches_templates() {
     assert_eq!(p.vars["new"].get("data_dir").unwrap(), "/srv/new");
     assert_eq!(p.hosts["old"].len(), 1);
     assert_eq!(p.hosts["new"].len(), 1);
+}
+
+/// `hostvars` and `groups` are one allocation shared by every host, not a copy in each
+/// host's variables (which made memory grow with the square of the host count).
+#[test]
+fn hosts_share_one_copy_of_hostvars_and_groups() {
+    let (pb, inv) = load("good.toml");
+    let p = prepare(pb, inv, RunOptions::default(), &Secrets::new()).unwrap();
+    let (old, new) = (&p.vars["old"], &p.vars["new"]);
+    assert!(Arc::ptr_eq(old.shared(), new.shared()));
+    assert!(old.values().get("hostvars").is_none());
+    assert!(old.values().get("groups").is_none());
+    // Still readable by modules and templates.
+    assert_eq!(old.get("hostvars").unwrap()["new"]["data_dir"], "/srv/new");
+    assert_eq!(old.get("groups").unwrap()["docker"][0], "old");
+    assert_eq!(old.get("group_names").unwrap()[0], "docker");
+}
+
+/// Every playbook and inventory the repository ships still parses under the stricter
+/// shell-template and variable rules.
+#[test]
+fn shipped_playbooks_and_inventories_parse() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut playbooks = vec![root.join("playbooks/packagist-migrate.toml")];
+    for dir in ["playbooks/examples"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                playbooks.push(path);
+            }
+        }
+    }
+    for path in &playbooks {
+        if let Err(e) = Playbook::load(path) {
+            panic!("{}: {e}", path.display());
+        }
+    }
+    let mut inventories = Vec::new();
+    for dir in ["inventory", "vagrant"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                inventories.push(path);
+            }
+        }
+    }
+    assert!(!inventories.is_empty());
+    for path in &inventories {
+        let text = std::fs::read_to_string(path).unwrap();
+        let source = ferry::playbook::source::SourceFile::new(path, text);
+        // `*_env` settings name variables of the operator's shell: any value will do.
+        if let Err(e) = Inventory::parse(&source, &|_| Some("x".into()), &Secrets::new()) {
+            panic!("{}: {e}", path.display());
+        }
+    }
 }
 
 #[test]

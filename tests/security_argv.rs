@@ -627,8 +627,13 @@ fn real_host_sees_the_exact_argv() {
     std::fs::write(
         dir.path().join("playbook.toml"),
         format!(
-            "name = \"argv\"\n[[task]]\nname = \"command\"\nhosts = \"all\"\n[task.command]\ncmd = \"{{{{ recorder }}}} {}\"\n\n[[task]]\nname = \"docker\"\nhosts = \"all\"\nafter = [\"command\"]\n[task.docker_container]\nnames = [{}]\nstate = \"stopped\"\n",
-            words.join(" "),
+            "name = \"argv\"\n[[task]]\nname = \"command\"\nhosts = \"all\"\n[task.command]\ncmd = {}\n\n[[task]]\nname = \"docker\"\nhosts = \"all\"\nafter = [\"command\"]\n[task.docker_container]\nnames = [{}]\nstate = \"stopped\"\n",
+            // The program is written literally: a value in command position is refused.
+            toml::Value::String(format!(
+                "{} {}",
+                ferry::command::quote(&recorder.display().to_string()),
+                words.join(" ")
+            )),
             names.join(", ")
         ),
     )

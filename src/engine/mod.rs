@@ -197,24 +197,8 @@ pub fn host_vars(
             Value::Array(h.groups.iter().cloned().map(Value::String).collect()),
         );
     }
-    vars.insert("hostvars".into(), inventory.hostvars());
-    // Group name → member hosts, e.g. for a module whose source is "the old host".
-    vars.insert(
-        "groups".into(),
-        Value::Object(
-            inventory
-                .groups
-                .iter()
-                .map(|(g, hosts)| {
-                    (
-                        g.clone(),
-                        Value::Array(hosts.iter().cloned().map(Value::String).collect()),
-                    )
-                })
-                .collect(),
-        ),
-    );
-    Vars::new(vars, secrets)
+    // `hostvars` and `groups` are shared by every host, not copied into each.
+    Vars::with_shared(vars, secrets, inventory.shared_vars(secrets))
 }
 
 /// Select hosts and tasks and render every template for every targeted host.

@@ -23,10 +23,11 @@
 //! PostgreSQL is restored). The only order between lanes is the one `after` gives. A
 //! failure in any lane stops the whole host: running tasks finish, no new task starts.
 
+pub mod shell_check;
 pub mod source;
 pub mod template;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -39,7 +40,7 @@ use serde_spanned::Spanned;
 use crate::inventory::Inventory;
 use crate::modules::{ModuleArgs, MODULE_NAMES};
 use source::{InputError, SourceFile};
-use template::Template;
+use template::{check_shell_template, collect_templates, AnyTemplate, Template, BUILTIN_VARS};
 
 /// A parsed playbook.
 #[derive(Debug, Clone)]
@@ -222,7 +223,7 @@ impl<'de> Deserialize<'de> for RawTask {
 struct RawPlaybook {
     name: Option<String>,
     #[serde(default)]
-    vars: toml::Table,
+    vars: BTreeMap<String, Spanned<toml::Value>>,
     #[serde(default)]
     task: Vec<Spanned<RawTask>>,
 }
@@ -236,10 +237,7 @@ impl Playbook {
     /// Host patterns are checked against an inventory by [`Playbook::validate`].
     pub fn parse(source: SourceFile) -> Result<Playbook, InputError> {
         let raw: RawPlaybook = toml::from_str(&source.text).map_err(|e| source.toml_error(&e))?;
-        let vars = serde_json::to_value(&raw.vars)
-            .ok()
-            .and_then(|v| v.as_object().cloned())
-            .unwrap_or_default();
+        let vars = user_vars(&source, &raw.vars)?;
         if raw.task.is_empty() {
             // An empty (or task-less) file is almost surely the wrong file.
             return Err(source.error_at(
@@ -279,6 +277,23 @@ impl Playbook {
                             }
                         ),
                     ));
+                }
+            }
+            if t.hosts.get_ref().split(',').all(|p| p.trim().is_empty()) {
+                return Err(source.error_at(
+                    Some(t.hosts.span()),
+                    Some("hosts".into()),
+                    format!(
+                        "task `{}`: `hosts` is empty and would select no host; name hosts, \
+                         groups or `all`",
+                        t.name
+                    ),
+                ));
+            }
+            let templates = collect_templates(&serde_json::to_value(&t.module).unwrap_or_default());
+            for template in &templates {
+                if let AnyTemplate::Shell(shell) = template {
+                    check_shell_template(shell, &source)?;
                 }
             }
             let lane = match t.lane {
@@ -363,6 +378,61 @@ impl Playbook {
             .filter(|t| wanted.is_empty() || t.tags.iter().any(|g| wanted.contains(g.as_str())))
             .filter(|t| !t.tags.iter().any(|g| skipped.contains(g.as_str())))
             .collect())
+    }
+}
+
+/// User variables (the playbook's `[vars]` or an inventory's `vars`) as JSON. A name
+/// ferry sets itself, or a NUL byte anywhere in a value, is an error at the value.
+pub fn user_vars(
+    source: &SourceFile,
+    vars: &BTreeMap<String, Spanned<toml::Value>>,
+) -> Result<serde_json::Map<String, serde_json::Value>, InputError> {
+    let mut out = serde_json::Map::new();
+    for (name, value) in vars {
+        check_user_var(source, name, value)?;
+        let json = serde_json::to_value(value.get_ref())
+            .map_err(|e| source.error_at(Some(value.span()), Some(name.clone()), e.to_string()))?;
+        out.insert(name.clone(), json);
+    }
+    Ok(out)
+}
+
+/// See [`user_vars`].
+pub fn check_user_var(
+    source: &SourceFile,
+    name: &str,
+    value: &Spanned<toml::Value>,
+) -> Result<(), InputError> {
+    if BUILTIN_VARS.contains(&name) {
+        return Err(source.error_at(
+            Some(value.span()),
+            Some(name.to_string()),
+            format!(
+                "`{name}` is a variable ferry sets itself ({}); a variable of that name would \
+                 be replaced, rename it",
+                BUILTIN_VARS.join(", ")
+            ),
+        ));
+    }
+    if name.contains('\0') || has_nul(value.get_ref()) {
+        return Err(source.error_at(
+            Some(value.span()),
+            Some(name.to_string()),
+            format!(
+                "variable `{}` contains a NUL byte, which no command line can carry",
+                name.escape_default()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn has_nul(value: &toml::Value) -> bool {
+    match value {
+        toml::Value::String(s) => s.contains('\0'),
+        toml::Value::Array(items) => items.iter().any(has_nul),
+        toml::Value::Table(table) => table.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
     }
 }
 

@@ -5,6 +5,9 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+/// The most dots a TOML key may have (the toml crate's recursion limit).
+const TOML_KEY_DEPTH: usize = 80;
+
 /// A TOML file as read from disk, kept so byte spans can be turned into line:column.
 #[derive(Debug, Clone)]
 pub struct SourceFile {
@@ -109,7 +112,47 @@ impl SourceFile {
 
     /// Turn a toml error into an [`InputError`], telling the field from the span.
     pub fn toml_error(&self, e: &toml::de::Error) -> InputError {
-        self.error_at(e.span(), None, e.message().trim().to_string())
+        let message = e.message().trim();
+        if e.span().is_none() && message == "recursion limit" {
+            // toml gives this one no span: find the dotted key it is about.
+            if let Some(start) = self.over_deep_key() {
+                return self.error_at(
+                    Some(start..start),
+                    None,
+                    format!(
+                        "dotted key too deep: more than {TOML_KEY_DEPTH} parts \
+                         (recursion limit)"
+                    ),
+                );
+            }
+        }
+        self.error_at(e.span(), None, message.to_string())
+    }
+
+    /// Where the first dotted key of more than [`TOML_KEY_DEPTH`] parts starts.
+    fn over_deep_key(&self) -> Option<usize> {
+        use toml_parser::lexer::TokenKind;
+        let mut dots = 0usize;
+        let mut key_start = None;
+        for token in toml_parser::Source::new(&self.text).lex() {
+            match token.kind() {
+                TokenKind::Dot => {
+                    dots += 1;
+                    if dots >= TOML_KEY_DEPTH {
+                        return key_start;
+                    }
+                }
+                TokenKind::Whitespace => {}
+                TokenKind::Atom | TokenKind::BasicString | TokenKind::LiteralString => {
+                    key_start.get_or_insert(token.span().start());
+                }
+                _ => {
+                    dots = 0;
+                    key_start = None;
+                }
+            }
+        }
+        None
     }
 
     /// The key a span is about: the span itself when it covers a key (`key =`), else the
@@ -145,6 +188,24 @@ mod tests {
         assert_eq!(s.locate(0).line, 1);
         let l = s.locate(s.text.find('2').unwrap());
         assert_eq!((l.line, l.column), (2, 6));
+    }
+
+    /// toml reports an over-deep dotted key ("recursion limit") without a span.
+    #[test]
+    fn over_deep_dotted_key_is_located_at_the_key() {
+        let deep = vec!["k"; 200].join(".");
+        for (text, want) in [
+            (format!("a = 1\n[t]\nok.fine = 2\n  {deep} = 1\n"), (4, 3)),
+            (format!("a = 1\n\n[x]\n  [{deep}]\nb = 2\n"), (4, 4)),
+            (format!("a = 1\nt = {{ x = 1, {deep} = 1 }}\n"), (2, 14)),
+        ] {
+            let s = SourceFile::new("f.toml", text.as_str());
+            let e = toml::from_str::<toml::Table>(&s.text).unwrap_err();
+            let e = s.toml_error(&e);
+            let at = (e.location.line, e.location.column);
+            assert_eq!(at, want, "{text}: {e}");
+            assert!(e.message.contains("too deep"), "{e}");
+        }
     }
 
     #[test]

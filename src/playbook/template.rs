@@ -4,23 +4,31 @@
 //! - [`Template`] renders to plain text (paths, names, conditions).
 //! - [`ShellTemplate`] renders to a [`Cmd`] script: every interpolated value is
 //!   shell-quoted by the template engine's escape function, so a hostile value such as
-//!   `a'; rm -rf / #` stays one word. Raw interpolation (`{{{x}}}`, `{{&x}}`) and values
-//!   wrapped in the template's own quotes are refused.
+//!   `a'; rm -rf / #` stays one word. Raw interpolation (in any spelling) and values
+//!   where one quoted word does not protect them (inside the template's own quotes, a
+//!   here-document, a comment, command position) are refused; see [`super::shell_check`].
 //!
 //! Undefined variables are errors (strict mode) naming `file:line:column` and the variable.
+//! A NUL byte in a rendered value is an error: no command line can carry one.
+//!
+//! The variables every host shares (`hostvars`, `groups`) are held once, in
+//! [`SharedVars`], and put in a template's context only when the template names them:
+//! a copy per host would make memory grow with the square of the host count.
 
 use std::ops::Range;
 use std::sync::Arc;
 
+use handlebars::template::{HelperTemplate, Parameter, TemplateElement};
 use handlebars::{
-    Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderError,
+    Context, Handlebars, Helper, HelperResult, Output, Path, PathSeg, RenderContext, RenderError,
     RenderErrorReason,
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::command::{quote, Cmd};
-use crate::playbook::source::{Location, SourceFile};
+use crate::playbook::shell_check::{self, ShellCheckError};
+use crate::playbook::source::{InputError, Location, SourceFile};
 use crate::secrets::Secrets;
 
 /// A template string from a playbook, with where it was written.
@@ -70,11 +78,11 @@ impl<'de> Deserialize<'de> for Template {
     }
 }
 
+/// Checked by [`check_shell_template`] when the playbook is parsed (so the error can
+/// point at the interpolation), and again by [`Renderer::render_shell`].
 impl<'de> Deserialize<'de> for ShellTemplate {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let t = Template::deserialize(d)?;
-        check_shell_source(&t.source).map_err(serde::de::Error::custom)?;
-        Ok(ShellTemplate(t))
+        Template::deserialize(d).map(ShellTemplate)
     }
 }
 
@@ -166,46 +174,162 @@ fn walk(value: &Value, found: &mut Vec<AnyTemplate>) {
     }
 }
 
-/// Shell templates must let the engine quote: no raw output, no self-made quotes.
-fn check_shell_source(source: &str) -> Result<(), String> {
-    if source.contains("{{{") || source.contains("{{&") {
-        return Err(
-            "raw interpolation ({{{...}}} or {{&...}}) is not allowed in a shell command; \
-             use {{name}}, values are quoted for you"
-                .to_string(),
-        );
-    }
-    for (i, _) in source.match_indices("{{") {
-        let before = source.get(..i).and_then(|s| s.chars().last());
-        if matches!(before, Some('\'') | Some('"')) {
-            return Err(
-                "a template value is wrapped in quotes; remove them: values are quoted for you"
-                    .to_string(),
-            );
+/// The variables ferry sets itself; a user variable of one of these names is an error
+/// (it would be silently replaced).
+pub const BUILTIN_VARS: &[&str] = &["inventory_hostname", "group_names", "groups", "hostvars"];
+
+/// Shell templates must let the engine quote: no raw output, no value where one quoted
+/// word does not protect it. Decided on the parsed template, not on its text.
+pub fn check_shell_source(source: &str) -> Result<(), ShellCheckError> {
+    shell_check::check(source)
+}
+
+/// [`check_shell_source`] for a template read from `source`, with the error located at
+/// the interpolation (`file:line:column`) and naming its field.
+pub fn check_shell_template(t: &ShellTemplate, source: &SourceFile) -> Result<(), InputError> {
+    let t = &t.0;
+    check_shell_source(&t.source).map_err(|e| {
+        let location = locate(source, t, e.position).unwrap_or_else(|| source.locate(0));
+        InputError {
+            location,
+            field: t.span.clone().and_then(|span| source.key_near(span)),
+            message: format!("template {:?}: {}", t.source, e.message),
         }
-    }
-    Ok(())
+    })
 }
 
-/// Variables of one host, plus the same tree with secret values masked (for display).
-#[derive(Debug, Clone)]
-pub struct Vars {
-    values: Value,
-    masked: Value,
+/// Variables every host sees the same (`hostvars`, `groups`), built once per inventory
+/// and shared by every host's [`Vars`], with their masked display copy.
+#[derive(Debug, Default)]
+pub struct SharedVars {
+    values: serde_json::Map<String, Value>,
+    masked: serde_json::Map<String, Value>,
 }
 
-impl Vars {
-    /// `values` must be a JSON object. Secret strings are masked in the display copy.
+impl SharedVars {
     pub fn new(values: serde_json::Map<String, Value>, secrets: &Secrets) -> Self {
-        let values = Value::Object(values);
-        let masked = mask_value(&values, secrets);
-        Vars { values, masked }
-    }
-    pub fn values(&self) -> &Value {
-        &self.values
+        let masked = values
+            .iter()
+            .map(|(k, v)| (k.clone(), mask_value(v, secrets)))
+            .collect();
+        SharedVars { values, masked }
     }
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.values.get(name)
+    }
+}
+
+/// Variables of one host (its own, plus the shared ones by reference), and the same with
+/// secret values masked (for display). The own variables are kept as ready template
+/// contexts, so rendering a template that does not name a shared variable copies nothing.
+#[derive(Debug, Clone)]
+pub struct Vars {
+    own: Context,
+    masked: Context,
+    shared: Arc<SharedVars>,
+}
+
+impl Vars {
+    /// `values` are the host's own variables. Secret strings are masked in the display copy.
+    pub fn new(values: serde_json::Map<String, Value>, secrets: &Secrets) -> Self {
+        Vars::with_shared(values, secrets, Arc::default())
+    }
+    /// As [`Vars::new`], with the variables every host shares.
+    pub fn with_shared(
+        values: serde_json::Map<String, Value>,
+        secrets: &Secrets,
+        shared: Arc<SharedVars>,
+    ) -> Self {
+        let values = Value::Object(values);
+        let masked = mask_value(&values, secrets);
+        Vars {
+            own: Context::from(values),
+            masked: Context::from(masked),
+            shared,
+        }
+    }
+    /// The host's own variables (without the shared ones).
+    pub fn values(&self) -> &Value {
+        self.own.data()
+    }
+    /// A variable, own or shared.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.own
+            .data()
+            .get(name)
+            .or_else(|| self.shared.values.get(name))
+    }
+    /// The shared variables (the same allocation for every host of an inventory).
+    pub fn shared(&self) -> &Arc<SharedVars> {
+        &self.shared
+    }
+
+    /// The context for `source`: the own variables, plus the shared ones when the
+    /// template may read them (a transient copy, dropped after rendering).
+    fn context(&self, source: &str, masked: bool) -> std::borrow::Cow<'_, Context> {
+        let own = if masked { &self.masked } else { &self.own };
+        let shared = if masked {
+            &self.shared.masked
+        } else {
+            &self.shared.values
+        };
+        if shared.is_empty() || !may_read_shared(source, shared) {
+            return std::borrow::Cow::Borrowed(own);
+        }
+        let mut all = own.data().as_object().cloned().unwrap_or_default();
+        all.extend(shared.iter().map(|(k, v)| (k.clone(), v.clone())));
+        std::borrow::Cow::Owned(Context::from(Value::Object(all)))
+    }
+}
+
+/// Whether a template may read one of `shared`'s variables: it names one, or reads the
+/// context as a whole or by a relative path (`this`, `..`, `@root`), or does not compile
+/// (then rendering reports the error as before).
+fn may_read_shared(source: &str, shared: &serde_json::Map<String, Value>) -> bool {
+    match handlebars::Template::compile(source) {
+        Ok(ast) => template_reads(&ast, shared),
+        Err(_) => true,
+    }
+}
+
+fn template_reads(ast: &handlebars::Template, shared: &serde_json::Map<String, Value>) -> bool {
+    ast.elements.iter().any(|e| element_reads(e, shared))
+}
+
+fn element_reads(e: &TemplateElement, shared: &serde_json::Map<String, Value>) -> bool {
+    let helper = |h: &HelperTemplate| {
+        parameter_reads(&h.name, shared)
+            || h.params.iter().any(|p| parameter_reads(p, shared))
+            || h.hash.values().any(|p| parameter_reads(p, shared))
+            || h.template
+                .as_ref()
+                .is_some_and(|t| template_reads(t, shared))
+            || h.inverse
+                .as_ref()
+                .is_some_and(|t| template_reads(t, shared))
+    };
+    match e {
+        TemplateElement::RawString(_) | TemplateElement::Comment(_) => false,
+        TemplateElement::Expression(h)
+        | TemplateElement::HtmlExpression(h)
+        | TemplateElement::HelperBlock(h) => helper(h),
+        // Decorators, partials, future kinds: assume they may.
+        _ => true,
+    }
+}
+
+fn parameter_reads(p: &Parameter, shared: &serde_json::Map<String, Value>) -> bool {
+    match p {
+        Parameter::Name(name) => shared.contains_key(name),
+        Parameter::Path(Path::Relative((segments, _))) => match segments.first() {
+            Some(PathSeg::Named(name)) => shared.contains_key(name),
+            // `this`, `.`, `../`, `@root` …
+            _ => true,
+        },
+        Parameter::Path(Path::Local((level, name, _))) => *level > 0 || name == "root",
+        Parameter::Literal(_) => false,
+        Parameter::Subexpression(sub) => element_reads(sub.as_element(), shared),
+        _ => true,
     }
 }
 
@@ -267,8 +391,21 @@ fn quote_helper(
         other => other.to_string(),
     };
     // Written straight to the output: helper output is not escaped again.
-    out.write(&quote(&text))?;
+    out.write(&shell_word(&text))?;
     Ok(())
+}
+
+/// A NUL byte cannot be part of a command line; quoting would drop it silently. The
+/// marker survives into the rendered text, which is then refused as a whole.
+const NUL: char = '\0';
+
+/// One value as a quoted shell word, or the NUL marker (see [`NUL`]).
+fn shell_word(value: &str) -> String {
+    if value.contains(NUL) {
+        NUL.to_string()
+    } else {
+        quote(value)
+    }
 }
 
 impl Renderer {
@@ -279,7 +416,7 @@ impl Renderer {
         plain.register_helper("quote", Box::new(quote_helper));
         let mut shell = Handlebars::new();
         shell.set_strict_mode(true);
-        shell.register_escape_fn(|s: &str| quote(s));
+        shell.register_escape_fn(shell_word);
         shell.register_helper("quote", Box::new(quote_helper));
         Renderer {
             plain,
@@ -290,9 +427,33 @@ impl Renderer {
 
     /// Plain text.
     pub fn render(&self, t: &Template, vars: &Vars) -> Result<String, TemplateError> {
-        self.plain
-            .render_template(&t.source, &vars.values)
-            .map_err(|e| self.error(t, e))
+        self.render_with(&self.plain, t, vars, false)
+    }
+
+    fn render_with(
+        &self,
+        registry: &Handlebars<'static>,
+        t: &Template,
+        vars: &Vars,
+        masked: bool,
+    ) -> Result<String, TemplateError> {
+        let text = registry
+            .render_template_with_context(&t.source, &vars.context(&t.source, masked))
+            .map_err(|e| self.error(t, e))?;
+        if text.contains(NUL) {
+            return Err(TemplateError {
+                location: self.location(t, None),
+                template: t.source.clone(),
+                variable: None,
+                message: self.with_field(
+                    t,
+                    "renders to text with a NUL byte (in a value or in the template), which \
+                     a command line cannot carry"
+                        .to_string(),
+                ),
+            });
+        }
+        Ok(text)
     }
 
     /// Plain text that a command receives as an operand (a name or a path). Quoting
@@ -320,20 +481,14 @@ impl Renderer {
     /// A shell script whose interpolated values are quoted; displays with secrets masked.
     pub fn render_shell(&self, t: &ShellTemplate, vars: &Vars) -> Result<Cmd, TemplateError> {
         let t = &t.0;
-        check_shell_source(&t.source).map_err(|message| TemplateError {
-            location: self.location(t, None),
+        check_shell_source(&t.source).map_err(|e| TemplateError {
+            location: self.location(t, e.position),
             template: t.source.clone(),
             variable: None,
-            message: self.with_field(t, message),
+            message: self.with_field(t, e.message),
         })?;
-        let text = self
-            .shell
-            .render_template(&t.source, &vars.values)
-            .map_err(|e| self.error(t, e))?;
-        let display = self
-            .shell
-            .render_template(&t.source, &vars.masked)
-            .map_err(|e| self.error(t, e))?;
+        let text = self.render_with(&self.shell, t, vars, false)?;
+        let display = self.render_with(&self.shell, t, vars, true)?;
         Ok(Cmd::script(text, display))
     }
 
@@ -389,28 +544,32 @@ impl Renderer {
 
     /// Where in the file a template (and a line/column inside it) is.
     fn location(&self, t: &Template, inner: Option<(usize, usize)>) -> Option<Location> {
-        let source = self.source.as_ref()?;
-        let span = t.span.as_ref()?;
-        // When the file holds the template verbatim (no escapes), point inside it.
-        if let (Some((line, col)), Some(raw)) = (inner, source.text.get(span.clone())) {
-            if let Some(open) = raw.find(t.source.as_str()) {
-                let mut lines = t.source.split_inclusive('\n');
-                let before: usize = lines
-                    .by_ref()
-                    .take(line.saturating_sub(1))
-                    .map(str::len)
-                    .sum();
-                // Handlebars counts columns in characters; the offset is in bytes.
-                let this_line = lines.next().unwrap_or_default();
-                let within = this_line
-                    .char_indices()
-                    .nth(col.saturating_sub(1))
-                    .map_or(this_line.len(), |(i, _)| i);
-                return Some(source.locate(span.start + open + before + within));
-            }
-        }
-        Some(source.locate(span.start))
+        locate(self.source.as_ref()?, t, inner)
     }
+}
+
+/// Where in `source` a template (and a line/column inside it) is.
+fn locate(source: &SourceFile, t: &Template, inner: Option<(usize, usize)>) -> Option<Location> {
+    let span = t.span.as_ref()?;
+    // When the file holds the template verbatim (no escapes), point inside it.
+    if let (Some((line, col)), Some(raw)) = (inner, source.text.get(span.clone())) {
+        if let Some(open) = raw.find(t.source.as_str()) {
+            let mut lines = t.source.split_inclusive('\n');
+            let before: usize = lines
+                .by_ref()
+                .take(line.saturating_sub(1))
+                .map(str::len)
+                .sum();
+            // Handlebars counts columns in characters; the offset is in bytes.
+            let this_line = lines.next().unwrap_or_default();
+            let within = this_line
+                .char_indices()
+                .nth(col.saturating_sub(1))
+                .map_or(this_line.len(), |(i, _)| i);
+            return Some(source.locate(span.start + open + before + within));
+        }
+    }
+    Some(source.locate(span.start))
 }
 
 #[cfg(test)]
@@ -502,6 +661,126 @@ mod tests {
         assert!(r
             .render_shell(&ShellTemplate::new("echo '{{x}}'"), &v)
             .is_err());
+    }
+
+    /// Every spelling Handlebars accepts for an unescaped expression.
+    const RAW_SPELLINGS: &[&str] = &[
+        "echo {{{x}}}",
+        "echo {{{ x }}}",
+        "echo {{&x}}",
+        "echo {{ &x }}",
+        "echo {{~&x~}}",
+        "echo {{~{x}~}}",
+        "echo {{ {x} }}",
+        "echo {{~ {x} ~}}",
+        "{{#if x}}echo {{ &x }}{{/if}}",
+        "{{#if x}}true{{else}}echo {{ {x} }}{{/if}}",
+    ];
+
+    #[test]
+    fn raw_output_is_refused_whatever_its_spelling() {
+        let r = Renderer::new(None);
+        let v = vars(&[("x", "a; echo INJECTED")]);
+        for source in RAW_SPELLINGS {
+            let e = r
+                .render_shell(&ShellTemplate::new(*source), &v)
+                .expect_err(source);
+            assert!(e.message.contains("raw interpolation"), "{source}: {e}");
+        }
+    }
+
+    #[test]
+    fn values_where_quoting_cannot_protect_them_are_refused() {
+        let r = Renderer::new(None);
+        let v = vars(&[("x", "PATH=/tmp/evil"), ("y", "1")]);
+        let refused: &[(&str, &str)] = &[
+            ("echo \"{{x}}\"", "double quotes"),
+            ("echo \"a {{x}} b\"", "double quotes"),
+            ("echo '{{x}}'", "single quotes"),
+            ("echo 'a {{x}}'", "single quotes"),
+            ("cat <<EOF\n{{x}}\nEOF", "here-document"),
+            ("cat <<'EOF'\nline {{x}}\nEOF", "here-document"),
+            ("cat <<-EOF\n\tok\n\t{{x}}\n\tEOF", "here-document"),
+            ("cat <<{{x}}\nEOF", "here-document"),
+            ("echo hi # {{x}}", "comment"),
+            ("echo hi\n# note {{x}}", "comment"),
+            ("{{x}} ls", "command position"),
+            ("{{x}}", "command position"),
+            ("  {{x}}", "command position"),
+            ("true; {{x}} ls", "command position"),
+            ("true && {{x}}", "command position"),
+            ("echo a | {{x}}", "command position"),
+            ("true\n{{x}} ls", "command position"),
+            ("FOO=1 {{x}} ls", "command position"),
+            ("if {{x}}; then :; fi", "command position"),
+            ("(cd / && {{x}})", "command position"),
+            ("echo $({{x}})", "command position"),
+            ("> /tmp/f {{x}}", "command position"),
+            ("{{y}}=1 ls", "command position"),
+            ("pre{{x}} ls", "command position"),
+            ("echo `ls {{x}}`", "backquotes"),
+            ("echo ${A:-{{x}}}", "${"),
+            ("echo $(( {{y}} + 1 ))", "arithmetic"),
+            ("echo \\\\{{x}}", "backslash"),
+            ("echo \"$(ls {{x}})\" \"{{x}}\"", "double quotes"),
+            ("{{#if y}}echo \"{{/if}}{{x}}{{#if y}}\"{{/if}}", "block"),
+            ("echo {{> partial}}", "partial"),
+        ];
+        for (source, says) in refused {
+            let e = r
+                .render_shell(&ShellTemplate::new(*source), &v)
+                .expect_err(source);
+            assert!(e.message.contains(says), "{source:?}: {e}");
+        }
+        let allowed = [
+            "test -d {{x}}",
+            "touch {{x}}/marker",
+            "ls --dir={{x}}",
+            "echo a{{x}}b",
+            "FOO={{x}} ls {{y}}",
+            "export FOO={{x}}",
+            "cat <<EOF\nhi # $HOME\nEOF\necho {{x}}",
+            "cat <<'EOF' | grep -q a\nquoted ' \" $(x)\nEOF\necho {{x}}",
+            "echo \"quoted # text\" {{x}}",
+            "echo '#' {{x}} # trailing comment",
+            "echo a#b {{x}}",
+            "printf '%s\\n' {{x}} > {{y}}",
+            "echo $(basename {{x}}) \"$(basename {{x}})\"",
+            "echo {{x}} 2>&1 >/dev/null",
+            "> /tmp/f echo {{x}}",
+            "if test -n {{x}}; then echo {{y}}; fi",
+            "for f in {{x}} {{y}}; do echo \"$f\"; done",
+            "echo {{#if y}}--flag {{/if}}{{x}}",
+            "echo {{#each l}}{{this}} {{/each}}",
+            "echo {{quote x}}",
+            "echo \\{{x}}",
+            "{{! a comment }}echo {{x}}",
+        ];
+        for source in allowed {
+            if let Err(e) = check_shell_source(source) {
+                panic!("{source:?} was refused: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn refusals_point_at_the_interpolation() {
+        let e = check_shell_source("true\necho \"{{ x }}\"").unwrap_err();
+        assert_eq!(e.position, Some((2, 7)), "{e:?}");
+        let e = check_shell_source("echo {{ &x }}").unwrap_err();
+        assert_eq!(e.position, Some((1, 6)), "{e:?}");
+    }
+
+    #[test]
+    fn nul_bytes_are_errors_not_dropped() {
+        let r = Renderer::new(None);
+        let v = vars(&[("x", "a\0b")]);
+        let e = r
+            .render_shell(&ShellTemplate::new("echo {{x}}"), &v)
+            .unwrap_err();
+        assert!(e.message.contains("NUL"), "{e}");
+        let e = r.render(&Template::new("{{x}}"), &v).unwrap_err();
+        assert!(e.message.contains("NUL"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,88 @@
+//! Benchmark item 6: resolving a 1000-host inventory (parse, then `prepare`: every
+//! host's template variables and every template rendered once per host). Prints one
+//! JSON line: host count, seconds for each step, and the process's peak RSS (VmHWM).
+//!
+//!   cargo bench --bench inventory_scale [-- --hosts N]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferry::engine::{prepare, RunOptions};
+use ferry::inventory::Inventory;
+use ferry::playbook::source::SourceFile;
+use ferry::playbook::Playbook;
+use ferry::secrets::Secrets;
+
+fn inventory_text(hosts: usize) -> String {
+    let mut text = String::from("[defaults.vars]\ndata_dir = \"/srv/data\"\n");
+    for i in 0..hosts {
+        text.push_str(&format!(
+            "[hosts.h{i:04}]\naddress = \"10.{}.{}.{}\"\ngroups = [\"g{}\"]\n[hosts.h{i:04}.vars]\n",
+            i / 65536,
+            (i / 256) % 256,
+            i % 256,
+            i % 8
+        ));
+        for v in 0..10 {
+            text.push_str(&format!("v{v} = \"value {v} of host {i}, some text\"\n"));
+        }
+    }
+    text
+}
+
+const PLAYBOOK: &str = r#"
+[[task]]
+name = "on every host"
+hosts = "all"
+when = "{{ data_dir }}"
+[task.command]
+cmd = "test -d {{ data_dir }} {{ v3 }}"
+
+[[task]]
+name = "reads another host"
+hosts = "h0001"
+[task.command]
+cmd = "echo {{ hostvars.h0000.v1 }}"
+"#;
+
+fn max_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let hosts = args
+        .iter()
+        .position(|a| a == "--hosts")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    let secrets = Secrets::new();
+    let text = inventory_text(hosts);
+    let started = Instant::now();
+    let inventory = Inventory::parse(&SourceFile::new("inv.toml", text), &|_| None, &secrets)
+        .expect("inventory");
+    let parsed = started.elapsed().as_secs_f64();
+    let playbook = Playbook::parse(SourceFile::new("pb.toml", PLAYBOOK)).expect("playbook");
+    let started = Instant::now();
+    let prepared = prepare(
+        Arc::new(playbook),
+        Arc::new(inventory),
+        RunOptions::default(),
+        &secrets,
+    )
+    .expect("prepare");
+    let resolved = started.elapsed().as_secs_f64();
+    assert_eq!(prepared.vars.len(), hosts);
+    println!(
+        "{{\"hosts\":{hosts},\"parse_s\":{parsed:.3},\"prepare_s\":{resolved:.3},\"max_rss_mib\":{:.1}}}",
+        max_rss_mib()
+    );
+}
