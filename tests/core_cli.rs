@@ -1096,6 +1096,8 @@ fn invalid_module_arguments_exit_2_before_the_first_task_runs() {
         cases.len(),
         failures.join("\n")
     );
+}
+
 /// `--limit ""` (or `--limit ,`) would select no host and report success: it is bad
 /// input (exit 2), for `play` and `ping`, before any host is contacted.
 #[test]
