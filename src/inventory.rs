@@ -76,6 +76,10 @@ pub struct Host {
     pub groups: Vec<String>,
     /// Merged variables (plus `inventory_hostname`).
     pub vars: serde_json::Map<String, Value>,
+    /// Names of this host's secret vars (`secret_vars` of the host, its groups and the
+    /// defaults). Everything under them is a secret, also when the value comes from
+    /// the playbook's `[vars]`.
+    pub secret_vars: BTreeSet<String>,
     pub connect: ConnectSpec,
 }
 
@@ -353,9 +357,10 @@ impl Resolver<'_> {
         }
         self.merge_vars(name, &h.vars, &mut vars)?;
         secret_names.extend(h.secret_vars.iter().cloned());
+        // Every value under a secret var, of any type, nested or not.
         for s in &secret_names {
-            if let Some(Value::String(v)) = vars.get(s) {
-                self.secrets.add(v.clone());
+            if let Some(v) = vars.get(s) {
+                self.secrets.add_value(v);
             }
         }
         vars.insert("inventory_hostname".into(), Value::String(name.into()));
@@ -384,6 +389,7 @@ impl Resolver<'_> {
             name: name.to_string(),
             groups: groups.to_vec(),
             vars,
+            secret_vars: secret_names,
             connect,
         })
     }

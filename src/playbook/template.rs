@@ -9,6 +9,7 @@
 //!
 //! Undefined variables are errors (strict mode) naming `file:line:column` and the variable.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -177,28 +178,37 @@ pub struct Vars {
 impl Vars {
     /// `values` must be a JSON object. Secret strings are masked in the display copy.
     pub fn new(values: serde_json::Map<String, Value>, secrets: &Secrets) -> Self {
-        let values = Value::Object(values);
-        let masked = mask_value(&values, secrets);
-        Vars { values, masked }
+        Vars::with_secret_vars(values, &BTreeSet::new(), secrets)
+    }
+
+    /// Like [`Vars::new`]; in the display copy the vars named in `secret_vars` are
+    /// masked whole (every leaf, of any type), the others where they hold a secret.
+    pub fn with_secret_vars(
+        values: serde_json::Map<String, Value>,
+        secret_vars: &BTreeSet<String>,
+        secrets: &Secrets,
+    ) -> Self {
+        let masked = values
+            .iter()
+            .map(|(name, value)| {
+                let shown = if secret_vars.contains(name) {
+                    Secrets::mask_all(value)
+                } else {
+                    secrets.mask_value(value)
+                };
+                (name.clone(), shown)
+            })
+            .collect();
+        Vars {
+            values: Value::Object(values),
+            masked: Value::Object(masked),
+        }
     }
     pub fn values(&self) -> &Value {
         &self.values
     }
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.values.get(name)
-    }
-}
-
-fn mask_value(v: &Value, secrets: &Secrets) -> Value {
-    match v {
-        Value::String(s) => Value::String(secrets.mask(s)),
-        Value::Array(a) => Value::Array(a.iter().map(|x| mask_value(x, secrets)).collect()),
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, x)| (k.clone(), mask_value(x, secrets)))
-                .collect(),
-        ),
-        other => other.clone(),
     }
 }
 
