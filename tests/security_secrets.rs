@@ -220,7 +220,7 @@ fn secret_vars_of_any_type_and_escaped_forms_are_masked() {
     let server = Sshd::start();
     let client = Client::new(&server);
     let dir = tempfile::tempdir().unwrap();
-    let quoted = r#"q"uo\te-S9"#;
+    let quoted = r#"it's-"q\te-S9"#;
     std::fs::write(
         dir.path().join("inventory.toml"),
         format!(
@@ -240,7 +240,10 @@ api_key = "pb-api-key-Z3"
 name = "Print them all and fail"
 hosts = "all"
 [task.command]
-cmd = "printf '%s ' {{ pin }} {{ db.user }} {{ db.passwords.[0] }} {{ db.passwords.[1] }} {{ api_key }} {{ quoted }}; printf '%s ' {{ pin }} {{ db.user }} {{ db.passwords.[0] }} {{ db.passwords.[1] }} {{ api_key }} {{ quoted }} >&2; exit 3"
+# `creates` puts the value into a shell-quoted operand (logged at -vv); the host also
+# prints the value JSON-escaped, as `docker inspect` would.
+creates = "/nonexistent/{{ quoted }}"
+cmd = """printf '%s ' {{ pin }} {{ db.user }} {{ db.passwords.[0] }} {{ db.passwords.[1] }} {{ api_key }} {{ quoted }}; printf '%s ' {{ pin }} {{ db.user }} {{ db.passwords.[0] }} {{ db.passwords.[1] }} {{ api_key }} {{ quoted }} >&2; printf '%s' {{ quoted }} | sed 's/["\\\\]/\\\\&/g' >&2; exit 3"""
 "#,
     )
     .unwrap();
@@ -256,7 +259,9 @@ cmd = "printf '%s ' {{ pin }} {{ db.user }} {{ db.passwords.[0] }} {{ db.passwor
         quoted,
         json_quoted.as_str(),
         debug_quoted.as_str(),
-        r"uo\te",
+        // The tail of every quoted form (raw or shell-quoted, and JSON/debug-escaped).
+        r"q\te-S9",
+        r"q\\te-S9",
     ];
     for format in ["table", "json"] {
         let (stdout, stderr) = ferry_in(dir.path(), &play_args(format));
