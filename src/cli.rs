@@ -16,7 +16,7 @@ use crate::inventory::Inventory;
 use crate::journal::{check_owner, Journal, JournalError};
 use crate::modules::Confirm;
 use crate::playbook::Playbook;
-use crate::report::{journal_table, EventSink, PlayReport};
+use crate::report::{journal_table, visible, EventSink, PlayReport};
 use crate::secrets::Secrets;
 use crate::transport::Connector;
 
@@ -120,7 +120,7 @@ impl Confirm for TtyConfirm {
         if !std::io::stdin().is_terminal() {
             return false;
         }
-        eprint!("{question} [y/N] ");
+        eprint!("{} [y/N] ", visible(question));
         let _ = std::io::stderr().flush();
         let mut line = String::new();
         if std::io::stdin().lock().read_line(&mut line).is_err() {
@@ -130,7 +130,30 @@ impl Confirm for TtyConfirm {
     }
 }
 
-fn init_logs(verbose: u8) {
+/// How log fields are written: every field value — the message too, which often carries
+/// a command line or a host's output — masked and with control characters made
+/// visible; names, levels and times as they are. The same formatter writes span
+/// fields, so nothing reaches the log unmasked.
+fn masked_fields(
+    secrets: Secrets,
+) -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(
+        move |w: &mut tracing_subscriber::fmt::format::Writer<'_>,
+              field: &tracing::field::Field,
+              value: &dyn std::fmt::Debug| {
+            let shown = visible(&secrets.mask(&format!("{value:?}")));
+            if field.name() == "message" {
+                write!(w, "{shown}")
+            } else {
+                write!(w, "{}={shown}", field.name())
+            }
+        },
+    )
+    .delimited(" ")
+}
+
+fn init_logs(verbose: u8, secrets: &Secrets) {
     let level = match verbose {
         0 => "warn",
         1 => "info",
@@ -141,6 +164,7 @@ fn init_logs(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("ferry={level}")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .fmt_fields(masked_fields(secrets.clone()))
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -157,7 +181,10 @@ pub fn main() -> ExitCode {
             });
         }
     };
-    init_logs(cli.verbose);
+    // One set of secrets for the whole process, known to the log formatter before
+    // anything is logged.
+    let secrets = Secrets::new();
+    init_logs(cli.verbose, &secrets);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -165,7 +192,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    ExitCode::from(runtime.block_on(run(cli, Arc::new(SshConnector))))
+    ExitCode::from(runtime.block_on(run_with_secrets(cli, Arc::new(SshConnector), secrets)))
 }
 
 /// The journal of a run: `--journal`, else the default beside the inventory. A journal
@@ -197,7 +224,7 @@ fn journal_path(
 
 /// Print an input error and return exit code 2.
 fn bad_input(e: impl std::fmt::Display) -> u8 {
-    eprintln!("ferry: {e}");
+    eprintln!("ferry: {}", visible(&e.to_string()));
     EXIT_BAD_INPUT
 }
 
@@ -223,7 +250,11 @@ fn events(path: Option<&Path>, secrets: &Secrets) -> Result<EventSink, String> {
 
 /// Run a parsed command line with `connector`; returns the exit code.
 pub async fn run(cli: Cli, connector: Arc<dyn Connector>) -> u8 {
-    let secrets = Secrets::new();
+    run_with_secrets(cli, connector, Secrets::new()).await
+}
+
+/// [`run`], registering the run's secrets in `secrets` (which the logs mask with).
+pub async fn run_with_secrets(cli: Cli, connector: Arc<dyn Connector>, secrets: Secrets) -> u8 {
     match cli.command {
         Command::Play(args) => play(args, connector, secrets).await,
         Command::Ping(args) => {
@@ -273,7 +304,10 @@ pub async fn run(cli: Cli, connector: Arc<dyn Connector>) -> u8 {
                 Err(JournalError::Io { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound =>
                 {
-                    println!("no journal at {}: nothing has run yet", path.display());
+                    println!(
+                        "no journal at {}: nothing has run yet",
+                        visible(&path.display().to_string())
+                    );
                     EXIT_OK
                 }
                 Err(e) => bad_input(e),

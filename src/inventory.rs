@@ -79,6 +79,10 @@ pub struct Host {
     pub groups: Vec<String>,
     /// Merged variables (plus `inventory_hostname`).
     pub vars: serde_json::Map<String, Value>,
+    /// Names of this host's secret vars (`secret_vars` of the host, its groups and the
+    /// defaults). Everything under them is a secret, also when the value comes from
+    /// the playbook's `[vars]`.
+    pub secret_vars: BTreeSet<String>,
     pub connect: ConnectSpec,
 }
 
@@ -364,8 +368,9 @@ impl Resolver<'_> {
         }
     }
 
-    /// Merge one level of vars into `out`; `{ secret_env = "NAME" }` values are read
-    /// from the environment and registered as secrets.
+    /// Merge one level of vars into `out`; `{ secret_env = "NAME" }` values, at any
+    /// depth of a table or array, are read from the environment and registered as
+    /// secrets.
     fn merge_vars(
         &self,
         host: &str,
@@ -374,29 +379,51 @@ impl Resolver<'_> {
     ) -> Result<(), InputError> {
         for (key, value) in vars {
             check_user_var(self.source, key, value)?;
-            let resolved = match value.get_ref() {
-                toml::Value::Table(t) if t.contains_key("secret_env") => {
-                    let Some(toml::Value::String(name)) =
-                        t.get("secret_env").filter(|_| t.len() == 1)
-                    else {
-                        return Err(self.source.error_at(
-                            Some(value.span()),
-                            Some(key.clone()),
-                            "expected `{ secret_env = \"ENV_NAME\" }`",
-                        ));
-                    };
-                    let secret =
-                        self.env_secret(host, Some(Spanned::new(value.span(), name.clone())), key)?;
-                    Value::String(secret.unwrap_or_default())
-                }
-                other => serde_json::to_value(other).map_err(|e| {
-                    self.source
-                        .error_at(Some(value.span()), Some(key.clone()), e.to_string())
-                })?,
-            };
+            let resolved = self.resolve_value(host, key, value.span(), value.get_ref())?;
             out.insert(key.clone(), resolved);
         }
         Ok(())
+    }
+
+    /// One var value as JSON, with its `{ secret_env = … }` tables resolved (errors
+    /// are located at the var, the closest span TOML keeps for nested values).
+    fn resolve_value(
+        &self,
+        host: &str,
+        key: &str,
+        span: std::ops::Range<usize>,
+        value: &toml::Value,
+    ) -> Result<Value, InputError> {
+        match value {
+            toml::Value::Table(t) if t.contains_key("secret_env") => {
+                let Some(toml::Value::String(name)) = t.get("secret_env").filter(|_| t.len() == 1)
+                else {
+                    return Err(self.source.error_at(
+                        Some(span),
+                        Some(key.to_string()),
+                        "expected `{ secret_env = \"ENV_NAME\" }`",
+                    ));
+                };
+                let secret = self.env_secret(host, Some(Spanned::new(span, name.clone())), key)?;
+                Ok(Value::String(secret.unwrap_or_default()))
+            }
+            toml::Value::Table(t) => {
+                let mut m = serde_json::Map::new();
+                for (k, v) in t {
+                    m.insert(k.clone(), self.resolve_value(host, key, span.clone(), v)?);
+                }
+                Ok(Value::Object(m))
+            }
+            toml::Value::Array(a) => a
+                .iter()
+                .map(|v| self.resolve_value(host, key, span.clone(), v))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array),
+            other => serde_json::to_value(other).map_err(|e| {
+                self.source
+                    .error_at(Some(span), Some(key.to_string()), e.to_string())
+            }),
+        }
     }
 
     fn host(
@@ -437,9 +464,10 @@ impl Resolver<'_> {
         }
         self.merge_vars(name, &h.vars, &mut vars)?;
         secret_names.extend(h.secret_vars.iter().cloned());
+        // Every value under a secret var, of any type, nested or not.
         for s in &secret_names {
-            if let Some(Value::String(v)) = vars.get(s) {
-                self.secrets.add(v.clone());
+            if let Some(v) = vars.get(s) {
+                self.secrets.add_value(v);
             }
         }
         vars.insert("inventory_hostname".into(), Value::String(name.into()));
@@ -468,6 +496,7 @@ impl Resolver<'_> {
             name: name.to_string(),
             groups: groups.to_vec(),
             vars,
+            secret_vars: secret_names,
             connect,
         })
     }
@@ -576,6 +605,28 @@ level = "group-k8s"
         let e = parse("[hosts.a]\nport = \"22\"\n", &[]).unwrap_err();
         assert_eq!((e.location.line, e.location.column), (2, 8));
         assert_eq!(e.field.as_deref(), Some("port"));
+    }
+
+    /// Every value under a secret var is a secret (numbers, nested tables and arrays),
+    /// and `{ secret_env = … }` works inside a table too.
+    #[test]
+    fn secret_vars_cover_every_value_under_them() {
+        let text = "[defaults]\nsecret_vars = [\"pin\"]\n[hosts.a]\nsecret_vars = [\"db\"]\n[hosts.a.vars]\npin = 918273\ndb = { user = \"dbuser-x1\", more = [\"arr-pw-1\", 4455], pw = { secret_env = \"DB_PW\" } }\nplain = 918\n";
+        let env: BTreeMap<String, String> = [("DB_PW".to_string(), "env-pw-77".to_string())].into();
+        let secrets = Secrets::new();
+        let inv = Inventory::parse(
+            &SourceFile::new("inv.toml", text),
+            &|n| env.get(n).cloned(),
+            &secrets,
+        )
+        .unwrap();
+        assert_eq!(inv.hosts["a"].vars["db"]["pw"], "env-pw-77");
+        assert_eq!(
+            secrets.mask("918273 dbuser-x1 arr-pw-1 4455 env-pw-77 918"),
+            "******** ******** ******** ******** ******** 918"
+        );
+        let names: Vec<_> = inv.hosts["a"].secret_vars.iter().cloned().collect();
+        assert_eq!(names, ["db", "pin"]);
     }
 
     #[test]

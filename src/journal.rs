@@ -15,7 +15,11 @@
 //! - An exclusive lock on a sibling `.lock` file (`std::fs::File::try_lock`, an OS
 //!   advisory lock released when the process dies): a second ferry run on the same
 //!   journal refuses to start.
-//! - Every string is passed through [`Secrets::mask`] before it is written.
+//! - The text fields (`changes`, `error`) are passed through [`Secrets::mask`] before
+//!   they are written. Names, statuses, times, paths, digests and fingerprints are not:
+//!   they are ferry's own words or identities a resume compares, and masking a short
+//!   secret inside them (`ok`, a hex digit of a sha256) would corrupt the journal and
+//!   tell the secret.
 //! - Owned: the journal records the playbook and inventory it belongs to (canonical
 //!   paths, [`JournalOwner`]) and [`Journal::open_for`] refuses one that belongs to
 //!   another. Each task record says which definition of the task (module and a digest
@@ -576,11 +580,7 @@ impl Journal {
         if !state.dirty {
             return Ok(());
         }
-        let value = serde_json::to_value(&state.data).map_err(|e| JournalError::Corrupt {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
-        let masked = mask_strings(value, &self.secrets);
+        let masked = mask_text_fields(&state.data, &self.secrets);
         let text = serde_json::to_vec_pretty(&masked).map_err(|e| JournalError::Corrupt {
             path: self.path.clone(),
             reason: e.to_string(),
@@ -601,17 +601,22 @@ impl Drop for Journal {
     }
 }
 
-fn mask_strings(v: Value, secrets: &Secrets) -> Value {
-    match v {
-        Value::String(s) => Value::String(secrets.mask(&s)),
-        Value::Array(a) => Value::Array(a.into_iter().map(|x| mask_strings(x, secrets)).collect()),
-        Value::Object(m) => Value::Object(
-            m.into_iter()
-                .map(|(k, x)| (secrets.mask(&k), mask_strings(x, secrets)))
-                .collect(),
-        ),
-        other => other,
+/// `data` with its free-text fields masked (see the module docs for why only those).
+fn mask_text_fields(data: &JournalData, secrets: &Secrets) -> JournalData {
+    let mut masked = data.clone();
+    for record in masked
+        .hosts
+        .values_mut()
+        .flat_map(|tasks| tasks.values_mut())
+    {
+        for change in &mut record.changes {
+            *change = secrets.mask(change);
+        }
+        if let Some(error) = &mut record.error {
+            *error = secrets.mask(error);
+        }
     }
+    masked
 }
 
 /// Replace `path` with `bytes` atomically, mode 0600.
@@ -783,6 +788,47 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    }
+
+    /// A short secret is masked in the text fields only: ferry's statuses, the keys,
+    /// names and digests stay as they are, so the journal still reads and resumes.
+    #[test]
+    fn short_secret_masks_text_not_the_journal_structure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.journal.json");
+        let secrets = Secrets::new();
+        for short in ["ok", "a", "hosts", "2"] {
+            secrets.add(short);
+        }
+        let j = Journal::open(&path, "pb", secrets.clone(), true).unwrap();
+        j.task_started("old", "Dump").unwrap();
+        j.record_artifact(
+            "old",
+            "Dump",
+            Artifact {
+                name: "db".into(),
+                host: "old".into(),
+                path: "/tmp/db.sql".into(),
+                sha256: "a2b4".into(),
+                size: 3,
+            },
+        )
+        .unwrap();
+        j.task_finished(
+            "old",
+            "Dump",
+            RecordStatus::Ok,
+            &["it's ok".into()],
+            Some("a"),
+        )
+        .unwrap();
+        drop(j);
+        let data = Journal::read(&path).unwrap();
+        let rec = &data.hosts["old"]["Dump"];
+        assert_eq!(rec.status, RecordStatus::Ok);
+        assert_eq!(rec.artifacts["db"].sha256, "a2b4");
+        assert_eq!(rec.changes, vec!["it's ********"]);
+        assert_eq!(rec.error.as_deref(), Some("********"));
     }
 
     #[test]

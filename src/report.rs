@@ -2,8 +2,9 @@
 //! one JSON document) and the `--events` JSON-lines stream.
 
 use std::collections::BTreeMap;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +14,31 @@ use serde_json::json;
 
 use crate::journal::{now_rfc3339, JournalData};
 use crate::secrets::Secrets;
+
+/// `text` safe to print on a terminal: control characters (C0 but `\n`, DEL, C1) and
+/// the Unicode bidirectional overrides are shown escaped (`\x1b`, `\r`, `\t`,
+/// `\u{202e}`) instead of acting on the terminal. Text from hosts, vars and task names
+/// goes through it before it reaches the table or `ferry status`; JSON output needs
+/// nothing (serde escapes control characters).
+pub fn visible(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push('\n'),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            '\u{80}'..='\u{9f}'
+            | '\u{061c}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}' => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 /// The outcome of one task on one host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -102,9 +128,9 @@ impl PlayReport {
     pub fn to_table(&self) -> String {
         let mut out = String::new();
         for (host, summary) in &self.hosts {
-            out.push_str(&format!("HOST {host}\n"));
+            out.push_str(&format!("HOST {}\n", visible(host)));
             if let Some(reason) = &summary.unreachable_reason {
-                out.push_str(&format!("  UNREACHABLE: {reason}\n"));
+                out.push_str(&format!("  UNREACHABLE: {}\n", visible(reason)));
             }
             let tasks: Vec<_> = self.tasks.iter().filter(|t| &t.host == host).collect();
             if tasks.is_empty() {
@@ -133,9 +159,9 @@ impl PlayReport {
                     what.push_str(&format!("error: {e}"));
                 }
                 table.add_row(vec![
-                    Cell::new(&t.task),
+                    Cell::new(visible(&t.task)),
                     status,
-                    Cell::new(what),
+                    Cell::new(visible(&what)),
                     Cell::new(format!("{:.1}s", t.duration_ms as f64 / 1000.0)),
                 ]);
             }
@@ -154,8 +180,10 @@ impl PlayReport {
             "PLAY RECAP"
         };
         let mut out = format!("{title}\n");
-        let width = self.hosts.keys().map(String::len).max().unwrap_or(0);
-        for (host, s) in &self.hosts {
+        let hosts: Vec<(String, &HostSummary)> =
+            self.hosts.iter().map(|(h, s)| (visible(h), s)).collect();
+        let width = hosts.iter().map(|(h, _)| h.len()).max().unwrap_or(0);
+        for (host, s) in hosts {
             out.push_str(&format!(
                 "{host:<width$} : ok={:<4} changed={:<4} unreachable={:<2} failed={:<4} skipped={}\n",
                 s.ok,
@@ -166,7 +194,7 @@ impl PlayReport {
             ));
         }
         if let Some(e) = &self.journal_error {
-            out.push_str(&format!("JOURNAL NOT WRITTEN: {e}\n"));
+            out.push_str(&format!("JOURNAL NOT WRITTEN: {}\n", visible(e)));
         }
         out
     }
@@ -174,7 +202,7 @@ impl PlayReport {
 
 /// `ferry status`: what the journal says, per host and task.
 pub fn journal_table(data: &JournalData) -> String {
-    let mut out = format!("journal of {}\n", data.playbook);
+    let mut out = format!("journal of {}\n", visible(&data.playbook));
     for (host, tasks) in &data.hosts {
         let mut table = Table::new();
         table.load_preset(UTF8_FULL_CONDENSED);
@@ -192,17 +220,17 @@ pub fn journal_table(data: &JournalData) -> String {
                 .collect::<Vec<_>>()
                 .join("\n");
             table.add_row(vec![
-                task.clone(),
+                visible(task),
                 serde_json::to_value(&rec.status)
                     .ok()
                     .and_then(|v| v.as_str().map(String::from))
                     .unwrap_or_default(),
-                rec.finished.clone().unwrap_or_else(|| "-".into()),
-                artifacts,
-                rec.error.clone().unwrap_or_default(),
+                visible(rec.finished.as_deref().unwrap_or("-")),
+                visible(&artifacts),
+                visible(rec.error.as_deref().unwrap_or_default()),
             ]);
         }
-        out.push_str(&format!("HOST {host}\n{table}\n"));
+        out.push_str(&format!("HOST {}\n{table}\n", visible(host)));
     }
     out
 }
@@ -240,7 +268,7 @@ impl ProgressBars {
                 )
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
                 bar.set_style(style);
-                bar.set_prefix(format!("[{host}] {what}"));
+                bar.set_prefix(visible(&format!("[{host}] {what}")));
                 bar
             });
         bar.set_position(bytes);
@@ -272,21 +300,31 @@ impl EventSink {
         self
     }
 
-    /// A sink appending to `path` (created or truncated).
+    /// A sink writing to `path`; see [`create_private`].
     pub fn to_file(path: &Path, secrets: Secrets) -> std::io::Result<Self> {
         Ok(EventSink {
-            file: Some(Arc::new(Mutex::new(File::create(path)?))),
+            file: Some(Arc::new(Mutex::new(create_private(path)?))),
             secrets,
             bars: None,
         })
     }
 
-    fn emit(&self, mut value: serde_json::Value) {
+    /// One line: the `data` fields (values from hosts, vars and the playbook) masked
+    /// before they are serialized, then ferry's own fields (`event`, `status`, `ts`,
+    /// counters), which are never masked: a masked status would tell a short secret.
+    fn emit(&self, event: &str, status: &str, data: serde_json::Value, own: serde_json::Value) {
         let Some(file) = &self.file else { return };
-        if let Some(obj) = value.as_object_mut() {
-            obj.insert("ts".into(), json!(now_rfc3339()));
+        let mut obj = match self.secrets.mask_value(&data) {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        if let serde_json::Value::Object(own) = own {
+            obj.extend(own);
         }
-        let mut line = self.secrets.mask(&value.to_string());
+        obj.insert("event".into(), json!(event));
+        obj.insert("status".into(), json!(status));
+        obj.insert("ts".into(), json!(now_rfc3339()));
+        let mut line = serde_json::Value::Object(obj).to_string();
         line.push('\n');
         if let Ok(mut f) = file.lock() {
             // One write per line; events are best-effort and never fail a run.
@@ -297,15 +335,24 @@ impl EventSink {
     }
 
     pub fn task_start(&self, host: &str, task: &str) {
-        self.emit(json!({"event": "task_start", "host": host, "task": task, "status": "running"}));
+        self.emit(
+            "task_start",
+            "running",
+            json!({"host": host, "task": task}),
+            json!({}),
+        );
     }
 
     pub fn task_end(&self, result: &TaskResult) {
-        self.emit(json!({
-            "event": "task_end", "host": result.host, "task": result.task,
-            "status": result.status.as_str(), "changes": result.changes,
-            "duration_ms": result.duration_ms, "error": result.error,
-        }));
+        self.emit(
+            "task_end",
+            result.status.as_str(),
+            json!({
+                "host": result.host, "task": result.task,
+                "changes": result.changes, "error": result.error,
+            }),
+            json!({"duration_ms": result.duration_ms}),
+        );
     }
 
     /// A transfer progress tick.
@@ -313,13 +360,159 @@ impl EventSink {
         if let Some(bars) = &self.bars {
             bars.tick(host, what, bytes, total);
         }
-        self.emit(json!({
-            "event": "progress", "host": host, "task": task, "status": "running",
-            "what": what, "bytes": bytes, "total": total,
-        }));
+        self.emit(
+            "progress",
+            "running",
+            json!({"host": host, "task": task, "what": what}),
+            json!({"bytes": bytes, "total": total}),
+        );
     }
 
     pub fn host_unreachable(&self, host: &str, error: &str) {
-        self.emit(json!({"event": "host_unreachable", "host": host, "status": "unreachable", "error": error}));
+        self.emit(
+            "host_unreachable",
+            "unreachable",
+            json!({"host": host, "error": error}),
+            json!({}),
+        );
+    }
+}
+
+/// Open `path` for a private report file (`--events`): created mode 0600; never through
+/// a symbolic link (the final component is not followed: an error); an existing
+/// regular file must be this user's own and not hard-linked elsewhere, and is then
+/// truncated and set to 0600. A FIFO or device (`/dev/null`) is written as it is.
+pub fn create_private(path: &Path) -> std::io::Result<File> {
+    let nofollow = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nofollow)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                std::io::Error::other(
+                    "it is a symbolic link, and ferry does not follow one here \
+                     (name the link's target instead)",
+                )
+            } else {
+                e
+            }
+        })?;
+    let meta = file.metadata()?;
+    if meta.file_type().is_file() {
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "the file exists and belongs to another user (uid {}); remove it or \
+                     choose another path",
+                    meta.uid()
+                ),
+            ));
+        }
+        if meta.nlink() > 1 {
+            return Err(std::io::Error::other(
+                "the file has other hard links; remove it or choose another path",
+            ));
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.set_len(0)?;
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        assert_eq!(
+            visible("a\x1b[2J\rb\tc\x07\x7f\u{9b}\u{202e}d\ne"),
+            "a\\x1b[2J\\rb\\tc\\x07\\x7f\\u{9b}\\u{202e}d\ne"
+        );
+        assert_eq!(visible("plain text, ünïcode"), "plain text, ünïcode");
+    }
+
+    #[test]
+    fn the_table_escapes_task_names_and_errors() {
+        let mut report = PlayReport {
+            playbook: "pb".into(),
+            check_mode: false,
+            hosts: BTreeMap::new(),
+            tasks: Vec::new(),
+            journal_error: None,
+        };
+        report.add(TaskResult {
+            host: "h\x1b".into(),
+            task: "evil\x1b]0;x\x07".into(),
+            status: TaskStatus::Failed,
+            changes: vec!["c\r".into()],
+            duration_ms: 1,
+            error: Some("stderr: \x1b[2J".into()),
+            warnings: vec!["w\x1b".into()],
+        });
+        let table = report.to_table();
+        assert!(!table.contains(['\x1b', '\r', '\x07']), "{table:?}");
+        assert!(table.contains("evil\\x1b]0;x\\x07"), "{table}");
+        assert!(table.contains("stderr: \\x1b[2J"), "{table}");
+    }
+
+    #[test]
+    fn events_file_is_private_and_never_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("new.jsonl");
+        drop(create_private(&fresh).unwrap());
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+        // An existing file of ours: truncated and made private.
+        let old = dir.path().join("old.jsonl");
+        std::fs::write(&old, "previous run").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(create_private(&old).unwrap());
+        assert_eq!(std::fs::read(&old).unwrap(), b"");
+        let mode = std::fs::metadata(&old).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+        // A symlink planted at the name: refused, its target untouched.
+        let target = dir.path().join("precious");
+        std::fs::write(&target, "keep me").unwrap();
+        let link = dir.path().join("link.jsonl");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = create_private(&link).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+
+        // A hard link to another file: refused.
+        let hard = dir.path().join("hard.jsonl");
+        std::fs::hard_link(&target, &hard).unwrap();
+        assert!(create_private(&hard).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+
+        // Events of a short secret: data masked, ferry's status words not.
+        let secrets = Secrets::new();
+        secrets.add("ok");
+        let path = dir.path().join("events.jsonl");
+        let sink = EventSink::to_file(&path, secrets).unwrap();
+        sink.task_end(&TaskResult {
+            host: "h".into(),
+            task: "t".into(),
+            status: TaskStatus::Ok,
+            changes: vec!["said ok".into()],
+            duration_ms: 1,
+            error: None,
+            warnings: Vec::new(),
+        });
+        let line: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
+        assert_eq!(line["status"], "ok");
+        assert_eq!(line["event"], "task_end");
+        assert_eq!(line["changes"][0], "said ********");
     }
 }

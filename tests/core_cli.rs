@@ -1122,3 +1122,56 @@ fn empty_limit_is_bad_input() {
         }
     }
 }
+
+/// `--events` is created mode 0600 (whatever the umask, also when a file of ours was
+/// there), and a symbolic link planted at its name is refused, not followed.
+#[test]
+fn events_file_is_0600_and_never_follows_a_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    // A closed port: the host is unreachable, the run still writes its events.
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let inv = inventory(dir.path(), port, "connect_timeout = 2");
+    let pb = write(dir.path(), "pb.toml", GOOD_PLAY);
+    let journal = dir.path().join("j.json").to_string_lossy().into_owned();
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, "old").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&events, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let events_arg = events.to_string_lossy().into_owned();
+    let out = ferry(&[
+        "play",
+        &pb,
+        "-i",
+        &inv,
+        "--journal",
+        &journal,
+        "--events",
+        &events_arg,
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let text = std::fs::read_to_string(&events).unwrap();
+    assert!(text.contains("host_unreachable"), "{text}");
+    let mode = std::fs::metadata(&events).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "events mode {mode:o}");
+
+    let precious = dir.path().join("precious");
+    std::fs::write(&precious, "keep me").unwrap();
+    let link = dir.path().join("link.jsonl");
+    std::os::unix::fs::symlink(&precious, &link).unwrap();
+    let link_arg = link.to_string_lossy().into_owned();
+    let out = ferry(&[
+        "play",
+        &pb,
+        "-i",
+        &inv,
+        "--journal",
+        &journal,
+        "--events",
+        &link_arg,
+    ]);
+    assert_bad_input(&out, "symbolic link");
+    assert_eq!(std::fs::read(&precious).unwrap(), b"keep me");
+}

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, OnceCell, OwnedSemaphorePermit, Semaphore};
 use crate::command::Cmd;
 use crate::inventory::{Inventory, UnknownTarget};
 use crate::journal::{Journal, JournalData, JournalOwner, RecordStatus, TaskDefinition};
-use crate::modules::{ArgCheck, ArgError, Confirm, Peers, TaskCtx};
+use crate::modules::{ArgCheck, ArgError, Confirm, ModuleError, Peers, TaskCtx};
 use crate::playbook::source::InputError;
 use crate::playbook::template::{
     collect_templates, without_template_spans, AnyTemplate, Renderer, TemplateError, Vars,
@@ -190,15 +190,23 @@ pub fn host_vars(
     secrets: &Secrets,
 ) -> Vars {
     let mut vars = playbook.vars.clone();
+    let mut secret_vars = std::collections::BTreeSet::new();
     if let Some(h) = inventory.hosts.get(host) {
         vars.extend(h.vars.clone());
+        // A secret var may take its value from the playbook's `[vars]`: register it.
+        for name in &h.secret_vars {
+            if let Some(value) = vars.get(name) {
+                secrets.add_value(value);
+            }
+        }
+        secret_vars.clone_from(&h.secret_vars);
         vars.insert(
             "group_names".into(),
             Value::Array(h.groups.iter().cloned().map(Value::String).collect()),
         );
     }
     // `hostvars` and `groups` are shared by every host, not copied into each.
-    Vars::with_shared(vars, secrets, inventory.shared_vars(secrets))
+    Vars::with_shared(vars, &secret_vars, secrets, inventory.shared_vars(secrets))
 }
 
 /// Select hosts and tasks and render every template for every targeted host.
@@ -926,7 +934,7 @@ async fn run_task(
         Ok(status) => r.status = status,
         Err(e) => {
             r.status = TaskStatus::Failed;
-            r.error = Some(ctx.secrets.mask(&e.to_string()));
+            r.error = Some(masked_error(&e, &ctx.secrets));
         }
     }
     r.duration_ms = started.elapsed().as_millis() as u64;
@@ -937,6 +945,30 @@ async fn run_task(
         "task end"
     );
     r
+}
+
+/// The report's text of a task error: the values in it (the command, the host's
+/// stderr) masked, ferry's own words around them not, so a short secret such as `a`
+/// does not turn "failed" into "f********iled" and tell itself. Messages a module
+/// composed from values (`Failed`) are masked whole: there the value cannot be told
+/// from the words.
+fn masked_error(e: &ModuleError, secrets: &Secrets) -> String {
+    match e {
+        ModuleError::CommandFailed {
+            cmd,
+            status,
+            stderr,
+        } => ModuleError::CommandFailed {
+            cmd: secrets.mask(cmd),
+            status: status.clone(),
+            stderr: secrets.mask(stderr),
+        }
+        .to_string(),
+        ModuleError::NotConfirmed(question) => {
+            ModuleError::NotConfirmed(secrets.mask(question)).to_string()
+        }
+        other => secrets.mask(&other.to_string()),
+    }
 }
 
 /// `ferry ping`: connect to each host and run `true`.

@@ -15,6 +15,7 @@
 //! [`SharedVars`], and put in a template's context only when the template names them:
 //! a copy per host would make memory grow with the square of the host count.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -210,7 +211,7 @@ impl SharedVars {
     pub fn new(values: serde_json::Map<String, Value>, secrets: &Secrets) -> Self {
         let masked = values
             .iter()
-            .map(|(k, v)| (k.clone(), mask_value(v, secrets)))
+            .map(|(k, v)| (k.clone(), secrets.mask_value(v)))
             .collect();
         SharedVars { values, masked }
     }
@@ -232,16 +233,30 @@ pub struct Vars {
 impl Vars {
     /// `values` are the host's own variables. Secret strings are masked in the display copy.
     pub fn new(values: serde_json::Map<String, Value>, secrets: &Secrets) -> Self {
-        Vars::with_shared(values, secrets, Arc::default())
+        Vars::with_shared(values, &BTreeSet::new(), secrets, Arc::default())
     }
-    /// As [`Vars::new`], with the variables every host shares.
+    /// As [`Vars::new`], with the variables every host shares; in the display copy the
+    /// vars named in `secret_vars` are masked whole (every leaf, of any type), the
+    /// others where they hold a secret.
     pub fn with_shared(
         values: serde_json::Map<String, Value>,
+        secret_vars: &BTreeSet<String>,
         secrets: &Secrets,
         shared: Arc<SharedVars>,
     ) -> Self {
+        let masked: serde_json::Map<String, Value> = values
+            .iter()
+            .map(|(name, value)| {
+                let shown = if secret_vars.contains(name) {
+                    Secrets::mask_all(value)
+                } else {
+                    secrets.mask_value(value)
+                };
+                (name.clone(), shown)
+            })
+            .collect();
         let values = Value::Object(values);
-        let masked = mask_value(&values, secrets);
+        let masked = Value::Object(masked);
         Vars {
             own: Context::from(values),
             masked: Context::from(masked),
@@ -330,19 +345,6 @@ fn parameter_reads(p: &Parameter, shared: &serde_json::Map<String, Value>) -> bo
         Parameter::Literal(_) => false,
         Parameter::Subexpression(sub) => element_reads(sub.as_element(), shared),
         _ => true,
-    }
-}
-
-fn mask_value(v: &Value, secrets: &Secrets) -> Value {
-    match v {
-        Value::String(s) => Value::String(secrets.mask(s)),
-        Value::Array(a) => Value::Array(a.iter().map(|x| mask_value(x, secrets)).collect()),
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, x)| (k.clone(), mask_value(x, secrets)))
-                .collect(),
-        ),
-        other => other.clone(),
     }
 }
 
