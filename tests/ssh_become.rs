@@ -182,3 +182,33 @@ async fn passwordless_sudo_and_other_target_users() {
         .unwrap();
     assert_eq!(out.status, Some(42));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sudo_password_with_a_newline_is_refused_before_connecting() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let mut user = TestUser::create(PASSWORD);
+    user.allow_sudo(false);
+    // sudo -S would read "Sudo-pass-4242" and hand "touch /tmp/..." to the command's stdin.
+    let marker = client.dir.path().join("injected");
+    let password = format!("{PASSWORD}\ntouch {}", marker.display());
+    let spec = spec_as(&client, &server, &user, root_with(Some(&password)));
+    let err = match sshd::connect(spec).await {
+        Err(e) => e,
+        Ok(t) => {
+            let out = t.exec(&Cmd::new("sh"), None).await;
+            panic!("connected and ran ({out:?}); injected: {}", marker.exists());
+        }
+    };
+    assert!(matches!(err, TransportError::Become { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("become password contains a newline"),
+        "{text}"
+    );
+    assert!(!text.contains("touch"), "the password leaked: {text}");
+    assert!(
+        !server.log().contains("Accepted"),
+        "must refuse before connecting"
+    );
+}

@@ -57,6 +57,34 @@ pub(crate) fn wrap(inner: &Cmd, spec: &BecomeSpec) -> (String, BecomeHandshake) 
     )
 }
 
+/// Refuse a sudo password that sudo cannot take whole: `sudo -S` reads one line, so
+/// whatever follows a newline (or a carriage return, which ends the line for a terminal
+/// driver and for some sudo builds) would be passed on to the command's stdin; sudo also
+/// cuts at a NUL byte.
+pub(crate) fn check_password(spec: &BecomeSpec, host: &str) -> Result<(), TransportError> {
+    let Some(password) = &spec.password else {
+        return Ok(());
+    };
+    let bad = [
+        ('\n', "a newline"),
+        ('\r', "a carriage return"),
+        ('\0', "a NUL byte"),
+    ]
+    .into_iter()
+    .find(|(c, _)| password.contains(*c));
+    match bad {
+        None => Ok(()),
+        Some((_, what)) => Err(TransportError::Become {
+            host: host.to_string(),
+            reason: format!(
+                "the become password contains {what}; sudo reads the password as one line, \
+                 so the rest would be sent to the command's input. Refusing to use it: \
+                 remove the {what} from the variable named by become_password_env"
+            ),
+        }),
+    }
+}
+
 /// Hex token unique enough to never appear in a command's own output by chance.
 fn unique_token() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -175,6 +203,24 @@ mod tests {
             },
         );
         assert!(line.starts_with("sudo -n -u postgres -- sh -c"), "{line}");
+    }
+
+    #[test]
+    fn a_password_with_a_line_break_is_refused() {
+        for pw in ["first\nsecond", "first\r", "a\0b"] {
+            let spec = BecomeSpec {
+                user: "root".into(),
+                password: Some(pw.into()),
+            };
+            let e = check_password(&spec, "h").unwrap_err().to_string();
+            assert!(e.contains("become password contains"), "{e}");
+            assert!(!e.contains("first") && !e.contains("second"), "{e}");
+        }
+        let ok = BecomeSpec {
+            user: "root".into(),
+            password: Some("pass word!".into()),
+        };
+        assert!(check_password(&ok, "h").is_ok());
     }
 
     #[test]

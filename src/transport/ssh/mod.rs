@@ -108,6 +108,9 @@ impl SshTransport {
         secrets: Secrets,
         options: SshOptions,
     ) -> Result<Self, TransportError> {
+        if let Some(spec_become) = &spec.become_ {
+            become_::check_password(spec_become, &spec.name)?;
+        }
         for s in [&spec.password, &spec.key_passphrase]
             .into_iter()
             .flatten()
