@@ -42,6 +42,42 @@ pub enum TransportError {
         known_hosts: String,
         line: usize,
     },
+    #[error(
+        "REMOTE HOST IDENTIFICATION HAS CHANGED for {host}: it presented a {offered} key \
+         ({fingerprint}) but {known_hosts} records only {known_types} key(s) for it (line {line}); \
+         refusing to connect. If the change is expected, remove the host's entries from \
+         {known_hosts} (`ssh-keygen -R {host} -f {known_hosts}`) and trust the new key"
+    )]
+    HostKeyTypeChanged {
+        host: String,
+        offered: String,
+        fingerprint: String,
+        known_types: String,
+        known_hosts: String,
+        line: usize,
+    },
+    #[error(
+        "host key {fingerprint} of {host} is REVOKED in {known_hosts} (line {line}, @revoked); \
+         refusing to connect"
+    )]
+    HostKeyRevoked {
+        host: String,
+        fingerprint: String,
+        known_hosts: String,
+        line: usize,
+    },
+    #[error(
+        "{host} offers only host keys signed with the legacy ssh-rsa (SHA-1) algorithm \
+         (offered: {offered}), refused like OpenSSH 8.8 and later do; give the server an \
+         ed25519/ECDSA key or enable rsa-sha2-256/512, or set allow_ssh_rsa_sha1 = true \
+         for this host in the inventory"
+    )]
+    LegacyHostKeyAlgorithm { host: String, offered: String },
+    #[error(
+        "{host}: the login shell is not a POSIX sh ({detail}); ferry needs a POSIX sh \
+         login shell, or `shell = \"/bin/sh\"` for this host in the inventory"
+    )]
+    NotPosixShell { host: String, detail: String },
     #[error("sudo failed on {host}: {reason}")]
     Become { host: String, reason: String },
     #[error("connection to {host} lost: {reason}")]
@@ -203,6 +239,12 @@ pub struct ConnectSpec {
     pub become_: Option<BecomeSpec>,
     /// Prompt on the terminal for missing passwords/passphrases (never when stdin is not a TTY).
     pub allow_prompt: bool,
+    /// Accept host keys signed with the legacy `ssh-rsa` (SHA-1) algorithm, which OpenSSH
+    /// 8.8 and later refuse by default (inventory `allow_ssh_rsa_sha1`).
+    pub allow_ssh_rsa_sha1: bool,
+    /// The POSIX shell ferry runs commands with on the host (inventory `shell`), instead
+    /// of relying on the login shell being one. `None`: the login shell must be POSIX.
+    pub shell: Option<String>,
 }
 
 impl std::fmt::Debug for ConnectSpec {
@@ -222,6 +264,8 @@ impl std::fmt::Debug for ConnectSpec {
             .field("proxy_jump", &self.proxy_jump)
             .field("connect_timeout", &self.connect_timeout)
             .field("become_", &self.become_)
+            .field("allow_ssh_rsa_sha1", &self.allow_ssh_rsa_sha1)
+            .field("shell", &self.shell)
             .finish()
     }
 }
