@@ -212,3 +212,40 @@ async fn a_sudo_password_with_a_newline_is_refused_before_connecting() {
         "must refuse before connecting"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_in_a_command_run_through_sudo_never_shows_in_ps() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let mut user = TestUser::create(PASSWORD);
+    user.allow_sudo(false);
+    let t = sshd::connect(spec_as(&client, &server, &user, root_with(Some(PASSWORD))))
+        .await
+        .unwrap();
+    let secret = "Kx3-sudo-secret-0815";
+    let cmd = Cmd::script(
+        format!("pw={}; sleep 3; id -u", ferry::command::quote(secret)),
+        "pw=********; sleep 3; id -u",
+    );
+    let run = t.exec(&cmd, Some(b"ignored"));
+    let watch = async {
+        let mut seen = Vec::new();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        for _ in 0..10 {
+            seen.extend(sshd::processes_showing(secret));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        seen
+    };
+    let (out, seen) = tokio::join!(run, watch);
+    let out = out.unwrap();
+    assert_eq!(out.stdout_str(), "0\n", "{out:?}");
+    assert!(
+        seen.is_empty(),
+        "the secret is visible on the host: {seen:?}"
+    );
+    assert!(
+        !all_cmdlines().iter().any(|c| c.contains(secret)),
+        "still visible after the command"
+    );
+}

@@ -23,10 +23,10 @@ async fn sequential_commands_share_one_remote_shell() {
     let client = Client::new(&server);
     let t = sshd::connect(client.spec(&server)).await.unwrap();
 
-    // Every command is its own `sh -c`, a child of the same long-lived shell.
+    // Every command is a subshell of the same long-lived shell (`$$` is that shell).
     let mut parents = Vec::new();
     for _ in 0..5 {
-        let out = t.exec(&script("echo $PPID"), None).await.unwrap();
+        let out = t.exec(&script("echo $$"), None).await.unwrap();
         assert!(out.success(), "{out:?}");
         parents.push(out.stdout_str().trim().to_string());
     }
@@ -147,7 +147,7 @@ async fn a_dropped_command_or_a_dead_shell_does_not_break_the_next_command() {
     let server = Sshd::start();
     let client = Client::new(&server);
     let t = sshd::connect(client.spec(&server)).await.unwrap();
-    let first_shell = t.exec(&script("echo $PPID"), None).await.unwrap();
+    let first_shell = t.exec(&script("echo $$"), None).await.unwrap();
 
     // Abandoned midway (a caller's timeout): the next command must not wait for it nor
     // see its output.
@@ -176,7 +176,7 @@ async fn a_dropped_command_or_a_dead_shell_does_not_break_the_next_command() {
     );
     let out = tokio::time::timeout(
         Duration::from_secs(20),
-        t.exec(&script("echo next; echo $PPID"), None),
+        t.exec(&script("echo next; echo $$"), None),
     )
     .await
     .expect("the next command hung behind the abandoned one")
@@ -208,7 +208,7 @@ async fn a_dropped_command_or_a_dead_shell_does_not_break_the_next_command() {
     // A command that kills the shell it runs in: an error (it may or may not have
     // done its work), and the next command gets a new shell.
     let err = t
-        .exec(&script("kill -9 $PPID; sleep 5"), None)
+        .exec(&script("kill -9 $$; sleep 5"), None)
         .await
         .expect_err("the shell died under the command");
     assert!(

@@ -540,3 +540,26 @@ pub fn openssh(sshd: &Sshd, client: &Client) -> Command {
         .args(["-p", &sshd.port.to_string(), "root@127.0.0.1"]);
     cmd
 }
+
+/// Pids of processes whose command line or environment contains `needle` (the tests run
+/// as root, so this sees every user's processes, as `ps -eo args` would).
+pub fn processes_showing(needle: &str) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        for file in ["cmdline", "environ"] {
+            if let Ok(raw) = std::fs::read(entry.path().join(file)) {
+                let text = String::from_utf8_lossy(&raw).replace('\0', " ");
+                if text.contains(needle) {
+                    out.push((pid, format!("{file}: {text}")));
+                }
+            }
+        }
+    }
+    out
+}

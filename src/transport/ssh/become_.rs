@@ -1,10 +1,12 @@
 //! Privilege escalation through sudo, without a PTY and without the password ever in argv.
 //!
 //! The command becomes
-//! `sudo -k -S -p <PROMPT> -u USER -- sh -c 'printf "%s\n" "$0" >&2; exec sh -c "$1"' <OK> <CMD>`
-//! (`sudo -n ...` when no password is configured). The client watches stderr: sudo's
-//! `<PROMPT>` is answered with the password line; `<OK>` means sudo accepted and the command
-//! is starting, so only then are the caller's stdin bytes let through. `-k` makes sudo ask
+//! `sudo -k -S -p <PROMPT> -u USER -- sh -c 'printf "%s\n" "$0" >&2; <READER>' <OK>`
+//! (`sudo -n ...` when no password is configured), where `<READER>` reads the script
+//! from stdin (see `script`: the script is never in argv). The client watches stderr:
+//! sudo's `<PROMPT>` is answered with the password line; `<OK>` means sudo accepted and
+//! the shell is starting, so only then are the script and the caller's stdin bytes let
+//! through. `-k` makes sudo ask
 //! every time a password is needed, so a cached credential can never make the password line
 //! land in the command's stdin; a NOPASSWD rule simply means no prompt appears.
 
@@ -25,10 +27,12 @@ pub(crate) struct BecomeHandshake {
     pub password: Option<String>,
 }
 
-const STARTER: &str = "printf '%s\\n' \"$0\" >&2; exec sh -c \"$1\"";
+/// Announces that sudo started the shell (`$0` is the OK token).
+const STARTER: &str = "printf '%s\\n' \"$0\" >&2; ";
 
-/// The full command line for the login shell, and its handshake.
-pub(crate) fn wrap(inner: &Cmd, spec: &BecomeSpec) -> (String, BecomeHandshake) {
+/// The full command line for the login shell, and its handshake: sudo runs `shell -c`
+/// with `program` (a fixed reader, see `script`) after announcing itself.
+pub(crate) fn wrap(program: &str, shell: &str, spec: &BecomeSpec) -> (String, BecomeHandshake) {
     let user = if spec.user.is_empty() {
         "root".to_string()
     } else {
@@ -42,9 +46,9 @@ pub(crate) fn wrap(inner: &Cmd, spec: &BecomeSpec) -> (String, BecomeHandshake) 
         None => Cmd::new("sudo").arg("-n"),
     };
     let line = sudo
-        .args(["-u", user.as_str(), "--", "sh", "-c", STARTER])
+        .args(["-u", user.as_str(), "--", shell, "-c"])
+        .arg(format!("{STARTER}{program}"))
         .arg(ok.as_str())
-        .arg(inner.to_shell())
         .to_shell();
     (
         line,
@@ -188,7 +192,7 @@ mod tests {
             user: String::new(),
             password: Some("hunter2-secret".into()),
         };
-        let (line, hs) = wrap(&Cmd::new("id").arg("-u"), &spec);
+        let (line, hs) = wrap("id -u", "sh", &spec);
         assert!(!line.contains("hunter2"), "{line}");
         assert!(line.starts_with("sudo -k -S -p "), "{line}");
         assert!(line.contains("-u root -- sh -c"), "{line}");
@@ -196,7 +200,8 @@ mod tests {
         assert_eq!(hs.user, "root");
 
         let (line, _) = wrap(
-            &Cmd::new("id"),
+            "id",
+            "sh",
             &BecomeSpec {
                 user: "postgres".into(),
                 password: None,
