@@ -267,3 +267,43 @@ async fn concurrent_commands_still_run_side_by_side() {
         assert_eq!(out.stdout_str(), format!("{i}\n"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_process_holding_the_output_never_hangs_later_commands() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let t = sshd::connect(client.spec(&server)).await.unwrap();
+    // A "daemon" that keeps writing to the shell's stdout and stderr for 10 s.
+    let out = t
+        .exec(
+            &script(
+                "(i=0; while [ $i -lt 1000 ]; do echo tick; echo tock >&2; sleep 0.01; \
+                 i=$((i+1)); done) & echo started",
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(out.stdout_str().starts_with("started"), "{out:?}");
+    for n in 0..30 {
+        let out = tokio::time::timeout(
+            Duration::from_secs(10),
+            t.exec(&script(&format!("echo mine-{n}; exit 3")), None),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("command {n} hung behind the background process"))
+        .unwrap();
+        assert_eq!(out.status, Some(3), "{out:?}");
+        assert!(out.stdout_str().contains(&format!("mine-{n}")), "{out:?}");
+    }
+    // On a channel of its own (stdin given): `sleep &` keeps the pipes open for 60 s.
+    let out = tokio::time::timeout(
+        Duration::from_secs(15),
+        t.exec(&script("sleep 60 & echo forked"), Some(b"x")),
+    )
+    .await
+    .expect("a channel command waited for its background child")
+    .unwrap();
+    assert_eq!(out.stdout_str(), "forked\n", "{out:?}");
+    assert_eq!(out.status, Some(0));
+}
