@@ -398,18 +398,13 @@ async fn a_host_key_of_another_type_is_a_changed_identity() {
         spec.host_key_policy = policy;
         let err = sshd::connect(spec).await.unwrap_err();
         match &err {
-            TransportError::HostKeyTypeChanged {
-                offered,
-                known_types,
-                line,
-                ..
-            } => {
+            TransportError::HostKeyTypeChanged(change) => {
                 assert!(
-                    offered.starts_with("rsa-sha2") || offered == "ssh-rsa",
+                    change.offered.starts_with("rsa-sha2") || change.offered == "ssh-rsa",
                     "{err}"
                 );
-                assert_eq!(known_types, "ssh-ed25519");
-                assert_eq!(*line, 1);
+                assert_eq!(change.known_types, "ssh-ed25519");
+                assert_eq!(change.line, 1);
             }
             other => panic!("expected HostKeyTypeChanged ({policy:?}), got {other}"),
         }

@@ -42,20 +42,8 @@ pub enum TransportError {
         known_hosts: String,
         line: usize,
     },
-    #[error(
-        "REMOTE HOST IDENTIFICATION HAS CHANGED for {host}: it presented a {offered} key \
-         ({fingerprint}) but {known_hosts} records only {known_types} key(s) for it (line {line}); \
-         refusing to connect. If the change is expected, remove the host's entries from \
-         {known_hosts} (`ssh-keygen -R {host} -f {known_hosts}`) and trust the new key"
-    )]
-    HostKeyTypeChanged {
-        host: String,
-        offered: String,
-        fingerprint: String,
-        known_types: String,
-        known_hosts: String,
-        line: usize,
-    },
+    #[error("{0}")]
+    HostKeyTypeChanged(Box<HostKeyTypeChange>),
     #[error(
         "host key {fingerprint} of {host} is REVOKED in {known_hosts} (line {line}, @revoked); \
          refusing to connect"
@@ -90,6 +78,23 @@ pub enum TransportError {
     Io(#[from] std::io::Error),
     #[error("ssh protocol error: {0}")]
     Protocol(String),
+}
+
+/// A host whose recorded keys are all of other types than the one it presented.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "REMOTE HOST IDENTIFICATION HAS CHANGED for {host}: it presented a {offered} key \
+     ({fingerprint}) but {known_hosts} records only {known_types} key(s) for it (line {line}); \
+     refusing to connect. If the change is expected, remove the host's entries from \
+     {known_hosts} (`ssh-keygen -R {host} -f {known_hosts}`) and trust the new key"
+)]
+pub struct HostKeyTypeChange {
+    pub host: String,
+    pub offered: String,
+    pub fingerprint: String,
+    pub known_types: String,
+    pub known_hosts: String,
+    pub line: usize,
 }
 
 impl TransportError {

@@ -228,14 +228,16 @@ fn verify_host_key(target: &Target, key: &PublicKey) -> Result<(), TransportErro
                 path.display(),
                 known.join(", ")
             );
-            Err(TransportError::HostKeyTypeChanged {
-                host: token,
-                offered: key.algorithm().to_string(),
-                fingerprint,
-                known_types: known.join(", "),
-                known_hosts: path.display().to_string(),
-                line,
-            })
+            Err(TransportError::HostKeyTypeChanged(Box::new(
+                crate::transport::HostKeyTypeChange {
+                    host: token,
+                    offered: key.algorithm().to_string(),
+                    fingerprint,
+                    known_types: known.join(", "),
+                    known_hosts: path.display().to_string(),
+                    line,
+                },
+            )))
         }
         HostKeyStatus::Changed { line } => {
             tracing::error!(
