@@ -249,3 +249,44 @@ async fn a_secret_in_a_command_run_through_sudo_never_shows_in_ps() {
         "still visible after the command"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcsh_login_shell_works_and_a_non_posix_shell_setting_is_named() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let mut user = TestUser::create(PASSWORD);
+    user.allow_sudo(false);
+    let st = std::process::Command::new("chsh")
+        .args(["-s", "/usr/bin/tcsh", &user.name])
+        .status()
+        .unwrap();
+    assert!(st.success(), "chsh");
+    // Multi-line scripts with quotes and `!` reach sh intact through tcsh, with and
+    // without sudo, through the persistent shell and on channels of their own.
+    let multi = Cmd::script(
+        "x='it'\"'\"'s !'\nif true; then\n  printf '%s\\n' \"$x\"\nfi",
+        "multi-line",
+    );
+    let mut spec = client.spec(&server);
+    spec.user = Some(user.name.clone());
+    let t = sshd::connect(spec.clone()).await.unwrap();
+    for stdin in [None, Some(&b"in"[..])] {
+        let out = t.exec(&multi, stdin).await.unwrap();
+        assert_eq!(out.stdout_str(), "it's !\n", "{out:?}");
+    }
+    let t = sshd::connect(spec_as(&client, &server, &user, root_with(Some(PASSWORD))))
+        .await
+        .unwrap();
+    let out = t.exec(&multi, None).await.unwrap();
+    assert_eq!(out.stdout_str(), "it's !\n", "{out:?}");
+
+    // A `shell` that is not POSIX: the error says what ferry needs.
+    spec.shell = Some("/usr/bin/tcsh".into());
+    let t = sshd::connect(spec).await.unwrap();
+    let err = t.exec(&Cmd::new("true"), None).await.unwrap_err();
+    assert!(
+        matches!(err, TransportError::NotPosixShell { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("ferry needs a POSIX sh"), "{err}");
+}

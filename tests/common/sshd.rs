@@ -20,6 +20,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("sudo", "/usr/bin/sudo"),
     ("socat", "/usr/bin/socat"),
     ("netcat-openbsd", "/usr/bin/nc.openbsd"),
+    ("tcsh", "/usr/bin/tcsh"),
 ];
 
 /// Install whatever is missing (once per test binary); panic with a clear message if apt

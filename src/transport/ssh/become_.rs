@@ -1,7 +1,7 @@
 //! Privilege escalation through sudo, without a PTY and without the password ever in argv.
 //!
 //! The command becomes
-//! `sudo -k -S -p <PROMPT> -u USER -- sh -c 'printf "%s\n" "$0" >&2; <READER>' <OK>`
+//! `sudo -k -S -p <PROMPT> -u USER -- sh -c 'echo "$0" >&2; <READER>' <OK>`
 //! (`sudo -n ...` when no password is configured), where `<READER>` reads the script
 //! from stdin (see `script`: the script is never in argv). The client watches stderr:
 //! sudo's `<PROMPT>` is answered with the password line; `<OK>` means sudo accepted and
@@ -28,7 +28,8 @@ pub(crate) struct BecomeHandshake {
 }
 
 /// Announces that sudo started the shell (`$0` is the OK token).
-const STARTER: &str = "printf '%s\\n' \"$0\" >&2; ";
+// No `'`, `!` or backslash, like the reader: the login shell (csh/tcsh too) passes it whole.
+const STARTER: &str = "echo \"$0\" >&2; ";
 
 /// The full command line for the login shell, and its handshake: sudo runs `shell -c`
 /// with `program` (a fixed reader, see `script`) after announcing itself.
