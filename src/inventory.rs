@@ -41,6 +41,10 @@ struct RawHost {
     become_password_env: Option<Spanned<String>>,
     /// Seconds.
     connect_timeout: Option<u64>,
+    /// Accept legacy `ssh-rsa` (SHA-1) host key signatures.
+    allow_ssh_rsa_sha1: Option<bool>,
+    /// POSIX shell to run commands with instead of the login shell.
+    shell: Option<String>,
     groups: Option<Vec<String>>,
     #[serde(default)]
     vars: BTreeMap<String, Spanned<toml::Value>>,
@@ -491,6 +495,8 @@ impl Resolver<'_> {
             ),
             become_,
             allow_prompt: false,
+            allow_ssh_rsa_sha1: pick(&h.allow_ssh_rsa_sha1, &d.allow_ssh_rsa_sha1).unwrap_or(false),
+            shell: pick(&h.shell, &d.shell),
         };
         Ok(Host {
             name: name.to_string(),

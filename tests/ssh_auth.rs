@@ -371,3 +371,141 @@ async fn ssh_config_supplies_what_the_inventory_leaves_out() {
         .log()
         .contains(&format!("target 127.0.0.1 port {}", target.port)));
 }
+
+/// The known_hosts file `client` would use, recording exactly `lines`.
+fn write_known(client: &Client, lines: &[String]) {
+    let mut text = String::new();
+    for l in lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    std::fs::write(&client.known_hosts, text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_key_of_another_type_is_a_changed_identity() {
+    // known_hosts holds an ed25519 key for the host; the server only has RSA.
+    let server = Sshd::start_with(SshdOptions {
+        host_key_kinds: vec!["rsa"],
+        ..Default::default()
+    });
+    let client = Client::new(&server);
+    let recorded = sshd::keygen(client.dir.path(), "old_ed25519", "ed25519", "", false);
+    write_known(&client, &[server.known_hosts_line_for(&recorded.public)]);
+    let before = std::fs::read_to_string(&client.known_hosts).unwrap();
+    for policy in [None, Some(HostKeyPolicy::AcceptNew)] {
+        let mut spec = client.spec(&server);
+        spec.host_key_policy = policy;
+        let err = sshd::connect(spec).await.unwrap_err();
+        match &err {
+            TransportError::HostKeyTypeChanged(change) => {
+                assert!(
+                    change.offered.starts_with("rsa-sha2") || change.offered == "ssh-rsa",
+                    "{err}"
+                );
+                assert_eq!(change.known_types, "ssh-ed25519");
+                assert_eq!(change.line, 1);
+            }
+            other => panic!("expected HostKeyTypeChanged ({policy:?}), got {other}"),
+        }
+        let text = err.to_string();
+        assert!(text.contains("HOST IDENTIFICATION HAS CHANGED"), "{text}");
+        assert!(!text.contains("ssh-keyscan"), "{text}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&client.known_hosts).unwrap(),
+        before,
+        "accept-new must not record a key for a host with a known key"
+    );
+    let log = server.log();
+    assert!(
+        !log.contains("Accepted") && !log.contains("Failed"),
+        "authentication was attempted:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recorded_key_type_is_asked_for_first() {
+    // The server has ed25519 and RSA keys; whichever one is recorded is the one asked for.
+    let server = Sshd::start_with(SshdOptions {
+        host_key_kinds: vec!["ed25519", "rsa"],
+        ..Default::default()
+    });
+    let client = Client::new(&server);
+    for recorded in &server.host_keys {
+        write_known(&client, &[server.known_hosts_line_for(recorded)]);
+        let t = sshd::connect(client.spec(&server))
+            .await
+            .unwrap_or_else(|e| panic!("with {recorded} recorded: {e}"));
+        assert_eq!(whoami(&t).await, "root");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_ssh_rsa_signatures_are_refused_unless_allowed() {
+    let server = Sshd::start_with(SshdOptions {
+        host_key_kinds: vec!["rsa"],
+        extra: "HostKeyAlgorithms ssh-rsa\n".into(),
+        ..Default::default()
+    });
+    let client = Client::new(&server);
+    let err = sshd::connect(client.spec(&server)).await.unwrap_err();
+    assert!(
+        matches!(err, TransportError::LegacyHostKeyAlgorithm { .. }),
+        "expected LegacyHostKeyAlgorithm, got {err}"
+    );
+    assert!(err.to_string().contains("allow_ssh_rsa_sha1"), "{err}");
+
+    let mut spec = client.spec(&server);
+    spec.allow_ssh_rsa_sha1 = true;
+    let t = sshd::connect(spec).await.unwrap();
+    assert_eq!(whoami(&t).await, "root");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_host_key_is_reported_as_revoked() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    write_known(
+        &client,
+        &[
+            format!("@revoked {}", server.known_hosts_line()),
+            server.known_hosts_line(),
+        ],
+    );
+    for policy in [None, Some(HostKeyPolicy::AcceptNew)] {
+        let mut spec = client.spec(&server);
+        spec.host_key_policy = policy;
+        let err = sshd::connect(spec).await.unwrap_err();
+        match &err {
+            TransportError::HostKeyRevoked { line, .. } => assert_eq!(*line, 1),
+            other => panic!("expected HostKeyRevoked, got {other}"),
+        }
+        assert!(err.to_string().contains("REVOKED"), "{err}");
+        assert!(!err.to_string().contains("CHANGED"), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keyscan_hint_works_for_a_path_with_spaces_and_quotes() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let dir = client.dir.path().join("my known hosts; it's $HOME");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut spec = client.spec(&server);
+    spec.known_hosts = Some(dir.join("known hosts"));
+    let err = sshd::connect(spec.clone()).await.unwrap_err();
+    let TransportError::HostKeyUnknown { hint, .. } = &err else {
+        panic!("expected HostKeyUnknown, got {err}");
+    };
+    let command = hint.split('`').nth(1).unwrap();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "{command}");
+    let t = sshd::connect(spec).await.unwrap();
+    assert_eq!(whoami(&t).await, "root");
+}

@@ -182,3 +182,111 @@ async fn passwordless_sudo_and_other_target_users() {
         .unwrap();
     assert_eq!(out.status, Some(42));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sudo_password_with_a_newline_is_refused_before_connecting() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let mut user = TestUser::create(PASSWORD);
+    user.allow_sudo(false);
+    // sudo -S would read "Sudo-pass-4242" and hand "touch /tmp/..." to the command's stdin.
+    let marker = client.dir.path().join("injected");
+    let password = format!("{PASSWORD}\ntouch {}", marker.display());
+    let spec = spec_as(&client, &server, &user, root_with(Some(&password)));
+    let err = match sshd::connect(spec).await {
+        Err(e) => e,
+        Ok(t) => {
+            let out = t.exec(&Cmd::new("sh"), None).await;
+            panic!("connected and ran ({out:?}); injected: {}", marker.exists());
+        }
+    };
+    assert!(matches!(err, TransportError::Become { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("become password contains a newline"),
+        "{text}"
+    );
+    assert!(!text.contains("touch"), "the password leaked: {text}");
+    assert!(
+        !server.log().contains("Accepted"),
+        "must refuse before connecting"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_in_a_command_run_through_sudo_never_shows_in_ps() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let mut user = TestUser::create(PASSWORD);
+    user.allow_sudo(false);
+    let t = sshd::connect(spec_as(&client, &server, &user, root_with(Some(PASSWORD))))
+        .await
+        .unwrap();
+    let secret = "Kx3-sudo-secret-0815";
+    let cmd = Cmd::script(
+        format!("pw={}; sleep 3; id -u", ferry::command::quote(secret)),
+        "pw=********; sleep 3; id -u",
+    );
+    let run = t.exec(&cmd, Some(b"ignored"));
+    let watch = async {
+        let mut seen = Vec::new();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        for _ in 0..10 {
+            seen.extend(sshd::processes_showing(secret));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        seen
+    };
+    let (out, seen) = tokio::join!(run, watch);
+    let out = out.unwrap();
+    assert_eq!(out.stdout_str(), "0\n", "{out:?}");
+    assert!(
+        seen.is_empty(),
+        "the secret is visible on the host: {seen:?}"
+    );
+    assert!(
+        !all_cmdlines().iter().any(|c| c.contains(secret)),
+        "still visible after the command"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcsh_login_shell_works_and_a_non_posix_shell_setting_is_named() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let mut user = TestUser::create(PASSWORD);
+    user.allow_sudo(false);
+    let st = std::process::Command::new("chsh")
+        .args(["-s", "/usr/bin/tcsh", &user.name])
+        .status()
+        .unwrap();
+    assert!(st.success(), "chsh");
+    // Multi-line scripts with quotes and `!` reach sh intact through tcsh, with and
+    // without sudo, through the persistent shell and on channels of their own.
+    let multi = Cmd::script(
+        "x='it'\"'\"'s !'\nif true; then\n  printf '%s\\n' \"$x\"\nfi",
+        "multi-line",
+    );
+    let mut spec = client.spec(&server);
+    spec.user = Some(user.name.clone());
+    let t = sshd::connect(spec.clone()).await.unwrap();
+    for stdin in [None, Some(&b"in"[..])] {
+        let out = t.exec(&multi, stdin).await.unwrap();
+        assert_eq!(out.stdout_str(), "it's !\n", "{out:?}");
+    }
+    let t = sshd::connect(spec_as(&client, &server, &user, root_with(Some(PASSWORD))))
+        .await
+        .unwrap();
+    let out = t.exec(&multi, None).await.unwrap();
+    assert_eq!(out.stdout_str(), "it's !\n", "{out:?}");
+
+    // A `shell` that is not POSIX: the error says what ferry needs.
+    spec.shell = Some("/usr/bin/tcsh".into());
+    let t = sshd::connect(spec).await.unwrap();
+    let err = t.exec(&Cmd::new("true"), None).await.unwrap_err();
+    assert!(
+        matches!(err, TransportError::NotPosixShell { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("ferry needs a POSIX sh"), "{err}");
+}

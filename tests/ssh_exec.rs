@@ -534,3 +534,53 @@ async fn relay_falls_back_to_nc_then_bash() {
         assert_eq!(roundtrip(&mut pipe, &payload).await, payload, "{tool}");
     }
 }
+
+/// Run `cmd` on `t` (with `stdin`) and, while it runs, look for `secret` in every
+/// process's argv and environment.
+async fn secret_seen_while_running(
+    t: &ferry::transport::ssh::SshTransport,
+    cmd: &Cmd,
+    stdin: Option<&[u8]>,
+    secret: &str,
+) -> Vec<(u32, String)> {
+    let run = t.exec(cmd, stdin);
+    let watch = async {
+        let mut seen = Vec::new();
+        // The command sleeps 3 s: look during the middle of it.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        for _ in 0..10 {
+            seen.extend(sshd::processes_showing(secret));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        seen
+    };
+    let (out, seen) = tokio::join!(run, watch);
+    let out = out.unwrap();
+    assert!(out.success(), "{out:?}");
+    assert_eq!(out.stdout_str(), format!("{}\n", secret.len()), "{out:?}");
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_in_a_command_never_shows_in_ps_on_the_host() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let t = sshd::connect(client.spec(&server)).await.unwrap();
+    let secret = "Zq8-secret-in-cmd-4711";
+    // What a `command` task renders from `cmd = "pw={{ db_password }}; ... sleep 3"`.
+    let cmd = Cmd::script(
+        format!(
+            "pw={}; sleep 3; printf '%s\\n' \"${{#pw}}\"",
+            ferry::command::quote(secret)
+        ),
+        "pw=********; sleep 3; printf '%s\\n' \"${#pw}\"",
+    );
+    // Through the persistent shell (no stdin) and on a channel of its own (stdin).
+    for stdin in [None, Some(&b"input"[..])] {
+        let seen = secret_seen_while_running(&t, &cmd, stdin, secret).await;
+        assert!(
+            seen.is_empty(),
+            "the secret is visible on the host (stdin {stdin:?}): {seen:?}"
+        );
+    }
+}

@@ -23,10 +23,10 @@ async fn sequential_commands_share_one_remote_shell() {
     let client = Client::new(&server);
     let t = sshd::connect(client.spec(&server)).await.unwrap();
 
-    // Every command is its own `sh -c`, a child of the same long-lived shell.
+    // Every command is a subshell of the same long-lived shell (`$$` is that shell).
     let mut parents = Vec::new();
     for _ in 0..5 {
-        let out = t.exec(&script("echo $PPID"), None).await.unwrap();
+        let out = t.exec(&script("echo $$"), None).await.unwrap();
         assert!(out.success(), "{out:?}");
         parents.push(out.stdout_str().trim().to_string());
     }
@@ -147,7 +147,7 @@ async fn a_dropped_command_or_a_dead_shell_does_not_break_the_next_command() {
     let server = Sshd::start();
     let client = Client::new(&server);
     let t = sshd::connect(client.spec(&server)).await.unwrap();
-    let first_shell = t.exec(&script("echo $PPID"), None).await.unwrap();
+    let first_shell = t.exec(&script("echo $$"), None).await.unwrap();
 
     // Abandoned midway (a caller's timeout): the next command must not wait for it nor
     // see its output.
@@ -176,7 +176,7 @@ async fn a_dropped_command_or_a_dead_shell_does_not_break_the_next_command() {
     );
     let out = tokio::time::timeout(
         Duration::from_secs(20),
-        t.exec(&script("echo next; echo $PPID"), None),
+        t.exec(&script("echo next; echo $$"), None),
     )
     .await
     .expect("the next command hung behind the abandoned one")
@@ -208,7 +208,7 @@ async fn a_dropped_command_or_a_dead_shell_does_not_break_the_next_command() {
     // A command that kills the shell it runs in: an error (it may or may not have
     // done its work), and the next command gets a new shell.
     let err = t
-        .exec(&script("kill -9 $PPID; sleep 5"), None)
+        .exec(&script("kill -9 $$; sleep 5"), None)
         .await
         .expect_err("the shell died under the command");
     assert!(
@@ -266,4 +266,44 @@ async fn concurrent_commands_still_run_side_by_side() {
             .unwrap();
         assert_eq!(out.stdout_str(), format!("{i}\n"));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_process_holding_the_output_never_hangs_later_commands() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let t = sshd::connect(client.spec(&server)).await.unwrap();
+    // A "daemon" that keeps writing to the shell's stdout and stderr for 10 s.
+    let out = t
+        .exec(
+            &script(
+                "(i=0; while [ $i -lt 1000 ]; do echo tick; echo tock >&2; sleep 0.01; \
+                 i=$((i+1)); done) & echo started",
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(out.stdout_str().starts_with("started"), "{out:?}");
+    for n in 0..30 {
+        let out = tokio::time::timeout(
+            Duration::from_secs(10),
+            t.exec(&script(&format!("echo mine-{n}; exit 3")), None),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("command {n} hung behind the background process"))
+        .unwrap();
+        assert_eq!(out.status, Some(3), "{out:?}");
+        assert!(out.stdout_str().contains(&format!("mine-{n}")), "{out:?}");
+    }
+    // On a channel of its own (stdin given): `sleep &` keeps the pipes open for 60 s.
+    let out = tokio::time::timeout(
+        Duration::from_secs(15),
+        t.exec(&script("sleep 60 & echo forked"), Some(b"x")),
+    )
+    .await
+    .expect("a channel command waited for its background child")
+    .unwrap();
+    assert_eq!(out.stdout_str(), "forked\n", "{out:?}");
+    assert_eq!(out.status, Some(0));
 }

@@ -7,21 +7,36 @@
 //! creates = "/path"                # skip when this path exists
 //! removes = "/path"                # run only when this path exists
 //! unless = "grep -q x /etc/y"      # skip when this command succeeds
+//! timeout = "2h"                   # per command run; default 1h
 //! ```
 //!
 //! `changed = false` declares the command read-only: it is run while gathering facts
 //! (so also in check mode), and the task is ok when it exits 0 and failed otherwise.
+//!
+//! Every run of `cmd` (and of `unless`) must end within `timeout`, else the task fails
+//! naming the timeout and ferry closes the command's session. Of each output stream
+//! only the first and last 64 KiB are kept (see [`OutputLimit::REPORT`]), with a note
+//! of how many bytes were left out: a command that prints gigabytes costs no memory.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::command::Cmd;
+use crate::modules::shared::Seconds;
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::{ShellTemplate, Template};
+use crate::transport::{ExecOutput, OutputLimit};
 
 fn default_changed() -> bool {
     true
 }
+
+/// How long one run of a command may take when the task gives no `timeout`: generous,
+/// because a command task may well be a long migration step, but finite, so that a
+/// command that never ends (a daemon holding its output open) cannot stall the run.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +47,8 @@ pub struct Command {
     pub creates: Option<Template>,
     pub removes: Option<Template>,
     pub unless: Option<ShellTemplate>,
+    /// Longest a run of `cmd` or `unless` may take: seconds or `"30s"`, `"5m"`, `"1h"`.
+    pub timeout: Option<Seconds>,
 }
 
 /// The outcome of a read-only command run as a fact.
@@ -68,6 +85,37 @@ impl Change for RunCommand {
 }
 
 impl Command {
+    fn timeout(&self) -> Result<Duration, ModuleError> {
+        match self.timeout {
+            None => Ok(DEFAULT_TIMEOUT),
+            Some(Seconds(0)) => Err(ModuleError::Failed(
+                "timeout = 0: a command needs at least 1 second".into(),
+            )),
+            Some(t) => Ok(t.duration()),
+        }
+    }
+
+    /// Run `cmd` with this task's timeout, keeping a bounded head and tail of its output.
+    async fn run(&self, ctx: &TaskCtx, cmd: &Cmd) -> Result<ExecOutput, ModuleError> {
+        let timeout = self.timeout()?;
+        let shown = ctx.secrets.mask(&cmd.display());
+        tracing::debug!(host = %ctx.host, cmd = %shown, "exec");
+        let run = ctx.transport.exec_bounded(cmd, None, OutputLimit::REPORT);
+        match tokio::time::timeout(timeout, run).await {
+            Ok(out) => Ok(out?),
+            Err(_) => Err(ModuleError::Failed(format!(
+                "task `{}` on {}: the command did not finish within its timeout of {}s and \
+                 was abandoned (its session closed): {display}. Raise the task's `timeout` \
+                 (e.g. timeout = \"2h\") if it is only slow; a process it starts in the \
+                 background must not keep its output open (redirect it: `>/dev/null 2>&1 &`)",
+                ctx.task,
+                ctx.host,
+                timeout.as_secs(),
+                display = shown,
+            ))),
+        }
+    }
+
     async fn path_exists(ctx: &TaskCtx, path: &Template) -> Result<bool, ModuleError> {
         let path = ctx.render_operand(path)?;
         let out = ctx.exec(&Cmd::new("test").arg("-e").arg(path)).await?;
@@ -90,7 +138,7 @@ impl Module for Command {
             probe: None,
         };
         if !self.changed {
-            let out = ctx.exec(&cmd).await?;
+            let out = self.run(ctx, &cmd).await?;
             facts.probe = Some(Probe {
                 status: out.status,
                 stdout: ctx.secrets.mask(&out.stdout_str()),
@@ -105,7 +153,7 @@ impl Module for Command {
             facts.removes_exists = Some(Self::path_exists(ctx, p).await?);
         }
         if let Some(u) = &self.unless {
-            let out = ctx.exec(&ctx.render_shell(u)?).await?;
+            let out = self.run(ctx, &ctx.render_shell(u)?).await?;
             facts.unless_succeeded = Some(out.success());
         }
         Ok(facts)
@@ -142,7 +190,18 @@ impl Module for Command {
         _: &CommandFacts,
         _: &[RunCommand],
     ) -> Result<Applied, ModuleError> {
-        ctx.exec_ok(&ctx.render_shell(&self.cmd)?).await?;
+        let cmd = ctx.render_shell(&self.cmd)?;
+        let out = self.run(ctx, &cmd).await?;
+        if !out.success() {
+            return Err(ModuleError::CommandFailed {
+                cmd: ctx.secrets.mask(&cmd.display()),
+                status: match out.status {
+                    Some(code) => format!("exit {code}"),
+                    None => "killed by a signal".into(),
+                },
+                stderr: ctx.secrets.mask(out.stderr_str().trim()),
+            });
+        }
         Ok(Applied::changed())
     }
 }
@@ -168,6 +227,7 @@ mod tests {
             creates: None,
             removes: None,
             unless: None,
+            timeout: None,
         }
     }
 

@@ -42,6 +42,30 @@ pub enum TransportError {
         known_hosts: String,
         line: usize,
     },
+    #[error("{0}")]
+    HostKeyTypeChanged(Box<HostKeyTypeChange>),
+    #[error(
+        "host key {fingerprint} of {host} is REVOKED in {known_hosts} (line {line}, @revoked); \
+         refusing to connect"
+    )]
+    HostKeyRevoked {
+        host: String,
+        fingerprint: String,
+        known_hosts: String,
+        line: usize,
+    },
+    #[error(
+        "{host} offers only host keys signed with the legacy ssh-rsa (SHA-1) algorithm \
+         (offered: {offered}), refused like OpenSSH 8.8 and later do; give the server an \
+         ed25519/ECDSA key or enable rsa-sha2-256/512, or set allow_ssh_rsa_sha1 = true \
+         for this host in the inventory"
+    )]
+    LegacyHostKeyAlgorithm { host: String, offered: String },
+    #[error(
+        "{host}: the login shell is not a POSIX sh ({detail}); ferry needs a POSIX sh \
+         login shell, or `shell = \"/bin/sh\"` for this host in the inventory"
+    )]
+    NotPosixShell { host: String, detail: String },
     #[error("sudo failed on {host}: {reason}")]
     Become { host: String, reason: String },
     #[error("connection to {host} lost: {reason}")]
@@ -54,6 +78,23 @@ pub enum TransportError {
     Io(#[from] std::io::Error),
     #[error("ssh protocol error: {0}")]
     Protocol(String),
+}
+
+/// A host whose recorded keys are all of other types than the one it presented.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "REMOTE HOST IDENTIFICATION HAS CHANGED for {host}: it presented a {offered} key \
+     ({fingerprint}) but {known_hosts} records only {known_types} key(s) for it (line {line}); \
+     refusing to connect. If the change is expected, remove the host's entries from \
+     {known_hosts} (`ssh-keygen -R {host} -f {known_hosts}`) and trust the new key"
+)]
+pub struct HostKeyTypeChange {
+    pub host: String,
+    pub offered: String,
+    pub fingerprint: String,
+    pub known_types: String,
+    pub known_hosts: String,
+    pub line: usize,
 }
 
 impl TransportError {
@@ -82,6 +123,98 @@ impl ExecOutput {
     }
     pub fn stderr_str(&self) -> String {
         String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// How much of a command's stdout and stderr to keep: the first `head` and the last
+/// `tail` bytes of each, with a note of how many bytes were left out between them. A
+/// command may print gigabytes; its report needs neither all of them nor the memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimit {
+    pub head: usize,
+    pub tail: usize,
+}
+
+impl OutputLimit {
+    /// What a `command` task keeps for its report and facts: 64 KiB + 64 KiB per stream.
+    pub const REPORT: OutputLimit = OutputLimit {
+        head: 64 * 1024,
+        tail: 64 * 1024,
+    };
+
+    /// Cut `out`'s streams down to this limit (for transports that collect first).
+    pub fn apply(self, out: ExecOutput) -> ExecOutput {
+        let cut = |bytes: Vec<u8>, stream: &str| {
+            let mut b = BoundedOutput::new(Some(self));
+            b.push(&bytes);
+            b.finish(stream)
+        };
+        ExecOutput {
+            status: out.status,
+            stdout: cut(out.stdout, "stdout"),
+            stderr: cut(out.stderr, "stderr"),
+        }
+    }
+}
+
+/// One output stream being collected, bounded by an [`OutputLimit`] (or not at all).
+#[derive(Debug, Default)]
+pub struct BoundedOutput {
+    limit: Option<OutputLimit>,
+    head: Vec<u8>,
+    tail: std::collections::VecDeque<u8>,
+    omitted: u64,
+}
+
+impl BoundedOutput {
+    pub fn new(limit: Option<OutputLimit>) -> Self {
+        BoundedOutput {
+            limit,
+            ..Default::default()
+        }
+    }
+
+    pub fn push(&mut self, mut data: &[u8]) {
+        let Some(limit) = self.limit else {
+            self.head.extend_from_slice(data);
+            return;
+        };
+        let room = limit.head.saturating_sub(self.head.len());
+        if room > 0 {
+            let n = room.min(data.len());
+            self.head
+                .extend_from_slice(data.get(..n).unwrap_or_default());
+            data = data.get(n..).unwrap_or_default();
+        }
+        if data.len() > limit.tail {
+            // Everything in the tail and the front of `data` falls out.
+            self.omitted += (self.tail.len() + data.len() - limit.tail) as u64;
+            self.tail.clear();
+            data = data.get(data.len() - limit.tail..).unwrap_or_default();
+        }
+        self.tail.extend(data);
+        let excess = self.tail.len().saturating_sub(limit.tail);
+        if excess > 0 {
+            self.tail.drain(..excess);
+            self.omitted += excess as u64;
+        }
+    }
+
+    /// Bytes left out so far.
+    pub fn omitted(&self) -> u64 {
+        self.omitted
+    }
+
+    /// The kept bytes, with a note in place of what was left out.
+    pub fn finish(self, stream: &str) -> Vec<u8> {
+        let mut out = self.head;
+        if self.omitted > 0 {
+            out.extend_from_slice(
+                format!("\n[ferry: {} bytes of {stream} omitted]\n", self.omitted).as_bytes(),
+            );
+        }
+        out.extend(self.tail);
+        out
     }
 }
 
@@ -127,6 +260,17 @@ pub trait Transport: Send + Sync {
     /// Run `cmd` (via `sh -c` on the host, as root when the host has `become`),
     /// feed it `stdin` if given, and collect its output.
     async fn exec(&self, cmd: &Cmd, stdin: Option<&[u8]>) -> Result<ExecOutput, TransportError>;
+
+    /// [`Transport::exec`], keeping only `limit` of each output stream in memory (see
+    /// [`OutputLimit`]). The default collects everything first, then cuts.
+    async fn exec_bounded(
+        &self,
+        cmd: &Cmd,
+        stdin: Option<&[u8]>,
+        limit: OutputLimit,
+    ) -> Result<ExecOutput, TransportError> {
+        Ok(limit.apply(self.exec(cmd, stdin).await?))
+    }
 
     /// Run `cmd` with streaming stdin/stdout. Bulk data goes over a connection of its own,
     /// so a slow stream never stalls other tasks' commands.
@@ -203,6 +347,12 @@ pub struct ConnectSpec {
     pub become_: Option<BecomeSpec>,
     /// Prompt on the terminal for missing passwords/passphrases (never when stdin is not a TTY).
     pub allow_prompt: bool,
+    /// Accept host keys signed with the legacy `ssh-rsa` (SHA-1) algorithm, which OpenSSH
+    /// 8.8 and later refuse by default (inventory `allow_ssh_rsa_sha1`).
+    pub allow_ssh_rsa_sha1: bool,
+    /// The POSIX shell ferry runs commands with on the host (inventory `shell`), instead
+    /// of relying on the login shell being one. `None`: the login shell must be POSIX.
+    pub shell: Option<String>,
 }
 
 impl std::fmt::Debug for ConnectSpec {
@@ -222,6 +372,8 @@ impl std::fmt::Debug for ConnectSpec {
             .field("proxy_jump", &self.proxy_jump)
             .field("connect_timeout", &self.connect_timeout)
             .field("become_", &self.become_)
+            .field("allow_ssh_rsa_sha1", &self.allow_ssh_rsa_sha1)
+            .field("shell", &self.shell)
             .finish()
     }
 }
@@ -235,4 +387,29 @@ pub trait Connector: Send + Sync {
         spec: &ConnectSpec,
         secrets: &crate::secrets::Secrets,
     ) -> Result<std::sync::Arc<dyn Transport>, TransportError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_output_keeps_head_and_tail_and_counts_the_rest() {
+        let limit = OutputLimit { head: 4, tail: 3 };
+        let mut b = BoundedOutput::new(Some(limit));
+        for chunk in [&b"ab"[..], b"cdef", b"g", b"hijklmnop", b"qr"] {
+            b.push(chunk);
+        }
+        assert_eq!(b.omitted(), 11);
+        assert_eq!(
+            String::from_utf8(b.finish("stdout")).unwrap(),
+            "abcd\n[ferry: 11 bytes of stdout omitted]\npqr"
+        );
+        let mut small = BoundedOutput::new(Some(limit));
+        small.push(b"abcdefg");
+        assert_eq!(small.finish("stdout"), b"abcdefg");
+        let mut all = BoundedOutput::new(None);
+        all.push(&[b'x'; 1000]);
+        assert_eq!(all.finish("stdout").len(), 1000);
+    }
 }

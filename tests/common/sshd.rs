@@ -20,6 +20,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("sudo", "/usr/bin/sudo"),
     ("socat", "/usr/bin/socat"),
     ("netcat-openbsd", "/usr/bin/nc.openbsd"),
+    ("tcsh", "/usr/bin/tcsh"),
 ];
 
 /// Install whatever is missing (once per test binary); panic with a clear message if apt
@@ -107,6 +108,8 @@ pub struct SshdOptions {
     pub log_level: &'static str,
     /// Extra sshd_config lines.
     pub extra: String,
+    /// Host key types (`ssh-keygen -t`), one `HostKey` each, in this order.
+    pub host_key_kinds: Vec<&'static str>,
 }
 
 impl Default for SshdOptions {
@@ -116,6 +119,7 @@ impl Default for SshdOptions {
             tcp_forwarding: true,
             log_level: "VERBOSE",
             extra: String::new(),
+            host_key_kinds: vec!["ed25519"],
         }
     }
 }
@@ -124,8 +128,10 @@ impl Default for SshdOptions {
 pub struct Sshd {
     pub port: u16,
     pub dir: tempfile::TempDir,
-    /// The host key's `.pub` line.
+    /// The (first) host key's `.pub` line.
     pub host_key: String,
+    /// Every host key's `.pub` line, in `host_key_kinds` order.
+    pub host_keys: Vec<String>,
     child: Child,
 }
 
@@ -143,7 +149,15 @@ impl Sshd {
             .unwrap();
         // Readable by the test users (sshd reads authorized_keys as the user).
         set_mode(dir.path(), 0o755);
-        let host = keygen(dir.path(), "host_ed25519", "ed25519", "", false);
+        let hosts: Vec<KeyPair> = opts
+            .host_key_kinds
+            .iter()
+            .map(|kind| keygen(dir.path(), &format!("host_{kind}"), kind, "", false))
+            .collect();
+        let host_key_lines: String = hosts
+            .iter()
+            .map(|k| format!("HostKey {}\n", k.private.display()))
+            .collect();
         let authorized = dir.path().join("authorized_keys");
         std::fs::write(&authorized, "").unwrap();
         set_mode(&authorized, 0o644);
@@ -157,7 +171,7 @@ impl Sshd {
                 format!(
                     "Port {port}\n\
                      ListenAddress 127.0.0.1\n\
-                     HostKey {hostkey}\n\
+                     {host_key_lines}\
                      PidFile {dir}/sshd.pid\n\
                      AuthorizedKeysFile {dir}/authorized_keys\n\
                      StrictModes no\n\
@@ -172,7 +186,6 @@ impl Sshd {
                      LogLevel {log_level}\n\
                      PrintMotd no\n\
                      {extra}\n",
-                    hostkey = host.private.display(),
                     dir = dir.path().display(),
                     pw = yes_no(opts.password_auth),
                     fwd = yes_no(opts.tcp_forwarding),
@@ -194,7 +207,8 @@ impl Sshd {
                 return Sshd {
                     port,
                     dir,
-                    host_key: host.public,
+                    host_key: hosts[0].public.clone(),
+                    host_keys: hosts.iter().map(|k| k.public.clone()).collect(),
                     child,
                 };
             }
@@ -216,7 +230,12 @@ impl Sshd {
 
     /// The known_hosts line for this server.
     pub fn known_hosts_line(&self) -> String {
-        let mut parts = self.host_key.split_whitespace();
+        self.known_hosts_line_for(&self.host_key)
+    }
+
+    /// The known_hosts line recording `public` (a `.pub` line) for this server.
+    pub fn known_hosts_line_for(&self, public: &str) -> String {
+        let mut parts = public.split_whitespace();
         let (kind, key) = (parts.next().unwrap(), parts.next().unwrap());
         format!("[127.0.0.1]:{} {kind} {key}", self.port)
     }
@@ -521,4 +540,27 @@ pub fn openssh(sshd: &Sshd, client: &Client) -> Command {
         .arg(&client.key.private)
         .args(["-p", &sshd.port.to_string(), "root@127.0.0.1"]);
     cmd
+}
+
+/// Pids of processes whose command line or environment contains `needle` (the tests run
+/// as root, so this sees every user's processes, as `ps -eo args` would).
+pub fn processes_showing(needle: &str) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        for file in ["cmdline", "environ"] {
+            if let Ok(raw) = std::fs::read(entry.path().join(file)) {
+                let text = String::from_utf8_lossy(&raw).replace('\0', " ");
+                if text.contains(needle) {
+                    out.push((pid, format!("{file}: {text}")));
+                }
+            }
+        }
+    }
+    out
 }

@@ -1,10 +1,12 @@
 //! Privilege escalation through sudo, without a PTY and without the password ever in argv.
 //!
 //! The command becomes
-//! `sudo -k -S -p <PROMPT> -u USER -- sh -c 'printf "%s\n" "$0" >&2; exec sh -c "$1"' <OK> <CMD>`
-//! (`sudo -n ...` when no password is configured). The client watches stderr: sudo's
-//! `<PROMPT>` is answered with the password line; `<OK>` means sudo accepted and the command
-//! is starting, so only then are the caller's stdin bytes let through. `-k` makes sudo ask
+//! `sudo -k -S -p <PROMPT> -u USER -- sh -c 'echo "$0" >&2; <READER>' <OK>`
+//! (`sudo -n ...` when no password is configured), where `<READER>` reads the script
+//! from stdin (see `script`: the script is never in argv). The client watches stderr:
+//! sudo's `<PROMPT>` is answered with the password line; `<OK>` means sudo accepted and
+//! the shell is starting, so only then are the script and the caller's stdin bytes let
+//! through. `-k` makes sudo ask
 //! every time a password is needed, so a cached credential can never make the password line
 //! land in the command's stdin; a NOPASSWD rule simply means no prompt appears.
 
@@ -25,10 +27,13 @@ pub(crate) struct BecomeHandshake {
     pub password: Option<String>,
 }
 
-const STARTER: &str = "printf '%s\\n' \"$0\" >&2; exec sh -c \"$1\"";
+/// Announces that sudo started the shell (`$0` is the OK token).
+// No `'`, `!` or backslash, like the reader: the login shell (csh/tcsh too) passes it whole.
+const STARTER: &str = "echo \"$0\" >&2; ";
 
-/// The full command line for the login shell, and its handshake.
-pub(crate) fn wrap(inner: &Cmd, spec: &BecomeSpec) -> (String, BecomeHandshake) {
+/// The full command line for the login shell, and its handshake: sudo runs `shell -c`
+/// with `program` (a fixed reader, see `script`) after announcing itself.
+pub(crate) fn wrap(program: &str, shell: &str, spec: &BecomeSpec) -> (String, BecomeHandshake) {
     let user = if spec.user.is_empty() {
         "root".to_string()
     } else {
@@ -42,9 +47,9 @@ pub(crate) fn wrap(inner: &Cmd, spec: &BecomeSpec) -> (String, BecomeHandshake) 
         None => Cmd::new("sudo").arg("-n"),
     };
     let line = sudo
-        .args(["-u", user.as_str(), "--", "sh", "-c", STARTER])
+        .args(["-u", user.as_str(), "--", shell, "-c"])
+        .arg(format!("{STARTER}{program}"))
         .arg(ok.as_str())
-        .arg(inner.to_shell())
         .to_shell();
     (
         line,
@@ -55,6 +60,34 @@ pub(crate) fn wrap(inner: &Cmd, spec: &BecomeSpec) -> (String, BecomeHandshake) 
             password: spec.password.clone(),
         },
     )
+}
+
+/// Refuse a sudo password that sudo cannot take whole: `sudo -S` reads one line, so
+/// whatever follows a newline (or a carriage return, which ends the line for a terminal
+/// driver and for some sudo builds) would be passed on to the command's stdin; sudo also
+/// cuts at a NUL byte.
+pub(crate) fn check_password(spec: &BecomeSpec, host: &str) -> Result<(), TransportError> {
+    let Some(password) = &spec.password else {
+        return Ok(());
+    };
+    let bad = [
+        ('\n', "a newline"),
+        ('\r', "a carriage return"),
+        ('\0', "a NUL byte"),
+    ]
+    .into_iter()
+    .find(|(c, _)| password.contains(*c));
+    match bad {
+        None => Ok(()),
+        Some((_, what)) => Err(TransportError::Become {
+            host: host.to_string(),
+            reason: format!(
+                "the become password contains {what}; sudo reads the password as one line, \
+                 so the rest would be sent to the command's input. Refusing to use it: \
+                 remove the {what} from the variable named by become_password_env"
+            ),
+        }),
+    }
 }
 
 /// Hex token unique enough to never appear in a command's own output by chance.
@@ -160,7 +193,7 @@ mod tests {
             user: String::new(),
             password: Some("hunter2-secret".into()),
         };
-        let (line, hs) = wrap(&Cmd::new("id").arg("-u"), &spec);
+        let (line, hs) = wrap("id -u", "sh", &spec);
         assert!(!line.contains("hunter2"), "{line}");
         assert!(line.starts_with("sudo -k -S -p "), "{line}");
         assert!(line.contains("-u root -- sh -c"), "{line}");
@@ -168,13 +201,32 @@ mod tests {
         assert_eq!(hs.user, "root");
 
         let (line, _) = wrap(
-            &Cmd::new("id"),
+            "id",
+            "sh",
             &BecomeSpec {
                 user: "postgres".into(),
                 password: None,
             },
         );
         assert!(line.starts_with("sudo -n -u postgres -- sh -c"), "{line}");
+    }
+
+    #[test]
+    fn a_password_with_a_line_break_is_refused() {
+        for pw in ["first\nsecond", "first\r", "a\0b"] {
+            let spec = BecomeSpec {
+                user: "root".into(),
+                password: Some(pw.into()),
+            };
+            let e = check_password(&spec, "h").unwrap_err().to_string();
+            assert!(e.contains("become password contains"), "{e}");
+            assert!(!e.contains("first") && !e.contains("second"), "{e}");
+        }
+        let ok = BecomeSpec {
+            user: "root".into(),
+            password: Some("pass word!".into()),
+        };
+        assert!(check_password(&ok, "h").is_ok());
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub(crate) struct Target {
     pub identity_files: Vec<PathBuf>,
     pub known_hosts: PathBuf,
     pub policy: HostKeyPolicy,
+    /// Accept legacy `ssh-rsa` (SHA-1) host key signatures (the inventory's
+    /// `allow_ssh_rsa_sha1`; jump hosts inherit the target's).
+    pub allow_ssh_rsa_sha1: bool,
 }
 
 impl Target {
@@ -80,6 +83,7 @@ pub(crate) fn resolve(spec: &ConnectSpec) -> Result<Route, TransportError> {
         identity_files: identity_files.clone(),
         known_hosts: known_hosts.clone(),
         policy,
+        allow_ssh_rsa_sha1: spec.allow_ssh_rsa_sha1,
     };
 
     let jump_value = spec
@@ -142,6 +146,7 @@ fn resolve_hop(
             .strict_host_key_checking
             .map(policy_from_config)
             .unwrap_or(target.policy),
+        allow_ssh_rsa_sha1: target.allow_ssh_rsa_sha1,
     })
 }
 

@@ -23,7 +23,9 @@ use tokio_util::io::StreamReader;
 use super::become_::{self, BecomeHandshake};
 use super::session::{map_russh_error, Connection};
 use crate::secrets::Secrets;
-use crate::transport::{BoxFuture, BoxRead, ExecOutput, StreamExit, TransportError};
+use crate::transport::{
+    BoundedOutput, BoxFuture, BoxRead, ExecOutput, OutputLimit, StreamExit, TransportError,
+};
 
 /// Stdout chunks queued between the pump and the reader.
 const STDOUT_QUEUE: usize = 16;
@@ -40,11 +42,13 @@ pub(crate) struct Running {
 }
 
 /// Open a session channel on `conn` and exec `command` (already a complete shell command
-/// line for the login shell). With `become_`, returns only once sudo has accepted, so
+/// line for the login shell), then send `preamble` (the script, see `script`) ahead of
+/// anything written to stdin. With `become_`, returns only once sudo has accepted, so
 /// nothing written to stdin can reach sudo's password prompt.
 pub(crate) async fn start(
     conn: &Arc<Connection>,
     command: String,
+    preamble: Option<Bytes>,
     become_: Option<BecomeHandshake>,
     host: &str,
     secrets: &Secrets,
@@ -111,6 +115,13 @@ pub(crate) async fn start(
         }
     }
 
+    if let Some(preamble) = preamble {
+        write
+            .data_bytes(preamble)
+            .await
+            .map_err(|e| map_russh_error(e, host))?;
+    }
+
     let host_owned = host.to_string();
     let exit: BoxFuture<Result<StreamExit, TransportError>> = Box::pin(async move {
         exit_rx.await.unwrap_or_else(|_| {
@@ -128,18 +139,24 @@ pub(crate) async fn start(
     })
 }
 
-/// Run to completion: feed `stdin` (EOF right away when `None`), collect stdout/stderr.
+/// Run to completion: feed `stdin` (EOF right away when `None`), collect stdout/stderr,
+/// each bounded by `limit` (`None`: keep everything).
+///
+/// Dropped before the end (a timeout): the channel is closed, so neither the session
+/// slot nor the remote command's pipes are kept for ever.
 pub(crate) async fn collect(
     running: Running,
     stdin: Option<&[u8]>,
+    limit: Option<OutputLimit>,
 ) -> Result<ExecOutput, TransportError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Running {
         stdin: mut input,
         stdout: mut output,
         exit,
-        ..
+        channel,
     } = running;
+    let close_on_drop = CloseOnDrop(Some(channel));
     let write = async {
         if let Some(data) = stdin.filter(|d| !d.is_empty()) {
             input.write_all(data).await?;
@@ -147,19 +164,66 @@ pub(crate) async fn collect(
         input.shutdown().await
     };
     let read = async {
-        let mut buf = Vec::new();
-        output.read_to_end(&mut buf).await.map(|_| buf)
+        let mut kept = BoundedOutput::new(limit);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = output.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, io::Error>(kept);
+            }
+            kept.push(buf.get(..n).unwrap_or_default());
+        }
     };
     // A command that exits without reading its stdin makes the write fail: not an error.
     let (_written, read) = tokio::join!(write, read);
     let exit = exit.await?;
     let stdout = read?;
+    close_on_drop.disarm();
+    let stderr = match limit {
+        Some(l) => {
+            let mut kept = BoundedOutput::new(Some(l));
+            kept.push(&exit.stderr);
+            kept.finish("stderr")
+        }
+        None => exit.stderr,
+    };
     Ok(ExecOutput {
         status: exit.status,
-        stdout,
-        stderr: exit.stderr,
+        stdout: stdout.finish("stdout"),
+        stderr,
     })
 }
+
+/// Closes a channel when dropped armed.
+struct CloseOnDrop(Option<Arc<ChannelWriteHalf<Msg>>>);
+
+impl CloseOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let Some(channel) = self.0.take() else {
+            return;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                // Ask the remote command to stop (servers without signal support
+                // ignore it), then close: its pipes go away with the session.
+                let _ = channel.signal(russh::Sig::TERM).await;
+                let _ = channel.eof().await;
+                let _ = channel.close().await;
+            });
+        }
+    }
+}
+
+/// After the command's exit status arrived, how long the channel may stay silent before
+/// ferry stops waiting for its end of output: a process the command left in the
+/// background (`daemon &`) keeps the output pipes, and with them the channel, open.
+const AFTER_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 struct BecomeState {
     hs: BecomeHandshake,
@@ -193,7 +257,21 @@ impl Pump {
         let mut closed = false;
         let mut eof = false;
         let mut reader_gone = false;
-        while let Some(msg) = self.read.wait().await {
+        let mut left_open = false;
+        loop {
+            let msg = if status.is_some() || signal.is_some() {
+                match tokio::time::timeout(AFTER_EXIT_GRACE, self.read.wait()).await {
+                    Ok(msg) => msg,
+                    Err(_) => {
+                        // Exited, but something it started still holds the output open.
+                        left_open = true;
+                        break;
+                    }
+                }
+            } else {
+                self.read.wait().await
+            };
+            let Some(msg) = msg else { break };
             match msg {
                 // A dropped reader: keep draining so the command can finish.
                 ChannelMsg::Data { data } if !reader_gone => {
@@ -230,7 +308,16 @@ impl Pump {
             }
         }
 
-        let lost = !closed && !(eof && (status.is_some() || signal.is_some()));
+        if left_open {
+            tracing::debug!(
+                "{}: the command exited but a process it left running keeps its output \
+                 open; closing the channel",
+                self.host
+            );
+            let _ = self.write.eof().await;
+            let _ = self.write.close().await;
+        }
+        let lost = !closed && !((eof || left_open) && (status.is_some() || signal.is_some()));
         if lost {
             let reason = "connection lost while the command was running".to_string();
             if !reader_gone {

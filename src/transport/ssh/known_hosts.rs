@@ -29,10 +29,13 @@ pub(crate) fn host_token(host: &str, port: u16) -> String {
 pub(crate) enum HostKeyStatus {
     /// The key is recorded for this host.
     Known,
-    /// No key of this algorithm is recorded for this host.
+    /// No key at all is recorded for this host.
     Unknown,
     /// A different key of the same algorithm is recorded (line number, 1-based).
     Changed { line: usize },
+    /// Only keys of other algorithms are recorded: as OpenSSH, this is a changed
+    /// identity, not a new host (first such line, 1-based; the recorded algorithms).
+    OtherType { line: usize, known: Vec<String> },
     /// The key is marked `@revoked` (line number, 1-based).
     Revoked { line: usize },
 }
@@ -185,6 +188,22 @@ pub(crate) fn check(
     {
         return Ok(HostKeyStatus::Changed { line: e.line });
     }
+    // A host with any recorded key must present one of them: a server that suddenly
+    // shows a key of another type is as suspect as one that shows another key.
+    let others: Vec<&Entry> = entries.iter().filter(|e| !e.revoked).collect();
+    if let Some(first) = others.first() {
+        let mut known: Vec<String> = Vec::new();
+        for e in &others {
+            let name = e.key.algorithm().to_string();
+            if !known.contains(&name) {
+                known.push(name);
+            }
+        }
+        return Ok(HostKeyStatus::OtherType {
+            line: first.line,
+            known,
+        });
+    }
     Ok(HostKeyStatus::Unknown)
 }
 
@@ -329,6 +348,43 @@ mod tests {
         assert_eq!(
             known_algorithms(&path, "127.0.0.1", 2222),
             vec![Algorithm::Ed25519]
+        );
+    }
+
+    const KEY_RSA: &str =
+        "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC3hCT/iBxNtqr0V3byiSzb/q4zZWTQs0RFC1+skD97Yauj2JH5jyaNSrSq3ZPLplD9tWrIsbcIuSpiq3HI0P7fXCURnppTDEXg/uZYKBaNwQguqI0f+dsGnOih2Ay/iMj+wAv4axzTFDon7R+4DYFMCE1Dn8tre7UJShusLia18CqBFAwH7xrtqfcAFUforbkzO3j/4YqXbeOJyCtVi9NbYmZlt6K16Tri6mDBU5qepktFFPtvrrjh38XVi93o0+GTOfyv1qmDjbxx2iglRrz7+icUW1hPu1IvJkvONZFbbDrtJW0jFs4iz6QJy7G+IEMsr8HikSDIOAWTMA3oYgPD";
+
+    #[test]
+    fn a_key_of_another_type_is_a_changed_identity_and_revoked_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        std::fs::write(
+            &path,
+            format!(
+                "[h]:2222 {KEY_A}\n\
+                 @revoked [r]:2222 {KEY_B}\n\
+                 [r]:2222 {KEY_A}\n"
+            ),
+        )
+        .unwrap();
+        // ed25519 recorded, the server shows RSA: not a new host.
+        assert_eq!(
+            check(&path, "h", 2222, &key(KEY_RSA)).unwrap(),
+            HostKeyStatus::OtherType {
+                line: 1,
+                known: vec!["ssh-ed25519".into()]
+            }
+        );
+        // A revoked key is reported as revoked, even though another key is recorded.
+        assert_eq!(
+            check(&path, "r", 2222, &key(KEY_B)).unwrap(),
+            HostKeyStatus::Revoked { line: 2 }
+        );
+        // Only revoked keys recorded: a new key of another type is unknown, not changed.
+        std::fs::write(&path, format!("@revoked [o]:2222 {KEY_A}\n")).unwrap();
+        assert_eq!(
+            check(&path, "o", 2222, &key(KEY_RSA)).unwrap(),
+            HostKeyStatus::Unknown
         );
     }
 

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use crate::command::Cmd;
 use crate::secrets::Secrets;
 use crate::transport::{
-    BecomeSpec, ConnectSpec, Duplex, ExecOutput, ExecStream, ForwardMethod, Transport,
+    BecomeSpec, ConnectSpec, Duplex, ExecOutput, ExecStream, ForwardMethod, OutputLimit, Transport,
     TransportError,
 };
 
@@ -30,6 +30,7 @@ mod become_;
 mod config;
 mod exec;
 mod known_hosts;
+mod script;
 mod session;
 mod shell;
 
@@ -75,6 +76,8 @@ pub struct SshTransport {
     creds: Arc<auth::Credentials>,
     timeout: Duration,
     become_: Option<BecomeSpec>,
+    /// The POSIX shell that runs commands (`sh`, or the inventory's `shell`).
+    shell: String,
     secrets: Secrets,
     control: Lane,
     bulk: Lane,
@@ -108,6 +111,9 @@ impl SshTransport {
         secrets: Secrets,
         options: SshOptions,
     ) -> Result<Self, TransportError> {
+        if let Some(spec_become) = &spec.become_ {
+            become_::check_password(spec_become, &spec.name)?;
+        }
         for s in [&spec.password, &spec.key_passphrase]
             .into_iter()
             .flatten()
@@ -134,6 +140,11 @@ impl SshTransport {
             creds,
             timeout,
             become_: spec.become_.clone(),
+            shell: spec
+                .shell
+                .clone()
+                .filter(|s| !s.trim().is_empty())
+                .unwrap_or_else(|| "sh".to_string()),
             secrets,
             control: Lane::new("control"),
             bulk: Lane::new("bulk"),
@@ -174,23 +185,39 @@ impl SshTransport {
         Ok(conn)
     }
 
-    /// The command line for the login shell: `sh -c CMD`, or through sudo with `become`.
-    fn command_line(&self, cmd: &Cmd) -> (String, Option<become_::BecomeHandshake>) {
-        match &self.become_ {
+    /// The command line for the login shell (`sh -c READER`, or through sudo with
+    /// `become`) and what to send on stdin first: the command's script, so that it is
+    /// never in any argv (see `script`).
+    fn command_line(
+        &self,
+        cmd: &Cmd,
+    ) -> Result<(String, bytes::Bytes, Option<become_::BecomeHandshake>), TransportError> {
+        let token = script::token()?;
+        let reader = script::reader(&token);
+        let preamble = script::preamble(&cmd.to_shell(), &token);
+        Ok(match &self.become_ {
             Some(spec) => {
-                let (line, hs) = become_::wrap(cmd, spec);
-                (line, Some(hs))
+                let (line, hs) = become_::wrap(&reader, &self.shell, spec);
+                (line, preamble, Some(hs))
             }
             None => (
-                Cmd::new("sh").arg("-c").arg(cmd.to_shell()).to_shell(),
+                Cmd::new(self.shell.as_str())
+                    .arg("-c")
+                    .arg(reader)
+                    .to_shell(),
+                preamble,
                 None,
             ),
-        }
+        })
     }
 
     /// Run `cmd` through the control connection's persistent shell. `None` when the
     /// shell is busy with another command or unavailable: use a channel of its own.
-    async fn exec_in_shell(&self, cmd: &Cmd) -> Result<Option<ExecOutput>, TransportError> {
+    async fn exec_in_shell(
+        &self,
+        cmd: &Cmd,
+        limit: Option<OutputLimit>,
+    ) -> Result<Option<ExecOutput>, TransportError> {
         let conn = self.connection(&self.control).await?;
         let mut shell = match conn.take_shell() {
             ShellSlot::Idle(shell) => shell,
@@ -198,13 +225,19 @@ impl SshTransport {
             ShellSlot::Unopened => {
                 // Dropped while opening: the slot goes back to `Unopened`.
                 let reset = ResetSlot::new(&conn);
-                let opened = Shell::open(&conn, &self.name).await;
+                let opened = Shell::open(&conn, &self.name, &self.shell).await;
                 reset.disarm();
                 match opened {
                     Ok(Some(shell)) => shell,
                     Ok(None) => {
                         conn.put_shell(ShellSlot::Unopened);
                         return Ok(None);
+                    }
+                    // Not a shell ferry can use at all: say so rather than fail
+                    // later with a cryptic message.
+                    Err(e @ TransportError::NotPosixShell { .. }) => {
+                        conn.put_shell(ShellSlot::Unopened);
+                        return Err(e);
                     }
                     Err(e) => {
                         tracing::debug!(
@@ -217,11 +250,10 @@ impl SshTransport {
                 }
             }
         };
-        let line = Cmd::new("sh").arg("-c").arg(cmd.to_shell()).to_shell();
         tracing::debug!(host = %self.name, lane = "control shell", "exec: {}", cmd.display());
         // Dropped mid-command: the shell is dropped (closed) and the slot reset.
         let reset = ResetSlot::new(&conn);
-        let outcome = shell.run(&line, &self.name).await;
+        let outcome = shell.run(&cmd.to_shell(), &self.name, limit).await;
         reset.disarm();
         match outcome {
             Ok(out) => {
@@ -231,7 +263,7 @@ impl SshTransport {
             Err(e) => {
                 conn.put_shell(ShellSlot::Unopened);
                 Err(match e {
-                    ShellError::Lost(e) => e,
+                    ShellError::Lost(e) | ShellError::Setup(e) => e,
                     ShellError::Ended | ShellError::Garbled => TransportError::Disconnected {
                         host: self.name.clone(),
                         reason: format!("the remote shell ended while running `{}`", cmd.display()),
@@ -243,9 +275,28 @@ impl SshTransport {
 
     async fn start(&self, lane: &Lane, cmd: &Cmd) -> Result<exec::Running, TransportError> {
         let conn = self.connection(lane).await?;
-        let (line, hs) = self.command_line(cmd);
+        let (line, preamble, hs) = self.command_line(cmd)?;
         tracing::debug!(host = %self.name, lane = lane.purpose, "exec: {}", cmd.display());
-        exec::start(&conn, line, hs, &self.name, &self.secrets).await
+        exec::start(&conn, line, Some(preamble), hs, &self.name, &self.secrets).await
+    }
+
+    /// [`Transport::exec`] with each output stream bounded by `limit`.
+    async fn exec_limited(
+        &self,
+        cmd: &Cmd,
+        stdin: Option<&[u8]>,
+        limit: Option<OutputLimit>,
+    ) -> Result<ExecOutput, TransportError> {
+        // Short commands without input: one round trip through the persistent shell
+        // instead of a channel (a fork and exec on the server) per command. sudo needs
+        // its own channel for the password handshake.
+        if self.become_.is_none() && stdin.is_none_or(<[u8]>::is_empty) {
+            if let Some(out) = self.exec_in_shell(cmd, limit).await? {
+                return Ok(out);
+            }
+        }
+        let running = self.start(&self.control, cmd).await?;
+        exec::collect(running, stdin, limit).await
     }
 
     /// Which relay program the host has: socat, nc, or bash (for `/dev/tcp`).
@@ -259,8 +310,9 @@ impl SshTransport {
                     "probe for socat/nc/bash",
                 );
                 let line = Cmd::new("sh").arg("-c").arg(probe.to_shell()).to_shell();
-                let running = exec::start(conn, line, None, &self.name, &self.secrets).await?;
-                let out = exec::collect(running, None).await?;
+                let running =
+                    exec::start(conn, line, None, None, &self.name, &self.secrets).await?;
+                let out = exec::collect(running, None, None).await?;
                 match out.stdout_str().trim() {
                     "socat" => Ok("socat"),
                     "nc" => Ok("nc"),
@@ -294,7 +346,7 @@ impl SshTransport {
                 .arg(port.to_string()),
         };
         let line = Cmd::new("sh").arg("-c").arg(relay.to_shell()).to_shell();
-        let running = exec::start(conn, line, None, &self.name, &self.secrets).await?;
+        let running = exec::start(conn, line, None, None, &self.name, &self.secrets).await?;
         tracing::info!(
             "{}: forwarding to {host}:{port} through a {tool} relay (server forbids TCP forwarding)",
             self.name
@@ -337,16 +389,16 @@ impl Transport for SshTransport {
     }
 
     async fn exec(&self, cmd: &Cmd, stdin: Option<&[u8]>) -> Result<ExecOutput, TransportError> {
-        // Short commands without input: one round trip through the persistent shell
-        // instead of a channel (a fork and exec on the server) per command. sudo needs
-        // its own channel for the password handshake.
-        if self.become_.is_none() && stdin.is_none_or(<[u8]>::is_empty) {
-            if let Some(out) = self.exec_in_shell(cmd).await? {
-                return Ok(out);
-            }
-        }
-        let running = self.start(&self.control, cmd).await?;
-        exec::collect(running, stdin).await
+        self.exec_limited(cmd, stdin, None).await
+    }
+
+    async fn exec_bounded(
+        &self,
+        cmd: &Cmd,
+        stdin: Option<&[u8]>,
+        limit: OutputLimit,
+    ) -> Result<ExecOutput, TransportError> {
+        self.exec_limited(cmd, stdin, Some(limit)).await
     }
 
     async fn exec_stream(&self, cmd: &Cmd) -> Result<ExecStream, TransportError> {

@@ -117,10 +117,18 @@ fn cipher_order() -> Vec<russh::cipher::Name> {
     }
 }
 
-/// Host-key algorithms with those already recorded for this host first, so the server
-/// presents a key that can be verified (as OpenSSH does).
-fn host_key_order(known: &[Algorithm]) -> Vec<Algorithm> {
-    let defaults: Vec<Algorithm> = russh::Preferred::DEFAULT.key.to_vec();
+/// Host-key algorithms with those already recorded for this host first, so a server
+/// that has several keys presents one that can be verified (as OpenSSH orders
+/// `HostKeyAlgorithms`). The legacy `ssh-rsa` (SHA-1 signatures) is left out unless
+/// `allow_ssh_rsa_sha1`, as OpenSSH 8.8 and later do; RSA keys still work through
+/// `rsa-sha2-512`/`rsa-sha2-256`.
+fn host_key_order(known: &[Algorithm], allow_ssh_rsa_sha1: bool) -> Vec<Algorithm> {
+    let defaults: Vec<Algorithm> = russh::Preferred::DEFAULT
+        .key
+        .iter()
+        .filter(|a| allow_ssh_rsa_sha1 || !is_ssh_rsa_sha1(a))
+        .cloned()
+        .collect();
     let is_known = |a: &Algorithm| {
         known
             .iter()
@@ -131,10 +139,15 @@ fn host_key_order(known: &[Algorithm]) -> Vec<Algorithm> {
     order
 }
 
+/// `ssh-rsa`: RSA with SHA-1 signatures.
+fn is_ssh_rsa_sha1(a: &Algorithm) -> bool {
+    matches!(a, Algorithm::Rsa { hash: None })
+}
+
 fn client_config(target: &Target) -> Arc<russh::client::Config> {
     let known = known_hosts::known_algorithms(&target.known_hosts, &target.host, target.port);
     let preferred = russh::Preferred {
-        key: host_key_order(&known).into(),
+        key: host_key_order(&known, target.allow_ssh_rsa_sha1).into(),
         cipher: cipher_order().into(),
         // Compression costs CPU and gains nothing on dumps that are already compressed.
         compression: (&[russh::compression::NONE][..]).into(),
@@ -197,7 +210,36 @@ fn verify_host_key(target: &Target, key: &PublicKey) -> Result<(), TransportErro
     let token = known_hosts::host_token(&target.host, target.port);
     match status {
         HostKeyStatus::Known => Ok(()),
-        HostKeyStatus::Changed { line } | HostKeyStatus::Revoked { line } => {
+        HostKeyStatus::Revoked { line } => {
+            tracing::error!(
+                "host key for {token} is revoked in {} line {line}",
+                path.display()
+            );
+            Err(TransportError::HostKeyRevoked {
+                host: token,
+                fingerprint,
+                known_hosts: path.display().to_string(),
+                line,
+            })
+        }
+        HostKeyStatus::OtherType { line, known } => {
+            tracing::error!(
+                "host key for {token} is of a type not recorded in {} (line {line} has {})",
+                path.display(),
+                known.join(", ")
+            );
+            Err(TransportError::HostKeyTypeChanged(Box::new(
+                crate::transport::HostKeyTypeChange {
+                    host: token,
+                    offered: key.algorithm().to_string(),
+                    fingerprint,
+                    known_types: known.join(", "),
+                    known_hosts: path.display().to_string(),
+                    line,
+                },
+            )))
+        }
+        HostKeyStatus::Changed { line } => {
             tracing::error!(
                 "host key for {token} does not match {} line {line}",
                 path.display()
@@ -219,25 +261,33 @@ fn verify_host_key(target: &Target, key: &PublicKey) -> Result<(), TransportErro
             );
             Ok(())
         }
-        HostKeyStatus::Unknown => {
-            let port_arg = if target.port == 22 {
-                String::new()
-            } else {
-                format!("-p {} ", target.port)
-            };
-            let key_type = key.algorithm().to_string();
-            Err(TransportError::HostKeyUnknown {
-                host: token,
-                hint: format!(
-                    "`ssh-keyscan {port_arg}-t {key_type} {} >> {}` and check that the \
-                     fingerprint is {fingerprint}; or set host_key_checking = \"accept-new\" \
-                     for this host in the inventory",
-                    target.host,
-                    path.display()
-                ),
-            })
-        }
+        HostKeyStatus::Unknown => Err(TransportError::HostKeyUnknown {
+            host: token,
+            hint: format!(
+                "`{}` and check that the fingerprint is {fingerprint}; or set \
+                     host_key_checking = \"accept-new\" for this host in the inventory",
+                keyscan_command(target, key)
+            ),
+        }),
     }
+}
+
+/// The `ssh-keyscan` command that records `key`'s type for `target`, quoted so that it
+/// can be pasted into a shell whatever the host name and the known_hosts path hold.
+fn keyscan_command(target: &Target, key: &PublicKey) -> String {
+    use crate::command::quote;
+    let port_arg = if target.port == 22 {
+        String::new()
+    } else {
+        format!("-p {} ", target.port)
+    };
+    let key_type = key.algorithm().to_string();
+    format!(
+        "ssh-keyscan {port_arg}-t {} {} >> {}",
+        quote(&key_type),
+        quote(&target.host),
+        quote(&target.known_hosts.to_string_lossy())
+    )
 }
 
 /// Map a russh error to what the operator should read.
@@ -262,10 +312,22 @@ pub(crate) fn map_russh_error(e: russh::Error, addr: &str) -> TransportError {
     }
 }
 
-fn map_client_error(e: ClientError, addr: &str) -> TransportError {
+fn map_client_error(e: ClientError, target: &Target) -> TransportError {
+    let addr = target.addr();
     match e {
         ClientError::HostKey(t) => t,
-        ClientError::Ssh(e) => map_russh_error(e, addr),
+        // Nothing in common but `ssh-rsa`, which ferry left out on purpose.
+        ClientError::Ssh(russh::Error::NoCommonAlgo {
+            kind: russh::AlgorithmKind::Key,
+            theirs,
+            ..
+        }) if !target.allow_ssh_rsa_sha1 && theirs.iter().any(|a| a == "ssh-rsa") => {
+            TransportError::LegacyHostKeyAlgorithm {
+                host: addr,
+                offered: theirs.join(","),
+            }
+        }
+        ClientError::Ssh(e) => map_russh_error(e, &addr),
     }
 }
 
@@ -328,7 +390,7 @@ async fn connect_hop(
             tokio::time::timeout(timeout, russh::client::connect_stream(config, tcp, handler))
                 .await
                 .map_err(|_| timed_out())?
-                .map_err(|e| map_client_error(e, &addr))?
+                .map_err(|e| map_client_error(e, target))?
         }
         Some(jump) => {
             let channel = tokio::time::timeout(
@@ -352,7 +414,7 @@ async fn connect_hop(
             )
             .await
             .map_err(|_| timed_out())?
-            .map_err(|e| map_client_error(e, &addr))?
+            .map_err(|e| map_client_error(e, target))?
         }
     };
     auth::authenticate(&mut handle, target, creds, timeout).await?;
@@ -366,9 +428,54 @@ mod tests {
 
     #[test]
     fn known_algorithms_come_first() {
-        let order = host_key_order(&[Algorithm::Rsa { hash: None }]);
+        let order = host_key_order(&[Algorithm::Rsa { hash: None }], true);
         assert!(order[0].clone().is_rsa(), "{order:?}");
         assert!(order.contains(&Algorithm::Ed25519));
         assert_eq!(order.len(), russh::Preferred::DEFAULT.key.len());
+    }
+
+    #[test]
+    fn ssh_rsa_sha1_only_when_allowed() {
+        let order = host_key_order(&[Algorithm::Rsa { hash: None }], false);
+        assert!(order[0].clone().is_rsa(), "{order:?}");
+        assert!(!order.iter().any(is_ssh_rsa_sha1), "{order:?}");
+        assert!(order.contains(&Algorithm::Rsa {
+            hash: Some(russh::keys::HashAlg::Sha512)
+        }));
+        assert!(host_key_order(&[], true).iter().any(is_ssh_rsa_sha1));
+    }
+
+    #[test]
+    fn keyscan_hint_quotes_host_and_path() {
+        let target = Target {
+            alias: "h".into(),
+            host: "127.0.0.1".into(),
+            port: 2222,
+            user: "root".into(),
+            identity_files: vec![],
+            known_hosts: std::path::PathBuf::from("/tmp/my dir/it's known_hosts"),
+            policy: HostKeyPolicy::Yes,
+            allow_ssh_rsa_sha1: false,
+        };
+        let key = PublicKey::from_openssh(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ",
+        )
+        .unwrap();
+        let cmd = keyscan_command(&target, &key);
+        let words = shlex::split(&cmd).unwrap();
+        assert_eq!(
+            words,
+            vec![
+                "ssh-keyscan",
+                "-p",
+                "2222",
+                "-t",
+                "ssh-ed25519",
+                "127.0.0.1",
+                ">>",
+                "/tmp/my dir/it's known_hosts"
+            ],
+            "{cmd}"
+        );
     }
 }

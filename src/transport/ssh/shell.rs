@@ -6,39 +6,52 @@
 //! without `become` runs its command through one long-lived `sh` on the control
 //! connection instead: one round trip plus a fork.
 //!
-//! Each command is written to the shell's stdin as one line,
+//! Each command is written to the shell's stdin as
 //!
 //! ```sh
-//! sh -c '<command>' </dev/null; printf '\n%s %s\n' '<nonce> <seq>' "$?"; printf '\n%s\n' '<nonce> <seq>' >&2
+//! ( <collect the here-document into a variable and eval it, see `script::heredoc`> ) </dev/null
+//! printf '\n%s %s\n' '<nonce> <seq>' "$?"; printf '\n%s\n' '<nonce> <seq>' >&2
 //! ```
 //!
 //! and is done once both markers have arrived (stdout and stderr are separate streams of
-//! the channel, ordered independently). The command runs in its own `sh -c`, as on its
-//! own channel: `cd`, `exit` or variables do not leak into the next command; its stdin
-//! is `/dev/null` (on a channel it would be an empty pipe). The nonce is random per
-//! shell, so output cannot end a command early by accident.
+//! the channel, ordered independently). The command runs in a subshell: `cd`, `exit` or
+//! variables do not leak into the next command; its stdin is `/dev/null` (on a channel it
+//! would be an empty pipe); its text is never in any argv (`ps` shows `sh`). The nonce is
+//! random per shell, so output cannot end a command early by accident.
 //!
-//! Differences from a channel of its own, all harmless for what runs here: a command
-//! killed by a signal reports the shell's `128 + signal` status instead of no status,
-//! and output written later by a process the command left in the background would be
-//! attributed to the next command (a command on its own channel would instead hang
-//! until that process exits).
+//! A process the command left in the background (`daemon &`) keeps the shell's output
+//! pipes: the end of a command is its marker, wherever it is in the stream, never an EOF,
+//! so such a process cannot make a command wait. What it writes after the marker is
+//! dropped; what it writes while a later command runs shows up in that command's output.
+//! A command killed by a signal reports the shell's `128 + signal` status instead of no
+//! status.
 //!
 //! A shell is used by one command at a time. If a command's future is dropped midway,
 //! or the shell misbehaves, the shell is closed and the next command opens a new one.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use russh::client::Msg;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::script;
 use super::session::{map_russh_error, Connection};
-use crate::transport::{ExecOutput, TransportError};
+use crate::transport::{BoundedOutput, ExecOutput, OutputLimit, TransportError};
 
-/// Stderr kept per command, as on a channel of its own (see `exec`).
-const STDERR_LIMIT: usize = 4 * 1024 * 1024;
+/// Stderr kept per command when the caller sets no limit, as on a channel of its own
+/// (see `exec`).
+const STDERR_LIMIT: OutputLimit = OutputLimit {
+    head: 4 * 1024 * 1024,
+    tail: 64 * 1024,
+};
+
+/// How long a new shell may take to answer its first probe.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Once a new shell printed errors instead of answering, how long to wait for more.
+const READY_ERROR_WAIT: Duration = Duration::from_secs(1);
 
 /// One `sh` reading commands from its stdin.
 pub(crate) struct Shell {
@@ -57,6 +70,7 @@ impl Drop for Shell {
         let write = self.write.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
+                let _ = write.signal(russh::Sig::TERM).await;
                 let _ = write.eof().await;
                 let _ = write.close().await;
             });
@@ -72,56 +86,99 @@ fn nonce() -> Result<String, TransportError> {
     Ok(format!("ferry-{}", hex::encode(bytes)))
 }
 
-/// Where the marker `\n<nonce> <seq>` + `rest` ends `buf`; returns the marker's start
-/// and what followed it up to the final newline.
-fn find_end<'a>(buf: &'a [u8], marker: &[u8]) -> Option<(usize, &'a [u8])> {
-    if buf.last() != Some(&b'\n') {
-        return None;
+/// Where `marker` starts in `buf` (a plain search that only compares at newlines, which
+/// every marker starts with).
+fn find_marker(buf: &[u8], marker: &[u8]) -> Option<usize> {
+    let first = *marker.first()?;
+    let mut from = 0;
+    while let Some(rel) = buf.get(from..)?.iter().position(|&b| b == first) {
+        let at = from + rel;
+        if buf.get(at..at + marker.len())? == marker {
+            return Some(at);
+        }
+        from = at + 1;
     }
-    let body = &buf[..buf.len() - 1];
-    // The marker is on the last line.
-    let line_start = body.iter().rposition(|&b| b == b'\n')?;
-    let line = &body[line_start + 1..];
-    let rest = line.strip_prefix(marker)?;
-    Some((line_start, rest))
+    None
 }
 
-/// Bytes of one stream of the running command.
-struct Collected {
-    buf: Vec<u8>,
-    limit: Option<usize>,
-    truncated: bool,
+/// One output stream of the running command, up to its end marker.
+struct MarkedStream {
+    /// `\n<tag> ` followed by a status and `\n` (stdout), or `\n<tag>\n` (stderr).
+    marker: Vec<u8>,
+    with_status: bool,
+    /// Bytes not yet known to be output (they may be the start of the marker).
+    window: Vec<u8>,
+    kept: BoundedOutput,
+    /// Set at the marker: the status (stdout) or `None` (stderr).
+    done: Option<Option<u32>>,
+    /// Bytes after the marker: written by processes the command left running.
+    stray: usize,
 }
 
-impl Collected {
-    fn new(limit: Option<usize>) -> Self {
-        Collected {
-            buf: Vec::new(),
-            limit,
-            truncated: false,
+impl MarkedStream {
+    fn new(marker: String, with_status: bool, limit: Option<OutputLimit>) -> Self {
+        MarkedStream {
+            marker: marker.into_bytes(),
+            with_status,
+            window: Vec::new(),
+            kept: BoundedOutput::new(limit),
+            done: None,
+            stray: 0,
         }
     }
 
-    fn push(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
-        // Keep the first `limit` bytes and a tail long enough to hold the marker.
-        const TAIL: usize = 256;
-        if let Some(limit) = self.limit {
-            if self.buf.len() > limit + 2 * TAIL {
-                let cut_end = self.buf.len() - TAIL;
-                self.buf.drain(limit..cut_end);
-                self.truncated = true;
-            }
+    fn push(&mut self, data: &[u8]) -> Result<(), ShellError> {
+        if self.done.is_some() {
+            self.stray += data.len();
+            return Ok(());
         }
+        self.window.extend_from_slice(data);
+        if let Some(at) = find_marker(&self.window, &self.marker) {
+            let after = at + self.marker.len();
+            let status = if self.with_status {
+                let Some(nl) = self
+                    .window
+                    .get(after..)
+                    .and_then(|r| r.iter().position(|&b| b == b'\n'))
+                else {
+                    // The status line is not complete yet.
+                    return Ok(());
+                };
+                let text = self.window.get(after..after + nl).unwrap_or_default();
+                let code = std::str::from_utf8(text)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok())
+                    .ok_or(ShellError::Garbled)?;
+                self.stray = self.window.len() - (after + nl + 1);
+                Some(code)
+            } else {
+                self.stray = self.window.len() - after;
+                None
+            };
+            self.kept.push(self.window.get(..at).unwrap_or_default());
+            self.window = Vec::new();
+            self.done = Some(status);
+            return Ok(());
+        }
+        // Keep what could be the start of a marker; the rest is output.
+        let keep = self.marker.len().saturating_sub(1);
+        if self.window.len() > keep {
+            let cut = self.window.len() - keep;
+            self.kept.push(self.window.get(..cut).unwrap_or_default());
+            self.window.drain(..cut);
+        }
+        Ok(())
     }
 }
 
 impl Shell {
-    /// Start `sh` on a new session channel of `conn`. `None` when no session channel is
-    /// free right now (the caller then uses a channel of its own).
+    /// Start `program` (a POSIX shell: `sh` or the inventory's `shell`) on a new session
+    /// channel of `conn`. `None` when no session channel is free right now (the caller
+    /// then uses a channel of its own).
     pub(crate) async fn open(
         conn: &Arc<Connection>,
         host: &str,
+        program: &str,
     ) -> Result<Option<Shell>, TransportError> {
         let Ok(permit) = conn.sessions.clone().try_acquire_owned() else {
             return Ok(None);
@@ -132,7 +189,7 @@ impl Shell {
             .await
             .map_err(|e| map_russh_error(e, host))?;
         channel
-            .exec(true, "sh")
+            .exec(true, crate::command::quote(program))
             .await
             .map_err(|e| map_russh_error(e, host))?;
         let (read, write) = channel.split();
@@ -145,97 +202,120 @@ impl Shell {
         };
         // Wait until the shell answers: then it runs, and whatever the login shell's
         // startup files printed is behind us, not in the first command's output.
-        shell.ready(host).await?;
+        shell.ready(host, program).await?;
         Ok(Some(shell))
     }
 
-    async fn ready(&mut self, host: &str) -> Result<(), TransportError> {
+    /// Probe the new shell with POSIX arithmetic: a csh, tcsh or fish fails it.
+    async fn ready(&mut self, host: &str, program: &str) -> Result<(), TransportError> {
         let tag = format!("{} ready", self.nonce);
-        let script = format!("printf '\\n%s\\n' '{tag}'; printf '\\n%s\\n' '{tag}' >&2\n");
+        let script =
+            format!("printf '\\n%s %s\\n' '{tag}' \"$((6*7))\"; printf '\\n%s\\n' '{tag}' >&2\n");
         self.write
             .data_bytes(Bytes::from(script))
             .await
             .map_err(|e| map_russh_error(e, host))?;
-        let mut out = Collected::new(Some(STDERR_LIMIT));
-        let mut err = Collected::new(Some(STDERR_LIMIT));
-        let (mut out_done, mut err_done) = (false, false);
-        while !(out_done && err_done) {
-            match self.read.wait().await {
+        let mut out = MarkedStream::new(format!("\n{tag} "), true, Some(STDERR_LIMIT));
+        let mut err = MarkedStream::new(format!("\n{tag}\n"), false, Some(STDERR_LIMIT));
+        let mut errors = Vec::new();
+        let not_posix = |errors: &[u8], why: &str| {
+            let text = String::from_utf8_lossy(errors);
+            let first = text
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or(why)
+                .to_string();
+            TransportError::NotPosixShell {
+                host: host.to_string(),
+                detail: format!("`{program}` answered: {first}"),
+            }
+        };
+        while out.done.is_none() || err.done.is_none() {
+            let wait = if errors.is_empty() || out.done.is_some() {
+                READY_TIMEOUT
+            } else {
+                READY_ERROR_WAIT
+            };
+            let msg = match tokio::time::timeout(wait, self.read.wait()).await {
+                Ok(msg) => msg,
+                Err(_) if !errors.is_empty() => return Err(not_posix(&errors, "")),
+                Err(_) => {
+                    return Err(TransportError::Protocol(format!(
+                        "{host}: `{program}` did not answer within {}s",
+                        READY_TIMEOUT.as_secs()
+                    )))
+                }
+            };
+            match msg {
                 Some(ChannelMsg::Data { data }) => {
-                    out.push(&data);
-                    out_done =
-                        find_end(&out.buf, tag.as_bytes()).is_some_and(|(_, r)| r.is_empty());
+                    out.push(&data)
+                        .map_err(|_| not_posix(&errors, "garbled answer"))?;
                 }
                 Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
-                    err.push(&data);
-                    err_done =
-                        find_end(&err.buf, tag.as_bytes()).is_some_and(|(_, r)| r.is_empty());
+                    if errors.len() < 4096 {
+                        errors.extend_from_slice(&data);
+                    }
+                    let _ = err.push(&data);
                 }
                 Some(ChannelMsg::Success | ChannelMsg::WindowAdjusted { .. }) => {}
                 Some(ChannelMsg::Failure) => {
                     return Err(TransportError::Protocol(format!(
-                        "{host}: the server refused to start sh"
+                        "{host}: the server refused to start {program}"
                     )))
+                }
+                Some(_) | None if !errors.is_empty() => {
+                    return Err(not_posix(&errors, "it ended at once"))
                 }
                 Some(_) | None => {
                     return Err(TransportError::Protocol(format!(
-                        "{host}: sh ended at once: {}",
-                        String::from_utf8_lossy(&err.buf).trim()
+                        "{host}: {program} ended at once"
                     )))
                 }
             }
         }
+        if out.done != Some(Some(42)) {
+            return Err(not_posix(&errors, "$((6*7)) is not 42"));
+        }
         Ok(())
     }
 
-    /// Run `line` (a complete `sh -c ...` command line) and collect its output. An error
+    /// Run `script` (the command's shell text) and collect its output, each stream
+    /// bounded by `limit` (`None`: all of stdout, the first 4 MiB of stderr). An error
     /// means the shell is unusable: drop it.
-    pub(crate) async fn run(&mut self, line: &str, host: &str) -> Result<ExecOutput, ShellError> {
+    pub(crate) async fn run(
+        &mut self,
+        script: &str,
+        host: &str,
+        limit: Option<OutputLimit>,
+    ) -> Result<ExecOutput, ShellError> {
         self.seq += 1;
         let tag = format!("{} {}", self.nonce, self.seq);
+        let token = script::token().map_err(ShellError::Setup)?;
         // Only [a-z0-9- ]: single quotes are enough.
         let quoted_tag = format!("'{tag}'");
-        let script = format!(
-            "{line} </dev/null; printf '\\n%s %s\\n' {quoted_tag} \"$?\"; printf '\\n%s\\n' {quoted_tag} >&2\n"
+        let text = format!(
+            "{} </dev/null; printf '\\n%s %s\\n' {quoted_tag} \"$?\"; printf '\\n%s\\n' {quoted_tag} >&2\n",
+            script::heredoc(script, &token)
         );
         self.write
-            .data_bytes(Bytes::from(script))
+            .data_bytes(Bytes::from(text))
             .await
             .map_err(|e| ShellError::Lost(map_russh_error(e, host)))?;
 
-        let out_marker = format!("{tag} ");
-        let err_marker = tag.as_bytes();
-        let mut stdout = Collected::new(None);
-        let mut stderr = Collected::new(Some(STDERR_LIMIT));
-        let mut status: Option<Option<u32>> = None;
-        let mut err_done = false;
-        while status.is_none() || !err_done {
+        let mut stdout = MarkedStream::new(format!("\n{tag} "), true, limit);
+        let mut stderr = MarkedStream::new(
+            format!("\n{tag}\n"),
+            false,
+            Some(limit.unwrap_or(STDERR_LIMIT)),
+        );
+        while stdout.done.is_none() || stderr.done.is_none() {
             let Some(msg) = self.read.wait().await else {
                 return Err(ShellError::Ended);
             };
             match msg {
-                ChannelMsg::Data { data } => {
-                    stdout.push(&data);
-                    if let Some((at, rest)) = find_end(&stdout.buf, out_marker.as_bytes()) {
-                        let code = std::str::from_utf8(rest)
-                            .ok()
-                            .and_then(|s| s.trim().parse::<u32>().ok());
-                        if code.is_none() {
-                            return Err(ShellError::Garbled);
-                        }
-                        status = Some(code);
-                        stdout.buf.truncate(at);
-                    }
-                }
-                ChannelMsg::ExtendedData { data, ext: 1 } => {
-                    stderr.push(&data);
-                    if let Some((at, rest)) = find_end(&stderr.buf, err_marker) {
-                        if rest.is_empty() {
-                            err_done = true;
-                            stderr.buf.truncate(at);
-                        }
-                    }
-                }
+                ChannelMsg::Data { data } => stdout.push(&data)?,
+                ChannelMsg::ExtendedData { data, ext: 1 } => stderr.push(&data)?,
                 ChannelMsg::Eof | ChannelMsg::Close | ChannelMsg::ExitStatus { .. } => {
                     return Err(ShellError::Ended);
                 }
@@ -245,15 +325,17 @@ impl Shell {
                 _ => {}
             }
         }
-        if stderr.truncated {
-            stderr
-                .buf
-                .extend_from_slice(b"\n[ferry: stderr truncated]\n");
+        let stray = stdout.stray + stderr.stray;
+        if stray > 0 {
+            tracing::debug!(
+                "{host}: dropped {stray} bytes written after the command's end by a process \
+                 it left running"
+            );
         }
         Ok(ExecOutput {
-            status: status.flatten(),
-            stdout: stdout.buf,
-            stderr: stderr.buf,
+            status: stdout.done.flatten(),
+            stdout: stdout.kept.finish("stdout"),
+            stderr: stderr.kept.finish("stderr"),
         })
     }
 }
@@ -263,6 +345,8 @@ impl Shell {
 pub(crate) enum ShellError {
     /// The connection failed.
     Lost(TransportError),
+    /// The command could not be prepared (no randomness for its markers).
+    Setup(TransportError),
     /// The shell exited (or the server refused to start it).
     Ended,
     /// A marker line that does not parse.
@@ -273,36 +357,64 @@ pub(crate) enum ShellError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_marker_must_end_the_output() {
-        let m = b"ferry-ab 3 ";
-        assert_eq!(
-            find_end(b"hello\n\nferry-ab 3 0\n", m),
-            Some((6, &b"0"[..]))
-        );
-        // Output without a final newline: the marker's own newline comes first.
-        assert_eq!(find_end(b"hi\nferry-ab 3 17\n", m), Some((2, &b"17"[..])));
-        assert_eq!(find_end(b"\nferry-ab 3 0\n", m), Some((0, &b"0"[..])));
-        // Not at the end, other sequence number, incomplete line.
-        assert_eq!(find_end(b"\nferry-ab 3 0\nmore\n", m), None);
-        assert_eq!(find_end(b"\nferry-ab 4 0\n", m), None);
-        assert_eq!(find_end(b"\nferry-ab 3 0", m), None);
+    fn feed(chunks: &[&[u8]], marker: &str, with_status: bool) -> MarkedStream {
+        let mut s = MarkedStream::new(marker.to_string(), with_status, None);
+        for c in chunks {
+            s.push(c).unwrap();
+        }
+        s
     }
 
     #[test]
-    fn stderr_keeps_its_head_and_the_tail_with_the_marker() {
-        let mut c = Collected {
-            buf: Vec::new(),
-            limit: Some(1000),
-            truncated: false,
-        };
-        for _ in 0..100 {
-            c.push(&[b'x'; 100]);
+    fn the_marker_ends_the_output_wherever_it_is() {
+        let m = "\nferry-ab 3 ";
+        let s = feed(&[b"hello\n", b"\nferry-ab 3 0\n"], m, true);
+        assert_eq!(s.done, Some(Some(0)));
+        assert_eq!(s.kept.finish("stdout"), b"hello\n");
+        // Split inside the marker and the status, with output of a background process
+        // right behind it: the command is still done.
+        let s = feed(&[b"hi\nferry", b"-ab 3 1", b"7\nlate output"], m, true);
+        assert_eq!(s.done, Some(Some(17)));
+        assert_eq!(s.stray, b"late output".len());
+        assert_eq!(s.kept.finish("stdout"), b"hi");
+        // Another sequence number or an incomplete status line: not done.
+        assert_eq!(feed(&[b"\nferry-ab 4 0\n"], m, true).done, None);
+        assert_eq!(feed(&[b"\nferry-ab 3 0"], m, true).done, None);
+        let s = feed(&[b"err\n\nferry-ab 3\nmore"], "\nferry-ab 3\n", false);
+        assert_eq!(s.done, Some(None));
+        assert_eq!(s.kept.finish("stderr"), b"err\n");
+    }
+
+    #[test]
+    fn a_garbled_status_is_an_error() {
+        let mut s = MarkedStream::new("\nferry-ab 1 ".into(), true, None);
+        assert!(matches!(
+            s.push(b"\nferry-ab 1 x\n"),
+            Err(ShellError::Garbled)
+        ));
+    }
+
+    #[test]
+    fn output_is_bounded_and_the_marker_still_found() {
+        let mut s = MarkedStream::new(
+            "\nferry-ab 1 ".into(),
+            true,
+            Some(OutputLimit {
+                head: 100,
+                tail: 100,
+            }),
+        );
+        for _ in 0..1000 {
+            s.push(&[b'x'; 1000]).unwrap();
         }
-        c.push(b"\nferry-ab 1\n");
-        assert!(c.truncated);
-        assert!(c.buf.len() < 1000 + 600, "{}", c.buf.len());
-        assert!(find_end(&c.buf, b"ferry-ab 1").is_some());
+        s.push(b"\nferry-ab 1 0\n").unwrap();
+        assert_eq!(s.done, Some(Some(0)));
+        let out = String::from_utf8(s.kept.finish("stdout")).unwrap();
+        assert!(
+            out.contains("[ferry: 999800 bytes of stdout omitted]"),
+            "{out}"
+        );
+        assert!(out.len() < 300);
     }
 
     #[test]
