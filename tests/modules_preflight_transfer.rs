@@ -590,6 +590,7 @@ fn tfacts() -> TransferFacts {
         part_sha256: None,
         source_prefix_sha256: None,
         taken: Vec::new(),
+        laptop_copy: None,
     }
 }
 
@@ -1310,4 +1311,102 @@ async fn real_write_artifact_never_writes_through_a_planted_part() {
     assert_eq!(mode_of(&dest), 0o600);
     assert_eq!(mode_of(&clean.join(".ferry")), 0o700);
     assert!(!clean.join(".ferry/packagist_db.sql.part").exists());
+}
+
+// ---------------------------------------------------------------------------------------
+// The laptop's copy (var `backup_dir`): never partial under its final name, repaired
+
+/// The source breaks off mid-stream: the laptop keeps only `NAME.part`, never a partial
+/// file under the final name; the resumed run (which sends only the rest to the far
+/// end) still leaves a complete, checked copy on the laptop.
+#[tokio::test]
+async fn laptop_copy_of_an_interrupted_transfer_is_only_a_part_then_completed() {
+    let l = local_setup(1 << 20);
+    let laptop = l.root.join("laptop");
+    let vars = json!({"backup_dir": laptop.to_string_lossy()});
+    let src = l.root.join("old/packagist_storage.tar.gz");
+    let cut = 300_000usize;
+    let path = src.to_string_lossy().into_owned();
+    l.old.on_fn(&format!("cat {path}"), move |_, _| {
+        let mut out = run_local(&format!("head -c {cut} '{path}'"), None);
+        out.status = Some(1);
+        out.stderr = b"connection lost".to_vec();
+        out
+    });
+    let args = l.args();
+    let c = l.ctx(vars.clone(), false);
+    let plan = args.plan(&c).await.unwrap();
+    args.apply_plan(&c, plan).await.unwrap_err();
+    let copy = laptop.join("packagist_storage.tar.gz");
+    assert!(
+        !copy.exists(),
+        "a partial laptop copy ({} bytes) sits under the final name",
+        std::fs::metadata(&copy).map(|m| m.len()).unwrap_or(0)
+    );
+
+    // The source is back: the far end resumes; the laptop copy is made whole anyway.
+    l.old
+        .on_fn(&format!("cat {}", src.to_string_lossy()), run_local);
+    let c = l.ctx(vars.clone(), false);
+    let plan = args.plan(&c).await.unwrap();
+    assert!(
+        plan.changes
+            .iter()
+            .any(|c| c.description.contains("resuming after")),
+        "{plan:?}"
+    );
+    assert!(args.apply_plan(&c, plan).await.unwrap().changed);
+    assert_eq!(std::fs::read(l.dest()).unwrap(), l.data);
+    assert!(
+        std::fs::read(&copy).unwrap() == l.data,
+        "laptop copy incomplete"
+    );
+    assert_eq!(mode_of(&copy), 0o600);
+    assert!(!laptop.join("packagist_storage.tar.gz.part").exists());
+    // And now all is ok.
+    let plan = args.plan(&c).await.unwrap();
+    assert!(plan.changes.is_empty(), "{plan:?}");
+}
+
+/// A laptop copy cut short (or with other bytes of the same size) under its final name,
+/// as an earlier ferry left it: the re-run sees it, makes it again and reports a change.
+#[tokio::test]
+async fn laptop_copy_that_is_partial_or_different_is_repaired_by_the_rerun() {
+    let l = local_setup(1 << 20);
+    let laptop = l.root.join("laptop");
+    let vars = json!({"backup_dir": laptop.to_string_lossy()});
+    let args = l.args();
+    let c = l.ctx(vars.clone(), false);
+    let plan = args.plan(&c).await.unwrap();
+    args.apply_plan(&c, plan).await.unwrap();
+    let copy = laptop.join("packagist_storage.tar.gz");
+    assert!(std::fs::read(&copy).unwrap() == l.data);
+
+    for (what, damaged) in [
+        ("truncated", l.data[..1000].to_vec()),
+        ("different bytes", {
+            let mut d = l.data.clone();
+            d[500_000] ^= 0xff;
+            d
+        }),
+    ] {
+        std::fs::write(&copy, &damaged).unwrap();
+        let c = l.ctx(vars.clone(), false);
+        let plan = args.plan(&c).await.unwrap();
+        assert_eq!(plan.changes.len(), 1, "{what}: {plan:?}");
+        assert!(
+            plan.changes[0].description.contains("laptop"),
+            "{what}: {plan:?}"
+        );
+        let applied = args.apply_plan(&c, plan).await.unwrap();
+        assert!(applied.changed, "{what}");
+        assert!(
+            std::fs::read(&copy).unwrap() == l.data,
+            "{what}: not repaired"
+        );
+        // The far end's copy was fine: it was not sent again.
+        assert_eq!(std::fs::read(l.dest()).unwrap(), l.data);
+        let plan = args.plan(&c).await.unwrap();
+        assert!(plan.changes.is_empty(), "{what}: {plan:?}");
+    }
 }

@@ -48,9 +48,9 @@ use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
 use crate::k8s::{kubectl, Cluster};
 use crate::modules::shared::{
-    completed_guard, completed_marker, import_storage_archive, is_disk_full, open_local_copy,
-    pod_exec, pod_free_text, pod_storage_fingerprint, prove_imported_storage, ready_deployment_pod,
-    sh_argv as sh, storage_verify_dir, K8sTarget, CONSOLE,
+    completed_guard, completed_marker, import_storage_archive, is_disk_full, pod_exec,
+    pod_free_text, pod_storage_fingerprint, prove_imported_storage, ready_deployment_pod,
+    sh_argv as sh, storage_verify_dir, K8sTarget, LocalCopy, CONSOLE,
 };
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
@@ -461,17 +461,11 @@ async fn stream_into_pod(
     let mut stream = source.exec_stream(&source_tar_cmd(&f.data_dir)).await?;
     // tar reads nothing from stdin.
     drop(stream.stdin);
-    let mut tee = open_local_copy(ctx, format!("{ARTIFACT}.tar.gz").as_ref()).await?;
+    let mut tee = LocalCopy::open(ctx, format!("{ARTIFACT}.tar.gz").as_ref()).await?;
     let progress = |n: u64| ctx.progress(ARTIFACT, n, Some(f.tree.tar_bytes.max(n)));
     let (pumped, (out, err)) = tokio::join!(
         async {
-            let r = pump_tar_as_gzip(
-                &mut stream.stdout,
-                &mut sink,
-                tee.as_mut().map(|(file, _)| file),
-                progress,
-            )
-            .await;
+            let r = pump_tar_as_gzip(&mut stream.stdout, &mut sink, tee.as_mut(), progress).await;
             // Whatever happened, the pod's `tee` must see EOF (or it waits forever).
             let _ = sink.shutdown().await;
             r
@@ -549,8 +543,11 @@ async fn stream_into_pod(
             }
         )));
     }
-    if let Some((_, path)) = tee {
-        tracing::info!(path = %path.display(), "laptop copy of the storage archive written");
+    // What the pod holds checked out: the laptop's copy must be those same bytes before
+    // it takes its final name (until then it is only `.part`).
+    if let Some(copy) = tee {
+        let stamp = copy.commit(pumped.bytes, &pumped.sha256).await?;
+        tracing::info!(path = %stamp.path, "laptop copy of the storage archive written and checked");
     }
     Ok(pumped.fingerprint)
 }
@@ -608,15 +605,16 @@ pub enum TarStreamError {
 /// blocks (and to `tee`), hashing what is written; hash every regular file of the tar
 /// on a blocking thread fed with the same chunks. Memory stays bounded: a few chunks
 /// in flight.
-pub async fn pump_tar_as_gzip<R, W>(
+pub async fn pump_tar_as_gzip<R, W, T>(
     reader: &mut R,
     writer: &mut W,
-    mut tee: Option<&mut tokio::fs::File>,
+    mut tee: Option<&mut T>,
     mut progress: impl FnMut(u64),
 ) -> Result<TarPumped, TarStreamError>
 where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
+    T: AsyncWrite + Unpin + ?Sized,
 {
     let (to_parser, from_pump) = tokio::sync::mpsc::channel::<Bytes>(8);
     let parser = tokio::task::spawn_blocking(move || hash_tar_members(from_pump));
@@ -664,10 +662,10 @@ where
         .map_err(TarStreamError::Write)?;
     writer.flush().await.map_err(TarStreamError::Write)?;
     writer.shutdown().await.map_err(TarStreamError::Write)?;
+    // fsync and the check of the copy are the tee owner's (`LocalCopy::commit`).
     if let Some(t) = tee {
         t.write_all(&tail).await.map_err(TarStreamError::Tee)?;
         t.flush().await.map_err(TarStreamError::Tee)?;
-        t.sync_all().await.map_err(TarStreamError::Tee)?;
     }
     progress(read);
     let fingerprint = parser
@@ -764,7 +762,7 @@ mod tests {
         ]);
         let mut src = &tar[..];
         let mut out = Vec::new();
-        let p = pump_tar_as_gzip(&mut src, &mut out, None, |_| {})
+        let p = pump_tar_as_gzip(&mut src, &mut out, None::<&mut Vec<u8>>, |_| {})
             .await
             .unwrap();
         assert_eq!(p.tar_bytes, tar.len() as u64);
@@ -794,7 +792,7 @@ mod tests {
         tar[100] ^= 0xff; // header checksum no longer matches
         let mut src = &tar[..];
         let mut out = Vec::new();
-        let e = pump_tar_as_gzip(&mut src, &mut out, None, |_| {})
+        let e = pump_tar_as_gzip(&mut src, &mut out, None::<&mut Vec<u8>>, |_| {})
             .await
             .unwrap_err();
         assert!(matches!(e, TarStreamError::Archive(_)), "{e}");

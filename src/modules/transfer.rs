@@ -36,7 +36,8 @@ use tokio::io::AsyncReadExt;
 use crate::command::Cmd;
 use crate::journal::Artifact;
 use crate::modules::shared::{
-    find_artifact, parse_path_states, stream_artifact, PathState, StagedPath, SAFE_WRITE_FUNCS,
+    copy_to_laptop, find_artifact, laptop_copy, parse_path_states, stream_artifact, LaptopCopy,
+    PathState, StagedPath, SAFE_WRITE_FUNCS,
 };
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
@@ -78,6 +79,8 @@ pub struct TransferFacts {
     /// Names ferry would write (its work directory, the part, `dest`) that something
     /// ferry did not create holds: the operator's message for each.
     pub taken: Vec<String>,
+    /// The laptop's copy (var `backup_dir`), checked against the artifact's record.
+    pub laptop_copy: Option<LaptopCopy>,
 }
 
 impl TransferFacts {
@@ -109,6 +112,14 @@ pub enum TransferChange {
     },
     /// Check mode, before the artifact exists: it will be sent once produced.
     SendWhenProduced { artifact: String, dest: String },
+    /// The far end is fine but the laptop's copy is missing, partial or different:
+    /// make it again from the source (the far end is not touched).
+    CopyToLaptop {
+        artifact: String,
+        from_host: String,
+        path: String,
+        why: String,
+    },
     Chmod {
         dest: String,
         /// Checks that `dest` is still ferry's regular file (chmod follows symlinks).
@@ -153,13 +164,23 @@ impl Change for TransferChange {
             TransferChange::Chmod { dest, hint, .. } => {
                 format!("set the mode of {dest}: {hint}")
             }
+            TransferChange::CopyToLaptop {
+                artifact,
+                from_host,
+                path,
+                why,
+            } => format!(
+                "make the laptop copy {path} of {artifact} again from {from_host} (it is {why})"
+            ),
         }
     }
 
     fn commands(&self) -> Vec<String> {
         match self {
             TransferChange::Send { hint, .. } => vec![hint.clone()],
-            TransferChange::SendWhenProduced { .. } => Vec::new(),
+            TransferChange::SendWhenProduced { .. } | TransferChange::CopyToLaptop { .. } => {
+                Vec::new()
+            }
             TransferChange::Chmod { hint, .. } => vec![hint.clone()],
         }
     }
@@ -334,7 +355,11 @@ impl Module for Transfer {
             part_sha256: None,
             source_prefix_sha256: None,
             taken,
+            laptop_copy: None,
         };
+        if let Some(a) = &f.artifact {
+            f.laptop_copy = laptop_copy(ctx, a).await?;
+        }
         // Only worth hashing when a resume is possible and needed.
         let done = f
             .artifact
@@ -365,6 +390,12 @@ impl Module for Transfer {
             match c {
                 TransferChange::Chmod { cmd, .. } => {
                     ctx.exec_ok(cmd).await?;
+                }
+                TransferChange::CopyToLaptop { .. } => {
+                    let artifact = f.artifact.as_ref().ok_or_else(|| {
+                        ModuleError::Internal("transfer planned without its artifact".into())
+                    })?;
+                    copy_to_laptop(ctx, artifact).await?;
                 }
                 TransferChange::SendWhenProduced { .. } => {
                     // Only planned in check mode, where apply never runs.
@@ -495,18 +526,40 @@ pub fn decide(f: &TransferFacts, check: bool) -> Result<Vec<TransferChange>, Mod
             f.artifact_name
         )));
     };
+    let mut changes = far_end_changes(f, a);
+    // A send from the start makes the laptop's copy on the way; otherwise (nothing to
+    // send, or a resume, which sends only the rest) a copy that is not whole is made
+    // again on its own.
+    let sends_all = changes
+        .iter()
+        .any(|c| matches!(c, TransferChange::Send { offset: 0, .. }));
+    if let (Some(copy), false) = (&f.laptop_copy, sends_all) {
+        if let Some(why) = copy.why() {
+            changes.push(TransferChange::CopyToLaptop {
+                artifact: a.name.clone(),
+                from_host: a.host.clone(),
+                path: copy.path.clone(),
+                why,
+            });
+        }
+    }
+    Ok(changes)
+}
+
+/// Pure: what the far end needs to hold the artifact at `dest` with its mode.
+fn far_end_changes(f: &TransferFacts, a: &Artifact) -> Vec<TransferChange> {
     if f.dest_file.as_ref() == Some(&(a.size, a.sha256.clone())) {
         if f.dest_mode == Some(f.mode) {
-            return Ok(Vec::new());
+            return Vec::new();
         }
-        return Ok(vec![TransferChange::Chmod {
+        return vec![TransferChange::Chmod {
             dest: f.dest.clone(),
             cmd: chmod_cmd(&f.dest, f.mode),
             hint: Cmd::new("chmod")
                 .arg(format!("{:04o}", f.mode))
                 .arg(f.dest.as_str())
                 .display(),
-        }]);
+        }];
     }
     let resumable = matches!(
         (f.part_size, &f.part_sha256, &f.source_prefix_sha256),
@@ -532,7 +585,7 @@ pub fn decide(f: &TransferFacts, check: bool) -> Result<Vec<TransferChange>, Mod
     } else {
         Cmd::new("cat").arg(a.path.as_str())
     };
-    Ok(vec![TransferChange::Send {
+    vec![TransferChange::Send {
         artifact: a.name.clone(),
         from_host: a.host.clone(),
         source: a.path.clone(),
@@ -554,5 +607,5 @@ pub fn decide(f: &TransferFacts, check: bool) -> Result<Vec<TransferChange>, Mod
             f.part(),
             f.dest
         ),
-    }])
+    }]
 }
