@@ -21,7 +21,9 @@
 //!   (the source fingerprint, no second read on the old host), (b) wraps it in gzip
 //!   *stored* blocks (the vendor's import wants a `.tar.gz`; dist files are zips, so
 //!   deflating them again would only burn CPU on the critical path), (c) sends that to
-//!   the pod, where `tee part | sha256sum` writes it once and hashes it, and (d) copies
+//!   the pod, where `tee part | sha256sum` writes it once and hashes it (the part is
+//!   created new in ferry's 0700 directory beside the archive, `<dir>/.ferry`; a name
+//!   there that ferry did not create fails the task), and (d) copies
 //!   it to `backup_dir` on the laptop when that var is set;
 //! - the pod's hash and size must equal what was sent; then the vendor's import runs on
 //!   the archive (the one file the procedure needs, written once, at the far end), the
@@ -49,8 +51,9 @@ use crate::fingerprint::StorageFingerprint;
 use crate::k8s::{kubectl, Cluster};
 use crate::modules::shared::{
     completed_guard, completed_marker, import_storage_archive, is_disk_full, pod_exec,
-    pod_free_text, pod_storage_fingerprint, prove_imported_storage, ready_deployment_pod,
-    sh_argv as sh, storage_verify_dir, K8sTarget, LocalCopy, CONSOLE,
+    pod_free_text, pod_storage_fingerprint, pod_upload_cmd, prove_imported_storage,
+    ready_deployment_pod, sh_argv as sh, storage_verify_dir, K8sTarget, LocalCopy, StagedPath,
+    CONSOLE,
 };
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
@@ -329,12 +332,12 @@ impl Module for StorageStream {
         };
         let cluster = self.k8s().cluster(ctx).await?;
         let pod = change.pod.as_str();
-        let part = format!("{}.part", f.archive);
-        let streamed = match stream_into_pod(ctx, &cluster, f, pod, &part).await {
+        let staged = StagedPath::of(&f.archive)?;
+        let streamed = match stream_into_pod(ctx, &cluster, f, pod, &staged).await {
             Ok(s) => s,
             Err(e) => {
                 // Not resumable: do not leave gigabytes behind in the pod.
-                remove_in_pod(&cluster, pod, &f.container, &part).await;
+                remove_part_in_pod(&cluster, pod, &f.container, &staged).await;
                 return Err(e);
             }
         };
@@ -342,7 +345,7 @@ impl Module for StorageStream {
         let source = ctx.peer(&f.source_host).await?;
         let after = source.exec(&listing_cmd(&f.data_dir), None).await?;
         if parse_listing(&after.stdout_str()).stamp != f.tree.stamp {
-            remove_in_pod(&cluster, pod, &f.container, &part).await;
+            remove_part_in_pod(&cluster, pod, &f.container, &staged).await;
             return Err(ModuleError::Failed(format!(
                 "the storage in {} on {} changed while it was streamed (is the old app \
                  stopped?); nothing was imported, re-run once it is quiet",
@@ -350,8 +353,7 @@ impl Module for StorageStream {
             )));
         }
         let timeout = Duration::from_secs(self.timeout.unwrap_or(3600));
-        let imported =
-            import_storage_archive(&cluster, pod, &f.container, &part, &f.archive, timeout).await;
+        let imported = import_storage_archive(&cluster, pod, &f.container, &staged, timeout).await;
         remove_in_pod(&cluster, pod, &f.container, &f.archive).await;
         imported?;
         // Prove it: the imported files are the streamed ones.
@@ -415,7 +417,7 @@ pub fn decide(f: &StorageStreamFacts) -> Result<Vec<StreamChange>, ModuleError> 
                     "--",
                     "sh",
                     "-c",
-                    &format!("tee {}.part | sha256sum", f.archive),
+                    &format!("tee {} | sha256sum", part_path(&f.archive)),
                 ])
             ),
             exec(&[
@@ -433,6 +435,21 @@ pub fn decide(f: &StorageStreamFacts) -> Result<Vec<StreamChange>, ModuleError> 
     }])
 }
 
+/// Where the archive is staged in the pod (see [`StagedPath`]).
+fn part_path(archive: &str) -> String {
+    StagedPath::of(archive)
+        .map(|s| s.part)
+        .unwrap_or_else(|_| format!("{archive}.part"))
+}
+
+/// Remove the staged part, only if it is ferry's (never another user's file).
+async fn remove_part_in_pod(cluster: &Cluster, pod: &str, container: &str, staged: &StagedPath) {
+    let rm = staged.remove_part_cmd();
+    if let Err(e) = pod_exec(cluster, pod, Some(container), &sh(&rm), None).await {
+        tracing::warn!(pod, path = %staged.part, "cannot remove: {e}");
+    }
+}
+
 async fn remove_in_pod(cluster: &Cluster, pod: &str, container: &str, path: &str) {
     let rm = Cmd::new("rm").arg("-f").arg(path);
     if let Err(e) = pod_exec(cluster, pod, Some(container), &sh(&rm), None).await {
@@ -447,12 +464,11 @@ async fn stream_into_pod(
     cluster: &Cluster,
     f: &StorageStreamFacts,
     pod: &str,
-    part: &str,
+    staged: &StagedPath,
 ) -> Result<StorageFingerprint, ModuleError> {
+    let part = staged.part.as_str();
     let container = Some(f.container.as_str());
-    let upload = Cmd::new("umask")
-        .arg("077")
-        .and(Cmd::new("tee").arg(part).pipe(Cmd::new("sha256sum")));
+    let upload = pod_upload_cmd(staged, false);
     let mut proc = cluster.exec(pod, container, &sh(&upload), true).await?;
     let mut sink = proc
         .stdin()
@@ -844,7 +860,7 @@ mod tests {
             "{cmds:?}"
         );
         assert!(
-            cmds[0].contains("tee /data/packagist/.a.tar.gz.part | sha256sum"),
+            cmds[0].contains("tee /data/packagist/.ferry/.a.tar.gz.part | sha256sum"),
             "{cmds:?}"
         );
         assert!(
