@@ -1403,6 +1403,19 @@ impl StagedPath {
             .arg(self.dest.as_str())
     }
 
+    /// [`StagedPath::prepare_cmd`] for a scratch file that is never renamed over its
+    /// destination (whose name is then not checked).
+    pub fn prepare_scratch_cmd(&self) -> Cmd {
+        Cmd::new("sh")
+            .arg("-c")
+            .arg(concat_funcs(PREPARE_SCRIPT))
+            .arg("ferry-prepare")
+            .arg(self.dir.as_str())
+            .arg(self.work.as_str())
+            .arg(self.part.as_str())
+            .arg("")
+    }
+
     /// The kept part is ferry's (to append to it).
     pub fn check_part_cmd(&self) -> Cmd {
         Cmd::new("sh")
