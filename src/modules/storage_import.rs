@@ -28,10 +28,10 @@ use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
 use crate::k8s::{kubectl, Cluster};
 use crate::modules::shared::{
-    artifact_fingerprint, completed_guard, completed_marker, find_artifact, import_storage_archive,
-    is_disk_full, parse_path_states, pod_exec, pod_free_text, pod_storage_fingerprint,
-    pod_upload_cmd, prove_imported_storage, ready_deployment_pod, sh_argv as sh,
-    storage_verify_dir, stream_artifact, K8sTarget, PathState, StagedPath, CONSOLE,
+    artifact_fingerprint, completed_guard, completed_marker, copy_to_laptop, find_artifact,
+    import_storage_archive, is_disk_full, laptop_copy, parse_path_states, pod_exec, pod_free_text,
+    pod_storage_fingerprint, pod_upload_cmd, prove_imported_storage, ready_deployment_pod,
+    sh_argv as sh, storage_verify_dir, stream_artifact, K8sTarget, PathState, StagedPath, CONSOLE,
 };
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
@@ -262,6 +262,16 @@ impl Module for StorageImport {
         }
         finished?;
         let pumped = pumped?;
+        // A resumed upload sent only the rest, so the laptop's copy (var `backup_dir`)
+        // was not made on the way: make it whole now if it is not.
+        if offset > 0 {
+            if let Some(copy) = laptop_copy(ctx, &artifact).await? {
+                if let Some(why) = copy.why() {
+                    tracing::info!(path = %copy.path, "making the laptop copy again (it is {why})");
+                    copy_to_laptop(ctx, &artifact).await?;
+                }
+            }
+        }
         // 3. The far end's file must be the artifact, byte for byte: its size (a write
         //    that failed half-way leaves it short) and its sha256.
         let check = if offset == 0 {
