@@ -31,16 +31,17 @@ pub enum PumpError {
 /// Copy `reader` to `writer` (and `tee`) until EOF, then shut `writer` down (EOF to the
 /// far end). `hasher` may be pre-fed (resuming a transfer); `progress` is called with the
 /// running byte count after every chunk.
-pub async fn pump<R, W>(
+pub async fn pump<R, W, T>(
     reader: &mut R,
     writer: &mut W,
-    mut tee: Option<&mut tokio::fs::File>,
+    mut tee: Option<&mut T>,
     mut hasher: Sha256,
     mut progress: impl FnMut(u64),
 ) -> Result<Pumped, PumpError>
 where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
+    T: AsyncWrite + Unpin + ?Sized,
 {
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
@@ -60,9 +61,10 @@ where
     }
     writer.flush().await.map_err(PumpError::Write)?;
     writer.shutdown().await.map_err(PumpError::Write)?;
+    // Durability (fsync) and the check of the copy are the tee owner's (see
+    // `LocalCopy::commit`).
     if let Some(t) = tee {
         t.flush().await.map_err(PumpError::Tee)?;
-        t.sync_all().await.map_err(PumpError::Tee)?;
     }
     Ok(Pumped {
         bytes: total,
@@ -102,7 +104,9 @@ mod tests {
         pre.update(&data[..5]);
         let mut src = &data[5..];
         let mut dst = Vec::new();
-        let p = pump(&mut src, &mut dst, None, pre, |_| {}).await.unwrap();
+        let p = pump(&mut src, &mut dst, None::<&mut Vec<u8>>, pre, |_| {})
+            .await
+            .unwrap();
         assert_eq!(p.sha256, hex::encode(Sha256::digest(&data)));
         assert_eq!(p.bytes, 7);
     }

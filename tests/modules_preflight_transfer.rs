@@ -589,6 +589,8 @@ fn tfacts() -> TransferFacts {
         part_size: None,
         part_sha256: None,
         source_prefix_sha256: None,
+        taken: Vec::new(),
+        laptop_copy: None,
     }
 }
 
@@ -624,7 +626,7 @@ fn transfer_decides_ok_chmod_send_resume_restart() {
     );
     assert_eq!(
         c[0].commands(),
-        vec!["ssh old cat /b/packagist_db.sql | ssh new 'tee /n/packagist_db.sql.part' | sha256sum, then mv /n/packagist_db.sql.part /n/packagist_db.sql"]
+        vec!["ssh old cat /b/packagist_db.sql | ssh new 'tee /n/.ferry/packagist_db.sql.part' | sha256sum, then mv /n/.ferry/packagist_db.sql.part /n/packagist_db.sql"]
     );
     // A part whose prefix matches the source's: resume after it.
     let mut f = tfacts();
@@ -638,7 +640,7 @@ fn transfer_decides_ok_chmod_send_resume_restart() {
         .contains("resuming after 400 B already there (600 B to send)"));
     assert!(
         c[0].commands()[0].starts_with(
-            "ssh old tail -c +401 /b/packagist_db.sql | ssh new '{ cat /n/packagist_db.sql.part && tee -a /n/packagist_db.sql.part; }' | sha256sum"
+            "ssh old tail -c +401 /b/packagist_db.sql | ssh new '{ cat /n/.ferry/packagist_db.sql.part && tee -a /n/.ferry/packagist_db.sql.part; }' | sha256sum"
         ),
         "{:?}",
         c[0].commands()
@@ -720,11 +722,19 @@ async fn transfer_apply_resumes_sending_only_the_missing_suffix() {
     // The new host has the first `prefix` bytes in the .part; its receiver hashes the
     // part plus what arrives, as the real script does.
     let new = FakeTransport::new("new");
-    new.on("test -f /n/blob", output(1, ""));
-    new.on("ferry-stat", output(0, &format!("-\n{prefix}\n")));
     new.on(
-        "sha256sum /n/blob.part",
-        output(0, &format!("{}  /n/blob.part\n", sha(&data[..prefix]))),
+        "ferry-state",
+        output(
+            0,
+            &format!("0\n0 2 4096 700 directory\n0 1 {prefix} 600 regular file\nabsent\n"),
+        ),
+    );
+    new.on(
+        "sha256sum /n/.ferry/blob.part",
+        output(
+            0,
+            &format!("{}  /n/.ferry/blob.part\n", sha(&data[..prefix])),
+        ),
     );
     let have = data[..prefix].to_vec();
     new.on_stream("ferry-receive", move |shell, stdin| {
@@ -783,8 +793,7 @@ async fn transfer_apply_fails_when_the_far_end_disagrees() {
         })
         .unwrap();
     let new = FakeTransport::new("new");
-    new.on("test -f", output(1, ""));
-    new.on("ferry-stat", output(0, "-\n-\n"));
+    new.on("ferry-state", output(0, "0\nabsent\nabsent\nabsent\n"));
     new.on_stream("ferry-receive", |_, _| ExecOutput {
         status: Some(3),
         stdout: b"0000\n".to_vec(),
@@ -856,7 +865,7 @@ impl Local {
     }
     fn part(&self) -> std::path::PathBuf {
         self.root
-            .join("new/staging dir/packagist_storage.tar.gz.part")
+            .join("new/staging dir/.ferry/packagist_storage.tar.gz.part")
     }
     fn args(&self) -> Transfer {
         Transfer {
@@ -956,7 +965,10 @@ async fn transfer_for_real_resumes_from_a_partial_copy_and_restarts_from_a_bad_o
     let args = l.args();
     let c = l.ctx(json!({}), false);
     let have = 777_777usize;
-    std::fs::create_dir_all(l.part().parent().unwrap()).unwrap();
+    // The part an earlier run left in ferry's own directory.
+    let work = l.part().parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700)).unwrap();
     std::fs::write(l.part(), &l.data[..have]).unwrap();
 
     let plan = args.plan(&c).await.unwrap();
@@ -1024,4 +1036,377 @@ async fn transfer_for_real_keeps_what_arrived_when_the_source_breaks_off() {
     args.apply_plan(&c, plan).await.unwrap();
     assert_eq!(std::fs::read(l.dest()).unwrap(), l.data);
     assert_eq!(l.receiver_stdin(), &l.data[cut..]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Over a real sshd: names another user prepared are never written through or reused
+
+#[path = "common/sshd.rs"]
+mod sshd;
+
+struct DynPeers(Arc<dyn Transport>);
+
+#[async_trait]
+impl Peers for DynPeers {
+    async fn transport(&self, _host: &str) -> Result<Arc<dyn Transport>, TransportError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// A host reached over a real sshd (as root), standing for both the old and the new host.
+struct RealHost {
+    _server: sshd::Sshd,
+    _client: sshd::Client,
+    transport: Arc<dyn Transport>,
+    dir: tempfile::TempDir,
+    journal: Arc<Journal>,
+}
+
+/// The uid another user's files get (nobody).
+const OTHER_UID: u32 = 65534;
+
+async fn real_host() -> RealHost {
+    let server = sshd::Sshd::start();
+    let client = sshd::Client::new(&server);
+    let ssh = sshd::connect(client.spec(&server)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal(&dir);
+    RealHost {
+        _server: server,
+        _client: client,
+        transport: Arc::new(ssh),
+        dir,
+        journal,
+    }
+}
+
+impl RealHost {
+    fn ctx(&self, task: &str, vars: Value) -> TaskCtx {
+        let secrets = Secrets::new();
+        self.journal.task_started("new", task).unwrap();
+        TaskCtx {
+            host: "new".into(),
+            task: task.into(),
+            check: false,
+            yes: true,
+            transport: self.transport.clone(),
+            peers: Arc::new(DynPeers(self.transport.clone())),
+            journal: self.journal.clone(),
+            secrets: secrets.clone(),
+            events: EventSink::none(),
+            vars: Arc::new(Vars::new(
+                vars.as_object().cloned().unwrap_or_default(),
+                &secrets,
+            )),
+            renderer: Arc::new(Renderer::new(None)),
+            confirmer: Arc::new(NeverConfirm),
+            overwrite: Vec::new(),
+            cache: Arc::new(HostCache::default()),
+        }
+    }
+
+    /// A directory anyone may write to (like `/tmp`: mode 1777).
+    fn shared_dir(&self) -> std::path::PathBuf {
+        let d = self.dir.path().join("shared");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        // The temp dir itself must be reachable.
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        d
+    }
+
+    /// The artifact `data` at `old/<name>` on the host, recorded as produced.
+    fn artifact(&self, name: &str, data: &[u8]) -> Artifact {
+        let old = self.dir.path().join("old");
+        std::fs::create_dir_all(&old).unwrap();
+        let path = old.join(name);
+        std::fs::write(&path, data).unwrap();
+        let a = Artifact {
+            name: name.into(),
+            host: "new".into(),
+            path: path.to_string_lossy().into_owned(),
+            sha256: sha(data),
+            size: data.len() as u64,
+        };
+        self.journal.task_started("new", "Dump").unwrap();
+        self.journal
+            .record_artifact("new", "Dump", a.clone())
+            .unwrap();
+        a
+    }
+
+    /// The victim of a planted link: a file nobody must touch.
+    fn victim(&self) -> std::path::PathBuf {
+        let v = self.dir.path().join("victim");
+        std::fs::write(&v, b"precious").unwrap();
+        std::fs::set_permissions(&v, std::fs::Permissions::from_mode(0o644)).unwrap();
+        v
+    }
+}
+
+/// Another user's planted symlink (`ln -s target link`, owned by that user).
+fn plant_link(target: &std::path::Path, link: &std::path::Path) {
+    std::os::unix::fs::symlink(target, link).unwrap();
+    std::os::unix::fs::lchown(link, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+}
+
+/// Another user's directory, open to all, as if they had made it first.
+fn plant_dir(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::lchown(dir, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+}
+
+fn transfer_to(artifact: &str, dest: &std::path::Path) -> Transfer {
+    Transfer {
+        artifact: artifact.into(),
+        dest: Template::new(dest.to_string_lossy()),
+        mode: None,
+        record_as: Some(format!("{artifact}_new")),
+    }
+}
+
+async fn plan_and_apply(args: &dyn DynModule, c: &TaskCtx) -> Result<bool, String> {
+    let plan = args.plan(c).await.map_err(|e| e.to_string())?;
+    if plan.changes.is_empty() {
+        return Ok(false);
+    }
+    args.apply_plan(c, plan)
+        .await
+        .map(|a| a.changed)
+        .map_err(|e| e.to_string())
+}
+
+/// Another user planted symlinks to a victim at the names a `.part` could have (next to
+/// the destination, and in a `.ferry` directory of theirs): the transfer fails clearly
+/// and the victim is untouched.
+#[tokio::test]
+async fn real_transfer_never_writes_through_a_planted_part() {
+    let h = real_host().await;
+    let data = vec![b'x'; 100_000];
+    h.artifact("blob", &data);
+    let shared = h.shared_dir();
+    let victim = h.victim();
+    let dest = shared.join("blob");
+    plant_link(&victim, &shared.join("blob.part"));
+    plant_dir(&shared.join(".ferry"));
+    plant_link(&victim, &shared.join(".ferry/blob.part"));
+
+    let c = h.ctx("Send", json!({}));
+    let err = plan_and_apply(&transfer_to("blob", &dest), &c)
+        .await
+        .unwrap_err();
+    assert!(
+        std::fs::read(&victim).unwrap() == b"precious",
+        "the victim was written through: {err}"
+    );
+    assert_eq!(mode_of(&victim), 0o644);
+    assert!(err.contains("was not created by ferry"), "{err}");
+    assert!(err.contains(&format!("owned by uid {OTHER_UID}")), "{err}");
+    assert!(!dest.exists());
+}
+
+/// A destination that another user created, even with the right content, is not taken
+/// as the delivered copy (nor chmod'ed, nor recorded); through a symlink neither.
+#[tokio::test]
+async fn real_transfer_does_not_reuse_a_destination_of_another_user() {
+    let h = real_host().await;
+    let data = b"the artifact's bytes".to_vec();
+    h.artifact("blob", &data);
+    let shared = h.shared_dir();
+
+    // Another user's file with exactly the artifact's bytes.
+    let dest = shared.join("blob");
+    std::fs::write(&dest, &data).unwrap();
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::os::unix::fs::lchown(&dest, Some(OTHER_UID), Some(OTHER_UID)).unwrap();
+    let c = h.ctx("Send", json!({}));
+    let err = plan_and_apply(&transfer_to("blob", &dest), &c)
+        .await
+        .unwrap_err();
+    assert!(err.contains("was not created by ferry"), "{err}");
+    assert!(err.contains(&format!("owned by uid {OTHER_UID}")), "{err}");
+    assert_eq!(mode_of(&dest), 0o666, "not chmod'ed");
+    let rec = h.journal.record("new", "Send");
+    assert!(
+        rec.is_none_or(|r| !r.artifacts.contains_key("blob_new")),
+        "another user's file was recorded as the delivered copy"
+    );
+
+    // A symlink to a file with the right content and a loose mode: not followed (the
+    // target keeps its mode), not reused.
+    let victim = h.dir.path().join("look-alike");
+    std::fs::write(&victim, &data).unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let dest = shared.join("linked");
+    plant_link(&victim, &dest);
+    let c = h.ctx("Send linked", json!({}));
+    let err = plan_and_apply(&transfer_to("blob", &dest), &c)
+        .await
+        .unwrap_err();
+    assert!(err.contains("(a symlink)"), "{err}");
+    assert_eq!(mode_of(&victim), 0o644, "the link's target was chmod'ed");
+    assert_eq!(std::fs::read(&victim).unwrap(), data);
+}
+
+/// The artifact writer (pg_dump, redis_backup, storage_export): a planted `.part` (and
+/// a planted work directory) is refused, the victim untouched; a clean directory works,
+/// and the part is created in ferry's private directory.
+#[tokio::test]
+async fn real_write_artifact_never_writes_through_a_planted_part() {
+    let h = real_host().await;
+    let shared = h.shared_dir();
+    let victim = h.victim();
+    let dest = shared.join("packagist_db.sql");
+    plant_link(&victim, &shared.join("packagist_db.sql.part"));
+    plant_dir(&shared.join(".ferry"));
+    plant_link(&victim, &shared.join(".ferry/packagist_db.sql.part"));
+    let c = h.ctx("Dump", json!({}));
+    let producer = ferry::command::Cmd::new("printf").arg("dump bytes");
+    let err = ferry::modules::shared::write_artifact(
+        &c,
+        "packagist_db",
+        producer.clone(),
+        &dest.to_string_lossy(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        std::fs::read(&victim).unwrap() == b"precious",
+        "the victim was written through: {err}"
+    );
+    assert!(err.contains("was not created by ferry"), "{err}");
+    assert!(!dest.exists());
+
+    // A symlink at the destination itself: refused before the producer runs.
+    let clean = h.dir.path().join("clean");
+    std::fs::create_dir_all(&clean).unwrap();
+    let dest = clean.join("packagist_db.sql");
+    plant_link(&victim, &dest);
+    let err = ferry::modules::shared::write_artifact(
+        &c,
+        "packagist_db",
+        producer.clone(),
+        &dest.to_string_lossy(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("(a symlink)"), "{err}");
+    assert!(std::fs::read(&victim).unwrap() == b"precious");
+    std::fs::remove_file(&dest).unwrap();
+
+    // Nothing planted: written, private.
+    let (a, _) = ferry::modules::shared::write_artifact(
+        &c,
+        "packagist_db",
+        producer,
+        &dest.to_string_lossy(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), b"dump bytes");
+    assert_eq!(a.sha256, sha(b"dump bytes"));
+    assert_eq!(mode_of(&dest), 0o600);
+    assert_eq!(mode_of(&clean.join(".ferry")), 0o700);
+    assert!(!clean.join(".ferry/packagist_db.sql.part").exists());
+}
+
+// ---------------------------------------------------------------------------------------
+// The laptop's copy (var `backup_dir`): never partial under its final name, repaired
+
+/// The source breaks off mid-stream: the laptop keeps only `NAME.part`, never a partial
+/// file under the final name; the resumed run (which sends only the rest to the far
+/// end) still leaves a complete, checked copy on the laptop.
+#[tokio::test]
+async fn laptop_copy_of_an_interrupted_transfer_is_only_a_part_then_completed() {
+    let l = local_setup(1 << 20);
+    let laptop = l.root.join("laptop");
+    let vars = json!({"backup_dir": laptop.to_string_lossy()});
+    let src = l.root.join("old/packagist_storage.tar.gz");
+    let cut = 300_000usize;
+    let path = src.to_string_lossy().into_owned();
+    l.old.on_fn(&format!("cat {path}"), move |_, _| {
+        let mut out = run_local(&format!("head -c {cut} '{path}'"), None);
+        out.status = Some(1);
+        out.stderr = b"connection lost".to_vec();
+        out
+    });
+    let args = l.args();
+    let c = l.ctx(vars.clone(), false);
+    let plan = args.plan(&c).await.unwrap();
+    args.apply_plan(&c, plan).await.unwrap_err();
+    let copy = laptop.join("packagist_storage.tar.gz");
+    assert!(
+        !copy.exists(),
+        "a partial laptop copy ({} bytes) sits under the final name",
+        std::fs::metadata(&copy).map(|m| m.len()).unwrap_or(0)
+    );
+
+    // The source is back: the far end resumes; the laptop copy is made whole anyway.
+    l.old
+        .on_fn(&format!("cat {}", src.to_string_lossy()), run_local);
+    let c = l.ctx(vars.clone(), false);
+    let plan = args.plan(&c).await.unwrap();
+    assert!(
+        plan.changes
+            .iter()
+            .any(|c| c.description.contains("resuming after")),
+        "{plan:?}"
+    );
+    assert!(args.apply_plan(&c, plan).await.unwrap().changed);
+    assert_eq!(std::fs::read(l.dest()).unwrap(), l.data);
+    assert!(
+        std::fs::read(&copy).unwrap() == l.data,
+        "laptop copy incomplete"
+    );
+    assert_eq!(mode_of(&copy), 0o600);
+    assert!(!laptop.join("packagist_storage.tar.gz.part").exists());
+    // And now all is ok.
+    let plan = args.plan(&c).await.unwrap();
+    assert!(plan.changes.is_empty(), "{plan:?}");
+}
+
+/// A laptop copy cut short (or with other bytes of the same size) under its final name,
+/// as an earlier ferry left it: the re-run sees it, makes it again and reports a change.
+#[tokio::test]
+async fn laptop_copy_that_is_partial_or_different_is_repaired_by_the_rerun() {
+    let l = local_setup(1 << 20);
+    let laptop = l.root.join("laptop");
+    let vars = json!({"backup_dir": laptop.to_string_lossy()});
+    let args = l.args();
+    let c = l.ctx(vars.clone(), false);
+    let plan = args.plan(&c).await.unwrap();
+    args.apply_plan(&c, plan).await.unwrap();
+    let copy = laptop.join("packagist_storage.tar.gz");
+    assert!(std::fs::read(&copy).unwrap() == l.data);
+
+    for (what, damaged) in [
+        ("truncated", l.data[..1000].to_vec()),
+        ("different bytes", {
+            let mut d = l.data.clone();
+            d[500_000] ^= 0xff;
+            d
+        }),
+    ] {
+        std::fs::write(&copy, &damaged).unwrap();
+        let c = l.ctx(vars.clone(), false);
+        let plan = args.plan(&c).await.unwrap();
+        assert_eq!(plan.changes.len(), 1, "{what}: {plan:?}");
+        assert!(
+            plan.changes[0].description.contains("laptop"),
+            "{what}: {plan:?}"
+        );
+        let applied = args.apply_plan(&c, plan).await.unwrap();
+        assert!(applied.changed, "{what}");
+        assert!(
+            std::fs::read(&copy).unwrap() == l.data,
+            "{what}: not repaired"
+        );
+        // The far end's copy was fine: it was not sent again.
+        assert_eq!(std::fs::read(l.dest()).unwrap(), l.data);
+        let plan = args.plan(&c).await.unwrap();
+        assert!(plan.changes.is_empty(), "{what}: {plan:?}");
+    }
 }

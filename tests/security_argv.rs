@@ -85,6 +85,15 @@ fn parent_dir() -> Option<&'static str> {
     HOSTILE.rsplit_once('/').map(|(dir, _)| dir)
 }
 
+/// The work directory and part file ferry stages a hostile destination path in
+/// (`<dir>/.ferry`, `<dir>/.ferry/<name>.part`).
+fn staged_names() -> Vec<String> {
+    match HOSTILE.rsplit_once('/') {
+        Some((dir, name)) => vec![format!("{dir}/.ferry"), format!("{dir}/.ferry/{name}.part")],
+        None => vec![".ferry".into(), format!("./.ferry/{HOSTILE}.part")],
+    }
+}
+
 /// Every command `host` received keeps [`HOSTILE`] whole; returns how many words held it.
 fn assert_no_injection(module: &str, host: &FakeTransport) -> usize {
     let mut whole = 0;
@@ -92,8 +101,9 @@ fn assert_no_injection(module: &str, host: &FakeTransport) -> usize {
         for w in shell_words(&line) {
             if w.contains(HOSTILE) {
                 whole += 1;
-            } else if Some(w.as_str()) == parent_dir() {
-                // `mkdir -p` of the directory a hostile path is in: a value of its own.
+            } else if Some(w.as_str()) == parent_dir() || staged_names().contains(&w) {
+                // `mkdir -p` of the directory a hostile path is in, and ferry's work
+                // directory and part file beside it: values of their own, whole.
                 continue;
             } else if let Some(f) = FRAGMENTS.iter().find(|f| w.contains(**f)) {
                 panic!("{module}: the hostile value was cut at {f:?}: word {w:?} of\n{line}");

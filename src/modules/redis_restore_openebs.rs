@@ -30,7 +30,7 @@ use crate::modules::redis_layout::{restore_plan, FileOp, RedisPersistence, CONFI
 use crate::modules::shared::{
     artifact_fingerprint, attempt_proven, attempt_started, completed_guard, completed_marker,
     find_artifact, interrupted_attempt, pod_exec, pod_redis_key_counts, redis_cli, stream_artifact,
-    K8sTarget,
+    K8sTarget, StagedPath,
 };
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
@@ -206,47 +206,76 @@ fn checked_pv_path(path: &str) -> Result<&str, ModuleError> {
     }
 }
 
-/// The node-side script that applies `ops` in `dir` from the staged RDB `staged`.
-pub fn node_script(dir: &str, staged: &str, ops: &[FileOp]) -> Cmd {
+/// Where the RDB is staged on the node: in ferry's own directory in the volume
+/// (`<dir>/.ferry`, mode 0700). The volume directory belongs to Redis's user, who could
+/// have put a symlink at any name there; nothing is written through one: every file is
+/// made in ferry's directory and renamed into place (a rename replaces a symlink).
+pub fn staged_rdb(dir: &str) -> Result<StagedPath, ModuleError> {
+    StagedPath::of(&format!("{dir}/.ferry-restore.rdb"))
+}
+
+/// The node-side script that applies `ops` in `dir` from the staged RDB `staged`. Runs
+/// with Redis stopped. Files are written in ferry's work directory and renamed over
+/// their names in `dir`; the work directory is removed before the volume is given back
+/// to Redis's user.
+pub fn node_script(dir: &str, staged: &StagedPath, ops: &[FileOp]) -> Cmd {
     let at = |rel: &str| format!("{dir}/{rel}");
+    // One temporary per file, in ferry's directory (same filesystem: the rename is atomic).
+    let tmp = |rel: &str| format!("{}/{}.ferry-tmp", staged.work, rel.replace('/', "_"));
     let mut script = Cmd::new("set").arg("-e");
     for op in ops {
         let step = match op {
             FileOp::Remove { path } => Cmd::new("rm").arg("-rf").arg("--").arg(at(path)),
             FileOp::MakeDir { path } => Cmd::new("mkdir").arg("-p").arg(at(path)),
-            FileOp::WriteRdb { path } => Cmd::new("cp")
-                .arg(staged)
-                .arg(at(&format!("{path}.ferry-tmp")))
-                .and(
+            FileOp::WriteRdb { path } => {
+                Cmd::new("cp").arg(staged.part.as_str()).arg(tmp(path)).and(
                     Cmd::new("mv")
                         .arg("-f")
-                        .arg(at(&format!("{path}.ferry-tmp")))
+                        .arg("-T")
+                        .arg(tmp(path))
                         .arg(at(path)),
-                ),
+                )
+            }
             FileOp::WriteText { path, content } => Cmd::new("printf")
                 .arg("%s")
                 .arg(content.as_str())
                 .op(">")
-                .arg(at(&format!("{path}.ferry-tmp")))
+                .arg(tmp(path))
                 .and(
                     Cmd::new("mv")
                         .arg("-f")
-                        .arg(at(&format!("{path}.ferry-tmp")))
+                        .arg("-T")
+                        .arg(tmp(path))
                         .arg(at(path)),
                 ),
         };
         script = script.then(step);
     }
-    // Redis in the pod must own what it loads: same owner as the volume directory.
+    // Redis in the pod must own what it loads: same owner as the volume directory
+    // (`chown -R` does not follow symlinks). ferry's directory goes first, with the
+    // staged RDB in it.
     script = script
+        .then(
+            Cmd::new("rm")
+                .arg("-rf")
+                .arg("--")
+                .arg(staged.work.as_str()),
+        )
         .then(
             Cmd::new("chown")
                 .arg("-R")
                 .arg(format!("--reference={dir}"))
                 .arg(dir),
         )
-        .then(Cmd::new("rm").arg("-f").arg(staged))
         .then(Cmd::new("sync"));
+    // The work directory is checked to be ferry's before anything is written.
+    Cmd::new("sh")
+        .arg("-c")
+        .arg_cmd(&staged.check_part_cmd().and(script_in_subshell(script)))
+}
+
+/// `( script )`-like grouping for `set -e` scripts: run them in their own `sh -c`.
+fn script_in_subshell(script: Cmd) -> Cmd {
     Cmd::new("sh").arg("-c").arg_cmd(&script)
 }
 
@@ -371,15 +400,20 @@ impl Module for RedisRestoreOpenebs {
         )?;
         // 2. Stage the RDB on the node, checked, while Redis still runs.
         let artifact = find_artifact(ctx, &self.artifact)?;
-        let staged = format!("{dir}/.ferry-restore.rdb");
+        let staged = staged_rdb(&dir)?;
+        // Created new in ferry's 0700 directory: a link Redis's user put in the volume
+        // is never written through.
         let stage = Cmd::new("set")
             .arg("-o")
             .arg("pipefail")
             .then(Cmd::new("umask").arg("077"))
             .then(
-                Cmd::new("tee")
-                    .arg(staged.as_str())
-                    .pipe(Cmd::new("sha256sum")),
+                staged.prepare_scratch_cmd().and(
+                    Cmd::new("tee")
+                        .arg("-a")
+                        .arg(staged.part.as_str())
+                        .pipe(Cmd::new("sha256sum")),
+                ),
             );
         let mut stream = ctx
             .transport
@@ -407,9 +441,7 @@ impl Module for RedisRestoreOpenebs {
         let far_sha = far.split_whitespace().next().unwrap_or("");
         if exit.status != Some(0) || far_sha != artifact.sha256 || pumped.sha256 != artifact.sha256
         {
-            let _ = ctx
-                .exec(&Cmd::new("rm").arg("-f").arg(staged.as_str()))
-                .await;
+            let _ = ctx.exec(&staged.remove_part_cmd()).await;
             return Err(ModuleError::Failed(format!(
                 "staging the RDB on the node failed or was corrupted (sent {}, node has {far_sha:?}, recorded {}): {}",
                 pumped.sha256,
@@ -596,28 +628,71 @@ mod tests {
             appendonly: true,
             ..Default::default()
         };
-        let s = node_script(
-            "/var/openebs/local/pvc-1",
-            "/var/openebs/local/pvc-1/.ferry-restore.rdb",
-            &restore_plan(&p),
+        let staged = staged_rdb("/var/openebs/local/pvc-1").unwrap();
+        assert_eq!(
+            staged.part,
+            "/var/openebs/local/pvc-1/.ferry/.ferry-restore.rdb.part"
         );
+        let s = node_script("/var/openebs/local/pvc-1", &staged, &restore_plan(&p));
         let text = s.to_shell();
         let words = shlex::split(&text).unwrap();
         assert_eq!(words[0], "sh");
-        let inner = &words[2];
+        let outer = shlex::split(&words[2]).unwrap();
+        assert!(outer.iter().any(|w| w == "ferry-check-part"), "{outer:?}");
+        let inner = outer.last().unwrap();
         assert!(
             inner.starts_with("set -e ; rm -rf -- /var/openebs/local/pvc-1/appendonlydir"),
             "{inner}"
         );
-        assert!(inner.contains("mv -f /var/openebs/local/pvc-1/appendonlydir/appendonly.aof.1.base.rdb.ferry-tmp /var/openebs/local/pvc-1/appendonlydir/appendonly.aof.1.base.rdb"), "{inner}");
+        assert!(inner.contains("cp /var/openebs/local/pvc-1/.ferry/.ferry-restore.rdb.part /var/openebs/local/pvc-1/.ferry/appendonlydir_appendonly.aof.1.base.rdb.ferry-tmp"), "{inner}");
+        assert!(inner.contains("mv -f -T /var/openebs/local/pvc-1/.ferry/appendonlydir_appendonly.aof.1.base.rdb.ferry-tmp /var/openebs/local/pvc-1/appendonlydir/appendonly.aof.1.base.rdb"), "{inner}");
         assert!(
-            inner.contains("chown -R --reference=/var/openebs/local/pvc-1"),
+            inner.contains("rm -rf -- /var/openebs/local/pvc-1/.ferry ; chown -R --reference=/var/openebs/local/pvc-1"),
             "{inner}"
         );
-        assert!(
-            inner.contains("rm -f /var/openebs/local/pvc-1/.ferry-restore.rdb"),
-            "{inner}"
-        );
+    }
+
+    /// Redis's user owns the volume directory and planted links to a victim at the
+    /// names the restore writes (the old temporaries, the staged RDB, the RDB itself):
+    /// run for real here, the victim is untouched and the volume gets the staged RDB.
+    #[test]
+    fn node_script_never_writes_through_links_in_the_volume() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("var/openebs/pvc-1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let p = RedisPersistence {
+            appendonly: false,
+            ..Default::default()
+        };
+        let rdb = p.dbfilename.clone();
+        for name in [
+            format!("{rdb}.ferry-tmp"),
+            ".ferry-restore.rdb".to_string(),
+            rdb.clone(),
+        ] {
+            std::os::unix::fs::symlink(&victim, dir.join(name)).unwrap();
+        }
+        let d = dir.to_string_lossy().into_owned();
+        let staged = staged_rdb(&d).unwrap();
+        let sh = |c: &Cmd| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(c.to_shell())
+                .output()
+                .unwrap()
+        };
+        let out = sh(&staged.prepare_scratch_cmd());
+        assert!(out.status.success(), "{out:?}");
+        std::fs::write(&staged.part, b"REDIS0011 the backup").unwrap();
+        let out = sh(&node_script(&d, &staged, &restore_plan(&p)));
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        let placed = dir.join(&rdb);
+        assert!(!std::fs::symlink_metadata(&placed).unwrap().is_symlink());
+        assert_eq!(std::fs::read(&placed).unwrap(), b"REDIS0011 the backup");
+        assert!(!std::path::Path::new(&staged.work).exists());
     }
 
     #[test]

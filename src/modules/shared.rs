@@ -306,11 +306,14 @@ pub struct FileStamp {
     pub mtime: String,
 }
 
-/// The stamp of `path` on this task's host, or `None` if it is not a regular file.
+/// The stamp of `path` on this task's host, or `None` if it is not a regular file (a
+/// symlink is not: it is never taken for the file ferry wrote).
 pub async fn file_stamp(ctx: &TaskCtx, path: &str) -> Result<Option<FileStamp>, ModuleError> {
     let cmd = Cmd::new("test")
-        .arg("-f")
+        .arg("!")
+        .arg("-L")
         .arg(path)
+        .and(Cmd::new("test").arg("-f").arg(path))
         .and(Cmd::new("stat").arg("-c").arg("%s %.9Y").arg(path));
     let out = ctx.exec(&cmd).await?;
     if !out.success() {
@@ -330,36 +333,40 @@ pub async fn file_stamp(ctx: &TaskCtx, path: &str) -> Result<Option<FileStamp>, 
 }
 
 /// Run `producer` on this task's host and write its stdout to `path` in one pass:
-/// through `path.part` (mode 0600), hashing on the way, renamed into place only when
-/// the producer succeeded. Returns the artifact (recorded in the journal under `name`)
-/// and its stamp.
+/// through a part file created new in ferry's private directory beside `path` (see
+/// [`StagedPath`]; mode 0600), hashing on the way, renamed over `path` only when the
+/// producer succeeded. A name there that ferry did not create fails the task before
+/// the producer runs. Returns the artifact (recorded in the journal under `name`) and
+/// its stamp.
 pub async fn write_artifact(
     ctx: &TaskCtx,
     name: &str,
     producer: Cmd,
     path: &str,
 ) -> Result<(Artifact, FileStamp), ModuleError> {
-    let part = format!("{path}.part");
-    let dir = std::path::Path::new(path)
-        .parent()
-        .map(|p| p.to_string_lossy().into_owned())
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| ".".into());
+    let staged = StagedPath::of(path)?;
+    let shown = producer.display();
+    let part = staged.part.clone();
+    let dir = staged.dir.clone();
     // bash for pipefail: a producer that fails half-way must not leave an artifact.
     let script = Cmd::new("umask")
         .arg("077")
-        .and(Cmd::new("mkdir").arg("-p").arg(dir.as_str()))
+        .and(staged.prepare_cmd())
         .and(
             producer
-                .pipe(Cmd::new("tee").arg(part.as_str()))
+                .pipe(Cmd::new("tee").arg("-a").arg(part.as_str()))
                 .pipe(Cmd::new("sha256sum")),
         )
-        .and(Cmd::new("mv").arg("-f").arg(part.as_str()).arg(path))
+        .and(staged.commit_cmd())
         .and(Cmd::new("stat").arg("-c").arg("%s %.9Y").arg(path));
     let script = Cmd::new("set").arg("-o").arg("pipefail").then(script);
     let cmd = Cmd::new("bash").arg("-c").arg_cmd(&script);
     let out = ctx.exec(&cmd).await?;
     if !out.success() {
+        if out.status == Some(NAME_TAKEN_EXIT) {
+            // Nothing of ours to clean up: the name belongs to someone else.
+            return Err(safe_write_error(ctx, &shown, &out));
+        }
         let stderr = ctx.secrets.mask(out.stderr_str().trim());
         // How far it got, before the partial file goes (for the disk-full message).
         let written = if is_disk_full(&stderr) {
@@ -372,17 +379,18 @@ pub async fn write_artifact(
         };
         // Leave nothing half-written behind under the final name (it never was), and
         // remove the partial file so a re-run starts clean.
-        let _ = ctx.exec(&Cmd::new("rm").arg("-f").arg(part.as_str())).await;
+        let _ = ctx.exec(&staged.remove_part_cmd()).await;
         if is_disk_full(&stderr) {
             let free = disk_free_text(ctx, &dir).await;
             return Err(ModuleError::Failed(disk_full_message(
                 &ctx.host, path, &part, written, &free, &stderr,
             )));
         }
+        // The producer as the operator would have typed it, not the staging script.
         return Err(ModuleError::CommandFailed {
-            cmd: ctx.secrets.mask(&cmd.display()),
+            cmd: ctx.secrets.mask(&format!("{shown} > {path}")),
             status: format!("{:?}", out.status),
-            stderr: ctx.secrets.mask(out.stderr_str().trim()),
+            stderr,
         });
     }
     let text = out.stdout_str();
@@ -494,40 +502,330 @@ pub fn recorded_artifact(
 // ---------------------------------------------------------------------------------------
 // Streaming an artifact somewhere
 
-/// Where the laptop keeps its copy of artifacts when the operator asks for one
-/// (var `backup_dir`): `<backup_dir>/<file name>`, mode 0600.
-pub async fn open_local_tee(
-    ctx: &TaskCtx,
-    artifact: &Artifact,
-) -> Result<Option<(tokio::fs::File, std::path::PathBuf)>, ModuleError> {
-    let file_name = std::path::Path::new(&artifact.path)
+/// The file name the laptop's copy of `artifact` gets in `backup_dir`: the artifact's
+/// own file name.
+pub fn laptop_copy_name(artifact: &Artifact) -> std::ffi::OsString {
+    std::path::Path::new(&artifact.path)
         .file_name()
         .map(|n| n.to_os_string())
-        .unwrap_or_else(|| artifact.name.clone().into());
-    open_local_copy(ctx, &file_name).await
+        .unwrap_or_else(|| artifact.name.clone().into())
 }
 
-/// `<backup_dir>/<file_name>` on the laptop, mode 0600, truncated; `None` when the
-/// operator did not ask for copies (no `backup_dir` var).
-pub async fn open_local_copy(
+/// The journal fingerprint (of the task that made it) recording a verified laptop copy.
+fn laptop_copy_key(artifact: &str) -> String {
+    format!("laptop_copy_{artifact}")
+}
+
+/// The laptop's copy of an artifact (var `backup_dir`) while it is written:
+/// `<backup_dir>/<name>.part`, created new (mode 0600), hashed as it is written.
+/// [`LocalCopy::commit`] makes it `<backup_dir>/<name>` only once complete: fsync, size
+/// and sha256 checked against what the copy must be, rename, fsync of the directory.
+/// Dropped before that (the stream failed, ferry was killed), only the `.part` remains:
+/// never a partial file under the final name.
+pub struct LocalCopy {
+    file: tokio::fs::File,
+    hasher: sha2::Sha256,
+    written: u64,
+    part: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+/// Why the laptop's copy could not be written or did not check out.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalCopyError {
+    #[error("local backup copy {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "local backup copy {path}: {got_size} bytes with sha256 {got_sha256} were written, \
+         but it must have {size} bytes and sha256 {sha256}; the partial {part} was removed"
+    )]
+    Mismatch {
+        path: String,
+        part: String,
+        got_size: u64,
+        got_sha256: String,
+        size: u64,
+        sha256: String,
+    },
+}
+
+impl From<LocalCopyError> for ModuleError {
+    fn from(e: LocalCopyError) -> Self {
+        ModuleError::Failed(e.to_string())
+    }
+}
+
+impl LocalCopy {
+    /// Start `<backup_dir>/<file_name>.part`; `None` when the operator did not ask for
+    /// copies (no `backup_dir` var). A `.part` left by an interrupted run is replaced.
+    pub async fn open(
+        ctx: &TaskCtx,
+        file_name: &std::ffi::OsStr,
+    ) -> Result<Option<LocalCopy>, LocalCopyError> {
+        let Some(dir) = ctx.var("backup_dir").and_then(Value::as_str) else {
+            return Ok(None);
+        };
+        Self::create(std::path::Path::new(dir), file_name)
+            .await
+            .map(Some)
+    }
+
+    /// Start `<dir>/<file_name>.part` (see [`LocalCopy::open`]).
+    pub async fn create(
+        dir: &std::path::Path,
+        file_name: &std::ffi::OsStr,
+    ) -> Result<LocalCopy, LocalCopyError> {
+        let path = dir.join(file_name);
+        let mut part_name = file_name.to_os_string();
+        part_name.push(".part");
+        let part = dir.join(part_name);
+        let io = |e: std::io::Error| LocalCopyError::Io {
+            path: path.display().to_string(),
+            source: e,
+        };
+        tokio::fs::create_dir_all(dir).await.map_err(io)?;
+        // Removing first (a symlink is removed, not followed) and then creating new
+        // (O_EXCL) means the part is always a fresh file of ours.
+        match tokio::fs::remove_file(&part).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+            _ => {}
+        }
+        let mut opts = tokio::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        opts.mode(0o600);
+        let file = opts.open(&part).await.map_err(io)?;
+        Ok(LocalCopy {
+            file,
+            hasher: sha2::Sha256::default(),
+            written: 0,
+            part,
+            path,
+        })
+    }
+
+    /// The final name.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Finish the copy: flushed and fsynced, checked to hold exactly `size` bytes with
+    /// `sha256` (what was written, hashed on the way, and its length on disk), renamed
+    /// over the final name, the directory fsynced. A copy that does not check out is
+    /// removed and the final name is left as it was.
+    pub async fn commit(mut self, size: u64, sha256: &str) -> Result<LocalStamp, LocalCopyError> {
+        use sha2::Digest;
+        use tokio::io::AsyncWriteExt;
+        let path = self.path.display().to_string();
+        let io = |e: std::io::Error| LocalCopyError::Io {
+            path: path.clone(),
+            source: e,
+        };
+        self.file.flush().await.map_err(io)?;
+        self.file.sync_all().await.map_err(io)?;
+        let on_disk = self.file.metadata().await.map_err(io)?.len();
+        let got_sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        if self.written != size || on_disk != size || got_sha256 != sha256 {
+            let _ = tokio::fs::remove_file(&self.part).await;
+            return Err(LocalCopyError::Mismatch {
+                path: path.clone(),
+                part: self.part.display().to_string(),
+                got_size: self.written.min(on_disk),
+                got_sha256,
+                size,
+                sha256: sha256.to_string(),
+            });
+        }
+        drop(self.file);
+        tokio::fs::rename(&self.part, &self.path)
+            .await
+            .map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                dir
+            };
+            tokio::fs::File::open(dir)
+                .await
+                .map_err(io)?
+                .sync_all()
+                .await
+                .map_err(io)?;
+        }
+        let meta = tokio::fs::metadata(&self.path).await.map_err(io)?;
+        Ok(LocalStamp::of(&self.path, &meta, sha256))
+    }
+}
+
+impl tokio::io::AsyncWrite for LocalCopy {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use sha2::Digest;
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.file).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            // Exactly the bytes the file took.
+            this.hasher.update(&buf[..*n]);
+            this.written += *n as u64;
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.file).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.file).poll_shutdown(cx)
+    }
+}
+
+/// A verified laptop copy as the journal records it: a re-run that finds the file with
+/// the same path, size and modification time trusts its recorded sha256 instead of
+/// reading it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalStamp {
+    pub path: String,
+    pub size: u64,
+    /// Nanoseconds since the epoch.
+    pub mtime_ns: String,
+    pub sha256: String,
+}
+
+impl LocalStamp {
+    fn of(path: &std::path::Path, meta: &std::fs::Metadata, sha256: &str) -> LocalStamp {
+        LocalStamp {
+            path: path.display().to_string(),
+            size: meta.len(),
+            mtime_ns: mtime_ns(meta),
+            sha256: sha256.to_string(),
+        }
+    }
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> String {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos().to_string())
+        .unwrap_or_default()
+}
+
+/// The laptop's copy of an artifact as a re-run finds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum LaptopCopyState {
+    /// The artifact's size and sha256.
+    Complete,
+    Missing,
+    /// Shorter or longer than the artifact (an interrupted or older copy).
+    WrongSize(u64),
+    /// The artifact's size, other bytes.
+    WrongContent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LaptopCopy {
+    pub path: String,
+    pub state: LaptopCopyState,
+}
+
+impl LaptopCopy {
+    /// Why it must be made (again), for the plan; `None` when it is complete.
+    pub fn why(&self) -> Option<String> {
+        Some(match &self.state {
+            LaptopCopyState::Complete => return None,
+            LaptopCopyState::Missing => "missing".to_string(),
+            LaptopCopyState::WrongSize(n) => format!("{n} bytes, a partial or other copy"),
+            LaptopCopyState::WrongContent => "other bytes than the artifact".to_string(),
+        })
+    }
+}
+
+/// The laptop's copy of `artifact`, checked against the journal's size and sha256 (and
+/// the stamp recorded when this task last verified it, so an intact copy is not read
+/// again); `None` when the operator did not ask for copies.
+pub async fn laptop_copy(
     ctx: &TaskCtx,
-    file_name: &std::ffi::OsStr,
-) -> Result<Option<(tokio::fs::File, std::path::PathBuf)>, ModuleError> {
+    artifact: &Artifact,
+) -> Result<Option<LaptopCopy>, ModuleError> {
     let Some(dir) = ctx.var("backup_dir").and_then(Value::as_str) else {
         return Ok(None);
     };
-    let dir = std::path::PathBuf::from(dir);
-    let path = dir.join(file_name);
-    let io = |e: std::io::Error| {
-        ModuleError::Failed(format!("local backup copy {}: {e}", path.display()))
+    let path = std::path::Path::new(dir).join(laptop_copy_name(artifact));
+    let shown = path.display().to_string();
+    let recorded: Option<LocalStamp> = ctx
+        .record(&ctx.host, &ctx.task)
+        .and_then(|r| {
+            r.fingerprints
+                .get(&laptop_copy_key(&artifact.name))
+                .cloned()
+        })
+        .and_then(|v| serde_json::from_value(v).ok());
+    let meta = match tokio::fs::symlink_metadata(&path).await {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Some(LaptopCopy {
+                path: shown,
+                state: LaptopCopyState::Missing,
+            }))
+        }
+        Err(e) => {
+            return Err(ModuleError::Failed(format!(
+                "local backup copy {shown}: {e}"
+            )))
+        }
     };
-    tokio::fs::create_dir_all(&dir).await.map_err(io)?;
-    let mut opts = tokio::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    opts.mode(0o600);
-    let file = opts.open(&path).await.map_err(io)?;
-    Ok(Some((file, path)))
+    let state = if !meta.is_file() || meta.len() != artifact.size {
+        LaptopCopyState::WrongSize(meta.len())
+    } else if recorded == Some(LocalStamp::of(&path, &meta, &artifact.sha256)) {
+        LaptopCopyState::Complete
+    } else {
+        let sha = local_sha256(&path)
+            .await
+            .map_err(|e| ModuleError::Failed(format!("local backup copy {shown}: {e}")))?;
+        if sha == artifact.sha256 {
+            LaptopCopyState::Complete
+        } else {
+            LaptopCopyState::WrongContent
+        }
+    };
+    Ok(Some(LaptopCopy { path: shown, state }))
+}
+
+/// sha256 of a local file, read on a blocking thread.
+async fn local_sha256(path: &std::path::Path) -> std::io::Result<String> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use sha2::Digest;
+        let mut file = std::fs::File::open(path)?;
+        let mut hasher = sha2::Sha256::default();
+        std::io::copy(&mut file, &mut hasher)?;
+        Ok(hex::encode(hasher.finalize()))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Make the laptop's copy of `artifact` again, from its host (the far end is not
+/// touched): a re-run's repair of a partial or mismatching copy.
+pub async fn copy_to_laptop(ctx: &TaskCtx, artifact: &Artifact) -> Result<(), ModuleError> {
+    let mut nowhere = tokio::io::sink();
+    stream_artifact(ctx, artifact, 0, sha2::Sha256::default(), &mut nowhere).await?;
+    Ok(())
 }
 
 /// Stream `artifact` (from byte `offset`) from the host holding it into `sink`, hashing
@@ -567,7 +865,7 @@ where
 {
     let (_source, mut stream) = open_artifact(ctx, artifact, offset).await?;
     let mut tee = if offset == 0 {
-        open_local_tee(ctx, artifact).await?
+        LocalCopy::open(ctx, &laptop_copy_name(artifact)).await?
     } else {
         None
     };
@@ -576,19 +874,13 @@ where
     let what = artifact.name.clone();
     let total = artifact.size;
     let mut last_tick = 0u64;
-    let pumped = crate::stream::pump(
-        &mut stream.stdout,
-        sink,
-        tee.as_mut().map(|(f, _)| f),
-        hasher,
-        |n| {
-            // About one event per 8 MiB keeps --events useful and small.
-            if n - last_tick >= 8 << 20 || offset + n == total {
-                last_tick = n;
-                ctx.progress(&what, offset + n, Some(total));
-            }
-        },
-    )
+    let pumped = crate::stream::pump(&mut stream.stdout, sink, tee.as_mut(), hasher, |n| {
+        // About one event per 8 MiB keeps --events useful and small.
+        if n - last_tick >= 8 << 20 || offset + n == total {
+            last_tick = n;
+            ctx.progress(&what, offset + n, Some(total));
+        }
+    })
     .await
     .map_err(|e| {
         let side = match e {
@@ -618,6 +910,16 @@ where
             ctx.secrets
                 .mask(String::from_utf8_lossy(&exit.stderr).trim())
         )));
+    }
+    // The whole artifact went through: the laptop's copy is checked against the
+    // journal's record of it and only then takes its final name.
+    if let Some(copy) = tee {
+        let stamp = copy.commit(artifact.size, &artifact.sha256).await?;
+        tracing::info!(path = %stamp.path, "laptop copy of {} written and checked", artifact.name);
+        ctx.record_fingerprint(
+            &laptop_copy_key(&artifact.name),
+            serde_json::to_value(&stamp).unwrap_or(Value::Null),
+        )?;
     }
     Ok(pumped)
 }
@@ -714,20 +1016,41 @@ pub async fn pod_storage_fingerprint(
 /// The vendor's console in the ui pod.
 pub const CONSOLE: &str = "/srv/manager/bin/console";
 
-/// Move the uploaded `part` into place as `archive` and run the vendor's storage import
-/// on it in `pod`, within `timeout`. The archive is left for the caller to remove.
+/// The pod side of the archive's upload into `staged.part`: a fresh upload creates the
+/// part new in ferry's 0700 directory and prints the sha256 of what it wrote; a resumed
+/// one appends after the kept prefix once it is checked to be ferry's. A name there
+/// that ferry did not create stops it (exit [`NAME_TAKEN_EXIT`]) before a byte is
+/// written.
+pub fn pod_upload_cmd(staged: &StagedPath, resume: bool) -> Cmd {
+    let prepared = Cmd::new("umask").arg("077");
+    if resume {
+        prepared
+            .and(staged.check_part_cmd())
+            .and(Cmd::new("cat").op(">>").arg(staged.part.as_str()))
+    } else {
+        prepared.and(staged.prepare_cmd()).and(
+            Cmd::new("tee")
+                .arg("-a")
+                .arg(staged.part.as_str())
+                .pipe(Cmd::new("sha256sum")),
+        )
+    }
+}
+
+/// Move the uploaded part into place as the archive (`staged.dest`, a name nobody else
+/// may hold) and run the vendor's storage import on it in `pod`, within `timeout`. The
+/// archive is left for the caller to remove.
 pub async fn import_storage_archive(
     cluster: &Cluster,
     pod: &str,
     container: &str,
-    part: &str,
-    archive: &str,
+    staged: &StagedPath,
     timeout: std::time::Duration,
 ) -> Result<(), ModuleError> {
-    let import = Cmd::new("mv").arg("-f").arg(part).arg(archive).and(
+    let import = staged.commit_cmd().and(
         Cmd::new(CONSOLE)
             .args(["packagist:self-hosted:migrate-storage", "import"])
-            .arg(archive),
+            .arg(staged.dest.as_str()),
     );
     tokio::time::timeout(
         timeout,
@@ -971,4 +1294,592 @@ pub fn attempt_started(ctx: &TaskCtx) -> Result<(), ModuleError> {
 /// Record that the attempt's result was proven equal to the source.
 pub fn attempt_proven(ctx: &TaskCtx) -> Result<(), ModuleError> {
     ctx.record_fingerprint(ATTEMPT, Value::from(ATTEMPT_PROVEN))
+}
+
+// ---------------------------------------------------------------------------------------
+// Files ferry creates on a host or in a pod
+//
+// ferry runs as root: a name another user could have prepared (a `.part` in `/tmp`, a
+// symlink at the destination pointing at `/etc/shadow`) must never be written through.
+// Every file ferry writes is first created, new (O_EXCL: `set -C`), as
+// `<dir of the destination>/.ferry/<name>.part`, in a directory ferry made itself (mode
+// 0700, owned by the login/become user, not a symlink: nobody else can put anything
+// there), then renamed over the destination (a rename replaces a symlink, never follows
+// it). Any name that is taken by something ferry did not create (a symlink, a non-regular
+// file, a file of another user, a file with other hard links, a work directory of
+// another user or open to others) fails the task with a message saying so; ferry never
+// removes or reuses it.
+
+/// The directory, next to a destination, where ferry stages files.
+pub const WORK_DIR: &str = ".ferry";
+
+/// Exit status of the safe-write scripts when a name is taken (the message is on stderr).
+pub const NAME_TAKEN_EXIT: u32 = 5;
+
+/// POSIX sh functions (busybox sh too) that the safe-write scripts start with.
+/// - `ferry_workdir DIR`: DIR is (made, if absent) a real directory of this user with mode
+///   0700, or the script exits [`NAME_TAKEN_EXIT`];
+/// - `ferry_ours FILE`: 0 if FILE is a regular file of this user with one link, 1 if
+///   nothing has that name; exits [`NAME_TAKEN_EXIT`] for anything else;
+/// - `ferry_create FILE`: creates FILE empty with O_EXCL, or exits.
+pub const SAFE_WRITE_FUNCS: &str = r#"ferry_uid=$(id -u) || exit 1
+ferry_taken() { printf '%s exists and was not created by ferry (%s); remove it or choose another path\n' "$1" "$2" >&2; exit 5; }
+ferry_workdir() {
+  mkdir -m 0700 -- "$1" 2>/dev/null
+  if [ -L "$1" ]; then ferry_taken "$1" "a symlink"; fi
+  [ -d "$1" ] || ferry_taken "$1" "not a directory"
+  ferry_st=$(stat -c '%u %a' -- "$1") || exit 1
+  [ "${ferry_st% *}" = "$ferry_uid" ] || ferry_taken "$1" "owned by uid ${ferry_st% *}, not $ferry_uid"
+  [ "${ferry_st#* }" = 700 ] || ferry_taken "$1" "mode ${ferry_st#* }, not 0700: other users may have put files there"
+}
+ferry_ours() {
+  if [ -L "$1" ]; then ferry_taken "$1" "a symlink"; fi
+  [ -e "$1" ] || return 1
+  [ -f "$1" ] || ferry_taken "$1" "not a regular file"
+  ferry_st=$(stat -c '%u %h' -- "$1") || exit 1
+  [ "${ferry_st% *}" = "$ferry_uid" ] || ferry_taken "$1" "owned by uid ${ferry_st% *}, not $ferry_uid"
+  [ "${ferry_st#* }" = 1 ] || ferry_taken "$1" "it has ${ferry_st#* } hard links"
+}
+ferry_create() { ( set -C; : > "$1" ) 2>/dev/null || ferry_taken "$1" "it appeared while ferry created it"; }
+"#;
+
+/// Where ferry stages `path` on a host or in a pod: its work directory
+/// `<dir>/.ferry` and the part file `<dir>/.ferry/<name>.part`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StagedPath {
+    /// The directory holding the destination.
+    pub dir: String,
+    /// `<dir>/.ferry`.
+    pub work: String,
+    /// `<dir>/.ferry/<name>.part`.
+    pub part: String,
+    /// The destination itself.
+    pub dest: String,
+}
+
+impl StagedPath {
+    pub fn of(dest: &str) -> Result<StagedPath, ModuleError> {
+        let p = std::path::Path::new(dest);
+        let name = p
+            .file_name()
+            .filter(|_| !dest.ends_with('/'))
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| {
+                ModuleError::Failed(format!("{dest:?} does not name a file to write"))
+            })?;
+        let dir = p
+            .parent()
+            .map(|d| d.to_string_lossy().into_owned())
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| ".".into());
+        let join = |a: &str, b: &str| {
+            if a.ends_with('/') {
+                format!("{a}{b}")
+            } else {
+                format!("{a}/{b}")
+            }
+        };
+        let work = join(&dir, WORK_DIR);
+        let part = join(&work, &format!("{name}.part"));
+        Ok(StagedPath {
+            dir,
+            work,
+            part,
+            dest: dest.to_string(),
+        })
+    }
+
+    /// Make the directories and create the part new and empty; a part left by an
+    /// earlier run of ferry (in ferry's own directory, so ferry's) is replaced. Fails
+    /// before anything is written if the destination's name is taken.
+    pub fn prepare_cmd(&self) -> Cmd {
+        Cmd::new("sh")
+            .arg("-c")
+            .arg(concat_funcs(PREPARE_SCRIPT))
+            .arg("ferry-prepare")
+            .arg(self.dir.as_str())
+            .arg(self.work.as_str())
+            .arg(self.part.as_str())
+            .arg(self.dest.as_str())
+    }
+
+    /// [`StagedPath::prepare_cmd`] for a scratch file that is never renamed over its
+    /// destination (whose name is then not checked).
+    pub fn prepare_scratch_cmd(&self) -> Cmd {
+        Cmd::new("sh")
+            .arg("-c")
+            .arg(concat_funcs(PREPARE_SCRIPT))
+            .arg("ferry-prepare")
+            .arg(self.dir.as_str())
+            .arg(self.work.as_str())
+            .arg(self.part.as_str())
+            .arg("")
+    }
+
+    /// The kept part is ferry's (to append to it).
+    pub fn check_part_cmd(&self) -> Cmd {
+        Cmd::new("sh")
+            .arg("-c")
+            .arg(concat_funcs(CHECK_PART_SCRIPT))
+            .arg("ferry-check-part")
+            .arg(self.work.as_str())
+            .arg(self.part.as_str())
+    }
+
+    /// Rename the finished part over the destination (after checking the destination's
+    /// name is not taken by someone else).
+    pub fn commit_cmd(&self) -> Cmd {
+        Cmd::new("sh")
+            .arg("-c")
+            .arg(concat_funcs(COMMIT_SCRIPT))
+            .arg("ferry-commit")
+            .arg(self.part.as_str())
+            .arg(self.dest.as_str())
+    }
+
+    /// Remove the part, only if it is ferry's (in ferry's own directory).
+    pub fn remove_part_cmd(&self) -> Cmd {
+        Cmd::new("sh")
+            .arg("-c")
+            .arg(concat_funcs(REMOVE_PART_SCRIPT))
+            .arg("ferry-remove-part")
+            .arg(self.work.as_str())
+            .arg(self.part.as_str())
+    }
+
+    /// One line per path (work dir, part, destination) describing what has that name,
+    /// without following symlinks; see [`parse_path_states`].
+    pub fn state_cmd(&self) -> Cmd {
+        Cmd::new("sh")
+            .arg("-c")
+            .arg(STATE_SCRIPT)
+            .arg("ferry-state")
+            .arg(self.work.as_str())
+            .arg(self.part.as_str())
+            .arg(self.dest.as_str())
+    }
+}
+
+fn concat_funcs(script: &str) -> String {
+    let mut s = String::with_capacity(SAFE_WRITE_FUNCS.len() + script.len());
+    s.push_str(SAFE_WRITE_FUNCS);
+    s.push_str(script);
+    s
+}
+
+/// `$1` dir, `$2` work dir, `$3` part, `$4` destination.
+const PREPARE_SCRIPT: &str = r#"mkdir -p -- "$1" || exit 1
+ferry_workdir "$2"
+ferry_ours "$4" || :
+if ferry_ours "$3"; then rm -f -- "$3" || exit 1; fi
+ferry_create "$3"
+"#;
+
+/// `$1` work dir, `$2` part.
+const CHECK_PART_SCRIPT: &str = r#"ferry_workdir "$1"
+ferry_ours "$2" || { echo "$2 is gone: nothing to resume from" >&2; exit 1; }
+"#;
+
+/// `$1` part, `$2` destination.
+const COMMIT_SCRIPT: &str = r#"ferry_ours "$1" || { echo "$1 is gone" >&2; exit 1; }
+ferry_ours "$2" || :
+mv -f -T -- "$1" "$2"
+"#;
+
+/// `$1` work dir, `$2` part.
+const REMOVE_PART_SCRIPT: &str = r#"[ -d "$1" ] && [ ! -L "$1" ] || exit 0
+ferry_workdir "$1"
+if ferry_ours "$2"; then rm -f -- "$2"; fi
+"#;
+
+/// For each argument: `absent`, `symlink`, or `UID LINKS SIZE MODE TYPE` (the
+/// login/become user's uid first, on a line of its own).
+const STATE_SCRIPT: &str = r#"id -u || exit 1
+for p in "$@"; do
+  if [ -L "$p" ]; then echo symlink
+  elif [ ! -e "$p" ]; then echo absent
+  else stat -c '%u %h %s %a %F' -- "$p" || echo unreadable
+  fi
+done
+"#;
+
+/// What has a name ferry wants to write, as [`StagedPath::state_cmd`] saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum PathState {
+    Absent,
+    /// A regular file (or, for the work dir, a directory with mode 0700) of this user
+    /// with one link: ferry's own.
+    Ours {
+        size: u64,
+        mode: u32,
+    },
+    /// Something ferry did not create: why.
+    Taken(String),
+}
+
+impl PathState {
+    /// The operator's message for a taken `path`.
+    pub fn taken_message(&self, path: &str) -> Option<String> {
+        match self {
+            PathState::Taken(why) => Some(format!(
+                "{path} exists and was not created by ferry ({why}); ferry does not write \
+                 through or reuse it: remove it or choose another path"
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Pure: the states of the work dir, the part and the destination from
+/// [`StagedPath::state_cmd`]'s output.
+pub fn parse_path_states(text: &str) -> Result<[PathState; 3], ModuleError> {
+    let mut lines = text.lines();
+    let uid = lines
+        .next()
+        .map(str::trim)
+        .filter(|u| !u.is_empty() && u.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| ModuleError::Failed(format!("cannot read file states: {text:?}")))?
+        .to_string();
+    let mut one = |want_dir: bool| -> Result<PathState, ModuleError> {
+        let line = lines
+            .next()
+            .ok_or_else(|| ModuleError::Failed(format!("cannot read file states: {text:?}")))?;
+        Ok(match line.trim() {
+            "absent" => PathState::Absent,
+            "symlink" => PathState::Taken("a symlink".into()),
+            "unreadable" => PathState::Taken("its owner cannot be read".into()),
+            other => {
+                let mut f = other.splitn(5, ' ');
+                let (owner, links, size, mode, kind) = (
+                    f.next(),
+                    f.next(),
+                    f.next(),
+                    f.next(),
+                    f.next().unwrap_or(""),
+                );
+                let size = size.and_then(|s| s.parse().ok()).unwrap_or(0);
+                let mode = mode
+                    .and_then(|m| u32::from_str_radix(m, 8).ok())
+                    .unwrap_or(0);
+                if owner != Some(uid.as_str()) {
+                    PathState::Taken(format!("owned by uid {}, not {uid}", owner.unwrap_or("?")))
+                } else if want_dir {
+                    if kind != "directory" {
+                        PathState::Taken("not a directory".into())
+                    } else if mode != 0o700 {
+                        PathState::Taken(format!(
+                            "mode {mode:04o}, not 0700: other users may have put files there"
+                        ))
+                    } else {
+                        PathState::Ours { size, mode }
+                    }
+                } else if !kind.starts_with("regular") {
+                    PathState::Taken(format!("not a regular file but a {kind}"))
+                } else if links != Some("1") {
+                    PathState::Taken(format!("it has {} hard links", links.unwrap_or("?")))
+                } else {
+                    PathState::Ours { size, mode }
+                }
+            }
+        })
+    };
+    Ok([one(true)?, one(false)?, one(false)?])
+}
+
+/// An error from a safe-write script: the name-taken message as it is, anything else as
+/// the failed command.
+pub fn safe_write_error(
+    ctx: &TaskCtx,
+    shown: &str,
+    out: &crate::transport::ExecOutput,
+) -> ModuleError {
+    let stderr = ctx.secrets.mask(out.stderr_str().trim());
+    if out.status == Some(NAME_TAKEN_EXIT) && stderr.contains("not created by ferry") {
+        return ModuleError::Failed(format!("on host {}: {stderr}", ctx.host));
+    }
+    ModuleError::CommandFailed {
+        cmd: ctx.secrets.mask(shown),
+        status: format!("{:?}", out.status),
+        stderr,
+    }
+}
+
+#[cfg(test)]
+mod safe_write_tests {
+    use super::*;
+
+    fn run(cmd: &Cmd) -> std::process::Output {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd.to_shell())
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn staged_paths_live_in_a_work_dir_beside_the_destination() {
+        let s = StagedPath::of("/b/packagist_db.sql").unwrap();
+        assert_eq!(s.work, "/b/.ferry");
+        assert_eq!(s.part, "/b/.ferry/packagist_db.sql.part");
+        assert_eq!(StagedPath::of("x").unwrap().part, "./.ferry/x.part");
+        assert_eq!(StagedPath::of("/x").unwrap().part, "/.ferry/x.part");
+        assert!(StagedPath::of("/b/").is_err());
+    }
+
+    #[test]
+    fn prepare_creates_a_private_work_dir_and_an_empty_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("sub/a.sql");
+        let s = StagedPath::of(&dest.to_string_lossy()).unwrap();
+        let out = run(&s.prepare_cmd());
+        assert!(out.status.success(), "{out:?}");
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(&s.work).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::read(&s.part).unwrap(), b"");
+        // A part ferry left there earlier is replaced.
+        std::fs::write(&s.part, b"old").unwrap();
+        assert!(run(&s.prepare_cmd()).status.success());
+        assert_eq!(std::fs::read(&s.part).unwrap(), b"");
+        // The commit renames it over the destination.
+        std::fs::write(&s.part, b"new").unwrap();
+        assert!(run(&s.commit_cmd()).status.success());
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new");
+        assert!(!std::path::Path::new(&s.part).exists());
+    }
+
+    #[test]
+    fn a_planted_symlink_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let dest = dir.path().join("a.sql");
+        let s = StagedPath::of(&dest.to_string_lossy()).unwrap();
+        // A symlink as the work dir.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &s.work).unwrap();
+        let out = run(&s.prepare_cmd());
+        assert_eq!(out.status.code(), Some(NAME_TAKEN_EXIT as i32), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("exists and was not created by ferry (a symlink)"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+        std::fs::remove_file(&s.work).unwrap();
+        // A symlink as the part (only root could plant it in ferry's 0700 dir).
+        std::fs::create_dir(&s.work).unwrap();
+        std::fs::set_permissions(&s.work, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(&victim, &s.part).unwrap();
+        let out = run(&s.prepare_cmd());
+        assert_eq!(out.status.code(), Some(NAME_TAKEN_EXIT as i32), "{out:?}");
+        assert!(run(&s.check_part_cmd()).status.code() == Some(NAME_TAKEN_EXIT as i32));
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        std::fs::remove_file(&s.part).unwrap();
+        // A symlink as the destination: the prepare refuses before anything is written.
+        std::os::unix::fs::symlink(&victim, &dest).unwrap();
+        let out = run(&s.prepare_cmd());
+        assert_eq!(out.status.code(), Some(NAME_TAKEN_EXIT as i32), "{out:?}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        // A work dir open to others.
+        std::fs::remove_file(&dest).unwrap();
+        std::fs::set_permissions(&s.work, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let out = run(&s.prepare_cmd());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("mode 777, not 0700"), "{err}");
+    }
+
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Run `cmd` with `stdin` as a pod's `sh -c` would.
+    fn run_with_input(cmd: &Cmd, stdin: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd.to_shell())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        let bytes = stdin.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = input.write_all(&bytes);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        out
+    }
+
+    /// The pod side of the storage upload (storage_import, storage_stream), run by sh
+    /// here: with links planted at both names a part could have (beside the archive,
+    /// as before, and in a `.ferry` of someone else's), no byte reaches the victim; in a
+    /// clean directory the upload lands in ferry's 0700 directory and is committed.
+    #[test]
+    fn pod_upload_never_writes_through_a_planted_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let archive = dir.path().join("packagist_storage.tar.gz");
+        let s = StagedPath::of(&archive.to_string_lossy()).unwrap();
+        std::os::unix::fs::symlink(&victim, format!("{}.part", s.dest)).unwrap();
+        std::fs::create_dir(&s.work).unwrap();
+        std::fs::set_permissions(&s.work, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::os::unix::fs::symlink(&victim, &s.part).unwrap();
+        for resume in [false, true] {
+            let out = run_with_input(&pod_upload_cmd(&s, resume), b"archive bytes");
+            assert_eq!(out.status.code(), Some(NAME_TAKEN_EXIT as i32), "{out:?}");
+            assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        }
+        // ferry's own directory, but a link at the archive's name: the commit refuses.
+        std::fs::remove_file(&s.part).unwrap();
+        std::fs::set_permissions(&s.work, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let out = run_with_input(&pod_upload_cmd(&s, false), b"archive bytes");
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with(&hex::encode(
+                <sha2::Sha256 as sha2::Digest>::digest(b"archive bytes")
+            ))
+        );
+        std::os::unix::fs::symlink(&victim, &s.dest).unwrap();
+        let out = run(&s.commit_cmd());
+        assert_eq!(out.status.code(), Some(NAME_TAKEN_EXIT as i32), "{out:?}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        std::fs::remove_file(&s.dest).unwrap();
+        // A resumed upload appends to ferry's kept part; then it takes the archive's name.
+        let out = run_with_input(&pod_upload_cmd(&s, true), b" and more");
+        assert!(out.status.success(), "{out:?}");
+        assert!(run(&s.commit_cmd()).status.success());
+        assert_eq!(std::fs::read(&s.dest).unwrap(), b"archive bytes and more");
+    }
+
+    #[test]
+    fn states_are_read_without_following_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("d");
+        let s = StagedPath::of(&dest.to_string_lossy()).unwrap();
+        let states = |s: &StagedPath| {
+            let out = run(&s.state_cmd());
+            parse_path_states(&String::from_utf8_lossy(&out.stdout)).unwrap()
+        };
+        assert_eq!(
+            states(&s),
+            [PathState::Absent, PathState::Absent, PathState::Absent]
+        );
+        assert!(run(&s.prepare_cmd()).status.success());
+        std::fs::write(&s.part, b"abc").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", &dest).unwrap();
+        let [work, part, d] = states(&s);
+        assert!(
+            matches!(work, PathState::Ours { mode: 0o700, .. }),
+            "{work:?}"
+        );
+        assert!(matches!(part, PathState::Ours { size: 3, .. }), "{part:?}");
+        assert_eq!(d, PathState::Taken("a symlink".into()));
+        let parsed = parse_path_states(
+            "0\n0 2 4096 755 directory\n1000 1 3 600 regular file\n0 2 3 600 regular file\n",
+        )
+        .unwrap();
+        assert_eq!(
+            parsed,
+            [
+                PathState::Taken(
+                    "mode 0755, not 0700: other users may have put files there".into()
+                ),
+                PathState::Taken("owned by uid 1000, not 0".into()),
+                PathState::Taken("it has 2 hard links".into()),
+            ]
+        );
+    }
+}
+
+#[cfg(test)]
+mod laptop_copy_tests {
+    use super::*;
+    use sha2::Digest;
+
+    /// Yields `good` bytes, then fails (the connection to the source dropped).
+    struct BreaksOff {
+        good: Vec<u8>,
+    }
+
+    impl tokio::io::AsyncRead for BreaksOff {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if self.good.is_empty() {
+                return std::task::Poll::Ready(Err(std::io::Error::other("connection lost")));
+            }
+            let n = self.good.len().min(buf.remaining()).min(4096);
+            buf.put_slice(&self.good[..n]);
+            self.good.drain(..n);
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_copy_cut_off_mid_stream_leaves_only_its_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut copy = LocalCopy::create(dir.path(), "db.sql".as_ref())
+            .await
+            .unwrap();
+        let mut reader = BreaksOff {
+            good: vec![7u8; 100_000],
+        };
+        let mut far = Vec::new();
+        let err = crate::stream::pump(
+            &mut reader,
+            &mut far,
+            Some(&mut copy),
+            sha2::Sha256::default(),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("connection lost"), "{err}");
+        drop(copy);
+        assert!(!dir.path().join("db.sql").exists(), "partial final file");
+        // (What reached it: tokio may still be finishing the last write.)
+        assert!(dir.path().join("db.sql.part").exists());
+    }
+
+    #[tokio::test]
+    async fn a_copy_takes_its_name_only_when_it_checks_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = b"the whole artifact".to_vec();
+        let sha = hex::encode(sha2::Sha256::digest(&data));
+        // An older copy under the final name stays until the new one checks out.
+        std::fs::write(dir.path().join("a"), b"older").unwrap();
+        let mut copy = LocalCopy::create(dir.path(), "a".as_ref()).await.unwrap();
+        use tokio::io::AsyncWriteExt;
+        copy.write_all(&data[..5]).await.unwrap();
+        let err = copy
+            .commit(data.len() as u64, &sha)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("5 bytes with sha256"), "{err}");
+        assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"older");
+        assert!(!dir.path().join("a.part").exists());
+        // A planted symlink at the part's name is replaced, not followed.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("a.part")).unwrap();
+        let mut copy = LocalCopy::create(dir.path(), "a".as_ref()).await.unwrap();
+        copy.write_all(&data).await.unwrap();
+        let stamp = copy.commit(data.len() as u64, &sha).await.unwrap();
+        assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), data);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(stamp.size, data.len() as u64);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("a"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 }

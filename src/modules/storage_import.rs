@@ -11,7 +11,10 @@
 //! verify_dir = "/data/packagist"              # "" when the storage is not a directory there
 //! ```
 //!
-//! The upload resumes: a partial `<archive>.part` left by an interrupted run is kept
+//! The upload is staged as `<archive dir>/.ferry/<archive name>.part`, in a directory
+//! ferry makes (mode 0700) and creates the part in new (O_EXCL); a name there or at the
+//! archive that ferry did not create (a symlink, another user's file) fails the task.
+//! The upload resumes: a partial part left by an interrupted run is kept
 //! when its bytes equal the artifact's first bytes, and only the rest is sent. That
 //! needs `archive` on a volume that outlives the pod (e.g. under the storage dir): the
 //! pod's own `/tmp` is gone once a re-run has scaled the deployment down and up again.
@@ -25,9 +28,10 @@ use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
 use crate::k8s::{kubectl, Cluster};
 use crate::modules::shared::{
-    artifact_fingerprint, completed_guard, completed_marker, find_artifact, import_storage_archive,
-    is_disk_full, pod_exec, pod_free_text, pod_storage_fingerprint, prove_imported_storage,
-    ready_deployment_pod, sh_argv as sh, storage_verify_dir, stream_artifact, K8sTarget, CONSOLE,
+    artifact_fingerprint, completed_guard, completed_marker, copy_to_laptop, find_artifact,
+    import_storage_archive, is_disk_full, laptop_copy, parse_path_states, pod_exec, pod_free_text,
+    pod_storage_fingerprint, pod_upload_cmd, prove_imported_storage, ready_deployment_pod,
+    sh_argv as sh, storage_verify_dir, stream_artifact, K8sTarget, PathState, StagedPath, CONSOLE,
 };
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
@@ -68,8 +72,11 @@ pub struct StorageImportFacts {
     pub current: Option<StorageFingerprint>,
     /// Digest recorded by an earlier successful import (used without `verify_dir`).
     pub recorded_digest: Option<String>,
-    /// Bytes of `<archive>.part` already in the container.
+    /// Bytes of the staged part (`<dir>/.ferry/<name>.part`) already in the container.
     pub partial: u64,
+    /// Names the upload would write (work dir, part, archive) held by something ferry
+    /// did not create: the operator's message for each.
+    pub taken: Vec<String>,
     pub guard: Option<String>,
     /// Check mode before the export ran: the source will exist in a real run.
     pub source_pending: bool,
@@ -134,6 +141,7 @@ impl Module for StorageImport {
                 .and_then(|r| r.fingerprints.get("imported_digest").cloned())
                 .and_then(|v| v.as_str().map(str::to_string)),
             partial: 0,
+            taken: Vec::new(),
             guard,
             source_pending: false,
         };
@@ -142,10 +150,28 @@ impl Module for StorageImport {
             if let Some(dir) = &f.verify_dir {
                 f.current = pod_storage_fingerprint(&cluster, pod, &f.container, dir).await?;
             }
-            let part = format!("{}.part", f.archive);
-            let stat = Cmd::new("stat").arg("-c").arg("%s").arg(part.as_str());
-            if let Ok(out) = pod_exec(&cluster, pod, Some(&f.container), &sh(&stat), None).await {
-                f.partial = String::from_utf8_lossy(&out).trim().parse().unwrap_or(0);
+            // What holds the names the upload writes, read without following links:
+            // only a part of ferry's is resumed.
+            let staged = StagedPath::of(&f.archive)?;
+            let states = pod_exec(
+                &cluster,
+                pod,
+                Some(&f.container),
+                &sh(&staged.state_cmd()),
+                None,
+            )
+            .await?;
+            let [work, part, archive] = parse_path_states(&String::from_utf8_lossy(&states))?;
+            f.taken = [
+                (&work, &staged.work),
+                (&part, &staged.part),
+                (&archive, &staged.dest),
+            ]
+            .iter()
+            .filter_map(|(state, path)| state.taken_message(path))
+            .collect();
+            if let (PathState::Ours { .. }, PathState::Ours { size, .. }) = (&work, &part) {
+                f.partial = *size;
             }
         }
         Ok(f)
@@ -172,7 +198,8 @@ impl Module for StorageImport {
         let artifact = find_artifact(ctx, &self.artifact)?;
         let pod = change.pod.as_str();
         let container = Some(f.container.as_str());
-        let part = format!("{}.part", f.archive);
+        let staged = StagedPath::of(&f.archive)?;
+        let part = staged.part.clone();
         // 1. Keep a partial upload only if its bytes are the artifact's first bytes.
         let mut offset = 0;
         if change.resume_from > 0 && change.resume_from < artifact.size {
@@ -215,15 +242,7 @@ impl Module for StorageImport {
         // 2. Upload (appending after the kept prefix). A fresh upload is hashed in the
         //    pod as it is written (`tee part | sha256sum`), so the archive is read once;
         //    a resumed one is hashed whole afterwards, since its prefix came earlier.
-        let upload = if offset == 0 {
-            Cmd::new("umask").arg("077").and(
-                Cmd::new("tee")
-                    .arg(part.as_str())
-                    .pipe(Cmd::new("sha256sum")),
-            )
-        } else {
-            Cmd::new("cat").op(">>").arg(part.as_str())
-        };
+        let upload = pod_upload_cmd(&staged, offset > 0);
         let mut proc = cluster.exec(pod, container, &sh(&upload), true).await?;
         let mut stdin = proc
             .stdin()
@@ -243,6 +262,16 @@ impl Module for StorageImport {
         }
         finished?;
         let pumped = pumped?;
+        // A resumed upload sent only the rest, so the laptop's copy (var `backup_dir`)
+        // was not made on the way: make it whole now if it is not.
+        if offset > 0 {
+            if let Some(copy) = laptop_copy(ctx, &artifact).await? {
+                if let Some(why) = copy.why() {
+                    tracing::info!(path = %copy.path, "making the laptop copy again (it is {why})");
+                    copy_to_laptop(ctx, &artifact).await?;
+                }
+            }
+        }
         // 3. The far end's file must be the artifact, byte for byte: its size (a write
         //    that failed half-way leaves it short) and its sha256.
         let check = if offset == 0 {
@@ -273,7 +302,7 @@ impl Module for StorageImport {
                 &cluster,
                 pod,
                 container,
-                &sh(&Cmd::new("rm").arg("-f").arg(part.as_str())),
+                &sh(&staged.remove_part_cmd()),
                 None,
             )
             .await;
@@ -286,7 +315,7 @@ impl Module for StorageImport {
             )));
         }
         let timeout = Duration::from_secs(self.timeout.unwrap_or(3600));
-        import_storage_archive(&cluster, pod, &f.container, &part, &f.archive, timeout).await?;
+        import_storage_archive(&cluster, pod, &f.container, &staged, timeout).await?;
         // 4. The archive is not needed in the pod any more.
         pod_exec(
             &cluster,
@@ -314,6 +343,13 @@ impl Module for StorageImport {
 pub fn decide(f: &StorageImportFacts) -> Result<Vec<ImportChange>, ModuleError> {
     if f.guard.is_some() {
         return Ok(Vec::new());
+    }
+    if !f.taken.is_empty() {
+        return Err(ModuleError::Failed(format!(
+            "in pod {}: {}",
+            f.pod.as_deref().unwrap_or("?"),
+            f.taken.join("; ")
+        )));
     }
     let done = match (&f.source, &f.verify_dir, &f.current) {
         (Some(source), Some(_), Some(current)) => current.digest == source.digest,
@@ -443,6 +479,7 @@ mod tests {
             current: Some(StorageFingerprint::default()),
             recorded_digest: None,
             partial: 0,
+            taken: Vec::new(),
             guard: None,
             source_pending: false,
         }

@@ -21,7 +21,9 @@
 //!   (the source fingerprint, no second read on the old host), (b) wraps it in gzip
 //!   *stored* blocks (the vendor's import wants a `.tar.gz`; dist files are zips, so
 //!   deflating them again would only burn CPU on the critical path), (c) sends that to
-//!   the pod, where `tee part | sha256sum` writes it once and hashes it, and (d) copies
+//!   the pod, where `tee part | sha256sum` writes it once and hashes it (the part is
+//!   created new in ferry's 0700 directory beside the archive, `<dir>/.ferry`; a name
+//!   there that ferry did not create fails the task), and (d) copies
 //!   it to `backup_dir` on the laptop when that var is set;
 //! - the pod's hash and size must equal what was sent; then the vendor's import runs on
 //!   the archive (the one file the procedure needs, written once, at the far end), the
@@ -48,9 +50,10 @@ use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
 use crate::k8s::{kubectl, Cluster};
 use crate::modules::shared::{
-    completed_guard, completed_marker, import_storage_archive, is_disk_full, open_local_copy,
-    pod_exec, pod_free_text, pod_storage_fingerprint, prove_imported_storage, ready_deployment_pod,
-    sh_argv as sh, storage_verify_dir, K8sTarget, CONSOLE,
+    completed_guard, completed_marker, import_storage_archive, is_disk_full, pod_exec,
+    pod_free_text, pod_storage_fingerprint, pod_upload_cmd, prove_imported_storage,
+    ready_deployment_pod, sh_argv as sh, storage_verify_dir, K8sTarget, LocalCopy, StagedPath,
+    CONSOLE,
 };
 use crate::modules::{Applied, ArgCheck, ArgError, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::{Template, Vars};
@@ -340,12 +343,12 @@ impl Module for StorageStream {
         };
         let cluster = self.k8s().cluster(ctx).await?;
         let pod = change.pod.as_str();
-        let part = format!("{}.part", f.archive);
-        let streamed = match stream_into_pod(ctx, &cluster, f, pod, &part).await {
+        let staged = StagedPath::of(&f.archive)?;
+        let streamed = match stream_into_pod(ctx, &cluster, f, pod, &staged).await {
             Ok(s) => s,
             Err(e) => {
                 // Not resumable: do not leave gigabytes behind in the pod.
-                remove_in_pod(&cluster, pod, &f.container, &part).await;
+                remove_part_in_pod(&cluster, pod, &f.container, &staged).await;
                 return Err(e);
             }
         };
@@ -353,7 +356,7 @@ impl Module for StorageStream {
         let source = ctx.peer(&f.source_host).await?;
         let after = source.exec(&listing_cmd(&f.data_dir), None).await?;
         if parse_listing(&after.stdout_str()).stamp != f.tree.stamp {
-            remove_in_pod(&cluster, pod, &f.container, &part).await;
+            remove_part_in_pod(&cluster, pod, &f.container, &staged).await;
             return Err(ModuleError::Failed(format!(
                 "the storage in {} on {} changed while it was streamed (is the old app \
                  stopped?); nothing was imported, re-run once it is quiet",
@@ -361,8 +364,7 @@ impl Module for StorageStream {
             )));
         }
         let timeout = Duration::from_secs(self.timeout.unwrap_or(3600));
-        let imported =
-            import_storage_archive(&cluster, pod, &f.container, &part, &f.archive, timeout).await;
+        let imported = import_storage_archive(&cluster, pod, &f.container, &staged, timeout).await;
         remove_in_pod(&cluster, pod, &f.container, &f.archive).await;
         imported?;
         // Prove it: the imported files are the streamed ones.
@@ -426,7 +428,7 @@ pub fn decide(f: &StorageStreamFacts) -> Result<Vec<StreamChange>, ModuleError> 
                     "--",
                     "sh",
                     "-c",
-                    &format!("tee {}.part | sha256sum", f.archive),
+                    &format!("tee {} | sha256sum", part_path(&f.archive)),
                 ])
             ),
             exec(&[
@@ -444,6 +446,21 @@ pub fn decide(f: &StorageStreamFacts) -> Result<Vec<StreamChange>, ModuleError> 
     }])
 }
 
+/// Where the archive is staged in the pod (see [`StagedPath`]).
+fn part_path(archive: &str) -> String {
+    StagedPath::of(archive)
+        .map(|s| s.part)
+        .unwrap_or_else(|_| format!("{archive}.part"))
+}
+
+/// Remove the staged part, only if it is ferry's (never another user's file).
+async fn remove_part_in_pod(cluster: &Cluster, pod: &str, container: &str, staged: &StagedPath) {
+    let rm = staged.remove_part_cmd();
+    if let Err(e) = pod_exec(cluster, pod, Some(container), &sh(&rm), None).await {
+        tracing::warn!(pod, path = %staged.part, "cannot remove: {e}");
+    }
+}
+
 async fn remove_in_pod(cluster: &Cluster, pod: &str, container: &str, path: &str) {
     let rm = Cmd::new("rm").arg("-f").arg(path);
     if let Err(e) = pod_exec(cluster, pod, Some(container), &sh(&rm), None).await {
@@ -458,12 +475,11 @@ async fn stream_into_pod(
     cluster: &Cluster,
     f: &StorageStreamFacts,
     pod: &str,
-    part: &str,
+    staged: &StagedPath,
 ) -> Result<StorageFingerprint, ModuleError> {
+    let part = staged.part.as_str();
     let container = Some(f.container.as_str());
-    let upload = Cmd::new("umask")
-        .arg("077")
-        .and(Cmd::new("tee").arg(part).pipe(Cmd::new("sha256sum")));
+    let upload = pod_upload_cmd(staged, false);
     let mut proc = cluster.exec(pod, container, &sh(&upload), true).await?;
     let mut sink = proc
         .stdin()
@@ -472,17 +488,11 @@ async fn stream_into_pod(
     let mut stream = source.exec_stream(&source_tar_cmd(&f.data_dir)).await?;
     // tar reads nothing from stdin.
     drop(stream.stdin);
-    let mut tee = open_local_copy(ctx, format!("{ARTIFACT}.tar.gz").as_ref()).await?;
+    let mut tee = LocalCopy::open(ctx, format!("{ARTIFACT}.tar.gz").as_ref()).await?;
     let progress = |n: u64| ctx.progress(ARTIFACT, n, Some(f.tree.tar_bytes.max(n)));
     let (pumped, (out, err)) = tokio::join!(
         async {
-            let r = pump_tar_as_gzip(
-                &mut stream.stdout,
-                &mut sink,
-                tee.as_mut().map(|(file, _)| file),
-                progress,
-            )
-            .await;
+            let r = pump_tar_as_gzip(&mut stream.stdout, &mut sink, tee.as_mut(), progress).await;
             // Whatever happened, the pod's `tee` must see EOF (or it waits forever).
             let _ = sink.shutdown().await;
             r
@@ -560,8 +570,11 @@ async fn stream_into_pod(
             }
         )));
     }
-    if let Some((_, path)) = tee {
-        tracing::info!(path = %path.display(), "laptop copy of the storage archive written");
+    // What the pod holds checked out: the laptop's copy must be those same bytes before
+    // it takes its final name (until then it is only `.part`).
+    if let Some(copy) = tee {
+        let stamp = copy.commit(pumped.bytes, &pumped.sha256).await?;
+        tracing::info!(path = %stamp.path, "laptop copy of the storage archive written and checked");
     }
     Ok(pumped.fingerprint)
 }
@@ -619,15 +632,16 @@ pub enum TarStreamError {
 /// blocks (and to `tee`), hashing what is written; hash every regular file of the tar
 /// on a blocking thread fed with the same chunks. Memory stays bounded: a few chunks
 /// in flight.
-pub async fn pump_tar_as_gzip<R, W>(
+pub async fn pump_tar_as_gzip<R, W, T>(
     reader: &mut R,
     writer: &mut W,
-    mut tee: Option<&mut tokio::fs::File>,
+    mut tee: Option<&mut T>,
     mut progress: impl FnMut(u64),
 ) -> Result<TarPumped, TarStreamError>
 where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
+    T: AsyncWrite + Unpin + ?Sized,
 {
     let (to_parser, from_pump) = tokio::sync::mpsc::channel::<Bytes>(8);
     let parser = tokio::task::spawn_blocking(move || hash_tar_members(from_pump));
@@ -675,10 +689,10 @@ where
         .map_err(TarStreamError::Write)?;
     writer.flush().await.map_err(TarStreamError::Write)?;
     writer.shutdown().await.map_err(TarStreamError::Write)?;
+    // fsync and the check of the copy are the tee owner's (`LocalCopy::commit`).
     if let Some(t) = tee {
         t.write_all(&tail).await.map_err(TarStreamError::Tee)?;
         t.flush().await.map_err(TarStreamError::Tee)?;
-        t.sync_all().await.map_err(TarStreamError::Tee)?;
     }
     progress(read);
     let fingerprint = parser
@@ -775,7 +789,7 @@ mod tests {
         ]);
         let mut src = &tar[..];
         let mut out = Vec::new();
-        let p = pump_tar_as_gzip(&mut src, &mut out, None, |_| {})
+        let p = pump_tar_as_gzip(&mut src, &mut out, None::<&mut Vec<u8>>, |_| {})
             .await
             .unwrap();
         assert_eq!(p.tar_bytes, tar.len() as u64);
@@ -805,7 +819,7 @@ mod tests {
         tar[100] ^= 0xff; // header checksum no longer matches
         let mut src = &tar[..];
         let mut out = Vec::new();
-        let e = pump_tar_as_gzip(&mut src, &mut out, None, |_| {})
+        let e = pump_tar_as_gzip(&mut src, &mut out, None::<&mut Vec<u8>>, |_| {})
             .await
             .unwrap_err();
         assert!(matches!(e, TarStreamError::Archive(_)), "{e}");
@@ -857,7 +871,7 @@ mod tests {
             "{cmds:?}"
         );
         assert!(
-            cmds[0].contains("tee /data/packagist/.a.tar.gz.part | sha256sum"),
+            cmds[0].contains("tee /data/packagist/.ferry/.a.tar.gz.part | sha256sum"),
             "{cmds:?}"
         );
         assert!(

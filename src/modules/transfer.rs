@@ -15,12 +15,18 @@
 //!
 //! - One pass over the bytes: the source host `cat`s the file, the controller hashes
 //!   what passes (and, with var `backup_dir`, keeps a copy on the laptop), and the far end
-//!   writes `DEST.part` while computing the sha256 of the whole file in the same pass.
-//! - Checked at the far end: `DEST.part` becomes `DEST` (mode 0600 unless `mode` says
-//!   otherwise) only when its sha256 equals the artifact's recorded one.
-//! - Resumable: an interrupted transfer leaves `DEST.part`. If its N bytes hash like the
+//!   writes `DIR/.ferry/NAME.part` while computing the sha256 of the whole file in the
+//!   same pass. `DIR/.ferry` is ferry's own directory (mode 0700); the part is created
+//!   new there (O_EXCL), so nothing another user prepared is ever written through.
+//! - Checked at the far end: the part becomes `DEST` (mode 0600 unless `mode` says
+//!   otherwise; a rename, which replaces and never follows a symlink) only when its
+//!   sha256 equals the artifact's recorded one.
+//! - Resumable: an interrupted transfer leaves its part. If its N bytes hash like the
 //!   source's first N bytes, only the rest is sent; otherwise it starts over.
-//! - Ok when `DEST` already has the artifact's size and sha256 (and the mode).
+//! - Ok when `DEST` already has the artifact's size and sha256 (and the mode) and is a
+//!   regular file of the login/become user. A `DEST`, part or work directory that ferry
+//!   did not create (a symlink, another user's file, a file with other hard links) fails
+//!   the task, naming it: ferry neither reuses nor replaces it.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -29,7 +35,10 @@ use tokio::io::AsyncReadExt;
 
 use crate::command::Cmd;
 use crate::journal::Artifact;
-use crate::modules::shared::{find_artifact, remote_file_sha256, stream_artifact};
+use crate::modules::shared::{
+    copy_to_laptop, find_artifact, laptop_copy, parse_path_states, stream_artifact, LaptopCopy,
+    PathState, StagedPath, SAFE_WRITE_FUNCS,
+};
 use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
 
@@ -67,6 +76,11 @@ pub struct TransferFacts {
     /// is possible (the part is not longer than the artifact).
     pub part_sha256: Option<String>,
     pub source_prefix_sha256: Option<String>,
+    /// Names ferry would write (its work directory, the part, `dest`) that something
+    /// ferry did not create holds: the operator's message for each.
+    pub taken: Vec<String>,
+    /// The laptop's copy (var `backup_dir`), checked against the artifact's record.
+    pub laptop_copy: Option<LaptopCopy>,
 }
 
 impl TransferFacts {
@@ -75,8 +89,11 @@ impl TransferFacts {
     }
 }
 
+/// Where the far end stages `dest`: `<dir>/.ferry/<name>.part`.
 pub fn part_path(dest: &str) -> String {
-    format!("{dest}.part")
+    StagedPath::of(dest)
+        .map(|s| s.part)
+        .unwrap_or_else(|_| format!("{dest}.part"))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -94,13 +111,21 @@ pub enum TransferChange {
         hint: String,
     },
     /// Check mode, before the artifact exists: it will be sent once produced.
-    SendWhenProduced {
+    SendWhenProduced { artifact: String, dest: String },
+    /// The far end is fine but the laptop's copy is missing, partial or different:
+    /// make it again from the source (the far end is not touched).
+    CopyToLaptop {
         artifact: String,
-        dest: String,
+        from_host: String,
+        path: String,
+        why: String,
     },
     Chmod {
         dest: String,
+        /// Checks that `dest` is still ferry's regular file (chmod follows symlinks).
         cmd: Cmd,
+        /// What the operator would have typed.
+        hint: String,
     },
 }
 
@@ -136,17 +161,27 @@ impl Change for TransferChange {
             TransferChange::SendWhenProduced { artifact, dest } => {
                 format!("send {artifact} to {dest} (once an earlier task has produced it)")
             }
-            TransferChange::Chmod { dest, cmd } => {
-                format!("set the mode of {dest}: {}", cmd.display())
+            TransferChange::Chmod { dest, hint, .. } => {
+                format!("set the mode of {dest}: {hint}")
             }
+            TransferChange::CopyToLaptop {
+                artifact,
+                from_host,
+                path,
+                why,
+            } => format!(
+                "make the laptop copy {path} of {artifact} again from {from_host} (it is {why})"
+            ),
         }
     }
 
     fn commands(&self) -> Vec<String> {
         match self {
             TransferChange::Send { hint, .. } => vec![hint.clone()],
-            TransferChange::SendWhenProduced { .. } => Vec::new(),
-            TransferChange::Chmod { cmd, .. } => vec![cmd.display()],
+            TransferChange::SendWhenProduced { .. } | TransferChange::CopyToLaptop { .. } => {
+                Vec::new()
+            }
+            TransferChange::Chmod { hint, .. } => vec![hint.clone()],
         }
     }
 }
@@ -176,16 +211,24 @@ pub fn parse_mode(text: &str) -> Result<u32, ModuleError> {
 /// `$resume` is 1), hashing the whole file in the same pass; prints the sha256; renames
 /// `$part` to `$dest` with `$mode` only if the hash is `$expected`. A short file (the
 /// sender stopped: killed, connection lost) is kept for the next run to resume; a
-/// complete but wrong one is removed. Values arrive as positional arguments: the script
-/// text is fixed.
+/// complete but wrong one is removed. `$part` lives in ferry's work directory beside
+/// `$dest` ([`StagedPath`]): made 0700 by ferry, the part created new there (O_EXCL);
+/// a name there or at `$dest` that ferry did not create stops it (exit 5) before a byte
+/// is written. Values arrive as positional arguments: the script text is fixed.
 pub const RECEIVE_SCRIPT: &str = r#"set -o pipefail
 part=$1 dest=$2 expected=$3 size=$4 mode=$5 resume=$6
 umask 077
-mkdir -p -- "$(dirname -- "$dest")" || exit 1
+work=$(dirname -- "$part") && dir=$(dirname -- "$work") || exit 1
+mkdir -p -- "$dir" || exit 1
+ferry_workdir "$work"
+ferry_ours "$dest" || :
 if [ "$resume" = 1 ]; then
+  ferry_ours "$part" || { echo "$part is gone: nothing to resume from" >&2; exit 1; }
   got=$({ cat -- "$part" && tee -a -- "$part"; } | sha256sum) || exit 1
 else
-  got=$(tee -- "$part" | sha256sum) || exit 1
+  if ferry_ours "$part"; then rm -f -- "$part" || exit 1; fi
+  ferry_create "$part"
+  got=$(tee -a -- "$part" | sha256sum) || exit 1
 fi
 got=${got%% *}
 printf '%s\n' "$got"
@@ -199,13 +242,17 @@ if [ "$got" != "$expected" ]; then
   echo "the received file's sha256 is $got, expected $expected; removed $part" >&2
   exit 3
 fi
-chmod -- "$mode" "$part" && mv -f -- "$part" "$dest""#;
+chmod -- "$mode" "$part" || exit 1
+ferry_ours "$dest" || :
+mv -f -T -- "$part" "$dest""#;
 
 /// The far end of a transfer: [`RECEIVE_SCRIPT`] with its arguments.
 pub fn receive_cmd(dest: &str, artifact: &Artifact, mode: u32, resume: bool) -> Cmd {
+    let mut script = String::from(SAFE_WRITE_FUNCS);
+    script.push_str(RECEIVE_SCRIPT);
     Cmd::new("bash")
         .arg("-c")
-        .arg(RECEIVE_SCRIPT)
+        .arg(script)
         .arg("ferry-receive")
         .arg(part_path(dest))
         .arg(dest)
@@ -215,12 +262,24 @@ pub fn receive_cmd(dest: &str, artifact: &Artifact, mode: u32, resume: bool) -> 
         .arg(if resume { "1" } else { "0" })
 }
 
-/// Prints `dest`'s octal mode and `part`'s size, `-` for a missing file.
-const STAT_SCRIPT: &str = r#"stat -c %a -- "$1" 2>/dev/null || echo -
-stat -c %s -- "$2" 2>/dev/null || echo -"#;
+/// `chmod MODE DEST`, only while `dest` is ferry's regular file (chmod would follow a
+/// symlink put there since the facts were read).
+fn chmod_cmd(dest: &str, mode: u32) -> Cmd {
+    let mut script = String::from(SAFE_WRITE_FUNCS);
+    script.push_str(
+        r#"ferry_ours "$1" || { echo "$1 is gone" >&2; exit 1; }
+chmod -- "$2" "$1""#,
+    );
+    Cmd::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("ferry-chmod")
+        .arg(dest)
+        .arg(format!("{mode:04o}"))
+}
 
-async fn sha256_of_part(ctx: &TaskCtx, part: &str) -> Result<Option<String>, ModuleError> {
-    let out = ctx.exec(&Cmd::new("sha256sum").arg(part)).await?;
+async fn sha256_of_file(ctx: &TaskCtx, path: &str) -> Result<Option<String>, ModuleError> {
+    let out = ctx.exec(&Cmd::new("sha256sum").arg(path)).await?;
     Ok(out
         .success()
         .then(|| {
@@ -267,24 +326,31 @@ impl Module for Transfer {
         };
         let dest = ctx.render_operand(&self.dest)?;
         let artifact = find_artifact(ctx, &self.artifact).ok();
-        let part = part_path(&dest);
-        let dest_file = remote_file_sha256(&*ctx.transport, &dest).await?;
-        let stat = ctx
-            .exec_ok(
-                &Cmd::new("sh")
-                    .arg("-c")
-                    .arg(STAT_SCRIPT)
-                    .arg("ferry-stat")
-                    .arg(dest.as_str())
-                    .arg(part.as_str()),
-            )
-            .await?
-            .stdout_str();
-        let mut lines = stat.lines();
-        let dest_mode = lines
-            .next()
-            .and_then(|m| u32::from_str_radix(m.trim(), 8).ok());
-        let part_size = lines.next().and_then(|s| s.trim().parse::<u64>().ok());
+        let staged = StagedPath::of(&dest)?;
+        // What holds each name, read without following symlinks; only what ferry
+        // created is hashed, resumed or kept.
+        let states = ctx.exec_ok(&staged.state_cmd()).await?.stdout_str();
+        let [work_state, part_state, dest_state] = parse_path_states(&states)?;
+        let taken: Vec<String> = [
+            (&work_state, &staged.work),
+            (&part_state, &staged.part),
+            (&dest_state, &staged.dest),
+        ]
+        .iter()
+        .filter_map(|(state, path)| state.taken_message(path))
+        .collect();
+        let (dest_file, dest_mode) = match &dest_state {
+            PathState::Ours { size, mode } => (
+                sha256_of_file(ctx, &dest).await?.map(|sha| (*size, sha)),
+                Some(*mode),
+            ),
+            _ => (None, None),
+        };
+        let part_size = match (&work_state, &part_state) {
+            (PathState::Ours { .. }, PathState::Ours { size, .. }) => Some(*size),
+            _ => None,
+        };
+        let part = staged.part;
         let mut f = TransferFacts {
             host: ctx.host.clone(),
             artifact_name: self.artifact.clone(),
@@ -296,7 +362,12 @@ impl Module for Transfer {
             part_size,
             part_sha256: None,
             source_prefix_sha256: None,
+            taken,
+            laptop_copy: None,
         };
+        if let Some(a) = &f.artifact {
+            f.laptop_copy = laptop_copy(ctx, a).await?;
+        }
         // Only worth hashing when a resume is possible and needed.
         let done = f
             .artifact
@@ -305,7 +376,7 @@ impl Module for Transfer {
         if let (Some(a), Some(n), false) = (&f.artifact, f.part_size, done) {
             if n > 0 && n <= a.size {
                 let (part_sha, src_sha) =
-                    tokio::join!(sha256_of_part(ctx, &part), source_prefix_sha256(ctx, a, n));
+                    tokio::join!(sha256_of_file(ctx, &part), source_prefix_sha256(ctx, a, n));
                 f.part_sha256 = part_sha?;
                 f.source_prefix_sha256 = src_sha?;
             }
@@ -327,6 +398,12 @@ impl Module for Transfer {
             match c {
                 TransferChange::Chmod { cmd, .. } => {
                     ctx.exec_ok(cmd).await?;
+                }
+                TransferChange::CopyToLaptop { .. } => {
+                    let artifact = f.artifact.as_ref().ok_or_else(|| {
+                        ModuleError::Internal("transfer planned without its artifact".into())
+                    })?;
+                    copy_to_laptop(ctx, artifact).await?;
                 }
                 TransferChange::SendWhenProduced { .. } => {
                     // Only planned in check mode, where apply never runs.
@@ -437,6 +514,13 @@ pub async fn send(
 
 /// Pure: what to do to have the artifact at `dest` with its recorded content and mode.
 pub fn decide(f: &TransferFacts, check: bool) -> Result<Vec<TransferChange>, ModuleError> {
+    if !f.taken.is_empty() {
+        return Err(ModuleError::Failed(format!(
+            "on host {}: {}",
+            f.host,
+            f.taken.join("; ")
+        )));
+    }
     let Some(a) = &f.artifact else {
         if check {
             return Ok(vec![TransferChange::SendWhenProduced {
@@ -450,16 +534,40 @@ pub fn decide(f: &TransferFacts, check: bool) -> Result<Vec<TransferChange>, Mod
             f.artifact_name
         )));
     };
+    let mut changes = far_end_changes(f, a);
+    // A send from the start makes the laptop's copy on the way; otherwise (nothing to
+    // send, or a resume, which sends only the rest) a copy that is not whole is made
+    // again on its own.
+    let sends_all = changes
+        .iter()
+        .any(|c| matches!(c, TransferChange::Send { offset: 0, .. }));
+    if let (Some(copy), false) = (&f.laptop_copy, sends_all) {
+        if let Some(why) = copy.why() {
+            changes.push(TransferChange::CopyToLaptop {
+                artifact: a.name.clone(),
+                from_host: a.host.clone(),
+                path: copy.path.clone(),
+                why,
+            });
+        }
+    }
+    Ok(changes)
+}
+
+/// Pure: what the far end needs to hold the artifact at `dest` with its mode.
+fn far_end_changes(f: &TransferFacts, a: &Artifact) -> Vec<TransferChange> {
     if f.dest_file.as_ref() == Some(&(a.size, a.sha256.clone())) {
         if f.dest_mode == Some(f.mode) {
-            return Ok(Vec::new());
+            return Vec::new();
         }
-        return Ok(vec![TransferChange::Chmod {
+        return vec![TransferChange::Chmod {
             dest: f.dest.clone(),
-            cmd: Cmd::new("chmod")
+            cmd: chmod_cmd(&f.dest, f.mode),
+            hint: Cmd::new("chmod")
                 .arg(format!("{:04o}", f.mode))
-                .arg(f.dest.as_str()),
-        }]);
+                .arg(f.dest.as_str())
+                .display(),
+        }];
     }
     let resumable = matches!(
         (f.part_size, &f.part_sha256, &f.source_prefix_sha256),
@@ -485,7 +593,7 @@ pub fn decide(f: &TransferFacts, check: bool) -> Result<Vec<TransferChange>, Mod
     } else {
         Cmd::new("cat").arg(a.path.as_str())
     };
-    Ok(vec![TransferChange::Send {
+    vec![TransferChange::Send {
         artifact: a.name.clone(),
         from_host: a.host.clone(),
         source: a.path.clone(),
@@ -507,5 +615,5 @@ pub fn decide(f: &TransferFacts, check: bool) -> Result<Vec<TransferChange>, Mod
             f.part(),
             f.dest
         ),
-    }])
+    }]
 }
