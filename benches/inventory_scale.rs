@@ -13,37 +13,9 @@ use ferry::playbook::source::SourceFile;
 use ferry::playbook::Playbook;
 use ferry::secrets::Secrets;
 
-fn inventory_text(hosts: usize) -> String {
-    let mut text = String::from("[defaults.vars]\ndata_dir = \"/srv/data\"\n");
-    for i in 0..hosts {
-        text.push_str(&format!(
-            "[hosts.h{i:04}]\naddress = \"10.{}.{}.{}\"\ngroups = [\"g{}\"]\n[hosts.h{i:04}.vars]\n",
-            i / 65536,
-            (i / 256) % 256,
-            i % 256,
-            i % 8
-        ));
-        for v in 0..10 {
-            text.push_str(&format!("v{v} = \"value {v} of host {i}, some text\"\n"));
-        }
-    }
-    text
-}
-
-const PLAYBOOK: &str = r#"
-[[task]]
-name = "on every host"
-hosts = "all"
-when = "{{ data_dir }}"
-[task.command]
-cmd = "test -d {{ data_dir }} {{ v3 }}"
-
-[[task]]
-name = "reads another host"
-hosts = "h0001"
-[task.command]
-cmd = "echo {{ hostvars.h0000.v1 }}"
-"#;
+#[path = "../tests/common/scale.rs"]
+mod scale;
+use scale::{inventory_text, PLAYBOOK};
 
 fn max_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")

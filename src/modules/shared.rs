@@ -1393,71 +1393,80 @@ impl StagedPath {
     /// earlier run of ferry (in ferry's own directory, so ferry's) is replaced. Fails
     /// before anything is written if the destination's name is taken.
     pub fn prepare_cmd(&self) -> Cmd {
-        Cmd::new("sh")
-            .arg("-c")
-            .arg(concat_funcs(PREPARE_SCRIPT))
-            .arg("ferry-prepare")
-            .arg(self.dir.as_str())
-            .arg(self.work.as_str())
-            .arg(self.part.as_str())
-            .arg(self.dest.as_str())
+        positional_script(
+            concat_funcs(PREPARE_SCRIPT),
+            "ferry-prepare",
+            &[
+                self.dir.as_str(),
+                self.work.as_str(),
+                self.part.as_str(),
+                self.dest.as_str(),
+            ],
+        )
     }
 
     /// [`StagedPath::prepare_cmd`] for a scratch file that is never renamed over its
     /// destination (whose name is then not checked).
     pub fn prepare_scratch_cmd(&self) -> Cmd {
-        Cmd::new("sh")
-            .arg("-c")
-            .arg(concat_funcs(PREPARE_SCRIPT))
-            .arg("ferry-prepare")
-            .arg(self.dir.as_str())
-            .arg(self.work.as_str())
-            .arg(self.part.as_str())
-            .arg("")
+        positional_script(
+            concat_funcs(PREPARE_SCRIPT),
+            "ferry-prepare",
+            &[
+                self.dir.as_str(),
+                self.work.as_str(),
+                self.part.as_str(),
+                "",
+            ],
+        )
     }
 
     /// The kept part is ferry's (to append to it).
     pub fn check_part_cmd(&self) -> Cmd {
-        Cmd::new("sh")
-            .arg("-c")
-            .arg(concat_funcs(CHECK_PART_SCRIPT))
-            .arg("ferry-check-part")
-            .arg(self.work.as_str())
-            .arg(self.part.as_str())
+        positional_script(
+            concat_funcs(CHECK_PART_SCRIPT),
+            "ferry-check-part",
+            &[self.work.as_str(), self.part.as_str()],
+        )
     }
 
     /// Rename the finished part over the destination (after checking the destination's
     /// name is not taken by someone else).
     pub fn commit_cmd(&self) -> Cmd {
-        Cmd::new("sh")
-            .arg("-c")
-            .arg(concat_funcs(COMMIT_SCRIPT))
-            .arg("ferry-commit")
-            .arg(self.part.as_str())
-            .arg(self.dest.as_str())
+        positional_script(
+            concat_funcs(COMMIT_SCRIPT),
+            "ferry-commit",
+            &[self.part.as_str(), self.dest.as_str()],
+        )
     }
 
     /// Remove the part, only if it is ferry's (in ferry's own directory).
     pub fn remove_part_cmd(&self) -> Cmd {
-        Cmd::new("sh")
-            .arg("-c")
-            .arg(concat_funcs(REMOVE_PART_SCRIPT))
-            .arg("ferry-remove-part")
-            .arg(self.work.as_str())
-            .arg(self.part.as_str())
+        positional_script(
+            concat_funcs(REMOVE_PART_SCRIPT),
+            "ferry-remove-part",
+            &[self.work.as_str(), self.part.as_str()],
+        )
     }
 
     /// One line per path (work dir, part, destination) describing what has that name,
     /// without following symlinks; see [`parse_path_states`].
     pub fn state_cmd(&self) -> Cmd {
-        Cmd::new("sh")
-            .arg("-c")
-            .arg(STATE_SCRIPT)
-            .arg("ferry-state")
-            .arg(self.work.as_str())
-            .arg(self.part.as_str())
-            .arg(self.dest.as_str())
+        positional_script(
+            STATE_SCRIPT,
+            "ferry-state",
+            &[self.work.as_str(), self.part.as_str(), self.dest.as_str()],
+        )
     }
+}
+
+/// `sh -c SCRIPT NAME ARGS…`: a fixed script that takes every value as a positional
+/// argument, so no value is ever part of the script's text.
+fn positional_script(script: impl Into<String>, name: &str, args: &[&str]) -> Cmd {
+    Cmd::new("sh")
+        .arg("-c")
+        .arg(script.into())
+        .arg(name)
+        .args(args.iter().copied())
 }
 
 fn concat_funcs(script: &str) -> String {
