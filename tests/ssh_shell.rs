@@ -284,7 +284,8 @@ async fn a_background_process_holding_the_output_never_hangs_later_commands() {
         )
         .await
         .unwrap();
-    assert!(out.stdout_str().starts_with("started"), "{out:?}");
+    // The daemon may print its first tick before `started`: order is not the point.
+    assert!(out.stdout_str().contains("started"), "{out:?}");
     for n in 0..30 {
         let out = tokio::time::timeout(
             Duration::from_secs(10),
