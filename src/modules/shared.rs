@@ -1393,21 +1393,17 @@ impl StagedPath {
     /// earlier run of ferry (in ferry's own directory, so ferry's) is replaced. Fails
     /// before anything is written if the destination's name is taken.
     pub fn prepare_cmd(&self) -> Cmd {
-        positional_script(
-            concat_funcs(PREPARE_SCRIPT),
-            "ferry-prepare",
-            &[
-                self.dir.as_str(),
-                self.work.as_str(),
-                self.part.as_str(),
-                self.dest.as_str(),
-            ],
-        )
+        self.prepare_checking(self.dest.as_str())
     }
 
     /// [`StagedPath::prepare_cmd`] for a scratch file that is never renamed over its
     /// destination (whose name is then not checked).
     pub fn prepare_scratch_cmd(&self) -> Cmd {
+        self.prepare_checking("")
+    }
+
+    /// PREPARE_SCRIPT, checking that `dest` (unless empty) is not taken by someone else.
+    fn prepare_checking(&self, dest: &str) -> Cmd {
         positional_script(
             concat_funcs(PREPARE_SCRIPT),
             "ferry-prepare",
@@ -1415,7 +1411,7 @@ impl StagedPath {
                 self.dir.as_str(),
                 self.work.as_str(),
                 self.part.as_str(),
-                "",
+                dest,
             ],
         )
     }
