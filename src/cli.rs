@@ -14,7 +14,7 @@ use crate::engine::connect::SshConnector;
 use crate::engine::{self, RunEnv, RunOptions};
 use crate::inventory::Inventory;
 use crate::journal::{check_owner, Journal, JournalError};
-use crate::modules::Confirm;
+use crate::module::Confirm;
 use crate::playbook::Playbook;
 use crate::report::{journal_table, visible, EventSink, PlayReport};
 use crate::secrets::Secrets;

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, OnceCell, OwnedSemaphorePermit, Semaphore};
 use crate::command::Cmd;
 use crate::inventory::{Inventory, UnknownTarget};
 use crate::journal::{Journal, JournalData, JournalOwner, RecordStatus, TaskDefinition};
-use crate::modules::{ArgCheck, ArgError, Confirm, ModuleError, Peers, TaskCtx};
+use crate::module::{ArgCheck, ArgError, Confirm, ModuleError, Peers, TaskCtx};
 use crate::playbook::source::InputError;
 use crate::playbook::template::{
     collect_templates, without_template_spans, AnyTemplate, Renderer, TemplateError, Vars,
@@ -701,7 +701,7 @@ struct HostRun {
     unreachable_reported: AtomicBool,
     slot: HostSlot,
     /// Shared by this host's tasks (e.g. the Kubernetes API connection).
-    cache: Arc<crate::modules::HostCache>,
+    cache: Arc<crate::module::HostCache>,
 }
 
 impl HostRun {
@@ -886,7 +886,7 @@ async fn run_lane(shared: &Shared, host: &str, run: &HostRun, schedule: &[Schedu
 /// facts → decide → (not in check mode) apply. The one place check mode is enforced.
 async fn run_task(
     ctx: &TaskCtx,
-    module: &crate::modules::ModuleArgs,
+    module: &crate::registry::ModuleArgs,
     started: Instant,
 ) -> TaskResult {
     let mut r = result(&ctx.host, &ctx.task, TaskStatus::Ok, started);

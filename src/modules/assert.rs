@@ -9,7 +9,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

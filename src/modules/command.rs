@@ -24,8 +24,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::command::Cmd;
-use crate::modules::shared::Seconds;
-use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::units::Seconds;
+use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::{ShellTemplate, Template};
 use crate::transport::{ExecOutput, OutputLimit};
 

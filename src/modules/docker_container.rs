@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::command::Cmd;
-use crate::modules::shared::{docker_bin, docker_inspect, ContainerState};
-use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::docker::{docker_bin, docker_inspect, ContainerState};
+use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,9 +9,10 @@
 //! # namespace = "packagist"  # default: var `namespace`, else "default"
 //! ```
 //!
-//! Once the migration completed on the cluster (its marker ConfigMap exists), scaling
-//! *down* is refused (reported ok, with the reason) unless `--overwrite app`: the new
-//! system may be live and serving.
+//! With `guard = { configmap = "NAME", store = "app" }`, the task leaves the workloads
+//! alone (reported ok, with the reason) while that ConfigMap exists, unless
+//! `--overwrite app`: the migration playbook guards its "stop the new app" step with the
+//! completed-migration marker, since the new system may then be live and serving.
 
 use std::time::Duration;
 
@@ -20,8 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::k8s::{kubectl, pod_ready, PodsWanted, WorkloadKind};
 use crate::k8s::{Cluster, K8sError};
-use crate::modules::shared::{completed_guard, completed_marker, K8sTarget, Seconds};
-use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::kube::{marker_guard, K8sTarget, MarkerGuard};
+use crate::module::units::Seconds;
+use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +39,9 @@ pub struct K8sScale {
     pub namespace: Option<Template>,
     #[serde(default)]
     pub kubeconfig: Option<Template>,
+    /// Leave the workloads alone while this marker ConfigMap exists.
+    #[serde(default)]
+    pub guard: Option<MarkerGuard>,
 }
 
 /// One workload's state.
@@ -111,7 +116,7 @@ impl Change for ScaleChange {
 
 /// `workloads`, checked when the playbook is read.
 fn checked_workloads<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    crate::modules::checked(d, |workloads: &Vec<String>| {
+    crate::module::checked(d, |workloads: &Vec<String>| {
         if workloads.is_empty() {
             return Err("workloads is empty; name at least one, e.g. [\"deployment/ui\"]".into());
         }
@@ -191,15 +196,17 @@ impl Module for K8sScale {
                 );
             }
         });
-        let marker = completed_marker(&cluster).await?;
+        let marker = match &self.guard {
+            Some(g) => cluster.configmap(&g.configmap).await?,
+            None => None,
+        };
         Ok(ScaleFacts {
             namespace: cluster.namespace().to_string(),
             workloads,
-            guard: if self.replicas == 0 {
-                completed_guard(ctx, &marker, "app")
-            } else {
-                None
-            },
+            guard: self
+                .guard
+                .as_ref()
+                .and_then(|g| marker_guard(&ctx.overwrite, &g.configmap, &marker, &g.store)),
         })
     }
 

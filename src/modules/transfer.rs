@@ -35,11 +35,10 @@ use tokio::io::AsyncReadExt;
 
 use crate::command::Cmd;
 use crate::journal::Artifact;
-use crate::modules::shared::{
-    copy_to_laptop, find_artifact, laptop_copy, parse_path_states, stream_artifact, LaptopCopy,
-    PathState, StagedPath, SAFE_WRITE_FUNCS,
-};
-use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::artifact::find_artifact;
+use crate::module::artifact_stream::{copy_to_laptop, laptop_copy, stream_artifact, LaptopCopy};
+use crate::module::staged::{parse_path_states, PathState, StagedPath, SAFE_WRITE_FUNCS};
+use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
 
 const DEFAULT_MODE: u32 = 0o600;
@@ -145,8 +144,8 @@ impl Change for TransferChange {
                 let how = if *offset > 0 {
                     format!(
                         ", resuming after {} already there ({} to send)",
-                        crate::modules::preflight::human(*offset),
-                        crate::modules::preflight::human(size - offset)
+                        crate::module::units::human(*offset),
+                        crate::module::units::human(size - offset)
                     )
                 } else if *discard_part {
                     " (the partial copy there does not match the source: starting over)".into()
@@ -155,7 +154,7 @@ impl Change for TransferChange {
                 };
                 format!(
                     "send {artifact} ({}) from {from_host}:{source} to {dest}{how}",
-                    crate::modules::preflight::human(*size)
+                    crate::module::units::human(*size)
                 )
             }
             TransferChange::SendWhenProduced { artifact, dest } => {
@@ -188,7 +187,7 @@ impl Change for TransferChange {
 
 /// `mode`, checked when the playbook is read.
 fn checked_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    crate::modules::checked(d, |mode: &Option<String>| match mode {
+    crate::module::checked(d, |mode: &Option<String>| match mode {
         Some(m) => parse_mode(m).map(drop).map_err(|e| e.to_string()),
         None => Ok(()),
     })

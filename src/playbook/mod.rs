@@ -38,7 +38,7 @@ use serde::{Deserialize, Deserializer};
 use serde_spanned::Spanned;
 
 use crate::inventory::Inventory;
-use crate::modules::{ModuleArgs, MODULE_NAMES};
+use crate::registry::{ModuleArgs, MODULE_NAMES};
 use source::{InputError, SourceFile};
 use template::{check_shell_template, collect_templates, AnyTemplate, Template, BUILTIN_VARS};
 

@@ -341,20 +341,20 @@ impl Connector for FakeConnector {
     }
 }
 
-/// Run `f` with a [`crate::modules::TaskCtx`] on a fresh fake host `h` (for module
+/// Run `f` with a [`crate::module::TaskCtx`] on a fresh fake host `h` (for module
 /// fixture tests of `decide`, which must not need a real host).
-pub fn with_dummy_ctx<T>(f: impl FnOnce(&crate::modules::TaskCtx) -> T) -> T {
+pub fn with_dummy_ctx<T>(f: impl FnOnce(&crate::module::TaskCtx) -> T) -> T {
     let (ctx, _dir) = test_ctx(FakeTransport::new("h"), Default::default());
     f(&ctx)
 }
 
-/// A [`crate::modules::TaskCtx`] for host `transport.host()` with `vars`, a journal in a
+/// A [`crate::module::TaskCtx`] for host `transport.host()` with `vars`, a journal in a
 /// fresh temp dir (returned: keep it alive), no peers, and no confirmation.
 pub fn test_ctx(
     transport: Arc<FakeTransport>,
     vars: serde_json::Map<String, serde_json::Value>,
-) -> (crate::modules::TaskCtx, tempfile::TempDir) {
-    use crate::modules::{NeverConfirm, Peers, TaskCtx};
+) -> (crate::module::TaskCtx, tempfile::TempDir) {
+    use crate::module::{NeverConfirm, Peers, TaskCtx};
     use crate::playbook::template::{Renderer, Vars};
 
     struct NoPeers;
@@ -392,7 +392,7 @@ pub fn test_ctx(
         renderer: Arc::new(Renderer::new(None)),
         confirmer: Arc::new(NeverConfirm),
         overwrite: Vec::new(),
-        cache: Arc::new(crate::modules::HostCache::default()),
+        cache: Arc::new(crate::module::HostCache::default()),
     };
     (ctx, dir)
 }

@@ -26,11 +26,13 @@ use tokio::io::AsyncWriteExt;
 use crate::command::Cmd;
 use crate::fingerprint::{PgFingerprint, PG_FINGERPRINT_SQL};
 use crate::k8s::{kubectl, PodsWanted, WorkloadKind};
-use crate::modules::shared::{
-    argv, artifact_fingerprint, attempt_proven, attempt_started, completed_guard, completed_marker,
-    find_artifact, interrupted_attempt, pod_exec, stream_artifact, K8sTarget,
-};
-use crate::modules::{Applied, ArgCheck, ArgError, Change, Module, ModuleError, TaskCtx};
+use crate::module::artifact::{artifact_fingerprint, find_artifact};
+use crate::module::artifact_stream::stream_artifact;
+use crate::module::kube::{pod_exec, K8sTarget};
+use crate::module::units::argv;
+use crate::module::{Applied, ArgCheck, ArgError, Change, Module, ModuleError, TaskCtx};
+use crate::packagist::attempt::{attempt_proven, attempt_started, interrupted_attempt};
+use crate::packagist::completed::{completed_guard, completed_marker};
 use crate::playbook::template::{Template, Vars};
 
 fn default_artifact() -> String {

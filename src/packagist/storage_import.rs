@@ -27,13 +27,18 @@ use serde::{Deserialize, Serialize};
 use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
 use crate::k8s::{kubectl, Cluster};
-use crate::modules::shared::{
-    artifact_fingerprint, completed_guard, completed_marker, copy_to_laptop, find_artifact,
-    import_storage_archive, is_disk_full, laptop_copy, parse_path_states, pod_exec, pod_free_text,
-    pod_storage_fingerprint, pod_upload_cmd, prove_imported_storage, ready_deployment_pod,
-    sh_argv as sh, storage_verify_dir, stream_artifact, K8sTarget, PathState, StagedPath, CONSOLE,
+use crate::module::artifact::{artifact_fingerprint, find_artifact, is_disk_full};
+use crate::module::artifact_stream::{copy_to_laptop, laptop_copy, stream_artifact};
+use crate::module::kube::{
+    pod_exec, pod_free_text, ready_deployment_pod, sh_argv as sh, K8sTarget,
 };
-use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::staged::{parse_path_states, PathState, StagedPath};
+use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::packagist::completed::{completed_guard, completed_marker};
+use crate::packagist::storage::{
+    import_storage_archive, pod_storage_fingerprint, pod_upload_cmd, prove_imported_storage,
+    storage_verify_dir, CONSOLE,
+};
 use crate::playbook::template::Template;
 
 fn default_artifact() -> String {

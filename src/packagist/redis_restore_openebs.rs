@@ -12,7 +12,7 @@
 //! The volume's directory comes from the cluster, not from a hard-coded path: the PVC's
 //! `spec.volumeName`, then that PV's `spec.local.path` (or `hostPath.path`). The live
 //! persistence settings are read before Redis is stopped, and the file layout follows
-//! them ([`redis_layout`](crate::modules::redis_layout)): with `appendonly yes` the RDB
+//! them ([`redis_layout`](crate::packagist::redis_layout)): with `appendonly yes` the RDB
 //! becomes the AOF's base, so Redis does not start empty and overwrite the backup.
 //! The RDB is streamed to the node and checked (sha256) before Redis is stopped, so the
 //! downtime is only the file moves and the restart.
@@ -26,13 +26,15 @@ use tokio::io::AsyncReadExt;
 use crate::command::Cmd;
 use crate::fingerprint::RedisKeyCounts;
 use crate::k8s::{kubectl, pod_ready, Cluster, PodsWanted, WorkloadKind};
-use crate::modules::redis_layout::{restore_plan, FileOp, RedisPersistence, CONFIG_GET_ARGS};
-use crate::modules::shared::{
-    artifact_fingerprint, attempt_proven, attempt_started, completed_guard, completed_marker,
-    find_artifact, interrupted_attempt, pod_exec, pod_redis_key_counts, redis_cli, stream_artifact,
-    K8sTarget, StagedPath,
-};
-use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::artifact::{artifact_fingerprint, find_artifact};
+use crate::module::artifact_stream::stream_artifact;
+use crate::module::kube::{pod_exec, K8sTarget};
+use crate::module::staged::StagedPath;
+use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::packagist::attempt::{attempt_proven, attempt_started, interrupted_attempt};
+use crate::packagist::completed::{completed_guard, completed_marker};
+use crate::packagist::redis::{pod_redis_key_counts, redis_cli};
+use crate::packagist::redis_layout::{restore_plan, FileOp, RedisPersistence, CONFIG_GET_ARGS};
 use crate::playbook::template::Template;
 
 fn default_artifact() -> String {

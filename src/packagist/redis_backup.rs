@@ -16,10 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::Cmd;
 use crate::fingerprint::RedisKeyCounts;
-use crate::modules::shared::{
-    docker_bin, docker_inspect, file_stamp, recorded_artifact, write_artifact, FileStamp,
-};
-use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::artifact::{file_stamp, recorded_artifact, write_artifact, FileStamp};
+use crate::module::docker::{docker_bin, docker_inspect};
+use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
 use crate::playbook::template::Template;
 
 fn default_artifact() -> String {

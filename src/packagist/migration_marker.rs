@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::k8s::kubectl;
-use crate::modules::shared::{completed_marker, K8sTarget, MARKER_CONFIGMAP};
-use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::kube::K8sTarget;
+use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::packagist::completed::{completed_marker, MARKER_CONFIGMAP};
 use crate::playbook::template::Template;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

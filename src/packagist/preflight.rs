@@ -41,10 +41,12 @@ use serde_json::Value;
 use crate::command::Cmd;
 use crate::fingerprint::Version;
 use crate::k8s::{K8sError, WorkloadKind};
-use crate::modules::shared::{
-    completed_marker, docker_bin, docker_inspect, file_stamp, ContainerState, K8sTarget,
-};
-use crate::modules::{Applied, ArgCheck, ArgError, Change, Module, ModuleError, TaskCtx};
+use crate::module::artifact::file_stamp;
+use crate::module::docker::{docker_bin, docker_inspect, ContainerState};
+use crate::module::kube::K8sTarget;
+use crate::module::units::{exact, human};
+use crate::module::{Applied, ArgCheck, ArgError, Change, Module, ModuleError, TaskCtx};
+use crate::packagist::completed::completed_marker;
 use crate::playbook::template::Template;
 
 /// The version the vendor requires before migrating.
@@ -75,7 +77,7 @@ pub enum Role {
 
 /// `min_version`, checked when the playbook is read.
 fn checked_min_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    crate::modules::checked(d, |v: &Option<String>| match v {
+    crate::module::checked(d, |v: &Option<String>| match v {
         Some(v) if Version::parse(v).is_none() => Err(format!(
             "min_version = {v:?} is not a version; write it like \"{MIN_VERSION}\""
         )),
@@ -86,7 +88,7 @@ fn checked_min_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<
 /// `safety_factor`, checked when the playbook is read: the free space needed is the
 /// data size times this, so less than 1 would plan for less than the data.
 fn checked_safety_factor<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-    crate::modules::checked(d, |f: &Option<f64>| {
+    crate::module::checked(d, |f: &Option<f64>| {
         match f {
         Some(f) if !(f.is_finite() && *f >= 1.0) => Err(format!(
             "safety_factor = {f}: the free space needed is the data size times this; use 1 or more (default {SAFETY_FACTOR})"
@@ -278,32 +280,6 @@ fn render_or_var(
         Some(t) => Some(ctx.render_operand(t)?),
         None => var_str(ctx, var),
     })
-}
-
-/// Human-readable byte count.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
-/// A byte count for a comparison the operator must be able to check: human-readable,
-/// plus the exact figure when rounding could hide the difference.
-pub fn exact(bytes: u64) -> String {
-    if bytes < 1024 {
-        human(bytes)
-    } else {
-        format!("{} ({bytes} bytes)", human(bytes))
-    }
 }
 
 /// Prints the nearest existing parent of `$1`, then `df -PB1` of it. A fixed script:

@@ -21,10 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
-use crate::modules::shared::{
-    docker_bin, docker_inspect, file_stamp, recorded_artifact, write_artifact, FileStamp,
-};
-use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::artifact::{file_stamp, recorded_artifact, write_artifact, FileStamp};
+use crate::module::docker::{docker_bin, docker_inspect};
+use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::packagist::storage::content_hash_cmd;
 use crate::playbook::template::Template;
 
 fn default_artifact() -> String {
@@ -33,7 +33,7 @@ fn default_artifact() -> String {
 
 /// `gzip_level`, checked when the playbook is read.
 fn gzip_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
-    crate::modules::checked(d, |level: &Option<u8>| match level {
+    crate::module::checked(d, |level: &Option<u8>| match level {
         Some(l) if !(1..=9).contains(l) => Err(format!(
             "gzip_level = {l}: gzip takes 1 (fast) to 9 (small)"
         )),
@@ -167,20 +167,6 @@ fn tree_stamp_cmd(data_dir: &str) -> Cmd {
                 .pipe(Cmd::new("env").arg("LC_ALL=C").arg("sort"))
                 .pipe(Cmd::new("sha256sum")),
         )
-}
-
-/// sha256 of every file under the two storage dirs (`sha256sum` lines, relative paths).
-pub fn content_hash_cmd(dir: &str) -> Cmd {
-    Cmd::new("cd").arg(dir).and(Cmd::new("find").args([
-        "composer",
-        "artifacts",
-        "-type",
-        "f",
-        "-exec",
-        "sha256sum",
-        "{}",
-        "+",
-    ]))
 }
 
 #[async_trait]

@@ -49,13 +49,18 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
 use crate::k8s::{kubectl, Cluster};
-use crate::modules::shared::{
-    completed_guard, completed_marker, import_storage_archive, is_disk_full, pod_exec,
-    pod_free_text, pod_storage_fingerprint, pod_upload_cmd, prove_imported_storage,
-    ready_deployment_pod, sh_argv as sh, storage_verify_dir, K8sTarget, LocalCopy, StagedPath,
-    CONSOLE,
+use crate::module::artifact::is_disk_full;
+use crate::module::artifact_stream::LocalCopy;
+use crate::module::kube::{
+    pod_exec, pod_free_text, ready_deployment_pod, sh_argv as sh, K8sTarget,
 };
-use crate::modules::{Applied, ArgCheck, ArgError, Change, Module, ModuleError, TaskCtx};
+use crate::module::staged::StagedPath;
+use crate::module::{Applied, ArgCheck, ArgError, Change, Module, ModuleError, TaskCtx};
+use crate::packagist::completed::{completed_guard, completed_marker};
+use crate::packagist::storage::{
+    import_storage_archive, pod_storage_fingerprint, pod_upload_cmd, prove_imported_storage,
+    storage_verify_dir, CONSOLE,
+};
 use crate::playbook::template::{Template, Vars};
 
 /// The name progress events and the laptop's copy use.

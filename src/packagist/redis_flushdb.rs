@@ -19,11 +19,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::fingerprint::RedisKeyCounts;
 use crate::k8s::kubectl;
-use crate::modules::shared::{
-    artifact_fingerprint, completed_guard, completed_marker, pod_exec, pod_redis_key_counts,
-    redis_cli, K8sTarget,
-};
-use crate::modules::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::artifact::artifact_fingerprint;
+use crate::module::kube::{pod_exec, K8sTarget};
+use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::packagist::completed::{completed_guard, completed_marker};
+use crate::packagist::redis::{pod_redis_key_counts, redis_cli};
 use crate::playbook::template::Template;
 
 /// The Composer endpoint cache: the one database the migration clears.
@@ -31,7 +31,7 @@ pub const COMPOSER_CACHE_DB: u32 = 5;
 
 /// `db`, checked when the playbook is read.
 fn checked_db<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    crate::modules::checked(d, |db: &u32| {
+    crate::module::checked(d, |db: &u32| {
         if *db == COMPOSER_CACHE_DB {
             Ok(())
         } else {
@@ -151,7 +151,7 @@ impl Module for RedisFlushdb {
         // Check mode after a restore that would happen: database 5 would hold the
         // backup's cache keys (how many, the journal may not know yet).
         if ctx.overlay(|o| o.restored.contains("redis")) == Some(true) {
-            let keys: u64 = crate::modules::shared::artifact_fingerprint::<RedisKeyCounts>(
+            let keys: u64 = crate::module::artifact::artifact_fingerprint::<RedisKeyCounts>(
                 ctx,
                 "packagist_redis",
                 "redis_keys",

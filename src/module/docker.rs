@@ -1,0 +1,107 @@
+//! Docker facts on a host: `docker inspect` of named containers, and the docker binary.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::command::Cmd;
+use crate::module::{ModuleError, TaskCtx};
+
+// ---------------------------------------------------------------------------------------
+// Docker
+
+/// The part of `docker inspect` the migration reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerState {
+    pub name: String,
+    pub running: bool,
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `docker inspect` of `names`; containers that do not exist are absent from the map.
+/// Never a TTY; one round trip for all names.
+pub async fn docker_inspect(
+    ctx: &TaskCtx,
+    names: &[String],
+) -> Result<BTreeMap<String, ContainerState>, ModuleError> {
+    if names.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let docker = docker_bin(ctx);
+    let cmd = Cmd::new(docker).arg("inspect").args(names.iter().cloned());
+    // Exit 1 with "No such object" for missing ones, but the JSON for the others.
+    let out = ctx.exec(&cmd).await?;
+    let text = out.stdout_str();
+    if !out.success() && !out.stderr_str().contains("No such") {
+        return Err(ModuleError::CommandFailed {
+            cmd: cmd.display(),
+            status: format!("{:?}", out.status),
+            stderr: out.stderr_str().trim().to_string(),
+        });
+    }
+    parse_docker_inspect(&text)
+}
+
+/// Parse `docker inspect` JSON (an array of containers).
+pub fn parse_docker_inspect(text: &str) -> Result<BTreeMap<String, ContainerState>, ModuleError> {
+    if text.trim().is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let v: Vec<Value> = serde_json::from_str(text)
+        .map_err(|e| ModuleError::Failed(format!("cannot read docker inspect output: {e}")))?;
+    let mut map = BTreeMap::new();
+    for c in v {
+        let name = c["Name"]
+            .as_str()
+            .unwrap_or("")
+            .trim_start_matches('/')
+            .to_string();
+        let labels = c["Config"]["Labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        map.insert(
+            name.clone(),
+            ContainerState {
+                name,
+                running: c["State"]["Running"].as_bool().unwrap_or(false),
+                image: c["Config"]["Image"].as_str().unwrap_or("").to_string(),
+                labels,
+            },
+        );
+    }
+    Ok(map)
+}
+
+/// The docker client to call on the host (var `docker`, default `docker`).
+pub fn docker_bin(ctx: &TaskCtx) -> String {
+    ctx.var("docker_bin")
+        .and_then(Value::as_str)
+        .unwrap_or("docker")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_inspect_parses_running_image_and_labels() {
+        let json = r#"[{"Name":"/packagist-ui","State":{"Running":true},
+            "Config":{"Image":"packagist/ui:1.12.10","Labels":{"com.packagist.version":"1.12.10"}}},
+            {"Name":"/packagist-web","State":{"Running":false},"Config":{"Image":"busybox","Labels":null}}]"#;
+        let m = parse_docker_inspect(json).unwrap();
+        assert!(m["packagist-ui"].running);
+        assert_eq!(m["packagist-ui"].image, "packagist/ui:1.12.10");
+        assert_eq!(m["packagist-ui"].labels["com.packagist.version"], "1.12.10");
+        assert!(!m["packagist-web"].running);
+        assert!(parse_docker_inspect("").unwrap().is_empty());
+        assert!(parse_docker_inspect("not json").is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! The Kubernetes side of a step: where its cluster is (one shared argument set), the
+//! connection shared by a host's tasks, and running a program in a pod.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::command::Cmd;
+use crate::k8s::{Cluster, KubeconfigSource};
+use crate::module::artifact::df_text;
+use crate::module::{ModuleError, TaskCtx};
+use crate::playbook::template::Template;
+
+// ---------------------------------------------------------------------------------------
+// Kubernetes
+
+/// Default kubeconfig on an embedded-cluster node.
+pub const DEFAULT_KUBECONFIG: &str = "/etc/kubernetes/admin.conf";
+
+/// Where a Kubernetes step finds its cluster; every field falls back to a host var
+/// (`namespace`, `kubeconfig`, `kubeconfig_local`, `kube_context`), then to the
+/// embedded-cluster defaults (`default`, `/etc/kubernetes/admin.conf`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K8sTarget {
+    pub namespace: Option<Template>,
+    /// kubeconfig on the node, read over SSH.
+    pub kubeconfig: Option<Template>,
+}
+
+fn var_str(ctx: &TaskCtx, name: &str) -> Option<String> {
+    ctx.var(name).and_then(Value::as_str).map(str::to_string)
+}
+
+impl K8sTarget {
+    pub fn namespace(&self, ctx: &TaskCtx) -> Result<String, ModuleError> {
+        Ok(match &self.namespace {
+            Some(t) => ctx.render_operand(t)?,
+            None => var_str(ctx, "namespace").unwrap_or_else(|| "default".into()),
+        })
+    }
+
+    fn source(&self, ctx: &TaskCtx) -> Result<KubeconfigSource, ModuleError> {
+        if let Some(t) = &self.kubeconfig {
+            return Ok(KubeconfigSource::RemoteFile(ctx.render_operand(t)?));
+        }
+        if let Some(local) = var_str(ctx, "kubeconfig_local") {
+            return Ok(KubeconfigSource::Local {
+                path: local.into(),
+                context: var_str(ctx, "kube_context"),
+            });
+        }
+        Ok(KubeconfigSource::RemoteFile(
+            var_str(ctx, "kubeconfig").unwrap_or_else(|| DEFAULT_KUBECONFIG.into()),
+        ))
+    }
+
+    /// The cluster, connected once per host and namespace and shared by later tasks.
+    pub async fn cluster(&self, ctx: &TaskCtx) -> Result<Arc<Cluster>, ModuleError> {
+        let namespace = self.namespace(ctx)?;
+        let source = self.source(ctx)?;
+        let key = format!("k8s:{namespace}:{source:?}");
+        let transport = ctx.transport.clone();
+        let cell = ctx.cache.cell::<Cluster>(&key);
+        let cluster = cell
+            .get_or_try_init(|| async move {
+                Cluster::connect(transport, &source, Some(&namespace))
+                    .await
+                    .map(Arc::new)
+            })
+            .await
+            .map_err(|e| ModuleError::Failed(e.to_string()))?;
+        Ok(cluster.clone())
+    }
+}
+
+impl From<crate::k8s::K8sError> for ModuleError {
+    fn from(e: crate::k8s::K8sError) -> Self {
+        ModuleError::Failed(e.to_string())
+    }
+}
+
+/// Run `argv` in a pod with `input` on stdin; stdout on success, an error naming the
+/// pod and stderr otherwise. Feeds and drains at the same time (either alone can stall).
+pub async fn pod_exec(
+    cluster: &Cluster,
+    pod: &str,
+    container: Option<&str>,
+    argv: &[String],
+    input: Option<&[u8]>,
+) -> Result<Vec<u8>, ModuleError> {
+    let mut proc = cluster.exec(pod, container, argv, input.is_some()).await?;
+    let stdin = proc.stdin();
+    let feed = async move {
+        if let (Some(mut w), Some(bytes)) = (stdin, input) {
+            use tokio::io::AsyncWriteExt;
+            w.write_all(bytes).await?;
+            w.shutdown().await?;
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let (fed, (out, err)) = tokio::join!(feed, crate::k8s::drain(&mut proc));
+    crate::k8s::finish(pod, proc, &err).await?;
+    fed.map_err(|e| ModuleError::Failed(format!("writing to {pod}: {e}")))?;
+    Ok(out)
+}
+
+/// `sh -c SCRIPT` as argv, for a pod exec.
+pub fn sh_argv(script: &Cmd) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script.to_shell()]
+}
+
+/// The name of a ready pod of `deployment`, if any.
+pub async fn ready_deployment_pod(
+    cluster: &Cluster,
+    deployment: &str,
+) -> Result<Option<String>, ModuleError> {
+    let (_, selector) = cluster
+        .workload(crate::k8s::WorkloadKind::Deployment, deployment)
+        .await?;
+    Ok(cluster
+        .pods(&selector)
+        .await?
+        .into_iter()
+        .find(crate::k8s::pod_ready)
+        .and_then(|p| p.metadata.name))
+}
+
+/// The `verify_dir` arg of the storage modules: default `/data/packagist`, `""` for none.
+/// "N bytes free of M …" for the directory holding `path` in a pod, or why not.
+pub async fn pod_free_text(cluster: &Cluster, pod: &str, container: &str, path: &str) -> String {
+    let dir = std::path::Path::new(path)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "/".into());
+    let df = Cmd::new("df").arg("-PB1").arg("--").arg(dir.as_str());
+    match pod_exec(cluster, pod, Some(container), &sh_argv(&df), None).await {
+        Ok(out) => df_text(&dir, &String::from_utf8_lossy(&out)),
+        Err(e) => format!("free space unknown ({e})"),
+    }
+}
+
+/// A ConfigMap whose presence says "done here, the system may be live": a task with a
+/// guard leaves `store` alone while it exists (reported ok, with this reason), unless
+/// the operator named the store (or `all`) in `--overwrite`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkerGuard {
+    pub configmap: String,
+    pub store: String,
+}
+
+/// The reason to leave `store` alone, when `marker` (ConfigMap `configmap`'s data) exists
+/// and `--overwrite` does not name the store.
+pub fn marker_guard(
+    overwrite: &[String],
+    configmap: &str,
+    marker: &Option<BTreeMap<String, String>>,
+    store: &str,
+) -> Option<String> {
+    let m = marker.as_ref()?;
+    if overwrite.iter().any(|o| o == store || o == "all") {
+        return None;
+    }
+    Some(format!(
+        "the migration already completed on this cluster at {} (ConfigMap {configmap}); \
+         the new system may be live, so {store} is left alone. To overwrite it anyway, \
+         pass --overwrite {store}",
+        m.get("completed_at")
+            .map(String::as_str)
+            .unwrap_or("an unknown time")
+    ))
+}

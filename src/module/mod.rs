@@ -1,0 +1,253 @@
+//! The module contract: what every module (general ones in `crate::modules`, the
+//! migration's steps in `crate::packagist`) implements, and the support they share.
+//!
+//! The contract (the engine enforces it; a module cannot opt out):
+//! 1. [`Module::facts`] reads the host's real state (no changes!),
+//! 2. [`Module::decide`] — pure — turns facts into a list of changes (empty = ok),
+//! 3. [`Module::apply`] makes exactly those changes; the engine never calls it in check
+//!    mode, so check mode changes nothing by construction.
+//!
+//! Modules are registered once, in `crate::registry`.
+
+use std::any::Any;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use crate::journal::JournalError;
+use crate::playbook::template::{Renderer, Template, TemplateError, Vars};
+use crate::transport::TransportError;
+
+pub mod artifact;
+pub mod artifact_stream;
+mod ctx;
+pub mod docker;
+pub mod kube;
+pub mod staged;
+pub mod units;
+
+pub use ctx::{CheckOverlay, Confirm, HostCache, NeverConfirm, Peers, TaskCtx};
+
+/// Why a module step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("command failed ({status}): {cmd}{}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
+    CommandFailed {
+        /// Masked display of the command.
+        cmd: String,
+        status: String,
+        stderr: String,
+    },
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("not confirmed: {0}; re-run with --yes to allow it")]
+    NotConfirmed(String),
+    /// A check or a step that failed for a reason the module explains.
+    #[error("{0}")]
+    Failed(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// One planned change: what it is, for humans, and what an operator would have typed.
+pub trait Change: Serialize + Send + Sync + 'static {
+    /// One line, e.g. "stop container packagist-ui". Must not contain secrets.
+    fn describe(&self) -> String;
+    /// The commands (shell or kubectl) this change runs, masked.
+    fn commands(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// False when applying turned out to change nothing (reported as ok).
+    pub changed: bool,
+    /// Things the operator must read (shown in the report).
+    pub warnings: Vec<String>,
+}
+
+impl Applied {
+    pub fn changed() -> Self {
+        Applied {
+            changed: true,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Deserialize a static argument and check it, so a bad value is refused when the
+/// playbook is read (exit code 2, at the value's file:line:column), not when the task
+/// runs after earlier tasks changed hosts.
+pub fn checked<'de, D, T>(
+    deserializer: D,
+    check: impl FnOnce(&T) -> Result<(), String>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let value = T::deserialize(deserializer)?;
+    check(&value).map_err(serde::de::Error::custom)?;
+    Ok(value)
+}
+
+/// What [`Module::check_args`] may use: one host's vars, no connection.
+pub struct ArgCheck<'a> {
+    pub host: &'a str,
+    pub vars: &'a Vars,
+    pub renderer: &'a Renderer,
+}
+
+/// An argument found bad before any host was contacted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgError {
+    /// The key it is about (located in the task), when not a template's.
+    pub field: Option<&'static str>,
+    /// The template it is about (located where it is written).
+    pub template: Option<Template>,
+    pub message: String,
+}
+
+impl ArgError {
+    pub fn field(field: &'static str, message: impl Into<String>) -> Self {
+        ArgError {
+            field: Some(field),
+            template: None,
+            message: message.into(),
+        }
+    }
+    pub fn template(template: &Template, message: impl Into<String>) -> Self {
+        ArgError {
+            field: None,
+            template: Some(template.clone()),
+            message: message.into(),
+        }
+    }
+}
+
+/// The module contract; see the module docs.
+#[async_trait]
+pub trait Module: Send + Sync + 'static {
+    type Facts: Serialize + Send + Sync + 'static;
+    type Change: Change;
+
+    /// Plain template fields whose value is text (a message, a condition), not a name
+    /// or path a command receives: every other plain template of the module is
+    /// rendered for every host before anything is contacted as an operand
+    /// ([`Renderer::render_operand`]), the way the module renders it.
+    const TEXT_FIELDS: &'static [&'static str] = &[];
+
+    /// Checks of the arguments that need no host: run by the engine for every host of
+    /// the task, with its vars, before any host is contacted. Static values are checked
+    /// when the playbook is read instead (see [`checked`]); this is for what depends
+    /// on vars or on several fields at once.
+    fn check_args(&self, _at: &ArgCheck<'_>) -> Result<(), ArgError> {
+        Ok(())
+    }
+
+    /// Read the current state. Must not change anything.
+    async fn facts(&self, ctx: &TaskCtx) -> Result<Self::Facts, ModuleError>;
+
+    /// Pure: the changes needed to reach the desired state; empty means ok. An error here
+    /// means a check failed (e.g. a preflight condition) and fails the task.
+    fn decide(&self, facts: &Self::Facts, ctx: &TaskCtx) -> Result<Vec<Self::Change>, ModuleError>;
+
+    /// Make exactly `changes` (never called in check mode, never with an empty list).
+    async fn apply(
+        &self,
+        ctx: &TaskCtx,
+        facts: &Self::Facts,
+        changes: &[Self::Change],
+    ) -> Result<Applied, ModuleError>;
+}
+
+/// A planned change, type-erased for the engine and the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedChange {
+    pub description: String,
+    pub commands: Vec<String>,
+}
+
+impl PlannedChange {
+    /// The report line: the description, then the commands.
+    pub fn report_line(&self) -> String {
+        let mut line = self.description.clone();
+        for c in &self.commands {
+            line.push_str("\n  $ ");
+            line.push_str(c);
+        }
+        line
+    }
+}
+
+/// Facts and decision of one module on one host, ready to be applied.
+pub struct Plan {
+    /// The facts, as JSON (for `-vv` and tests).
+    pub facts: Value,
+    pub changes: Vec<PlannedChange>,
+    typed: Box<dyn Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("facts", &self.facts)
+            .field("changes", &self.changes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The object-safe face of every [`Module`]; the engine only sees this.
+#[async_trait]
+pub trait DynModule: Send + Sync {
+    /// [`Module::check_args`].
+    fn check_args(&self, at: &ArgCheck<'_>) -> Result<(), ArgError>;
+    /// facts → decide.
+    async fn plan(&self, ctx: &TaskCtx) -> Result<Plan, ModuleError>;
+    /// apply the plan's changes.
+    async fn apply_plan(&self, ctx: &TaskCtx, plan: Plan) -> Result<Applied, ModuleError>;
+}
+
+struct TypedPlan<M: Module> {
+    facts: M::Facts,
+    changes: Vec<M::Change>,
+}
+
+#[async_trait]
+impl<M: Module> DynModule for M {
+    fn check_args(&self, at: &ArgCheck<'_>) -> Result<(), ArgError> {
+        Module::check_args(self, at)
+    }
+
+    async fn plan(&self, ctx: &TaskCtx) -> Result<Plan, ModuleError> {
+        let facts = self.facts(ctx).await?;
+        let changes = self.decide(&facts, ctx)?;
+        let planned = changes
+            .iter()
+            .map(|c| PlannedChange {
+                description: ctx.secrets.mask(&c.describe()),
+                commands: c.commands().iter().map(|s| ctx.secrets.mask(s)).collect(),
+            })
+            .collect();
+        Ok(Plan {
+            facts: serde_json::to_value(&facts).unwrap_or(Value::Null),
+            changes: planned,
+            typed: Box::new(TypedPlan::<M> { facts, changes }),
+        })
+    }
+
+    async fn apply_plan(&self, ctx: &TaskCtx, plan: Plan) -> Result<Applied, ModuleError> {
+        let typed = plan
+            .typed
+            .downcast::<TypedPlan<M>>()
+            .map_err(|_| ModuleError::Internal("plan of another module".into()))?;
+        self.apply(ctx, &typed.facts, &typed.changes).await
+    }
+}

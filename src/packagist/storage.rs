@@ -1,0 +1,202 @@
+//! The storage import in the ui pod: the upload's pod side, the vendor console's import,
+//! and the per-file proof afterwards.
+
+use crate::command::Cmd;
+use crate::k8s::Cluster;
+use crate::module::kube::{pod_exec, sh_argv};
+use crate::module::staged::StagedPath;
+use crate::module::{ModuleError, TaskCtx};
+use crate::playbook::template::Template;
+
+pub fn storage_verify_dir(
+    ctx: &TaskCtx,
+    verify_dir: &Option<Template>,
+) -> Result<Option<String>, ModuleError> {
+    Ok(match verify_dir {
+        Some(t) => Some(ctx.render_operand(t)?).filter(|d| !d.is_empty()),
+        None => Some("/data/packagist".into()),
+    })
+}
+
+/// sha256 of every file under the two storage dirs (`sha256sum` lines, relative paths).
+pub fn content_hash_cmd(dir: &str) -> Cmd {
+    Cmd::new("cd").arg(dir).and(Cmd::new("find").args([
+        "composer",
+        "artifacts",
+        "-type",
+        "f",
+        "-exec",
+        "sha256sum",
+        "{}",
+        "+",
+    ]))
+}
+
+/// sha256 of every storage file under `dir` in a pod, or `None` if it cannot be read.
+pub async fn pod_storage_fingerprint(
+    cluster: &Cluster,
+    pod: &str,
+    container: &str,
+    dir: &str,
+) -> Result<Option<crate::fingerprint::StorageFingerprint>, ModuleError> {
+    let hash = content_hash_cmd(dir);
+    match pod_exec(cluster, pod, Some(container), &sh_argv(&hash), None).await {
+        Ok(out) => Ok(crate::fingerprint::StorageFingerprint::parse_sha256sum(
+            &String::from_utf8_lossy(&out),
+        )
+        .ok()),
+        Err(_) => Ok(None),
+    }
+}
+
+/// The vendor's console in the ui pod.
+pub const CONSOLE: &str = "/srv/manager/bin/console";
+
+/// The pod side of the archive's upload into `staged.part`: a fresh upload creates the
+/// part new in ferry's 0700 directory and prints the sha256 of what it wrote; a resumed
+/// one appends after the kept prefix once it is checked to be ferry's. A name there
+/// that ferry did not create stops it (exit [`NAME_TAKEN_EXIT`]) before a byte is
+/// written.
+pub fn pod_upload_cmd(staged: &StagedPath, resume: bool) -> Cmd {
+    let prepared = Cmd::new("umask").arg("077");
+    if resume {
+        prepared
+            .and(staged.check_part_cmd())
+            .and(Cmd::new("cat").op(">>").arg(staged.part.as_str()))
+    } else {
+        prepared.and(staged.prepare_cmd()).and(
+            Cmd::new("tee")
+                .arg("-a")
+                .arg(staged.part.as_str())
+                .pipe(Cmd::new("sha256sum")),
+        )
+    }
+}
+
+/// Move the uploaded part into place as the archive (`staged.dest`, a name nobody else
+/// may hold) and run the vendor's storage import on it in `pod`, within `timeout`. The
+/// archive is left for the caller to remove.
+pub async fn import_storage_archive(
+    cluster: &Cluster,
+    pod: &str,
+    container: &str,
+    staged: &StagedPath,
+    timeout: std::time::Duration,
+) -> Result<(), ModuleError> {
+    let import = staged.commit_cmd().and(
+        Cmd::new(CONSOLE)
+            .args(["packagist:self-hosted:migrate-storage", "import"])
+            .arg(staged.dest.as_str()),
+    );
+    tokio::time::timeout(
+        timeout,
+        pod_exec(cluster, pod, Some(container), &sh_argv(&import), None),
+    )
+    .await
+    .map_err(|_| {
+        ModuleError::Failed(format!(
+            "the storage import did not finish within {}s",
+            timeout.as_secs()
+        ))
+    })??;
+    Ok(())
+}
+
+/// The import's proof: the files under `dir` in the pod must be exactly `expected`.
+pub async fn prove_imported_storage(
+    cluster: &Cluster,
+    pod: &str,
+    container: &str,
+    dir: &str,
+    expected: &crate::fingerprint::StorageFingerprint,
+) -> Result<(), ModuleError> {
+    let now = pod_storage_fingerprint(cluster, pod, container, dir)
+        .await?
+        .ok_or_else(|| ModuleError::Failed(format!("cannot list the imported files in {dir}")))?;
+    let diff = now.diff(expected, 10);
+    if !diff.is_empty() {
+        return Err(ModuleError::Failed(format!(
+            "imported storage differs from the source: {}",
+            diff.join("; ")
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod upload_tests {
+    use super::*;
+    use crate::module::staged::{StagedPath, NAME_TAKEN_EXIT};
+
+    fn run(cmd: &Cmd) -> std::process::Output {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd.to_shell())
+            .output()
+            .unwrap()
+    }
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Run `cmd` with `stdin` as a pod's `sh -c` would.
+    fn run_with_input(cmd: &Cmd, stdin: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd.to_shell())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        let bytes = stdin.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = input.write_all(&bytes);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        out
+    }
+
+    /// The pod side of the storage upload (storage_import, storage_stream), run by sh
+    /// here: with links planted at both names a part could have (beside the archive,
+    /// as before, and in a `.ferry` of someone else's), no byte reaches the victim; in a
+    /// clean directory the upload lands in ferry's 0700 directory and is committed.
+    #[test]
+    fn pod_upload_never_writes_through_a_planted_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let archive = dir.path().join("packagist_storage.tar.gz");
+        let s = StagedPath::of(&archive.to_string_lossy()).unwrap();
+        std::os::unix::fs::symlink(&victim, format!("{}.part", s.dest)).unwrap();
+        std::fs::create_dir(&s.work).unwrap();
+        std::fs::set_permissions(&s.work, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::os::unix::fs::symlink(&victim, &s.part).unwrap();
+        for resume in [false, true] {
+            let out = run_with_input(&pod_upload_cmd(&s, resume), b"archive bytes");
+            assert_eq!(out.status.code(), Some(NAME_TAKEN_EXIT as i32), "{out:?}");
+            assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        }
+        // ferry's own directory, but a link at the archive's name: the commit refuses.
+        std::fs::remove_file(&s.part).unwrap();
+        std::fs::set_permissions(&s.work, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let out = run_with_input(&pod_upload_cmd(&s, false), b"archive bytes");
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with(&hex::encode(
+                <sha2::Sha256 as sha2::Digest>::digest(b"archive bytes")
+            ))
+        );
+        std::os::unix::fs::symlink(&victim, &s.dest).unwrap();
+        let out = run(&s.commit_cmd());
+        assert_eq!(out.status.code(), Some(NAME_TAKEN_EXIT as i32), "{out:?}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        std::fs::remove_file(&s.dest).unwrap();
+        // A resumed upload appends to ferry's kept part; then it takes the archive's name.
+        let out = run_with_input(&pod_upload_cmd(&s, true), b" and more");
+        assert!(out.status.success(), "{out:?}");
+        assert!(run(&s.commit_cmd()).status.success());
+        assert_eq!(std::fs::read(&s.dest).unwrap(), b"archive bytes and more");
+    }
+}
