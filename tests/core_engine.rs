@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use ferry::engine::{self, RunEnv, RunOptions};
 use ferry::inventory::Inventory;
 use ferry::journal::{Journal, RecordStatus};
-use ferry::modules::NeverConfirm;
+use ferry::module::NeverConfirm;
 use ferry::playbook::source::SourceFile;
 use ferry::playbook::Playbook;
 use ferry::report::{EventSink, PlayReport, TaskStatus};

@@ -11,13 +11,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ferry::journal::{Artifact, Journal};
 use ferry::k8s::WorkloadKind;
-use ferry::modules::preflight::{
+use ferry::module::docker::ContainerState;
+use ferry::module::{Change, DynModule, HostCache, NeverConfirm, Peers, TaskCtx};
+use ferry::modules::transfer::{self, Transfer, TransferChange, TransferFacts};
+use ferry::packagist::preflight::{
     self, DataSizes, DiskFree, Measured, NewFacts, OldFacts, Preflight, PreflightFacts,
     WorkloadCheck, OLD_SIZES_KEY,
 };
-use ferry::modules::shared::ContainerState;
-use ferry::modules::transfer::{self, Transfer, TransferChange, TransferFacts};
-use ferry::modules::{Change, DynModule, HostCache, NeverConfirm, Peers, TaskCtx};
 use ferry::playbook::template::{Renderer, Template, Vars};
 use ferry::report::EventSink;
 use ferry::secrets::Secrets;
@@ -1263,7 +1263,7 @@ async fn real_write_artifact_never_writes_through_a_planted_part() {
     plant_link(&victim, &shared.join(".ferry/packagist_db.sql.part"));
     let c = h.ctx("Dump", json!({}));
     let producer = ferry::command::Cmd::new("printf").arg("dump bytes");
-    let err = ferry::modules::shared::write_artifact(
+    let err = ferry::module::artifact::write_artifact(
         &c,
         "packagist_db",
         producer.clone(),
@@ -1284,7 +1284,7 @@ async fn real_write_artifact_never_writes_through_a_planted_part() {
     std::fs::create_dir_all(&clean).unwrap();
     let dest = clean.join("packagist_db.sql");
     plant_link(&victim, &dest);
-    let err = ferry::modules::shared::write_artifact(
+    let err = ferry::module::artifact::write_artifact(
         &c,
         "packagist_db",
         producer.clone(),
@@ -1298,7 +1298,7 @@ async fn real_write_artifact_never_writes_through_a_planted_part() {
     std::fs::remove_file(&dest).unwrap();
 
     // Nothing planted: written, private.
-    let (a, _) = ferry::modules::shared::write_artifact(
+    let (a, _) = ferry::module::artifact::write_artifact(
         &c,
         "packagist_db",
         producer,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ferry::journal::Journal;
-use ferry::modules::{HostCache, NeverConfirm, Peers, TaskCtx};
+use ferry::module::{HostCache, NeverConfirm, Peers, TaskCtx};
 use ferry::playbook::source::SourceFile;
 use ferry::playbook::template::{Renderer, Vars};
 use ferry::playbook::Playbook;
@@ -144,7 +144,7 @@ fn assert_single_quoted(module: &str, line: &str, needle: &str) {
 }
 
 /// A module's args, read from a playbook the way `ferry play` reads them.
-fn module_args(module: &str, body: &str) -> ferry::modules::ModuleArgs {
+fn module_args(module: &str, body: &str) -> ferry::registry::ModuleArgs {
     let text = format!("[[task]]\nname = \"t\"\nhosts = \"all\"\n[task.{module}]\n{body}\n");
     match Playbook::parse(SourceFile::new("pb.toml", text)) {
         Ok(pb) => pb.tasks[0].module.clone(),
