@@ -109,6 +109,109 @@ impl Cmd {
         self
     }
 
+    /// Why this command would change its host, if it plainly would: output redirected to
+    /// a file, or a simple command whose program (and, for `docker`, `kubectl` and
+    /// `redis-cli`, subcommand) writes. `None` for everything else, which includes
+    /// pre-quoted scripts: they are read as their module's own code. Used by the facts
+    /// guard ([`crate::transport::read_only`]).
+    pub fn writes(&self) -> Option<String> {
+        const WRITERS: &[&str] = &[
+            "rm",
+            "rmdir",
+            "mv",
+            "cp",
+            "tee",
+            "dd",
+            "mkdir",
+            "chmod",
+            "chown",
+            "chgrp",
+            "ln",
+            "truncate",
+            "touch",
+            "install",
+            "kill",
+            "pkill",
+            "killall",
+            "systemctl",
+            "tar",
+            "gzip",
+            "pg_restore",
+            "apt-get",
+            "dnf",
+            "yum",
+            "useradd",
+            "usermod",
+            "userdel",
+            "groupadd",
+            "groupdel",
+            "mkfifo",
+            "shred",
+            "sync",
+        ];
+        const SUBCOMMANDS: &[(&str, &[&str])] = &[
+            (
+                "docker",
+                &[
+                    "stop", "start", "restart", "kill", "rm", "run", "create", "update", "cp",
+                    "pull", "rename",
+                ],
+            ),
+            (
+                "kubectl",
+                &[
+                    "scale", "delete", "apply", "patch", "create", "edit", "replace", "cp",
+                    "rollout", "label", "annotate",
+                ],
+            ),
+            (
+                "redis-cli",
+                &[
+                    "FLUSHDB",
+                    "FLUSHALL",
+                    "SET",
+                    "DEL",
+                    "SAVE",
+                    "BGSAVE",
+                    "BGREWRITEAOF",
+                    "SHUTDOWN",
+                ],
+            ),
+        ];
+        let mut at_start = true;
+        let mut program: Option<&str> = None;
+        for part in &self.parts {
+            match part {
+                Part::Op(op) if matches!(*op, "|" | "&&" | "||" | ";") => {
+                    at_start = true;
+                    program = None;
+                }
+                Part::Op(op) if op.contains('>') && !op.ends_with("&1") && !op.ends_with("&2") => {
+                    return Some(format!("output redirected with `{op}`"));
+                }
+                Part::Arg(a) | Part::Secret(a) if at_start => {
+                    at_start = false;
+                    let name = a.rsplit('/').next().unwrap_or(a);
+                    if WRITERS.contains(&name) {
+                        return Some(format!("`{name}` writes"));
+                    }
+                    program = Some(name);
+                }
+                Part::Arg(a) => {
+                    if let Some((prog, subs)) =
+                        SUBCOMMANDS.iter().find(|(p, _)| Some(*p) == program)
+                    {
+                        if subs.iter().any(|s| s.eq_ignore_ascii_case(a)) {
+                            return Some(format!("`{prog} {a}` writes"));
+                        }
+                    }
+                }
+                _ => at_start = false,
+            }
+        }
+        None
+    }
+
     /// The exact string handed to the remote shell. Contains secrets: never log it.
     pub fn to_shell(&self) -> String {
         self.render(false)

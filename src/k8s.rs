@@ -57,6 +57,27 @@ pub enum K8sError {
     Exec { pod: String, reason: String },
     #[error("watch of {what} ended: {reason}")]
     Watch { what: String, reason: String },
+    /// A write while a module read facts: a bug in that module.
+    #[error("refused while reading facts: {0} would change the cluster; facts only read (a bug in the module)")]
+    ReadOnly(String),
+}
+
+/// Refuse a cluster write (`what`) inside the facts guard ([`crate::transport::read_only`]).
+fn may_write(what: impl FnOnce() -> String) -> Result<(), K8sError> {
+    if crate::transport::read_only::active() {
+        Err(K8sError::ReadOnly(what()))
+    } else {
+        Ok(())
+    }
+}
+
+/// Programs run in a pod that plainly write, for the facts guard.
+fn pod_argv_writes(argv: &[String]) -> Option<String> {
+    let mut cmd = Cmd::new(argv.first().map(String::as_str).unwrap_or(""));
+    for a in argv.iter().skip(1) {
+        cmd = cmd.arg(a.as_str());
+    }
+    cmd.writes()
 }
 
 fn api_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> K8sError {
@@ -286,6 +307,7 @@ impl Cluster {
         name: &str,
         replicas: u32,
     ) -> Result<(), K8sError> {
+        may_write(|| format!("scaling {} {name}", kind.kubectl_name()))?;
         let patch = serde_json::json!({ "spec": { "replicas": replicas } });
         let pp = PatchParams::default();
         let action = format!("scale {} {name} to {replicas}", kind.kubectl_name());
@@ -432,6 +454,7 @@ impl Cluster {
 
     /// Delete a PVC and wait until both it and its bound PV are gone.
     pub async fn delete_pvc_and_wait(&self, name: &str, timeout: Duration) -> Result<(), K8sError> {
+        may_write(|| format!("deleting pvc {name}"))?;
         let pv_name = self
             .pvc(name)
             .await?
@@ -507,6 +530,9 @@ impl Cluster {
         argv: &[String],
         stdin: bool,
     ) -> Result<AttachedProcess, K8sError> {
+        if let Some(why) = pod_argv_writes(argv) {
+            may_write(|| format!("{argv:?} in pod {pod} ({why})"))?;
+        }
         const BUF: usize = 1 << 20;
         let mut ap = AttachParams::default()
             .stdin(stdin)
@@ -556,6 +582,7 @@ impl Cluster {
         name: &str,
         data: BTreeMap<String, String>,
     ) -> Result<(), K8sError> {
+        may_write(|| format!("writing configmap {name}"))?;
         let api = self.api::<ConfigMap>();
         let cm = ConfigMap {
             metadata: kube::api::ObjectMeta {

@@ -12,14 +12,13 @@ use async_trait::async_trait;
 use ferry::journal::{Artifact, Journal};
 use ferry::k8s::WorkloadKind;
 use ferry::module::docker::ContainerState;
-use ferry::module::{Change, DynModule, HostCache, NeverConfirm, Peers, TaskCtx};
+use ferry::module::{Change, DynModule, Peers, Predicted, TaskCtx};
 use ferry::modules::transfer::{self, Transfer, TransferChange, TransferFacts};
 use ferry::packagist::preflight::{
     self, DataSizes, DiskFree, Measured, NewFacts, OldFacts, Preflight, PreflightFacts,
     WorkloadCheck, OLD_SIZES_KEY,
 };
-use ferry::playbook::template::{Renderer, Template, Vars};
-use ferry::report::EventSink;
+use ferry::playbook::template::Template;
 use ferry::secrets::Secrets;
 use ferry::transport::fake::{output, FakeTransport};
 use ferry::transport::{ExecOutput, Transport, TransportError};
@@ -48,34 +47,39 @@ fn ctx(
     peers: &[&Arc<FakeTransport>],
     journal: &Arc<Journal>,
     vars: Value,
-    check: bool,
 ) -> TaskCtx {
-    let secrets = Secrets::new();
     journal.task_started(host.host(), task).unwrap();
-    TaskCtx {
-        host: host.host().to_string(),
-        task: task.into(),
-        check,
-        yes: true,
-        transport: host.clone(),
-        peers: Arc::new(MapPeers(
+    task_ctx(
+        host.clone(),
+        host.host(),
+        task,
+        Arc::new(MapPeers(
             peers
                 .iter()
                 .map(|t| (t.host().to_string(), (*t).clone()))
                 .collect(),
         )),
-        journal: journal.clone(),
-        secrets: secrets.clone(),
-        events: EventSink::none(),
-        vars: Arc::new(Vars::new(
-            vars.as_object().cloned().unwrap_or_default(),
-            &secrets,
-        )),
-        renderer: Arc::new(Renderer::new(None)),
-        confirmer: Arc::new(NeverConfirm),
-        overwrite: Vec::new(),
-        cache: Arc::new(HostCache::default()),
-    }
+        journal,
+        vars,
+    )
+}
+
+/// A context as the engine builds it (guarded transport) for `task` on `host`.
+fn task_ctx(
+    transport: Arc<dyn Transport>,
+    _host: &str,
+    task: &str,
+    peers: Arc<dyn Peers>,
+    journal: &Arc<Journal>,
+    vars: Value,
+) -> TaskCtx {
+    ferry::transport::fake::task_ctx(
+        transport,
+        task,
+        peers,
+        journal.clone(),
+        vars.as_object().cloned().unwrap_or_default(),
+    )
 }
 
 fn journal(dir: &tempfile::TempDir) -> Arc<Journal> {
@@ -451,9 +455,8 @@ async fn old_facts_measure_record_and_feed_the_new_side() {
         &[],
         &j,
         json!({"backup_dir_old": "/srv/backup"}),
-        false,
     );
-    let plan = args.plan(&c).await.unwrap();
+    let plan = args.plan(&c, &Predicted::default()).await.unwrap();
     assert!(plan.changes.is_empty(), "{plan:?}");
     let cmds = old.commands();
     assert!(
@@ -470,12 +473,25 @@ async fn old_facts_measure_record_and_feed_the_new_side() {
         cmds.iter().any(|c| c.ends_with("ferry-df /srv/backup")),
         "{cmds:#?}"
     );
-    // Recorded for the new side.
-    let rec = j.record("old", "Preflight (old host)").unwrap();
+    // A memo for the new side (the engine records it; facts cannot write).
+    assert!(
+        j.record("old", "Preflight (old host)")
+            .unwrap()
+            .fingerprints
+            .is_empty(),
+        "facts wrote the journal"
+    );
+    assert_eq!(plan.memos.len(), 1, "{:?}", plan.memos);
+    assert_eq!(plan.memos[0].name, OLD_SIZES_KEY);
     assert_eq!(
-        rec.fingerprints[OLD_SIZES_KEY],
+        plan.memos[0].value,
         json!({"storage": 3000000, "database": 8000000, "redis": 50000})
     );
+    // As the engine does.
+    for m in &plan.memos {
+        j.record_fingerprint("old", "Preflight (old host)", m.name, m.value.clone())
+            .unwrap();
+    }
 
     // Too little room: the same facts now fail, with the figures.
     old.on(
@@ -485,7 +501,11 @@ async fn old_facts_measure_record_and_feed_the_new_side() {
             "/srv\nFilesystem 1-blocks Used Available Capacity Mounted on\n/dev/vda1 1 1 1000 1% /\n",
         ),
     );
-    let err = args.plan(&c).await.unwrap_err().to_string();
+    let err = args
+        .plan(&c, &Predicted::default())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("not enough free disk for the backup in /srv/backup"),
         "{err}"
@@ -503,7 +523,7 @@ async fn old_facts_measure_record_and_feed_the_new_side() {
         ),
     );
     old.on("ferry-df", output(0, DF_OUT));
-    let plan = args.plan(&c).await.unwrap();
+    let plan = args.plan(&c, &Predicted::default()).await.unwrap();
     assert_eq!(plan.facts["Old"]["database"], json!({"Recorded": 8000000}));
 
     // The new side: the API is unreachable (kubeconfig unreadable) and the node's disk
@@ -518,8 +538,12 @@ async fn old_facts_measure_record_and_feed_the_new_side() {
         ),
     );
     let args = preflight_args("role = \"new\"");
-    let c = ctx(&new, "Preflight (new host)", &[], &j, json!({}), false);
-    let err = args.plan(&c).await.unwrap_err().to_string();
+    let c = ctx(&new, "Preflight (new host)", &[], &j, json!({}));
+    let err = args
+        .plan(&c, &Predicted::default())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("2 check(s) failed"), "{err}");
     assert!(err.contains("the Kubernetes API is not usable"), "{err}");
     assert!(
@@ -552,7 +576,7 @@ async fn preflight_refuses_args_of_the_other_role() {
     let h = FakeTransport::new("new");
     let args = preflight_args("role = \"new\"\nbackup_dir = \"/b\"");
     let err = args
-        .plan(&ctx(&h, "p", &[], &j, json!({}), false))
+        .plan(&ctx(&h, "p", &[], &j, json!({})), &Predicted::default())
         .await
         .unwrap_err()
         .to_string();
@@ -582,6 +606,7 @@ fn tfacts() -> TransferFacts {
         host: "new".into(),
         artifact_name: "packagist_db".into(),
         artifact: Some(artifact(1000, "aaa")),
+        artifact_pending: false,
         dest: "/n/packagist_db.sql".into(),
         mode: 0o600,
         dest_file: None,
@@ -611,14 +636,14 @@ fn transfer_decides_ok_chmod_send_resume_restart() {
     let mut f = tfacts();
     f.dest_file = Some((1000, "aaa".into()));
     f.dest_mode = Some(0o600);
-    assert!(transfer::decide(&f, false).unwrap().is_empty());
+    assert!(transfer::decide(&f).unwrap().is_empty());
     // Right content, loose mode: chmod only.
     f.dest_mode = Some(0o644);
-    let c = transfer::decide(&f, false).unwrap();
+    let c = transfer::decide(&f).unwrap();
     assert_eq!(c[0].commands(), vec!["chmod 0600 /n/packagist_db.sql"]);
     // Different content: send from the start.
     f.dest_file = Some((1000, "bbb".into()));
-    let c = transfer::decide(&f, false).unwrap();
+    let c = transfer::decide(&f).unwrap();
     assert_eq!(offset_of(&c), (0, false));
     assert_eq!(
         c[0].describe(),
@@ -633,7 +658,7 @@ fn transfer_decides_ok_chmod_send_resume_restart() {
     f.part_size = Some(400);
     f.part_sha256 = Some("p".into());
     f.source_prefix_sha256 = Some("p".into());
-    let c = transfer::decide(&f, false).unwrap();
+    let c = transfer::decide(&f).unwrap();
     assert_eq!(offset_of(&c), (400, false));
     assert!(c[0]
         .describe()
@@ -647,28 +672,30 @@ fn transfer_decides_ok_chmod_send_resume_restart() {
     );
     // A part that does not match: start over.
     f.source_prefix_sha256 = Some("q".into());
-    let c = transfer::decide(&f, false).unwrap();
+    let c = transfer::decide(&f).unwrap();
     assert_eq!(offset_of(&c), (0, true));
     assert!(c[0].describe().contains("starting over"));
     // Longer than the artifact (no hashes taken): start over.
     let mut f = tfacts();
     f.part_size = Some(2000);
-    assert_eq!(offset_of(&transfer::decide(&f, false).unwrap()), (0, true));
+    assert_eq!(offset_of(&transfer::decide(&f).unwrap()), (0, true));
     // Empty part: a plain send.
     f.part_size = Some(0);
-    assert_eq!(offset_of(&transfer::decide(&f, false).unwrap()), (0, false));
+    assert_eq!(offset_of(&transfer::decide(&f).unwrap()), (0, false));
 }
 
 #[test]
 fn transfer_before_the_artifact_exists() {
     let mut f = tfacts();
     f.artifact = None;
-    let c = transfer::decide(&f, true).unwrap();
+    f.artifact_pending = true;
+    let c = transfer::decide(&f).unwrap();
     assert!(
         matches!(c[..], [TransferChange::SendWhenProduced { .. }]),
         "{c:?}"
     );
-    let err = transfer::decide(&f, false).unwrap_err().to_string();
+    f.artifact_pending = false;
+    let err = transfer::decide(&f).unwrap_err().to_string();
     assert!(
         err.contains("`packagist_db` has not been produced yet"),
         "{err}"
@@ -716,7 +743,7 @@ async fn transfer_apply_resumes_sending_only_the_missing_suffix() {
         }
     });
     // Producing the artifact is the old side's job; here it is simply recorded.
-    let producer = ctx(&old, "Dump", &[], &j, json!({}), false);
+    let producer = ctx(&old, "Dump", &[], &j, json!({}));
     producer.record_artifact(a.clone()).unwrap();
 
     // The new host has the first `prefix` bytes in the .part; its receiver hashes the
@@ -745,8 +772,8 @@ async fn transfer_apply_resumes_sending_only_the_missing_suffix() {
     });
 
     let args: Transfer = toml::from_str("artifact = \"blob\"\ndest = \"/n/blob\"").unwrap();
-    let c = ctx(&new, "Send", &[&old, &new], &j, json!({}), false);
-    let plan = args.plan(&c).await.unwrap();
+    let c = ctx(&new, "Send", &[&old, &new], &j, json!({}));
+    let plan = args.plan(&c, &Predicted::default()).await.unwrap();
     assert_eq!(plan.changes.len(), 1, "{plan:?}");
     assert!(
         plan.changes[0]
@@ -783,7 +810,7 @@ async fn transfer_apply_fails_when_the_far_end_disagrees() {
         stdout: bytes.clone(),
         stderr: Vec::new(),
     });
-    ctx(&old, "Dump", &[], &j, json!({}), false)
+    ctx(&old, "Dump", &[], &j, json!({}))
         .record_artifact(Artifact {
             name: "a".into(),
             host: "old".into(),
@@ -800,8 +827,8 @@ async fn transfer_apply_fails_when_the_far_end_disagrees() {
         stderr: b"the received file's sha256 is 0000".to_vec(),
     });
     let args: Transfer = toml::from_str("artifact = \"a\"\ndest = \"/n/a\"").unwrap();
-    let c = ctx(&new, "Send", &[&old, &new], &j, json!({}), false);
-    let plan = args.plan(&c).await.unwrap();
+    let c = ctx(&new, "Send", &[&old, &new], &j, json!({}));
+    let plan = args.plan(&c, &Predicted::default()).await.unwrap();
     let err = args.apply_plan(&c, plan).await.unwrap_err().to_string();
     assert!(
         err.contains("receiving a into /n/a on new failed (exit 3)"),
@@ -840,7 +867,7 @@ fn local_setup(size: usize) -> Local {
     std::fs::write(&src, &data).unwrap();
     let old = local_host("old");
     let new = local_host("new");
-    ctx(&old, "Export storage", &[], &j, json!({}), false)
+    ctx(&old, "Export storage", &[], &j, json!({}))
         .record_artifact(Artifact {
             name: "packagist_storage".into(),
             host: "old".into(),
@@ -875,14 +902,13 @@ impl Local {
             record_as: Some("packagist_storage_new".into()),
         }
     }
-    fn ctx(&self, vars: Value, check: bool) -> TaskCtx {
+    fn ctx(&self, vars: Value) -> TaskCtx {
         ctx(
             &self.new,
             "Send storage",
             &[&self.old, &self.new],
             &self.journal,
             vars,
-            check,
         )
     }
     fn receiver_stdin(&self) -> Vec<u8> {
@@ -908,12 +934,15 @@ async fn transfer_for_real_sends_checks_is_idempotent_and_tees_to_the_laptop() {
     let args = l.args();
 
     // Check mode: planned, nothing touched.
-    let plan = args.plan(&l.ctx(vars.clone(), true)).await.unwrap();
+    let plan = args
+        .plan(&l.ctx(vars.clone()), &Predicted::default())
+        .await
+        .unwrap();
     assert_eq!(plan.changes.len(), 1);
     assert!(!l.root.join("new").exists());
 
-    let c = l.ctx(vars.clone(), false);
-    let plan = args.plan(&c).await.unwrap();
+    let c = l.ctx(vars.clone());
+    let plan = args.plan(&c, &Predicted::default()).await.unwrap();
     args.apply_plan(&c, plan).await.unwrap();
     assert_eq!(std::fs::read(l.dest()).unwrap(), l.data);
     assert_eq!(mode_of(&l.dest()), 0o600);
@@ -929,7 +958,7 @@ async fn transfer_for_real_sends_checks_is_idempotent_and_tees_to_the_laptop() {
 
     // Again: ok, nothing sent.
     let sent_before = l.new.commands().len();
-    let plan = args.plan(&c).await.unwrap();
+    let plan = args.plan(&c, &Predicted::default()).await.unwrap();
     assert!(plan.changes.is_empty(), "{plan:?}");
     assert!(
         !l.new.commands()[sent_before..]
@@ -940,7 +969,7 @@ async fn transfer_for_real_sends_checks_is_idempotent_and_tees_to_the_laptop() {
 
     // Mode loosened by someone: only a chmod.
     std::fs::set_permissions(l.dest(), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let plan = args.plan(&c).await.unwrap();
+    let plan = args.plan(&c, &Predicted::default()).await.unwrap();
     assert_eq!(plan.changes.len(), 1);
     assert!(
         plan.changes[0].description.starts_with("set the mode"),
@@ -951,7 +980,7 @@ async fn transfer_for_real_sends_checks_is_idempotent_and_tees_to_the_laptop() {
 
     // Content changed at the destination: sent again from the start.
     std::fs::write(l.dest(), b"tampered").unwrap();
-    let plan = args.plan(&c).await.unwrap();
+    let plan = args.plan(&c, &Predicted::default()).await.unwrap();
     assert!(plan.changes[0]
         .description
         .starts_with("send packagist_storage"));
@@ -963,7 +992,7 @@ async fn transfer_for_real_sends_checks_is_idempotent_and_tees_to_the_laptop() {
 async fn transfer_for_real_resumes_from_a_partial_copy_and_restarts_from_a_bad_one() {
     let l = local_setup(2 << 20);
     let args = l.args();
-    let c = l.ctx(json!({}), false);
+    let c = l.ctx(json!({}));
     let have = 777_777usize;
     // The part an earlier run left in ferry's own directory.
     let work = l.part().parent().unwrap().to_path_buf();
@@ -971,7 +1000,7 @@ async fn transfer_for_real_resumes_from_a_partial_copy_and_restarts_from_a_bad_o
     std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700)).unwrap();
     std::fs::write(l.part(), &l.data[..have]).unwrap();
 
-    let plan = args.plan(&c).await.unwrap();
+    let plan = args.plan(&c, &Predicted::default()).await.unwrap();
     assert!(
         plan.changes[0].description.contains("resuming after"),
         "{plan:?}"
@@ -988,7 +1017,7 @@ async fn transfer_for_real_resumes_from_a_partial_copy_and_restarts_from_a_bad_o
     let mut bad = l.data[..have].to_vec();
     bad[10] ^= 0xff;
     std::fs::write(l.part(), &bad).unwrap();
-    let plan = args.plan(&c).await.unwrap();
+    let plan = args.plan(&c, &Predicted::default()).await.unwrap();
     assert!(
         plan.changes[0].description.contains("starting over"),
         "{plan:?}"
@@ -1012,8 +1041,8 @@ async fn transfer_for_real_keeps_what_arrived_when_the_source_breaks_off() {
         out
     });
     let args = l.args();
-    let c = l.ctx(json!({}), false);
-    let plan = args.plan(&c).await.unwrap();
+    let c = l.ctx(json!({}));
+    let plan = args.plan(&c, &Predicted::default()).await.unwrap();
     let err = args.apply_plan(&c, plan).await.unwrap_err().to_string();
     assert!(err.contains("connection lost"), "{err}");
     assert!(
@@ -1027,8 +1056,8 @@ async fn transfer_for_real_keeps_what_arrived_when_the_source_breaks_off() {
     // sends only the rest.
     l.old
         .on_fn(&format!("cat {}", src.to_string_lossy()), run_local);
-    let c = l.ctx(json!({}), false);
-    let plan = args.plan(&c).await.unwrap();
+    let c = l.ctx(json!({}));
+    let plan = args.plan(&c, &Predicted::default()).await.unwrap();
     assert!(
         plan.changes[0].description.contains("resuming after"),
         "{plan:?}"
@@ -1082,27 +1111,15 @@ async fn real_host() -> RealHost {
 
 impl RealHost {
     fn ctx(&self, task: &str, vars: Value) -> TaskCtx {
-        let secrets = Secrets::new();
         self.journal.task_started("new", task).unwrap();
-        TaskCtx {
-            host: "new".into(),
-            task: task.into(),
-            check: false,
-            yes: true,
-            transport: self.transport.clone(),
-            peers: Arc::new(DynPeers(self.transport.clone())),
-            journal: self.journal.clone(),
-            secrets: secrets.clone(),
-            events: EventSink::none(),
-            vars: Arc::new(Vars::new(
-                vars.as_object().cloned().unwrap_or_default(),
-                &secrets,
-            )),
-            renderer: Arc::new(Renderer::new(None)),
-            confirmer: Arc::new(NeverConfirm),
-            overwrite: Vec::new(),
-            cache: Arc::new(HostCache::default()),
-        }
+        task_ctx(
+            self.transport.clone(),
+            "new",
+            task,
+            Arc::new(DynPeers(self.transport.clone())),
+            &self.journal,
+            vars,
+        )
     }
 
     /// A directory anyone may write to (like `/tmp`: mode 1777).
@@ -1167,7 +1184,10 @@ fn transfer_to(artifact: &str, dest: &std::path::Path) -> Transfer {
 }
 
 async fn plan_and_apply(args: &dyn DynModule, c: &TaskCtx) -> Result<bool, String> {
-    let plan = args.plan(c).await.map_err(|e| e.to_string())?;
+    let plan = args
+        .plan(c, &Predicted::default())
+        .await
+        .map_err(|e| e.to_string())?;
     if plan.changes.is_empty() {
         return Ok(false);
     }
@@ -1334,8 +1354,8 @@ async fn laptop_copy_of_an_interrupted_transfer_is_only_a_part_then_completed() 
         out
     });
     let args = l.args();
-    let c = l.ctx(vars.clone(), false);
-    let plan = args.plan(&c).await.unwrap();
+    let c = l.ctx(vars.clone());
+    let plan = args.plan(&c, &Predicted::default()).await.unwrap();
     args.apply_plan(&c, plan).await.unwrap_err();
     let copy = laptop.join("packagist_storage.tar.gz");
     assert!(
@@ -1347,8 +1367,8 @@ async fn laptop_copy_of_an_interrupted_transfer_is_only_a_part_then_completed() 
     // The source is back: the far end resumes; the laptop copy is made whole anyway.
     l.old
         .on_fn(&format!("cat {}", src.to_string_lossy()), run_local);
-    let c = l.ctx(vars.clone(), false);
-    let plan = args.plan(&c).await.unwrap();
+    let c = l.ctx(vars.clone());
+    let plan = args.plan(&c, &Predicted::default()).await.unwrap();
     assert!(
         plan.changes
             .iter()
@@ -1364,7 +1384,7 @@ async fn laptop_copy_of_an_interrupted_transfer_is_only_a_part_then_completed() 
     assert_eq!(mode_of(&copy), 0o600);
     assert!(!laptop.join("packagist_storage.tar.gz.part").exists());
     // And now all is ok.
-    let plan = args.plan(&c).await.unwrap();
+    let plan = args.plan(&c, &Predicted::default()).await.unwrap();
     assert!(plan.changes.is_empty(), "{plan:?}");
 }
 
@@ -1376,8 +1396,8 @@ async fn laptop_copy_that_is_partial_or_different_is_repaired_by_the_rerun() {
     let laptop = l.root.join("laptop");
     let vars = json!({"backup_dir": laptop.to_string_lossy()});
     let args = l.args();
-    let c = l.ctx(vars.clone(), false);
-    let plan = args.plan(&c).await.unwrap();
+    let c = l.ctx(vars.clone());
+    let plan = args.plan(&c, &Predicted::default()).await.unwrap();
     args.apply_plan(&c, plan).await.unwrap();
     let copy = laptop.join("packagist_storage.tar.gz");
     assert!(std::fs::read(&copy).unwrap() == l.data);
@@ -1391,8 +1411,8 @@ async fn laptop_copy_that_is_partial_or_different_is_repaired_by_the_rerun() {
         }),
     ] {
         std::fs::write(&copy, &damaged).unwrap();
-        let c = l.ctx(vars.clone(), false);
-        let plan = args.plan(&c).await.unwrap();
+        let c = l.ctx(vars.clone());
+        let plan = args.plan(&c, &Predicted::default()).await.unwrap();
         assert_eq!(plan.changes.len(), 1, "{what}: {plan:?}");
         assert!(
             plan.changes[0].description.contains("laptop"),
@@ -1406,7 +1426,7 @@ async fn laptop_copy_that_is_partial_or_different_is_repaired_by_the_rerun() {
         );
         // The far end's copy was fine: it was not sent again.
         assert_eq!(std::fs::read(l.dest()).unwrap(), l.data);
-        let plan = args.plan(&c).await.unwrap();
+        let plan = args.plan(&c, &Predicted::default()).await.unwrap();
         assert!(plan.changes.is_empty(), "{what}: {plan:?}");
     }
 }

@@ -14,11 +14,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ferry::journal::Journal;
-use ferry::module::{HostCache, NeverConfirm, Peers, TaskCtx};
+use ferry::module::{Peers, Predicted, TaskCtx};
 use ferry::playbook::source::SourceFile;
-use ferry::playbook::template::{Renderer, Vars};
 use ferry::playbook::Playbook;
-use ferry::report::EventSink;
 use ferry::secrets::Secrets;
 use ferry::transport::fake::{output, FakeTransport};
 use ferry::transport::{Transport, TransportError};
@@ -39,28 +37,15 @@ impl Peers for NoPeers {
     }
 }
 
-fn ctx(host: &Arc<FakeTransport>, journal: &Arc<Journal>, vars: Value, check: bool) -> TaskCtx {
-    let secrets = Secrets::new();
+fn ctx(host: &Arc<FakeTransport>, journal: &Arc<Journal>, vars: Value) -> TaskCtx {
     journal.task_started(host.host(), "t").unwrap();
-    TaskCtx {
-        host: host.host().to_string(),
-        task: "t".into(),
-        check,
-        yes: true,
-        transport: host.clone(),
-        peers: Arc::new(NoPeers),
-        journal: journal.clone(),
-        secrets: secrets.clone(),
-        events: EventSink::none(),
-        vars: Arc::new(Vars::new(
-            vars.as_object().cloned().unwrap_or_default(),
-            &secrets,
-        )),
-        renderer: Arc::new(Renderer::new(None)),
-        confirmer: Arc::new(NeverConfirm),
-        overwrite: Vec::new(),
-        cache: Arc::new(HostCache::default()),
-    }
+    ferry::transport::fake::task_ctx(
+        host.clone(),
+        "t",
+        Arc::new(NoPeers),
+        journal.clone(),
+        vars.as_object().cloned().unwrap_or_default(),
+    )
 }
 
 /// The words a POSIX shell would make of `line`; the script of `sh -c`/`bash -c` (any
@@ -196,8 +181,8 @@ async fn run_module(module: &str, body: &str, vars: Value) -> Outcome {
     let host = scripted_host("old");
     let mut result = String::new();
     for check in [true, false] {
-        let ctx = ctx(&host, &journal, vars.clone(), check);
-        match args.module().plan(&ctx).await {
+        let ctx = ctx(&host, &journal, vars.clone());
+        match args.module().plan(&ctx, &Predicted::default()).await {
             Err(e) => result.push_str(&format!("check={check}: facts: {e}; ")),
             Ok(plan) if plan.changes.is_empty() || check => {
                 result.push_str(&format!("check={check}: {} changes; ", plan.changes.len()))
@@ -494,8 +479,12 @@ async fn exact_argv_and_hostile_vars() {
         Arc::new(Journal::open(&dir.path().join("j.json"), "pb", Secrets::new(), true).unwrap());
     let host = scripted_host("old");
     let vars = json!({ "h": HOSTILE, "docker_bin": HOSTILE });
-    let task = ctx(&host, &journal, vars, false);
-    let plan = args.module().plan(&task).await.unwrap();
+    let task = ctx(&host, &journal, vars);
+    let plan = args
+        .module()
+        .plan(&task, &Predicted::default())
+        .await
+        .unwrap();
     args.module().apply_plan(&task, plan).await.unwrap();
     let argv: Vec<Vec<String>> = host.commands().iter().map(|l| shell_words(l)).collect();
     assert_eq!(
@@ -514,9 +503,12 @@ async fn exact_argv_and_hostile_vars() {
 
     let args = module_args("migration_marker", "");
     let host = scripted_host("new");
-    let ctx = ctx(&host, &journal, json!({ "kubeconfig": HOSTILE }), true);
+    let ctx = ctx(&host, &journal, json!({ "kubeconfig": HOSTILE }));
     assert!(
-        args.module().plan(&ctx).await.is_err(),
+        args.module()
+            .plan(&ctx, &Predicted::default())
+            .await
+            .is_err(),
         "the fake serves no API"
     );
     let argv: Vec<Vec<String>> = host.commands().iter().map(|l| shell_words(l)).collect();
@@ -705,8 +697,8 @@ async fn option_like_values_are_refused_before_reaching_the_host() {
                 Journal::open(&dir.path().join("j.json"), "pb", Secrets::new(), true).unwrap(),
             );
             let host = scripted_host("old");
-            let ctx = ctx(&host, &journal, json!({ "h": OPTION }), false);
-            let err = match args.module().plan(&ctx).await {
+            let ctx = ctx(&host, &journal, json!({ "h": OPTION }));
+            let err = match args.module().plan(&ctx, &Predicted::default()).await {
                 Ok(_) => panic!("{}.{field}: an option-like value was accepted", case.module),
                 Err(e) => e.to_string(),
             };

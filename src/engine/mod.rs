@@ -21,7 +21,9 @@ use tokio::sync::{Notify, OnceCell, OwnedSemaphorePermit, Semaphore};
 use crate::command::Cmd;
 use crate::inventory::{Inventory, UnknownTarget};
 use crate::journal::{Journal, JournalData, JournalOwner, RecordStatus, TaskDefinition};
-use crate::module::{ArgCheck, ArgError, Confirm, ModuleError, Peers, TaskCtx};
+use crate::module::{
+    ArgCheck, ArgError, Confirm, HostReader, JournalView, ModuleError, Peers, Predicted, TaskCtx,
+};
 use crate::playbook::source::InputError;
 use crate::playbook::template::{
     collect_templates, without_template_spans, AnyTemplate, Renderer, TemplateError, Vars,
@@ -29,6 +31,7 @@ use crate::playbook::template::{
 use crate::playbook::{Playbook, UnknownTask};
 use crate::report::{EventSink, HostSummary, PlayReport, TaskResult, TaskStatus};
 use crate::secrets::Secrets;
+use crate::transport::read_only::Guarded;
 use crate::transport::{Connector, Transport, TransportError};
 
 /// What the operator asked for on the command line.
@@ -466,6 +469,9 @@ struct Shared {
     /// One permit per host that is running a task (in any number of its lanes).
     forks: Arc<Semaphore>,
     report: Mutex<PlayReport>,
+    /// Check mode: what the changes planned so far would have left behind (see
+    /// `crate::module::predict`). Stays empty in a real run.
+    predicted: Mutex<Predicted>,
 }
 
 /// Run a prepared play. Never fails as a whole: failures are in the report.
@@ -498,6 +504,7 @@ pub async fn run(prepared: Prepared, env: RunEnv) -> PlayReport {
         completion: Completion::default(),
         forks: Arc::new(Semaphore::new(forks)),
         report: Mutex::new(report),
+        predicted: Mutex::new(Predicted::default()),
     });
     let mut handles = Vec::new();
     for host in shared.prepared.hosts.keys() {
@@ -822,24 +829,33 @@ async fn run_lane(shared: &Shared, host: &str, run: &HostRun, schedule: &[Schedu
             }
         };
         let ctx = TaskCtx {
-            host: host.to_string(),
-            task: task.name.clone(),
-            check: shared.prepared.options.check,
+            reader: HostReader {
+                host: host.to_string(),
+                task: task.name.clone(),
+                transport: Guarded::wrap(transport),
+                peers: shared.connections.clone(),
+                journal: JournalView::new(shared.env.journal.clone()),
+                secrets: secrets.clone(),
+                vars: shared.prepared.vars.get(host).cloned().unwrap_or_else(|| {
+                    Arc::new(host_vars(pb, &shared.prepared.inventory, host, secrets))
+                }),
+                renderer: shared.prepared.renderer.clone(),
+                overwrite: shared.prepared.options.overwrite.clone(),
+                cache: run.cache.clone(),
+            },
             yes: shared.prepared.options.yes,
-            transport,
-            peers: shared.connections.clone(),
             journal: shared.env.journal.clone(),
-            secrets: secrets.clone(),
             events: shared.env.events.clone(),
-            vars: shared.prepared.vars.get(host).cloned().unwrap_or_else(|| {
-                Arc::new(host_vars(pb, &shared.prepared.inventory, host, secrets))
-            }),
-            renderer: shared.prepared.renderer.clone(),
             confirmer: shared.env.confirmer.clone(),
-            overwrite: shared.prepared.options.overwrite.clone(),
-            cache: run.cache.clone(),
         };
-        let mut r = run_task(&ctx, &task.module, started).await;
+        let mut r = run_task(
+            &ctx,
+            &task.module,
+            started,
+            shared.prepared.options.check,
+            &shared.predicted,
+        )
+        .await;
         r.warnings.extend(warnings);
         let record = match r.status {
             TaskStatus::Ok => RecordStatus::Ok,
@@ -883,11 +899,14 @@ async fn run_lane(shared: &Shared, host: &str, run: &HostRun, schedule: &[Schedu
     }
 }
 
-/// facts → decide → (not in check mode) apply. The one place check mode is enforced.
+/// facts → decide → (not in check mode) apply. The one place check mode is enforced,
+/// and the one place that folds what unapplied changes predict for later tasks.
 async fn run_task(
     ctx: &TaskCtx,
     module: &crate::registry::ModuleArgs,
     started: Instant,
+    check: bool,
+    predicted: &Mutex<Predicted>,
 ) -> TaskResult {
     let mut r = result(&ctx.host, &ctx.task, TaskStatus::Ok, started);
     ctx.events.task_start(&ctx.host, &ctx.task);
@@ -903,14 +922,34 @@ async fn run_task(
         "task start"
     );
     let m = module.module();
-    let outcome = match m.plan(ctx).await {
+    // What earlier tasks of a check run would have changed (a copy: the lock is not
+    // held while facts are read).
+    let seen = predicted.lock().map(|p| p.clone()).unwrap_or_default();
+    let outcome = match m.plan(ctx, &seen).await {
         Err(e) => Err(e),
         Ok(plan) => {
             tracing::debug!(host = ctx.host, task = ctx.task, facts = %ctx.secrets.mask(&plan.facts.to_string()), "facts");
             r.changes = plan.changes.iter().map(|c| c.report_line()).collect();
+            for memo in &plan.memos {
+                if let Err(e) = ctx.journal.record_fingerprint(
+                    &ctx.host,
+                    &ctx.task,
+                    memo.name,
+                    memo.value.clone(),
+                ) {
+                    r.status = TaskStatus::Failed;
+                    r.error = Some(format!("cannot write the journal: {e}"));
+                    return r;
+                }
+            }
             if plan.changes.is_empty() {
                 Ok(TaskStatus::Ok)
-            } else if ctx.check {
+            } else if check {
+                if let Ok(mut p) = predicted.lock() {
+                    for prediction in &plan.predictions {
+                        p.fold(&ctx.host, prediction);
+                    }
+                }
                 Ok(TaskStatus::WouldChange)
             } else if let Err(e) = ctx.journal.flush() {
                 // `running` must be on disk before anything changes: a crash mid-change

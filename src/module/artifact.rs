@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::command::Cmd;
 use crate::journal::Artifact;
 use crate::module::staged::{safe_write_error, StagedPath, NAME_TAKEN_EXIT};
-use crate::module::{ModuleError, TaskCtx};
+use crate::module::{HostReader, ModuleError, TaskCtx};
 use crate::transport::{ExecStream, Transport};
 
 // ---------------------------------------------------------------------------------------
@@ -46,7 +46,7 @@ pub async fn remote_file_sha256(
 }
 
 /// The newest record of the artifact called `name` (produced by an earlier task).
-pub fn find_artifact(ctx: &TaskCtx, name: &str) -> Result<Artifact, ModuleError> {
+pub fn find_artifact(ctx: &HostReader, name: &str) -> Result<Artifact, ModuleError> {
     ctx.journal.artifacts_named(name).pop().ok_or_else(|| {
         ModuleError::Failed(format!(
             "artifact `{name}` has not been produced yet: the task that makes it \
@@ -57,7 +57,7 @@ pub fn find_artifact(ctx: &TaskCtx, name: &str) -> Result<Artifact, ModuleError>
 
 /// Read an artifact from the host that holds it, from byte `offset` on.
 pub async fn open_artifact(
-    ctx: &TaskCtx,
+    ctx: &HostReader,
     artifact: &Artifact,
     offset: u64,
 ) -> Result<(Arc<dyn Transport>, ExecStream), ModuleError> {
@@ -75,7 +75,7 @@ pub async fn open_artifact(
 }
 
 /// Check that the artifact on its host is still the one the journal recorded.
-pub async fn verify_artifact(ctx: &TaskCtx, artifact: &Artifact) -> Result<(), ModuleError> {
+pub async fn verify_artifact(ctx: &HostReader, artifact: &Artifact) -> Result<(), ModuleError> {
     let source = ctx.peer(&artifact.host).await?;
     match remote_file_sha256(&*source, &artifact.path).await? {
         Some((size, sha)) if size == artifact.size && sha == artifact.sha256 => Ok(()),
@@ -106,7 +106,7 @@ pub struct FileStamp {
 
 /// The stamp of `path` on this task's host, or `None` if it is not a regular file (a
 /// symlink is not: it is never taken for the file ferry wrote).
-pub async fn file_stamp(ctx: &TaskCtx, path: &str) -> Result<Option<FileStamp>, ModuleError> {
+pub async fn file_stamp(ctx: &HostReader, path: &str) -> Result<Option<FileStamp>, ModuleError> {
     let cmd = Cmd::new("test")
         .arg("!")
         .arg("-L")
@@ -235,7 +235,7 @@ pub fn is_disk_full(stderr: &str) -> bool {
 }
 
 /// "N bytes free of M in DIR" from `df -PB1` on the host, or why not.
-async fn disk_free_text(ctx: &TaskCtx, dir: &str) -> String {
+async fn disk_free_text(ctx: &HostReader, dir: &str) -> String {
     match ctx
         .exec(&Cmd::new("df").arg("-PB1").arg("--").arg(dir))
         .await
@@ -286,7 +286,7 @@ pub fn disk_full_message(
 /// The artifact `name` this task recorded earlier, if the file on the host still has
 /// the recorded stamp (same size and modification time): then its recorded sha256 holds.
 pub fn recorded_artifact(
-    ctx: &TaskCtx,
+    ctx: &HostReader,
     name: &str,
     current: &Option<FileStamp>,
 ) -> Option<Artifact> {
@@ -299,7 +299,7 @@ pub fn recorded_artifact(
 
 /// A fingerprint recorded (under `key`) by the task that produced artifact `name`.
 pub fn artifact_fingerprint<T: serde::de::DeserializeOwned>(
-    ctx: &TaskCtx,
+    ctx: &HostReader,
     artifact: &str,
     key: &str,
 ) -> Option<T> {

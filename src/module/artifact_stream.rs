@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::journal::Artifact;
 use crate::module::artifact::open_artifact;
-use crate::module::{ModuleError, TaskCtx};
+use crate::module::{HostReader, ModuleError, TaskCtx};
 
 // ---------------------------------------------------------------------------------------
 // Streaming an artifact somewhere
@@ -72,7 +72,7 @@ impl LocalCopy {
     /// Start `<backup_dir>/<file_name>.part`; `None` when the operator did not ask for
     /// copies (no `backup_dir` var). A `.part` left by an interrupted run is replaced.
     pub async fn open(
-        ctx: &TaskCtx,
+        ctx: &HostReader,
         file_name: &std::ffi::OsStr,
     ) -> Result<Option<LocalCopy>, LocalCopyError> {
         let Some(dir) = ctx.var("backup_dir").and_then(Value::as_str) else {
@@ -268,7 +268,7 @@ impl LaptopCopy {
 /// the stamp recorded when this task last verified it, so an intact copy is not read
 /// again); `None` when the operator did not ask for copies.
 pub async fn laptop_copy(
-    ctx: &TaskCtx,
+    ctx: &HostReader,
     artifact: &Artifact,
 ) -> Result<Option<LaptopCopy>, ModuleError> {
     let Some(dir) = ctx.var("backup_dir").and_then(Value::as_str) else {

@@ -8,10 +8,12 @@ use serde_json::Value;
 
 use crate::command::Cmd;
 use crate::journal::{Artifact, Journal, TaskRecord};
+use crate::module::predict::{Predicted, Store};
 use crate::module::ModuleError;
 use crate::playbook::template::{Renderer, ShellTemplate, Template, Vars};
 use crate::report::EventSink;
 use crate::secrets::Secrets;
+use crate::transport::read_only::Guarded;
 use crate::transport::{ExecOutput, Transport, TransportError};
 
 /// Connections to the other hosts of the inventory (for cross-host transfers).
@@ -34,25 +36,24 @@ impl Confirm for NeverConfirm {
     }
 }
 
-/// Everything a module may use while running one task on one host.
-pub struct TaskCtx {
+/// What every phase of a task may use: this host's identity, vars and connection, and
+/// the journal to read. `facts` sees only this (through [`Probe`]); `apply` sees it
+/// through [`TaskCtx`], which adds what writes.
+pub struct HostReader {
     /// Inventory name of this host.
     pub host: String,
     /// Name of the task.
     pub task: String,
-    /// `--check`: the engine will not call `apply`.
-    pub check: bool,
-    /// `--yes`: destructive steps are confirmed in advance.
-    pub yes: bool,
+    /// This host's connection; the engine hands out a guarded one (see
+    /// [`crate::transport::read_only`]), so writes fail while facts are read.
     pub transport: Arc<dyn Transport>,
     pub peers: Arc<dyn Peers>,
-    pub journal: Arc<Journal>,
+    /// The journal, to read.
+    pub journal: JournalView,
     pub secrets: Secrets,
-    pub events: EventSink,
     /// This host's variables.
     pub vars: Arc<Vars>,
     pub renderer: Arc<Renderer>,
-    pub confirmer: Arc<dyn Confirm>,
     /// Stores named by `--overwrite`: steps that would otherwise refuse to touch a
     /// completed migration's target may overwrite these.
     pub overwrite: Vec<String>,
@@ -60,57 +61,86 @@ pub struct TaskCtx {
     pub cache: Arc<HostCache>,
 }
 
+/// The journal, read-only.
+#[derive(Clone)]
+pub struct JournalView(Arc<Journal>);
+
+impl JournalView {
+    pub fn new(journal: Arc<Journal>) -> Self {
+        JournalView(journal)
+    }
+    /// The whole journal as it is now.
+    pub fn snapshot(&self) -> crate::journal::JournalData {
+        self.0.snapshot()
+    }
+    /// The record of `task` on `host`.
+    pub fn record(&self, host: &str, task: &str) -> Option<TaskRecord> {
+        self.0.record(host, task)
+    }
+    /// Every recorded artifact called `name`, oldest first.
+    pub fn artifacts_named(&self, name: &str) -> Vec<Artifact> {
+        self.0.artifacts_named(name)
+    }
+}
+
+/// What `facts` gets: the host to read, and what earlier tasks of a check run would
+/// have changed (see [`crate::module::predict`]). It has no way to write: no journal
+/// writes, no confirmation, and its transports refuse writes while facts run.
+pub struct Probe<'a> {
+    reader: &'a HostReader,
+    predicted: &'a Predicted,
+}
+
+impl<'a> Probe<'a> {
+    pub fn new(reader: &'a HostReader, predicted: &'a Predicted) -> Self {
+        Probe { reader, predicted }
+    }
+
+    /// Replicas an earlier task of this check run would have set on `kind/name`.
+    pub fn predicted_replicas(&self, workload: &str) -> Option<u32> {
+        self.predicted.replicas(&self.reader.host, workload)
+    }
+
+    /// Whether an earlier task of this check run would have restored `store` here.
+    pub fn predicted_restored(&self, store: Store) -> bool {
+        self.predicted.restored(&self.reader.host, store)
+    }
+
+    /// Whether an earlier task of this check run would have made artifact `name`.
+    pub fn predicted_artifact(&self, name: &str) -> bool {
+        self.predicted.artifact(name)
+    }
+}
+
+impl std::ops::Deref for Probe<'_> {
+    type Target = HostReader;
+    fn deref(&self) -> &HostReader {
+        self.reader
+    }
+}
+
+/// What `apply` gets: the host to read and to change, the journal to record in, the
+/// operator to ask.
+pub struct TaskCtx {
+    pub reader: HostReader,
+    /// `--yes`: destructive steps are confirmed in advance.
+    pub yes: bool,
+    pub journal: Arc<Journal>,
+    pub events: EventSink,
+    pub confirmer: Arc<dyn Confirm>,
+}
+
+impl std::ops::Deref for TaskCtx {
+    type Target = HostReader;
+    fn deref(&self) -> &HostReader {
+        &self.reader
+    }
+}
+
 /// Per-host values shared by the tasks of one run, each built once on first use.
 #[derive(Default)]
 pub struct HostCache {
     cells: std::sync::Mutex<std::collections::HashMap<String, Arc<dyn Any + Send + Sync>>>,
-}
-
-/// In check mode nothing is applied, so a later task would see the state from before
-/// the earlier tasks' changes and could report `ok` where a real run changes something
-/// (e.g. scaling `ui` back to 1 after an earlier task scaled it to 0). Modules whose
-/// outcome depends on earlier steps record what they *would* have done here, and later
-/// tasks overlay it on the facts they read.
-#[derive(Default)]
-pub struct CheckOverlay {
-    /// `kind/name` → replicas an earlier task would have set.
-    pub replicas: std::collections::BTreeMap<String, u32>,
-    /// Stores an earlier task would have restored (`postgres`, `redis`, `storage`).
-    pub restored: std::collections::BTreeSet<String>,
-}
-
-impl TaskCtx {
-    /// Update the check-mode overlay (no-op outside check mode).
-    pub fn overlay_update(&self, f: impl FnOnce(&mut CheckOverlay)) {
-        if !self.check {
-            return;
-        }
-        let cell = self
-            .cache
-            .cell::<std::sync::Mutex<CheckOverlay>>("check-overlay");
-        let overlay = cell.get().cloned().unwrap_or_else(|| {
-            let fresh = Arc::new(std::sync::Mutex::new(CheckOverlay::default()));
-            let _ = cell.set(fresh.clone());
-            cell.get().cloned().unwrap_or(fresh)
-        });
-        let guard = overlay.lock();
-        if let Ok(mut o) = guard {
-            f(&mut o);
-        }
-    }
-
-    /// Read the check-mode overlay (`None` outside check mode or when empty).
-    pub fn overlay<T>(&self, f: impl FnOnce(&CheckOverlay) -> T) -> Option<T> {
-        if !self.check {
-            return None;
-        }
-        let cell = self
-            .cache
-            .cell::<std::sync::Mutex<CheckOverlay>>("check-overlay");
-        let overlay = cell.get()?;
-        let o = overlay.lock().ok()?;
-        Some(f(&o))
-    }
 }
 
 impl HostCache {
@@ -130,17 +160,16 @@ impl HostCache {
     }
 }
 
-impl std::fmt::Debug for TaskCtx {
+impl std::fmt::Debug for HostReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskCtx")
+        f.debug_struct("HostReader")
             .field("host", &self.host)
             .field("task", &self.task)
-            .field("check", &self.check)
             .finish_non_exhaustive()
     }
 }
 
-impl TaskCtx {
+impl HostReader {
     /// Render a plain template with this host's vars.
     pub fn render(&self, t: &Template) -> Result<String, ModuleError> {
         Ok(self.renderer.render(t, &self.vars)?)
@@ -192,15 +221,23 @@ impl TaskCtx {
         check_status(cmd, out, &self.secrets)
     }
 
-    /// The transport of another inventory host.
+    /// The transport of another inventory host (guarded like this host's).
     pub async fn peer(&self, host: &str) -> Result<Arc<dyn Transport>, ModuleError> {
-        Ok(self.peers.transport(host).await?)
+        Ok(Guarded::wrap(self.peers.transport(host).await?))
     }
 
+    /// The journal record of `task` on `host` (any host).
+    pub fn record(&self, host: &str, task: &str) -> Option<TaskRecord> {
+        self.journal.record(host, task)
+    }
+}
+
+impl TaskCtx {
     /// Allow a destructive step: `--yes`, or the operator says yes to a question naming
-    /// what will be destroyed. Never asks in check mode (nothing is destroyed there).
+    /// what will be destroyed. (Only `apply` can ask, and the engine never applies in
+    /// check mode.)
     pub fn confirm_destructive(&self, what: &str) -> Result<(), ModuleError> {
-        if self.yes || self.check {
+        if self.yes {
             return Ok(());
         }
         let question = format!("[{}] {}: {what}. Proceed?", self.host, self.task);
@@ -209,11 +246,6 @@ impl TaskCtx {
         } else {
             Err(ModuleError::NotConfirmed(what.to_string()))
         }
-    }
-
-    /// The journal record of `task` on `host` (any host).
-    pub fn record(&self, host: &str, task: &str) -> Option<TaskRecord> {
-        self.journal.record(host, task)
     }
 
     /// Record an artifact this task produced on this host.

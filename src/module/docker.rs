@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::command::Cmd;
-use crate::module::{ModuleError, TaskCtx};
+use crate::module::{HostReader, ModuleError};
 
 // ---------------------------------------------------------------------------------------
 // Docker
@@ -23,7 +23,7 @@ pub struct ContainerState {
 /// `docker inspect` of `names`; containers that do not exist are absent from the map.
 /// Never a TTY; one round trip for all names.
 pub async fn docker_inspect(
-    ctx: &TaskCtx,
+    ctx: &HostReader,
     names: &[String],
 ) -> Result<BTreeMap<String, ContainerState>, ModuleError> {
     if names.is_empty() {
@@ -80,7 +80,7 @@ pub fn parse_docker_inspect(text: &str) -> Result<BTreeMap<String, ContainerStat
 }
 
 /// The docker client to call on the host (var `docker`, default `docker`).
-pub fn docker_bin(ctx: &TaskCtx) -> String {
+pub fn docker_bin(ctx: &HostReader) -> String {
     ctx.var("docker_bin")
         .and_then(Value::as_str)
         .unwrap_or("docker")

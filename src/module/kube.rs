@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::command::Cmd;
 use crate::k8s::{Cluster, KubeconfigSource};
 use crate::module::artifact::df_text;
-use crate::module::{ModuleError, TaskCtx};
+use crate::module::{HostReader, ModuleError};
 use crate::playbook::template::Template;
 
 // ---------------------------------------------------------------------------------------
@@ -30,19 +30,19 @@ pub struct K8sTarget {
     pub kubeconfig: Option<Template>,
 }
 
-fn var_str(ctx: &TaskCtx, name: &str) -> Option<String> {
+fn var_str(ctx: &HostReader, name: &str) -> Option<String> {
     ctx.var(name).and_then(Value::as_str).map(str::to_string)
 }
 
 impl K8sTarget {
-    pub fn namespace(&self, ctx: &TaskCtx) -> Result<String, ModuleError> {
+    pub fn namespace(&self, ctx: &HostReader) -> Result<String, ModuleError> {
         Ok(match &self.namespace {
             Some(t) => ctx.render_operand(t)?,
             None => var_str(ctx, "namespace").unwrap_or_else(|| "default".into()),
         })
     }
 
-    fn source(&self, ctx: &TaskCtx) -> Result<KubeconfigSource, ModuleError> {
+    fn source(&self, ctx: &HostReader) -> Result<KubeconfigSource, ModuleError> {
         if let Some(t) = &self.kubeconfig {
             return Ok(KubeconfigSource::RemoteFile(ctx.render_operand(t)?));
         }
@@ -58,7 +58,7 @@ impl K8sTarget {
     }
 
     /// The cluster, connected once per host and namespace and shared by later tasks.
-    pub async fn cluster(&self, ctx: &TaskCtx) -> Result<Arc<Cluster>, ModuleError> {
+    pub async fn cluster(&self, ctx: &HostReader) -> Result<Arc<Cluster>, ModuleError> {
         let namespace = self.namespace(ctx)?;
         let source = self.source(ctx)?;
         let key = format!("k8s:{namespace}:{source:?}");

@@ -2,10 +2,19 @@
 //! migration's steps in `crate::packagist`) implements, and the support they share.
 //!
 //! The contract (the engine enforces it; a module cannot opt out):
-//! 1. [`Module::facts`] reads the host's real state (no changes!),
-//! 2. [`Module::decide`] — pure — turns facts into a list of changes (empty = ok),
-//! 3. [`Module::apply`] makes exactly those changes; the engine never calls it in check
-//!    mode, so check mode changes nothing by construction.
+//! 1. [`Module::facts`] reads the host's real state through a [`Probe`], which cannot
+//!    write: it has no journal writes, and its transports refuse writes while facts run
+//!    ([`crate::transport::read_only`]);
+//! 2. [`Module::decide`] — pure, no context — turns facts into typed changes (empty = ok);
+//! 3. [`Module::apply`] makes exactly those changes, as they are (what the report shows
+//!    is what runs); the engine never calls it in check mode, so check mode changes
+//!    nothing by construction.
+//!
+//! Each change also says what it leaves behind ([`Change::predicts`]); in check mode the
+//! engine folds that into what later tasks' probes see ([`predict`]). The engine is
+//! the only place that knows whether this is a check run: no module branches on it.
+//!
+//! See `docs/modules.md` ("Writing a module") for a walk-through.
 //!
 //! Modules are registered once, in `crate::registry`.
 
@@ -24,10 +33,13 @@ pub mod artifact_stream;
 mod ctx;
 pub mod docker;
 pub mod kube;
+pub mod memo;
+pub mod predict;
 pub mod staged;
 pub mod units;
 
-pub use ctx::{CheckOverlay, Confirm, HostCache, NeverConfirm, Peers, TaskCtx};
+pub use ctx::{Confirm, HostCache, HostReader, JournalView, NeverConfirm, Peers, Probe, TaskCtx};
+pub use predict::{Predicted, Prediction, Store};
 
 /// Why a module step failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +72,11 @@ pub trait Change: Serialize + Send + Sync + 'static {
     fn describe(&self) -> String;
     /// The commands (shell or kubectl) this change runs, masked.
     fn commands(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// What this change leaves behind for later tasks (replicas, a restored store, an
+    /// artifact); the engine folds it into check mode's [`Predicted`].
+    fn predicts(&self) -> Vec<Prediction> {
         Vec::new()
     }
 }
@@ -152,12 +169,20 @@ pub trait Module: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Read the current state. Must not change anything.
-    async fn facts(&self, ctx: &TaskCtx) -> Result<Self::Facts, ModuleError>;
+    /// Read the current state (writes are refused).
+    async fn facts(&self, probe: &Probe<'_>) -> Result<Self::Facts, ModuleError>;
 
     /// Pure: the changes needed to reach the desired state; empty means ok. An error here
     /// means a check failed (e.g. a preflight condition) and fails the task.
-    fn decide(&self, facts: &Self::Facts, ctx: &TaskCtx) -> Result<Vec<Self::Change>, ModuleError>;
+    fn decide(&self, facts: &Self::Facts) -> Result<Vec<Self::Change>, ModuleError>;
+
+    /// Pure: what the facts tell later tasks, recorded in the journal by the engine
+    /// right after the facts were read, in check mode too (the journal is not a host);
+    /// e.g. the old side's data sizes, which the new side's preflight checks its disk
+    /// against.
+    fn memos(&self, _facts: &Self::Facts) -> Vec<memo::MemoValue> {
+        Vec::new()
+    }
 
     /// Make exactly `changes` (never called in check mode, never with an empty list).
     async fn apply(
@@ -192,6 +217,10 @@ pub struct Plan {
     /// The facts, as JSON (for `-vv` and tests).
     pub facts: Value,
     pub changes: Vec<PlannedChange>,
+    /// What the changes leave behind (see [`Change::predicts`]).
+    pub predictions: Vec<Prediction>,
+    /// What the facts tell later tasks (see [`Module::memos`]).
+    pub memos: Vec<memo::MemoValue>,
     typed: Box<dyn Any + Send + Sync>,
 }
 
@@ -209,8 +238,8 @@ impl std::fmt::Debug for Plan {
 pub trait DynModule: Send + Sync {
     /// [`Module::check_args`].
     fn check_args(&self, at: &ArgCheck<'_>) -> Result<(), ArgError>;
-    /// facts → decide.
-    async fn plan(&self, ctx: &TaskCtx) -> Result<Plan, ModuleError>;
+    /// facts (writes refused) → decide.
+    async fn plan(&self, reader: &HostReader, predicted: &Predicted) -> Result<Plan, ModuleError>;
     /// apply the plan's changes.
     async fn apply_plan(&self, ctx: &TaskCtx, plan: Plan) -> Result<Applied, ModuleError>;
 }
@@ -226,19 +255,26 @@ impl<M: Module> DynModule for M {
         Module::check_args(self, at)
     }
 
-    async fn plan(&self, ctx: &TaskCtx) -> Result<Plan, ModuleError> {
-        let facts = self.facts(ctx).await?;
-        let changes = self.decide(&facts, ctx)?;
+    async fn plan(&self, reader: &HostReader, predicted: &Predicted) -> Result<Plan, ModuleError> {
+        let probe = Probe::new(reader, predicted);
+        let facts = crate::transport::read_only::scope(self.facts(&probe)).await?;
+        let changes = self.decide(&facts)?;
         let planned = changes
             .iter()
             .map(|c| PlannedChange {
-                description: ctx.secrets.mask(&c.describe()),
-                commands: c.commands().iter().map(|s| ctx.secrets.mask(s)).collect(),
+                description: reader.secrets.mask(&c.describe()),
+                commands: c
+                    .commands()
+                    .iter()
+                    .map(|s| reader.secrets.mask(s))
+                    .collect(),
             })
             .collect();
         Ok(Plan {
             facts: serde_json::to_value(&facts).unwrap_or(Value::Null),
             changes: planned,
+            predictions: changes.iter().flat_map(Change::predicts).collect(),
+            memos: self.memos(&facts),
             typed: Box::new(TypedPlan::<M> { facts, changes }),
         })
     }

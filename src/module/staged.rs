@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::command::Cmd;
-use crate::module::{ModuleError, TaskCtx};
+use crate::module::{HostReader, ModuleError};
 
 // ---------------------------------------------------------------------------------------
 // Files ferry creates on a host or in a pod
@@ -303,7 +303,7 @@ pub fn parse_path_states(text: &str) -> Result<[PathState; 3], ModuleError> {
 /// An error from a safe-write script: the name-taken message as it is, anything else as
 /// the failed command.
 pub fn safe_write_error(
-    ctx: &TaskCtx,
+    ctx: &HostReader,
     shown: &str,
     out: &crate::transport::ExecOutput,
 ) -> ModuleError {

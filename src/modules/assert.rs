@@ -9,7 +9,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::{Applied, Change, Module, ModuleError, Probe, TaskCtx};
 use crate::playbook::template::Template;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,16 +41,16 @@ impl Module for Assert {
     type Change = NoChange;
     const TEXT_FIELDS: &'static [&'static str] = &["that", "msg"];
 
-    async fn facts(&self, ctx: &TaskCtx) -> Result<AssertFacts, ModuleError> {
-        let holds = ctx.renderer.truthy(&self.that, &ctx.vars)?;
+    async fn facts(&self, probe: &Probe<'_>) -> Result<AssertFacts, ModuleError> {
+        let holds = probe.renderer.truthy(&self.that, &probe.vars)?;
         let msg = match &self.msg {
-            Some(m) => ctx.render(m)?,
+            Some(m) => probe.render(m)?,
             None => format!("assertion failed: {}", self.that.source()),
         };
         Ok(AssertFacts { holds, msg })
     }
 
-    fn decide(&self, facts: &AssertFacts, _: &TaskCtx) -> Result<Vec<NoChange>, ModuleError> {
+    fn decide(&self, facts: &AssertFacts) -> Result<Vec<NoChange>, ModuleError> {
         if facts.holds {
             Ok(Vec::new())
         } else {

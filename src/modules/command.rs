@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::Cmd;
 use crate::module::units::Seconds;
-use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::{Applied, Change, HostReader, Module, ModuleError, Probe, TaskCtx};
 use crate::playbook::template::{ShellTemplate, Template};
 use crate::transport::{ExecOutput, OutputLimit};
 
@@ -53,7 +53,7 @@ pub struct Command {
 
 /// The outcome of a read-only command run as a fact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Probe {
+pub struct ReadOutcome {
     pub status: Option<u32>,
     pub stdout: String,
     pub stderr: String,
@@ -67,7 +67,7 @@ pub struct CommandFacts {
     pub removes_exists: Option<bool>,
     pub unless_succeeded: Option<bool>,
     /// Set when `changed = false`: the command already ran.
-    pub probe: Option<Probe>,
+    pub probe: Option<ReadOutcome>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -96,7 +96,7 @@ impl Command {
     }
 
     /// Run `cmd` with this task's timeout, keeping a bounded head and tail of its output.
-    async fn run(&self, ctx: &TaskCtx, cmd: &Cmd) -> Result<ExecOutput, ModuleError> {
+    async fn run(&self, ctx: &HostReader, cmd: &Cmd) -> Result<ExecOutput, ModuleError> {
         let timeout = self.timeout()?;
         let shown = ctx.secrets.mask(&cmd.display());
         tracing::debug!(host = %ctx.host, cmd = %shown, "exec");
@@ -116,7 +116,7 @@ impl Command {
         }
     }
 
-    async fn path_exists(ctx: &TaskCtx, path: &Template) -> Result<bool, ModuleError> {
+    async fn path_exists(ctx: &HostReader, path: &Template) -> Result<bool, ModuleError> {
         let path = ctx.render_operand(path)?;
         let out = ctx.exec(&Cmd::new("test").arg("-e").arg(path)).await?;
         Ok(out.success())
@@ -128,38 +128,38 @@ impl Module for Command {
     type Facts = CommandFacts;
     type Change = RunCommand;
 
-    async fn facts(&self, ctx: &TaskCtx) -> Result<CommandFacts, ModuleError> {
-        let cmd = ctx.render_shell(&self.cmd)?;
+    async fn facts(&self, probe: &Probe<'_>) -> Result<CommandFacts, ModuleError> {
+        let cmd = probe.render_shell(&self.cmd)?;
         let mut facts = CommandFacts {
-            display: ctx.secrets.mask(&cmd.display()),
+            display: probe.secrets.mask(&cmd.display()),
             creates_exists: None,
             removes_exists: None,
             unless_succeeded: None,
             probe: None,
         };
         if !self.changed {
-            let out = self.run(ctx, &cmd).await?;
-            facts.probe = Some(Probe {
+            let out = self.run(probe, &cmd).await?;
+            facts.probe = Some(ReadOutcome {
                 status: out.status,
-                stdout: ctx.secrets.mask(&out.stdout_str()),
-                stderr: ctx.secrets.mask(&out.stderr_str()),
+                stdout: probe.secrets.mask(&out.stdout_str()),
+                stderr: probe.secrets.mask(&out.stderr_str()),
             });
             return Ok(facts);
         }
         if let Some(p) = &self.creates {
-            facts.creates_exists = Some(Self::path_exists(ctx, p).await?);
+            facts.creates_exists = Some(Self::path_exists(probe, p).await?);
         }
         if let Some(p) = &self.removes {
-            facts.removes_exists = Some(Self::path_exists(ctx, p).await?);
+            facts.removes_exists = Some(Self::path_exists(probe, p).await?);
         }
         if let Some(u) = &self.unless {
-            let out = self.run(ctx, &ctx.render_shell(u)?).await?;
+            let out = self.run(probe, &probe.render_shell(u)?).await?;
             facts.unless_succeeded = Some(out.success());
         }
         Ok(facts)
     }
 
-    fn decide(&self, facts: &CommandFacts, _: &TaskCtx) -> Result<Vec<RunCommand>, ModuleError> {
+    fn decide(&self, facts: &CommandFacts) -> Result<Vec<RunCommand>, ModuleError> {
         if let Some(probe) = &facts.probe {
             return match probe.status {
                 Some(0) => Ok(Vec::new()),
@@ -231,10 +231,8 @@ mod tests {
         }
     }
 
-    // decide() is pure; it never looks at ctx, so the fixture tests below call the
-    // decision logic through a helper that builds no context.
     fn decide(m: &Command, f: &CommandFacts) -> Result<Vec<RunCommand>, ModuleError> {
-        crate::transport::fake::with_dummy_ctx(|ctx| m.decide(f, ctx))
+        m.decide(f)
     }
 
     #[test]
@@ -272,7 +270,7 @@ mod tests {
     fn read_only_commands_are_checks() {
         let m = module(false);
         let ok = CommandFacts {
-            probe: Some(Probe {
+            probe: Some(ReadOutcome {
                 status: Some(0),
                 stdout: String::new(),
                 stderr: String::new(),
@@ -281,7 +279,7 @@ mod tests {
         };
         assert!(decide(&m, &ok).unwrap().is_empty());
         let bad = CommandFacts {
-            probe: Some(Probe {
+            probe: Some(ReadOutcome {
                 status: Some(1),
                 stdout: String::new(),
                 stderr: "nope".into(),

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::Cmd;
 use crate::module::docker::{docker_bin, docker_inspect, ContainerState};
-use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::{Applied, Change, Module, ModuleError, Probe, TaskCtx};
 use crate::playbook::template::Template;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,25 +73,21 @@ impl Module for DockerContainer {
     type Change = ContainerChange;
     const TEXT_FIELDS: &'static [&'static str] = &["warning"];
 
-    async fn facts(&self, ctx: &TaskCtx) -> Result<ContainerFacts, ModuleError> {
+    async fn facts(&self, probe: &Probe<'_>) -> Result<ContainerFacts, ModuleError> {
         let names = self
             .names
             .iter()
-            .map(|t| ctx.render_operand(t))
+            .map(|t| probe.render_operand(t))
             .collect::<Result<Vec<_>, _>>()?;
-        let containers = docker_inspect(ctx, &names).await?;
+        let containers = docker_inspect(probe, &names).await?;
         Ok(ContainerFacts {
             names,
             containers,
-            docker: docker_bin(ctx),
+            docker: docker_bin(probe),
         })
     }
 
-    fn decide(
-        &self,
-        facts: &ContainerFacts,
-        _: &TaskCtx,
-    ) -> Result<Vec<ContainerChange>, ModuleError> {
+    fn decide(&self, facts: &ContainerFacts) -> Result<Vec<ContainerChange>, ModuleError> {
         decide(self, facts)
     }
 

@@ -23,7 +23,7 @@ use crate::k8s::{kubectl, pod_ready, PodsWanted, WorkloadKind};
 use crate::k8s::{Cluster, K8sError};
 use crate::module::kube::{marker_guard, K8sTarget, MarkerGuard};
 use crate::module::units::Seconds;
-use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::{Applied, Change, Module, ModuleError, Prediction, Probe, TaskCtx};
 use crate::playbook::template::Template;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +112,15 @@ impl Change for ScaleChange {
             }
         }
     }
+    /// Either way the workload ends with `to` pods, all ready.
+    fn predicts(&self) -> Vec<Prediction> {
+        let (ScaleChange::Scale { kind, name, to, .. } | ScaleChange::Wait { kind, name, to, .. }) =
+            self;
+        vec![Prediction::Replicas {
+            workload: format!("{}/{name}", kind.kubectl_name()),
+            replicas: *to,
+        }]
+    }
 }
 
 /// `workloads`, checked when the playbook is read.
@@ -164,8 +173,8 @@ impl Module for K8sScale {
     type Facts = ScaleFacts;
     type Change = ScaleChange;
 
-    async fn facts(&self, ctx: &TaskCtx) -> Result<ScaleFacts, ModuleError> {
-        let cluster = self.target().cluster(ctx).await?;
+    async fn facts(&self, probe: &Probe<'_>) -> Result<ScaleFacts, ModuleError> {
+        let cluster = self.target().cluster(probe).await?;
         let mut workloads = Vec::new();
         for w in &self.workloads {
             let (kind, name) = parse_workload(w)?;
@@ -179,23 +188,15 @@ impl Module for K8sScale {
                 pods: pods.len() as u32,
                 selector,
             };
-            // Check mode: what an earlier task of this run would have set.
+            // What an earlier task of this check run would have set.
             let key = format!("{}/{}", kind.kubectl_name(), w.name);
-            if let Some(Some(planned)) = ctx.overlay(|o| o.replicas.get(&key).copied()) {
+            if let Some(planned) = probe.predicted_replicas(&key) {
                 w.replicas = planned;
                 w.pods = planned;
                 w.ready = planned;
             }
             workloads.push(w);
         }
-        ctx.overlay_update(|o| {
-            for w in &workloads {
-                o.replicas.insert(
-                    format!("{}/{}", w.kind.kubectl_name(), w.name),
-                    self.replicas,
-                );
-            }
-        });
         let marker = match &self.guard {
             Some(g) => cluster.configmap(&g.configmap).await?,
             None => None,
@@ -206,11 +207,11 @@ impl Module for K8sScale {
             guard: self
                 .guard
                 .as_ref()
-                .and_then(|g| marker_guard(&ctx.overwrite, &g.configmap, &marker, &g.store)),
+                .and_then(|g| marker_guard(&probe.overwrite, &g.configmap, &marker, &g.store)),
         })
     }
 
-    fn decide(&self, f: &ScaleFacts, _: &TaskCtx) -> Result<Vec<ScaleChange>, ModuleError> {
+    fn decide(&self, f: &ScaleFacts) -> Result<Vec<ScaleChange>, ModuleError> {
         Ok(decide(self.replicas, f))
     }
 

@@ -38,7 +38,7 @@ use crate::journal::Artifact;
 use crate::module::artifact::find_artifact;
 use crate::module::artifact_stream::{copy_to_laptop, laptop_copy, stream_artifact, LaptopCopy};
 use crate::module::staged::{parse_path_states, PathState, StagedPath, SAFE_WRITE_FUNCS};
-use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::{Applied, Change, HostReader, Module, ModuleError, Probe, TaskCtx};
 use crate::playbook::template::Template;
 
 const DEFAULT_MODE: u32 = 0o600;
@@ -62,8 +62,10 @@ pub struct Transfer {
 pub struct TransferFacts {
     pub host: String,
     pub artifact_name: String,
-    /// `None`: not produced yet (fine in check mode only).
+    /// `None`: not produced yet (fine when an earlier task of a check run would make it).
     pub artifact: Option<Artifact>,
+    /// An earlier task of this check run would make the artifact.
+    pub artifact_pending: bool,
     pub dest: String,
     pub mode: u32,
     /// Size and sha256 of `dest`, if it exists.
@@ -277,7 +279,7 @@ chmod -- "$2" "$1""#,
         .arg(format!("{mode:04o}"))
 }
 
-async fn sha256_of_file(ctx: &TaskCtx, path: &str) -> Result<Option<String>, ModuleError> {
+async fn sha256_of_file(ctx: &HostReader, path: &str) -> Result<Option<String>, ModuleError> {
     let out = ctx.exec(&Cmd::new("sha256sum").arg(path)).await?;
     Ok(out
         .success()
@@ -291,7 +293,7 @@ async fn sha256_of_file(ctx: &TaskCtx, path: &str) -> Result<Option<String>, Mod
 }
 
 async fn source_prefix_sha256(
-    ctx: &TaskCtx,
+    ctx: &HostReader,
     artifact: &Artifact,
     len: u64,
 ) -> Result<Option<String>, ModuleError> {
@@ -318,17 +320,17 @@ impl Module for Transfer {
     type Facts = TransferFacts;
     type Change = TransferChange;
 
-    async fn facts(&self, ctx: &TaskCtx) -> Result<TransferFacts, ModuleError> {
+    async fn facts(&self, probe: &Probe<'_>) -> Result<TransferFacts, ModuleError> {
         let mode = match &self.mode {
             Some(m) => parse_mode(m)?,
             None => DEFAULT_MODE,
         };
-        let dest = ctx.render_operand(&self.dest)?;
-        let artifact = find_artifact(ctx, &self.artifact).ok();
+        let dest = probe.render_operand(&self.dest)?;
+        let artifact = find_artifact(probe, &self.artifact).ok();
         let staged = StagedPath::of(&dest)?;
         // What holds each name, read without following symlinks; only what ferry
         // created is hashed, resumed or kept.
-        let states = ctx.exec_ok(&staged.state_cmd()).await?.stdout_str();
+        let states = probe.exec_ok(&staged.state_cmd()).await?.stdout_str();
         let [work_state, part_state, dest_state] = parse_path_states(&states)?;
         let taken: Vec<String> = [
             (&work_state, &staged.work),
@@ -340,7 +342,7 @@ impl Module for Transfer {
         .collect();
         let (dest_file, dest_mode) = match &dest_state {
             PathState::Ours { size, mode } => (
-                sha256_of_file(ctx, &dest).await?.map(|sha| (*size, sha)),
+                sha256_of_file(probe, &dest).await?.map(|sha| (*size, sha)),
                 Some(*mode),
             ),
             _ => (None, None),
@@ -351,8 +353,9 @@ impl Module for Transfer {
         };
         let part = staged.part;
         let mut f = TransferFacts {
-            host: ctx.host.clone(),
+            host: probe.host.clone(),
             artifact_name: self.artifact.clone(),
+            artifact_pending: artifact.is_none() && probe.predicted_artifact(&self.artifact),
             artifact,
             dest,
             mode,
@@ -365,7 +368,7 @@ impl Module for Transfer {
             laptop_copy: None,
         };
         if let Some(a) = &f.artifact {
-            f.laptop_copy = laptop_copy(ctx, a).await?;
+            f.laptop_copy = laptop_copy(probe, a).await?;
         }
         // Only worth hashing when a resume is possible and needed.
         let done = f
@@ -374,8 +377,10 @@ impl Module for Transfer {
             .is_some_and(|a| f.dest_file == Some((a.size, a.sha256.clone())));
         if let (Some(a), Some(n), false) = (&f.artifact, f.part_size, done) {
             if n > 0 && n <= a.size {
-                let (part_sha, src_sha) =
-                    tokio::join!(sha256_of_file(ctx, &part), source_prefix_sha256(ctx, a, n));
+                let (part_sha, src_sha) = tokio::join!(
+                    sha256_of_file(probe, &part),
+                    source_prefix_sha256(probe, a, n)
+                );
                 f.part_sha256 = part_sha?;
                 f.source_prefix_sha256 = src_sha?;
             }
@@ -383,8 +388,8 @@ impl Module for Transfer {
         Ok(f)
     }
 
-    fn decide(&self, f: &TransferFacts, ctx: &TaskCtx) -> Result<Vec<TransferChange>, ModuleError> {
-        decide(f, ctx.check)
+    fn decide(&self, f: &TransferFacts) -> Result<Vec<TransferChange>, ModuleError> {
+        decide(f)
     }
 
     async fn apply(
@@ -405,7 +410,8 @@ impl Module for Transfer {
                     copy_to_laptop(ctx, artifact).await?;
                 }
                 TransferChange::SendWhenProduced { .. } => {
-                    // Only planned in check mode, where apply never runs.
+                    // Only planned when an earlier task of a check run would make the
+                    // artifact: check mode, where apply never runs.
                     return Err(ModuleError::Internal(
                         "transfer planned without its artifact".into(),
                     ));
@@ -512,7 +518,7 @@ pub async fn send(
 }
 
 /// Pure: what to do to have the artifact at `dest` with its recorded content and mode.
-pub fn decide(f: &TransferFacts, check: bool) -> Result<Vec<TransferChange>, ModuleError> {
+pub fn decide(f: &TransferFacts) -> Result<Vec<TransferChange>, ModuleError> {
     if !f.taken.is_empty() {
         return Err(ModuleError::Failed(format!(
             "on host {}: {}",
@@ -521,7 +527,7 @@ pub fn decide(f: &TransferFacts, check: bool) -> Result<Vec<TransferChange>, Mod
         )));
     }
     let Some(a) = &f.artifact else {
-        if check {
+        if f.artifact_pending {
             return Ok(vec![TransferChange::SendWhenProduced {
                 artifact: f.artifact_name.clone(),
                 dest: f.dest.clone(),

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::module::{ModuleError, TaskCtx};
+use crate::module::{HostReader, ModuleError, TaskCtx};
 
 // ---------------------------------------------------------------------------------------
 // Interrupted restores
@@ -19,7 +19,7 @@ pub const ATTEMPT_PROVEN: &str = "proven";
 /// restore that still looks like the source (a dump cut after its COPYs has every row
 /// but no keys or indexes, and a psql left behind in the pod may still be writing), so
 /// it must be restored again whatever its fingerprint says.
-pub fn interrupted_attempt(ctx: &TaskCtx) -> bool {
+pub fn interrupted_attempt(ctx: &HostReader) -> bool {
     ctx.record(&ctx.host, &ctx.task)
         .and_then(|r| r.fingerprints.get(ATTEMPT).cloned())
         .is_some_and(|v| v == ATTEMPT_STARTED)

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::k8s::Cluster;
 use crate::module::kube::marker_guard;
-use crate::module::{ModuleError, TaskCtx};
+use crate::module::{HostReader, ModuleError};
 
 /// Name of the ConfigMap that records, on the new cluster itself, that the migration
 /// completed (so a re-run from any laptop never overwrites a live system).
@@ -23,7 +23,7 @@ pub async fn completed_marker(
 /// operator named this store in `--overwrite`. Returns `Some(reason)` when the step must
 /// leave the target alone.
 pub fn completed_guard(
-    ctx: &TaskCtx,
+    ctx: &HostReader,
     marker: &Option<BTreeMap<String, String>>,
     store: &str,
 ) -> Option<String> {

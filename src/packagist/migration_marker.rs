@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::k8s::kubectl;
 use crate::module::kube::K8sTarget;
-use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::{Applied, Change, HostReader, Module, ModuleError, Probe, TaskCtx};
 use crate::packagist::completed::{completed_marker, MARKER_CONFIGMAP};
 use crate::playbook::template::Template;
 
@@ -61,7 +61,7 @@ impl MigrationMarker {
 }
 
 /// The source fingerprints of every artifact in the journal, flattened for a ConfigMap.
-fn marker_data(ctx: &TaskCtx) -> BTreeMap<String, String> {
+fn marker_data(ctx: &HostReader) -> BTreeMap<String, String> {
     let mut data = BTreeMap::new();
     let journal = ctx.journal.snapshot();
     for (host, tasks) in &journal.hosts {
@@ -96,16 +96,16 @@ impl Module for MigrationMarker {
     type Facts = MarkerFacts;
     type Change = WriteMarker;
 
-    async fn facts(&self, ctx: &TaskCtx) -> Result<MarkerFacts, ModuleError> {
-        let cluster = self.k8s().cluster(ctx).await?;
+    async fn facts(&self, probe: &Probe<'_>) -> Result<MarkerFacts, ModuleError> {
+        let cluster = self.k8s().cluster(probe).await?;
         Ok(MarkerFacts {
             namespace: cluster.namespace().to_string(),
             marker: completed_marker(&cluster).await?,
-            data: marker_data(ctx),
+            data: marker_data(probe),
         })
     }
 
-    fn decide(&self, f: &MarkerFacts, _: &TaskCtx) -> Result<Vec<WriteMarker>, ModuleError> {
+    fn decide(&self, f: &MarkerFacts) -> Result<Vec<WriteMarker>, ModuleError> {
         Ok(decide(f))
     }
 

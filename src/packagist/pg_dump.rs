@@ -22,7 +22,7 @@ use crate::command::Cmd;
 use crate::fingerprint::{PgFingerprint, PG_FINGERPRINT_SQL};
 use crate::module::artifact::{file_stamp, recorded_artifact, write_artifact, FileStamp};
 use crate::module::docker::{docker_bin, docker_inspect};
-use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::{Applied, Change, HostReader, Module, ModuleError, Probe, TaskCtx};
 use crate::playbook::template::Template;
 
 fn default_artifact() -> String {
@@ -108,7 +108,7 @@ impl PgDumpFacts {
 }
 
 /// Fingerprint of a database in a container.
-async fn fingerprint(ctx: &TaskCtx, f: &PgDumpFacts) -> Result<PgFingerprint, ModuleError> {
+async fn fingerprint(ctx: &HostReader, f: &PgDumpFacts) -> Result<PgFingerprint, ModuleError> {
     let out = ctx
         .exec_ok_with_input(&f.fingerprint_cmd(), PG_FINGERPRINT_SQL.as_bytes())
         .await?;
@@ -116,7 +116,7 @@ async fn fingerprint(ctx: &TaskCtx, f: &PgDumpFacts) -> Result<PgFingerprint, Mo
 }
 
 /// Wait (bounded) until PostgreSQL in the container accepts connections.
-async fn wait_ready(ctx: &TaskCtx, f: &PgDumpFacts) -> Result<(), ModuleError> {
+async fn wait_ready(ctx: &HostReader, f: &PgDumpFacts) -> Result<(), ModuleError> {
     let probe = f.exec(&["pg_isready", "-q", "-U"]).arg(f.user.as_str());
     for _ in 0..120 {
         if ctx.exec(&probe).await?.success() {
@@ -135,27 +135,27 @@ impl Module for PgDump {
     type Facts = PgDumpFacts;
     type Change = PgDumpChange;
 
-    async fn facts(&self, ctx: &TaskCtx) -> Result<PgDumpFacts, ModuleError> {
-        let container = ctx.render_operand(&self.container)?;
-        let states = docker_inspect(ctx, std::slice::from_ref(&container)).await?;
-        let dest = ctx.render_operand(&self.dest)?;
-        let stamp = file_stamp(ctx, &dest).await?;
-        let recorded = recorded_artifact(ctx, &self.artifact, &stamp);
-        let recorded_fingerprint = ctx
-            .record(&ctx.host, &ctx.task)
+    async fn facts(&self, probe: &Probe<'_>) -> Result<PgDumpFacts, ModuleError> {
+        let container = probe.render_operand(&self.container)?;
+        let states = docker_inspect(probe, std::slice::from_ref(&container)).await?;
+        let dest = probe.render_operand(&self.dest)?;
+        let stamp = file_stamp(probe, &dest).await?;
+        let recorded = recorded_artifact(probe, &self.artifact, &stamp);
+        let recorded_fingerprint = probe
+            .record(&probe.host, &probe.task)
             .and_then(|r| r.fingerprints.get("pg").cloned())
             .and_then(|v| serde_json::from_value(v).ok());
         let mut facts = PgDumpFacts {
             exists: states.contains_key(&container),
             running: states.get(&container).is_some_and(|c| c.running),
             container,
-            database: ctx.render_operand(&self.database)?,
+            database: probe.render_operand(&self.database)?,
             user: match &self.user {
-                Some(u) => ctx.render_operand(u)?,
+                Some(u) => probe.render_operand(u)?,
                 None => "postgres".into(),
             },
             dest,
-            docker: docker_bin(ctx),
+            docker: docker_bin(probe),
             stamp,
             recorded_sha256: recorded.map(|a| a.sha256),
             recorded_fingerprint,
@@ -163,12 +163,12 @@ impl Module for PgDump {
         };
         // Only worth the query when there is a recorded dump to compare with.
         if facts.running && facts.recorded_sha256.is_some() {
-            facts.current_fingerprint = Some(fingerprint(ctx, &facts).await?);
+            facts.current_fingerprint = Some(fingerprint(probe, &facts).await?);
         }
         Ok(facts)
     }
 
-    fn decide(&self, f: &PgDumpFacts, _: &TaskCtx) -> Result<Vec<PgDumpChange>, ModuleError> {
+    fn decide(&self, f: &PgDumpFacts) -> Result<Vec<PgDumpChange>, ModuleError> {
         decide(f)
     }
 

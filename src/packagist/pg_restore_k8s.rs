@@ -30,7 +30,9 @@ use crate::module::artifact::{artifact_fingerprint, find_artifact};
 use crate::module::artifact_stream::stream_artifact;
 use crate::module::kube::{pod_exec, K8sTarget};
 use crate::module::units::argv;
-use crate::module::{Applied, ArgCheck, ArgError, Change, Module, ModuleError, TaskCtx};
+use crate::module::{
+    Applied, ArgCheck, ArgError, Change, HostReader, Module, ModuleError, Probe, TaskCtx,
+};
 use crate::packagist::attempt::{attempt_proven, attempt_started, interrupted_attempt};
 use crate::packagist::completed::{completed_guard, completed_marker};
 use crate::playbook::template::{Template, Vars};
@@ -162,7 +164,7 @@ impl PgRestoreK8s {
         Duration::from_secs(self.timeout.unwrap_or(300))
     }
 
-    fn resolve(&self, ctx: &TaskCtx, namespace: String) -> Result<Target, ModuleError> {
+    fn resolve(&self, ctx: &HostReader, namespace: String) -> Result<Target, ModuleError> {
         let or = |t: &Option<Template>, d: &str| -> Result<String, ModuleError> {
             match t {
                 Some(t) => ctx.render_operand(t),
@@ -279,7 +281,7 @@ fn shlex_words(c: &Cmd) -> Vec<String> {
 }
 
 async fn fingerprint(
-    ctx: &TaskCtx,
+    ctx: &HostReader,
     args: &PgRestoreK8s,
     target: &Target,
     password: Option<&str>,
@@ -368,11 +370,12 @@ impl Module for PgRestoreK8s {
         }
     }
 
-    async fn facts(&self, ctx: &TaskCtx) -> Result<PgRestoreFacts, ModuleError> {
-        let external = self.external.clone().or(external_from_var(&ctx.vars)?);
+    async fn facts(&self, probe: &Probe<'_>) -> Result<PgRestoreFacts, ModuleError> {
+        let external = self.external.clone().or(external_from_var(&probe.vars)?);
         let password = match external.as_ref().and_then(|x| x.password_var.as_ref()) {
             Some(var) => Some(
-                ctx.var(var)
+                probe
+                    .var(var)
                     .and_then(|v| v.as_str())
                     .ok_or_else(|| {
                         ModuleError::Failed(format!(
@@ -385,31 +388,31 @@ impl Module for PgRestoreK8s {
         };
         // The completion marker lives on the cluster in both setups: an external
         // database that went live must be protected just the same.
-        let cluster = self.k8s().cluster(ctx).await?;
+        let cluster = self.k8s().cluster(probe).await?;
         let marker = completed_marker(&cluster).await?;
         let (namespace, guard) = (
             cluster.namespace().to_string(),
-            completed_guard(ctx, &marker, "postgres"),
+            completed_guard(probe, &marker, "postgres"),
         );
-        let target = self.resolve(ctx, namespace)?;
+        let target = self.resolve(probe, namespace)?;
         let current = if guard.is_none() {
-            fingerprint(ctx, self, &target, password.as_deref()).await?
+            fingerprint(probe, self, &target, password.as_deref()).await?
         } else {
             None
         };
-        let source: Option<PgFingerprint> = artifact_fingerprint(ctx, &self.artifact, "pg");
+        let source: Option<PgFingerprint> = artifact_fingerprint(probe, &self.artifact, "pg");
         Ok(PgRestoreFacts {
             target,
-            source_pending: ctx.check && source.is_none(),
+            source_pending: source.is_none() && probe.predicted_artifact(&self.artifact),
             source,
             current,
             guard,
-            interrupted: interrupted_attempt(ctx),
+            interrupted: interrupted_attempt(probe),
             password,
         })
     }
 
-    fn decide(&self, f: &PgRestoreFacts, _: &TaskCtx) -> Result<Vec<PgRestoreChange>, ModuleError> {
+    fn decide(&self, f: &PgRestoreFacts) -> Result<Vec<PgRestoreChange>, ModuleError> {
         decide(f)
     }
 

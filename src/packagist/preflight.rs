@@ -44,8 +44,11 @@ use crate::k8s::{K8sError, WorkloadKind};
 use crate::module::artifact::file_stamp;
 use crate::module::docker::{docker_bin, docker_inspect, ContainerState};
 use crate::module::kube::K8sTarget;
+use crate::module::memo::{Memo, MemoValue};
 use crate::module::units::{exact, human};
-use crate::module::{Applied, ArgCheck, ArgError, Change, Module, ModuleError, TaskCtx};
+use crate::module::{
+    Applied, ArgCheck, ArgError, Change, HostReader, Module, ModuleError, Probe, TaskCtx,
+};
 use crate::packagist::completed::completed_marker;
 use crate::playbook::template::Template;
 
@@ -54,7 +57,9 @@ pub const MIN_VERSION: &str = "1.12.10";
 /// Head room over the measured data sizes.
 pub const SAFETY_FACTOR: f64 = 1.1;
 /// Journal fingerprint under which the old side's figures are recorded.
-pub const OLD_SIZES_KEY: &str = "old_data_sizes";
+pub const OLD_SIZES_KEY: &str = OLD_SIZES.name;
+/// The old side's data sizes, as its preflight measured them.
+pub const OLD_SIZES: Memo<DataSizes> = Memo::new("old_data_sizes");
 const DEFAULT_OPENEBS_BASE: &str = "/var/openebs/local";
 const DEFAULT_DATA_DIR: &str = "/data/packagist";
 const VERSION_LABEL: &str = "com.packagist.version";
@@ -263,7 +268,7 @@ impl Change for NoChange {
     }
 }
 
-fn var_str(ctx: &TaskCtx, name: &str) -> Option<String> {
+fn var_str(ctx: &HostReader, name: &str) -> Option<String> {
     ctx.var(name).and_then(|v| match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -272,7 +277,7 @@ fn var_str(ctx: &TaskCtx, name: &str) -> Option<String> {
 }
 
 fn render_or_var(
-    ctx: &TaskCtx,
+    ctx: &HostReader,
     t: &Option<Template>,
     var: &str,
 ) -> Result<Option<String>, ModuleError> {
@@ -314,7 +319,7 @@ pub fn parse_df(path: &str, out: &str) -> Result<DiskFree, String> {
     })
 }
 
-async fn disk_free(ctx: &TaskCtx, path: &str) -> Result<DiskFree, ModuleError> {
+async fn disk_free(ctx: &HostReader, path: &str) -> Result<DiskFree, ModuleError> {
     let cmd = Cmd::new("sh")
         .arg("-c")
         .arg(DF_SCRIPT)
@@ -331,7 +336,7 @@ async fn disk_free(ctx: &TaskCtx, path: &str) -> Result<DiskFree, ModuleError> {
 }
 
 /// A number printed first on the command's output (`du -sb`, `stat -c %s`, psql -At).
-async fn measure(ctx: &TaskCtx, cmd: &Cmd) -> Result<u64, String> {
+async fn measure(ctx: &HostReader, cmd: &Cmd) -> Result<u64, String> {
     let out = ctx.exec(cmd).await.map_err(|e| e.to_string())?;
     let text = out.stdout_str();
     if !out.success() {
@@ -356,7 +361,7 @@ fn parse_used_memory(text: &str) -> Option<u64> {
 
 /// Sum of the sizes of the journal's artifacts on this host under `dir` that are still
 /// there with their recorded size.
-async fn artifacts_under(ctx: &TaskCtx, dir: &str) -> Result<u64, ModuleError> {
+async fn artifacts_under(ctx: &HostReader, dir: &str) -> Result<u64, ModuleError> {
     let prefix = format!("{}/", dir.trim_end_matches('/'));
     let data = ctx.journal.snapshot();
     let mut paths = BTreeMap::new();
@@ -436,7 +441,7 @@ impl Preflight {
         )
     }
 
-    async fn old_facts(&self, ctx: &TaskCtx) -> Result<OldFacts, ModuleError> {
+    async fn old_facts(&self, ctx: &HostReader) -> Result<OldFacts, ModuleError> {
         let required: Vec<String> = match &self.containers {
             Some(c) => c.clone(),
             None => DEFAULT_CONTAINERS.iter().map(|s| s.to_string()).collect(),
@@ -541,17 +546,13 @@ impl Preflight {
         let redis = fallback(redis, recorded.as_ref().map(|r| r.redis));
 
         if let (Some(s), Some(d), Some(r)) = (storage.bytes(), database.bytes(), redis.bytes()) {
-            // Recording in the journal changes no host; the new side's preflight needs
-            // these figures (and a re-run, once the stores are stopped).
+            // Recorded by the engine (`memos`): the new side's preflight needs these
+            // figures (and a re-run, once the stores are stopped).
             let sizes = DataSizes {
                 storage: s,
                 database: d,
                 redis: r,
             };
-            ctx.record_fingerprint(
-                OLD_SIZES_KEY,
-                serde_json::to_value(&sizes).unwrap_or_default(),
-            )?;
             tracing::info!(
                 host = %ctx.host,
                 "old side data: storage {}, database {}, redis {} (total {})",
@@ -590,7 +591,7 @@ impl Preflight {
         })
     }
 
-    async fn new_facts(&self, ctx: &TaskCtx) -> Result<NewFacts, ModuleError> {
+    async fn new_facts(&self, ctx: &HostReader) -> Result<NewFacts, ModuleError> {
         let target = K8sTarget {
             namespace: self.namespace.clone(),
             kubeconfig: self.kubeconfig.clone(),
@@ -671,7 +672,7 @@ impl Preflight {
 }
 
 /// The newest figures recorded by an old-role preflight, on any host.
-fn old_sizes_from_journal(ctx: &TaskCtx) -> Option<(String, DataSizes)> {
+fn old_sizes_from_journal(ctx: &HostReader) -> Option<(String, DataSizes)> {
     let data = ctx.journal.snapshot();
     data.hosts
         .iter()
@@ -686,6 +687,20 @@ fn old_sizes_from_journal(ctx: &TaskCtx) -> Option<(String, DataSizes)> {
 
 #[async_trait]
 impl Module for Preflight {
+    fn memos(&self, facts: &PreflightFacts) -> Vec<MemoValue> {
+        let PreflightFacts::Old(f) = facts else {
+            return Vec::new();
+        };
+        match (f.storage.bytes(), f.database.bytes(), f.redis.bytes()) {
+            (Some(storage), Some(database), Some(redis)) => vec![OLD_SIZES.of(&DataSizes {
+                storage,
+                database,
+                redis,
+            })],
+            _ => Vec::new(),
+        }
+    }
+
     type Facts = PreflightFacts;
     type Change = NoChange;
 
@@ -696,17 +711,17 @@ impl Module for Preflight {
         }
     }
 
-    async fn facts(&self, ctx: &TaskCtx) -> Result<PreflightFacts, ModuleError> {
+    async fn facts(&self, probe: &Probe<'_>) -> Result<PreflightFacts, ModuleError> {
         if !self.misplaced_args().is_empty() {
             return Err(ModuleError::Failed(self.misplaced_message()));
         }
         Ok(match self.role {
-            Role::Old => PreflightFacts::Old(self.old_facts(ctx).await?),
-            Role::New => PreflightFacts::New(self.new_facts(ctx).await?),
+            Role::Old => PreflightFacts::Old(self.old_facts(probe).await?),
+            Role::New => PreflightFacts::New(self.new_facts(probe).await?),
         })
     }
 
-    fn decide(&self, f: &PreflightFacts, _: &TaskCtx) -> Result<Vec<NoChange>, ModuleError> {
+    fn decide(&self, f: &PreflightFacts) -> Result<Vec<NoChange>, ModuleError> {
         decide(f)
     }
 
@@ -725,7 +740,7 @@ impl Module for Preflight {
 }
 
 /// Size of a backup file an earlier run left in `dir` on this host, if any.
-async fn backup_file_size(ctx: &TaskCtx, dir: Option<&str>, name: &str) -> Option<u64> {
+async fn backup_file_size(ctx: &HostReader, dir: Option<&str>, name: &str) -> Option<u64> {
     let path = format!("{}/{name}", dir?);
     let out = ctx
         .exec(&Cmd::new("stat").arg("-c").arg("%s").arg(path))

@@ -18,7 +18,7 @@ use crate::command::Cmd;
 use crate::fingerprint::RedisKeyCounts;
 use crate::module::artifact::{file_stamp, recorded_artifact, write_artifact, FileStamp};
 use crate::module::docker::{docker_bin, docker_inspect};
-use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::{Applied, Change, HostReader, Module, ModuleError, Probe, TaskCtx};
 use crate::playbook::template::Template;
 
 fn default_artifact() -> String {
@@ -97,7 +97,7 @@ impl RedisBackupFacts {
     }
 }
 
-async fn key_counts(ctx: &TaskCtx, f: &RedisBackupFacts) -> Result<RedisKeyCounts, ModuleError> {
+async fn key_counts(ctx: &HostReader, f: &RedisBackupFacts) -> Result<RedisKeyCounts, ModuleError> {
     let out = ctx.exec_ok(&f.keyspace_cmd()).await?;
     RedisKeyCounts::parse_info_keyspace(&out.stdout_str())
         .map_err(|e| ModuleError::Failed(e.to_string()))
@@ -108,23 +108,23 @@ impl Module for RedisBackup {
     type Facts = RedisBackupFacts;
     type Change = RedisBackupChange;
 
-    async fn facts(&self, ctx: &TaskCtx) -> Result<RedisBackupFacts, ModuleError> {
-        let container = ctx.render_operand(&self.container)?;
-        let states = docker_inspect(ctx, std::slice::from_ref(&container)).await?;
-        let dest = ctx.render_operand(&self.dest)?;
-        let stamp = file_stamp(ctx, &dest).await?;
-        let recorded = recorded_artifact(ctx, &self.artifact, &stamp);
-        let recorded_counts = ctx
-            .record(&ctx.host, &ctx.task)
+    async fn facts(&self, probe: &Probe<'_>) -> Result<RedisBackupFacts, ModuleError> {
+        let container = probe.render_operand(&self.container)?;
+        let states = docker_inspect(probe, std::slice::from_ref(&container)).await?;
+        let dest = probe.render_operand(&self.dest)?;
+        let stamp = file_stamp(probe, &dest).await?;
+        let recorded = recorded_artifact(probe, &self.artifact, &stamp);
+        let recorded_counts = probe
+            .record(&probe.host, &probe.task)
             .and_then(|r| r.fingerprints.get("redis_keys").cloned())
             .and_then(|v| serde_json::from_value(v).ok());
         let mut f = RedisBackupFacts {
             exists: states.contains_key(&container),
             running: states.get(&container).is_some_and(|c| c.running),
             container,
-            docker: docker_bin(ctx),
-            script: ctx.render_or(&self.backup_script, "/usr/local/bin/redis-backup.sh")?,
-            rdb_path: ctx.render_or(&self.rdb_path, "/data/dump.rdb")?,
+            docker: docker_bin(probe),
+            script: probe.render_or(&self.backup_script, "/usr/local/bin/redis-backup.sh")?,
+            rdb_path: probe.render_or(&self.rdb_path, "/data/dump.rdb")?,
             port: self.port.unwrap_or(6379),
             dest,
             stamp,
@@ -133,16 +133,12 @@ impl Module for RedisBackup {
             current_counts: None,
         };
         if f.running && f.recorded_sha256.is_some() {
-            f.current_counts = Some(key_counts(ctx, &f).await?);
+            f.current_counts = Some(key_counts(probe, &f).await?);
         }
         Ok(f)
     }
 
-    fn decide(
-        &self,
-        f: &RedisBackupFacts,
-        _: &TaskCtx,
-    ) -> Result<Vec<RedisBackupChange>, ModuleError> {
+    fn decide(&self, f: &RedisBackupFacts) -> Result<Vec<RedisBackupChange>, ModuleError> {
         decide(f)
     }
 
@@ -189,7 +185,7 @@ impl Module for RedisBackup {
     }
 }
 
-async fn wait_ready(ctx: &TaskCtx, f: &RedisBackupFacts) -> Result<(), ModuleError> {
+async fn wait_ready(ctx: &HostReader, f: &RedisBackupFacts) -> Result<(), ModuleError> {
     let ping = f
         .exec()
         .args(["redis-cli", "-p"])

@@ -21,7 +21,7 @@ use crate::fingerprint::RedisKeyCounts;
 use crate::k8s::kubectl;
 use crate::module::artifact::artifact_fingerprint;
 use crate::module::kube::{pod_exec, K8sTarget};
-use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::{Applied, Change, Module, ModuleError, Probe, Store, TaskCtx};
 use crate::packagist::completed::{completed_guard, completed_marker};
 use crate::packagist::redis::{pod_redis_key_counts, redis_cli};
 use crate::playbook::template::Template;
@@ -68,8 +68,8 @@ pub struct FlushFacts {
     pub port: u16,
     pub counts: RedisKeyCounts,
     pub guard: Option<String>,
-    /// Check mode only: the restore is still pending, so `db` will hold what the backup
-    /// holds (`Some(None)`: no backup yet, count unknown).
+    /// An earlier task of this check run would restore Redis, so `db` will hold what the
+    /// backup holds (`Some(None)`: no backup recorded yet, count unknown).
     pub pending_restore: Option<Option<u64>>,
 }
 
@@ -117,53 +117,43 @@ impl Module for RedisFlushdb {
     type Facts = FlushFacts;
     type Change = Flush;
 
-    async fn facts(&self, ctx: &TaskCtx) -> Result<FlushFacts, ModuleError> {
+    async fn facts(&self, probe: &Probe<'_>) -> Result<FlushFacts, ModuleError> {
         if self.db != COMPOSER_CACHE_DB {
             return Err(ModuleError::Failed(format!(
                 "refusing to flush Redis database {}: only database {COMPOSER_CACHE_DB} (the Composer cache) may be flushed",
                 self.db
             )));
         }
-        let cluster = self.k8s().cluster(ctx).await?;
+        let cluster = self.k8s().cluster(probe).await?;
         let marker = completed_marker(&cluster).await?;
-        let sts = ctx.render_or(&self.statefulset, "redis")?;
+        let sts = probe.render_or(&self.statefulset, "redis")?;
         let mut f = FlushFacts {
             namespace: cluster.namespace().to_string(),
             pod: format!("{sts}-0"),
             container: match &self.container {
-                Some(t) => Some(ctx.render_operand(t)?),
+                Some(t) => Some(probe.render_operand(t)?),
                 None => None,
             },
             port: self.port.unwrap_or(9869),
             counts: RedisKeyCounts::default(),
-            guard: completed_guard(ctx, &marker, "redis"),
+            guard: completed_guard(probe, &marker, "redis"),
             pending_restore: None,
         };
         if f.guard.is_none() {
             f.counts = counts(&cluster, &f).await?;
-            if ctx.check {
+            // An earlier task of this check run would restore Redis: database 5 would
+            // then hold the backup's cache keys (how many, the journal may not know yet).
+            if probe.predicted_restored(Store::Redis) {
                 let artifact = self.artifact.as_deref().unwrap_or("packagist_redis");
                 let source: Option<RedisKeyCounts> =
-                    artifact_fingerprint(ctx, artifact, "redis_keys");
-                f.pending_restore = pending_restore(self.db, source.as_ref(), &f.counts);
+                    artifact_fingerprint(probe, artifact, "redis_keys");
+                f.pending_restore = Some(pending_restore(self.db, source.as_ref()));
             }
-        }
-        // Check mode after a restore that would happen: database 5 would hold the
-        // backup's cache keys (how many, the journal may not know yet).
-        if ctx.overlay(|o| o.restored.contains("redis")) == Some(true) {
-            let keys: u64 = crate::module::artifact::artifact_fingerprint::<RedisKeyCounts>(
-                ctx,
-                "packagist_redis",
-                "redis_keys",
-            )
-            .and_then(|c| c.dbs.get(&self.db).copied())
-            .unwrap_or(1);
-            f.counts.dbs.insert(self.db, keys.max(1));
         }
         Ok(f)
     }
 
-    fn decide(&self, f: &FlushFacts, _: &TaskCtx) -> Result<Vec<Flush>, ModuleError> {
+    fn decide(&self, f: &FlushFacts) -> Result<Vec<Flush>, ModuleError> {
         Ok(decide(self.db, f))
     }
 
@@ -207,21 +197,10 @@ impl Module for RedisFlushdb {
     }
 }
 
-/// Check mode: what the restore still to come puts into `db`, if it is pending: the
-/// backup's count, or `Some(None)` when there is no backup yet. `None`: not pending (the
-/// target's other databases already equal the backup's).
-pub fn pending_restore(
-    db: u32,
-    source: Option<&RedisKeyCounts>,
-    current: &RedisKeyCounts,
-) -> Option<Option<u64>> {
-    match source {
-        None => Some(None),
-        Some(s) if s.without_db(db) != current.without_db(db) => {
-            Some(Some(s.dbs.get(&db).copied().unwrap_or(0)))
-        }
-        Some(_) => None,
-    }
+/// What a restore predicted by an earlier task puts into `db`: the backup's count, or
+/// `None` when the backup is not recorded yet.
+pub fn pending_restore(db: u32, source: Option<&RedisKeyCounts>) -> Option<u64> {
+    source.map(|s| s.dbs.get(&db).copied().unwrap_or(0))
 }
 
 /// Pure: flush only when the database holds keys (or will, after a pending restore).
@@ -289,11 +268,10 @@ mod tests {
     }
 
     #[test]
-    fn check_mode_predicts_the_flush_after_a_pending_restore() {
-        let empty_target = RedisKeyCounts::parse_info_keyspace("").unwrap();
+    fn a_predicted_restore_predicts_the_flush() {
         // Fresh target, no backup yet: the restore brings an unknown db 5.
         let mut f = facts("");
-        f.pending_restore = pending_restore(5, None, &empty_target);
+        f.pending_restore = Some(pending_restore(5, None));
         let c = decide(5, &f);
         assert_eq!(c.len(), 1);
         assert!(
@@ -303,14 +281,14 @@ mod tests {
         );
         // Backup recorded, target not restored yet: the backup's db 5 count.
         let backup = RedisKeyCounts::parse_info_keyspace("db0:keys=3\ndb5:keys=60").unwrap();
-        f.pending_restore = pending_restore(5, Some(&backup), &empty_target);
+        f.pending_restore = Some(pending_restore(5, Some(&backup)));
         assert_eq!(decide(5, &f)[0].keys, Some(60));
         // Backup without db 5: nothing to flush after the restore either.
         let no_cache = RedisKeyCounts::parse_info_keyspace("db0:keys=3").unwrap();
-        f.pending_restore = pending_restore(5, Some(&no_cache), &empty_target);
+        f.pending_restore = Some(pending_restore(5, Some(&no_cache)));
         assert!(decide(5, &f).is_empty());
-        // Restored already (other dbs equal) and db 5 empty: ok.
-        let restored = RedisKeyCounts::parse_info_keyspace("db0:keys=3").unwrap();
-        assert_eq!(pending_restore(5, Some(&backup), &restored), None);
+        // No restore predicted and db 5 empty: ok.
+        f.pending_restore = None;
+        assert!(decide(5, &f).is_empty());
     }
 }

@@ -30,7 +30,7 @@ use crate::module::artifact::{artifact_fingerprint, find_artifact};
 use crate::module::artifact_stream::stream_artifact;
 use crate::module::kube::{pod_exec, K8sTarget};
 use crate::module::staged::StagedPath;
-use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::{Applied, Change, Module, ModuleError, Prediction, Probe, Store, TaskCtx};
 use crate::packagist::attempt::{attempt_proven, attempt_started, interrupted_attempt};
 use crate::packagist::completed::{completed_guard, completed_marker};
 use crate::packagist::redis::{pod_redis_key_counts, redis_cli};
@@ -97,6 +97,10 @@ pub struct RedisRestoreChange {
 }
 
 impl Change for RedisRestoreChange {
+    fn predicts(&self) -> Vec<Prediction> {
+        vec![Prediction::Restored(Store::Redis)]
+    }
+
     fn describe(&self) -> String {
         let target = match &self.layout {
             Some(ops) => ops
@@ -286,12 +290,12 @@ impl Module for RedisRestoreOpenebs {
     type Facts = RedisRestoreFacts;
     type Change = RedisRestoreChange;
 
-    async fn facts(&self, ctx: &TaskCtx) -> Result<RedisRestoreFacts, ModuleError> {
-        let cluster = self.k8s().cluster(ctx).await?;
+    async fn facts(&self, probe: &Probe<'_>) -> Result<RedisRestoreFacts, ModuleError> {
+        let cluster = self.k8s().cluster(probe).await?;
         let marker = completed_marker(&cluster).await?;
-        let statefulset = ctx.render_or(&self.statefulset, "redis")?;
+        let statefulset = probe.render_or(&self.statefulset, "redis")?;
         let pvc = match &self.pvc {
-            Some(t) => ctx.render_operand(t)?,
+            Some(t) => probe.render_operand(t)?,
             None => format!("redis-data-{statefulset}-0"),
         };
         let pv = cluster
@@ -323,7 +327,7 @@ impl Module for RedisRestoreOpenebs {
             statefulset,
             pod,
             container: match &self.container {
-                Some(t) => Some(ctx.render_operand(t)?),
+                Some(t) => Some(probe.render_operand(t)?),
                 None => None,
             },
             port: self.port.unwrap_or(9869),
@@ -331,22 +335,17 @@ impl Module for RedisRestoreOpenebs {
             pv,
             pv_path,
             pod_ready: ready,
-            persistence: ctx
-                .record(&ctx.host, &ctx.task)
+            persistence: probe
+                .record(&probe.host, &probe.task)
                 .and_then(|r| r.fingerprints.get("persistence").cloned())
                 .and_then(|v| serde_json::from_value(v).ok()),
-            source: artifact_fingerprint(ctx, &self.artifact, "redis_keys"),
+            source: artifact_fingerprint(probe, &self.artifact, "redis_keys"),
             current: None,
-            guard: completed_guard(ctx, &marker, "redis"),
+            guard: completed_guard(probe, &marker, "redis"),
             source_pending: false,
-            interrupted: interrupted_attempt(ctx),
+            interrupted: interrupted_attempt(probe),
         };
-        f.source_pending = ctx.check && f.source.is_none();
-        if ctx.check && !decide(&f).map(|c| c.is_empty()).unwrap_or(true) {
-            ctx.overlay_update(|o| {
-                o.restored.insert("redis".into());
-            });
-        }
+        f.source_pending = f.source.is_none() && probe.predicted_artifact(&self.artifact);
         if ready && f.guard.is_none() {
             f.current = read_counts(&cluster, &f).await.ok();
             if let Ok(p) = read_persistence(&cluster, &f).await {
@@ -356,11 +355,7 @@ impl Module for RedisRestoreOpenebs {
         Ok(f)
     }
 
-    fn decide(
-        &self,
-        f: &RedisRestoreFacts,
-        _: &TaskCtx,
-    ) -> Result<Vec<RedisRestoreChange>, ModuleError> {
+    fn decide(&self, f: &RedisRestoreFacts) -> Result<Vec<RedisRestoreChange>, ModuleError> {
         decide(f)
     }
 

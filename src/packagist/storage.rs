@@ -5,11 +5,11 @@ use crate::command::Cmd;
 use crate::k8s::Cluster;
 use crate::module::kube::{pod_exec, sh_argv};
 use crate::module::staged::StagedPath;
-use crate::module::{ModuleError, TaskCtx};
+use crate::module::{HostReader, ModuleError};
 use crate::playbook::template::Template;
 
 pub fn storage_verify_dir(
-    ctx: &TaskCtx,
+    ctx: &HostReader,
     verify_dir: &Option<Template>,
 ) -> Result<Option<String>, ModuleError> {
     Ok(match verify_dir {

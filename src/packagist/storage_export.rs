@@ -23,7 +23,7 @@ use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
 use crate::module::artifact::{file_stamp, recorded_artifact, write_artifact, FileStamp};
 use crate::module::docker::{docker_bin, docker_inspect};
-use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::{Applied, Change, Module, ModuleError, Probe, TaskCtx};
 use crate::packagist::storage::content_hash_cmd;
 use crate::playbook::template::Template;
 
@@ -174,23 +174,23 @@ impl Module for StorageExport {
     type Facts = StorageExportFacts;
     type Change = StorageExportChange;
 
-    async fn facts(&self, ctx: &TaskCtx) -> Result<StorageExportFacts, ModuleError> {
-        let container = ctx.render_operand(&self.container)?;
-        let states = docker_inspect(ctx, std::slice::from_ref(&container)).await?;
-        let data_dir = ctx.render_operand(&self.data_dir)?;
-        let dest = ctx.render_operand(&self.dest)?;
-        let stamp = file_stamp(ctx, &dest).await?;
-        let recorded = recorded_artifact(ctx, &self.artifact, &stamp);
-        let tree = ctx.exec_ok(&tree_stamp_cmd(&data_dir)).await?;
-        let recorded_tree_stamp = ctx
-            .record(&ctx.host, &ctx.task)
+    async fn facts(&self, probe: &Probe<'_>) -> Result<StorageExportFacts, ModuleError> {
+        let container = probe.render_operand(&self.container)?;
+        let states = docker_inspect(probe, std::slice::from_ref(&container)).await?;
+        let data_dir = probe.render_operand(&self.data_dir)?;
+        let dest = probe.render_operand(&self.dest)?;
+        let stamp = file_stamp(probe, &dest).await?;
+        let recorded = recorded_artifact(probe, &self.artifact, &stamp);
+        let tree = probe.exec_ok(&tree_stamp_cmd(&data_dir)).await?;
+        let recorded_tree_stamp = probe
+            .record(&probe.host, &probe.task)
             .and_then(|r| r.fingerprints.get("tree_stamp").cloned())
             .and_then(|v| v.as_str().map(str::to_string));
         Ok(StorageExportFacts {
             exists: states.contains_key(&container),
             running: states.get(&container).is_some_and(|c| c.running),
             container,
-            docker: docker_bin(ctx),
+            docker: docker_bin(probe),
             data_dir,
             dest,
             stamp,
@@ -205,11 +205,7 @@ impl Module for StorageExport {
         })
     }
 
-    fn decide(
-        &self,
-        f: &StorageExportFacts,
-        _: &TaskCtx,
-    ) -> Result<Vec<StorageExportChange>, ModuleError> {
+    fn decide(&self, f: &StorageExportFacts) -> Result<Vec<StorageExportChange>, ModuleError> {
         decide(self, f)
     }
 

@@ -33,7 +33,7 @@ use crate::module::kube::{
     pod_exec, pod_free_text, ready_deployment_pod, sh_argv as sh, K8sTarget,
 };
 use crate::module::staged::{parse_path_states, PathState, StagedPath};
-use crate::module::{Applied, Change, Module, ModuleError, TaskCtx};
+use crate::module::{Applied, Change, HostReader, Module, ModuleError, Probe, TaskCtx};
 use crate::packagist::completed::{completed_guard, completed_marker};
 use crate::packagist::storage::{
     import_storage_archive, pod_storage_fingerprint, pod_upload_cmd, prove_imported_storage,
@@ -124,25 +124,25 @@ impl Module for StorageImport {
     type Facts = StorageImportFacts;
     type Change = ImportChange;
 
-    async fn facts(&self, ctx: &TaskCtx) -> Result<StorageImportFacts, ModuleError> {
-        let cluster = self.k8s().cluster(ctx).await?;
+    async fn facts(&self, probe: &Probe<'_>) -> Result<StorageImportFacts, ModuleError> {
+        let cluster = self.k8s().cluster(probe).await?;
         let marker = completed_marker(&cluster).await?;
-        let deployment = ctx.render_or(&self.deployment, "ui")?;
+        let deployment = probe.render_or(&self.deployment, "ui")?;
         let pod = ready_deployment_pod(&cluster, &deployment).await?;
-        let container = ctx.render_or(&self.container, "ui")?;
-        let archive = ctx.render_or(&self.archive, "/tmp/packagist_storage.tar.gz")?;
-        let verify_dir = storage_verify_dir(ctx, &self.verify_dir)?;
-        let guard = completed_guard(ctx, &marker, "storage");
+        let container = probe.render_or(&self.container, "ui")?;
+        let archive = probe.render_or(&self.archive, "/tmp/packagist_storage.tar.gz")?;
+        let verify_dir = storage_verify_dir(probe, &self.verify_dir)?;
+        let guard = completed_guard(probe, &marker, "storage");
         let mut f = StorageImportFacts {
             namespace: cluster.namespace().to_string(),
             pod,
             container,
             archive,
             verify_dir,
-            source: artifact_fingerprint(ctx, &self.artifact, "storage"),
+            source: artifact_fingerprint(probe, &self.artifact, "storage"),
             current: None,
-            recorded_digest: ctx
-                .record(&ctx.host, &ctx.task)
+            recorded_digest: probe
+                .record(&probe.host, &probe.task)
                 .and_then(|r| r.fingerprints.get("imported_digest").cloned())
                 .and_then(|v| v.as_str().map(str::to_string)),
             partial: 0,
@@ -150,7 +150,7 @@ impl Module for StorageImport {
             guard,
             source_pending: false,
         };
-        f.source_pending = ctx.check && f.source.is_none();
+        f.source_pending = f.source.is_none() && probe.predicted_artifact(&self.artifact);
         if let (Some(pod), None) = (&f.pod, &f.guard) {
             if let Some(dir) = &f.verify_dir {
                 f.current = pod_storage_fingerprint(&cluster, pod, &f.container, dir).await?;
@@ -182,11 +182,7 @@ impl Module for StorageImport {
         Ok(f)
     }
 
-    fn decide(
-        &self,
-        f: &StorageImportFacts,
-        _: &TaskCtx,
-    ) -> Result<Vec<ImportChange>, ModuleError> {
+    fn decide(&self, f: &StorageImportFacts) -> Result<Vec<ImportChange>, ModuleError> {
         decide(f)
     }
 
@@ -422,7 +418,7 @@ pub fn decide(f: &StorageImportFacts) -> Result<Vec<ImportChange>, ModuleError> 
 /// pod, container, path), how much arrived and how much is still needed, the free space
 /// now, and that the partial upload is kept for the re-run to resume after.
 async fn upload_disk_full(
-    ctx: &TaskCtx,
+    ctx: &HostReader,
     cluster: &Cluster,
     pod: &str,
     f: &StorageImportFacts,

@@ -55,7 +55,9 @@ use crate::module::kube::{
     pod_exec, pod_free_text, ready_deployment_pod, sh_argv as sh, K8sTarget,
 };
 use crate::module::staged::StagedPath;
-use crate::module::{Applied, ArgCheck, ArgError, Change, Module, ModuleError, TaskCtx};
+use crate::module::{
+    Applied, ArgCheck, ArgError, Change, HostReader, Module, ModuleError, Probe, TaskCtx,
+};
 use crate::packagist::completed::{completed_guard, completed_marker};
 use crate::packagist::storage::{
     import_storage_archive, pod_storage_fingerprint, pod_upload_cmd, prove_imported_storage,
@@ -271,38 +273,38 @@ impl Module for StorageStream {
             .map_err(|e| ArgError::template(&self.source, e.to_string()))
     }
 
-    async fn facts(&self, ctx: &TaskCtx) -> Result<StorageStreamFacts, ModuleError> {
-        let source_host = resolve_source(&ctx.vars, &ctx.render_operand(&self.source)?)?;
+    async fn facts(&self, probe: &Probe<'_>) -> Result<StorageStreamFacts, ModuleError> {
+        let source_host = resolve_source(&probe.vars, &probe.render_operand(&self.source)?)?;
         let data_dir = match &self.data_dir {
-            Some(t) => ctx.render_operand(t)?,
-            None => ctx
+            Some(t) => probe.render_operand(t)?,
+            None => probe
                 .var("hostvars")
                 .and_then(|h| h.get(&source_host))
                 .and_then(|v| v.get("data_dir"))
-                .or_else(|| ctx.var("data_dir"))
+                .or_else(|| probe.var("data_dir"))
                 .and_then(Value::as_str)
                 .unwrap_or("/data/packagist")
                 .to_string(),
         };
-        let cluster = self.k8s().cluster(ctx).await?;
+        let cluster = self.k8s().cluster(probe).await?;
         let marker = completed_marker(&cluster).await?;
-        let deployment = ctx.render_or(&self.deployment, "ui")?;
+        let deployment = probe.render_or(&self.deployment, "ui")?;
         let pod = ready_deployment_pod(&cluster, &deployment).await?;
-        let container = ctx.render_or(&self.container, "ui")?;
-        let archive = ctx.render_or(&self.archive, "/tmp/packagist_storage.tar.gz")?;
-        let verify_dir = storage_verify_dir(ctx, &self.verify_dir)?;
-        let guard = completed_guard(ctx, &marker, "storage");
-        let source = ctx.peer(&source_host).await?;
+        let container = probe.render_or(&self.container, "ui")?;
+        let archive = probe.render_or(&self.archive, "/tmp/packagist_storage.tar.gz")?;
+        let verify_dir = storage_verify_dir(probe, &self.verify_dir)?;
+        let guard = completed_guard(probe, &marker, "storage");
+        let source = probe.peer(&source_host).await?;
         let listing = source.exec(&listing_cmd(&data_dir), None).await?;
         if !listing.success() {
             return Err(ModuleError::Failed(format!(
                 "cannot list the storage in {data_dir} on {source_host}: {}",
-                ctx.secrets.mask(listing.stderr_str().trim())
+                probe.secrets.mask(listing.stderr_str().trim())
             )));
         }
         let tree = parse_listing(&listing.stdout_str());
-        let recorded: Option<StreamedRecord> = ctx
-            .record(&ctx.host, &ctx.task)
+        let recorded: Option<StreamedRecord> = probe
+            .record(&probe.host, &probe.task)
             .and_then(|r| r.fingerprints.get(RECORD_KEY).cloned())
             .and_then(|v| serde_json::from_value(v).ok());
         let mut f = StorageStreamFacts {
@@ -329,11 +331,7 @@ impl Module for StorageStream {
         Ok(f)
     }
 
-    fn decide(
-        &self,
-        f: &StorageStreamFacts,
-        _: &TaskCtx,
-    ) -> Result<Vec<StreamChange>, ModuleError> {
+    fn decide(&self, f: &StorageStreamFacts) -> Result<Vec<StreamChange>, ModuleError> {
         decide(f)
     }
 
@@ -585,7 +583,7 @@ async fn stream_into_pod(
 }
 
 async fn disk_full(
-    ctx: &TaskCtx,
+    ctx: &HostReader,
     cluster: &Cluster,
     f: &StorageStreamFacts,
     pod: &str,

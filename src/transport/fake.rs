@@ -341,11 +341,48 @@ impl Connector for FakeConnector {
     }
 }
 
-/// Run `f` with a [`crate::module::TaskCtx`] on a fresh fake host `h` (for module
-/// fixture tests of `decide`, which must not need a real host).
-pub fn with_dummy_ctx<T>(f: impl FnOnce(&crate::module::TaskCtx) -> T) -> T {
-    let (ctx, _dir) = test_ctx(FakeTransport::new("h"), Default::default());
-    f(&ctx)
+/// Peers of a test that has none.
+pub struct NoPeers;
+
+#[async_trait]
+impl crate::module::Peers for NoPeers {
+    async fn transport(&self, host: &str) -> Result<Arc<dyn Transport>, TransportError> {
+        Err(TransportError::Config(format!(
+            "no peer `{host}` in this test"
+        )))
+    }
+}
+
+/// A [`crate::module::TaskCtx`] as the engine builds it (guarded transport), for `task`
+/// on `transport.host()` with `vars`, recording in `journal`; `--yes` given.
+pub fn task_ctx(
+    transport: Arc<dyn Transport>,
+    task: &str,
+    peers: Arc<dyn crate::module::Peers>,
+    journal: Arc<crate::journal::Journal>,
+    vars: serde_json::Map<String, serde_json::Value>,
+) -> crate::module::TaskCtx {
+    use crate::module::{HostReader, JournalView, NeverConfirm, TaskCtx};
+    use crate::playbook::template::{Renderer, Vars};
+    let secrets = Secrets::new();
+    TaskCtx {
+        reader: HostReader {
+            host: transport.host().to_string(),
+            task: task.into(),
+            transport: crate::transport::read_only::Guarded::wrap(transport),
+            peers,
+            journal: JournalView::new(journal.clone()),
+            secrets: secrets.clone(),
+            vars: Arc::new(Vars::new(vars, &secrets)),
+            renderer: Arc::new(Renderer::new(None)),
+            overwrite: Vec::new(),
+            cache: Arc::new(crate::module::HostCache::default()),
+        },
+        yes: true,
+        journal,
+        events: crate::report::EventSink::none(),
+        confirmer: Arc::new(NeverConfirm),
+    }
 }
 
 /// A [`crate::module::TaskCtx`] for host `transport.host()` with `vars`, a journal in a
@@ -354,45 +391,23 @@ pub fn test_ctx(
     transport: Arc<FakeTransport>,
     vars: serde_json::Map<String, serde_json::Value>,
 ) -> (crate::module::TaskCtx, tempfile::TempDir) {
-    use crate::module::{NeverConfirm, Peers, TaskCtx};
-    use crate::playbook::template::{Renderer, Vars};
-
-    struct NoPeers;
-    #[async_trait]
-    impl Peers for NoPeers {
-        async fn transport(&self, host: &str) -> Result<Arc<dyn Transport>, TransportError> {
-            Err(TransportError::Config(format!(
-                "no peer `{host}` in this test"
-            )))
-        }
-    }
-
     #[allow(clippy::expect_used)]
     let dir = tempfile::tempdir().expect("temp dir for a test journal");
-    let secrets = Secrets::new();
     #[allow(clippy::expect_used)]
     let journal = crate::journal::Journal::open(
         &dir.path().join("test.journal.json"),
         "test",
-        secrets.clone(),
+        Secrets::new(),
         true,
     )
     .expect("test journal");
-    let ctx = TaskCtx {
-        host: transport.host().to_string(),
-        task: "test".into(),
-        check: false,
-        yes: false,
+    let mut ctx = task_ctx(
         transport,
-        peers: Arc::new(NoPeers),
-        journal: Arc::new(journal),
-        secrets: secrets.clone(),
-        events: crate::report::EventSink::none(),
-        vars: Arc::new(Vars::new(vars, &secrets)),
-        renderer: Arc::new(Renderer::new(None)),
-        confirmer: Arc::new(NeverConfirm),
-        overwrite: Vec::new(),
-        cache: Arc::new(crate::module::HostCache::default()),
-    };
+        "test",
+        Arc::new(NoPeers),
+        Arc::new(journal),
+        vars,
+    );
+    ctx.yes = false;
     (ctx, dir)
 }

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::command::Cmd;
 
 pub mod fake;
+pub mod read_only;
 pub mod ssh;
 
 /// Why a transport operation failed. Each kind gets its own variant so the report can
@@ -78,6 +79,9 @@ pub enum TransportError {
     Io(#[from] std::io::Error),
     #[error("ssh protocol error: {0}")]
     Protocol(String),
+    /// A write while a module read facts (see [`read_only`]): a bug in that module.
+    #[error("refused on {host} while reading facts: {what} would change the host; facts only read (a bug in the module)")]
+    ReadOnly { host: String, what: String },
 }
 
 /// A host whose recorded keys are all of other types than the one it presented.
