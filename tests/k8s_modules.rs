@@ -231,16 +231,33 @@ impl Cluster {
             .unwrap_or_else(|_| panic!("DBSIZE of db {db}: {out:?}"))
     }
 
-    /// Hold the pods `PREFIX-…` Running but never ready (the simulator's test switch, as
-    /// if their readiness probe kept failing), or release them.
-    fn hold_unready(&self, prefix: &str, held: bool) {
-        let dir = self.sim.dir.path().join("state/switches/unready/default");
-        std::fs::create_dir_all(&dir).unwrap();
-        if held {
-            std::fs::write(dir.join(prefix), "").unwrap();
-        } else {
-            std::fs::remove_file(dir.join(prefix)).unwrap();
-        }
+    /// The simulator's test switch: while it exists, the pods `PREFIX-…` of namespace
+    /// default stay Running but never ready, as if their readiness probe kept failing.
+    fn unready_switch(&self, prefix: &str) -> PathBuf {
+        self.sim
+            .dir
+            .path()
+            .join("state/switches/unready/default")
+            .join(prefix)
+    }
+
+    fn hold_unready(&self, prefix: &str) {
+        let switch = self.unready_switch(prefix);
+        std::fs::create_dir_all(switch.parent().unwrap()).unwrap();
+        std::fs::write(switch, "").unwrap();
+    }
+
+    /// Lift [`Cluster::hold_unready`] after `delay`, from another thread.
+    fn release_unready_after(
+        &self,
+        prefix: &str,
+        delay: std::time::Duration,
+    ) -> std::thread::JoinHandle<()> {
+        let switch = self.unready_switch(prefix);
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            std::fs::remove_file(switch).unwrap();
+        })
     }
 }
 
@@ -346,7 +363,7 @@ async fn k8s_scale_times_out_naming_the_workload_and_a_rerun_waits_again() {
         .play(&scale_play(&[("Stop", &["deployment/ui"], 0, "")]), &[])
         .await
         .assert_all("changed");
-    cluster.hold_unready("ui", true);
+    cluster.hold_unready("ui");
 
     let up = scale_play(&[("Start", &["deployment/ui"], 1, "timeout = \"2s\"")]);
     let started = std::time::Instant::now();
@@ -374,8 +391,12 @@ async fn k8s_scale_times_out_naming_the_workload_and_a_rerun_waits_again() {
         "one unready ui pod: {pods:?}"
     );
 
-    cluster.hold_unready("ui", false);
-    let run = cluster.play(&up, &[]).await;
+    // The re-run starts while the pod is still held unready (so it must wait, not find
+    // it ready already), and the hold is lifted a second later.
+    let release = cluster.release_unready_after("ui", std::time::Duration::from_secs(1));
+    let rerun = scale_play(&[("Start", &["deployment/ui"], 1, "timeout = \"60s\"")]);
+    let run = cluster.play(&rerun, &[]).await;
+    release.join().unwrap();
     run.assert_all("changed");
     let changes = &run.task("Start").changes;
     assert_eq!(changes.len(), 1, "{run:#?}");
