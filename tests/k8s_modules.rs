@@ -630,8 +630,7 @@ async fn redis_flushdb_refuses_any_other_database_before_connecting() {
     let play = FLUSH_PLAY.replace("db = 5", "db = 1");
 
     let error = Playbook::parse(SourceFile::new("play.toml", play.clone()))
-        .err()
-        .expect("db = 1 is refused")
+        .expect_err("db = 1 is refused")
         .to_string();
     assert!(
         error.contains("refusing to flush Redis database 1"),
