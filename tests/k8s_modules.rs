@@ -177,17 +177,22 @@ impl Cluster {
         Run { exit, tasks }
     }
 
-    /// `spec.replicas` of `kind/name` (`deployment` or `statefulset`), read by kube.
+    /// `spec.replicas` of `kind/name` (`deployment` or `statefulset`) in namespace
+    /// default, read by kube.
     async fn replicas(&self, workload: &str) -> i32 {
+        self.replicas_in("default", workload).await
+    }
+
+    async fn replicas_in(&self, namespace: &str, workload: &str) -> i32 {
         let (kind, name) = workload.split_once('/').unwrap();
         let scale = match kind {
             "deployment" => {
-                Api::<Deployment>::namespaced(self.client.clone(), "default")
+                Api::<Deployment>::namespaced(self.client.clone(), namespace)
                     .get_scale(name)
                     .await
             }
             "statefulset" => {
-                Api::<StatefulSet>::namespaced(self.client.clone(), "default")
+                Api::<StatefulSet>::namespaced(self.client.clone(), namespace)
                     .get_scale(name)
                     .await
             }
@@ -196,9 +201,14 @@ impl Cluster {
         scale.unwrap().spec.unwrap().replicas.unwrap()
     }
 
-    /// The pods of `app=APP` as (name, ready), terminating ones included (not ready).
+    /// The pods of `app=APP` in namespace default as (name, ready), terminating ones
+    /// included (not ready).
     async fn pods(&self, app: &str) -> Vec<(String, bool)> {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), "default");
+        self.pods_in("default", app).await
+    }
+
+    async fn pods_in(&self, namespace: &str, app: &str) -> Vec<(String, bool)> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         pods.list(&ListParams::default().labels(&format!("app={app}")))
             .await
             .unwrap()
@@ -406,6 +416,49 @@ async fn k8s_scale_times_out_naming_the_workload_and_a_rerun_waits_again() {
     );
     let pods = cluster.pods("ui").await;
     assert!(pods.len() == 1 && pods[0].1, "one ready ui pod: {pods:?}");
+}
+
+/// The task's `namespace` (over the host var `namespace = "default"`) is where it scales;
+/// the completion marker of one namespace guards that namespace only.
+#[tokio::test(flavor = "multi_thread")]
+async fn k8s_scale_namespace_argument_targets_that_namespace_and_its_marker_only() {
+    let cluster = Cluster::start().await;
+    tokio::task::block_in_place(|| cluster.sim.wait_all_ready("packagist-alt"));
+    // The marker in default: the app of default is guarded, packagist-alt's is not.
+    cluster.play(MARKER_PLAY, &[]).await.assert_all("changed");
+    let default_pods = cluster.pods("ui").await;
+
+    let stop_alt = scale_play(&[(
+        "Stop alt ui",
+        &["deployment/ui"],
+        0,
+        "namespace = \"packagist-alt\"",
+    )]);
+    let run = cluster.play(&stop_alt, &[]).await;
+    run.assert_all("changed");
+    assert_eq!(
+        run.task("Stop alt ui").changes,
+        vec!["scale deployment/ui from 1 to 0\n  $ kubectl -n packagist-alt scale deployment/ui --replicas=0"]
+    );
+    assert_eq!(
+        cluster.replicas_in("packagist-alt", "deployment/ui").await,
+        0
+    );
+    assert_eq!(cluster.pods_in("packagist-alt", "ui").await, vec![]);
+    assert_eq!(cluster.replicas("deployment/ui").await, 1);
+    assert_eq!(cluster.pods("ui").await, default_pods);
+
+    // A marker in packagist-alt guards it from then on.
+    let alt_marker = format!("{MARKER_PLAY}namespace = \"packagist-alt\"\n");
+    cluster.play(&alt_marker, &[]).await.assert_all("changed");
+    let start_alt = stop_alt.replace("replicas = 0", "replicas = 1");
+    cluster.play(&start_alt, &[]).await.assert_all("changed");
+    let run = cluster.play(&stop_alt, &[]).await;
+    run.assert_all("ok");
+    assert_eq!(
+        cluster.replicas_in("packagist-alt", "deployment/ui").await,
+        1
+    );
 }
 
 // ------------------------------------------------------------------------------ check mode
