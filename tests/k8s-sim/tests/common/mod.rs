@@ -9,11 +9,79 @@ use std::time::{Duration, Instant};
 
 pub const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
 
+/// The repository: the nearest ancestor of the compiling package that holds the
+/// simulator. This file is compiled by the simulator's tests and, through `#[path]`, by
+/// ferry's own (`tests/k8s_modules.rs`), whose package sits two levels higher.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .canonicalize()
-        .unwrap()
+        .unwrap();
+    manifest_dir
+        .ancestors()
+        .find(|dir| dir.join("tests/k8s-sim/Cargo.toml").is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "no ancestor of {} holds tests/k8s-sim/Cargo.toml",
+                manifest_dir.display()
+            )
+        })
+        .to_path_buf()
+}
+
+/// The simulator binary. Cargo names it to the simulator's own tests; any other package
+/// of the workspace (ferry's tests) has it built here by cargo, into the same target
+/// directory and profile as the running test, once per test binary. A failed build
+/// fails the test: nothing is skipped.
+pub fn sim_binary() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_k8s-sim") {
+        return PathBuf::from(path);
+    }
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_sim_binary).clone()
+}
+
+fn build_sim_binary() -> PathBuf {
+    // The running test is TARGET_DIR/PROFILE_DIR/deps/NAME-HASH.
+    let exe = std::env::current_exe().expect("the running test's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("{} is not in TARGET/PROFILE/deps", exe.display()));
+    let target_dir = profile_dir.parent().unwrap_or(profile_dir);
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(&cargo)
+        .current_dir(repo_root())
+        .args([
+            "build",
+            "--package",
+            "k8s-sim",
+            "--bin",
+            "k8s-sim",
+            "--profile",
+            profile,
+        ])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {cargo:?} build --package k8s-sim: {e}"));
+    assert!(
+        output.status.success(),
+        "cargo build --package k8s-sim --profile {profile} failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let binary = profile_dir.join("k8s-sim");
+    assert!(
+        binary.is_file(),
+        "cargo built k8s-sim but {} is missing",
+        binary.display()
+    );
+    binary
 }
 
 /// The tests need root (namespaces, bind mounts), kubectl 1.32, PostgreSQL 15 and Redis.
@@ -51,8 +119,12 @@ pub fn ensure_prerequisites() {
 }
 
 fn nix_is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    // `id -u`, not libc: ferry's tests compile this file too and have no libc.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
 
 pub struct Sim {
@@ -80,7 +152,7 @@ impl Sim {
         let openebs_base = dir.path().join("openebs");
         let log = std::fs::File::create(dir.path().join("sim.log")).unwrap();
         let root = repo_root();
-        let child = Command::new(env!("CARGO_BIN_EXE_k8s-sim"))
+        let child = Command::new(sim_binary())
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--manifests")
