@@ -284,14 +284,21 @@ fn pod_ready(pod: &Pod) -> bool {
 }
 
 /// A playbook of one `k8s_scale` task per (name, workloads, replicas, extra TOML lines).
+/// A stop (`replicas = 0`) is guarded by the completed-migration marker, as the
+/// migration playbook's is.
 fn scale_play(tasks: &[(&str, &[&str], u32, &str)]) -> String {
     tasks
         .iter()
         .map(|(name, workloads, replicas, extra)| {
             let workloads: Vec<String> = workloads.iter().map(|w| format!("{w:?}")).collect();
+            let guard = if *replicas == 0 {
+                "guard = { configmap = \"ferry-packagist-migration\", store = \"app\" }\n"
+            } else {
+                ""
+            };
             format!(
                 "[[task]]\nname = {name:?}\nhosts = \"packagist_new\"\n[task.k8s_scale]\n\
-                 workloads = [{}]\nreplicas = {replicas}\n{extra}\n",
+                 workloads = [{}]\nreplicas = {replicas}\n{guard}{extra}\n",
                 workloads.join(", ")
             )
         })
@@ -451,7 +458,12 @@ async fn k8s_scale_namespace_argument_targets_that_namespace_and_its_marker_only
     // A marker in packagist-alt guards it from then on.
     let alt_marker = format!("{MARKER_PLAY}namespace = \"packagist-alt\"\n");
     cluster.play(&alt_marker, &[]).await.assert_all("changed");
-    let start_alt = stop_alt.replace("replicas = 0", "replicas = 1");
+    let start_alt = scale_play(&[(
+        "Start alt ui",
+        &["deployment/ui"],
+        1,
+        "namespace = \"packagist-alt\"",
+    )]);
     cluster.play(&start_alt, &[]).await.assert_all("changed");
     let run = cluster.play(&stop_alt, &[]).await;
     run.assert_all("ok");
@@ -604,12 +616,11 @@ async fn migration_marker_is_written_once_and_guards_scaling_the_app_down() {
 /// report what a real run does: nothing (the guarded stop leaves the app running, so the
 /// start has nothing to do).
 ///
-/// Fails today: `k8s_scale` records its predicted replicas during `facts`, before the
-/// guard decides the stop does nothing, so the start sees a predicted 0 and says
-/// `would_change` ("scale deployment/ui from 0 to 1") where a real run is ok. This is the
-/// check-mode misreport of issue #15; un-ignore when the engine owns the predictions.
+/// Failed before the engine owned the predictions: `k8s_scale` recorded its predicted
+/// replicas during `facts`, before the guard decided the stop does nothing, so the start
+/// saw a predicted 0 and said `would_change` ("scale deployment/ui from 0 to 1") where a
+/// real run is ok (issue #15).
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "ferry bug (issue #15): a guarded k8s_scale still predicts its replicas in --check"]
 async fn check_mode_after_a_completed_migration_predicts_no_change_from_a_guarded_stop() {
     let cluster = Cluster::start().await;
     cluster.play(MARKER_PLAY, &[]).await.assert_all("changed");
@@ -705,7 +716,6 @@ async fn redis_flushdb_refuses_any_other_database_before_connecting() {
 /// Issue #15's "the engine alone folds predictions" removes this guess: the flush should
 /// see a restore's prediction only when a restore task of this run made one.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "ferry bug (issue #15): redis_flushdb --check predicts a restore no task makes"]
 async fn redis_flushdb_check_of_an_empty_cache_reports_what_a_real_run_does() {
     let cluster = Cluster::start().await;
     assert_eq!(cluster.dbsize(5), 0);
