@@ -18,6 +18,35 @@ pub fn storage_verify_dir(
     })
 }
 
+/// `find` in `data_dir` over what is below the two storage dirs (`composer/…`,
+/// `artifacts/…`), without the dirs themselves and without failing when one is missing
+/// (facts only read: nothing creates them first), printing `format` (a `-printf`
+/// format; `%P` is the path as `composer/…`) for each entry; only regular files with
+/// `files_only`. Everything else at the top of `data_dir` is pruned unread.
+pub fn storage_find_cmd(data_dir: &str, format: &str, files_only: bool) -> Cmd {
+    let print = if files_only {
+        vec!["(", "-type", "f", "-printf", format, "-o", "-true", ")"]
+    } else {
+        vec!["-printf", format]
+    };
+    Cmd::new("cd").arg(data_dir).and(
+        Cmd::new("find")
+            .args([
+                ".",
+                "-path",
+                ".",
+                "-o",
+                "-path",
+                "./composer",
+                "-o",
+                "-path",
+            ])
+            .args(["./artifacts", "-o", "-path", "./*/*"])
+            .args(print)
+            .args(["-o", "-prune"]),
+    )
+}
+
 /// sha256 of every file under the two storage dirs (`sha256sum` lines, relative paths).
 pub fn content_hash_cmd(dir: &str) -> Cmd {
     Cmd::new("cd").arg(dir).and(Cmd::new("find").args([

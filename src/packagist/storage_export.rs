@@ -24,7 +24,7 @@ use crate::fingerprint::StorageFingerprint;
 use crate::module::artifact::{file_stamp, recorded_artifact, write_artifact, FileStamp};
 use crate::module::docker::{docker_bin, docker_inspect};
 use crate::module::{Applied, Change, Module, ModuleError, Probe, TaskCtx};
-use crate::packagist::storage::content_hash_cmd;
+use crate::packagist::storage::{content_hash_cmd, storage_find_cmd};
 use crate::playbook::template::Template;
 
 fn default_artifact() -> String {
@@ -149,24 +149,11 @@ pub fn tar_cmd(data_dir: &str, gzip_level: Option<u8>) -> Cmd {
     }
 }
 
-/// `find` the two storage dirs, one line per file: `path<TAB>size<TAB>mtime`.
+/// `find` the two storage dirs, one line per file: `path<TAB>size<TAB>mtime`, hashed.
 fn tree_stamp_cmd(data_dir: &str) -> Cmd {
-    Cmd::new("cd")
-        .arg(data_dir)
-        .and(Cmd::new("mkdir").args(["-p", "composer", "artifacts"]))
-        .and(
-            Cmd::new("find")
-                .args([
-                    "composer",
-                    "artifacts",
-                    "-type",
-                    "f",
-                    "-printf",
-                    "%p\\t%s\\t%T@\\n",
-                ])
-                .pipe(Cmd::new("env").arg("LC_ALL=C").arg("sort"))
-                .pipe(Cmd::new("sha256sum")),
-        )
+    storage_find_cmd(data_dir, "%P\\t%s\\t%T@\\n", true)
+        .pipe(Cmd::new("env").arg("LC_ALL=C").arg("sort"))
+        .pipe(Cmd::new("sha256sum"))
 }
 
 #[async_trait]

@@ -61,7 +61,7 @@ use crate::module::{
 use crate::packagist::completed::{completed_guard, completed_marker};
 use crate::packagist::storage::{
     import_storage_archive, pod_storage_fingerprint, pod_upload_cmd, prove_imported_storage,
-    storage_verify_dir, CONSOLE,
+    storage_find_cmd, storage_verify_dir, CONSOLE,
 };
 use crate::playbook::template::{Template, Vars};
 
@@ -165,24 +165,19 @@ pub fn source_tar_cmd(data_dir: &str) -> Cmd {
         ]))
 }
 
-/// One line per entry under the two storage dirs: `type<TAB>size<TAB>mtime<TAB>path`.
+/// One line per entry below the two storage dirs: `type<TAB>size<TAB>mtime<TAB>path`
+/// (the dirs themselves are left out: the tar creates them if missing, and facts do not).
 fn listing_cmd(data_dir: &str) -> Cmd {
-    Cmd::new("cd")
-        .arg(data_dir)
-        .and(Cmd::new("mkdir").args(["-p", "composer", "artifacts"]))
-        .and(
-            Cmd::new("find")
-                .args(["composer", "artifacts", "-printf", "%y\\t%s\\t%T@\\t%p\\n"])
-                .pipe(Cmd::new("env").arg("LC_ALL=C").arg("sort")),
-        )
+    storage_find_cmd(data_dir, "%y\\t%s\\t%T@\\t%P\\n", false)
+        .pipe(Cmd::new("env").arg("LC_ALL=C").arg("sort"))
 }
 
 /// Pure: the tree's stamp, file count and expected tar size from [`listing_cmd`]'s output.
 pub fn parse_listing(text: &str) -> SourceTree {
     const BLOCK: u64 = 512;
     let mut files = 0;
-    // End-of-archive marker: two zero blocks.
-    let mut tar_bytes = 2 * BLOCK;
+    // End-of-archive marker: two zero blocks; a header each for `dist/` and `artifact/`.
+    let mut tar_bytes = 2 * BLOCK + 2 * BLOCK;
     for line in text.lines() {
         let mut fields = line.splitn(4, '\t');
         let kind = fields.next().unwrap_or("");
