@@ -297,6 +297,26 @@ pub fn recorded_artifact(
     (current.as_ref() == Some(&stamp)).then_some(artifact)
 }
 
+/// The memo `key` recorded by a task that produced artifact `name` (the first in the
+/// journal's order, as [`artifact_fingerprint`]): `None` when no task recorded it, an error when what is recorded is not a `T`.
+pub fn artifact_memo<T: serde::Serialize + serde::de::DeserializeOwned>(
+    ctx: &HostReader,
+    artifact: &str,
+    key: &crate::module::memo::Memo<T>,
+) -> Result<Option<T>, ModuleError> {
+    let data = ctx.journal.snapshot();
+    for (host, tasks) in &data.hosts {
+        for (task, record) in tasks {
+            if record.artifacts.contains_key(artifact) {
+                if let Some(v) = key.read(host, task, record)? {
+                    return Ok(Some(v));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// A fingerprint recorded (under `key`) by the task that produced artifact `name`.
 pub fn artifact_fingerprint<T: serde::de::DeserializeOwned>(
     ctx: &HostReader,

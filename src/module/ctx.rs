@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::command::Cmd;
 use crate::journal::{Artifact, Journal, TaskRecord};
+use crate::module::memo::Memo;
 use crate::module::predict::{Predicted, Store};
 use crate::module::ModuleError;
 use crate::playbook::template::{Renderer, ShellTemplate, Template, Vars};
@@ -230,6 +231,17 @@ impl HostReader {
     pub fn record(&self, host: &str, task: &str) -> Option<TaskRecord> {
         self.journal.record(host, task)
     }
+
+    /// Memo `key` of this task on this host, as an earlier run recorded it.
+    pub fn own_memo<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        key: &Memo<T>,
+    ) -> Result<Option<T>, ModuleError> {
+        match self.record(&self.host, &self.task) {
+            Some(r) => Ok(key.read(&self.host, &self.task, &r)?),
+            None => Ok(None),
+        }
+    }
 }
 
 impl TaskCtx {
@@ -253,6 +265,18 @@ impl TaskCtx {
         Ok(self
             .journal
             .record_artifact(&self.host, &self.task, artifact)?)
+    }
+
+    /// Record memo `key` of this task.
+    pub fn record_memo<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        key: &Memo<T>,
+        value: &T,
+    ) -> Result<(), ModuleError> {
+        let memo = key.of(value);
+        Ok(self
+            .journal
+            .record_fingerprint(&self.host, &self.task, memo.name, memo.value)?)
     }
 
     /// Record a fingerprint (row counts, key counts, file hashes...) of this task.

@@ -76,12 +76,6 @@ impl K8sTarget {
     }
 }
 
-impl From<crate::k8s::K8sError> for ModuleError {
-    fn from(e: crate::k8s::K8sError) -> Self {
-        ModuleError::Failed(e.to_string())
-    }
-}
-
 /// Run `argv` in a pod with `input` on stdin; stdout on success, an error naming the
 /// pod and stderr otherwise. Feeds and drains at the same time (either alone can stall).
 pub async fn pod_exec(

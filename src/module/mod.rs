@@ -41,11 +41,16 @@ pub mod units;
 pub use ctx::{Confirm, HostCache, HostReader, JournalView, NeverConfirm, Peers, Probe, TaskCtx};
 pub use predict::{Predicted, Prediction, Store};
 
-/// Why a module step failed.
+/// Why a module step failed, by family: what went wrong decides what the operator does
+/// next (reconnect, free space, investigate a mismatch, fix a precondition).
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
+    /// The connection to the host.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The Kubernetes API (the cluster, its tunnel, a pod exec).
+    #[error(transparent)]
+    Kube(#[from] crate::k8s::K8sError),
     #[error("command failed ({status}): {cmd}{}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
     CommandFailed {
         /// Masked display of the command.
@@ -57,9 +62,34 @@ pub enum ModuleError {
     Template(#[from] TemplateError),
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// A journal memo that is not what its key says.
+    #[error(transparent)]
+    Memo(#[from] memo::MemoMismatch),
     #[error("not confirmed: {0}; re-run with --yes to allow it")]
     NotConfirmed(String),
-    /// A check or a step that failed for a reason the module explains.
+    /// No room for what a step writes (the message names host, path and free space).
+    #[error("{0}")]
+    DiskFull(String),
+    /// A copy, dump or restore is not what its source is: nothing is trusted until it is
+    /// made again. `what` names the copy; `detail` says how it differs.
+    #[error("{what} does not match its source: {detail}")]
+    ProofMismatch { what: String, detail: String },
+    /// Something the step needs is not there or not so (a task that must run first,
+    /// a pod that must be ready, an argument the host's state rules out).
+    #[error("{0}")]
+    Precondition(String),
+    /// A wait or a remote step that did not finish in its time.
+    #[error("{what} did not finish within {secs}s")]
+    Timeout { what: String, secs: u64 },
+    /// A local file (the laptop's copy, a key file).
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A check or a step that failed for a reason the module explains (only where no
+    /// family above fits).
     #[error("{0}")]
     Failed(String),
     #[error("internal error: {0}")]

@@ -5,6 +5,7 @@
 
 pub mod attempt;
 pub mod completed;
+pub mod memos;
 pub mod migration_marker;
 pub mod pg_dump;
 pub mod pg_restore_k8s;
