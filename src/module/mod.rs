@@ -206,6 +206,13 @@ pub trait Module: Send + Sync + 'static {
     /// means a check failed (e.g. a preflight condition) and fails the task.
     fn decide(&self, facts: &Self::Facts) -> Result<Vec<Self::Change>, ModuleError>;
 
+    /// What `changes`, once applied, leave behind for later tasks (check mode folds it
+    /// in; see [`predict`]): by default what each change says it predicts; a module whose
+    /// changes together make an artifact says so here.
+    fn predicts(&self, changes: &[Self::Change]) -> Vec<Prediction> {
+        changes.iter().flat_map(Change::predicts).collect()
+    }
+
     /// Pure: what the facts tell later tasks, recorded in the journal by the engine
     /// right after the facts were read, in check mode too (the journal is not a host);
     /// e.g. the old side's data sizes, which the new side's preflight checks its disk
@@ -303,7 +310,7 @@ impl<M: Module> DynModule for M {
         Ok(Plan {
             facts: serde_json::to_value(&facts).unwrap_or(Value::Null),
             changes: planned,
-            predictions: changes.iter().flat_map(Change::predicts).collect(),
+            predictions: self.predicts(&changes),
             memos: self.memos(&facts),
             typed: Box::new(TypedPlan::<M> { facts, changes }),
         })

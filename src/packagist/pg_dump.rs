@@ -22,7 +22,7 @@ use crate::command::Cmd;
 use crate::fingerprint::{PgFingerprint, PG_FINGERPRINT_SQL};
 use crate::module::artifact::{file_stamp, recorded_artifact, write_artifact, FileStamp};
 use crate::module::docker::{docker_bin, docker_inspect};
-use crate::module::{Applied, Change, HostReader, Module, ModuleError, Probe, TaskCtx};
+use crate::module::{Applied, Change, HostReader, Module, ModuleError, Prediction, Probe, TaskCtx};
 use crate::playbook::template::Template;
 
 fn default_artifact() -> String {
@@ -166,6 +166,15 @@ impl Module for PgDump {
             facts.current_fingerprint = Some(fingerprint(probe, &facts).await?);
         }
         Ok(facts)
+    }
+
+    /// The changes, applied, make the artifact (a check run's later tasks count on it).
+    fn predicts(&self, changes: &[PgDumpChange]) -> Vec<Prediction> {
+        if changes.is_empty() {
+            Vec::new()
+        } else {
+            vec![Prediction::Artifact(self.artifact.clone())]
+        }
     }
 
     fn decide(&self, f: &PgDumpFacts) -> Result<Vec<PgDumpChange>, ModuleError> {

@@ -18,7 +18,7 @@ use crate::command::Cmd;
 use crate::fingerprint::RedisKeyCounts;
 use crate::module::artifact::{file_stamp, recorded_artifact, write_artifact, FileStamp};
 use crate::module::docker::{docker_bin, docker_inspect};
-use crate::module::{Applied, Change, HostReader, Module, ModuleError, Probe, TaskCtx};
+use crate::module::{Applied, Change, HostReader, Module, ModuleError, Prediction, Probe, TaskCtx};
 use crate::playbook::template::Template;
 
 fn default_artifact() -> String {
@@ -136,6 +136,15 @@ impl Module for RedisBackup {
             f.current_counts = Some(key_counts(probe, &f).await?);
         }
         Ok(f)
+    }
+
+    /// The changes, applied, make the artifact (a check run's later tasks count on it).
+    fn predicts(&self, changes: &[RedisBackupChange]) -> Vec<Prediction> {
+        if changes.is_empty() {
+            Vec::new()
+        } else {
+            vec![Prediction::Artifact(self.artifact.clone())]
+        }
     }
 
     fn decide(&self, f: &RedisBackupFacts) -> Result<Vec<RedisBackupChange>, ModuleError> {

@@ -23,7 +23,7 @@ use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
 use crate::module::artifact::{file_stamp, recorded_artifact, write_artifact, FileStamp};
 use crate::module::docker::{docker_bin, docker_inspect};
-use crate::module::{Applied, Change, Module, ModuleError, Probe, TaskCtx};
+use crate::module::{Applied, Change, Module, ModuleError, Prediction, Probe, TaskCtx};
 use crate::packagist::storage::{content_hash_cmd, storage_find_cmd};
 use crate::playbook::template::Template;
 
@@ -190,6 +190,15 @@ impl Module for StorageExport {
                 .to_string(),
             recorded_tree_stamp,
         })
+    }
+
+    /// The changes, applied, make the artifact (a check run's later tasks count on it).
+    fn predicts(&self, changes: &[StorageExportChange]) -> Vec<Prediction> {
+        if changes.is_empty() {
+            Vec::new()
+        } else {
+            vec![Prediction::Artifact(self.artifact.clone())]
+        }
     }
 
     fn decide(&self, f: &StorageExportFacts) -> Result<Vec<StorageExportChange>, ModuleError> {
