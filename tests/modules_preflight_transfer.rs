@@ -73,7 +73,7 @@ fn task_ctx(
     journal: &Arc<Journal>,
     vars: Value,
 ) -> TaskCtx {
-    ferry::transport::fake::task_ctx(
+    ferry::module::testing::task_ctx(
         transport,
         task,
         peers,

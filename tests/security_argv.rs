@@ -39,7 +39,7 @@ impl Peers for NoPeers {
 
 fn ctx(host: &Arc<FakeTransport>, journal: &Arc<Journal>, vars: Value) -> TaskCtx {
     journal.task_started(host.host(), "t").unwrap();
-    ferry::transport::fake::task_ctx(
+    ferry::module::testing::task_ctx(
         host.clone(),
         "t",
         Arc::new(NoPeers),

@@ -625,3 +625,88 @@ fn inventories_parse_and_the_migration_playbook_prepares_against_them() {
     assert_eq!(vars["namespace"], "default");
     assert_eq!(inv.hosts["old"].vars["data_dir"], "/data/packagist");
 }
+
+/// The layers of `src/` import one way (lib.rs): the module contract and its support
+/// (`module/`) know no module; general modules (`modules/`) know no migration step;
+/// nothing below the engine knows the engine, the CLI or the module table. A `use` (or a
+/// path) against that direction is listed with its file and line.
+#[test]
+fn imports_run_one_way() {
+    let rules: &[(&str, &[&str])] = &[
+        (
+            "src/module",
+            &[
+                "crate::modules",
+                "crate::packagist",
+                "crate::registry",
+                "crate::engine",
+                "crate::cli",
+            ],
+        ),
+        (
+            "src/modules",
+            &[
+                "crate::packagist",
+                "crate::registry",
+                "crate::engine",
+                "crate::cli",
+            ],
+        ),
+        (
+            "src/packagist",
+            &["crate::registry", "crate::engine", "crate::cli"],
+        ),
+        (
+            "src/transport",
+            &[
+                "crate::module",
+                "crate::modules",
+                "crate::packagist",
+                "crate::engine",
+            ],
+        ),
+        (
+            "src/k8s.rs",
+            &[
+                "crate::module",
+                "crate::modules",
+                "crate::packagist",
+                "crate::engine",
+            ],
+        ),
+    ];
+    let mut upward = Vec::new();
+    for (dir, forbidden) in rules {
+        let mut files = Vec::new();
+        let mut todo = vec![repo().join(dir)];
+        while let Some(p) = todo.pop() {
+            if p.is_dir() {
+                todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            } else if p.extension().is_some_and(|e| e == "rs") {
+                files.push(p);
+            }
+        }
+        assert!(!files.is_empty(), "no Rust files under {dir}");
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                for f in *forbidden {
+                    // `crate::modules` must not match `crate::module::…`, nor vice versa.
+                    let hit = code.match_indices(f).any(|(i, _)| {
+                        let next = code[i + f.len()..].chars().next();
+                        !matches!(next, Some(c) if c.is_alphanumeric() || c == '_')
+                    });
+                    if hit {
+                        upward.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        upward.is_empty(),
+        "imports against the layering:\n{}",
+        upward.join("\n")
+    );
+}

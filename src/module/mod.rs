@@ -36,6 +36,7 @@ pub mod kube;
 pub mod memo;
 pub mod predict;
 pub mod staged;
+pub mod testing;
 pub mod units;
 
 pub use ctx::{Confirm, HostCache, HostReader, JournalView, NeverConfirm, Peers, Probe, TaskCtx};
