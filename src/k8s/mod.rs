@@ -14,17 +14,20 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{
-    Api, AttachParams, AttachedProcess, DeleteParams, ListParams, Patch, PatchParams, PostParams,
-    WatchEvent, WatchParams,
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::command::Cmd;
 use crate::transport::Transport;
+
+mod exec;
+mod tunnel;
+
+pub use exec::{drain, feed_stdin, finish};
+use tunnel::open_tunnel;
 
 /// Why a Kubernetes operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -521,48 +524,6 @@ impl Cluster {
             .map_err(|_| K8sError::Timeout { what, secs: 0 })?
     }
 
-    /// Start `argv` in `pod`/`container` with stdin, stdout and stderr attached, with
-    /// buffers sized for bulk data (kube's default of 1 KiB crawls).
-    pub async fn exec(
-        &self,
-        pod: &str,
-        container: Option<&str>,
-        argv: &[String],
-        stdin: bool,
-    ) -> Result<AttachedProcess, K8sError> {
-        if let Some(why) = pod_argv_writes(argv) {
-            may_write(|| format!("{argv:?} in pod {pod} ({why})"))?;
-        }
-        const BUF: usize = 1 << 20;
-        let mut ap = AttachParams::default()
-            .stdin(stdin)
-            .stdout(true)
-            .stderr(true)
-            .max_stdin_buf_size(BUF)
-            .max_stdout_buf_size(BUF)
-            .max_stderr_buf_size(BUF);
-        if let Some(c) = container {
-            ap = ap.container(c);
-        }
-        self.api::<Pod>()
-            .exec(pod, argv.to_vec(), &ap)
-            .await
-            .map_err(api_err(format!("exec in pod {pod}")))
-    }
-
-    /// Run `argv` in a pod without stdin and collect stdout; fails on a non-zero exit.
-    pub async fn exec_output(
-        &self,
-        pod: &str,
-        container: Option<&str>,
-        argv: &[String],
-    ) -> Result<Vec<u8>, K8sError> {
-        let mut proc = self.exec(pod, container, argv, false).await?;
-        let (out, err) = drain(&mut proc).await;
-        finish(pod, proc, &err).await?;
-        Ok(out)
-    }
-
     /// A ConfigMap's data, or `None`.
     pub async fn configmap(
         &self,
@@ -612,64 +573,6 @@ impl Cluster {
     }
 }
 
-/// Read stdout and stderr of an attached process to the end, concurrently (reading
-/// one while the other fills up would stall both).
-pub async fn drain(proc: &mut AttachedProcess) -> (Vec<u8>, Vec<u8>) {
-    let mut out = Vec::new();
-    let mut err = Vec::new();
-    let so = proc.stdout();
-    let se = proc.stderr();
-    let read_out = async {
-        if let Some(mut r) = so {
-            let _ = r.read_to_end(&mut out).await;
-        }
-    };
-    let read_err = async {
-        if let Some(mut r) = se {
-            let _ = r.read_to_end(&mut err).await;
-        }
-    };
-    tokio::join!(read_out, read_err);
-    (out, err)
-}
-
-/// Wait for an attached process's status; a non-zero exit becomes an error with stderr.
-pub async fn finish(pod: &str, mut proc: AttachedProcess, stderr: &[u8]) -> Result<(), K8sError> {
-    let status = match proc.take_status() {
-        Some(s) => s.await,
-        None => None,
-    };
-    let _ = proc.join().await;
-    match status {
-        Some(s) if s.status.as_deref() == Some("Success") => Ok(()),
-        Some(s) => Err(K8sError::Exec {
-            pod: pod.to_string(),
-            reason: format!(
-                "{} {}",
-                s.message.unwrap_or_default(),
-                String::from_utf8_lossy(stderr).trim()
-            ),
-        }),
-        None => Err(K8sError::Exec {
-            pod: pod.to_string(),
-            reason: "the connection closed without an exit status".to_string(),
-        }),
-    }
-}
-
-/// Copy all of `reader` into the process's stdin, then close it (EOF).
-pub async fn feed_stdin<R: tokio::io::AsyncRead + Unpin>(
-    proc: &mut AttachedProcess,
-    reader: &mut R,
-) -> std::io::Result<u64> {
-    let Some(mut w) = proc.stdin() else {
-        return Ok(0);
-    };
-    let n = tokio::io::copy(reader, &mut w).await?;
-    w.shutdown().await?;
-    Ok(n)
-}
-
 /// A failure of the connection to the API (worth reconnecting), not an answer of it.
 fn is_transient(e: &kube::Error) -> bool {
     match e {
@@ -704,98 +607,5 @@ pub fn pod_ready(p: &Pod) -> bool {
     }
 }
 
-/// Start the local end of the API tunnel: returns the local port.
-async fn open_tunnel(
-    node: Arc<dyn Transport>,
-    host: String,
-    port: u16,
-) -> Result<(u16, JoinHandle<()>), K8sError> {
-    // Fail early (and clearly) if the node cannot reach its API server at all.
-    let (probe, method) = node
-        .forward(&host, port)
-        .await
-        .map_err(|e| K8sError::Tunnel(e.to_string()))?;
-    drop(probe);
-    tracing::info!(host = node.host(), api = %format!("{host}:{port}"), ?method, "Kubernetes API tunnel");
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| K8sError::Tunnel(e.to_string()))?;
-    let local_port = listener
-        .local_addr()
-        .map_err(|e| K8sError::Tunnel(e.to_string()))?
-        .port();
-    let handle = tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
-                return;
-            };
-            let node = node.clone();
-            let host = host.clone();
-            tokio::spawn(async move {
-                match node.forward(&host, port).await {
-                    Ok((mut remote, _)) => {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut remote).await;
-                    }
-                    Err(e) => tracing::warn!("Kubernetes API tunnel connection failed: {e}"),
-                }
-            });
-        }
-    });
-    Ok((local_port, handle))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::api::core::v1::{ContainerStatus, PodStatus};
-
-    fn pod(phase: &str, ready: &[bool], terminating: bool) -> Pod {
-        let mut p = Pod::default();
-        p.metadata.name = Some("p".into());
-        if terminating {
-            p.metadata.deletion_timestamp =
-                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-                ));
-        }
-        p.status = Some(PodStatus {
-            phase: Some(phase.into()),
-            container_statuses: Some(
-                ready
-                    .iter()
-                    .map(|r| ContainerStatus {
-                        ready: *r,
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
-            ..Default::default()
-        });
-        p
-    }
-
-    #[test]
-    fn ready_needs_running_all_containers_and_not_terminating() {
-        assert!(pod_ready(&pod("Running", &[true, true], false)));
-        assert!(!pod_ready(&pod("Running", &[true, false], false)));
-        assert!(!pod_ready(&pod("Pending", &[true], false)));
-        assert!(!pod_ready(&pod("Running", &[true], true)));
-    }
-
-    #[test]
-    fn pods_match_counts() {
-        let a = pod("Running", &[true], false);
-        assert!(pods_match([&a].into_iter(), PodsWanted::Ready(1)));
-        assert!(!pods_match([&a].into_iter(), PodsWanted::Ready(2)));
-        assert!(!pods_match([&a].into_iter(), PodsWanted::Gone));
-        assert!(pods_match(std::iter::empty(), PodsWanted::Gone));
-    }
-
-    #[test]
-    fn kubectl_text_is_quoted() {
-        assert_eq!(
-            kubectl("default", &["scale", "deployment/ui", "--replicas=0"]),
-            "kubectl -n default scale deployment/ui --replicas=0"
-        );
-    }
-}
+mod tests;
