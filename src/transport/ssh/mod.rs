@@ -33,6 +33,7 @@ mod known_hosts;
 mod script;
 mod session;
 mod shell;
+mod stdin;
 
 pub use auth::AgentSource;
 
