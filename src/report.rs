@@ -72,6 +72,10 @@ pub struct TaskResult {
     pub changes: Vec<String>,
     pub duration_ms: u64,
     pub error: Option<String>,
+    /// Why an `ok` task left things alone when that is worth knowing (the migration
+    /// completed on the target, so a store is not touched), masked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Things the operator must know (not part of the JSON document).
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -149,6 +153,12 @@ impl PlayReport {
                     TaskStatus::Failed => Cell::new("failed").fg(Color::Red),
                 };
                 let mut what = t.changes.join("\n");
+                for n in &t.notes {
+                    if !what.is_empty() {
+                        what.push('\n');
+                    }
+                    what.push_str(&format!("note: {n}"));
+                }
                 for w in &t.warnings {
                     what.push_str(&format!("\nWARNING: {w}"));
                 }
@@ -454,6 +464,7 @@ mod tests {
             changes: vec!["c\r".into()],
             duration_ms: 1,
             error: Some("stderr: \x1b[2J".into()),
+            notes: vec!["n\x1b".into()],
             warnings: vec!["w\x1b".into()],
         });
         let table = report.to_table();
@@ -507,6 +518,7 @@ mod tests {
             changes: vec!["said ok".into()],
             duration_ms: 1,
             error: None,
+            notes: Vec::new(),
             warnings: Vec::new(),
         });
         let line: serde_json::Value =

@@ -643,6 +643,7 @@ fn result(host: &str, task: &str, status: TaskStatus, started: Instant) -> TaskR
         changes: Vec::new(),
         duration_ms: started.elapsed().as_millis() as u64,
         error: None,
+        notes: Vec::new(),
         warnings: Vec::new(),
     }
 }
@@ -930,6 +931,7 @@ async fn run_task(
         Ok(plan) => {
             tracing::debug!(host = ctx.host, task = ctx.task, facts = %ctx.secrets.mask(&plan.facts.to_string()), "facts");
             r.changes = plan.changes.iter().map(|c| c.report_line()).collect();
+            r.notes = plan.notes.clone();
             for memo in &plan.memos {
                 if let Err(e) = ctx.journal.record_fingerprint(
                     &ctx.host,

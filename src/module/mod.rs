@@ -214,6 +214,12 @@ pub trait Module: Send + Sync + 'static {
         changes.iter().flat_map(Change::predicts).collect()
     }
 
+    /// Pure: why the facts call for no change when the operator should hear it (a guard
+    /// that leaves a store alone), shown with the task's `ok` in the report.
+    fn notes(&self, _facts: &Self::Facts) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Pure: what the facts tell later tasks, recorded in the journal by the engine
     /// right after the facts were read, in check mode too (the journal is not a host);
     /// e.g. the old side's data sizes, which the new side's preflight checks its disk
@@ -259,6 +265,8 @@ pub struct Plan {
     pub predictions: Vec<Prediction>,
     /// What the facts tell later tasks (see [`Module::memos`]).
     pub memos: Vec<memo::MemoValue>,
+    /// Why nothing changes, when worth saying (see [`Module::notes`]), masked.
+    pub notes: Vec<String>,
     typed: Box<dyn Any + Send + Sync>,
 }
 
@@ -313,6 +321,11 @@ impl<M: Module> DynModule for M {
             changes: planned,
             predictions: self.predicts(&changes),
             memos: self.memos(&facts),
+            notes: self
+                .notes(&facts)
+                .iter()
+                .map(|n| reader.secrets.mask(n))
+                .collect(),
             typed: Box::new(TypedPlan::<M> { facts, changes }),
         })
     }
