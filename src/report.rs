@@ -359,7 +359,7 @@ impl EventSink {
             result.status.as_str(),
             json!({
                 "host": result.host, "task": result.task,
-                "changes": result.changes, "error": result.error,
+                "changes": result.changes, "error": result.error, "notes": result.notes,
             }),
             json!({"duration_ms": result.duration_ms}),
         );
