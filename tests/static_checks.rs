@@ -666,7 +666,7 @@ fn imports_run_one_way() {
             ],
         ),
         (
-            "src/k8s.rs",
+            "src/k8s",
             &[
                 "crate::module",
                 "crate::modules",
