@@ -210,6 +210,7 @@ async fn run_lane(shared: &Shared, host: &str, run: &HostRun, schedule: &[Schedu
                 renderer: shared.prepared.renderer.clone(),
                 overwrite: shared.prepared.options.overwrite.clone(),
                 cache: run.cache.clone(),
+                declared: Some(task.module.module().vars()),
             },
             yes: shared.prepared.options.yes,
             journal: shared.env.journal.clone(),

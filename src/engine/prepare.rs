@@ -194,6 +194,11 @@ pub fn prepare(
                     }
                 }
             }
+            if let Err(e) = check_host_vars(&playbook, task, &host, &host_vars) {
+                if !arg_errors.iter().any(|o| o.to_string() == e.to_string()) {
+                    arg_errors.push(e);
+                }
+            }
             hosts
                 .entry(host)
                 .or_default()
@@ -214,6 +219,46 @@ pub fn prepare(
         vars,
         renderer,
     })
+}
+
+/// The host vars `task`'s module declares ([`crate::module::Module::vars`]) that the
+/// host has (inventory or playbook vars) must be of their declared kind; reported at
+/// the task.
+fn check_host_vars(
+    playbook: &Playbook,
+    task: &crate::playbook::Task,
+    host: &str,
+    vars: &Vars,
+) -> Result<(), InputError> {
+    let wrong: Vec<String> = task
+        .module
+        .module()
+        .vars()
+        .iter()
+        .filter_map(|decl| {
+            let value = vars.get(decl.name)?;
+            decl.mismatch(value)?;
+            Some(format!(
+                "host var `{}` must be {}, found {}",
+                decl.name,
+                decl.kind.as_str(),
+                crate::module::vars::kind_of(value)
+            ))
+        })
+        .collect();
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    let at = task.span.start;
+    Err(playbook.source.error_at(
+        Some(at..at),
+        None,
+        format!(
+            "task `{}` on inventory host `{host}`: {}",
+            task.name,
+            wrong.join("; ")
+        ),
+    ))
 }
 
 /// Render one template of `task` for one host the way the module will: plain templates
