@@ -170,6 +170,9 @@ impl K8sScale {
 
 #[async_trait]
 impl Module for K8sScale {
+    fn vars(&self) -> Vec<&'static crate::module::VarDecl> {
+        crate::module::vars::all(&[crate::module::kube::VARS])
+    }
     type Facts = ScaleFacts;
     type Change = ScaleChange;
 
