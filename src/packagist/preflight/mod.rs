@@ -267,7 +267,7 @@ impl Module for Preflight {
 
     async fn facts(&self, probe: &Probe<'_>) -> Result<PreflightFacts, ModuleError> {
         if !self.misplaced_args().is_empty() {
-            return Err(ModuleError::Failed(self.misplaced_message()));
+            return Err(ModuleError::Precondition(self.misplaced_message()));
         }
         Ok(match self.role {
             Role::Old => PreflightFacts::Old(self.old_facts(probe).await?),
@@ -309,7 +309,7 @@ pub fn decide(f: &PreflightFacts) -> Result<Vec<NoChange>, ModuleError> {
     for (i, fail) in failures.iter().enumerate() {
         msg.push_str(&format!("\n  {}. {fail}", i + 1));
     }
-    Err(ModuleError::Failed(msg))
+    Err(ModuleError::Precondition(msg))
 }
 
 fn needed(total: u64, factor: f64) -> u64 {

@@ -80,12 +80,15 @@ pub(super) async fn disk_free(ctx: &HostReader, path: &str) -> Result<DiskFree, 
         .arg(path);
     let out = ctx.exec(&cmd).await?;
     if !out.success() {
-        return Err(ModuleError::Failed(format!(
-            "df of {path} failed: {}",
-            out.stderr_str().trim()
-        )));
+        return Err(ModuleError::Remote {
+            what: format!("df of {path} failed"),
+            detail: out.stderr_str().trim().to_string(),
+        });
     }
-    parse_df(path, &out.stdout_str()).map_err(ModuleError::Failed)
+    parse_df(path, &out.stdout_str()).map_err(|detail| ModuleError::Remote {
+        what: format!("df of {path}"),
+        detail,
+    })
 }
 
 /// A number printed first on the command's output (`du -sb`, `stat -c %s`, psql -At).
