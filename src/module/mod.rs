@@ -72,8 +72,10 @@ pub enum ModuleError {
     #[error("{0}")]
     DiskFull(String),
     /// A copy, dump or restore is not what its source is: nothing is trusted until it is
-    /// made again. `what` names the copy; `detail` says how it differs.
-    #[error("{what} does not match its source: {detail}")]
+    /// made again. `what` names the copy; `detail` says how it differs (the text is the
+    /// one `docs/troubleshooting.md` lists, e.g. "restored database differs from the
+    /// source: …").
+    #[error("{what} differs from the source: {detail}")]
     ProofMismatch { what: String, detail: String },
     /// Something the step needs is not there or not so (a task that must run first,
     /// a pod that must be ready, an argument the host's state rules out).
