@@ -39,16 +39,17 @@ pub async fn remote_file_sha256(
         .map(str::to_string);
     match (size, sha) {
         (Some(size), Some(sha)) => Ok(Some((size, sha))),
-        _ => Err(ModuleError::Failed(format!(
-            "cannot read size and sha256 of {path}: {text:?}"
-        ))),
+        _ => Err(ModuleError::Remote {
+            what: format!("cannot read size and sha256 of {path}"),
+            detail: format!("{text:?}"),
+        }),
     }
 }
 
 /// The newest record of the artifact called `name` (produced by an earlier task).
 pub fn find_artifact(ctx: &HostReader, name: &str) -> Result<Artifact, ModuleError> {
     ctx.journal.artifacts_named(name).pop().ok_or_else(|| {
-        ModuleError::Failed(format!(
+        ModuleError::Precondition(format!(
             "artifact `{name}` has not been produced yet: the task that makes it \
              (on the old host) must run first"
         ))
@@ -79,12 +80,12 @@ pub async fn verify_artifact(ctx: &HostReader, artifact: &Artifact) -> Result<()
     let source = ctx.peer(&artifact.host).await?;
     match remote_file_sha256(&*source, &artifact.path).await? {
         Some((size, sha)) if size == artifact.size && sha == artifact.sha256 => Ok(()),
-        Some((size, sha)) => Err(ModuleError::Failed(format!(
+        Some((size, sha)) => Err(ModuleError::Precondition(format!(
             "artifact {} on {} changed since it was made (size {size}, sha256 {sha}; \
              recorded {} and {}); re-run the backup tasks",
             artifact.path, artifact.host, artifact.size, artifact.sha256
         ))),
-        None => Err(ModuleError::Failed(format!(
+        None => Err(ModuleError::Precondition(format!(
             "artifact {} is missing on {}; re-run the backup tasks",
             artifact.path, artifact.host
         ))),
@@ -124,9 +125,10 @@ pub async fn file_stamp(ctx: &HostReader, path: &str) -> Result<Option<FileStamp
             size,
             mtime: mtime.to_string(),
         })),
-        _ => Err(ModuleError::Failed(format!(
-            "cannot read size and time of {path}: {text:?}"
-        ))),
+        _ => Err(ModuleError::Remote {
+            what: format!("cannot read size and time of {path}"),
+            detail: format!("{text:?}"),
+        }),
     }
 }
 
@@ -180,7 +182,7 @@ pub async fn write_artifact(
         let _ = ctx.exec(&staged.remove_part_cmd()).await;
         if is_disk_full(&stderr) {
             let free = disk_free_text(ctx, &dir).await;
-            return Err(ModuleError::Failed(disk_full_message(
+            return Err(ModuleError::DiskFull(disk_full_message(
                 &ctx.host, path, &part, written, &free, &stderr,
             )));
         }
@@ -201,14 +203,16 @@ pub async fn write_artifact(
     let mut stamp = lines.next().unwrap_or("").split_whitespace();
     let (Some(size), Some(mtime)) = (stamp.next().and_then(|s| s.parse().ok()), stamp.next())
     else {
-        return Err(ModuleError::Failed(format!(
-            "unexpected output writing {path}: {text:?}"
-        )));
+        return Err(ModuleError::Remote {
+            what: format!("unexpected output writing {path}"),
+            detail: format!("{text:?}"),
+        });
     };
     if sha.len() != 64 {
-        return Err(ModuleError::Failed(format!(
-            "bad sha256 for {path}: {sha:?}"
-        )));
+        return Err(ModuleError::Remote {
+            what: format!("bad sha256 for {path}"),
+            detail: format!("{sha:?}"),
+        });
     }
     let artifact = Artifact {
         name: name.to_string(),

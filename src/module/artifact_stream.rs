@@ -77,7 +77,27 @@ pub enum LocalCopyError {
 
 impl From<LocalCopyError> for ModuleError {
     fn from(e: LocalCopyError) -> Self {
-        ModuleError::Failed(e.to_string())
+        match e {
+            LocalCopyError::HostVar(why) => ModuleError::Precondition(why),
+            LocalCopyError::Io { path, source } => ModuleError::Io {
+                what: format!("local backup copy {path}"),
+                source,
+            },
+            LocalCopyError::Mismatch {
+                path,
+                part,
+                got_size,
+                got_sha256,
+                size,
+                sha256,
+            } => ModuleError::ProofMismatch {
+                what: format!("local backup copy {path}"),
+                detail: format!(
+                    "{got_size} bytes with sha256 {got_sha256} were written, but it must have \
+                     {size} bytes and sha256 {sha256}; the partial {part} was removed"
+                ),
+            },
+        }
     }
 }
 
@@ -309,9 +329,10 @@ pub async fn laptop_copy(
             }))
         }
         Err(e) => {
-            return Err(ModuleError::Failed(format!(
-                "local backup copy {shown}: {e}"
-            )))
+            return Err(ModuleError::Io {
+                what: format!("local backup copy {shown}"),
+                source: e,
+            })
         }
     };
     let state = if !meta.is_file() || meta.len() != artifact.size {
@@ -321,7 +342,10 @@ pub async fn laptop_copy(
     } else {
         let sha = local_sha256(&path)
             .await
-            .map_err(|e| ModuleError::Failed(format!("local backup copy {shown}: {e}")))?;
+            .map_err(|source| ModuleError::Io {
+                what: format!("local backup copy {shown}"),
+                source,
+            })?;
         if sha == artifact.sha256 {
             LaptopCopyState::Complete
         } else {
@@ -413,28 +437,31 @@ where
             crate::stream::PumpError::Write(_) => format!("to host {}", ctx.host),
             crate::stream::PumpError::Tee(_) => "to the local backup copy".to_string(),
         };
-        ModuleError::Failed(format!(
-            "streaming {} ({}) {side} failed: {e}",
-            artifact.name, artifact.path
-        ))
+        ModuleError::Remote {
+            what: format!(
+                "streaming {} ({}) {side} failed",
+                artifact.name, artifact.path
+            ),
+            detail: e.to_string(),
+        }
     })?;
-    let exit = stream.exit.await.map_err(|e| {
-        ModuleError::Failed(format!(
-            "reading {} on host {} stopped after {} of {} bytes: {e}",
+    let exit = stream.exit.await.map_err(|e| ModuleError::Remote {
+        what: format!(
+            "reading {} on host {} stopped after {} of {} bytes",
             artifact.path,
             artifact.host,
             offset + pumped.bytes,
             artifact.size
-        ))
+        ),
+        detail: e.to_string(),
     })?;
     if exit.status != Some(0) {
-        return Err(ModuleError::Failed(format!(
-            "reading {} on {} failed: {}",
-            artifact.path,
-            artifact.host,
-            ctx.secrets
-                .mask(String::from_utf8_lossy(&exit.stderr).trim())
-        )));
+        return Err(ModuleError::Remote {
+            what: format!("reading {} on {} failed", artifact.path, artifact.host),
+            detail: ctx
+                .secrets
+                .mask(String::from_utf8_lossy(&exit.stderr).trim()),
+        });
     }
     // The whole artifact went through: the laptop's copy is checked against the
     // journal's record of it and only then takes its final name.

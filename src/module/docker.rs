@@ -49,8 +49,10 @@ pub fn parse_docker_inspect(text: &str) -> Result<BTreeMap<String, ContainerStat
     if text.trim().is_empty() {
         return Ok(BTreeMap::new());
     }
-    let v: Vec<Value> = serde_json::from_str(text)
-        .map_err(|e| ModuleError::Failed(format!("cannot read docker inspect output: {e}")))?;
+    let v: Vec<Value> = serde_json::from_str(text).map_err(|e| ModuleError::Remote {
+        what: "cannot read docker inspect output".into(),
+        detail: e.to_string(),
+    })?;
     let mut map = BTreeMap::new();
     for c in v {
         let name = c["Name"]

@@ -97,8 +97,7 @@ impl K8sTarget {
                     .await
                     .map(Arc::new)
             })
-            .await
-            .map_err(|e| ModuleError::Failed(e.to_string()))?;
+            .await?;
         Ok(cluster.clone())
     }
 }
@@ -124,7 +123,10 @@ pub async fn pod_exec(
     };
     let (fed, (out, err)) = tokio::join!(feed, crate::k8s::drain(&mut proc));
     crate::k8s::finish(pod, proc, &err).await?;
-    fed.map_err(|e| ModuleError::Failed(format!("writing to {pod}: {e}")))?;
+    fed.map_err(|source| ModuleError::Io {
+        what: format!("writing to {pod}"),
+        source,
+    })?;
     Ok(out)
 }
 

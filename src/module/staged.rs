@@ -74,7 +74,7 @@ impl StagedPath {
             .filter(|_| !dest.ends_with('/'))
             .map(|n| n.to_string_lossy().into_owned())
             .ok_or_else(|| {
-                ModuleError::Failed(format!("{dest:?} does not name a file to write"))
+                ModuleError::Precondition(format!("{dest:?} does not name a file to write"))
             })?;
         let dir = p
             .parent()
@@ -252,12 +252,10 @@ pub fn parse_path_states(text: &str) -> Result<[PathState; 3], ModuleError> {
         .next()
         .map(str::trim)
         .filter(|u| !u.is_empty() && u.bytes().all(|b| b.is_ascii_digit()))
-        .ok_or_else(|| ModuleError::Failed(format!("cannot read file states: {text:?}")))?
+        .ok_or_else(|| unreadable_states(text))?
         .to_string();
     let mut one = |want_dir: bool| -> Result<PathState, ModuleError> {
-        let line = lines
-            .next()
-            .ok_or_else(|| ModuleError::Failed(format!("cannot read file states: {text:?}")))?;
+        let line = lines.next().ok_or_else(|| unreadable_states(text))?;
         Ok(match line.trim() {
             "absent" => PathState::Absent,
             "symlink" => PathState::Taken("a symlink".into()),
@@ -300,6 +298,14 @@ pub fn parse_path_states(text: &str) -> Result<[PathState; 3], ModuleError> {
     Ok([one(true)?, one(false)?, one(false)?])
 }
 
+/// The file-state script printed what it does not print.
+fn unreadable_states(text: &str) -> ModuleError {
+    ModuleError::Remote {
+        what: "cannot read file states".into(),
+        detail: format!("{text:?}"),
+    }
+}
+
 /// An error from a safe-write script: the name-taken message as it is, anything else as
 /// the failed command.
 pub fn safe_write_error(
@@ -309,7 +315,7 @@ pub fn safe_write_error(
 ) -> ModuleError {
     let stderr = ctx.secrets.mask(out.stderr_str().trim());
     if out.status == Some(NAME_TAKEN_EXIT) && stderr.contains("not created by ferry") {
-        return ModuleError::Failed(format!("on host {}: {stderr}", ctx.host));
+        return ModuleError::Precondition(format!("on host {}: {stderr}", ctx.host));
     }
     ModuleError::CommandFailed {
         cmd: ctx.secrets.mask(shown),

@@ -88,7 +88,7 @@ impl Command {
     fn timeout(&self) -> Result<Duration, ModuleError> {
         match self.timeout {
             None => Ok(DEFAULT_TIMEOUT),
-            Some(Seconds(0)) => Err(ModuleError::Failed(
+            Some(Seconds(0)) => Err(ModuleError::Precondition(
                 "timeout = 0: a command needs at least 1 second".into(),
             )),
             Some(t) => Ok(t.duration()),

@@ -124,7 +124,7 @@ pub fn decide(
         .map(String::as_str)
         .collect();
     if !missing.is_empty() {
-        return Err(ModuleError::Failed(format!(
+        return Err(ModuleError::Precondition(format!(
             "no such container: {} (is this the Replicated Native host?)",
             missing.join(", ")
         )));

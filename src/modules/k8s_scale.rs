@@ -138,7 +138,7 @@ fn checked_workloads<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Strin
 /// Parse `deployment/ui`, `deploy/ui`, `statefulset/redis`, `sts/redis`.
 pub fn parse_workload(text: &str) -> Result<(WorkloadKind, String), ModuleError> {
     let (kind, name) = text.split_once('/').ok_or_else(|| {
-        ModuleError::Failed(format!(
+        ModuleError::Precondition(format!(
             "workload {text:?} must be written kind/name, e.g. deployment/ui"
         ))
     })?;
@@ -146,13 +146,13 @@ pub fn parse_workload(text: &str) -> Result<(WorkloadKind, String), ModuleError>
         "deployment" | "deploy" | "deployments" => WorkloadKind::Deployment,
         "statefulset" | "sts" | "statefulsets" => WorkloadKind::StatefulSet,
         other => {
-            return Err(ModuleError::Failed(format!(
+            return Err(ModuleError::Precondition(format!(
                 "workload kind {other:?} is not supported (deployment or statefulset)"
             )))
         }
     };
     if name.is_empty() {
-        return Err(ModuleError::Failed(format!(
+        return Err(ModuleError::Precondition(format!(
             "workload {text:?} has no name"
         )));
     }

@@ -203,7 +203,7 @@ pub fn parse_mode(text: &str) -> Result<u32, ModuleError> {
             return Ok(m);
         }
     }
-    Err(ModuleError::Failed(format!(
+    Err(ModuleError::Precondition(format!(
         "mode {text:?} is not an octal file mode such as \"0600\""
     )))
 }
@@ -465,23 +465,22 @@ pub async fn send(
     let pumped = match sent {
         Ok(p) => p,
         Err(e) if exit.status != Some(0) && !exit.stderr.is_empty() => {
-            return Err(ModuleError::Failed(format!(
-                "{e}; on {}: {}",
-                ctx.host,
-                far_err()
-            )))
+            return Err(ModuleError::Remote {
+                what: format!("{e}; on {}", ctx.host),
+                detail: far_err(),
+            })
         }
         Err(e) => return Err(e),
     };
     if offset == 0 && pumped.sha256 != artifact.sha256 {
-        return Err(ModuleError::Failed(format!(
+        return Err(ModuleError::Precondition(format!(
             "artifact {} on {} changed since it was made (read sha256 {}, recorded {}); \
              re-run the backup tasks",
             artifact.path, artifact.host, pumped.sha256, artifact.sha256
         )));
     }
     if offset + pumped.bytes != artifact.size {
-        return Err(ModuleError::Failed(format!(
+        return Err(ModuleError::Precondition(format!(
             "artifact {} on {} has {} bytes, recorded {}; re-run the backup tasks",
             artifact.path,
             artifact.host,
@@ -490,24 +489,29 @@ pub async fn send(
         )));
     }
     if exit.status != Some(0) {
-        return Err(ModuleError::Failed(format!(
-            "receiving {} into {dest} on {} failed ({}): {}",
-            artifact.name,
-            ctx.host,
-            match exit.status {
-                Some(c) => format!("exit {c}"),
-                None => "killed by a signal".into(),
-            },
-            far_err()
-        )));
+        return Err(ModuleError::Remote {
+            what: format!(
+                "receiving {} into {dest} on {} failed ({})",
+                artifact.name,
+                ctx.host,
+                match exit.status {
+                    Some(c) => format!("exit {c}"),
+                    None => "killed by a signal".into(),
+                }
+            ),
+            detail: far_err(),
+        });
     }
-    read.map_err(|e| ModuleError::Failed(format!("reading the far end's answer: {e}")))?;
+    read.map_err(|source| ModuleError::Io {
+        what: "reading the far end's answer".into(),
+        source,
+    })?;
     let far_sha = String::from_utf8_lossy(&printed).trim().to_string();
     if far_sha != artifact.sha256 {
-        return Err(ModuleError::Failed(format!(
-            "{dest} on {} has sha256 {far_sha:?}, expected {}",
-            ctx.host, artifact.sha256
-        )));
+        return Err(ModuleError::ProofMismatch {
+            what: format!("{dest} on {}", ctx.host),
+            detail: format!("it has sha256 {far_sha:?}, expected {}", artifact.sha256),
+        });
     }
     tracing::info!(
         host = %ctx.host,
@@ -523,7 +527,7 @@ pub async fn send(
 /// Pure: what to do to have the artifact at `dest` with its recorded content and mode.
 pub fn decide(f: &TransferFacts) -> Result<Vec<TransferChange>, ModuleError> {
     if !f.taken.is_empty() {
-        return Err(ModuleError::Failed(format!(
+        return Err(ModuleError::Precondition(format!(
             "on host {}: {}",
             f.host,
             f.taken.join("; ")
@@ -536,7 +540,7 @@ pub fn decide(f: &TransferFacts) -> Result<Vec<TransferChange>, ModuleError> {
                 dest: f.dest.clone(),
             }]);
         }
-        return Err(ModuleError::Failed(format!(
+        return Err(ModuleError::Precondition(format!(
             "artifact `{}` has not been produced yet: the task that makes it (on the old \
              host) must run first",
             f.artifact_name

@@ -112,7 +112,7 @@ async fn fingerprint(ctx: &HostReader, f: &PgDumpFacts) -> Result<PgFingerprint,
     let out = ctx
         .exec_ok_with_input(&f.fingerprint_cmd(), PG_FINGERPRINT_SQL.as_bytes())
         .await?;
-    PgFingerprint::parse(&out.stdout_str()).map_err(|e| ModuleError::Failed(e.to_string()))
+    Ok(PgFingerprint::parse(&out.stdout_str())?)
 }
 
 /// Wait (bounded) until PostgreSQL in the container accepts connections.
@@ -124,10 +124,10 @@ async fn wait_ready(ctx: &HostReader, f: &PgDumpFacts) -> Result<(), ModuleError
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
-    Err(ModuleError::Failed(format!(
-        "PostgreSQL in {} did not accept connections within 60s",
-        f.container
-    )))
+    Err(ModuleError::Timeout {
+        what: format!("PostgreSQL in {} did not accept connections", f.container),
+        secs: 60,
+    })
 }
 
 #[async_trait]
@@ -226,7 +226,7 @@ impl Module for PgDump {
 /// Pure: dump unless the recorded dump is still current.
 pub fn decide(f: &PgDumpFacts) -> Result<Vec<PgDumpChange>, ModuleError> {
     if !f.exists {
-        return Err(ModuleError::Failed(format!(
+        return Err(ModuleError::Precondition(format!(
             "no such container: {}",
             f.container
         )));

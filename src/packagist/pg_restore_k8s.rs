@@ -212,7 +212,7 @@ fn external_from_var(vars: &Vars) -> Result<Option<ExternalPg>, ModuleError> {
     let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
     let required = |k: &str| {
         field(k).ok_or_else(|| {
-            ModuleError::Failed(format!("var external_postgres needs a string `{k}`"))
+            ModuleError::Precondition(format!("var external_postgres needs a string `{k}`"))
         })
     };
     Ok(Some(ExternalPg {
@@ -376,7 +376,7 @@ impl Module for PgRestoreK8s {
         };
         match &external.password_var {
             Some(var) if at.vars.get(var).and_then(|v| v.as_str()).is_none() => {
-                Err(from_var(ModuleError::Failed(format!(
+                Err(from_var(ModuleError::Precondition(format!(
                     "var `{var}` (the external PostgreSQL password) is not set"
                 ))))
             }
@@ -392,7 +392,7 @@ impl Module for PgRestoreK8s {
                     .var(var)
                     .and_then(|v| v.as_str())
                     .ok_or_else(|| {
-                        ModuleError::Failed(format!(
+                        ModuleError::Precondition(format!(
                             "var `{var}` (the external PostgreSQL password) is not set"
                         ))
                     })?
@@ -521,9 +521,14 @@ impl Module for PgRestoreK8s {
                     let mut stream = ctx.transport.exec_stream(&cmd).await?;
                     let mut line = f.password.clone().unwrap_or_default().into_bytes();
                     line.push(b'\n');
-                    stream.stdin.write_all(&line).await.map_err(|e| {
-                        ModuleError::Failed(format!("writing to psql on {host}: {e}"))
-                    })?;
+                    stream
+                        .stdin
+                        .write_all(&line)
+                        .await
+                        .map_err(|source| ModuleError::Io {
+                            what: format!("writing to psql on {host}"),
+                            source,
+                        })?;
                     let mut stdout = stream.stdout;
                     let drain = async move {
                         let mut sink = tokio::io::sink();
@@ -539,11 +544,12 @@ impl Module for PgRestoreK8s {
                     let (pumped, _) = tokio::join!(feed, drain);
                     let exit = stream.exit.await?;
                     if exit.status != Some(0) {
-                        return Err(ModuleError::Failed(format!(
-                            "psql on {host} failed: {}",
-                            ctx.secrets
-                                .mask(String::from_utf8_lossy(&exit.stderr).trim())
-                        )));
+                        return Err(ModuleError::Remote {
+                            what: format!("psql on {host} failed"),
+                            detail: ctx
+                                .secrets
+                                .mask(String::from_utf8_lossy(&exit.stderr).trim()),
+                        });
                     }
                     check_sha(&artifact, &pumped?)?;
                 }
@@ -564,10 +570,10 @@ impl Module for PgRestoreK8s {
         if let Some(source) = &f.source {
             let diff = after.diff(source);
             if !diff.is_empty() {
-                return Err(ModuleError::Failed(format!(
-                    "restored database differs from the source: {}",
-                    diff.join("; ")
-                )));
+                return Err(ModuleError::ProofMismatch {
+                    what: "restored database".into(),
+                    detail: diff.join("; "),
+                });
             }
         }
         ctx.record_fingerprint("pg", serde_json::to_value(&after).unwrap_or_default())?;
@@ -581,7 +587,7 @@ fn check_sha(
     pumped: &crate::stream::Pumped,
 ) -> Result<(), ModuleError> {
     if pumped.sha256 != artifact.sha256 || pumped.bytes != artifact.size {
-        return Err(ModuleError::Failed(format!(
+        return Err(ModuleError::Precondition(format!(
             "the dump read from {} on {} is not the one recorded (sha256 {} / {} bytes, recorded {} / {})",
             artifact.path, artifact.host, pumped.sha256, pumped.bytes, artifact.sha256, artifact.size
         )));
@@ -609,10 +615,10 @@ async fn wait_accepting(
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(ModuleError::Failed(format!(
-                "PostgreSQL in {pod} did not accept connections to {database} within {}s",
-                timeout.as_secs()
-            )));
+            return Err(ModuleError::Timeout {
+                what: format!("PostgreSQL in {pod} did not accept connections to {database}"),
+                secs: timeout.as_secs(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -630,7 +636,7 @@ pub fn decide(f: &PgRestoreFacts) -> Result<Vec<PgRestoreChange>, ModuleError> {
         Some(_) => {}
         None if f.source_pending => {}
         None => {
-            return Err(ModuleError::Failed(
+            return Err(ModuleError::Precondition(
                 "no source fingerprint: the pg_dump task on the old host has not run (or its journal is elsewhere)".into(),
             ))
         }

@@ -29,5 +29,5 @@ pub async fn pod_redis_key_counts(
     )
     .await?;
     crate::fingerprint::RedisKeyCounts::parse_info_keyspace(&String::from_utf8_lossy(&out))
-        .map_err(|e| ModuleError::Failed(e.to_string()))
+        .map_err(ModuleError::from)
 }

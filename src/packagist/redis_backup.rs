@@ -99,8 +99,7 @@ impl RedisBackupFacts {
 
 async fn key_counts(ctx: &HostReader, f: &RedisBackupFacts) -> Result<RedisKeyCounts, ModuleError> {
     let out = ctx.exec_ok(&f.keyspace_cmd()).await?;
-    RedisKeyCounts::parse_info_keyspace(&out.stdout_str())
-        .map_err(|e| ModuleError::Failed(e.to_string()))
+    RedisKeyCounts::parse_info_keyspace(&out.stdout_str()).map_err(ModuleError::from)
 }
 
 #[async_trait]
@@ -177,7 +176,7 @@ impl Module for RedisBackup {
                     let (artifact, _) =
                         write_artifact(ctx, &self.artifact, cmd.clone(), &f.dest).await?;
                     if artifact.size == 0 {
-                        return Err(ModuleError::Failed(format!(
+                        return Err(ModuleError::Precondition(format!(
                             "{} in {} is empty: refusing to keep an empty Redis backup",
                             f.rdb_path, f.container
                         )));
@@ -211,16 +210,16 @@ async fn wait_ready(ctx: &HostReader, f: &RedisBackupFacts) -> Result<(), Module
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
-    Err(ModuleError::Failed(format!(
-        "Redis in {} did not answer PING within 60s",
-        f.container
-    )))
+    Err(ModuleError::Timeout {
+        what: format!("Redis in {} did not answer PING", f.container),
+        secs: 60,
+    })
 }
 
 /// Pure: back up unless the recorded backup is still current.
 pub fn decide(f: &RedisBackupFacts) -> Result<Vec<RedisBackupChange>, ModuleError> {
     if !f.exists {
-        return Err(ModuleError::Failed(format!(
+        return Err(ModuleError::Precondition(format!(
             "no such container: {}",
             f.container
         )));

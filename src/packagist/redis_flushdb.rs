@@ -122,7 +122,7 @@ impl Module for RedisFlushdb {
 
     async fn facts(&self, probe: &Probe<'_>) -> Result<FlushFacts, ModuleError> {
         if self.db != COMPOSER_CACHE_DB {
-            return Err(ModuleError::Failed(format!(
+            return Err(ModuleError::Precondition(format!(
                 "refusing to flush Redis database {}: only database {COMPOSER_CACHE_DB} (the Composer cache) may be flushed",
                 self.db
             )));

@@ -159,8 +159,12 @@ async fn read_persistence(
         None,
     )
     .await?;
-    RedisPersistence::parse_config_get(&String::from_utf8_lossy(&out))
-        .map_err(|e| ModuleError::Failed(format!("redis in {}: {e}", f.pod)))
+    RedisPersistence::parse_config_get(&String::from_utf8_lossy(&out)).map_err(|e| {
+        ModuleError::Remote {
+            what: format!("redis in {}", f.pod),
+            detail: e.to_string(),
+        }
+    })
 }
 
 /// Wait until Redis answers PONG (while loading a large dataset it answers LOADING).
@@ -185,11 +189,10 @@ async fn wait_pong(
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(ModuleError::Failed(format!(
-                "Redis in {} did not answer PING within {}s",
-                f.pod,
-                timeout.as_secs()
-            )));
+            return Err(ModuleError::Timeout {
+                what: format!("Redis in {} did not answer PING", f.pod),
+                secs: timeout.as_secs(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -206,7 +209,7 @@ fn checked_pv_path(path: &str) -> Result<&str, ModuleError> {
     if ok {
         Ok(path)
     } else {
-        Err(ModuleError::Failed(format!(
+        Err(ModuleError::Precondition(format!(
             "refusing to write Redis data into {path:?}: not a plausible volume directory"
         )))
     }
@@ -439,18 +442,21 @@ impl Module for RedisRestoreOpenebs {
         );
         let pumped = pumped?;
         let exit = stream.exit.await?;
-        let far =
-            far.map_err(|e| ModuleError::Failed(format!("reading the node's checksum: {e}")))?;
+        let far = far.map_err(|source| ModuleError::Io {
+            what: "reading the node's checksum".into(),
+            source,
+        })?;
         let far_sha = far.split_whitespace().next().unwrap_or("");
         if exit.status != Some(0) || far_sha != artifact.sha256 || pumped.sha256 != artifact.sha256
         {
             let _ = ctx.exec(&staged.remove_part_cmd()).await;
-            return Err(ModuleError::Failed(format!(
-                "staging the RDB on the node failed or was corrupted (sent {}, node has {far_sha:?}, recorded {}): {}",
-                pumped.sha256,
-                artifact.sha256,
-                String::from_utf8_lossy(&exit.stderr).trim()
-            )));
+            return Err(ModuleError::Remote {
+                what: format!(
+                    "staging the RDB on the node failed or was corrupted (sent {}, node has {far_sha:?}, recorded {})",
+                    pumped.sha256, artifact.sha256,
+                ),
+                detail: String::from_utf8_lossy(&exit.stderr).trim().to_string(),
+            });
         }
         // 3. Stop Redis, lay the files out, start it.
         attempt_started(ctx)?;
@@ -474,11 +480,14 @@ impl Module for RedisRestoreOpenebs {
         if let Some(source) = &f.source {
             let diff = after.diff(source);
             if !diff.is_empty() {
-                return Err(ModuleError::Failed(format!(
-                    "Redis did not load the backup (appendonly {}): {}",
-                    if persistence.appendonly { "yes" } else { "no" },
-                    diff.join("; ")
-                )));
+                return Err(ModuleError::ProofMismatch {
+                    what: "the restored Redis".into(),
+                    detail: format!(
+                        "Redis did not load the backup (appendonly {}): {}",
+                        if persistence.appendonly { "yes" } else { "no" },
+                        diff.join("; ")
+                    ),
+                });
             }
         }
         ctx.record_fingerprint(
@@ -505,13 +514,13 @@ pub fn decide(f: &RedisRestoreFacts) -> Result<Vec<RedisRestoreChange>, ModuleEr
         (Some(_), _) => {}
         (None, _) if f.source_pending => {}
         (None, _) => {
-            return Err(ModuleError::Failed(
+            return Err(ModuleError::Precondition(
                 "no source key counts: the redis_backup task on the old host has not run".into(),
             ))
         }
     }
     let Some(pv_path) = &f.pv_path else {
-        return Err(ModuleError::Failed(format!(
+        return Err(ModuleError::Precondition(format!(
             "PVC {} has no bound local/hostPath volume: cannot find Redis's data directory",
             f.pvc
         )));

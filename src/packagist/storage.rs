@@ -122,11 +122,9 @@ pub async fn import_storage_archive(
         pod_exec(cluster, pod, Some(container), &sh_argv(&import), None),
     )
     .await
-    .map_err(|_| {
-        ModuleError::Failed(format!(
-            "the storage import did not finish within {}s",
-            timeout.as_secs()
-        ))
+    .map_err(|_| ModuleError::Timeout {
+        what: "the storage import did not finish".into(),
+        secs: timeout.as_secs(),
     })??;
     Ok(())
 }
@@ -144,10 +142,10 @@ pub async fn prove_imported_storage(
         .ok_or_else(|| ModuleError::Failed(format!("cannot list the imported files in {dir}")))?;
     let diff = now.diff(expected, 10);
     if !diff.is_empty() {
-        return Err(ModuleError::Failed(format!(
-            "imported storage differs from the source: {}",
-            diff.join("; ")
-        )));
+        return Err(ModuleError::ProofMismatch {
+            what: "imported storage".into(),
+            detail: diff.join("; "),
+        });
     }
     Ok(())
 }

@@ -221,8 +221,7 @@ impl Module for StorageExport {
         let (exported, hashes) = tokio::join!(self.export(ctx, f, changes), ctx.exec_ok(&hash_cmd));
         let applied = exported?;
         let hashes = hashes?;
-        let fp = StorageFingerprint::parse_sha256sum(&hashes.stdout_str())
-            .map_err(|e| ModuleError::Failed(e.to_string()))?;
+        let fp = StorageFingerprint::parse_sha256sum(&hashes.stdout_str())?;
         ctx.record_fingerprint("storage", serde_json::to_value(&fp).unwrap_or_default())?;
         ctx.record_fingerprint(
             "tree_stamp",
@@ -287,7 +286,7 @@ pub fn decide(
         return Ok(Vec::new());
     }
     if let Some(level) = args.gzip_level.filter(|l| !(1..=9).contains(l)) {
-        return Err(ModuleError::Failed(format!(
+        return Err(ModuleError::Precondition(format!(
             "gzip_level = {level}: gzip takes 1 (fast) to 9 (small)"
         )));
     }
@@ -295,7 +294,7 @@ pub fn decide(
     let use_console = match args.method {
         ExportMethod::Tar => false,
         ExportMethod::Console if !f.running => {
-            return Err(ModuleError::Failed(format!(
+            return Err(ModuleError::Precondition(format!(
                 "method = \"console\" needs container {} running, and it is not",
                 f.container
             )))

@@ -263,7 +263,7 @@ impl Module for StorageImport {
         // pipe's status is its last command's (sha256sum).
         let err_text = String::from_utf8_lossy(&err).to_string();
         if is_disk_full(&err_text) {
-            return Err(ModuleError::Failed(
+            return Err(ModuleError::DiskFull(
                 upload_disk_full(ctx, &cluster, pod, f, &part, artifact.size, &err_text).await,
             ));
         }
@@ -313,13 +313,16 @@ impl Module for StorageImport {
                 None,
             )
             .await;
-            return Err(ModuleError::Failed(format!(
-                "the archive in {pod} has {far_size} bytes and sha256 {far}, expected {} bytes and {} ({} bytes sent from offset {offset}){}",
+            return Err(ModuleError::ProofMismatch {
+                what: format!("the archive in {pod}"),
+                detail: format!(
+                "it has {far_size} bytes and sha256 {far}, expected {} bytes and {} ({} bytes sent from offset {offset}){}",
                 artifact.size,
                 artifact.sha256,
                 pumped.bytes,
                 if err_text.trim().is_empty() { String::new() } else { format!(": {}", err_text.trim()) }
-            )));
+            ),
+            });
         }
         let timeout = Duration::from_secs(self.timeout.unwrap_or(3600));
         import_storage_archive(&cluster, pod, &f.container, &staged, timeout).await?;
@@ -352,7 +355,7 @@ pub fn decide(f: &StorageImportFacts) -> Result<Vec<ImportChange>, ModuleError> 
         return Ok(Vec::new());
     }
     if !f.taken.is_empty() {
-        return Err(ModuleError::Failed(format!(
+        return Err(ModuleError::Precondition(format!(
             "in pod {}: {}",
             f.pod.as_deref().unwrap_or("?"),
             f.taken.join("; ")
@@ -364,7 +367,7 @@ pub fn decide(f: &StorageImportFacts) -> Result<Vec<ImportChange>, ModuleError> 
         (Some(source), None, _) => f.recorded_digest.as_deref() == Some(source.digest.as_str()),
         (None, _, _) if f.source_pending => false,
         (None, _, _) => {
-            return Err(ModuleError::Failed(
+            return Err(ModuleError::Precondition(
                 "no source file list: the storage_export task on the old host has not run".into(),
             ))
         }
@@ -373,7 +376,7 @@ pub fn decide(f: &StorageImportFacts) -> Result<Vec<ImportChange>, ModuleError> 
         return Ok(Vec::new());
     }
     let Some(pod) = &f.pod else {
-        return Err(ModuleError::Failed(
+        return Err(ModuleError::Precondition(
             "the ui deployment has no ready pod to import into: scale it to 1 first".into(),
         ));
     };

@@ -261,10 +261,10 @@ fn resolve_source(vars: &Vars, source: &str) -> Result<String, ModuleError> {
         .unwrap_or_default();
     match members.as_slice() {
         [one] => Ok(one.clone()),
-        [] => Err(ModuleError::Failed(format!(
+        [] => Err(ModuleError::Precondition(format!(
             "source `{source}` is neither a host nor a group of the inventory"
         ))),
-        many => Err(ModuleError::Failed(format!(
+        many => Err(ModuleError::Precondition(format!(
             "source `{source}` names {} hosts ({}); the storage must come from exactly one",
             many.len(),
             many.join(", ")
@@ -318,10 +318,10 @@ impl Module for StorageStream {
         let source = probe.peer(&source_host).await?;
         let listing = source.exec(&listing_cmd(&data_dir), None).await?;
         if !listing.success() {
-            return Err(ModuleError::Failed(format!(
-                "cannot list the storage in {data_dir} on {source_host}: {}",
-                probe.secrets.mask(listing.stderr_str().trim())
-            )));
+            return Err(ModuleError::Remote {
+                what: format!("cannot list the storage in {data_dir} on {source_host}"),
+                detail: probe.secrets.mask(listing.stderr_str().trim()),
+            });
         }
         let tree = parse_listing(&listing.stdout_str());
         let recorded: Option<StreamedRecord> = probe
@@ -381,7 +381,7 @@ impl Module for StorageStream {
         let after = source.exec(&listing_cmd(&f.data_dir), None).await?;
         if parse_listing(&after.stdout_str()).stamp != f.tree.stamp {
             remove_part_in_pod(&cluster, pod, &f.container, &staged).await;
-            return Err(ModuleError::Failed(format!(
+            return Err(ModuleError::Precondition(format!(
                 "the storage in {} on {} changed while it was streamed (is the old app \
                  stopped?); nothing was imported, re-run once it is quiet",
                 f.data_dir, f.source_host
@@ -426,7 +426,7 @@ pub fn decide(f: &StorageStreamFacts) -> Result<Vec<StreamChange>, ModuleError> 
         return Ok(Vec::new());
     }
     let Some(pod) = &f.pod else {
-        return Err(ModuleError::Failed(
+        return Err(ModuleError::Precondition(
             "the ui deployment has no ready pod to import into: scale it to 1 first".into(),
         ));
     };
@@ -526,45 +526,48 @@ async fn stream_into_pod(
     let finished = crate::k8s::finish(pod, proc, &err).await;
     let err_text = String::from_utf8_lossy(&err).to_string();
     if is_disk_full(&err_text) {
-        return Err(ModuleError::Failed(
+        return Err(ModuleError::DiskFull(
             disk_full(ctx, cluster, f, pod, part, &err_text).await,
         ));
     }
-    let pumped = pumped.map_err(|e| {
-        ModuleError::Failed(match e {
-            TarStreamError::Read(e) => {
-                format!(
-                    "streaming the storage from host {} failed: {e}",
-                    f.source_host
-                )
-            }
-            TarStreamError::Write(e) => {
-                format!(
-                    "streaming the storage into {pod} on host {} failed: {e}",
-                    ctx.host
-                )
-            }
-            TarStreamError::Tee(e) => format!("writing the laptop's copy failed: {e}"),
-            TarStreamError::Archive(e) => format!(
-                "the tar stream from host {} is not a valid archive: {e}",
+    let pumped = pumped.map_err(|e| match e {
+        TarStreamError::Read(source) => ModuleError::Io {
+            what: format!("streaming the storage from host {} failed", f.source_host),
+            source,
+        },
+        TarStreamError::Write(source) => ModuleError::Io {
+            what: format!(
+                "streaming the storage into {pod} on host {} failed",
+                ctx.host
+            ),
+            source,
+        },
+        TarStreamError::Tee(source) => ModuleError::Io {
+            what: "writing the laptop's copy failed".into(),
+            source,
+        },
+        TarStreamError::Archive(detail) => ModuleError::Remote {
+            what: format!(
+                "the tar stream from host {} is not a valid archive",
                 f.source_host
             ),
-        })
+            detail,
+        },
     })?;
-    let exit = stream.exit.await.map_err(|e| {
-        ModuleError::Failed(format!(
-            "tar on host {} stopped after {} bytes: {e}",
+    let exit = stream.exit.await.map_err(|e| ModuleError::Remote {
+        what: format!(
+            "tar on host {} stopped after {} bytes",
             f.source_host, pumped.tar_bytes
-        ))
+        ),
+        detail: e.to_string(),
     })?;
     if exit.status != Some(0) {
-        return Err(ModuleError::Failed(format!(
-            "tar of {} on host {} failed: {}",
-            f.data_dir,
-            f.source_host,
-            ctx.secrets
-                .mask(String::from_utf8_lossy(&exit.stderr).trim())
-        )));
+        return Err(ModuleError::Remote {
+            what: format!("tar of {} on host {} failed", f.data_dir, f.source_host),
+            detail: ctx
+                .secrets
+                .mask(String::from_utf8_lossy(&exit.stderr).trim()),
+        });
     }
     finished?;
     let far = String::from_utf8_lossy(&out)
@@ -582,17 +585,20 @@ async fn stream_into_pod(
     .await?;
     let size = String::from_utf8_lossy(&size).trim().to_string();
     if far != pumped.sha256 || size != pumped.bytes.to_string() {
-        return Err(ModuleError::Failed(format!(
-            "the archive in {pod} has {size} bytes and sha256 {far}, but {} bytes with \
+        return Err(ModuleError::ProofMismatch {
+            what: format!("the archive in {pod}"),
+            detail: format!(
+                "it has {size} bytes and sha256 {far}, but {} bytes with \
              sha256 {} were sent{}",
-            pumped.bytes,
-            pumped.sha256,
-            if err_text.trim().is_empty() {
-                String::new()
-            } else {
-                format!(": {}", err_text.trim())
-            }
-        )));
+                pumped.bytes,
+                pumped.sha256,
+                if err_text.trim().is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", err_text.trim())
+                }
+            ),
+        });
     }
     // What the pod holds checked out: the laptop's copy must be those same bytes before
     // it takes its final name (until then it is only `.part`).
