@@ -28,7 +28,7 @@ use crate::fingerprint::{PgFingerprint, PG_FINGERPRINT_SQL};
 use crate::k8s::{kubectl, PodsWanted, WorkloadKind};
 use crate::module::artifact::{artifact_fingerprint, find_artifact};
 use crate::module::artifact_stream::stream_artifact;
-use crate::module::kube::{pod_exec, K8sTarget};
+use crate::module::kube::{k8s_args, pod_exec, K8sArgs};
 use crate::module::units::argv;
 use crate::module::{
     Applied, ArgCheck, ArgError, Change, HostReader, Module, ModuleError, Probe, TaskCtx,
@@ -56,30 +56,28 @@ pub struct ExternalPg {
     pub password_var: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PgRestoreK8s {
-    #[serde(default = "default_artifact")]
-    pub artifact: String,
-    #[serde(default)]
-    pub statefulset: Option<Template>,
-    #[serde(default)]
-    pub pvc: Option<Template>,
-    #[serde(default)]
-    pub container: Option<Template>,
-    #[serde(default)]
-    pub database: Option<Template>,
-    #[serde(default)]
-    pub user: Option<Template>,
-    #[serde(default)]
-    pub external: Option<ExternalPg>,
-    /// Seconds for each wait (pods gone, PVC gone, pod ready).
-    #[serde(default)]
-    pub timeout: Option<u64>,
-    #[serde(default)]
-    pub namespace: Option<Template>,
-    #[serde(default)]
-    pub kubeconfig: Option<Template>,
+k8s_args! {
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct PgRestoreK8s {
+        #[serde(default = "default_artifact")]
+        pub artifact: String,
+        #[serde(default)]
+        pub statefulset: Option<Template>,
+        #[serde(default)]
+        pub pvc: Option<Template>,
+        #[serde(default)]
+        pub container: Option<Template>,
+        #[serde(default)]
+        pub database: Option<Template>,
+        #[serde(default)]
+        pub user: Option<Template>,
+        #[serde(default)]
+        pub external: Option<ExternalPg>,
+        /// Seconds for each wait (pods gone, PVC gone, pod ready).
+        #[serde(default)]
+        pub timeout: Option<u64>,
+    }
 }
 
 /// Where the dump goes, resolved.
@@ -153,13 +151,6 @@ impl Change for PgRestoreChange {
 }
 
 impl PgRestoreK8s {
-    fn k8s(&self) -> K8sTarget {
-        K8sTarget {
-            namespace: self.namespace.clone(),
-            kubeconfig: self.kubeconfig.clone(),
-        }
-    }
-
     fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout.unwrap_or(300))
     }

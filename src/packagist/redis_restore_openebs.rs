@@ -28,7 +28,7 @@ use crate::fingerprint::RedisKeyCounts;
 use crate::k8s::{kubectl, pod_ready, Cluster, PodsWanted, WorkloadKind};
 use crate::module::artifact::{artifact_fingerprint, find_artifact};
 use crate::module::artifact_stream::stream_artifact;
-use crate::module::kube::{pod_exec, K8sTarget};
+use crate::module::kube::{k8s_args, pod_exec, K8sArgs};
 use crate::module::staged::StagedPath;
 use crate::module::{Applied, Change, Module, ModuleError, Prediction, Probe, Store, TaskCtx};
 use crate::packagist::attempt::{attempt_proven, attempt_started, interrupted_attempt};
@@ -41,26 +41,24 @@ fn default_artifact() -> String {
     "packagist_redis".into()
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisRestoreOpenebs {
-    #[serde(default = "default_artifact")]
-    pub artifact: String,
-    #[serde(default)]
-    pub statefulset: Option<Template>,
-    #[serde(default)]
-    pub pvc: Option<Template>,
-    #[serde(default)]
-    pub container: Option<Template>,
-    /// Redis's port in the pod (Private Packagist uses 9869).
-    #[serde(default)]
-    pub port: Option<u16>,
-    #[serde(default)]
-    pub timeout: Option<u64>,
-    #[serde(default)]
-    pub namespace: Option<Template>,
-    #[serde(default)]
-    pub kubeconfig: Option<Template>,
+k8s_args! {
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RedisRestoreOpenebs {
+        #[serde(default = "default_artifact")]
+        pub artifact: String,
+        #[serde(default)]
+        pub statefulset: Option<Template>,
+        #[serde(default)]
+        pub pvc: Option<Template>,
+        #[serde(default)]
+        pub container: Option<Template>,
+        /// Redis's port in the pod (Private Packagist uses 9869).
+        #[serde(default)]
+        pub port: Option<u16>,
+        #[serde(default)]
+        pub timeout: Option<u64>,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -129,12 +127,6 @@ impl Change for RedisRestoreChange {
 }
 
 impl RedisRestoreOpenebs {
-    fn k8s(&self) -> K8sTarget {
-        K8sTarget {
-            namespace: self.namespace.clone(),
-            kubeconfig: self.kubeconfig.clone(),
-        }
-    }
     fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout.unwrap_or(300))
     }

@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn counts(s: &str) -> RedisKeyCounts {

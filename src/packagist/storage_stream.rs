@@ -52,7 +52,7 @@ use crate::k8s::{kubectl, Cluster};
 use crate::module::artifact::is_disk_full;
 use crate::module::artifact_stream::LocalCopy;
 use crate::module::kube::{
-    pod_exec, pod_free_text, ready_deployment_pod, sh_argv as sh, K8sTarget,
+    k8s_args, pod_exec, pod_free_text, ready_deployment_pod, sh_argv as sh, K8sArgs,
 };
 use crate::module::staged::StagedPath;
 use crate::module::{
@@ -70,27 +70,25 @@ const ARTIFACT: &str = "packagist_storage";
 /// The journal fingerprint this task records once the import is proven.
 const RECORD_KEY: &str = "streamed_storage";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StorageStream {
-    /// Inventory host, or a group with exactly one host, holding the storage.
-    pub source: Template,
-    #[serde(default)]
-    pub data_dir: Option<Template>,
-    #[serde(default)]
-    pub deployment: Option<Template>,
-    #[serde(default)]
-    pub container: Option<Template>,
-    #[serde(default)]
-    pub archive: Option<Template>,
-    #[serde(default)]
-    pub verify_dir: Option<Template>,
-    #[serde(default)]
-    pub timeout: Option<u64>,
-    #[serde(default)]
-    pub namespace: Option<Template>,
-    #[serde(default)]
-    pub kubeconfig: Option<Template>,
+k8s_args! {
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct StorageStream {
+        /// Inventory host, or a group with exactly one host, holding the storage.
+        pub source: Template,
+        #[serde(default)]
+        pub data_dir: Option<Template>,
+        #[serde(default)]
+        pub deployment: Option<Template>,
+        #[serde(default)]
+        pub container: Option<Template>,
+        #[serde(default)]
+        pub archive: Option<Template>,
+        #[serde(default)]
+        pub verify_dir: Option<Template>,
+        #[serde(default)]
+        pub timeout: Option<u64>,
+    }
 }
 
 /// What an earlier run of this task streamed and proved.
@@ -207,15 +205,6 @@ pub fn source_path(member: &str) -> String {
         format!("artifacts/{rest}")
     } else {
         member.to_string()
-    }
-}
-
-impl StorageStream {
-    fn k8s(&self) -> K8sTarget {
-        K8sTarget {
-            namespace: self.namespace.clone(),
-            kubeconfig: self.kubeconfig.clone(),
-        }
     }
 }
 

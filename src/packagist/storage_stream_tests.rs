@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
