@@ -347,3 +347,27 @@ fn k8s_args_keep_unknown_field_errors_located() {
         );
     }
 }
+
+#[test]
+fn timeouts_take_plain_seconds_or_text_with_a_unit() {
+    for (module, args, field) in [
+        ("pg_restore_k8s", "", "timeout"),
+        ("redis_restore_openebs", "", "timeout"),
+        ("storage_import", "", "timeout"),
+        ("storage_stream", "source = \"old\"\n", "timeout"),
+        (
+            "storage_export",
+            "container = \"c\"\ndata_dir = \"/d\"\ndest = \"/x.tgz\"\n",
+            "export_timeout",
+        ),
+    ] {
+        for (value, seconds) in [("600", 600), ("\"10m\"", 600), ("\"1h30m\"", 5400)] {
+            let text = format!(
+                "[[task]]\nname = \"t\"\nhosts = \"all\"\n[task.{module}]\n{args}{field} = {value}\n"
+            );
+            let pb = parse(&text).unwrap_or_else(|e| panic!("{module} {value}: {e}"));
+            let args = serde_json::to_value(&pb.tasks[0].module).unwrap();
+            assert_eq!(args[module][field], seconds, "{module} {value}: {args}");
+        }
+    }
+}

@@ -29,7 +29,7 @@ use crate::k8s::{kubectl, PodsWanted, WorkloadKind};
 use crate::module::artifact::{artifact_fingerprint, find_artifact};
 use crate::module::artifact_stream::stream_artifact;
 use crate::module::kube::{k8s_args, pod_exec, K8sArgs};
-use crate::module::units::argv;
+use crate::module::units::{argv, Seconds};
 use crate::module::{
     Applied, ArgCheck, ArgError, Change, HostReader, Module, ModuleError, Probe, TaskCtx,
 };
@@ -76,7 +76,7 @@ k8s_args! {
         pub external: Option<ExternalPg>,
         /// Seconds for each wait (pods gone, PVC gone, pod ready).
         #[serde(default)]
-        pub timeout: Option<u64>,
+        pub timeout: Option<Seconds>,
     }
 }
 
@@ -152,7 +152,8 @@ impl Change for PgRestoreChange {
 
 impl PgRestoreK8s {
     fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout.unwrap_or(300))
+        self.timeout
+            .map_or(Duration::from_secs(300), Seconds::duration)
     }
 
     fn resolve(&self, ctx: &HostReader, namespace: String) -> Result<Target, ModuleError> {

@@ -30,6 +30,7 @@ use crate::module::artifact::{artifact_fingerprint, find_artifact};
 use crate::module::artifact_stream::stream_artifact;
 use crate::module::kube::{k8s_args, pod_exec, K8sArgs};
 use crate::module::staged::StagedPath;
+use crate::module::units::Seconds;
 use crate::module::{Applied, Change, Module, ModuleError, Prediction, Probe, Store, TaskCtx};
 use crate::packagist::attempt::{attempt_proven, attempt_started, interrupted_attempt};
 use crate::packagist::completed::{completed_guard, completed_marker};
@@ -57,7 +58,7 @@ k8s_args! {
         #[serde(default)]
         pub port: Option<u16>,
         #[serde(default)]
-        pub timeout: Option<u64>,
+        pub timeout: Option<Seconds>,
     }
 }
 
@@ -128,7 +129,8 @@ impl Change for RedisRestoreChange {
 
 impl RedisRestoreOpenebs {
     fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout.unwrap_or(300))
+        self.timeout
+            .map_or(Duration::from_secs(300), Seconds::duration)
     }
 }
 

@@ -33,6 +33,7 @@ use crate::module::kube::{
     k8s_args, pod_exec, pod_free_text, ready_deployment_pod, sh_argv as sh, K8sArgs,
 };
 use crate::module::staged::{parse_path_states, PathState, StagedPath};
+use crate::module::units::Seconds;
 use crate::module::{Applied, Change, HostReader, Module, ModuleError, Probe, TaskCtx};
 use crate::packagist::completed::{completed_guard, completed_marker};
 use crate::packagist::storage::{
@@ -60,7 +61,7 @@ k8s_args! {
         #[serde(default)]
         pub verify_dir: Option<Template>,
         #[serde(default)]
-        pub timeout: Option<u64>,
+        pub timeout: Option<Seconds>,
     }
 }
 
@@ -304,7 +305,9 @@ impl Module for StorageImport {
                 if err_text.trim().is_empty() { String::new() } else { format!(": {}", err_text.trim()) }
             )));
         }
-        let timeout = Duration::from_secs(self.timeout.unwrap_or(3600));
+        let timeout = self
+            .timeout
+            .map_or(Duration::from_secs(3600), Seconds::duration);
         import_storage_archive(&cluster, pod, &f.container, &staged, timeout).await?;
         // 4. The archive is not needed in the pod any more.
         pod_exec(

@@ -9,7 +9,7 @@
 //! container = "ui"
 //! archive = "/tmp/packagist_storage.tar.gz"   # in the container, removed after import
 //! verify_dir = "/data/packagist"              # "" when the storage is not a directory there
-//! timeout = 3600                              # seconds for the vendor's import
+//! timeout = 3600                              # seconds (or "1h") for the vendor's import
 //! ```
 //!
 //! What `storage_export` + `storage_import` do in three passes over the bytes (archive
@@ -55,6 +55,7 @@ use crate::module::kube::{
     k8s_args, pod_exec, pod_free_text, ready_deployment_pod, sh_argv as sh, K8sArgs,
 };
 use crate::module::staged::StagedPath;
+use crate::module::units::Seconds;
 use crate::module::{
     Applied, ArgCheck, ArgError, Change, HostReader, Module, ModuleError, Probe, TaskCtx,
 };
@@ -87,7 +88,7 @@ k8s_args! {
         #[serde(default)]
         pub verify_dir: Option<Template>,
         #[serde(default)]
-        pub timeout: Option<u64>,
+        pub timeout: Option<Seconds>,
     }
 }
 
@@ -350,7 +351,9 @@ impl Module for StorageStream {
                 f.data_dir, f.source_host
             )));
         }
-        let timeout = Duration::from_secs(self.timeout.unwrap_or(3600));
+        let timeout = self
+            .timeout
+            .map_or(Duration::from_secs(3600), Seconds::duration);
         let imported = import_storage_archive(&cluster, pod, &f.container, &staged, timeout).await;
         remove_in_pod(&cluster, pod, &f.container, &f.archive).await;
         imported?;
