@@ -1,3 +1,8 @@
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use sha2::{Digest, Sha256};
+
 use super::*;
 
 fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
