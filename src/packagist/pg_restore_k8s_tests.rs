@@ -1,3 +1,4 @@
+use super::psql::{drop_owner_statements, external_psql};
 use super::*;
 
 #[test]
