@@ -947,3 +947,81 @@ creates = "-{{ marker }}"
         "{err}"
     );
 }
+
+/// A host var a module declares, set to the wrong kind, is found by `prepare` for the
+/// host that has it, naming the host, the var, both kinds and the task (at its place in
+/// the playbook), before anything is contacted.
+#[test]
+fn prepare_checks_the_kind_of_declared_host_vars() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = Secrets::new();
+    let inventory = Inventory::parse(
+        &SourceFile::new(
+            dir.path().join("inv.toml"),
+            r#"
+[hosts.old]
+address = "10.0.0.1"
+[hosts.old.vars]
+docker_bin = 5
+[hosts.new]
+address = "10.0.0.2"
+"#,
+        ),
+        &|_| None,
+        &secrets,
+    )
+    .unwrap();
+    let play = r#"
+[[task]]
+name = "Stop"
+hosts = "all"
+[task.docker_container]
+names = ["a"]
+state = "stopped"
+"#;
+    let pb = Arc::new(Playbook::parse(SourceFile::new("pb.toml", play)).unwrap());
+    let err = engine::prepare(pb, Arc::new(inventory), RunOptions::default(), &secrets)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("task `Stop` on inventory host `old`")
+            && err.contains("host var `docker_bin` must be a string, found an integer")
+            && err.contains("pb.toml:"),
+        "{err}"
+    );
+    assert!(!err.contains("host `new`"), "{err}");
+}
+
+/// In a run (the engine sets `declared`), a module reads only the host vars it lists in
+/// `Module::vars`; a declared one must have its kind.
+#[test]
+fn a_module_reads_only_the_host_vars_it_declares() {
+    use ferry::module::artifact_stream::BACKUP_DIR;
+    use ferry::module::docker::DOCKER_BIN;
+    let dir = tempfile::tempdir().unwrap();
+    let journal =
+        Arc::new(Journal::open(&dir.path().join("j.json"), "pb", Secrets::new(), false).unwrap());
+    let mut vars = serde_json::Map::new();
+    vars.insert("docker_bin".into(), "podman".into());
+    vars.insert("backup_dir".into(), 5.into());
+    let mut ctx = ferry::module::testing::task_ctx(
+        FakeTransport::new("old"),
+        "t",
+        Arc::new(ferry::module::testing::NoPeers),
+        journal,
+        vars,
+    );
+    // A test harness context checks kinds only.
+    assert_eq!(ctx.var_str_of(&DOCKER_BIN).unwrap(), Some("podman"));
+    ctx.reader.declared = Some(vec![&BACKUP_DIR]);
+    let err = ctx.var_of(&DOCKER_BIN).unwrap_err().to_string();
+    assert!(
+        err.contains("reads host var `docker_bin`, which its module does not declare"),
+        "{err}"
+    );
+    let err = ctx.var_of(&BACKUP_DIR).unwrap_err().to_string();
+    assert!(
+        err.contains("host var `backup_dir` must be a string, found an integer"),
+        "{err}"
+    );
+}

@@ -710,3 +710,40 @@ fn imports_run_one_way() {
         upward.join("\n")
     );
 }
+
+/// Modules read host vars by declaration (`HostReader::var_of(&DECL)`, `DECL.get(vars)`),
+/// never by a literal name: a literal would bypass `Module::vars` and the kind check in
+/// `prepare`. (A var whose name the task's arguments give is read with `var(name)`.)
+#[test]
+fn host_vars_are_read_by_declaration() {
+    let mut literal = Vec::new();
+    for dir in ["src/module", "src/modules", "src/packagist"] {
+        let mut todo = vec![repo().join(dir)];
+        while let Some(p) = todo.pop() {
+            if p.is_dir() {
+                todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            if p.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&p).unwrap();
+            // `vars\n    .get("x")` counts as well as `vars.get("x")`.
+            let code: String = text
+                .lines()
+                .map(|l| l.split("//").next().unwrap_or("").trim())
+                .collect();
+            for pattern in [".var(\"", "vars.get(\""] {
+                for (i, _) in code.match_indices(pattern) {
+                    let end = code[i..].find(')').map_or(code.len(), |e| i + e + 1);
+                    literal.push(format!("{}: {}", p.display(), &code[i..end]));
+                }
+            }
+        }
+    }
+    assert!(
+        literal.is_empty(),
+        "host vars read by a literal name (declare a VarDecl and use var_of):\n{}",
+        literal.join("\n")
+    );
+}

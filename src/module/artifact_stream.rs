@@ -6,7 +6,17 @@ use serde_json::Value;
 
 use crate::journal::Artifact;
 use crate::module::artifact::open_artifact;
-use crate::module::{HostReader, ModuleError, TaskCtx};
+use crate::module::{HostReader, ModuleError, TaskCtx, VarDecl, VarKind};
+
+/// Host var: the laptop directory that keeps a verified copy of every artifact streamed.
+pub const BACKUP_DIR: VarDecl = VarDecl {
+    name: "backup_dir",
+    kind: VarKind::Str,
+    doc: "laptop directory for verified copies of the artifacts streamed (none: no copies)",
+};
+
+/// The host vars this file's helpers read, for [`crate::module::Module::vars`].
+pub const VARS: &[&VarDecl] = &[&BACKUP_DIR];
 
 // ---------------------------------------------------------------------------------------
 // Streaming an artifact somewhere
@@ -42,6 +52,9 @@ pub struct LocalCopy {
 /// Why the laptop's copy could not be written or did not check out.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalCopyError {
+    /// `backup_dir` is not a string, or not declared by the module.
+    #[error("{0}")]
+    HostVar(String),
     #[error("local backup copy {path}: {source}")]
     Io {
         path: String,
@@ -75,7 +88,10 @@ impl LocalCopy {
         ctx: &HostReader,
         file_name: &std::ffi::OsStr,
     ) -> Result<Option<LocalCopy>, LocalCopyError> {
-        let Some(dir) = ctx.var("backup_dir").and_then(Value::as_str) else {
+        let dir = ctx
+            .var_str_of(&BACKUP_DIR)
+            .map_err(|e| LocalCopyError::HostVar(e.to_string()))?;
+        let Some(dir) = dir else {
             return Ok(None);
         };
         Self::create(std::path::Path::new(dir), file_name)
@@ -271,7 +287,7 @@ pub async fn laptop_copy(
     ctx: &HostReader,
     artifact: &Artifact,
 ) -> Result<Option<LaptopCopy>, ModuleError> {
-    let Some(dir) = ctx.var("backup_dir").and_then(Value::as_str) else {
+    let Some(dir) = ctx.var_str_of(&BACKUP_DIR)? else {
         return Ok(None);
     };
     let path = std::path::Path::new(dir).join(laptop_copy_name(artifact));

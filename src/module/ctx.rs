@@ -60,6 +60,9 @@ pub struct HostReader {
     pub overwrite: Vec<String>,
     /// Things a host's tasks share across the run (e.g. the Kubernetes connection).
     pub cache: Arc<HostCache>,
+    /// The host vars the running module declares ([`crate::module::Module::vars`]);
+    /// [`HostReader::var_of`] refuses any other. `None`: not checked (test harnesses).
+    pub declared: Option<Vec<&'static crate::module::VarDecl>>,
 }
 
 /// The journal, read-only.
@@ -196,7 +199,8 @@ impl HostReader {
         Ok(self.renderer.render_shell(t, &self.vars)?)
     }
 
-    /// A variable of this host.
+    /// A variable of this host whose name the task's arguments give (a declared one is
+    /// read with [`HostReader::var_of`]).
     pub fn var(&self, name: &str) -> Option<&Value> {
         self.vars.get(name)
     }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::command::Cmd;
-use crate::module::{HostReader, ModuleError};
+use crate::module::{HostReader, ModuleError, VarDecl, VarKind};
 
 // ---------------------------------------------------------------------------------------
 // Docker
@@ -79,12 +79,27 @@ pub fn parse_docker_inspect(text: &str) -> Result<BTreeMap<String, ContainerStat
     Ok(map)
 }
 
-/// The docker client to call on the host (var `docker`, default `docker`).
+/// Host var: the docker client to call on the host.
+pub const DOCKER_BIN: VarDecl = VarDecl {
+    name: "docker_bin",
+    kind: VarKind::Str,
+    doc: "the docker client to call on the host (default `docker`)",
+};
+
+/// The host vars [`docker_bin`] reads, for [`crate::module::Module::vars`].
+pub const VARS: &[&VarDecl] = &[&DOCKER_BIN];
+
+/// The docker client to call on the host (var `docker_bin`, default `docker`). `prepare`
+/// has checked the var's kind; a module that did not declare it fails its debug tests.
 pub fn docker_bin(ctx: &HostReader) -> String {
-    ctx.var("docker_bin")
-        .and_then(Value::as_str)
-        .unwrap_or("docker")
-        .to_string()
+    match ctx.var_str_of(&DOCKER_BIN) {
+        Ok(bin) => bin.unwrap_or("docker").to_string(),
+        Err(e) => {
+            debug_assert!(false, "{e}");
+            tracing::error!("{e}");
+            "docker".to_string()
+        }
+    }
 }
 
 #[cfg(test)]

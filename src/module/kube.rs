@@ -5,12 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::command::Cmd;
 use crate::k8s::{Cluster, KubeconfigSource};
 use crate::module::artifact::df_text;
-use crate::module::{HostReader, ModuleError};
+use crate::module::{HostReader, ModuleError, VarDecl, VarKind};
 use crate::playbook::template::Template;
 
 // ---------------------------------------------------------------------------------------
@@ -39,7 +38,8 @@ pub trait K8sArgs {
 /// every Kubernetes module: `namespace` and `kubeconfig` (see [`K8sTarget`] and
 /// docs/modules.md, "Kubernetes arguments"), plus [`K8sArgs`] for the struct. The fields
 /// are plain fields of the struct (not `#[serde(flatten)]`), so `deny_unknown_fields` and
-/// located errors keep working.
+/// located errors keep working. The module's `Module::vars` lists [`VARS`], the host
+/// vars [`K8sTarget`] falls back to.
 ///
 /// ```ignore
 /// k8s_args! {
@@ -82,15 +82,43 @@ macro_rules! k8s_args {
 }
 pub(crate) use k8s_args;
 
-fn var_str(ctx: &HostReader, name: &str) -> Option<String> {
-    ctx.var(name).and_then(Value::as_str).map(str::to_string)
+/// Host var: the namespace of the Kubernetes steps.
+pub const NAMESPACE: VarDecl = VarDecl {
+    name: "namespace",
+    kind: VarKind::Str,
+    doc: "Kubernetes namespace (default `default`)",
+};
+/// Host var: the kubeconfig on the node, read over SSH.
+pub const KUBECONFIG: VarDecl = VarDecl {
+    name: "kubeconfig",
+    kind: VarKind::Str,
+    doc: "kubeconfig on the node, read over SSH (default /etc/kubernetes/admin.conf)",
+};
+/// Host var: a kubeconfig on the laptop, used instead of the node's.
+pub const KUBECONFIG_LOCAL: VarDecl = VarDecl {
+    name: "kubeconfig_local",
+    kind: VarKind::Str,
+    doc: "kubeconfig on the laptop, used instead of the node's",
+};
+/// Host var: the context of `kubeconfig_local` to use.
+pub const KUBE_CONTEXT: VarDecl = VarDecl {
+    name: "kube_context",
+    kind: VarKind::Str,
+    doc: "context of `kubeconfig_local` (default: its current context)",
+};
+
+/// The host vars [`K8sTarget`] reads: every Kubernetes module declares them.
+pub const VARS: &[&VarDecl] = &[&NAMESPACE, &KUBECONFIG, &KUBECONFIG_LOCAL, &KUBE_CONTEXT];
+
+fn var_str(ctx: &HostReader, decl: &'static VarDecl) -> Result<Option<String>, ModuleError> {
+    Ok(ctx.var_str_of(decl)?.map(str::to_string))
 }
 
 impl K8sTarget {
     pub fn namespace(&self, ctx: &HostReader) -> Result<String, ModuleError> {
         Ok(match &self.namespace {
             Some(t) => ctx.render_operand(t)?,
-            None => var_str(ctx, "namespace").unwrap_or_else(|| "default".into()),
+            None => var_str(ctx, &NAMESPACE)?.unwrap_or_else(|| "default".into()),
         })
     }
 
@@ -98,14 +126,14 @@ impl K8sTarget {
         if let Some(t) = &self.kubeconfig {
             return Ok(KubeconfigSource::RemoteFile(ctx.render_operand(t)?));
         }
-        if let Some(local) = var_str(ctx, "kubeconfig_local") {
+        if let Some(local) = var_str(ctx, &KUBECONFIG_LOCAL)? {
             return Ok(KubeconfigSource::Local {
                 path: local.into(),
-                context: var_str(ctx, "kube_context"),
+                context: var_str(ctx, &KUBE_CONTEXT)?,
             });
         }
         Ok(KubeconfigSource::RemoteFile(
-            var_str(ctx, "kubeconfig").unwrap_or_else(|| DEFAULT_KUBECONFIG.into()),
+            var_str(ctx, &KUBECONFIG)?.unwrap_or_else(|| DEFAULT_KUBECONFIG.into()),
         ))
     }
 

@@ -38,9 +38,11 @@ pub mod predict;
 pub mod staged;
 pub mod testing;
 pub mod units;
+pub mod vars;
 
 pub use ctx::{Confirm, HostCache, HostReader, JournalView, NeverConfirm, Peers, Probe, TaskCtx};
 pub use predict::{Predicted, Prediction, Store};
+pub use vars::{VarDecl, VarKind};
 
 /// Why a module step failed, by family: what went wrong decides what the operator does
 /// next (reconnect, free space, investigate a mismatch, fix a precondition).
@@ -192,6 +194,12 @@ pub trait Module: Send + Sync + 'static {
     /// ([`Renderer::render_operand`]), the way the module renders it.
     const TEXT_FIELDS: &'static [&'static str] = &[];
 
+    /// The host variables the module reads (see [`vars`]): `prepare` checks their kind
+    /// on every host that sets them, and [`HostReader::var_of`] refuses the others.
+    fn vars(&self) -> Vec<&'static VarDecl> {
+        Vec::new()
+    }
+
     /// Checks of the arguments that need no host: run by the engine for every host of
     /// the task, with its vars, before any host is contacted. Static values are checked
     /// when the playbook is read instead (see [`checked`]); this is for what depends
@@ -284,6 +292,8 @@ impl std::fmt::Debug for Plan {
 pub trait DynModule: Send + Sync {
     /// [`Module::check_args`].
     fn check_args(&self, at: &ArgCheck<'_>) -> Result<(), ArgError>;
+    /// [`Module::vars`].
+    fn vars(&self) -> Vec<&'static VarDecl>;
     /// facts (writes refused) → decide.
     async fn plan(&self, reader: &HostReader, predicted: &Predicted) -> Result<Plan, ModuleError>;
     /// apply the plan's changes.
@@ -299,6 +309,10 @@ struct TypedPlan<M: Module> {
 impl<M: Module> DynModule for M {
     fn check_args(&self, at: &ArgCheck<'_>) -> Result<(), ArgError> {
         Module::check_args(self, at)
+    }
+
+    fn vars(&self) -> Vec<&'static VarDecl> {
+        Module::vars(self)
     }
 
     async fn plan(&self, reader: &HostReader, predicted: &Predicted) -> Result<Plan, ModuleError> {

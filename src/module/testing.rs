@@ -45,6 +45,7 @@ pub fn task_ctx(
             renderer: Arc::new(Renderer::new(None)),
             overwrite: Vec::new(),
             cache: Arc::new(crate::module::HostCache::default()),
+            declared: None,
         },
         yes: true,
         journal,

@@ -250,6 +250,9 @@ async fn source_prefix_sha256(
 
 #[async_trait]
 impl Module for Transfer {
+    fn vars(&self) -> Vec<&'static crate::module::VarDecl> {
+        crate::module::vars::all(&[crate::module::artifact_stream::VARS])
+    }
     type Facts = TransferFacts;
     type Change = TransferChange;
 

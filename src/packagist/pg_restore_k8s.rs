@@ -186,11 +186,18 @@ impl PgRestoreK8s {
     }
 }
 
+/// Host var: the external PostgreSQL (see [`external_from_var`]).
+pub const EXTERNAL_POSTGRES: crate::module::VarDecl = crate::module::VarDecl {
+    name: "external_postgres",
+    kind: crate::module::VarKind::Object,
+    doc: "external PostgreSQL: { host, port, user, database, password_var }",
+};
+
 /// The external PostgreSQL named by the inventory var `external_postgres`
 /// (`{ host, port, user, database, password_var }`), so one playbook serves both setups.
 /// Needs only the vars: checked before any host is contacted.
 fn external_from_var(vars: &Vars) -> Result<Option<ExternalPg>, ModuleError> {
-    let Some(v) = vars.get("external_postgres") else {
+    let Some(v) = EXTERNAL_POSTGRES.get(vars)? else {
         return Ok(None);
     };
     let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
@@ -210,6 +217,13 @@ fn external_from_var(vars: &Vars) -> Result<Option<ExternalPg>, ModuleError> {
 
 #[async_trait]
 impl Module for PgRestoreK8s {
+    fn vars(&self) -> Vec<&'static crate::module::VarDecl> {
+        crate::module::vars::all(&[
+            crate::module::kube::VARS,
+            crate::module::artifact_stream::VARS,
+            &[&EXTERNAL_POSTGRES],
+        ])
+    }
     type Facts = PgRestoreFacts;
     type Change = PgRestoreChange;
 

@@ -268,22 +268,54 @@ impl Change for NoChange {
     }
 }
 
-fn var_str(ctx: &HostReader, name: &str) -> Option<String> {
-    ctx.var(name).and_then(|v| match v {
+const fn str_var(name: &'static str, doc: &'static str) -> crate::module::VarDecl {
+    crate::module::VarDecl {
+        name,
+        kind: crate::module::VarKind::Str,
+        doc,
+    }
+}
+/// Host vars preflight reads when its own argument is not given.
+pub const DATA_DIR: crate::module::VarDecl = str_var("data_dir", "old side: Packagist data");
+pub const BACKUP_DIR_OLD: crate::module::VarDecl =
+    str_var("backup_dir_old", "old side: where backups are written");
+pub const OPENEBS_BASE: crate::module::VarDecl =
+    str_var("openebs_base", "new side: OpenEBS volumes' base directory");
+pub const BACKUP_DIR_NEW: crate::module::VarDecl =
+    str_var("backup_dir_new", "new side: where artifacts are staged");
+/// A string or a number (`2.5`).
+pub const PACKAGIST_VERSION: crate::module::VarDecl = crate::module::VarDecl {
+    name: "packagist_version",
+    kind: crate::module::VarKind::Any,
+    doc: "old side: the Packagist version, when the container does not say (string or number)",
+};
+const VARS: &[&crate::module::VarDecl] = &[
+    &DATA_DIR,
+    &BACKUP_DIR_OLD,
+    &OPENEBS_BASE,
+    &BACKUP_DIR_NEW,
+    &PACKAGIST_VERSION,
+];
+
+fn var_str(
+    ctx: &HostReader,
+    decl: &'static crate::module::VarDecl,
+) -> Result<Option<String>, ModuleError> {
+    Ok(ctx.var_of(decl)?.and_then(|v| match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
-    })
+    }))
 }
 
 fn render_or_var(
     ctx: &HostReader,
     t: &Option<Template>,
-    var: &str,
+    var: &'static crate::module::VarDecl,
 ) -> Result<Option<String>, ModuleError> {
     Ok(match t {
         Some(t) => Some(ctx.render_operand(t)?),
-        None => var_str(ctx, var),
+        None => var_str(ctx, var)?,
     })
 }
 
@@ -467,9 +499,9 @@ impl Preflight {
         let containers = docker_inspect(ctx, &names).await?;
         let running = |name: &str| containers.get(name).is_some_and(|c| c.running);
         let docker = docker_bin(ctx);
-        let data_dir = render_or_var(ctx, &self.data_dir, "data_dir")?
+        let data_dir = render_or_var(ctx, &self.data_dir, &DATA_DIR)?
             .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
-        let backup_dir = render_or_var(ctx, &self.backup_dir, "backup_dir_old")?;
+        let backup_dir = render_or_var(ctx, &self.backup_dir, &BACKUP_DIR_OLD)?;
 
         // What an earlier run of this task measured: the fallback when a store cannot be
         // measured now (e.g. its container was stopped by the backup since).
@@ -577,7 +609,7 @@ impl Preflight {
             ui_container,
             containers,
             required,
-            version_override: var_str(ctx, "packagist_version"),
+            version_override: var_str(ctx, &PACKAGIST_VERSION)?,
             postgres_container,
             redis_container,
             data_dir,
@@ -660,10 +692,10 @@ impl Preflight {
             },
         }
 
-        let openebs = render_or_var(ctx, &self.openebs_base, "openebs_base")?
+        let openebs = render_or_var(ctx, &self.openebs_base, &OPENEBS_BASE)?
             .unwrap_or_else(|| DEFAULT_OPENEBS_BASE.into());
         f.openebs = disk_free(ctx, &openebs).await.map_err(|e| e.to_string());
-        if let Some(dir) = render_or_var(ctx, &self.staging_dir, "backup_dir_new")? {
+        if let Some(dir) = render_or_var(ctx, &self.staging_dir, &BACKUP_DIR_NEW)? {
             f.staging = Some(disk_free(ctx, &dir).await.map_err(|e| e.to_string()));
             f.already_staged = artifacts_under(ctx, &dir).await?;
         }
@@ -687,6 +719,9 @@ fn old_sizes_from_journal(ctx: &HostReader) -> Option<(String, DataSizes)> {
 
 #[async_trait]
 impl Module for Preflight {
+    fn vars(&self) -> Vec<&'static crate::module::VarDecl> {
+        crate::module::vars::all(&[crate::module::kube::VARS, crate::module::docker::VARS, VARS])
+    }
     fn memos(&self, facts: &PreflightFacts) -> Vec<MemoValue> {
         let PreflightFacts::Old(f) = facts else {
             return Vec::new();

@@ -111,6 +111,12 @@ impl Change for ImportChange {
 
 #[async_trait]
 impl Module for StorageImport {
+    fn vars(&self) -> Vec<&'static crate::module::VarDecl> {
+        crate::module::vars::all(&[
+            crate::module::kube::VARS,
+            crate::module::artifact_stream::VARS,
+        ])
+    }
     type Facts = StorageImportFacts;
     type Change = ImportChange;
 

@@ -147,16 +147,35 @@ impl Change for StreamChange {
 
 /// `source` as one inventory host: a host name, or a group with exactly one member.
 /// Needs only the vars (`hostvars`, `groups`): checked before any host is contacted.
+/// Host var (set by ferry): every host's vars, by host.
+pub const HOSTVARS: crate::module::VarDecl = crate::module::VarDecl {
+    name: "hostvars",
+    kind: crate::module::VarKind::Object,
+    doc: "every host's vars, by host (set by ferry)",
+};
+/// Host var (set by ferry): the hosts of every group.
+pub const GROUPS: crate::module::VarDecl = crate::module::VarDecl {
+    name: "groups",
+    kind: crate::module::VarKind::Object,
+    doc: "the hosts of every group (set by ferry)",
+};
+/// Host var: where the old host keeps the Packagist data (also read from the source's vars).
+pub const DATA_DIR: crate::module::VarDecl = crate::module::VarDecl {
+    name: "data_dir",
+    kind: crate::module::VarKind::Str,
+    doc: "the old Packagist's data directory (default /data/packagist)",
+};
+
 fn resolve_source(vars: &Vars, source: &str) -> Result<String, ModuleError> {
-    let is_host = vars
-        .get("hostvars")
+    let is_host = HOSTVARS
+        .get(vars)?
         .and_then(Value::as_object)
         .is_some_and(|h| h.contains_key(source));
     if is_host {
         return Ok(source.to_string());
     }
-    let members: Vec<String> = vars
-        .get("groups")
+    let members: Vec<String> = GROUPS
+        .get(vars)?
         .and_then(|g| g.get(source))
         .and_then(Value::as_array)
         .map(|a| {
@@ -181,6 +200,13 @@ fn resolve_source(vars: &Vars, source: &str) -> Result<String, ModuleError> {
 
 #[async_trait]
 impl Module for StorageStream {
+    fn vars(&self) -> Vec<&'static crate::module::VarDecl> {
+        crate::module::vars::all(&[
+            crate::module::kube::VARS,
+            crate::module::artifact_stream::VARS,
+            &[&HOSTVARS, &GROUPS, &DATA_DIR],
+        ])
+    }
     type Facts = StorageStreamFacts;
     type Change = StreamChange;
 
@@ -199,10 +225,10 @@ impl Module for StorageStream {
         let data_dir = match &self.data_dir {
             Some(t) => probe.render_operand(t)?,
             None => probe
-                .var("hostvars")
+                .var_of(&HOSTVARS)?
                 .and_then(|h| h.get(&source_host))
                 .and_then(|v| v.get("data_dir"))
-                .or_else(|| probe.var("data_dir"))
+                .or(probe.var_of(&DATA_DIR)?)
                 .and_then(Value::as_str)
                 .unwrap_or("/data/packagist")
                 .to_string(),

@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{header, Method, Request, Response, StatusCode};
@@ -314,6 +315,9 @@ async fn resource_request(
             let updated = sim.store.update_with(rt, &ns, name, |current| {
                 check_resource_version(rt, name, current, &body)?;
                 *current = merge_update(rt, current, body.clone(), status_only);
+                if rt.plural == "secrets" {
+                    fold_string_data(current);
+                }
                 Ok(())
             })?;
             Ok(json_response(200, &updated))
@@ -340,6 +344,9 @@ async fn resource_request(
                 let patched = apply_patch(current, &patch, &content_type)?;
                 check_resource_version(rt, name, current, &patched)?;
                 *current = merge_update(rt, current, patched, status_only);
+                if rt.plural == "secrets" {
+                    fold_string_data(current);
+                }
                 Ok(())
             })?;
             Ok(json_response(200, &updated))
@@ -438,6 +445,7 @@ pub fn prepare_create(store: &Store, node_name: &str, rt: &ResourceType, obj: &m
         "pods" => {
             crate::controllers::default_pod(obj, node_name);
         }
+        "secrets" => fold_string_data(obj),
         "namespaces" => {
             obj["spec"] = json!({"finalizers": ["kubernetes"]});
             obj["status"] = json!({"phase": "Active"});
@@ -469,6 +477,23 @@ pub fn prepare_create(store: &Store, node_name: &str, rt: &ResourceType, obj: &m
             }
         }
         _ => {}
+    }
+}
+
+/// As the API server does for Secrets: `stringData` is write-only, merged into `data`
+/// (base64) on every write, and never stored or returned.
+pub fn fold_string_data(obj: &mut Value) {
+    if let Some(plain) = obj.get("stringData").and_then(Value::as_object).cloned() {
+        if !obj["data"].is_object() {
+            obj["data"] = json!({});
+        }
+        for (key, value) in plain {
+            let text = value.as_str().unwrap_or("").to_string();
+            obj["data"][key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+        }
+    }
+    if let Some(map) = obj.as_object_mut() {
+        map.remove("stringData");
     }
 }
 

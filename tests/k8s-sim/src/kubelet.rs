@@ -393,6 +393,21 @@ impl Kubelet {
                     "status.podIP" => pod_ip.to_string(),
                     _ => String::new(),
                 }
+            } else if let Some(secret_ref) = var["valueFrom"]["secretKeyRef"].as_object() {
+                let secret = self.store.get(
+                    crate::resources::by_key("secrets").unwrap_or(CONFIGMAPS),
+                    ns,
+                    secret_ref
+                        .get("name")
+                        .and_then(|n| n.as_str())
+                        .unwrap_or(""),
+                );
+                let key = secret_ref.get("key").and_then(|k| k.as_str()).unwrap_or("");
+                secret
+                    .and_then(|s| s["data"][key].as_str().map(String::from))
+                    .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+                    .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                    .unwrap_or_default()
             } else if let Some(cm_ref) = var["valueFrom"]["configMapKeyRef"].as_object() {
                 let cm = self.store.get(
                     CONFIGMAPS,
@@ -417,7 +432,15 @@ impl Kubelet {
         let Some(volumes) = self.resolve_volumes(pod, &dir)? else {
             return Ok(None);
         };
-        let pod_ip = format!("10.42.0.{}", fastrand::u8(2..250));
+        // hostNetwork pods share the node's network (and name), as on a real node: the
+        // simulator has no pod network, so workloads that must talk to each other or be
+        // reached on the node's loopback (the blob store) use it.
+        let host_network = pod["spec"]["hostNetwork"].as_bool().unwrap_or(false);
+        let pod_ip = if host_network {
+            "127.0.0.1".to_string()
+        } else {
+            format!("10.42.0.{}", fastrand::u8(2..250))
+        };
         let mut containers = Vec::new();
         for spec in pod["spec"]["containers"].as_array().into_iter().flatten() {
             let name = spec["name"].as_str().unwrap_or("").to_string();
@@ -496,7 +519,7 @@ impl Kubelet {
                 log_path: container_dir.join("log"),
             });
         }
-        let sandbox = nsexec::sandbox_command(name_of(pod))?
+        let sandbox = nsexec::sandbox_command(name_of(pod), host_network)?
             .kill_on_drop(false)
             .spawn()
             .context("starting the pod sandbox")?;

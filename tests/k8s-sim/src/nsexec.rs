@@ -51,8 +51,9 @@ fn loopback_up() -> io::Result<()> {
     }
 }
 
-/// The pod sandbox: `sleep infinity` in new network and UTS namespaces.
-pub fn sandbox_command(hostname: &str) -> io::Result<Command> {
+/// The pod sandbox: `sleep infinity` in new network and UTS namespaces, or in the
+/// node's own with `host_network` (`spec.hostNetwork`).
+pub fn sandbox_command(hostname: &str, host_network: bool) -> io::Result<Command> {
     let hostname =
         CString::new(hostname).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut command = Command::new("sleep");
@@ -65,6 +66,9 @@ pub fn sandbox_command(hostname: &str) -> io::Result<Command> {
     unsafe {
         command.pre_exec(move || {
             check(libc::setsid())?;
+            if host_network {
+                return Ok(());
+            }
             check(libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWUTS))?;
             check(libc::sethostname(
                 hostname.as_ptr(),

@@ -425,3 +425,78 @@ fn exec_stdin_round_trips_50_mib_and_redis_appendonly_flag() {
         Some(expected.as_str())
     );
 }
+
+/// Secrets take `stringData` (folded into `data`, never stored), containers read them with
+/// `secretKeyRef`, and a `hostNetwork` pod shares the node's network namespace while an
+/// ordinary pod has its own: the blob store's pod is reached on the node's loopback.
+#[test]
+fn secrets_string_data_secret_key_ref_and_host_network() {
+    let sim = Sim::start(&[]);
+    sim.wait_all_ready("default");
+    let manifest = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: blob-creds, namespace: default}
+type: Opaque
+stringData: {access-key: GKtestkey, secret-key: "s3cr3t value"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hostnet, namespace: default, labels: {app: hostnet}}
+spec:
+  hostNetwork: true
+  containers:
+    - name: main
+      command: ["/bin/sh", "-c", "exec sleep 3600"]
+      env:
+        - name: SECRET_KEY
+          valueFrom: {secretKeyRef: {name: blob-creds, key: secret-key}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: podnet, namespace: default, labels: {app: podnet}}
+spec:
+  containers:
+    - name: main
+      command: ["/bin/sh", "-c", "exec sleep 3600"]
+"#;
+    let out = sim.kubectl_output(&["apply", "-f", "-"], Some(manifest.as_bytes()));
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let secret: serde_json::Value =
+        serde_json::from_str(&sim.kubectl(&["get", "secret", "blob-creds", "-o", "json"])).unwrap();
+    assert!(secret.get("stringData").is_none(), "{secret}");
+    assert_eq!(secret["data"]["secret-key"], "czNjcjN0IHZhbHVl"); // base64("s3cr3t value")
+
+    sim.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/hostnet",
+        "pod/podnet",
+        "--timeout=60s",
+    ]);
+    let env = sim.kubectl(&[
+        "exec",
+        "hostnet",
+        "--",
+        "/bin/sh",
+        "-c",
+        "printf %s \"$SECRET_KEY\"",
+    ]);
+    assert_eq!(env, "s3cr3t value");
+
+    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let own = own.to_string_lossy();
+    let host_ns = sim.kubectl(&["exec", "hostnet", "--", "readlink", "/proc/self/ns/net"]);
+    let pod_ns = sim.kubectl(&["exec", "podnet", "--", "readlink", "/proc/self/ns/net"]);
+    assert_eq!(
+        host_ns.trim(),
+        own,
+        "a hostNetwork pod is in the node's network"
+    );
+    assert_ne!(
+        pod_ns.trim(),
+        own,
+        "an ordinary pod has a network of its own"
+    );
+}

@@ -1,0 +1,326 @@
+//! [`prepare`]: the pure step before a run. Selects hosts and tasks, renders every
+//! template for every host, runs the modules' argument checks and checks the host
+//! variables modules read; also [`check_start_at`] and the plan types.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::{PrepareError, RunOptions};
+use crate::inventory::Inventory;
+use crate::journal::{Journal, JournalData};
+use crate::module::{ArgCheck, ArgError};
+use crate::playbook::source::InputError;
+use crate::playbook::template::{collect_templates, AnyTemplate, Renderer, TemplateError, Vars};
+use crate::playbook::Playbook;
+use crate::secrets::Secrets;
+
+/// `--start-at` skips the tasks before it, trusting the journal that they are done. It
+/// refuses to skip a task whose record on a host of this run was made by another
+/// definition of the task (the playbook was edited since): that record says nothing
+/// about what the task does now. Tasks never recorded are skipped as asked.
+pub fn check_start_at(prepared: &Prepared, journal: &Journal) -> Result<(), PrepareError> {
+    let Some(start) = prepared.options.start_at.as_deref() else {
+        return Ok(());
+    };
+    let pb = &prepared.playbook;
+    let Some(start_index) = pb.tasks.iter().position(|t| t.name == start) else {
+        return Ok(());
+    };
+    let data: JournalData = journal.snapshot();
+    // The hosts of the run as `--limit` chose them (prepare() checked the pattern).
+    let limit = prepared
+        .options
+        .limit
+        .as_deref()
+        .map(|l| prepared.inventory.select(l).unwrap_or_default());
+    let mut edited = Vec::new();
+    for task in &pb.tasks[..start_index] {
+        let targets = prepared
+            .inventory
+            .select(task.hosts.get_ref())
+            .unwrap_or_default();
+        for host in targets {
+            if limit.as_ref().is_some_and(|l| !l.contains(&host)) {
+                continue;
+            }
+            let Some(record) = data.hosts.get(&host).and_then(|t| t.get(&task.name)) else {
+                continue;
+            };
+            if !journal.is_current(&task.name, record) {
+                edited.push(format!(
+                    "task `{}` is skipped but has been edited since its journal record on `{host}` was made ({}); its record no longer says the task is done: run from `{}` or earlier",
+                    task.name,
+                    pb.source.locate(task.span.start),
+                    task.name
+                ));
+            }
+        }
+    }
+    if edited.is_empty() {
+        Ok(())
+    } else {
+        Err(PrepareError::StartAtEdited(edited))
+    }
+}
+
+/// One task scheduled on one host.
+#[derive(Debug, Clone)]
+pub struct Scheduled {
+    /// Index into `Playbook::tasks`.
+    pub task: usize,
+    /// Its `when` was false for this host.
+    pub skip: bool,
+}
+
+/// The validated plan of a run: which tasks run where, with every template rendered
+/// once for every host it targets.
+#[derive(Debug)]
+pub struct Prepared {
+    pub playbook: Arc<Playbook>,
+    pub inventory: Arc<Inventory>,
+    pub options: RunOptions,
+    /// Hosts of the run, each with its scheduled tasks in order.
+    pub hosts: BTreeMap<String, Vec<Scheduled>>,
+    pub vars: BTreeMap<String, Arc<Vars>>,
+    pub renderer: Arc<Renderer>,
+}
+
+/// The template variables of `host`: playbook vars < inventory vars, plus
+/// `inventory_hostname`, `group_names` and `hostvars`.
+pub fn host_vars(
+    playbook: &Playbook,
+    inventory: &Inventory,
+    host: &str,
+    secrets: &Secrets,
+) -> Vars {
+    let mut vars = playbook.vars.clone();
+    let mut secret_vars = std::collections::BTreeSet::new();
+    if let Some(h) = inventory.hosts.get(host) {
+        vars.extend(h.vars.clone());
+        // A secret var may take its value from the playbook's `[vars]`: register it.
+        for name in &h.secret_vars {
+            if let Some(value) = vars.get(name) {
+                secrets.add_value(value);
+            }
+        }
+        secret_vars.clone_from(&h.secret_vars);
+        vars.insert(
+            "group_names".into(),
+            Value::Array(h.groups.iter().cloned().map(Value::String).collect()),
+        );
+    }
+    // `hostvars` and `groups` are shared by every host, not copied into each.
+    Vars::with_shared(vars, &secret_vars, secrets, inventory.shared_vars(secrets))
+}
+
+/// Select hosts and tasks and render every template for every targeted host.
+pub fn prepare(
+    playbook: Arc<Playbook>,
+    inventory: Arc<Inventory>,
+    options: RunOptions,
+    secrets: &Secrets,
+) -> Result<Prepared, PrepareError> {
+    playbook.validate(&inventory)?;
+    let limit = match &options.limit {
+        Some(pattern) => Some(inventory.select(pattern).map_err(PrepareError::Limit)?),
+        None => None,
+    };
+    let tasks = playbook.select_tasks(
+        &options.tags,
+        &options.skip_tags,
+        options.start_at.as_deref(),
+    )?;
+    let renderer = Arc::new(Renderer::new(Some(playbook.source.clone())));
+    let mut hosts: BTreeMap<String, Vec<Scheduled>> = BTreeMap::new();
+    let mut vars = BTreeMap::new();
+    let mut errors = Vec::new();
+    let mut arg_errors: Vec<InputError> = Vec::new();
+    for task in tasks {
+        let index = playbook
+            .tasks
+            .iter()
+            .position(|t| std::ptr::eq(t, task))
+            .unwrap_or_default();
+        // validate() made sure every pattern resolves.
+        let targets = inventory.select(task.hosts.get_ref()).unwrap_or_default();
+        let templates =
+            collect_templates(&serde_json::to_value(&task.module).unwrap_or(Value::Null));
+        for host in targets {
+            if limit.as_ref().is_some_and(|l| !l.contains(&host)) {
+                continue;
+            }
+            let host_vars = vars
+                .entry(host.clone())
+                .or_insert_with(|| Arc::new(host_vars(&playbook, &inventory, &host, secrets)))
+                .clone();
+            let skip = match &task.when {
+                Some(when) => match renderer.truthy(when, &host_vars) {
+                    Ok(holds) => !holds,
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                },
+                None => false,
+            };
+            if !skip {
+                let mut rendered = true;
+                for t in &templates {
+                    if let Err(e) = check_template(&playbook, task, &renderer, t, &host_vars) {
+                        rendered = false;
+                        errors.push(TemplateError {
+                            message: format!("{} (host `{host}`)", e.message),
+                            ..e
+                        });
+                    }
+                }
+                // The module's own checks, on templates known to render.
+                let at = ArgCheck {
+                    host: &host,
+                    vars: &host_vars,
+                    renderer: &renderer,
+                };
+                let checked = if rendered {
+                    task.module.module().check_args(&at)
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = checked {
+                    let e = locate_arg_error(&playbook, task, e);
+                    if !arg_errors.iter().any(|o| o.to_string() == e.to_string()) {
+                        arg_errors.push(e);
+                    }
+                }
+            }
+            if let Err(e) = check_host_vars(&playbook, task, &host, &host_vars) {
+                if !arg_errors.iter().any(|o| o.to_string() == e.to_string()) {
+                    arg_errors.push(e);
+                }
+            }
+            hosts
+                .entry(host)
+                .or_default()
+                .push(Scheduled { task: index, skip });
+        }
+    }
+    if !errors.is_empty() {
+        return Err(PrepareError::Templates(errors));
+    }
+    if !arg_errors.is_empty() {
+        return Err(PrepareError::Args(arg_errors));
+    }
+    Ok(Prepared {
+        playbook,
+        inventory,
+        options,
+        hosts,
+        vars,
+        renderer,
+    })
+}
+
+/// The host vars `task`'s module declares ([`crate::module::Module::vars`]) that the
+/// host has (inventory or playbook vars) must be of their declared kind; reported at
+/// the task.
+fn check_host_vars(
+    playbook: &Playbook,
+    task: &crate::playbook::Task,
+    host: &str,
+    vars: &Vars,
+) -> Result<(), InputError> {
+    let wrong: Vec<String> = task
+        .module
+        .module()
+        .vars()
+        .iter()
+        .filter_map(|decl| {
+            let value = vars.get(decl.name)?;
+            decl.mismatch(value)?;
+            Some(format!(
+                "host var `{}` must be {}, found {}",
+                decl.name,
+                decl.kind.as_str(),
+                crate::module::vars::kind_of(value)
+            ))
+        })
+        .collect();
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    let at = task.span.start;
+    Err(playbook.source.error_at(
+        Some(at..at),
+        None,
+        format!(
+            "task `{}` on inventory host `{host}`: {}",
+            task.name,
+            wrong.join("; ")
+        ),
+    ))
+}
+
+/// Render one template of `task` for one host the way the module will: plain templates
+/// are names or paths a command receives (operands: a leading `-` is refused) unless
+/// the module lists their field as text.
+fn check_template(
+    playbook: &Playbook,
+    task: &crate::playbook::Task,
+    renderer: &Renderer,
+    template: &AnyTemplate,
+    vars: &Vars,
+) -> Result<(), TemplateError> {
+    match template {
+        AnyTemplate::Plain(t) => {
+            let field = t.span().and_then(|span| playbook.source.key_near(span));
+            let text = field
+                .as_deref()
+                .is_some_and(|f| task.module.text_fields().contains(&f));
+            if text {
+                renderer.render(t, vars).map(drop)
+            } else {
+                renderer.render_operand(t, vars).map(drop)
+            }
+        }
+        shell => renderer.check(shell, vars),
+    }
+}
+
+/// Where in the playbook an argument error is: at its template, at its key in the
+/// task, or at the task.
+fn locate_arg_error(playbook: &Playbook, task: &crate::playbook::Task, e: ArgError) -> InputError {
+    let source = &playbook.source;
+    if let Some(span) = e.template.as_ref().and_then(|t| t.span()) {
+        return source.error_at(
+            Some(span),
+            None,
+            format!("task `{}`: {}", task.name, e.message),
+        );
+    }
+    let key_at = e.field.and_then(|key| {
+        // The task's span ends with its own keys; its module table follows, up to the
+        // next task.
+        let text = source.text.get(task.span.start..)?;
+        let mut offset = 0;
+        for (n, line) in text.split_inclusive('\n').enumerate() {
+            let trimmed = line.trim_start();
+            if n > 0 && trimmed.starts_with("[[") {
+                break;
+            }
+            if let Some(rest) = trimmed.strip_prefix(key) {
+                if rest.trim_start().starts_with('=') {
+                    return Some(task.span.start + offset + (line.len() - trimmed.len()));
+                }
+            }
+            offset += line.len();
+        }
+        None
+    });
+    let at = key_at.unwrap_or(task.span.start);
+    source.error_at(
+        Some(at..at),
+        e.field.map(str::to_string),
+        format!("task `{}`: {}", task.name, e.message),
+    )
+}
