@@ -976,7 +976,7 @@ fn invalid_module_arguments_exit_2_before_the_first_task_runs() {
             "[task.pg_restore_k8s]\ntimeout = \"soon\"\n",
             "11:11",
             Some("timeout"),
-            "invalid type",
+            "\"soon\": a number must come before 's'",
         ),
         (
             "pg_restore_k8s external_postgres var",
@@ -1004,7 +1004,7 @@ fn invalid_module_arguments_exit_2_before_the_first_task_runs() {
             "[task.storage_import]\ntimeout = \"x\"\n",
             "11:11",
             Some("timeout"),
-            "invalid type",
+            "\"x\": unknown unit 'x'",
         ),
         (
             "storage_import archive operand",

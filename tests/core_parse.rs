@@ -304,3 +304,70 @@ fn bad_lane_names_are_located_errors() {
     assert_eq!(e.location.line, 4);
     assert_eq!(e.field.as_deref(), Some("lane"));
 }
+
+#[test]
+fn k8s_args_keep_unknown_field_errors_located() {
+    // The shared Kubernetes argument set (`k8s_args!`) is plain fields: a misspelling is
+    // still refused, and located at the misspelled key.
+    let e = parse(
+        "[[task]]\nname = \"flush\"\nhosts = \"all\"\n[task.redis_flushdb]\ndb = 5\nnamepsace = \"x\"\n",
+    )
+    .unwrap_err();
+    assert_eq!((e.location.line, e.location.column), (6, 1), "{e}");
+    assert_eq!(e.field.as_deref(), Some("namepsace"), "{e}");
+    assert!(e.message.contains("unknown field `namepsace`"), "{e}");
+    assert!(e.to_string().starts_with("pb.toml:6:1: "), "{e}");
+    // Both fields of the set still parse, in every module that takes it.
+    for (module, args) in [
+        ("redis_flushdb", "db = 5\n"),
+        ("migration_marker", ""),
+        (
+            "k8s_scale",
+            "workloads = [\"deployment/ui\"]\nreplicas = 0\n",
+        ),
+        ("pg_restore_k8s", ""),
+        ("redis_restore_openebs", ""),
+        ("storage_import", ""),
+        ("storage_stream", "source = \"old\"\n"),
+    ] {
+        let text = format!(
+            "[[task]]\nname = \"t\"\nhosts = \"all\"\n[task.{module}]\n{args}\
+             namespace = \"packagist\"\nkubeconfig = \"/etc/k.conf\"\n"
+        );
+        let pb = parse(&text).unwrap_or_else(|e| panic!("{module}: {e}"));
+        let args = serde_json::to_value(&pb.tasks[0].module).unwrap();
+        let field = |name: &str| args[module][name].to_string();
+        assert!(
+            field("namespace").contains("\"packagist\""),
+            "{module}: {args}"
+        );
+        assert!(
+            field("kubeconfig").contains("\"/etc/k.conf\""),
+            "{module}: {args}"
+        );
+    }
+}
+
+#[test]
+fn timeouts_take_plain_seconds_or_text_with_a_unit() {
+    for (module, args, field) in [
+        ("pg_restore_k8s", "", "timeout"),
+        ("redis_restore_openebs", "", "timeout"),
+        ("storage_import", "", "timeout"),
+        ("storage_stream", "source = \"old\"\n", "timeout"),
+        (
+            "storage_export",
+            "container = \"c\"\ndata_dir = \"/d\"\ndest = \"/x.tgz\"\n",
+            "export_timeout",
+        ),
+    ] {
+        for (value, seconds) in [("600", 600), ("\"10m\"", 600), ("\"1h30m\"", 5400)] {
+            let text = format!(
+                "[[task]]\nname = \"t\"\nhosts = \"all\"\n[task.{module}]\n{args}{field} = {value}\n"
+            );
+            let pb = parse(&text).unwrap_or_else(|e| panic!("{module} {value}: {e}"));
+            let args = serde_json::to_value(&pb.tasks[0].module).unwrap();
+            assert_eq!(args[module][field], seconds, "{module} {value}: {args}");
+        }
+    }
+}

@@ -23,70 +23,14 @@ use tokio::task::JoinHandle;
 use crate::command::Cmd;
 use crate::transport::Transport;
 
+mod error;
 mod exec;
 mod tunnel;
 
+pub use error::K8sError;
+use error::{api_err, may_write, pod_argv_writes};
 pub use exec::{drain, feed_stdin, finish};
 use tunnel::open_tunnel;
-
-/// Why a Kubernetes operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum K8sError {
-    #[error("could not read the kubeconfig {path} on {host}: {reason}")]
-    KubeconfigRead {
-        host: String,
-        path: String,
-        reason: String,
-    },
-    #[error("the kubeconfig {path} is not usable: {reason}")]
-    KubeconfigInvalid { path: String, reason: String },
-    #[error("could not open the tunnel to the Kubernetes API: {0}")]
-    Tunnel(String),
-    #[error("Kubernetes API error while trying to {action}: {source}")]
-    Api {
-        action: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("timed out after {secs}s waiting until {what}")]
-    Timeout { what: String, secs: u64 },
-    #[error("{kind} {name} not found in namespace {namespace}")]
-    NotFound {
-        kind: &'static str,
-        name: String,
-        namespace: String,
-    },
-    #[error("exec in pod {pod} failed: {reason}")]
-    Exec { pod: String, reason: String },
-    #[error("watch of {what} ended: {reason}")]
-    Watch { what: String, reason: String },
-    /// A write while a module read facts: a bug in that module.
-    #[error("refused while reading facts: {0} would change the cluster; facts only read (a bug in the module)")]
-    ReadOnly(String),
-}
-
-/// Refuse a cluster write (`what`) inside the facts guard ([`crate::transport::read_only`]).
-fn may_write(what: impl FnOnce() -> String) -> Result<(), K8sError> {
-    if crate::transport::read_only::active() {
-        Err(K8sError::ReadOnly(what()))
-    } else {
-        Ok(())
-    }
-}
-
-/// Programs run in a pod that plainly write, for the facts guard.
-fn pod_argv_writes(argv: &[String]) -> Option<String> {
-    let mut cmd = Cmd::new(argv.first().map(String::as_str).unwrap_or(""));
-    for a in argv.iter().skip(1) {
-        cmd = cmd.arg(a.as_str());
-    }
-    cmd.writes()
-}
-
-fn api_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> K8sError {
-    let action = action.into();
-    move |source| K8sError::Api { action, source }
-}
 
 /// Where the kubeconfig comes from.
 #[derive(Debug, Clone)]

@@ -29,6 +29,59 @@ pub struct K8sTarget {
     pub kubeconfig: Option<Template>,
 }
 
+/// Modules that take the Kubernetes argument set ([`k8s_args!`]): where their cluster is.
+pub trait K8sArgs {
+    fn k8s(&self) -> K8sTarget;
+}
+
+/// Declares a module's args struct with the Kubernetes argument set appended, once for
+/// every Kubernetes module: `namespace` and `kubeconfig` (see [`K8sTarget`] and
+/// docs/modules.md, "Kubernetes arguments"), plus [`K8sArgs`] for the struct. The fields
+/// are plain fields of the struct (not `#[serde(flatten)]`), so `deny_unknown_fields` and
+/// located errors keep working. The module's `Module::vars` lists [`VARS`], the host
+/// vars [`K8sTarget`] falls back to.
+///
+/// ```ignore
+/// k8s_args! {
+///     #[derive(Debug, Clone, Serialize, Deserialize)]
+///     #[serde(deny_unknown_fields)]
+///     pub struct RedisFlushdb {
+///         pub db: u32,
+///     }
+/// }
+/// ```
+macro_rules! k8s_args {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $($(#[$fmeta:meta])* $fvis:vis $field:ident : $ty:ty),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $($(#[$fmeta])* $fvis $field: $ty,)*
+            /// Namespace; default: host var `namespace`, else `default`.
+            #[serde(default)]
+            pub namespace: Option<$crate::playbook::template::Template>,
+            /// kubeconfig on the node, read over SSH. Default: host var `kubeconfig_local`
+            /// (a kubeconfig on the control machine, context host var `kube_context`),
+            /// else host var `kubeconfig`, else `/etc/kubernetes/admin.conf`.
+            #[serde(default)]
+            pub kubeconfig: Option<$crate::playbook::template::Template>,
+        }
+
+        impl $crate::module::kube::K8sArgs for $name {
+            fn k8s(&self) -> $crate::module::kube::K8sTarget {
+                $crate::module::kube::K8sTarget {
+                    namespace: self.namespace.clone(),
+                    kubeconfig: self.kubeconfig.clone(),
+                }
+            }
+        }
+    };
+}
+pub(crate) use k8s_args;
+
 /// Host var: the namespace of the Kubernetes steps.
 pub const NAMESPACE: VarDecl = VarDecl {
     name: "namespace",

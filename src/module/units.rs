@@ -64,16 +64,25 @@ impl Seconds {
 
 impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Seconds, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Seconds;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration: whole seconds (300) or text with a unit (\"5m\")")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Seconds, E> {
+                Ok(Seconds(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Seconds, E> {
+                u64::try_from(n)
+                    .map(Seconds)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Seconds, E> {
+                Seconds::parse(text).map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Number(n) => Ok(Seconds(n)),
-            Raw::Text(t) => Seconds::parse(&t).map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(Visitor)
     }
 }
 /// Human-readable byte count.
@@ -128,5 +137,13 @@ mod seconds_tests {
         let b: T = toml::from_str("timeout = \"2m\"").unwrap();
         assert_eq!((a.timeout, b.timeout), (Seconds(12), Seconds(120)));
         assert!(toml::from_str::<T>("timeout = \"soon\"").is_err());
+        let e = |text: &str| toml::from_str::<T>(text).err().map(|e| e.to_string());
+        let negative = e("timeout = -5").unwrap_or_default();
+        assert!(
+            negative.contains("invalid value: integer `-5`"),
+            "{negative}"
+        );
+        let float = e("timeout = 1.5").unwrap_or_default();
+        assert!(float.contains("invalid type"), "{float}");
     }
 }

@@ -21,27 +21,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::k8s::{kubectl, pod_ready, PodsWanted, WorkloadKind};
 use crate::k8s::{Cluster, K8sError};
-use crate::module::kube::{marker_guard, K8sTarget, MarkerGuard};
+use crate::module::kube::{k8s_args, marker_guard, K8sArgs, MarkerGuard};
 use crate::module::units::Seconds;
 use crate::module::{Applied, Change, Module, ModuleError, Prediction, Probe, TaskCtx};
-use crate::playbook::template::Template;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct K8sScale {
-    /// `deployment/NAME` or `statefulset/NAME` (also `deploy/`, `sts/`).
-    #[serde(deserialize_with = "checked_workloads")]
-    pub workloads: Vec<String>,
-    pub replicas: u32,
-    #[serde(default)]
-    pub timeout: Option<Seconds>,
-    #[serde(default)]
-    pub namespace: Option<Template>,
-    #[serde(default)]
-    pub kubeconfig: Option<Template>,
-    /// Leave the workloads alone while this marker ConfigMap exists.
-    #[serde(default)]
-    pub guard: Option<MarkerGuard>,
+k8s_args! {
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct K8sScale {
+        /// `deployment/NAME` or `statefulset/NAME` (also `deploy/`, `sts/`).
+        #[serde(deserialize_with = "checked_workloads")]
+        pub workloads: Vec<String>,
+        pub replicas: u32,
+        #[serde(default)]
+        pub timeout: Option<Seconds>,
+        /// Leave the workloads alone while this marker ConfigMap exists.
+        #[serde(default)]
+        pub guard: Option<MarkerGuard>,
+    }
 }
 
 /// One workload's state.
@@ -159,15 +156,6 @@ pub fn parse_workload(text: &str) -> Result<(WorkloadKind, String), ModuleError>
     Ok((kind, name.to_string()))
 }
 
-impl K8sScale {
-    fn target(&self) -> K8sTarget {
-        K8sTarget {
-            namespace: self.namespace.clone(),
-            kubeconfig: self.kubeconfig.clone(),
-        }
-    }
-}
-
 #[async_trait]
 impl Module for K8sScale {
     fn vars(&self) -> Vec<&'static crate::module::VarDecl> {
@@ -177,7 +165,7 @@ impl Module for K8sScale {
     type Change = ScaleChange;
 
     async fn facts(&self, probe: &Probe<'_>) -> Result<ScaleFacts, ModuleError> {
-        let cluster = self.target().cluster(probe).await?;
+        let cluster = self.k8s().cluster(probe).await?;
         let mut workloads = Vec::new();
         for w in &self.workloads {
             let (kind, name) = parse_workload(w)?;
@@ -224,7 +212,7 @@ impl Module for K8sScale {
         _: &ScaleFacts,
         changes: &[ScaleChange],
     ) -> Result<Applied, ModuleError> {
-        let cluster = self.target().cluster(ctx).await?;
+        let cluster = self.k8s().cluster(ctx).await?;
         let timeout = self
             .timeout
             .map_or(Duration::from_secs(300), Seconds::duration);

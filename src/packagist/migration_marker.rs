@@ -15,18 +15,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::k8s::kubectl;
-use crate::module::kube::K8sTarget;
+use crate::module::kube::{k8s_args, K8sArgs};
 use crate::module::{Applied, Change, HostReader, Module, ModuleError, Probe, TaskCtx};
 use crate::packagist::completed::{completed_marker, MARKER_CONFIGMAP};
-use crate::playbook::template::Template;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MigrationMarker {
-    #[serde(default)]
-    pub namespace: Option<Template>,
-    #[serde(default)]
-    pub kubeconfig: Option<Template>,
+k8s_args! {
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct MigrationMarker {
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -48,15 +45,6 @@ impl Change for WriteMarker {
     }
     fn commands(&self) -> Vec<String> {
         vec![self.kubectl.clone()]
-    }
-}
-
-impl MigrationMarker {
-    fn k8s(&self) -> K8sTarget {
-        K8sTarget {
-            namespace: self.namespace.clone(),
-            kubeconfig: self.kubeconfig.clone(),
-        }
     }
 }
 

@@ -23,13 +23,12 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-use crate::command::Cmd;
-use crate::fingerprint::{PgFingerprint, PG_FINGERPRINT_SQL};
+use crate::fingerprint::PgFingerprint;
 use crate::k8s::{kubectl, PodsWanted, WorkloadKind};
 use crate::module::artifact::{artifact_fingerprint, find_artifact};
 use crate::module::artifact_stream::stream_artifact;
-use crate::module::kube::{pod_exec, K8sTarget};
-use crate::module::units::argv;
+use crate::module::kube::{k8s_args, pod_exec, K8sArgs};
+use crate::module::units::Seconds;
 use crate::module::{
     Applied, ArgCheck, ArgError, Change, HostReader, Module, ModuleError, Probe, TaskCtx,
 };
@@ -56,30 +55,28 @@ pub struct ExternalPg {
     pub password_var: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PgRestoreK8s {
-    #[serde(default = "default_artifact")]
-    pub artifact: String,
-    #[serde(default)]
-    pub statefulset: Option<Template>,
-    #[serde(default)]
-    pub pvc: Option<Template>,
-    #[serde(default)]
-    pub container: Option<Template>,
-    #[serde(default)]
-    pub database: Option<Template>,
-    #[serde(default)]
-    pub user: Option<Template>,
-    #[serde(default)]
-    pub external: Option<ExternalPg>,
-    /// Seconds for each wait (pods gone, PVC gone, pod ready).
-    #[serde(default)]
-    pub timeout: Option<u64>,
-    #[serde(default)]
-    pub namespace: Option<Template>,
-    #[serde(default)]
-    pub kubeconfig: Option<Template>,
+k8s_args! {
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct PgRestoreK8s {
+        #[serde(default = "default_artifact")]
+        pub artifact: String,
+        #[serde(default)]
+        pub statefulset: Option<Template>,
+        #[serde(default)]
+        pub pvc: Option<Template>,
+        #[serde(default)]
+        pub container: Option<Template>,
+        #[serde(default)]
+        pub database: Option<Template>,
+        #[serde(default)]
+        pub user: Option<Template>,
+        #[serde(default)]
+        pub external: Option<ExternalPg>,
+        /// Seconds for each wait (pods gone, PVC gone, pod ready).
+        #[serde(default)]
+        pub timeout: Option<Seconds>,
+    }
 }
 
 /// Where the dump goes, resolved.
@@ -153,15 +150,9 @@ impl Change for PgRestoreChange {
 }
 
 impl PgRestoreK8s {
-    fn k8s(&self) -> K8sTarget {
-        K8sTarget {
-            namespace: self.namespace.clone(),
-            kubeconfig: self.kubeconfig.clone(),
-        }
-    }
-
     fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout.unwrap_or(300))
+        self.timeout
+            .map_or(Duration::from_secs(300), Seconds::duration)
     }
 
     fn resolve(&self, ctx: &HostReader, namespace: String) -> Result<Target, ModuleError> {
@@ -222,122 +213,6 @@ fn external_from_var(vars: &Vars) -> Result<Option<ExternalPg>, ModuleError> {
         database: Template::new(required("database")?),
         password_var: field("password_var"),
     }))
-}
-
-/// psql argv for an in-cluster target.
-fn pod_psql(database: &str, user: &str, extra: &[&str]) -> Vec<String> {
-    let mut v = argv(&[
-        "psql",
-        "-X",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-U",
-        user,
-        "-d",
-        database,
-    ]);
-    v.extend(argv(extra));
-    v
-}
-
-/// Shell command for psql against an external server, reading the password as the
-/// first line of stdin (so it is never in argv or the environment of other commands).
-fn external_psql(host: &str, port: u16, user: &str, database: &str, extra: &[&str]) -> Cmd {
-    let psql = Cmd::new("psql")
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-h", host, "-p"])
-        .arg(port.to_string())
-        .args(["-U", user, "-d", database])
-        .args(extra.iter().copied());
-    let script = Cmd::new("read")
-        .arg("-r")
-        .arg("PGPASSWORD")
-        .and(Cmd::new("export").arg("PGPASSWORD"))
-        .and(Cmd::new("exec").args(shlex_words(&psql)));
-    Cmd::new("sh").arg("-c").arg_cmd(&script)
-}
-
-/// `sed` dropping the dump's `ALTER ... OWNER TO ...;` statements (outside COPY data):
-/// the objects of an external database belong to the user ferry restores as, who is
-/// usually not a member of the source's owner role (often not even existing there).
-/// A mangled stream cannot pass unnoticed: the restore is proven by fingerprint.
-fn drop_owner_statements() -> Cmd {
-    Cmd::new("sed")
-        .arg("-e")
-        .arg(r"/^COPY .* FROM stdin;$/,/^\\\.$/b")
-        .arg("-e")
-        .arg(r"/^ALTER .* OWNER TO [^ ]*;$/d")
-}
-
-/// Shell command loading a dump (on stdin, after the password line) into an external
-/// server, without the dump's ownership statements.
-fn external_load(host: &str, port: u16, user: &str, database: &str) -> Cmd {
-    let psql = Cmd::new("psql")
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-h", host, "-p"])
-        .arg(port.to_string())
-        .args(["-U", user, "-d", database, "-q", "-o", "/dev/null"]);
-    let script = Cmd::new("read")
-        .arg("-r")
-        .arg("PGPASSWORD")
-        .and(Cmd::new("export").arg("PGPASSWORD"))
-        .and(drop_owner_statements().pipe(psql));
-    Cmd::new("sh").arg("-c").arg_cmd(&script)
-}
-
-fn shlex_words(c: &Cmd) -> Vec<String> {
-    shlex::split(&c.to_shell()).unwrap_or_default()
-}
-
-async fn fingerprint(
-    ctx: &HostReader,
-    args: &PgRestoreK8s,
-    target: &Target,
-    password: Option<&str>,
-) -> Result<Option<PgFingerprint>, ModuleError> {
-    let out = match target {
-        Target::InCluster {
-            pod,
-            container,
-            database,
-            user,
-            ..
-        } => {
-            let cluster = args.k8s().cluster(ctx).await?;
-            let argv = pod_psql(database, user, &["-At", "-f", "-"]);
-            match pod_exec(
-                &cluster,
-                pod,
-                container.as_deref(),
-                &argv,
-                Some(PG_FINGERPRINT_SQL.as_bytes()),
-            )
-            .await
-            {
-                Ok(out) => String::from_utf8_lossy(&out).into_owned(),
-                // Pod down or database not there yet: nothing restored.
-                Err(e) => {
-                    tracing::debug!("target database not readable: {e}");
-                    return Ok(None);
-                }
-            }
-        }
-        Target::External {
-            host,
-            port,
-            user,
-            database,
-        } => {
-            let cmd = external_psql(host, *port, user, database, &["-At", "-f", "-"]);
-            let mut input = password.unwrap_or("").as_bytes().to_vec();
-            input.push(b'\n');
-            input.extend_from_slice(PG_FINGERPRINT_SQL.as_bytes());
-            let out = ctx.transport.exec(&cmd, Some(&input)).await?;
-            if !out.success() {
-                return Ok(None);
-            }
-            out.stdout_str()
-        }
-    };
-    Ok(PgFingerprint::parse(&out).ok())
 }
 
 #[async_trait]
@@ -701,143 +576,9 @@ pub fn decide(f: &PgRestoreFacts) -> Result<Vec<PgRestoreChange>, ModuleError> {
     })
 }
 
+mod psql;
+use psql::{external_load, fingerprint, pod_psql};
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn external_load_drops_owner_statements_but_not_copy_data() {
-        // The real sed, on a dump shaped like pg_dump's (and a COPY row that looks like
-        // an ownership statement, which must survive).
-        let dump = "SET client_encoding = 'UTF8';\n\
-            CREATE TABLE public.t (\n    id integer,\n    s text\n);\n\
-            ALTER TABLE public.t OWNER TO postgres;\n\
-            ALTER SEQUENCE public.t_id_seq OWNER TO postgres;\n\
-            COPY public.t (id, s) FROM stdin;\n\
-            ALTER TABLE x OWNER TO y;\n\
-            1\tALTER TABLE public.t OWNER TO postgres;\n\
-            \\.\n\
-            ALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY (id);\n";
-        let mut child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(drop_owner_statements().to_shell())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("sh");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(dump.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success());
-        // Only the two ownership statements outside the COPY block are gone.
-        let expected = "SET client_encoding = 'UTF8';\n\
-            CREATE TABLE public.t (\n    id integer,\n    s text\n);\n\
-            COPY public.t (id, s) FROM stdin;\n\
-            ALTER TABLE x OWNER TO y;\n\
-            1\tALTER TABLE public.t OWNER TO postgres;\n\
-            \\.\n\
-            ALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY (id);\n";
-        assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);
-        let load = external_load("db", 5432, "packagist", "packagist_db").to_shell();
-        assert!(
-            load.contains("| psql -X -v ON_ERROR_STOP=1 -h db -p 5432"),
-            "{load}"
-        );
-    }
-
-    fn in_cluster() -> Target {
-        Target::InCluster {
-            namespace: "default".into(),
-            statefulset: "postgres".into(),
-            pod: "postgres-0".into(),
-            container: None,
-            pvc: "postgres-data-postgres-0".into(),
-            database: "packagist_db".into(),
-            user: "postgres".into(),
-        }
-    }
-
-    fn fp(rows: u64) -> PgFingerprint {
-        PgFingerprint::parse(&format!("public.t|{rows}|abc")).unwrap()
-    }
-
-    fn facts(current: Option<PgFingerprint>) -> PgRestoreFacts {
-        PgRestoreFacts {
-            target: in_cluster(),
-            source: Some(fp(3)),
-            current,
-            guard: None,
-            source_pending: false,
-            interrupted: false,
-            password: None,
-        }
-    }
-
-    #[test]
-    fn interrupted_restore_is_done_again_even_when_it_looks_complete() {
-        // A dump cut after its COPYs leaves every row in place: the fingerprints may
-        // match, but the journal says the attempt was never proven.
-        let mut f = facts(Some(fp(3)));
-        f.interrupted = true;
-        let c = decide(&f).unwrap();
-        assert_eq!(c.len(), 2, "{c:?}");
-        assert!(
-            c[1].describe()
-                .contains("again: the last restore was interrupted"),
-            "{}",
-            c[1].describe()
-        );
-        // A completed migration is still never touched.
-        f.guard = Some("done".into());
-        assert!(decide(&f).unwrap().is_empty());
-    }
-
-    #[test]
-    fn differing_target_is_recreated_then_loaded() {
-        let c = decide(&facts(Some(fp(0)))).unwrap();
-        assert_eq!(c.len(), 2);
-        assert_eq!(
-            c[0].commands(),
-            vec![
-                "kubectl -n default scale statefulset/postgres --replicas=0",
-                "kubectl -n default delete pvc postgres-data-postgres-0",
-                "kubectl -n default scale statefulset/postgres --replicas=1"
-            ]
-        );
-        assert!(c[1].commands()[0].contains("exec -i postgres-0 -- psql -v ON_ERROR_STOP=1"));
-        // Unreadable target (pod down after a killed run): restore too.
-        assert_eq!(decide(&facts(None)).unwrap().len(), 2);
-    }
-
-    #[test]
-    fn equal_fingerprint_is_ok_and_completed_migration_is_left_alone() {
-        assert!(decide(&facts(Some(fp(3)))).unwrap().is_empty());
-        let mut f = facts(Some(fp(0)));
-        f.guard = Some("done".into());
-        assert!(decide(&f).unwrap().is_empty());
-    }
-
-    #[test]
-    fn no_source_fingerprint_is_an_error() {
-        let mut f = facts(None);
-        f.source = None;
-        assert!(decide(&f).is_err());
-        // In check mode before the backup ran, the restore would happen.
-        f.source_pending = true;
-        assert_eq!(decide(&f).unwrap().len(), 2);
-    }
-
-    #[test]
-    fn external_password_goes_on_stdin_not_argv() {
-        let c = external_psql("db", 5432, "u", "d", &["-q"]);
-        let shown = c.to_shell();
-        assert!(shown.starts_with("sh -c "));
-        assert!(shown.contains("read -r PGPASSWORD"));
-        assert!(!shown.contains("PGPASSWORD="));
-    }
-}
+#[path = "pg_restore_k8s_tests.rs"]
+mod tests;

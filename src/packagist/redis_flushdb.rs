@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::fingerprint::RedisKeyCounts;
 use crate::k8s::kubectl;
 use crate::module::artifact::artifact_fingerprint;
-use crate::module::kube::{pod_exec, K8sTarget};
+use crate::module::kube::{k8s_args, pod_exec, K8sArgs};
 use crate::module::{Applied, Change, Module, ModuleError, Probe, Store, TaskCtx};
 use crate::packagist::completed::{completed_guard, completed_marker};
 use crate::packagist::redis::{pod_redis_key_counts, redis_cli};
@@ -40,24 +40,22 @@ fn checked_db<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     })
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisFlushdb {
-    #[serde(deserialize_with = "checked_db")]
-    pub db: u32,
-    /// The Redis backup artifact whose restore precedes this step (for check mode).
-    #[serde(default)]
-    pub artifact: Option<String>,
-    #[serde(default)]
-    pub statefulset: Option<Template>,
-    #[serde(default)]
-    pub container: Option<Template>,
-    #[serde(default)]
-    pub port: Option<u16>,
-    #[serde(default)]
-    pub namespace: Option<Template>,
-    #[serde(default)]
-    pub kubeconfig: Option<Template>,
+k8s_args! {
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RedisFlushdb {
+        #[serde(deserialize_with = "checked_db")]
+        pub db: u32,
+        /// The Redis backup artifact whose restore precedes this step (for check mode).
+        #[serde(default)]
+        pub artifact: Option<String>,
+        #[serde(default)]
+        pub statefulset: Option<Template>,
+        #[serde(default)]
+        pub container: Option<Template>,
+        #[serde(default)]
+        pub port: Option<u16>,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -93,15 +91,6 @@ impl Change for Flush {
     }
     fn commands(&self) -> Vec<String> {
         vec![self.kubectl.clone()]
-    }
-}
-
-impl RedisFlushdb {
-    fn k8s(&self) -> K8sTarget {
-        K8sTarget {
-            namespace: self.namespace.clone(),
-            kubeconfig: self.kubeconfig.clone(),
-        }
     }
 }
 

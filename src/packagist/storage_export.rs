@@ -7,7 +7,7 @@
 //! container = "packagist-ui"
 //! data_dir = "/data/packagist"            # on the host
 //! dest = "{{ backup_dir_old }}/packagist_storage.tar.gz"
-//! export_timeout = 600                     # seconds, then the tar fallback
+//! export_timeout = 600                     # seconds (or "10m"), then the tar fallback
 //! method = "auto"                          # auto | console | tar
 //! gzip_level = 1                           # tar method only: 1 (fast) … 9 (small)
 //! ```
@@ -23,6 +23,7 @@ use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
 use crate::module::artifact::{file_stamp, recorded_artifact, write_artifact, FileStamp};
 use crate::module::docker::{docker_bin, docker_inspect};
+use crate::module::units::Seconds;
 use crate::module::{Applied, Change, Module, ModuleError, Prediction, Probe, TaskCtx};
 use crate::packagist::storage::{content_hash_cmd, storage_find_cmd};
 use crate::playbook::template::Template;
@@ -61,7 +62,7 @@ pub struct StorageExport {
     pub data_dir: Template,
     pub dest: Template,
     #[serde(default)]
-    pub export_timeout: Option<u64>,
+    pub export_timeout: Option<Seconds>,
     #[serde(default)]
     pub method: ExportMethod,
     #[serde(default = "default_artifact")]
@@ -312,7 +313,7 @@ pub fn decide(
     };
     Ok(vec![StorageExportChange::Console {
         export: Cmd::new("timeout")
-            .arg(args.export_timeout.unwrap_or(600).to_string())
+            .arg(args.export_timeout.map_or(600, |s| s.0).to_string())
             .arg(f.docker.as_str())
             .arg("exec")
             .arg(f.container.as_str())
@@ -332,7 +333,7 @@ mod tests {
             container: Template::new("packagist-ui"),
             data_dir: Template::new("/data/packagist"),
             dest: Template::new("/b/s.tgz"),
-            export_timeout: Some(5),
+            export_timeout: Some(Seconds(5)),
             method,
             artifact: default_artifact(),
             gzip_level: None,

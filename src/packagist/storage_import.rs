@@ -30,9 +30,10 @@ use crate::k8s::{kubectl, Cluster};
 use crate::module::artifact::{artifact_fingerprint, find_artifact, is_disk_full};
 use crate::module::artifact_stream::{copy_to_laptop, laptop_copy, stream_artifact};
 use crate::module::kube::{
-    pod_exec, pod_free_text, ready_deployment_pod, sh_argv as sh, K8sTarget,
+    k8s_args, pod_exec, pod_free_text, ready_deployment_pod, sh_argv as sh, K8sArgs,
 };
 use crate::module::staged::{parse_path_states, PathState, StagedPath};
+use crate::module::units::Seconds;
 use crate::module::{Applied, Change, HostReader, Module, ModuleError, Probe, TaskCtx};
 use crate::packagist::completed::{completed_guard, completed_marker};
 use crate::packagist::storage::{
@@ -45,25 +46,23 @@ fn default_artifact() -> String {
     "packagist_storage".into()
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StorageImport {
-    #[serde(default = "default_artifact")]
-    pub artifact: String,
-    #[serde(default)]
-    pub deployment: Option<Template>,
-    #[serde(default)]
-    pub container: Option<Template>,
-    #[serde(default)]
-    pub archive: Option<Template>,
-    #[serde(default)]
-    pub verify_dir: Option<Template>,
-    #[serde(default)]
-    pub timeout: Option<u64>,
-    #[serde(default)]
-    pub namespace: Option<Template>,
-    #[serde(default)]
-    pub kubeconfig: Option<Template>,
+k8s_args! {
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct StorageImport {
+        #[serde(default = "default_artifact")]
+        pub artifact: String,
+        #[serde(default)]
+        pub deployment: Option<Template>,
+        #[serde(default)]
+        pub container: Option<Template>,
+        #[serde(default)]
+        pub archive: Option<Template>,
+        #[serde(default)]
+        pub verify_dir: Option<Template>,
+        #[serde(default)]
+        pub timeout: Option<Seconds>,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -107,15 +106,6 @@ impl Change for ImportChange {
     }
     fn commands(&self) -> Vec<String> {
         self.kubectl.clone()
-    }
-}
-
-impl StorageImport {
-    fn k8s(&self) -> K8sTarget {
-        K8sTarget {
-            namespace: self.namespace.clone(),
-            kubeconfig: self.kubeconfig.clone(),
-        }
     }
 }
 
@@ -324,7 +314,9 @@ impl Module for StorageImport {
             ),
             });
         }
-        let timeout = Duration::from_secs(self.timeout.unwrap_or(3600));
+        let timeout = self
+            .timeout
+            .map_or(Duration::from_secs(3600), Seconds::duration);
         import_storage_archive(&cluster, pod, &f.container, &staged, timeout).await?;
         // 4. The archive is not needed in the pod any more.
         pod_exec(

@@ -9,7 +9,7 @@
 //! container = "ui"
 //! archive = "/tmp/packagist_storage.tar.gz"   # in the container, removed after import
 //! verify_dir = "/data/packagist"              # "" when the storage is not a directory there
-//! timeout = 3600                              # seconds for the vendor's import
+//! timeout = 3600                              # seconds (or "1h") for the vendor's import
 //! ```
 //!
 //! What `storage_export` + `storage_import` do in three passes over the bytes (archive
@@ -35,16 +35,12 @@
 //! again from the start (the source is the old host's live storage dir, which ferry
 //! never modifies, so nothing is lost).
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
@@ -52,16 +48,17 @@ use crate::k8s::{kubectl, Cluster};
 use crate::module::artifact::is_disk_full;
 use crate::module::artifact_stream::LocalCopy;
 use crate::module::kube::{
-    pod_exec, pod_free_text, ready_deployment_pod, sh_argv as sh, K8sTarget,
+    k8s_args, pod_exec, pod_free_text, ready_deployment_pod, sh_argv as sh, K8sArgs,
 };
 use crate::module::staged::StagedPath;
+use crate::module::units::Seconds;
 use crate::module::{
     Applied, ArgCheck, ArgError, Change, HostReader, Module, ModuleError, Probe, TaskCtx,
 };
 use crate::packagist::completed::{completed_guard, completed_marker};
 use crate::packagist::storage::{
     import_storage_archive, pod_storage_fingerprint, pod_upload_cmd, prove_imported_storage,
-    storage_find_cmd, storage_verify_dir, CONSOLE,
+    storage_verify_dir, CONSOLE,
 };
 use crate::playbook::template::{Template, Vars};
 
@@ -70,27 +67,25 @@ const ARTIFACT: &str = "packagist_storage";
 /// The journal fingerprint this task records once the import is proven.
 const RECORD_KEY: &str = "streamed_storage";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StorageStream {
-    /// Inventory host, or a group with exactly one host, holding the storage.
-    pub source: Template,
-    #[serde(default)]
-    pub data_dir: Option<Template>,
-    #[serde(default)]
-    pub deployment: Option<Template>,
-    #[serde(default)]
-    pub container: Option<Template>,
-    #[serde(default)]
-    pub archive: Option<Template>,
-    #[serde(default)]
-    pub verify_dir: Option<Template>,
-    #[serde(default)]
-    pub timeout: Option<u64>,
-    #[serde(default)]
-    pub namespace: Option<Template>,
-    #[serde(default)]
-    pub kubeconfig: Option<Template>,
+k8s_args! {
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct StorageStream {
+        /// Inventory host, or a group with exactly one host, holding the storage.
+        pub source: Template,
+        #[serde(default)]
+        pub data_dir: Option<Template>,
+        #[serde(default)]
+        pub deployment: Option<Template>,
+        #[serde(default)]
+        pub container: Option<Template>,
+        #[serde(default)]
+        pub archive: Option<Template>,
+        #[serde(default)]
+        pub verify_dir: Option<Template>,
+        #[serde(default)]
+        pub timeout: Option<Seconds>,
+    }
 }
 
 /// What an earlier run of this task streamed and proved.
@@ -147,75 +142,6 @@ impl Change for StreamChange {
     }
     fn commands(&self) -> Vec<String> {
         self.commands.clone()
-    }
-}
-
-/// The vendor's tar fallback, uncompressed, to stdout.
-pub fn source_tar_cmd(data_dir: &str) -> Cmd {
-    Cmd::new("cd")
-        .arg(data_dir)
-        .and(Cmd::new("mkdir").args(["-p", "composer", "artifacts"]))
-        .and(Cmd::new("tar").arg("-cf").arg("-").args([
-            "--transform",
-            "s/^composer/dist/",
-            "--transform",
-            "s/^artifacts/artifact/",
-            "composer",
-            "artifacts",
-        ]))
-}
-
-/// One line per entry below the two storage dirs: `type<TAB>size<TAB>mtime<TAB>path`
-/// (the dirs themselves are left out: the tar creates them if missing, and facts do not).
-fn listing_cmd(data_dir: &str) -> Cmd {
-    storage_find_cmd(data_dir, "%y\\t%s\\t%T@\\t%P\\n", false)
-        .pipe(Cmd::new("env").arg("LC_ALL=C").arg("sort"))
-}
-
-/// Pure: the tree's stamp, file count and expected tar size from [`listing_cmd`]'s output.
-pub fn parse_listing(text: &str) -> SourceTree {
-    const BLOCK: u64 = 512;
-    let mut files = 0;
-    // End-of-archive marker: two zero blocks; a header each for `dist/` and `artifact/`.
-    let mut tar_bytes = 2 * BLOCK + 2 * BLOCK;
-    for line in text.lines() {
-        let mut fields = line.splitn(4, '\t');
-        let kind = fields.next().unwrap_or("");
-        let size: u64 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        tar_bytes += BLOCK;
-        if kind == "f" {
-            files += 1;
-            tar_bytes += size.div_ceil(BLOCK) * BLOCK;
-        }
-    }
-    // tar pads the archive to whole records of 20 blocks.
-    let record = 20 * BLOCK;
-    SourceTree {
-        stamp: hex::encode(Sha256::digest(text.as_bytes())),
-        files,
-        tar_bytes: tar_bytes.div_ceil(record) * record,
-    }
-}
-
-/// Pure: the storage path a tar member came from (`dist/…` → `composer/…`,
-/// `artifact/…` → `artifacts/…`), as the pod's `sha256sum` listing names it.
-pub fn source_path(member: &str) -> String {
-    let member = member.strip_prefix("./").unwrap_or(member);
-    if let Some(rest) = member.strip_prefix("dist/") {
-        format!("composer/{rest}")
-    } else if let Some(rest) = member.strip_prefix("artifact/") {
-        format!("artifacts/{rest}")
-    } else {
-        member.to_string()
-    }
-}
-
-impl StorageStream {
-    fn k8s(&self) -> K8sTarget {
-        K8sTarget {
-            namespace: self.namespace.clone(),
-            kubeconfig: self.kubeconfig.clone(),
-        }
     }
 }
 
@@ -387,7 +313,9 @@ impl Module for StorageStream {
                 f.data_dir, f.source_host
             )));
         }
-        let timeout = Duration::from_secs(self.timeout.unwrap_or(3600));
+        let timeout = self
+            .timeout
+            .map_or(Duration::from_secs(3600), Seconds::duration);
         let imported = import_storage_archive(&cluster, pod, &f.container, &staged, timeout).await;
         remove_in_pod(&cluster, pod, &f.container, &f.archive).await;
         imported?;
@@ -631,341 +559,12 @@ async fn disk_full(
     )
 }
 
-// ---------------------------------------------------------------------------------------
-// The one pass: tar in, gzip out, every file hashed on the way
-
-/// What [`pump_tar_as_gzip`] moved.
-#[derive(Debug)]
-pub struct TarPumped {
-    /// Bytes of tar read from the source.
-    pub tar_bytes: u64,
-    /// Bytes of gzip written to the sink, and their sha256.
-    pub bytes: u64,
-    pub sha256: String,
-    /// sha256 of every regular file in the tar, by its storage path.
-    pub fingerprint: StorageFingerprint,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TarStreamError {
-    #[error("reading the source: {0}")]
-    Read(#[source] std::io::Error),
-    #[error("writing the destination: {0}")]
-    Write(#[source] std::io::Error),
-    #[error("writing the local copy: {0}")]
-    Tee(#[source] std::io::Error),
-    #[error("{0}")]
-    Archive(String),
-}
-
-/// Read a tar stream from `reader` to EOF; write it to `writer` as a gzip of stored
-/// blocks (and to `tee`), hashing what is written; hash every regular file of the tar
-/// on a blocking thread fed with the same chunks. Memory stays bounded: a few chunks
-/// in flight.
-pub async fn pump_tar_as_gzip<R, W, T>(
-    reader: &mut R,
-    writer: &mut W,
-    mut tee: Option<&mut T>,
-    mut progress: impl FnMut(u64),
-) -> Result<TarPumped, TarStreamError>
-where
-    R: AsyncRead + Unpin + ?Sized,
-    W: AsyncWrite + Unpin + ?Sized,
-    T: AsyncWrite + Unpin + ?Sized,
-{
-    let (to_parser, from_pump) = tokio::sync::mpsc::channel::<Bytes>(8);
-    let parser = tokio::task::spawn_blocking(move || hash_tar_members(from_pump));
-    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
-    let mut hasher = Sha256::new();
-    let mut written = 0u64;
-    let mut read = 0u64;
-    let mut buf = vec![0u8; crate::stream::CHUNK];
-    let mut last_tick = 0u64;
-    let mut parser_gone = false;
-    loop {
-        let n = reader.read(&mut buf).await.map_err(TarStreamError::Read)?;
-        if n == 0 {
-            break;
-        }
-        let chunk = Bytes::copy_from_slice(&buf[..n]);
-        read += n as u64;
-        if !parser_gone && to_parser.send(chunk.clone()).await.is_err() {
-            // The parser stopped early (a broken archive): its error is reported below.
-            parser_gone = true;
-        }
-        gzip.write_all(&chunk).map_err(TarStreamError::Write)?;
-        let out = std::mem::take(gzip.get_mut());
-        written += out.len() as u64;
-        hasher.update(&out);
-        writer
-            .write_all(&out)
-            .await
-            .map_err(TarStreamError::Write)?;
-        if let Some(t) = tee.as_deref_mut() {
-            t.write_all(&out).await.map_err(TarStreamError::Tee)?;
-        }
-        if read - last_tick >= 8 << 20 {
-            last_tick = read;
-            progress(read);
-        }
-    }
-    drop(to_parser);
-    let tail = gzip.finish().map_err(TarStreamError::Write)?;
-    written += tail.len() as u64;
-    hasher.update(&tail);
-    writer
-        .write_all(&tail)
-        .await
-        .map_err(TarStreamError::Write)?;
-    writer.flush().await.map_err(TarStreamError::Write)?;
-    writer.shutdown().await.map_err(TarStreamError::Write)?;
-    // fsync and the check of the copy are the tee owner's (`LocalCopy::commit`).
-    if let Some(t) = tee {
-        t.write_all(&tail).await.map_err(TarStreamError::Tee)?;
-        t.flush().await.map_err(TarStreamError::Tee)?;
-    }
-    progress(read);
-    let fingerprint = parser
-        .await
-        .map_err(|e| TarStreamError::Archive(format!("the tar reader stopped: {e}")))?
-        .map_err(TarStreamError::Archive)?;
-    Ok(TarPumped {
-        tar_bytes: read,
-        bytes: written,
-        sha256: hex::encode(hasher.finalize()),
-        fingerprint,
-    })
-}
-
-/// A `Read` over chunks arriving on a channel (for the `tar` crate, which reads
-/// synchronously), on a blocking thread.
-struct ChunkReader {
-    chunks: tokio::sync::mpsc::Receiver<Bytes>,
-    current: Bytes,
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.current.is_empty() {
-            match self.chunks.blocking_recv() {
-                Some(next) => self.current = next,
-                None => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.current.len());
-        out[..n].copy_from_slice(&self.current[..n]);
-        self.current = self.current.slice(n..);
-        Ok(n)
-    }
-}
-
-/// sha256 of every regular file in the tar arriving on `chunks`, as a fingerprint
-/// keyed by storage path. Reads the channel to its end, so the sender never blocks.
-fn hash_tar_members(
-    chunks: tokio::sync::mpsc::Receiver<Bytes>,
-) -> Result<StorageFingerprint, String> {
-    let mut archive = tar::Archive::new(ChunkReader {
-        chunks,
-        current: Bytes::new(),
-    });
-    let mut hashes = BTreeMap::new();
-    let entries = archive.entries().map_err(|e| e.to_string())?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| e.to_string())?;
-        if !entry.header().entry_type().is_file() {
-            continue;
-        }
-        let path = entry
-            .path()
-            .map_err(|e| e.to_string())?
-            .to_string_lossy()
-            .into_owned();
-        let mut hasher = Sha256::new();
-        std::io::copy(&mut entry, &mut hasher).map_err(|e| format!("{path}: {e}"))?;
-        hashes.insert(source_path(&path), hex::encode(hasher.finalize()));
-    }
-    // Past the end-of-archive blocks: drain, so the pump is never left waiting.
-    let mut rest = archive.into_inner();
-    std::io::copy(&mut rest, &mut std::io::sink()).map_err(|e| e.to_string())?;
-    Ok(StorageFingerprint::from_hashes(hashes))
-}
+mod source_tar;
+use source_tar::listing_cmd;
+pub use source_tar::{
+    parse_listing, pump_tar_as_gzip, source_path, source_tar_cmd, TarPumped, TarStreamError,
+};
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (path, data) in files {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            b.append_data(&mut h, path, *data).unwrap();
-        }
-        b.into_inner().unwrap()
-    }
-
-    #[tokio::test]
-    async fn one_pass_gives_a_valid_gzip_and_the_files_hashes() {
-        let big: Vec<u8> = (0..3 * crate::stream::CHUNK + 5)
-            .map(|i| (i % 253) as u8)
-            .collect();
-        let long = format!("dist/{}/pkg.zip", "x".repeat(150));
-        let tar = tar_of(&[
-            ("dist/acme/a.zip", b"aaa"),
-            (&long, &big),
-            ("artifact/1/upload.zip", b""),
-        ]);
-        let mut src = &tar[..];
-        let mut out = Vec::new();
-        let p = pump_tar_as_gzip(&mut src, &mut out, None::<&mut Vec<u8>>, |_| {})
-            .await
-            .unwrap();
-        assert_eq!(p.tar_bytes, tar.len() as u64);
-        assert_eq!(p.bytes, out.len() as u64);
-        assert_eq!(p.sha256, hex::encode(Sha256::digest(&out)));
-        // What the pod gets unpacks to the same tar.
-        let mut unpacked = Vec::new();
-        flate2::read::GzDecoder::new(&out[..])
-            .read_to_end(&mut unpacked)
-            .unwrap();
-        assert_eq!(unpacked, tar);
-        // Hashes under the storage's own names, as the pod's sha256sum lists them.
-        let expected = StorageFingerprint::parse_sha256sum(&format!(
-            "{}  ./composer/acme/a.zip\n{}  ./composer/{}/pkg.zip\n{}  ./artifacts/1/upload.zip\n",
-            hex::encode(Sha256::digest(b"aaa")),
-            hex::encode(Sha256::digest(&big)),
-            "x".repeat(150),
-            hex::encode(Sha256::digest(b"")),
-        ))
-        .unwrap();
-        assert_eq!(p.fingerprint, expected);
-    }
-
-    #[tokio::test]
-    async fn a_broken_tar_is_an_error_not_a_hang() {
-        let mut tar = tar_of(&[("dist/a.zip", b"aaa")]);
-        tar[100] ^= 0xff; // header checksum no longer matches
-        let mut src = &tar[..];
-        let mut out = Vec::new();
-        let e = pump_tar_as_gzip(&mut src, &mut out, None::<&mut Vec<u8>>, |_| {})
-            .await
-            .unwrap_err();
-        assert!(matches!(e, TarStreamError::Archive(_)), "{e}");
-    }
-
-    fn facts() -> StorageStreamFacts {
-        StorageStreamFacts {
-            source_host: "old".into(),
-            data_dir: "/data/packagist".into(),
-            namespace: "default".into(),
-            pod: Some("ui-abc".into()),
-            container: "ui".into(),
-            archive: "/data/packagist/.a.tar.gz".into(),
-            verify_dir: Some("/data/packagist".into()),
-            tree: parse_listing("f\t3\t1.0\tcomposer/a.zip\n"),
-            recorded: None,
-            current: None,
-            guard: None,
-        }
-    }
-
-    /// The pod's files as `facts` reads them, by digest only.
-    fn pod_files(digest: &str) -> StorageFingerprint {
-        StorageFingerprint {
-            files: 1,
-            digest: digest.into(),
-            hashes: BTreeMap::new(),
-        }
-    }
-
-    fn streamed(f: &StorageStreamFacts, digest: &str) -> StreamedRecord {
-        StreamedRecord {
-            tree_stamp: f.tree.stamp.clone(),
-            digest: digest.into(),
-            files: 1,
-        }
-    }
-
-    #[test]
-    fn first_run_streams_imports_and_cleans_up() {
-        let c = decide(&facts()).unwrap();
-        assert_eq!(c.len(), 1);
-        assert_eq!(c[0].files, 1);
-        let cmds = c[0].commands();
-        assert!(
-            cmds[0].starts_with(
-                "ssh old cd /data/packagist && mkdir -p composer artifacts && tar -cf -"
-            ),
-            "{cmds:?}"
-        );
-        assert!(
-            cmds[0].contains("tee /data/packagist/.ferry/.a.tar.gz.part | sha256sum"),
-            "{cmds:?}"
-        );
-        assert!(
-            cmds[1].ends_with("migrate-storage import /data/packagist/.a.tar.gz"),
-            "{cmds:?}"
-        );
-        assert!(
-            cmds[2].ends_with("rm /data/packagist/.a.tar.gz"),
-            "{cmds:?}"
-        );
-    }
-
-    #[test]
-    fn rerun_with_unchanged_source_and_same_files_is_ok() {
-        let mut f = facts();
-        f.recorded = Some(streamed(&f, "d1"));
-        f.current = Some(pod_files("d1"));
-        assert!(decide(&f).unwrap().is_empty());
-        // The pod's files differ (someone changed them, or the import was half done).
-        f.current.as_mut().unwrap().digest = "d2".into();
-        assert_eq!(decide(&f).unwrap().len(), 1);
-        // The pod's files could not be read.
-        f.current = None;
-        assert_eq!(decide(&f).unwrap().len(), 1);
-        // Without a directory to check, the journal record decides.
-        f.verify_dir = None;
-        assert!(decide(&f).unwrap().is_empty());
-    }
-
-    #[test]
-    fn changed_source_streams_again() {
-        let mut f = facts();
-        f.recorded = Some(streamed(&f, "d1"));
-        f.current = Some(pod_files("d1"));
-        f.tree = parse_listing("f\t4\t2.0\tcomposer/a.zip\n");
-        assert_eq!(decide(&f).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn completed_migration_is_left_alone_and_missing_pod_is_clear() {
-        let mut f = facts();
-        f.guard = Some("the migration already completed".into());
-        f.pod = None;
-        assert!(decide(&f).unwrap().is_empty());
-        f.guard = None;
-        let e = decide(&f).unwrap_err().to_string();
-        assert!(e.contains("scale it to 1"), "{e}");
-    }
-
-    #[test]
-    fn member_paths_map_back_to_storage_paths() {
-        assert_eq!(source_path("dist/a/b.zip"), "composer/a/b.zip");
-        assert_eq!(source_path("./artifact/x"), "artifacts/x");
-        assert_eq!(source_path("distant/x"), "distant/x");
-    }
-
-    #[test]
-    fn listing_gives_stamp_count_and_tar_size() {
-        let t = parse_listing(
-            "d\t4096\t1.0\tcomposer\nf\t3\t1.0\tcomposer/a.zip\nf\t513\t1.0\tcomposer/b.zip\n",
-        );
-        assert_eq!(t.files, 2);
-        // 3 headers + 512 + 1024 of data + 1024 end = 4096 → one 10240 record.
-        assert_eq!(t.tar_bytes, 10240);
-        assert_ne!(parse_listing("f\t3\t2.0\tcomposer/a.zip\n").stamp, t.stamp);
-    }
-}
+#[path = "storage_stream_tests.rs"]
+mod tests;

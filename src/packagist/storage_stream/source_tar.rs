@@ -1,0 +1,234 @@
+//! The source's tar for `storage_stream`: the command that makes it on the old host, its
+//! listing (what facts compare), and the one pass that turns it into the gzip the pod
+//! imports while hashing every file.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::SourceTree;
+use crate::command::Cmd;
+use crate::fingerprint::StorageFingerprint;
+use crate::packagist::storage::storage_find_cmd;
+
+/// The vendor's tar fallback, uncompressed, to stdout.
+pub fn source_tar_cmd(data_dir: &str) -> Cmd {
+    Cmd::new("cd")
+        .arg(data_dir)
+        .and(Cmd::new("mkdir").args(["-p", "composer", "artifacts"]))
+        .and(Cmd::new("tar").arg("-cf").arg("-").args([
+            "--transform",
+            "s/^composer/dist/",
+            "--transform",
+            "s/^artifacts/artifact/",
+            "composer",
+            "artifacts",
+        ]))
+}
+
+/// One line per entry below the two storage dirs: `type<TAB>size<TAB>mtime<TAB>path`
+/// (the dirs themselves are left out: the tar creates them if missing, and facts do not).
+pub(super) fn listing_cmd(data_dir: &str) -> Cmd {
+    storage_find_cmd(data_dir, "%y\\t%s\\t%T@\\t%P\\n", false)
+        .pipe(Cmd::new("env").arg("LC_ALL=C").arg("sort"))
+}
+
+/// Pure: the tree's stamp, file count and expected tar size from [`listing_cmd`]'s output.
+pub fn parse_listing(text: &str) -> SourceTree {
+    const BLOCK: u64 = 512;
+    let mut files = 0;
+    // End-of-archive marker: two zero blocks; a header each for `dist/` and `artifact/`.
+    let mut tar_bytes = 2 * BLOCK + 2 * BLOCK;
+    for line in text.lines() {
+        let mut fields = line.splitn(4, '\t');
+        let kind = fields.next().unwrap_or("");
+        let size: u64 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        tar_bytes += BLOCK;
+        if kind == "f" {
+            files += 1;
+            tar_bytes += size.div_ceil(BLOCK) * BLOCK;
+        }
+    }
+    // tar pads the archive to whole records of 20 blocks.
+    let record = 20 * BLOCK;
+    SourceTree {
+        stamp: hex::encode(Sha256::digest(text.as_bytes())),
+        files,
+        tar_bytes: tar_bytes.div_ceil(record) * record,
+    }
+}
+
+/// Pure: the storage path a tar member came from (`dist/…` → `composer/…`,
+/// `artifact/…` → `artifacts/…`), as the pod's `sha256sum` listing names it.
+pub fn source_path(member: &str) -> String {
+    let member = member.strip_prefix("./").unwrap_or(member);
+    if let Some(rest) = member.strip_prefix("dist/") {
+        format!("composer/{rest}")
+    } else if let Some(rest) = member.strip_prefix("artifact/") {
+        format!("artifacts/{rest}")
+    } else {
+        member.to_string()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The one pass: tar in, gzip out, every file hashed on the way
+
+/// What [`pump_tar_as_gzip`] moved.
+#[derive(Debug)]
+pub struct TarPumped {
+    /// Bytes of tar read from the source.
+    pub tar_bytes: u64,
+    /// Bytes of gzip written to the sink, and their sha256.
+    pub bytes: u64,
+    pub sha256: String,
+    /// sha256 of every regular file in the tar, by its storage path.
+    pub fingerprint: StorageFingerprint,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TarStreamError {
+    #[error("reading the source: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("writing the destination: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("writing the local copy: {0}")]
+    Tee(#[source] std::io::Error),
+    #[error("{0}")]
+    Archive(String),
+}
+
+/// Read a tar stream from `reader` to EOF; write it to `writer` as a gzip of stored
+/// blocks (and to `tee`), hashing what is written; hash every regular file of the tar
+/// on a blocking thread fed with the same chunks. Memory stays bounded: a few chunks
+/// in flight.
+pub async fn pump_tar_as_gzip<R, W, T>(
+    reader: &mut R,
+    writer: &mut W,
+    mut tee: Option<&mut T>,
+    mut progress: impl FnMut(u64),
+) -> Result<TarPumped, TarStreamError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+    T: AsyncWrite + Unpin + ?Sized,
+{
+    let (to_parser, from_pump) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let parser = tokio::task::spawn_blocking(move || hash_tar_members(from_pump));
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
+    let mut hasher = Sha256::new();
+    let mut written = 0u64;
+    let mut read = 0u64;
+    let mut buf = vec![0u8; crate::stream::CHUNK];
+    let mut last_tick = 0u64;
+    let mut parser_gone = false;
+    loop {
+        let n = reader.read(&mut buf).await.map_err(TarStreamError::Read)?;
+        if n == 0 {
+            break;
+        }
+        let chunk = Bytes::copy_from_slice(&buf[..n]);
+        read += n as u64;
+        if !parser_gone && to_parser.send(chunk.clone()).await.is_err() {
+            // The parser stopped early (a broken archive): its error is reported below.
+            parser_gone = true;
+        }
+        gzip.write_all(&chunk).map_err(TarStreamError::Write)?;
+        let out = std::mem::take(gzip.get_mut());
+        written += out.len() as u64;
+        hasher.update(&out);
+        writer
+            .write_all(&out)
+            .await
+            .map_err(TarStreamError::Write)?;
+        if let Some(t) = tee.as_deref_mut() {
+            t.write_all(&out).await.map_err(TarStreamError::Tee)?;
+        }
+        if read - last_tick >= 8 << 20 {
+            last_tick = read;
+            progress(read);
+        }
+    }
+    drop(to_parser);
+    let tail = gzip.finish().map_err(TarStreamError::Write)?;
+    written += tail.len() as u64;
+    hasher.update(&tail);
+    writer
+        .write_all(&tail)
+        .await
+        .map_err(TarStreamError::Write)?;
+    writer.flush().await.map_err(TarStreamError::Write)?;
+    writer.shutdown().await.map_err(TarStreamError::Write)?;
+    // fsync and the check of the copy are the tee owner's (`LocalCopy::commit`).
+    if let Some(t) = tee {
+        t.write_all(&tail).await.map_err(TarStreamError::Tee)?;
+        t.flush().await.map_err(TarStreamError::Tee)?;
+    }
+    progress(read);
+    let fingerprint = parser
+        .await
+        .map_err(|e| TarStreamError::Archive(format!("the tar reader stopped: {e}")))?
+        .map_err(TarStreamError::Archive)?;
+    Ok(TarPumped {
+        tar_bytes: read,
+        bytes: written,
+        sha256: hex::encode(hasher.finalize()),
+        fingerprint,
+    })
+}
+
+/// A `Read` over chunks arriving on a channel (for the `tar` crate, which reads
+/// synchronously), on a blocking thread.
+struct ChunkReader {
+    chunks: tokio::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.blocking_recv() {
+                Some(next) => self.current = next,
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.current.len());
+        out[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
+}
+
+/// sha256 of every regular file in the tar arriving on `chunks`, as a fingerprint
+/// keyed by storage path. Reads the channel to its end, so the sender never blocks.
+fn hash_tar_members(
+    chunks: tokio::sync::mpsc::Receiver<Bytes>,
+) -> Result<StorageFingerprint, String> {
+    let mut archive = tar::Archive::new(ChunkReader {
+        chunks,
+        current: Bytes::new(),
+    });
+    let mut hashes = BTreeMap::new();
+    let entries = archive.entries().map_err(|e| e.to_string())?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = entry
+            .path()
+            .map_err(|e| e.to_string())?
+            .to_string_lossy()
+            .into_owned();
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut entry, &mut hasher).map_err(|e| format!("{path}: {e}"))?;
+        hashes.insert(source_path(&path), hex::encode(hasher.finalize()));
+    }
+    // Past the end-of-archive blocks: drain, so the pump is never left waiting.
+    let mut rest = archive.into_inner();
+    std::io::copy(&mut rest, &mut std::io::sink()).map_err(|e| e.to_string())?;
+    Ok(StorageFingerprint::from_hashes(hashes))
+}

@@ -1,0 +1,180 @@
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use sha2::{Digest, Sha256};
+
+use super::*;
+
+fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, path, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[tokio::test]
+async fn one_pass_gives_a_valid_gzip_and_the_files_hashes() {
+    let big: Vec<u8> = (0..3 * crate::stream::CHUNK + 5)
+        .map(|i| (i % 253) as u8)
+        .collect();
+    let long = format!("dist/{}/pkg.zip", "x".repeat(150));
+    let tar = tar_of(&[
+        ("dist/acme/a.zip", b"aaa"),
+        (&long, &big),
+        ("artifact/1/upload.zip", b""),
+    ]);
+    let mut src = &tar[..];
+    let mut out = Vec::new();
+    let p = pump_tar_as_gzip(&mut src, &mut out, None::<&mut Vec<u8>>, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(p.tar_bytes, tar.len() as u64);
+    assert_eq!(p.bytes, out.len() as u64);
+    assert_eq!(p.sha256, hex::encode(Sha256::digest(&out)));
+    // What the pod gets unpacks to the same tar.
+    let mut unpacked = Vec::new();
+    flate2::read::GzDecoder::new(&out[..])
+        .read_to_end(&mut unpacked)
+        .unwrap();
+    assert_eq!(unpacked, tar);
+    // Hashes under the storage's own names, as the pod's sha256sum lists them.
+    let expected = StorageFingerprint::parse_sha256sum(&format!(
+        "{}  ./composer/acme/a.zip\n{}  ./composer/{}/pkg.zip\n{}  ./artifacts/1/upload.zip\n",
+        hex::encode(Sha256::digest(b"aaa")),
+        hex::encode(Sha256::digest(&big)),
+        "x".repeat(150),
+        hex::encode(Sha256::digest(b"")),
+    ))
+    .unwrap();
+    assert_eq!(p.fingerprint, expected);
+}
+
+#[tokio::test]
+async fn a_broken_tar_is_an_error_not_a_hang() {
+    let mut tar = tar_of(&[("dist/a.zip", b"aaa")]);
+    tar[100] ^= 0xff; // header checksum no longer matches
+    let mut src = &tar[..];
+    let mut out = Vec::new();
+    let e = pump_tar_as_gzip(&mut src, &mut out, None::<&mut Vec<u8>>, |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(e, TarStreamError::Archive(_)), "{e}");
+}
+
+fn facts() -> StorageStreamFacts {
+    StorageStreamFacts {
+        source_host: "old".into(),
+        data_dir: "/data/packagist".into(),
+        namespace: "default".into(),
+        pod: Some("ui-abc".into()),
+        container: "ui".into(),
+        archive: "/data/packagist/.a.tar.gz".into(),
+        verify_dir: Some("/data/packagist".into()),
+        tree: parse_listing("f\t3\t1.0\tcomposer/a.zip\n"),
+        recorded: None,
+        current: None,
+        guard: None,
+    }
+}
+
+/// The pod's files as `facts` reads them, by digest only.
+fn pod_files(digest: &str) -> StorageFingerprint {
+    StorageFingerprint {
+        files: 1,
+        digest: digest.into(),
+        hashes: BTreeMap::new(),
+    }
+}
+
+fn streamed(f: &StorageStreamFacts, digest: &str) -> StreamedRecord {
+    StreamedRecord {
+        tree_stamp: f.tree.stamp.clone(),
+        digest: digest.into(),
+        files: 1,
+    }
+}
+
+#[test]
+fn first_run_streams_imports_and_cleans_up() {
+    let c = decide(&facts()).unwrap();
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].files, 1);
+    let cmds = c[0].commands();
+    assert!(
+        cmds[0]
+            .starts_with("ssh old cd /data/packagist && mkdir -p composer artifacts && tar -cf -"),
+        "{cmds:?}"
+    );
+    assert!(
+        cmds[0].contains("tee /data/packagist/.ferry/.a.tar.gz.part | sha256sum"),
+        "{cmds:?}"
+    );
+    assert!(
+        cmds[1].ends_with("migrate-storage import /data/packagist/.a.tar.gz"),
+        "{cmds:?}"
+    );
+    assert!(
+        cmds[2].ends_with("rm /data/packagist/.a.tar.gz"),
+        "{cmds:?}"
+    );
+}
+
+#[test]
+fn rerun_with_unchanged_source_and_same_files_is_ok() {
+    let mut f = facts();
+    f.recorded = Some(streamed(&f, "d1"));
+    f.current = Some(pod_files("d1"));
+    assert!(decide(&f).unwrap().is_empty());
+    // The pod's files differ (someone changed them, or the import was half done).
+    f.current.as_mut().unwrap().digest = "d2".into();
+    assert_eq!(decide(&f).unwrap().len(), 1);
+    // The pod's files could not be read.
+    f.current = None;
+    assert_eq!(decide(&f).unwrap().len(), 1);
+    // Without a directory to check, the journal record decides.
+    f.verify_dir = None;
+    assert!(decide(&f).unwrap().is_empty());
+}
+
+#[test]
+fn changed_source_streams_again() {
+    let mut f = facts();
+    f.recorded = Some(streamed(&f, "d1"));
+    f.current = Some(pod_files("d1"));
+    f.tree = parse_listing("f\t4\t2.0\tcomposer/a.zip\n");
+    assert_eq!(decide(&f).unwrap().len(), 1);
+}
+
+#[test]
+fn completed_migration_is_left_alone_and_missing_pod_is_clear() {
+    let mut f = facts();
+    f.guard = Some("the migration already completed".into());
+    f.pod = None;
+    assert!(decide(&f).unwrap().is_empty());
+    f.guard = None;
+    let e = decide(&f).unwrap_err().to_string();
+    assert!(e.contains("scale it to 1"), "{e}");
+}
+
+#[test]
+fn member_paths_map_back_to_storage_paths() {
+    assert_eq!(source_path("dist/a/b.zip"), "composer/a/b.zip");
+    assert_eq!(source_path("./artifact/x"), "artifacts/x");
+    assert_eq!(source_path("distant/x"), "distant/x");
+}
+
+#[test]
+fn listing_gives_stamp_count_and_tar_size() {
+    let t = parse_listing(
+        "d\t4096\t1.0\tcomposer\nf\t3\t1.0\tcomposer/a.zip\nf\t513\t1.0\tcomposer/b.zip\n",
+    );
+    assert_eq!(t.files, 2);
+    // 3 headers + 512 + 1024 of data + 1024 end = 4096 → one 10240 record.
+    assert_eq!(t.tar_bytes, 10240);
+    assert_ne!(parse_listing("f\t3\t2.0\tcomposer/a.zip\n").stamp, t.stamp);
+}
