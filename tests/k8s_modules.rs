@@ -44,6 +44,8 @@ struct TaskEnd {
     status: String,
     changes: Vec<String>,
     error: Option<String>,
+    /// Why an ok task left things alone (a guard's reason).
+    notes: Vec<String>,
 }
 
 /// A finished `ferry play`.
@@ -172,6 +174,14 @@ impl Cluster {
                     .map(|c| c.as_str().unwrap().to_string())
                     .collect(),
                 error: e["error"].as_str().map(str::to_string),
+                notes: e["notes"]
+                    .as_array()
+                    .map(|n| {
+                        n.iter()
+                            .filter_map(|x| x.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             })
             .collect();
         Run { exit, tasks }
@@ -467,6 +477,14 @@ async fn k8s_scale_namespace_argument_targets_that_namespace_and_its_marker_only
     cluster.play(&start_alt, &[]).await.assert_all("changed");
     let run = cluster.play(&stop_alt, &[]).await;
     run.assert_all("ok");
+    // The report says why the stop was left alone, and how to overwrite it.
+    let notes = &run.task("Stop alt ui").notes;
+    assert!(
+        notes.len() == 1
+            && notes[0].contains("the migration already completed")
+            && notes[0].contains("--overwrite app"),
+        "{notes:?}"
+    );
     assert_eq!(
         cluster.replicas_in("packagist-alt", "deployment/ui").await,
         1

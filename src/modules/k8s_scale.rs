@@ -164,6 +164,11 @@ impl Module for K8sScale {
     type Facts = ScaleFacts;
     type Change = ScaleChange;
 
+    /// The completed-migration guard's reason, when it leaves the store alone.
+    fn notes(&self, f: &ScaleFacts) -> Vec<String> {
+        f.guard.iter().cloned().collect()
+    }
+
     async fn facts(&self, probe: &Probe<'_>) -> Result<ScaleFacts, ModuleError> {
         let cluster = self.k8s().cluster(probe).await?;
         let mut workloads = Vec::new();

@@ -227,6 +227,11 @@ impl Module for PgRestoreK8s {
     type Facts = PgRestoreFacts;
     type Change = PgRestoreChange;
 
+    /// The completed-migration guard's reason, when it leaves the store alone.
+    fn notes(&self, f: &PgRestoreFacts) -> Vec<String> {
+        f.guard.iter().cloned().collect()
+    }
+
     fn check_args(&self, at: &ArgCheck<'_>) -> Result<(), ArgError> {
         let from_var = |e: ModuleError| ArgError {
             field: None,

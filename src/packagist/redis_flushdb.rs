@@ -109,6 +109,11 @@ impl Module for RedisFlushdb {
     type Facts = FlushFacts;
     type Change = Flush;
 
+    /// The completed-migration guard's reason, when it leaves the store alone.
+    fn notes(&self, f: &FlushFacts) -> Vec<String> {
+        f.guard.iter().cloned().collect()
+    }
+
     async fn facts(&self, probe: &Probe<'_>) -> Result<FlushFacts, ModuleError> {
         if self.db != COMPOSER_CACHE_DB {
             return Err(ModuleError::Precondition(format!(

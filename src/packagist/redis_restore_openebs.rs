@@ -293,6 +293,11 @@ impl Module for RedisRestoreOpenebs {
     type Facts = RedisRestoreFacts;
     type Change = RedisRestoreChange;
 
+    /// The completed-migration guard's reason, when it leaves the store alone.
+    fn notes(&self, f: &RedisRestoreFacts) -> Vec<String> {
+        f.guard.iter().cloned().collect()
+    }
+
     async fn facts(&self, probe: &Probe<'_>) -> Result<RedisRestoreFacts, ModuleError> {
         let cluster = self.k8s().cluster(probe).await?;
         let marker = completed_marker(&cluster).await?;

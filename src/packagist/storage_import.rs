@@ -120,6 +120,11 @@ impl Module for StorageImport {
     type Facts = StorageImportFacts;
     type Change = ImportChange;
 
+    /// The completed-migration guard's reason, when it leaves the store alone.
+    fn notes(&self, f: &StorageImportFacts) -> Vec<String> {
+        f.guard.iter().cloned().collect()
+    }
+
     async fn facts(&self, probe: &Probe<'_>) -> Result<StorageImportFacts, ModuleError> {
         let cluster = self.k8s().cluster(probe).await?;
         let marker = completed_marker(&cluster).await?;

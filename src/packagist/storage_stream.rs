@@ -210,6 +210,11 @@ impl Module for StorageStream {
     type Facts = StorageStreamFacts;
     type Change = StreamChange;
 
+    /// The completed-migration guard's reason, when it leaves the store alone.
+    fn notes(&self, f: &StorageStreamFacts) -> Vec<String> {
+        f.guard.iter().cloned().collect()
+    }
+
     fn check_args(&self, at: &ArgCheck<'_>) -> Result<(), ArgError> {
         // Rendering errors are the template pass's to report.
         let Ok(source) = at.renderer.render_operand(&self.source, at.vars) else {

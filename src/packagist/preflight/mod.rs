@@ -35,6 +35,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::fingerprint::Version;
+use crate::module::kube::k8s_args;
 use crate::module::memo::{Memo, MemoValue};
 use crate::module::{Applied, ArgCheck, ArgError, Change, Module, ModuleError, Probe, TaskCtx};
 use crate::playbook::template::Template;
@@ -100,6 +101,7 @@ fn checked_safety_factor<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Optio
     })
 }
 
+k8s_args! {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preflight {
@@ -142,10 +144,7 @@ pub struct Preflight {
     pub openebs_base: Option<Template>,
     #[serde(default)]
     pub staging_dir: Option<Template>,
-    #[serde(default)]
-    pub namespace: Option<Template>,
-    #[serde(default)]
-    pub kubeconfig: Option<Template>,
+}
 }
 
 /// The old side's data, as measured by its preflight.

@@ -11,7 +11,7 @@ use super::probe::{
 };
 use super::{needed, DataSizes, Preflight, DEFAULT_OPENEBS_BASE, OLD_SIZES_KEY};
 use crate::k8s::{K8sError, WorkloadKind};
-use crate::module::kube::K8sTarget;
+use crate::module::kube::K8sArgs;
 use crate::module::units::{exact, human};
 use crate::module::{HostReader, ModuleError};
 use crate::packagist::completed::completed_marker;
@@ -50,10 +50,7 @@ pub struct NewFacts {
 
 impl Preflight {
     pub(super) async fn new_facts(&self, ctx: &HostReader) -> Result<NewFacts, ModuleError> {
-        let target = K8sTarget {
-            namespace: self.namespace.clone(),
-            kubeconfig: self.kubeconfig.clone(),
-        };
+        let target = self.k8s();
         let namespace = target.namespace(ctx)?;
         let ui_deployment = self.ui_deployment.clone().unwrap_or_else(|| "ui".into());
         let mut f = NewFacts {
