@@ -993,7 +993,7 @@ state = "stopped"
 }
 
 /// In a run (the engine sets `declared`), a module reads only the host vars it lists in
-/// `Module::vars`; a declared one must have its kind.
+/// `Module::VARS`; a declared one must have its kind.
 #[test]
 fn a_module_reads_only_the_host_vars_it_declares() {
     use ferry::module::artifact_stream::BACKUP_DIR;

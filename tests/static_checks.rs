@@ -712,7 +712,7 @@ fn imports_run_one_way() {
 }
 
 /// Modules read host vars by declaration (`HostReader::var_of(&DECL)`, `DECL.get(vars)`),
-/// never by a literal name: a literal would bypass `Module::vars` and the kind check in
+/// never by a literal name: a literal would bypass `Module::VARS` and the kind check in
 /// `prepare`. (A var whose name the task's arguments give is read with `var(name)`.)
 #[test]
 fn host_vars_are_read_by_declaration() {

@@ -8,12 +8,9 @@ use crate::journal::Artifact;
 use crate::module::artifact::open_artifact;
 use crate::module::{HostReader, ModuleError, TaskCtx, VarDecl, VarKind};
 
-/// Host var: the laptop directory that keeps a verified copy of every artifact streamed.
-pub const BACKUP_DIR: VarDecl = VarDecl {
-    name: "backup_dir",
-    kind: VarKind::Str,
-    doc: "laptop directory for verified copies of the artifacts streamed (none: no copies)",
-};
+/// Host var: the laptop directory that keeps a verified copy of every artifact streamed
+/// (none: no copies).
+pub const BACKUP_DIR: VarDecl = VarDecl::new("backup_dir", VarKind::Str);
 
 /// The host vars this file's helpers read, for [`crate::module::Module::vars`].
 pub const VARS: &[&VarDecl] = &[&BACKUP_DIR];

@@ -60,7 +60,7 @@ pub struct HostReader {
     pub overwrite: Vec<String>,
     /// Things a host's tasks share across the run (e.g. the Kubernetes connection).
     pub cache: Arc<HostCache>,
-    /// The host vars the running module declares ([`crate::module::Module::vars`]);
+    /// The host vars the running module declares ([`crate::module::Module::VARS`]);
     /// [`HostReader::var_of`] refuses any other. `None`: not checked (test harnesses).
     pub declared: Option<Vec<&'static crate::module::VarDecl>>,
 }

@@ -81,12 +81,8 @@ pub fn parse_docker_inspect(text: &str) -> Result<BTreeMap<String, ContainerStat
     Ok(map)
 }
 
-/// Host var: the docker client to call on the host.
-pub const DOCKER_BIN: VarDecl = VarDecl {
-    name: "docker_bin",
-    kind: VarKind::Str,
-    doc: "the docker client to call on the host (default `docker`)",
-};
+/// Host var: the docker client to call on the host (default `docker`).
+pub const DOCKER_BIN: VarDecl = VarDecl::new("docker_bin", VarKind::Str);
 
 /// The host vars [`docker_bin`] reads, for [`crate::module::Module::vars`].
 pub const VARS: &[&VarDecl] = &[&DOCKER_BIN];

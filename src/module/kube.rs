@@ -82,30 +82,14 @@ macro_rules! k8s_args {
 }
 pub(crate) use k8s_args;
 
-/// Host var: the namespace of the Kubernetes steps.
-pub const NAMESPACE: VarDecl = VarDecl {
-    name: "namespace",
-    kind: VarKind::Str,
-    doc: "Kubernetes namespace (default `default`)",
-};
-/// Host var: the kubeconfig on the node, read over SSH.
-pub const KUBECONFIG: VarDecl = VarDecl {
-    name: "kubeconfig",
-    kind: VarKind::Str,
-    doc: "kubeconfig on the node, read over SSH (default /etc/kubernetes/admin.conf)",
-};
+/// Host var: the namespace of the Kubernetes steps (default `default`).
+pub const NAMESPACE: VarDecl = VarDecl::new("namespace", VarKind::Str);
+/// Host var: the kubeconfig on the node, read over SSH (default /etc/kubernetes/admin.conf).
+pub const KUBECONFIG: VarDecl = VarDecl::new("kubeconfig", VarKind::Str);
 /// Host var: a kubeconfig on the laptop, used instead of the node's.
-pub const KUBECONFIG_LOCAL: VarDecl = VarDecl {
-    name: "kubeconfig_local",
-    kind: VarKind::Str,
-    doc: "kubeconfig on the laptop, used instead of the node's",
-};
-/// Host var: the context of `kubeconfig_local` to use.
-pub const KUBE_CONTEXT: VarDecl = VarDecl {
-    name: "kube_context",
-    kind: VarKind::Str,
-    doc: "context of `kubeconfig_local` (default: its current context)",
-};
+pub const KUBECONFIG_LOCAL: VarDecl = VarDecl::new("kubeconfig_local", VarKind::Str);
+/// Host var: the context of `kubeconfig_local` to use (default: its current context).
+pub const KUBE_CONTEXT: VarDecl = VarDecl::new("kube_context", VarKind::Str);
 
 /// The host vars [`K8sTarget`] reads: every Kubernetes module declares them.
 pub const VARS: &[&VarDecl] = &[&NAMESPACE, &KUBECONFIG, &KUBECONFIG_LOCAL, &KUBE_CONTEXT];

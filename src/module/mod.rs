@@ -42,7 +42,7 @@ pub mod vars;
 
 pub use ctx::{Confirm, HostCache, HostReader, JournalView, NeverConfirm, Peers, Probe, TaskCtx};
 pub use predict::{Predicted, Prediction, Store};
-pub use vars::{VarDecl, VarKind};
+pub use vars::{VarDecl, VarKind, VarLists};
 
 /// Why a module step failed, by family: what went wrong decides what the operator does
 /// next (reconnect, free space, investigate a mismatch, fix a precondition).
@@ -209,9 +209,7 @@ pub trait Module: Send + Sync + 'static {
 
     /// The host variables the module reads (see [`vars`]): `prepare` checks their kind
     /// on every host that sets them, and [`HostReader::var_of`] refuses the others.
-    fn vars(&self) -> Vec<&'static VarDecl> {
-        Vec::new()
-    }
+    const VARS: VarLists = &[];
 
     /// Checks of the arguments that need no host: run by the engine for every host of
     /// the task, with its vars, before any host is contacted. Static values are checked
@@ -305,7 +303,7 @@ impl std::fmt::Debug for Plan {
 pub trait DynModule: Send + Sync {
     /// [`Module::check_args`].
     fn check_args(&self, at: &ArgCheck<'_>) -> Result<(), ArgError>;
-    /// [`Module::vars`].
+    /// [`Module::VARS`], flattened.
     fn vars(&self) -> Vec<&'static VarDecl>;
     /// facts (writes refused) → decide.
     async fn plan(&self, reader: &HostReader, predicted: &Predicted) -> Result<Plan, ModuleError>;
@@ -325,7 +323,7 @@ impl<M: Module> DynModule for M {
     }
 
     fn vars(&self) -> Vec<&'static VarDecl> {
-        Module::vars(self)
+        vars::all(M::VARS)
     }
 
     async fn plan(&self, reader: &HostReader, predicted: &Predicted) -> Result<Plan, ModuleError> {

@@ -329,11 +329,7 @@ mod safe_write_tests {
     use super::*;
 
     fn run(cmd: &Cmd) -> std::process::Output {
-        std::process::Command::new("sh")
-            .arg("-c")
-            .arg(cmd.to_shell())
-            .output()
-            .unwrap()
+        crate::module::testing::run_sh(cmd).unwrap()
     }
 
     #[test]

@@ -53,3 +53,12 @@ pub fn task_ctx(
         confirmer: Arc::new(NeverConfirm),
     }
 }
+
+/// Run a command's shell text with the machine's `sh` (tests of the shell that steps
+/// send: staging, uploads).
+pub fn run_sh(cmd: &crate::command::Cmd) -> std::io::Result<std::process::Output> {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd.to_shell())
+        .output()
+}

@@ -1,5 +1,5 @@
 //! Host variables a module reads: each one declared ([`VarDecl`]) beside the code that
-//! reads it, listed by [`crate::module::Module::vars`], checked by the engine's
+//! reads it, listed by [`crate::module::Module::VARS`], checked by the engine's
 //! `prepare` on every host that sets it, and read with [`HostReader::var_of`].
 
 use serde_json::Value;
@@ -60,10 +60,13 @@ pub fn kind_of(value: &Value) -> &'static str {
 pub struct VarDecl {
     pub name: &'static str,
     pub kind: VarKind,
-    pub doc: &'static str,
 }
 
 impl VarDecl {
+    pub const fn new(name: &'static str, kind: VarKind) -> VarDecl {
+        VarDecl { name, kind }
+    }
+
     /// Why `value` is not of the declared kind (`None`: it is).
     pub fn mismatch(&self, value: &Value) -> Option<String> {
         (!self.kind.matches(value)).then(|| {
@@ -93,7 +96,11 @@ impl VarDecl {
     }
 }
 
-/// Several lists of declarations as one (for [`crate::module::Module::vars`]).
+/// The variable lists a module reads, e.g. `&[kube::VARS, &[&MY_VAR]]` (see
+/// [`crate::module::Module::VARS`]).
+pub type VarLists = &'static [&'static [&'static VarDecl]];
+
+/// Several lists of declarations as one.
 pub fn all(lists: &[&[&'static VarDecl]]) -> Vec<&'static VarDecl> {
     lists.iter().flat_map(|l| l.iter().copied()).collect()
 }
@@ -101,7 +108,7 @@ pub fn all(lists: &[&[&'static VarDecl]]) -> Vec<&'static VarDecl> {
 impl HostReader {
     /// Host variable `decl` of this host: `None` when unset; an error when it is not of
     /// the declared kind, or (when the engine runs the module) when the module did not
-    /// list it in [`crate::module::Module::vars`].
+    /// list it in [`crate::module::Module::VARS`].
     pub fn var_of(&self, decl: &'static VarDecl) -> Result<Option<&Value>, ModuleError> {
         if let Some(declared) = &self.declared {
             if !declared
@@ -109,7 +116,7 @@ impl HostReader {
                 .any(|d| std::ptr::eq(*d, decl) || *d == decl)
             {
                 return Err(ModuleError::Internal(format!(
-                    "task `{}` reads host var `{}`, which its module does not declare (Module::vars)",
+                    "task `{}` reads host var `{}`, which its module does not declare (Module::VARS)",
                     self.task, decl.name
                 )));
             }

@@ -69,9 +69,7 @@ impl Change for ContainerChange {
 
 #[async_trait]
 impl Module for DockerContainer {
-    fn vars(&self) -> Vec<&'static crate::module::VarDecl> {
-        crate::module::vars::all(&[crate::module::docker::VARS])
-    }
+    const VARS: crate::module::VarLists = &[crate::module::docker::VARS];
     type Facts = ContainerFacts;
     type Change = ContainerChange;
     const TEXT_FIELDS: &'static [&'static str] = &["warning"];

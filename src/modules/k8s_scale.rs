@@ -158,9 +158,7 @@ pub fn parse_workload(text: &str) -> Result<(WorkloadKind, String), ModuleError>
 
 #[async_trait]
 impl Module for K8sScale {
-    fn vars(&self) -> Vec<&'static crate::module::VarDecl> {
-        crate::module::vars::all(&[crate::module::kube::VARS])
-    }
+    const VARS: crate::module::VarLists = &[crate::module::kube::VARS];
     type Facts = ScaleFacts;
     type Change = ScaleChange;
 

@@ -250,9 +250,7 @@ async fn source_prefix_sha256(
 
 #[async_trait]
 impl Module for Transfer {
-    fn vars(&self) -> Vec<&'static crate::module::VarDecl> {
-        crate::module::vars::all(&[crate::module::artifact_stream::VARS])
-    }
+    const VARS: crate::module::VarLists = &[crate::module::artifact_stream::VARS];
     type Facts = TransferFacts;
     type Change = TransferChange;
 

@@ -81,9 +81,7 @@ fn marker_data(ctx: &HostReader) -> BTreeMap<String, String> {
 
 #[async_trait]
 impl Module for MigrationMarker {
-    fn vars(&self) -> Vec<&'static crate::module::VarDecl> {
-        crate::module::vars::all(&[crate::module::kube::VARS])
-    }
+    const VARS: crate::module::VarLists = &[crate::module::kube::VARS];
     type Facts = MarkerFacts;
     type Change = WriteMarker;
 

@@ -132,9 +132,7 @@ async fn wait_ready(ctx: &HostReader, f: &PgDumpFacts) -> Result<(), ModuleError
 
 #[async_trait]
 impl Module for PgDump {
-    fn vars(&self) -> Vec<&'static crate::module::VarDecl> {
-        crate::module::vars::all(&[crate::module::docker::VARS])
-    }
+    const VARS: crate::module::VarLists = &[crate::module::docker::VARS];
     type Facts = PgDumpFacts;
     type Change = PgDumpChange;
 

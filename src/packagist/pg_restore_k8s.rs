@@ -187,11 +187,8 @@ impl PgRestoreK8s {
 }
 
 /// Host var: the external PostgreSQL (see [`external_from_var`]).
-pub const EXTERNAL_POSTGRES: crate::module::VarDecl = crate::module::VarDecl {
-    name: "external_postgres",
-    kind: crate::module::VarKind::Object,
-    doc: "external PostgreSQL: { host, port, user, database, password_var }",
-};
+pub const EXTERNAL_POSTGRES: crate::module::VarDecl =
+    crate::module::VarDecl::new("external_postgres", crate::module::VarKind::Object);
 
 /// The external PostgreSQL named by the inventory var `external_postgres`
 /// (`{ host, port, user, database, password_var }`), so one playbook serves both setups.
@@ -217,13 +214,11 @@ fn external_from_var(vars: &Vars) -> Result<Option<ExternalPg>, ModuleError> {
 
 #[async_trait]
 impl Module for PgRestoreK8s {
-    fn vars(&self) -> Vec<&'static crate::module::VarDecl> {
-        crate::module::vars::all(&[
-            crate::module::kube::VARS,
-            crate::module::artifact_stream::VARS,
-            &[&EXTERNAL_POSTGRES],
-        ])
-    }
+    const VARS: crate::module::VarLists = &[
+        crate::module::kube::VARS,
+        crate::module::artifact_stream::VARS,
+        &[&EXTERNAL_POSTGRES],
+    ];
     type Facts = PgRestoreFacts;
     type Change = PgRestoreChange;
 

@@ -104,9 +104,7 @@ async fn key_counts(ctx: &HostReader, f: &RedisBackupFacts) -> Result<RedisKeyCo
 
 #[async_trait]
 impl Module for RedisBackup {
-    fn vars(&self) -> Vec<&'static crate::module::VarDecl> {
-        crate::module::vars::all(&[crate::module::docker::VARS])
-    }
+    const VARS: crate::module::VarLists = &[crate::module::docker::VARS];
     type Facts = RedisBackupFacts;
     type Change = RedisBackupChange;
 

@@ -103,9 +103,7 @@ async fn counts(
 
 #[async_trait]
 impl Module for RedisFlushdb {
-    fn vars(&self) -> Vec<&'static crate::module::VarDecl> {
-        crate::module::vars::all(&[crate::module::kube::VARS])
-    }
+    const VARS: crate::module::VarLists = &[crate::module::kube::VARS];
     type Facts = FlushFacts;
     type Change = Flush;
 

@@ -284,12 +284,10 @@ fn script_in_subshell(script: Cmd) -> Cmd {
 
 #[async_trait]
 impl Module for RedisRestoreOpenebs {
-    fn vars(&self) -> Vec<&'static crate::module::VarDecl> {
-        crate::module::vars::all(&[
-            crate::module::kube::VARS,
-            crate::module::artifact_stream::VARS,
-        ])
-    }
+    const VARS: crate::module::VarLists = &[
+        crate::module::kube::VARS,
+        crate::module::artifact_stream::VARS,
+    ];
     type Facts = RedisRestoreFacts;
     type Change = RedisRestoreChange;
 

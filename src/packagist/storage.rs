@@ -156,11 +156,7 @@ mod upload_tests {
     use crate::module::staged::{StagedPath, NAME_TAKEN_EXIT};
 
     fn run(cmd: &Cmd) -> std::process::Output {
-        std::process::Command::new("sh")
-            .arg("-c")
-            .arg(cmd.to_shell())
-            .output()
-            .unwrap()
+        crate::module::testing::run_sh(cmd).unwrap()
     }
     use std::os::unix::fs::PermissionsExt;
 

@@ -159,9 +159,7 @@ fn tree_stamp_cmd(data_dir: &str) -> Cmd {
 
 #[async_trait]
 impl Module for StorageExport {
-    fn vars(&self) -> Vec<&'static crate::module::VarDecl> {
-        crate::module::vars::all(&[crate::module::docker::VARS])
-    }
+    const VARS: crate::module::VarLists = &[crate::module::docker::VARS];
     type Facts = StorageExportFacts;
     type Change = StorageExportChange;
 

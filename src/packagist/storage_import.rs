@@ -111,12 +111,10 @@ impl Change for ImportChange {
 
 #[async_trait]
 impl Module for StorageImport {
-    fn vars(&self) -> Vec<&'static crate::module::VarDecl> {
-        crate::module::vars::all(&[
-            crate::module::kube::VARS,
-            crate::module::artifact_stream::VARS,
-        ])
-    }
+    const VARS: crate::module::VarLists = &[
+        crate::module::kube::VARS,
+        crate::module::artifact_stream::VARS,
+    ];
     type Facts = StorageImportFacts;
     type Change = ImportChange;
 

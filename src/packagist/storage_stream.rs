@@ -145,27 +145,19 @@ impl Change for StreamChange {
     }
 }
 
+/// Host var (set by ferry): every host's vars, by host.
+pub const HOSTVARS: crate::module::VarDecl =
+    crate::module::VarDecl::new("hostvars", crate::module::VarKind::Object);
+/// Host var (set by ferry): the hosts of every group.
+pub const GROUPS: crate::module::VarDecl =
+    crate::module::VarDecl::new("groups", crate::module::VarKind::Object);
+/// Host var: where the old host keeps the Packagist data (default /data/packagist; also
+/// read from the source's vars).
+pub const DATA_DIR: crate::module::VarDecl =
+    crate::module::VarDecl::new("data_dir", crate::module::VarKind::Str);
+
 /// `source` as one inventory host: a host name, or a group with exactly one member.
 /// Needs only the vars (`hostvars`, `groups`): checked before any host is contacted.
-/// Host var (set by ferry): every host's vars, by host.
-pub const HOSTVARS: crate::module::VarDecl = crate::module::VarDecl {
-    name: "hostvars",
-    kind: crate::module::VarKind::Object,
-    doc: "every host's vars, by host (set by ferry)",
-};
-/// Host var (set by ferry): the hosts of every group.
-pub const GROUPS: crate::module::VarDecl = crate::module::VarDecl {
-    name: "groups",
-    kind: crate::module::VarKind::Object,
-    doc: "the hosts of every group (set by ferry)",
-};
-/// Host var: where the old host keeps the Packagist data (also read from the source's vars).
-pub const DATA_DIR: crate::module::VarDecl = crate::module::VarDecl {
-    name: "data_dir",
-    kind: crate::module::VarKind::Str,
-    doc: "the old Packagist's data directory (default /data/packagist)",
-};
-
 fn resolve_source(vars: &Vars, source: &str) -> Result<String, ModuleError> {
     let is_host = HOSTVARS
         .get(vars)?
@@ -200,13 +192,11 @@ fn resolve_source(vars: &Vars, source: &str) -> Result<String, ModuleError> {
 
 #[async_trait]
 impl Module for StorageStream {
-    fn vars(&self) -> Vec<&'static crate::module::VarDecl> {
-        crate::module::vars::all(&[
-            crate::module::kube::VARS,
-            crate::module::artifact_stream::VARS,
-            &[&HOSTVARS, &GROUPS, &DATA_DIR],
-        ])
-    }
+    const VARS: crate::module::VarLists = &[
+        crate::module::kube::VARS,
+        crate::module::artifact_stream::VARS,
+        &[&HOSTVARS, &GROUPS, &DATA_DIR],
+    ];
     type Facts = StorageStreamFacts;
     type Change = StreamChange;
 

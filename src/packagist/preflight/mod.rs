@@ -240,13 +240,11 @@ impl Preflight {
 
 #[async_trait]
 impl Module for Preflight {
-    fn vars(&self) -> Vec<&'static crate::module::VarDecl> {
-        crate::module::vars::all(&[
-            crate::module::kube::VARS,
-            crate::module::docker::VARS,
-            probe::VARS,
-        ])
-    }
+    const VARS: crate::module::VarLists = &[
+        crate::module::kube::VARS,
+        crate::module::docker::VARS,
+        probe::VARS,
+    ];
     fn memos(&self, facts: &PreflightFacts) -> Vec<MemoValue> {
         let PreflightFacts::Old(f) = facts else {
             return Vec::new();

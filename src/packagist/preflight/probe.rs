@@ -23,27 +23,19 @@ pub struct DiskFree {
 
 use crate::module::{VarDecl, VarKind};
 
-const fn str_var(name: &'static str, doc: &'static str) -> VarDecl {
-    VarDecl {
-        name,
-        kind: VarKind::Str,
-        doc,
-    }
-}
 /// Host vars preflight reads when its own argument is not given.
-pub const DATA_DIR: VarDecl = str_var("data_dir", "old side: Packagist data");
-pub const BACKUP_DIR_OLD: VarDecl =
-    str_var("backup_dir_old", "old side: where backups are written");
-pub const OPENEBS_BASE: VarDecl =
-    str_var("openebs_base", "new side: OpenEBS volumes' base directory");
-pub const BACKUP_DIR_NEW: VarDecl =
-    str_var("backup_dir_new", "new side: where artifacts are staged");
+///
+/// Old side: the Packagist data.
+pub const DATA_DIR: VarDecl = VarDecl::new("data_dir", VarKind::Str);
+/// Old side: where backups are written.
+pub const BACKUP_DIR_OLD: VarDecl = VarDecl::new("backup_dir_old", VarKind::Str);
+/// New side: OpenEBS volumes' base directory.
+pub const OPENEBS_BASE: VarDecl = VarDecl::new("openebs_base", VarKind::Str);
+/// New side: where artifacts are staged.
+pub const BACKUP_DIR_NEW: VarDecl = VarDecl::new("backup_dir_new", VarKind::Str);
 /// A string or a number (`2.5`).
-pub const PACKAGIST_VERSION: VarDecl = VarDecl {
-    name: "packagist_version",
-    kind: VarKind::Any,
-    doc: "old side: the Packagist version, when the container does not say (string or number)",
-};
+/// Old side: the Packagist version, when the container does not say (string or number).
+pub const PACKAGIST_VERSION: VarDecl = VarDecl::new("packagist_version", VarKind::Any);
 pub(super) const VARS: &[&VarDecl] = &[
     &DATA_DIR,
     &BACKUP_DIR_OLD,
