@@ -37,9 +37,10 @@ struct Cli {
     /// Address the API server listens on (TLS).
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: String,
-    /// Directory of YAML manifests loaded when the state directory is new.
-    #[arg(long)]
-    manifests: PathBuf,
+    /// Directory of YAML manifests loaded when the state directory is new; repeat it to
+    /// overlay a directory on the ones before (same kind/namespace/name: the later wins).
+    #[arg(long, required = true)]
+    manifests: Vec<PathBuf>,
     /// Where objects, certificates, pod logs and private dirs are kept.
     #[arg(long)]
     state_dir: PathBuf,
@@ -100,10 +101,10 @@ async fn main() -> anyhow::Result<()> {
     manifests::bootstrap(&store, &config)?;
     if fresh {
         let node_name = config.node_name.clone();
-        let loaded = manifests::load_dir(&store, &cli.manifests, |rt, obj| {
+        let loaded = manifests::load_dirs(&store, &cli.manifests, |rt, obj| {
             api::prepare_create(&store, &node_name, rt, obj)
         })?;
-        tracing::info!("loaded {loaded} objects from {}", cli.manifests.display());
+        tracing::info!("loaded {loaded} objects from {:?}", cli.manifests);
     } else {
         tracing::info!(
             "restored objects from {}",

@@ -1,6 +1,6 @@
 //! The starting state: built-in cluster objects plus the YAML manifests of a directory.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
 use serde_json::{json, Value};
@@ -59,19 +59,25 @@ fn kind_order(kind: &str) -> u8 {
     }
 }
 
-/// Create every object of the `*.yaml`/`*.yml` files in `dir` (sorted by file name).
-pub fn load_dir(
+/// Create every object of the `*.yaml`/`*.yml` files in `dirs` (each sorted by file
+/// name). A later directory is an overlay: an object of the same kind, namespace and name
+/// replaces the earlier one (the testbed's blob-store variants replace the ui workloads).
+pub fn load_dirs(
     store: &Store,
-    dir: &Path,
+    dirs: &[PathBuf],
     admit: impl Fn(&resources::ResourceType, &mut Value),
 ) -> anyhow::Result<usize> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading manifests directory {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-        .collect();
-    files.sort();
-    let mut documents = Vec::new();
+    let mut files = Vec::new();
+    for dir in dirs {
+        let mut in_dir: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading manifests directory {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect();
+        in_dir.sort();
+        files.extend(in_dir);
+    }
+    let mut documents: Vec<(PathBuf, Value)> = Vec::new();
     for file in &files {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
@@ -81,6 +87,14 @@ pub fn load_dir(
             if value.is_null() {
                 continue;
             }
+            let identity = |v: &Value| {
+                (
+                    v["kind"].clone(),
+                    v["metadata"]["namespace"].clone(),
+                    v["metadata"]["name"].clone(),
+                )
+            };
+            documents.retain(|(_, earlier)| identity(earlier) != identity(&value));
             documents.push((file.clone(), value));
         }
     }

@@ -500,3 +500,44 @@ spec:
         "an ordinary pod has a network of its own"
     );
 }
+
+/// A second `--manifests` directory is an overlay: an object of the same kind, namespace
+/// and name replaces the first directory's (the testbed's `blob-s3` variant replaces the
+/// ui workloads this way); objects of its own are added.
+#[test]
+fn a_later_manifests_directory_overlays_the_earlier_one() {
+    let overlay = tempfile::tempdir().unwrap();
+    std::fs::write(
+        overlay.path().join("50-overlay.yaml"),
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {name: overlay-only, namespace: default}
+data: {from: overlay}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: worker, namespace: default, labels: {app: worker}}
+spec:
+  replicas: 0
+  selector: {matchLabels: {app: worker}}
+  template:
+    metadata: {labels: {app: worker}}
+    spec:
+      containers:
+        - {name: worker, command: ["/bin/sh", "-c", "exec sleep 3600"]}
+"#,
+    )
+    .unwrap();
+    let dir = overlay.path().to_str().unwrap();
+    let sim = Sim::start(&["--manifests", dir]);
+    let replicas = sim.kubectl(&["get", "deploy", "worker", "-o", "jsonpath={.spec.replicas}"]);
+    assert_eq!(
+        replicas.trim(),
+        "0",
+        "the overlay's worker replaced the base one"
+    );
+    let from = sim.kubectl(&["get", "cm", "overlay-only", "-o", "jsonpath={.data.from}"]);
+    assert_eq!(from.trim(), "overlay");
+    let ui = sim.kubectl(&["get", "deploy", "ui", "-o", "jsonpath={.spec.replicas}"]);
+    assert_eq!(ui.trim(), "1", "what the overlay does not name stays");
+}

@@ -27,6 +27,11 @@ OLD_STORAGE=$OLD_DATA/packagist
 PACKAGIST_VERSION=1.12.10
 KUBECTL_SRC=/usr/lib/google-cloud-sdk/bin/kubectl.1.32
 SIM_BIN=$STATE/bin/k8s-sim
+# The new host's built-in blob storage (--blob-store s3): Garage, a real S3 server from
+# crates.io, built once into the cache (cold: ~10 min on 2 idle cores).
+GARAGE_VERSION=2.5.0
+GARAGE_BIN=$CACHE/garage-$GARAGE_VERSION/bin/garage
+BLOBSTORE_ENV=$STATE/blobstore.env
 
 LABEL_ROOT=ferry.testbed.root
 LABEL_CONFIG=ferry.testbed.config

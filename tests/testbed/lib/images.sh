@@ -2,7 +2,7 @@
 # Packages, the Docker daemon, and the images the testbed runs. Sourced by `up`.
 
 DEBIAN_MIRROR=${TESTBED_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-BASE_INCLUDE=openssh-server,postgresql-15,redis-server,tar,gzip,procps,ca-certificates,python3,util-linux,socat
+BASE_INCLUDE=openssh-server,postgresql-15,redis-server,tar,gzip,procps,ca-certificates,python3,util-linux,socat,python3-boto3
 # Bump when the rootfs recipe (trim, image changes) changes: it is part of the cache key.
 BASE_RECIPE=2
 BASE_KEY=$(sha256_of_text "bookworm|$BASE_INCLUDE|$BASE_RECIPE")
@@ -119,4 +119,21 @@ tag_packagist_images() {
   for c in repo web worker; do
     "$DOCKER" tag "$BUSYBOX_IMAGE" "packagist/$c:$PACKAGIST_VERSION"
   done
+}
+
+# Garage for the object-store testbed: `cargo install` from crates.io (its own
+# Cargo.lock, --locked), only the SQLite metadata engine; kept in the cache like the base
+# image, keyed by version.
+ensure_garage() {
+  [[ -x $GARAGE_BIN ]] && return 0
+  local root=$CACHE/garage-$GARAGE_VERSION t
+  t=$(now)
+  log "building garage $GARAGE_VERSION (cargo install, once; cached in $root)"
+  rm -rf "$root.tmp"
+  cargo install -q --locked --root "$root.tmp" "garage@$GARAGE_VERSION" \
+    --no-default-features --features bundled-libs,sqlite ||
+    die "building garage $GARAGE_VERSION failed (cargo's output above)"
+  rm -rf "$root"
+  mv "$root.tmp" "$root"
+  log "garage built in $(elapsed "$t")s"
 }

@@ -167,7 +167,43 @@ class NewSide:
             return NEW_STORAGE
         return f"/var/lib/packagist-new/{self.ns}/storage"
 
+    def blobstore_env(self):
+        """The blob store's settings when the testbed runs one (`up --blob-store s3`)."""
+        path = os.path.join(STATE, "blobstore.env")
+        if not os.path.exists(path):
+            return None
+        env = {}
+        with open(path) as f:
+            for line in f:
+                k, _, v = line.strip().partition("=")
+                if k:
+                    env[k] = v
+        return env
+
     def storage_hashes(self):
+        env = self.blobstore_env()
+        if env is not None:
+            return self.bucket_hashes(env)
+        return self.dir_hashes()
+
+    def bucket_hashes(self, env):
+        # Every object of the namespace's bucket, read with the S3 API on the node:
+        # keys are archive paths (dist/..., artifact/...), compared as the seed's
+        # composer/... and artifacts/... files.
+        bucket = env["S3_BUCKET"] if self.ns == "default" else self.ns
+        assigns = " ".join(f"{k}={shlex.quote(env[k])}" for k in
+                           ("S3_ENDPOINT", "S3_REGION", "AWS_ACCESS_KEY_ID",
+                            "AWS_SECRET_ACCESS_KEY"))
+        script = f"{assigns} python3 /opt/testbed/s3tool.py hashes {shlex.quote(bucket)}"
+        objects = json.loads(run(ssh_argv(2202, script)).decode())
+        out = {}
+        for key, (_size, digest) in objects.items():
+            top, _, rest = key.partition("/")
+            name = {"dist": "composer", "artifact": "artifacts"}.get(top, top)
+            out[f"{name}/{rest}"] = digest
+        return out
+
+    def dir_hashes(self):
         script = (f"cd {shlex.quote(self.storage_dir())} && "
                   "for d in " + " ".join(STORAGE_DIRS) + "; do "
                   "[ -d \"$d\" ] && find \"$d\" -type f -print0; done "
