@@ -34,6 +34,18 @@ pub enum Prediction {
     Artifact(String),
 }
 
+impl Prediction {
+    /// For a module whose every change makes its artifact: `name`, unless there is no
+    /// change (the artifact is already there).
+    pub fn artifact_if_changed<C>(changes: &[C], name: &str) -> Vec<Prediction> {
+        if changes.is_empty() {
+            Vec::new()
+        } else {
+            vec![Prediction::Artifact(name.to_string())]
+        }
+    }
+}
+
 /// The predictions of every change an earlier task of this run planned but (check mode)
 /// did not apply. Empty in a real run.
 #[derive(Debug, Clone, Default)]

@@ -171,11 +171,7 @@ impl Module for PgDump {
 
     /// The changes, applied, make the artifact (a check run's later tasks count on it).
     fn predicts(&self, changes: &[PgDumpChange]) -> Vec<Prediction> {
-        if changes.is_empty() {
-            Vec::new()
-        } else {
-            vec![Prediction::Artifact(self.artifact.clone())]
-        }
+        Prediction::artifact_if_changed(changes, &self.artifact)
     }
 
     fn decide(&self, f: &PgDumpFacts) -> Result<Vec<PgDumpChange>, ModuleError> {

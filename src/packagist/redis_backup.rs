@@ -140,11 +140,7 @@ impl Module for RedisBackup {
 
     /// The changes, applied, make the artifact (a check run's later tasks count on it).
     fn predicts(&self, changes: &[RedisBackupChange]) -> Vec<Prediction> {
-        if changes.is_empty() {
-            Vec::new()
-        } else {
-            vec![Prediction::Artifact(self.artifact.clone())]
-        }
+        Prediction::artifact_if_changed(changes, &self.artifact)
     }
 
     fn decide(&self, f: &RedisBackupFacts) -> Result<Vec<RedisBackupChange>, ModuleError> {

@@ -196,11 +196,7 @@ impl Module for StorageExport {
 
     /// The changes, applied, make the artifact (a check run's later tasks count on it).
     fn predicts(&self, changes: &[StorageExportChange]) -> Vec<Prediction> {
-        if changes.is_empty() {
-            Vec::new()
-        } else {
-            vec![Prediction::Artifact(self.artifact.clone())]
-        }
+        Prediction::artifact_if_changed(changes, &self.artifact)
     }
 
     fn decide(&self, f: &StorageExportFacts) -> Result<Vec<StorageExportChange>, ModuleError> {
