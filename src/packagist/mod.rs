@@ -3,6 +3,7 @@
 //! helpers only they use: the completed-migration guard, Redis in a pod, the storage
 //! import, interrupted attempts.
 
+pub mod blob_store;
 pub mod attempt;
 pub mod completed;
 pub mod memos;

@@ -51,6 +51,7 @@ use crate::module::kube::{
     k8s_args, pod_exec, pod_free_text, ready_deployment_pod, sh_argv as sh, K8sArgs,
 };
 use crate::module::staged::StagedPath;
+use crate::packagist::blob_store::{BlobStore, BlobStoreConfig, BLOB_STORE};
 use crate::module::units::Seconds;
 use crate::module::{
     Applied, ArgCheck, ArgError, Change, HostReader, Module, ModuleError, Probe, TaskCtx,
@@ -107,6 +108,9 @@ pub struct StorageStreamFacts {
     pub container: String,
     pub archive: String,
     pub verify_dir: Option<String>,
+    /// The new install's object store (host var `blob_store`): the import is proven
+    /// there, key by key, instead of in `verify_dir`.
+    pub bucket: Option<BlobStoreConfig>,
     /// The source tree now: listing digest and the expected tar size (for progress).
     pub tree: SourceTree,
     pub recorded: Option<StreamedRecord>,
@@ -195,7 +199,7 @@ impl Module for StorageStream {
     const VARS: crate::module::VarLists = &[
         crate::module::kube::VARS,
         crate::module::artifact_stream::VARS,
-        &[&HOSTVARS, &GROUPS, &DATA_DIR],
+        &[&HOSTVARS, &GROUPS, &DATA_DIR, &BLOB_STORE],
     ];
     type Facts = StorageStreamFacts;
     type Change = StreamChange;
@@ -234,7 +238,11 @@ impl Module for StorageStream {
         let pod = ready_deployment_pod(&cluster, &deployment).await?;
         let container = probe.render_or(&self.container, "ui")?;
         let archive = probe.render_or(&self.archive, "/tmp/packagist_storage.tar.gz")?;
-        let verify_dir = storage_verify_dir(probe, &self.verify_dir)?;
+        let blob_store = BlobStore::from_host(probe)?;
+        let verify_dir = match &blob_store {
+            Some(_) => None,
+            None => storage_verify_dir(probe, &self.verify_dir)?,
+        };
         let guard = completed_guard(probe, &marker, "storage");
         let source = probe.peer(&source_host).await?;
         let listing = source.exec(&listing_cmd(&data_dir), None).await?;
@@ -257,6 +265,7 @@ impl Module for StorageStream {
             container,
             archive,
             verify_dir,
+            bucket: blob_store.as_ref().map(|b| b.config.clone()),
             tree,
             recorded,
             current: None,
@@ -267,7 +276,11 @@ impl Module for StorageStream {
             .recorded
             .as_ref()
             .is_some_and(|r| r.tree_stamp == f.tree.stamp);
-        if let (true, None, Some(pod), Some(dir)) = (maybe_done, &f.guard, &f.pod, &f.verify_dir) {
+        if let (true, None, Some(store)) = (maybe_done, &f.guard, &blob_store) {
+            f.current = Some(store.fingerprint(probe.transport.clone()).await?);
+        } else if let (true, None, Some(pod), Some(dir)) =
+            (maybe_done, &f.guard, &f.pod, &f.verify_dir)
+        {
             f.current = pod_storage_fingerprint(&cluster, pod, &f.container, dir).await?;
         }
         Ok(f)
@@ -314,8 +327,10 @@ impl Module for StorageStream {
         let imported = import_storage_archive(&cluster, pod, &f.container, &staged, timeout).await;
         remove_in_pod(&cluster, pod, &f.container, &f.archive).await;
         imported?;
-        // Prove it: the imported files are the streamed ones.
-        if let Some(dir) = &f.verify_dir {
+        // Prove it: the imported files are the streamed ones, in the bucket or the dir.
+        if let Some(store) = BlobStore::from_host(ctx)? {
+            store.prove(ctx.transport.clone(), &streamed).await?;
+        } else if let Some(dir) = &f.verify_dir {
             prove_imported_storage(&cluster, pod, &f.container, dir, &streamed).await?;
         }
         let record = StreamedRecord {
@@ -338,11 +353,13 @@ pub fn decide(f: &StorageStreamFacts) -> Result<Vec<StreamChange>, ModuleError> 
         return Ok(Vec::new());
     }
     let done = match &f.recorded {
-        Some(r) if r.tree_stamp == f.tree.stamp => match (&f.verify_dir, &f.current) {
-            (Some(_), Some(current)) => current.digest == r.digest,
-            (Some(_), None) => false,
-            (None, _) => true,
-        },
+        Some(r) if r.tree_stamp == f.tree.stamp => {
+            match (f.verify_dir.is_some() || f.bucket.is_some(), &f.current) {
+                (true, Some(current)) => current.digest == r.digest,
+                (true, None) => false,
+                (false, _) => true,
+            }
+        }
         _ => false,
     };
     if done {

@@ -75,6 +75,7 @@ fn facts() -> StorageStreamFacts {
         container: "ui".into(),
         archive: "/data/packagist/.a.tar.gz".into(),
         verify_dir: Some("/data/packagist".into()),
+        bucket: None,
         tree: parse_listing("f\t3\t1.0\tcomposer/a.zip\n"),
         recorded: None,
         current: None,
@@ -139,6 +140,30 @@ fn rerun_with_unchanged_source_and_same_files_is_ok() {
     // Without a directory to check, the journal record decides.
     f.verify_dir = None;
     assert!(decide(&f).unwrap().is_empty());
+}
+
+/// With the object store, the bucket's contents decide as the pod's files do.
+#[test]
+fn rerun_against_an_object_store_checks_the_bucket() {
+    let mut f = facts();
+    f.verify_dir = None;
+    f.bucket = Some(crate::packagist::blob_store::BlobStoreConfig {
+        endpoint: "http://127.0.0.1:9000".into(),
+        bucket: "packagist".into(),
+        region: None,
+        access_key_var: "a".into(),
+        secret_key_var: "s".into(),
+        via: Default::default(),
+    });
+    f.recorded = Some(streamed(&f, "d1"));
+    f.current = Some(pod_files("d1"));
+    assert!(decide(&f).unwrap().is_empty());
+    // An object went missing since: stream and import again.
+    f.current.as_mut().unwrap().digest = "d2".into();
+    assert_eq!(decide(&f).unwrap().len(), 1);
+    // The bucket could not be read: not proven, so import again.
+    f.current = None;
+    assert_eq!(decide(&f).unwrap().len(), 1);
 }
 
 #[test]

@@ -14,6 +14,7 @@ use crate::command::Cmd;
 pub mod fake;
 pub mod read_only;
 pub mod ssh;
+pub mod tunnel;
 
 /// Why a transport operation failed. Each kind gets its own variant so the report can
 /// say what the operator must do (trust a key, fix a password, open a port...).
