@@ -188,7 +188,6 @@ pub async fn ready_deployment_pod(
         .and_then(|p| p.metadata.name))
 }
 
-/// The `verify_dir` arg of the storage modules: default `/data/packagist`, `""` for none.
 /// "N bytes free of M …" for the directory holding `path` in a pod, or why not.
 pub async fn pod_free_text(cluster: &Cluster, pod: &str, container: &str, path: &str) -> String {
     let dir = std::path::Path::new(path)
@@ -200,6 +199,35 @@ pub async fn pod_free_text(cluster: &Cluster, pod: &str, container: &str, path: 
         Ok(out) => df_text(&dir, &String::from_utf8_lossy(&out)),
         Err(e) => format!("free space unknown ({e})"),
     }
+}
+
+/// Bytes available to the directory that will hold `path` in a pod (`df -PB1` of the
+/// nearest existing parent), `None` when it cannot be read.
+pub async fn pod_free_bytes(
+    cluster: &Cluster,
+    pod: &str,
+    container: &str,
+    path: &str,
+) -> Option<u64> {
+    let dir = std::path::Path::new(path)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "/".into());
+    let df = Cmd::new("df").arg("-PB1").arg("--").arg(dir.as_str());
+    let out = pod_exec(cluster, pod, Some(container), &sh_argv(&df), None)
+        .await
+        .ok()?;
+    df_available(&String::from_utf8_lossy(&out))
+}
+
+/// Pure: the `Available` column of `df -PB1`'s data line.
+pub fn df_available(out: &str) -> Option<u64> {
+    out.lines()
+        .find(|l| !l.starts_with("Filesystem") && !l.trim().is_empty())?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
 }
 
 /// A ConfigMap whose presence says "done here, the system may be live": a task with a

@@ -381,7 +381,9 @@ mod tests {
         objects.insert("artifact/b.zip".into(), object("f", 9));
         let diff = bucket_diff(&objects, &rec, 10);
         assert_eq!(diff.len(), 2, "{diff:?}");
-        assert!(diff.iter().any(|d| d == "dist/a.zip: missing from the bucket"));
+        assert!(diff
+            .iter()
+            .any(|d| d == "dist/a.zip: missing from the bucket"));
         assert!(diff
             .iter()
             .any(|d| d.starts_with("artifact/b.zip: content differs (9 bytes")));

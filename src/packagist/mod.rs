@@ -3,8 +3,8 @@
 //! helpers only they use: the completed-migration guard, Redis in a pod, the storage
 //! import, interrupted attempts.
 
-pub mod blob_store;
 pub mod attempt;
+pub mod blob_store;
 pub mod completed;
 pub mod memos;
 pub mod migration_marker;

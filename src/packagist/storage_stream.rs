@@ -48,14 +48,14 @@ use crate::k8s::{kubectl, Cluster};
 use crate::module::artifact::is_disk_full;
 use crate::module::artifact_stream::LocalCopy;
 use crate::module::kube::{
-    k8s_args, pod_exec, pod_free_text, ready_deployment_pod, sh_argv as sh, K8sArgs,
+    k8s_args, pod_exec, pod_free_bytes, pod_free_text, ready_deployment_pod, sh_argv as sh, K8sArgs,
 };
 use crate::module::staged::StagedPath;
-use crate::packagist::blob_store::{BlobStore, BlobStoreConfig, BLOB_STORE};
 use crate::module::units::Seconds;
 use crate::module::{
     Applied, ArgCheck, ArgError, Change, HostReader, Module, ModuleError, Probe, TaskCtx,
 };
+use crate::packagist::blob_store::{BlobStore, BlobStoreConfig, BLOB_STORE};
 use crate::packagist::completed::{completed_guard, completed_marker};
 use crate::packagist::storage::{
     import_storage_archive, pod_storage_fingerprint, pod_upload_cmd, prove_imported_storage,
@@ -111,6 +111,8 @@ pub struct StorageStreamFacts {
     /// The new install's object store (host var `blob_store`): the import is proven
     /// there, key by key, instead of in `verify_dir`.
     pub bucket: Option<BlobStoreConfig>,
+    /// Bytes free where the archive is staged in the pod (`None`: unknown).
+    pub staging_free: Option<u64>,
     /// The source tree now: listing digest and the expected tar size (for progress).
     pub tree: SourceTree,
     pub recorded: Option<StreamedRecord>,
@@ -266,6 +268,7 @@ impl Module for StorageStream {
             archive,
             verify_dir,
             bucket: blob_store.as_ref().map(|b| b.config.clone()),
+            staging_free: None,
             tree,
             recorded,
             current: None,
@@ -276,6 +279,9 @@ impl Module for StorageStream {
             .recorded
             .as_ref()
             .is_some_and(|r| r.tree_stamp == f.tree.stamp);
+        if let Some(pod) = &f.pod {
+            f.staging_free = pod_free_bytes(&cluster, pod, &f.container, &f.archive).await;
+        }
         if let (true, None, Some(store)) = (maybe_done, &f.guard, &blob_store) {
             f.current = Some(store.fingerprint(probe.transport.clone()).await?);
         } else if let (true, None, Some(pod), Some(dir)) =
@@ -370,6 +376,20 @@ pub fn decide(f: &StorageStreamFacts) -> Result<Vec<StreamChange>, ModuleError> 
             "the ui deployment has no ready pod to import into: scale it to 1 first".into(),
         ));
     };
+    // Before a byte moves: the staging path must hold the archive.
+    if let Some(free) = f.staging_free.filter(|free| *free < f.tree.tar_bytes) {
+        return Err(ModuleError::DiskFull(format!(
+            "pod {pod} (container {c}, namespace {ns}): {dir} has {free} bytes free, the \
+             archive needs about {need}; nothing was sent. Free space there, or set the \
+             task's `archive` (playbook var storage_staging) to a larger volume, and re-run",
+            c = f.container,
+            ns = f.namespace,
+            dir = std::path::Path::new(&f.archive)
+                .parent()
+                .map_or_else(|| "/".into(), |p| p.display().to_string()),
+            need = f.tree.tar_bytes,
+        )));
+    }
     let exec = |args: &[&str]| {
         let mut argv = vec!["exec"];
         argv.extend_from_slice(args);

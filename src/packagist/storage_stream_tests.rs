@@ -76,6 +76,7 @@ fn facts() -> StorageStreamFacts {
         archive: "/data/packagist/.a.tar.gz".into(),
         verify_dir: Some("/data/packagist".into()),
         bucket: None,
+        staging_free: None,
         tree: parse_listing("f\t3\t1.0\tcomposer/a.zip\n"),
         recorded: None,
         current: None,
@@ -140,6 +141,23 @@ fn rerun_with_unchanged_source_and_same_files_is_ok() {
     // Without a directory to check, the journal record decides.
     f.verify_dir = None;
     assert!(decide(&f).unwrap().is_empty());
+}
+
+/// A staging path without room for the archive fails before anything is sent, naming
+/// the pod, the path, what is needed and what is free.
+#[test]
+fn a_full_staging_path_fails_before_streaming() {
+    let mut f = facts();
+    f.staging_free = Some(f.tree.tar_bytes - 1);
+    let e = decide(&f).unwrap_err().to_string();
+    assert!(e.contains("pod ui-abc"), "{e}");
+    assert!(e.contains("/data/packagist has"), "{e}");
+    assert!(
+        e.contains(&format!("needs about {}", f.tree.tar_bytes)),
+        "{e}"
+    );
+    f.staging_free = Some(f.tree.tar_bytes);
+    assert_eq!(decide(&f).unwrap().len(), 1);
 }
 
 /// With the object store, the bucket's contents decide as the pod's files do.
