@@ -335,6 +335,7 @@ fn new_facts() -> NewFacts {
         openebs: Ok(disk("/var/openebs/local", "/var", 2000)),
         staging: None,
         already_staged: 0,
+        blob_store: None,
         old_sizes: Some((
             "old".into(),
             DataSizes {
@@ -363,6 +364,22 @@ fn new_preflight_passes_and_checks_workloads_and_ui_container() {
     assert!(msg.contains("in namespace packagist"), "{msg}");
     assert!(
         msg.contains("expected a container named ui in deployment/ui; found: app, nginx"),
+        "{msg}"
+    );
+}
+
+/// The object store of host var `blob_store` must answer before anything changes: the
+/// storage import is proven there.
+#[test]
+fn new_preflight_fails_when_the_blob_store_cannot_be_read() {
+    let mut f = new_facts();
+    f.blob_store = Some(Ok("bucket packagist at http://127.0.0.1:9000".into()));
+    assert_eq!(failures(PreflightFacts::New(f.clone())), "");
+    f.blob_store = Some(Err("listing failed: InvalidAccessKeyId".into()));
+    let msg = failures(PreflightFacts::New(f));
+    assert!(msg.contains("1 check(s) failed"), "{msg}");
+    assert!(
+        msg.contains("the blob storage (host var blob_store) cannot be read: listing failed: InvalidAccessKeyId"),
         "{msg}"
     );
 }

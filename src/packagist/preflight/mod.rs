@@ -244,6 +244,7 @@ impl Module for Preflight {
         crate::module::kube::VARS,
         crate::module::docker::VARS,
         probe::VARS,
+        &[&crate::packagist::blob_store::BLOB_STORE],
     ];
     fn memos(&self, facts: &PreflightFacts) -> Vec<MemoValue> {
         let PreflightFacts::Old(f) = facts else {

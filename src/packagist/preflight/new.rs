@@ -14,6 +14,7 @@ use crate::k8s::{K8sError, WorkloadKind};
 use crate::module::kube::K8sArgs;
 use crate::module::units::{exact, human};
 use crate::module::{HostReader, ModuleError};
+use crate::packagist::blob_store::BlobStore;
 use crate::packagist::completed::completed_marker;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -43,6 +44,9 @@ pub struct NewFacts {
     pub staging: Option<Result<DiskFree, String>>,
     /// Bytes of artifacts already staged on this host.
     pub already_staged: u64,
+    /// The object store of host var `blob_store`: `None` when not set, else whether its
+    /// bucket answered with the credentials (the reason when not).
+    pub blob_store: Option<Result<String, String>>,
     /// The old side's figures from the journal, with the host they were measured on.
     pub old_sizes: Option<(String, DataSizes)>,
     pub safety_factor: f64,
@@ -66,6 +70,7 @@ impl Preflight {
             openebs: Err("not checked".into()),
             staging: None,
             already_staged: 0,
+            blob_store: None,
             old_sizes: old_sizes_from_journal(ctx),
             safety_factor: self.safety_factor(),
         };
@@ -115,6 +120,20 @@ impl Preflight {
             },
         }
 
+        f.blob_store = match BlobStore::from_host(ctx) {
+            Ok(None) => None,
+            Ok(Some(store)) => {
+                let at = format!(
+                    "bucket {} at {}",
+                    store.config.bucket, store.config.endpoint
+                );
+                Some(match store.check(ctx.transport.clone()).await {
+                    Ok(()) => Ok(at),
+                    Err(e) => Err(e.to_string()),
+                })
+            }
+            Err(e) => Some(Err(e.to_string())),
+        };
         let openebs = render_or_var(ctx, &self.openebs_base, &OPENEBS_BASE)?
             .unwrap_or_else(|| DEFAULT_OPENEBS_BASE.into());
         f.openebs = disk_free(ctx, &openebs).await.map_err(|e| e.to_string());
@@ -192,6 +211,13 @@ pub fn new_failures(f: &NewFacts) -> Vec<String> {
         }
     }
 
+    if let Some(Err(e)) = &f.blob_store {
+        out.push(format!(
+            "{host}: the blob storage (host var blob_store) cannot be read: {e}. Check the \
+             endpoint, the bucket and the credentials' secret vars; the storage import is \
+             proven there"
+        ));
+    }
     if f.completed {
         // The data is on the cluster already: the space it takes is not needed again.
         return out;
