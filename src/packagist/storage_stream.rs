@@ -348,7 +348,16 @@ impl Module for StorageStream {
             RECORD_KEY,
             serde_json::to_value(&record).unwrap_or(Value::Null),
         )?;
-        Ok(Applied::changed())
+        let mut applied = Applied::changed();
+        if f.bucket.is_none() && f.verify_dir.is_none() {
+            applied.warnings.push(
+                "the storage was imported but NOT proven: set host var blob_store (the new \
+                 install's object store) or the task's verify_dir so ferry can check every \
+                 file"
+                    .into(),
+            );
+        }
+        Ok(applied)
     }
 }
 
