@@ -249,14 +249,24 @@ impl Journal {
             .write(true)
             .open(&lock_file)
             .map_err(io_err(&lock_file))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(JournalError::Locked {
-                    path: path.to_path_buf(),
-                })
+        // A lock that is let go within a second (a run that is just ending, or a copy of
+        // the descriptor a process forked elsewhere holds until it execs) is waited
+        // for; a run that goes on is reported.
+        let mut attempts = 0;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if attempts < 20 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(JournalError::Locked {
+                        path: path.to_path_buf(),
+                    })
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_file)(e)),
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_file)(e)),
         }
         // Holding the lock, no other ferry writes this journal: its temp files are
         // leftovers of a killed run.
