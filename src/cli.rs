@@ -255,6 +255,7 @@ pub async fn run(cli: Cli, connector: Arc<dyn Connector>) -> u8 {
 
 /// [`run`], registering the run's secrets in `secrets` (which the logs mask with).
 pub async fn run_with_secrets(cli: Cli, connector: Arc<dyn Connector>, secrets: Secrets) -> u8 {
+    crate::install_tls_provider();
     match cli.command {
         Command::Play(args) => play(args, connector, secrets).await,
         Command::Ping(args) => {

@@ -20,3 +20,11 @@ pub mod report;
 pub mod secrets;
 pub mod stream;
 pub mod transport;
+
+/// Select rustls's process-wide crypto provider (ring). Two TLS clients share rustls:
+/// kube's (ring) and the object store's (which also brings aws-lc-rs); with both
+/// providers compiled in, rustls picks none by itself and panics at the first
+/// handshake. Called before either client is built; calling it again is harmless.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

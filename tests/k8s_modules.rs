@@ -100,6 +100,7 @@ impl Cluster {
         let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .unwrap();
+        ferry::install_tls_provider();
         let client = Client::try_from(config).unwrap();
         let work = tempfile::Builder::new()
             .prefix("ferry-k8s-modules")

@@ -105,6 +105,7 @@ impl Cluster {
         source: &KubeconfigSource,
         namespace: Option<&str>,
     ) -> Result<Cluster, K8sError> {
+        crate::install_tls_provider();
         let (kubeconfig, path, context) = match source {
             KubeconfigSource::RemoteFile(path) => {
                 let out = node

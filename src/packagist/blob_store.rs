@@ -136,6 +136,7 @@ impl BlobStore {
                 )
             }
         };
+        crate::install_tls_provider();
         let store = AmazonS3Builder::new()
             .with_endpoint(&endpoint)
             .with_allow_http(endpoint.starts_with("http://"))

@@ -22,6 +22,9 @@ async fn client(sim: &Sim) -> Client {
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .unwrap();
+    // Built with the whole workspace, rustls also has aws-lc-rs (ferry's object-store
+    // client brings it): name the provider, as ferry does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     Client::try_from(config).unwrap()
 }
 
