@@ -38,10 +38,10 @@ pub trait K8sArgs {
 /// every Kubernetes module: `namespace` and `kubeconfig` (see [`K8sTarget`] and
 /// docs/modules.md, "Kubernetes arguments"), plus [`K8sArgs`] for the struct. The fields
 /// are plain fields of the struct (not `#[serde(flatten)]`), so `deny_unknown_fields` and
-/// located errors keep working. The module's `Module::vars` lists [`VARS`], the host
+/// located errors keep working. The module's `Module::VARS` lists [`VARS`], the host
 /// vars [`K8sTarget`] falls back to.
 ///
-/// ```ignore
+/// ```text
 /// k8s_args! {
 ///     #[derive(Debug, Clone, Serialize, Deserialize)]
 ///     #[serde(deny_unknown_fields)]
