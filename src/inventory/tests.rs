@@ -108,14 +108,7 @@ fn wrong_type_is_located() {
 #[test]
 fn secret_vars_cover_every_value_under_them() {
     let text = "[defaults]\nsecret_vars = [\"pin\"]\n[hosts.a]\nsecret_vars = [\"db\"]\n[hosts.a.vars]\npin = 918273\ndb = { user = \"dbuser-x1\", more = [\"arr-pw-1\", 4455], pw = { secret_env = \"DB_PW\" } }\nplain = 918\n";
-    let env: BTreeMap<String, String> = [("DB_PW".to_string(), "env-pw-77".to_string())].into();
-    let secrets = Secrets::new();
-    let inv = Inventory::parse(
-        &SourceFile::new("inv.toml", text),
-        &|n| env.get(n).cloned(),
-        &secrets,
-    )
-    .unwrap();
+    let (inv, secrets) = parse_with_env("inv.toml", text, ("DB_PW", "env-pw-77"));
     assert_eq!(inv.hosts["a"].vars["db"]["pw"], "env-pw-77");
     assert_eq!(
         secrets.mask("918273 dbuser-x1 arr-pw-1 4455 env-pw-77 918"),
@@ -128,14 +121,7 @@ fn secret_vars_cover_every_value_under_them() {
 #[test]
 fn secret_env_and_secret_vars_are_registered() {
     let text = "[hosts.a]\nsecret_vars = [\"pw2\"]\n[hosts.a.vars]\npw = { secret_env = \"DB_PW\" }\npw2 = \"hunter22\"\n";
-    let env: BTreeMap<String, String> = [("DB_PW".to_string(), "sup3rsecret".to_string())].into();
-    let secrets = Secrets::new();
-    let inv = Inventory::parse(
-        &SourceFile::new("i.toml", text),
-        &|n| env.get(n).cloned(),
-        &secrets,
-    )
-    .unwrap();
+    let (inv, secrets) = parse_with_env("i.toml", text, ("DB_PW", "sup3rsecret"));
     assert_eq!(inv.hosts["a"].vars["pw"], "sup3rsecret");
     assert_eq!(secrets.mask("sup3rsecret hunter22"), "******** ********");
 }
@@ -146,4 +132,18 @@ fn missing_env_is_an_error_at_its_key() {
     assert_eq!((e.location.line, e.location.column), (3, 16));
     assert_eq!(e.field.as_deref(), Some("password_env"));
     assert!(e.message.contains("NOPE_X"));
+}
+
+/// Parse `text` as inventory `name`, with one environment variable set; the secrets it
+/// registered come with it.
+fn parse_with_env(name: &str, text: &str, (var, value): (&str, &str)) -> (Inventory, Secrets) {
+    let env: BTreeMap<String, String> = [(var.to_string(), value.to_string())].into();
+    let secrets = Secrets::new();
+    let inv = Inventory::parse(
+        &SourceFile::new(name, text),
+        &|n| env.get(n).cloned(),
+        &secrets,
+    )
+    .unwrap();
+    (inv, secrets)
 }

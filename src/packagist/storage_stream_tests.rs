@@ -126,18 +126,22 @@ fn first_run_streams_imports_and_cleans_up() {
     );
 }
 
-#[test]
-fn rerun_with_unchanged_source_and_same_files_is_ok() {
-    let mut f = facts();
+/// With an unchanged source, what the import left (`current`) decides: the same files
+/// are ok; other files (changed, or a half-done import) or unreadable ones import again.
+fn assert_the_imported_files_decide(mut f: StorageStreamFacts) -> StorageStreamFacts {
     f.recorded = Some(streamed(&f, "d1"));
     f.current = Some(pod_files("d1"));
     assert!(decide(&f).unwrap().is_empty());
-    // The pod's files differ (someone changed them, or the import was half done).
     f.current.as_mut().unwrap().digest = "d2".into();
     assert_eq!(decide(&f).unwrap().len(), 1);
-    // The pod's files could not be read.
     f.current = None;
     assert_eq!(decide(&f).unwrap().len(), 1);
+    f
+}
+
+#[test]
+fn rerun_with_unchanged_source_and_same_files_is_ok() {
+    let mut f = assert_the_imported_files_decide(facts());
     // Without a directory to check, the journal record decides.
     f.verify_dir = None;
     assert!(decide(&f).unwrap().is_empty());
@@ -173,15 +177,8 @@ fn rerun_against_an_object_store_checks_the_bucket() {
         secret_key_var: "s".into(),
         via: Default::default(),
     });
-    f.recorded = Some(streamed(&f, "d1"));
-    f.current = Some(pod_files("d1"));
-    assert!(decide(&f).unwrap().is_empty());
-    // An object went missing since: stream and import again.
-    f.current.as_mut().unwrap().digest = "d2".into();
-    assert_eq!(decide(&f).unwrap().len(), 1);
-    // The bucket could not be read: not proven, so import again.
-    f.current = None;
-    assert_eq!(decide(&f).unwrap().len(), 1);
+    // The bucket's objects decide: one missing since, or unreadable, imports again.
+    assert_the_imported_files_decide(f);
 }
 
 #[test]
