@@ -188,36 +188,47 @@ pub async fn ready_deployment_pod(
         .and_then(|p| p.metadata.name))
 }
 
-/// "N bytes free of M …" for the directory holding `path` in a pod, or why not.
-pub async fn pod_free_text(cluster: &Cluster, pod: &str, container: &str, path: &str) -> String {
-    let dir = std::path::Path::new(path)
+/// The directory that will hold `path` (where its free space is measured).
+pub fn parent_dir(path: &str) -> String {
+    std::path::Path::new(path)
         .parent()
         .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "/".into());
-    let df = Cmd::new("df").arg("-PB1").arg("--").arg(dir.as_str());
-    match pod_exec(cluster, pod, Some(container), &sh_argv(&df), None).await {
-        Ok(out) => df_text(&dir, &String::from_utf8_lossy(&out)),
+        .unwrap_or_else(|| "/".into())
+}
+
+/// `df -PB1` of `dir` in a pod.
+async fn pod_df(
+    cluster: &Cluster,
+    pod: &str,
+    container: &str,
+    dir: &str,
+) -> Result<String, ModuleError> {
+    let df = Cmd::new("df").arg("-PB1").arg("--").arg(dir);
+    let out = pod_exec(cluster, pod, Some(container), &sh_argv(&df), None).await?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// "N bytes free of M …" for the directory holding `path` in a pod, or why not.
+pub async fn pod_free_text(cluster: &Cluster, pod: &str, container: &str, path: &str) -> String {
+    let dir = parent_dir(path);
+    match pod_df(cluster, pod, container, &dir).await {
+        Ok(out) => df_text(&dir, &out),
         Err(e) => format!("free space unknown ({e})"),
     }
 }
 
-/// Bytes available to the directory that will hold `path` in a pod (`df -PB1` of the
-/// nearest existing parent), `None` when it cannot be read.
+/// Bytes available in the directory that will hold `path` in a pod (`df -PB1` of it),
+/// `None` when it cannot be read.
 pub async fn pod_free_bytes(
     cluster: &Cluster,
     pod: &str,
     container: &str,
     path: &str,
 ) -> Option<u64> {
-    let dir = std::path::Path::new(path)
-        .parent()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "/".into());
-    let df = Cmd::new("df").arg("-PB1").arg("--").arg(dir.as_str());
-    let out = pod_exec(cluster, pod, Some(container), &sh_argv(&df), None)
+    let out = pod_df(cluster, pod, container, &parent_dir(path))
         .await
         .ok()?;
-    df_available(&String::from_utf8_lossy(&out))
+    df_available(&out)
 }
 
 /// Pure: the `Available` column of `df -PB1`'s data line.
@@ -260,4 +271,19 @@ pub fn marker_guard(
             .map(String::as_str)
             .unwrap_or("an unknown time")
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn df_available_reads_the_data_line_and_parent_dir_is_the_staging_dir() {
+        let out = "Filesystem 1B-blocks Used Available Capacity Mounted on\n\
+                   overlay 1000 400 600 40% /\n";
+        assert_eq!(df_available(out), Some(600));
+        assert_eq!(df_available("df: /x: No such file or directory\n"), None);
+        assert_eq!(parent_dir("/tmp/packagist_storage.tar.gz"), "/tmp");
+        assert_eq!(parent_dir("archive.tar.gz"), "");
+    }
 }

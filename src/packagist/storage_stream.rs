@@ -48,7 +48,8 @@ use crate::k8s::{kubectl, Cluster};
 use crate::module::artifact::is_disk_full;
 use crate::module::artifact_stream::LocalCopy;
 use crate::module::kube::{
-    k8s_args, pod_exec, pod_free_bytes, pod_free_text, ready_deployment_pod, sh_argv as sh, K8sArgs,
+    k8s_args, parent_dir, pod_exec, pod_free_bytes, pod_free_text, ready_deployment_pod,
+    sh_argv as sh, K8sArgs,
 };
 use crate::module::staged::StagedPath;
 use crate::module::units::Seconds;
@@ -393,9 +394,7 @@ pub fn decide(f: &StorageStreamFacts) -> Result<Vec<StreamChange>, ModuleError> 
              task's `archive` (playbook var storage_staging) to a larger volume, and re-run",
             c = f.container,
             ns = f.namespace,
-            dir = std::path::Path::new(&f.archive)
-                .parent()
-                .map_or_else(|| "/".into(), |p| p.display().to_string()),
+            dir = parent_dir(&f.archive),
             need = f.tree.tar_bytes,
         )));
     }
