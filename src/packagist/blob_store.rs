@@ -257,22 +257,21 @@ fn split_endpoint(endpoint: &str) -> Result<(&str, String, u16), ModuleError> {
             "blob_store endpoint `{endpoint}` is not http://HOST[:PORT] or https://HOST[:PORT]"
         ))
     };
-    let (scheme, rest) = endpoint.split_once("://").ok_or_else(bad)?;
-    let default_port = match scheme {
-        "http" => 80,
-        "https" => 443,
+    let uri: http::Uri = endpoint.parse().map_err(|_| bad())?;
+    let (scheme, default_port) = match uri.scheme_str() {
+        Some("http") => ("http", 80),
+        Some("https") => ("https", 443),
         _ => return Err(bad()),
     };
-    let authority = rest.trim_end_matches('/');
-    if authority.is_empty() || authority.contains('/') {
+    let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(bad)?;
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(bad());
     }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() => {
-            Ok((scheme, host.to_string(), port.parse().map_err(|_| bad())?))
-        }
-        _ => Ok((scheme, authority.to_string(), default_port)),
-    }
+    Ok((
+        scheme,
+        host.to_string(),
+        uri.port_u16().unwrap_or(default_port),
+    ))
 }
 
 /// The object key of a recorded file: the import writes `composer/…` as `dist/…` and
