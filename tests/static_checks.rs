@@ -570,7 +570,12 @@ fn inventories_parse_and_the_migration_playbook_prepares_against_them() {
     let playbook = Arc::new(
         Playbook::load(&repo().join("playbooks/packagist-migrate.toml")).expect("playbook"),
     );
-    for name in ["vagrant.toml", "example.toml", "testbed.toml"] {
+    for name in [
+        "vagrant.toml",
+        "example.toml",
+        "testbed.toml",
+        "testbed-fs.toml",
+    ] {
         let inventory = load_inventory(name);
         assert!(
             inventory.hosts.contains_key("old") && inventory.hosts.contains_key("new"),

@@ -469,6 +469,34 @@ impl Cluster {
             .map_err(|_| K8sError::Timeout { what, secs: 0 })?
     }
 
+    /// A deployment, or `None`.
+    pub async fn deployment(&self, name: &str) -> Result<Option<Deployment>, K8sError> {
+        self.api::<Deployment>()
+            .get_opt(name)
+            .await
+            .map_err(api_err(format!("read deployment {name}")))
+    }
+
+    /// A Secret's data (decoded bytes), or `None`. The values are secrets: callers keep
+    /// them out of messages, the report and the journal.
+    pub async fn secret_data(
+        &self,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, K8sError> {
+        Ok(self
+            .api::<k8s_openapi::api::core::v1::Secret>()
+            .get_opt(name)
+            .await
+            .map_err(api_err(format!("read secret {name}")))?
+            .map(|s| {
+                s.data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect()
+            }))
+    }
+
     /// A ConfigMap's data, or `None`.
     pub async fn configmap(
         &self,

@@ -6,6 +6,7 @@
 pub mod attempt;
 pub mod blob_store;
 pub mod completed;
+pub mod import_target;
 pub mod memos;
 pub mod migration_marker;
 pub mod pg_dump;

@@ -1,6 +1,8 @@
 //! `storage_import`: stream the storage archive into the app container of the `ui` pod,
 //! run the vendor's import there, remove the archive, and prove it: the imported files'
-//! hashes equal the ones recorded at export.
+//! hashes equal the ones recorded at export, object by object in the new install's
+//! object store (host var `blob_store`), else in `verify_dir` in the pod. Before a byte
+//! moves, the staging path must have room for what is still to be sent.
 //!
 //! ```toml
 //! [task.storage_import]
@@ -19,8 +21,6 @@
 //! needs `archive` on a volume that outlives the pod (e.g. under the storage dir): the
 //! pod's own `/tmp` is gone once a re-run has scaled the deployment down and up again.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -29,49 +29,32 @@ use crate::fingerprint::StorageFingerprint;
 use crate::k8s::{kubectl, Cluster};
 use crate::module::artifact::{artifact_fingerprint, find_artifact, is_disk_full};
 use crate::module::artifact_stream::{copy_to_laptop, laptop_copy, stream_artifact};
-use crate::module::kube::{
-    k8s_args, pod_exec, pod_free_text, ready_deployment_pod, sh_argv as sh, K8sArgs,
-};
+use crate::module::kube::{pod_exec, pod_free_text, sh_argv as sh, K8sArgs};
 use crate::module::staged::{parse_path_states, PathState, StagedPath};
-use crate::module::units::Seconds;
 use crate::module::{Applied, Change, HostReader, Module, ModuleError, Probe, TaskCtx};
 use crate::packagist::completed::{completed_guard, completed_marker};
-use crate::packagist::storage::{
-    import_storage_archive, pod_storage_fingerprint, pod_upload_cmd, prove_imported_storage,
-    storage_verify_dir, CONSOLE,
-};
-use crate::playbook::template::Template;
+use crate::packagist::import_target::{ui_import_args, ImportTarget, UiImportArgs};
+use crate::packagist::storage::{import_storage_archive, pod_upload_cmd, CONSOLE};
 
 fn default_artifact() -> String {
     "packagist_storage".into()
 }
 
-k8s_args! {
+ui_import_args! {
     #[derive(Debug, Clone, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct StorageImport {
         #[serde(default = "default_artifact")]
         pub artifact: String,
-        #[serde(default)]
-        pub deployment: Option<Template>,
-        #[serde(default)]
-        pub container: Option<Template>,
-        #[serde(default)]
-        pub archive: Option<Template>,
-        #[serde(default)]
-        pub verify_dir: Option<Template>,
-        #[serde(default)]
-        pub timeout: Option<Seconds>,
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StorageImportFacts {
-    pub namespace: String,
-    pub pod: Option<String>,
-    pub container: String,
-    pub archive: String,
-    pub verify_dir: Option<String>,
+    /// The ui pod, the staging path and where the import is proven.
+    pub target: ImportTarget,
+    /// Bytes of the exported archive (from the journal), for the staging room check.
+    pub archive_size: Option<u64>,
     pub source: Option<StorageFingerprint>,
     pub current: Option<StorageFingerprint>,
     /// Digest recorded by an earlier successful import (used without `verify_dir`).
@@ -114,6 +97,7 @@ impl Module for StorageImport {
     const VARS: crate::module::VarLists = &[
         crate::module::kube::VARS,
         crate::module::artifact_stream::VARS,
+        &[&crate::packagist::blob_store::BLOB_STORE],
     ];
     type Facts = StorageImportFacts;
     type Change = ImportChange;
@@ -126,18 +110,15 @@ impl Module for StorageImport {
     async fn facts(&self, probe: &Probe<'_>) -> Result<StorageImportFacts, ModuleError> {
         let cluster = self.k8s().cluster(probe).await?;
         let marker = completed_marker(&cluster).await?;
-        let deployment = probe.render_or(&self.deployment, "ui")?;
-        let pod = ready_deployment_pod(&cluster, &deployment).await?;
-        let container = probe.render_or(&self.container, "ui")?;
-        let archive = probe.render_or(&self.archive, "/tmp/packagist_storage.tar.gz")?;
-        let verify_dir = storage_verify_dir(probe, &self.verify_dir)?;
+        let (target, store) = ImportTarget::read(probe, &cluster, &self.ui_import()).await?;
         let guard = completed_guard(probe, &marker, "storage");
         let mut f = StorageImportFacts {
-            namespace: cluster.namespace().to_string(),
-            pod,
-            container,
-            archive,
-            verify_dir,
+            target,
+            archive_size: probe
+                .journal
+                .artifacts_named(&self.artifact)
+                .pop()
+                .map(|a| a.size),
             source: artifact_fingerprint(probe, &self.artifact, "storage"),
             current: None,
             recorded_digest: probe
@@ -150,17 +131,17 @@ impl Module for StorageImport {
             source_pending: false,
         };
         f.source_pending = f.source.is_none() && probe.predicted_artifact(&self.artifact);
-        if let (Some(pod), None) = (&f.pod, &f.guard) {
-            if let Some(dir) = &f.verify_dir {
-                f.current = pod_storage_fingerprint(&cluster, pod, &f.container, dir).await?;
-            }
+        if f.guard.is_none() {
+            f.current = f.target.current(probe, &cluster, store.as_ref()).await?;
+        }
+        if let (Some(pod), None) = (&f.target.pod, &f.guard) {
             // What holds the names the upload writes, read without following links:
             // only a part of ferry's is resumed.
-            let staged = StagedPath::of(&f.archive)?;
+            let staged = StagedPath::of(&f.target.archive)?;
             let states = pod_exec(
                 &cluster,
                 pod,
-                Some(&f.container),
+                Some(&f.target.container),
                 &sh(&staged.state_cmd()),
                 None,
             )
@@ -197,8 +178,8 @@ impl Module for StorageImport {
         let cluster = self.k8s().cluster(ctx).await?;
         let artifact = find_artifact(ctx, &self.artifact)?;
         let pod = change.pod.as_str();
-        let container = Some(f.container.as_str());
-        let staged = StagedPath::of(&f.archive)?;
+        let container = Some(f.target.container.as_str());
+        let staged = StagedPath::of(&f.target.archive)?;
         let part = staged.part.clone();
         // 1. Keep a partial upload only if its bytes are the artifact's first bytes.
         let mut offset = 0;
@@ -317,30 +298,28 @@ impl Module for StorageImport {
             ),
             });
         }
-        let timeout = self
-            .timeout
-            .map_or(Duration::from_secs(3600), Seconds::duration);
-        import_storage_archive(&cluster, pod, &f.container, &staged, timeout).await?;
+        let timeout = self.ui_import().import_timeout();
+        import_storage_archive(&cluster, pod, &f.target.container, &staged, timeout).await?;
         // 4. The archive is not needed in the pod any more.
         pod_exec(
             &cluster,
             pod,
             container,
-            &sh(&Cmd::new("rm").arg("-f").arg(f.archive.as_str())),
+            &sh(&Cmd::new("rm").arg("-f").arg(f.target.archive.as_str())),
             None,
         )
         .await?;
-        // 5. Prove it.
-        if let (Some(dir), Some(source)) = (&f.verify_dir, &f.source) {
-            prove_imported_storage(&cluster, pod, &f.container, dir, source).await?;
-        }
+        // 5. Prove it, in the bucket or the dir.
         if let Some(source) = &f.source {
+            f.target.prove(ctx, &cluster, pod, source).await?;
             ctx.record_fingerprint(
                 "imported_digest",
                 serde_json::Value::String(source.digest.clone()),
             )?;
         }
-        Ok(Applied::changed())
+        let mut applied = Applied::changed();
+        applied.warnings.extend(f.target.unproven_warning());
+        Ok(applied)
     }
 }
 
@@ -352,14 +331,14 @@ pub fn decide(f: &StorageImportFacts) -> Result<Vec<ImportChange>, ModuleError> 
     if !f.taken.is_empty() {
         return Err(ModuleError::Precondition(format!(
             "in pod {}: {}",
-            f.pod.as_deref().unwrap_or("?"),
+            f.target.pod.as_deref().unwrap_or("?"),
             f.taken.join("; ")
         )));
     }
-    let done = match (&f.source, &f.verify_dir, &f.current) {
-        (Some(source), Some(_), Some(current)) => current.digest == source.digest,
-        (Some(_), Some(_), None) => false,
-        (Some(source), None, _) => f.recorded_digest.as_deref() == Some(source.digest.as_str()),
+    let done = match (&f.source, f.target.is_proven(), &f.current) {
+        (Some(source), true, Some(current)) => current.digest == source.digest,
+        (Some(_), true, None) => false,
+        (Some(source), false, _) => f.recorded_digest.as_deref() == Some(source.digest.as_str()),
         (None, _, _) if f.source_pending => false,
         (None, _, _) => {
             return Err(ModuleError::Precondition(
@@ -370,11 +349,15 @@ pub fn decide(f: &StorageImportFacts) -> Result<Vec<ImportChange>, ModuleError> 
     if done {
         return Ok(Vec::new());
     }
-    let Some(pod) = &f.pod else {
+    let Some(pod) = &f.target.pod else {
         return Err(ModuleError::Precondition(
             "the ui deployment has no ready pod to import into: scale it to 1 first".into(),
         ));
     };
+    // Before a byte moves: the staging path must hold what is still to be sent.
+    if let Some(size) = f.archive_size {
+        f.target.check_room(pod, size.saturating_sub(f.partial))?;
+    }
     Ok(vec![ImportChange {
         pod: pod.clone(),
         resume_from: f.partial,
@@ -382,37 +365,45 @@ pub fn decide(f: &StorageImportFacts) -> Result<Vec<ImportChange>, ModuleError> 
             format!(
                 "{} < packagist_storage.tar.gz",
                 kubectl(
-                    &f.namespace,
+                    &f.target.namespace,
                     &[
                         "exec",
                         "-i",
                         pod,
                         "-c",
-                        &f.container,
+                        &f.target.container,
                         "--",
                         "sh",
                         "-c",
-                        &format!("cat > {}", f.archive)
+                        &format!("cat > {}", f.target.archive)
                     ]
                 )
             ),
             kubectl(
-                &f.namespace,
+                &f.target.namespace,
                 &[
                     "exec",
                     pod,
                     "-c",
-                    &f.container,
+                    &f.target.container,
                     "--",
                     CONSOLE,
                     "packagist:self-hosted:migrate-storage",
                     "import",
-                    &f.archive,
+                    &f.target.archive,
                 ],
             ),
             kubectl(
-                &f.namespace,
-                &["exec", pod, "-c", &f.container, "--", "rm", &f.archive],
+                &f.target.namespace,
+                &[
+                    "exec",
+                    pod,
+                    "-c",
+                    &f.target.container,
+                    "--",
+                    "rm",
+                    &f.target.archive,
+                ],
             ),
         ],
     }])
@@ -430,7 +421,7 @@ async fn upload_disk_full(
     total: u64,
     error: &str,
 ) -> String {
-    let container = Some(f.container.as_str());
+    let container = Some(f.target.container.as_str());
     let kept = pod_exec(
         cluster,
         pod,
@@ -441,7 +432,7 @@ async fn upload_disk_full(
     .await
     .ok()
     .and_then(|o| String::from_utf8_lossy(&o).trim().parse::<u64>().ok());
-    let free = pod_free_text(cluster, pod, &f.container, part).await;
+    let free = pod_free_text(cluster, pod, &f.target.container, part).await;
     let arrived = match kept {
         Some(n) => format!(
             "{n} of {total} bytes arrived, {} more needed (and about as much again to \
@@ -457,7 +448,7 @@ async fn upload_disk_full(
          there and re-run: the upload resumes after the kept part. ({error})",
         host = ctx.host,
         ns = cluster.namespace(),
-        c = f.container,
+        c = f.target.container,
     )
 }
 
@@ -475,11 +466,16 @@ mod tests {
 
     fn facts() -> StorageImportFacts {
         StorageImportFacts {
-            namespace: "default".into(),
-            pod: Some("ui-abc".into()),
-            container: "ui".into(),
-            archive: "/tmp/packagist_storage.tar.gz".into(),
-            verify_dir: Some("/data/packagist".into()),
+            target: ImportTarget {
+                namespace: "default".into(),
+                pod: Some("ui-abc".into()),
+                container: "ui".into(),
+                archive: "/tmp/packagist_storage.tar.gz".into(),
+                verify_dir: Some("/data/packagist".into()),
+                bucket: None,
+                staging_free: None,
+            },
+            archive_size: Some(100),
             source: Some(fp('a')),
             current: Some(StorageFingerprint::default()),
             recorded_digest: None,
@@ -523,15 +519,46 @@ mod tests {
         assert_eq!(decide(&f).unwrap().len(), 1);
         // Without a directory to check, the journal decides.
         let mut f = facts();
-        f.verify_dir = None;
+        f.target.verify_dir = None;
         f.recorded_digest = Some(fp('a').digest);
+        assert!(decide(&f).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_staging_path_without_room_fails_before_anything_is_sent() {
+        let mut f = facts();
+        f.target.staging_free = Some(99);
+        let e = decide(&f).unwrap_err();
+        assert!(matches!(e, ModuleError::DiskFull(_)), "{e}");
+        assert!(e.to_string().contains("/tmp has 99 bytes free"), "{e}");
+        // A kept part counts: only the rest must fit.
+        f.partial = 1;
+        assert_eq!(decide(&f).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn with_an_object_store_the_bucket_decides() {
+        let mut f = facts();
+        f.target.verify_dir = None;
+        f.target.bucket = Some(crate::packagist::blob_store::BlobTarget {
+            endpoint: "http://127.0.0.1:9000".into(),
+            bucket: "packagist".into(),
+            region: "us-east-1".into(),
+            via: Default::default(),
+            from: "deployment/ui container ui".into(),
+        });
+        // The journal's record alone does not make it done: the bucket is read.
+        f.recorded_digest = Some(fp('a').digest);
+        f.current = Some(fp('b'));
+        assert_eq!(decide(&f).unwrap().len(), 1);
+        f.current = Some(fp('a'));
         assert!(decide(&f).unwrap().is_empty());
     }
 
     #[test]
     fn no_ready_pod_is_a_clear_error() {
         let mut f = facts();
-        f.pod = None;
+        f.target.pod = None;
         assert!(decide(&f)
             .unwrap_err()
             .to_string()

@@ -35,8 +35,6 @@
 //! again from the start (the source is the old host's live storage dir, which ferry
 //! never modifies, so nothing is lost).
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -47,21 +45,15 @@ use crate::fingerprint::StorageFingerprint;
 use crate::k8s::{kubectl, Cluster};
 use crate::module::artifact::is_disk_full;
 use crate::module::artifact_stream::LocalCopy;
-use crate::module::kube::{
-    k8s_args, parent_dir, pod_exec, pod_free_bytes, pod_free_text, ready_deployment_pod,
-    sh_argv as sh, K8sArgs,
-};
+use crate::module::kube::{pod_exec, pod_free_text, sh_argv as sh, K8sArgs};
 use crate::module::staged::StagedPath;
-use crate::module::units::Seconds;
 use crate::module::{
     Applied, ArgCheck, ArgError, Change, HostReader, Module, ModuleError, Probe, TaskCtx,
 };
-use crate::packagist::blob_store::{BlobStore, BlobStoreConfig, BLOB_STORE};
+use crate::packagist::blob_store::BLOB_STORE;
 use crate::packagist::completed::{completed_guard, completed_marker};
-use crate::packagist::storage::{
-    import_storage_archive, pod_storage_fingerprint, pod_upload_cmd, prove_imported_storage,
-    storage_verify_dir, CONSOLE,
-};
+use crate::packagist::import_target::{ui_import_args, ImportTarget, UiImportArgs};
+use crate::packagist::storage::{import_storage_archive, pod_upload_cmd, CONSOLE};
 use crate::playbook::template::{Template, Vars};
 
 /// The name progress events and the laptop's copy use.
@@ -69,7 +61,7 @@ const ARTIFACT: &str = "packagist_storage";
 /// The journal fingerprint this task records once the import is proven.
 const RECORD_KEY: &str = "streamed_storage";
 
-k8s_args! {
+ui_import_args! {
     #[derive(Debug, Clone, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct StorageStream {
@@ -77,16 +69,6 @@ k8s_args! {
         pub source: Template,
         #[serde(default)]
         pub data_dir: Option<Template>,
-        #[serde(default)]
-        pub deployment: Option<Template>,
-        #[serde(default)]
-        pub container: Option<Template>,
-        #[serde(default)]
-        pub archive: Option<Template>,
-        #[serde(default)]
-        pub verify_dir: Option<Template>,
-        #[serde(default)]
-        pub timeout: Option<Seconds>,
     }
 }
 
@@ -104,16 +86,8 @@ pub struct StreamedRecord {
 pub struct StorageStreamFacts {
     pub source_host: String,
     pub data_dir: String,
-    pub namespace: String,
-    pub pod: Option<String>,
-    pub container: String,
-    pub archive: String,
-    pub verify_dir: Option<String>,
-    /// The new install's object store (host var `blob_store`): the import is proven
-    /// there, key by key, instead of in `verify_dir`.
-    pub bucket: Option<BlobStoreConfig>,
-    /// Bytes free where the archive is staged in the pod (`None`: unknown).
-    pub staging_free: Option<u64>,
+    /// The ui pod, the staging path and where the import is proven.
+    pub target: ImportTarget,
     /// The source tree now: listing digest and the expected tar size (for progress).
     pub tree: SourceTree,
     pub recorded: Option<StreamedRecord>,
@@ -237,15 +211,7 @@ impl Module for StorageStream {
         };
         let cluster = self.k8s().cluster(probe).await?;
         let marker = completed_marker(&cluster).await?;
-        let deployment = probe.render_or(&self.deployment, "ui")?;
-        let pod = ready_deployment_pod(&cluster, &deployment).await?;
-        let container = probe.render_or(&self.container, "ui")?;
-        let archive = probe.render_or(&self.archive, "/tmp/packagist_storage.tar.gz")?;
-        let blob_store = BlobStore::from_host(probe)?;
-        let verify_dir = match &blob_store {
-            Some(_) => None,
-            None => storage_verify_dir(probe, &self.verify_dir)?,
-        };
+        let (target, blob_store) = ImportTarget::read(probe, &cluster, &self.ui_import()).await?;
         let guard = completed_guard(probe, &marker, "storage");
         let source = probe.peer(&source_host).await?;
         let listing = source.exec(&listing_cmd(&data_dir), None).await?;
@@ -263,13 +229,7 @@ impl Module for StorageStream {
         let mut f = StorageStreamFacts {
             source_host,
             data_dir,
-            namespace: cluster.namespace().to_string(),
-            pod,
-            container,
-            archive,
-            verify_dir,
-            bucket: blob_store.as_ref().map(|b| b.config.clone()),
-            staging_free: None,
+            target,
             tree,
             recorded,
             current: None,
@@ -280,15 +240,11 @@ impl Module for StorageStream {
             .recorded
             .as_ref()
             .is_some_and(|r| r.tree_stamp == f.tree.stamp);
-        if let Some(pod) = &f.pod {
-            f.staging_free = pod_free_bytes(&cluster, pod, &f.container, &f.archive).await;
-        }
-        if let (true, None, Some(store)) = (maybe_done, &f.guard, &blob_store) {
-            f.current = Some(store.fingerprint(probe.transport.clone()).await?);
-        } else if let (true, None, Some(pod), Some(dir)) =
-            (maybe_done, &f.guard, &f.pod, &f.verify_dir)
-        {
-            f.current = pod_storage_fingerprint(&cluster, pod, &f.container, dir).await?;
+        if maybe_done && f.guard.is_none() {
+            f.current = f
+                .target
+                .current(probe, &cluster, blob_store.as_ref())
+                .await?;
         }
         Ok(f)
     }
@@ -308,12 +264,12 @@ impl Module for StorageStream {
         };
         let cluster = self.k8s().cluster(ctx).await?;
         let pod = change.pod.as_str();
-        let staged = StagedPath::of(&f.archive)?;
+        let staged = StagedPath::of(&f.target.archive)?;
         let streamed = match stream_into_pod(ctx, &cluster, f, pod, &staged).await {
             Ok(s) => s,
             Err(e) => {
                 // Not resumable: do not leave gigabytes behind in the pod.
-                remove_part_in_pod(&cluster, pod, &f.container, &staged).await;
+                remove_part_in_pod(&cluster, pod, &f.target.container, &staged).await;
                 return Err(e);
             }
         };
@@ -321,25 +277,20 @@ impl Module for StorageStream {
         let source = ctx.peer(&f.source_host).await?;
         let after = source.exec(&listing_cmd(&f.data_dir), None).await?;
         if parse_listing(&after.stdout_str()).stamp != f.tree.stamp {
-            remove_part_in_pod(&cluster, pod, &f.container, &staged).await;
+            remove_part_in_pod(&cluster, pod, &f.target.container, &staged).await;
             return Err(ModuleError::Precondition(format!(
                 "the storage in {} on {} changed while it was streamed (is the old app \
                  stopped?); nothing was imported, re-run once it is quiet",
                 f.data_dir, f.source_host
             )));
         }
-        let timeout = self
-            .timeout
-            .map_or(Duration::from_secs(3600), Seconds::duration);
-        let imported = import_storage_archive(&cluster, pod, &f.container, &staged, timeout).await;
-        remove_in_pod(&cluster, pod, &f.container, &f.archive).await;
+        let timeout = self.ui_import().import_timeout();
+        let imported =
+            import_storage_archive(&cluster, pod, &f.target.container, &staged, timeout).await;
+        remove_in_pod(&cluster, pod, &f.target.container, &f.target.archive).await;
         imported?;
         // Prove it: the imported files are the streamed ones, in the bucket or the dir.
-        if let Some(store) = BlobStore::from_host(ctx)? {
-            store.prove(ctx.transport.clone(), &streamed).await?;
-        } else if let Some(dir) = &f.verify_dir {
-            prove_imported_storage(&cluster, pod, &f.container, dir, &streamed).await?;
-        }
+        f.target.prove(ctx, &cluster, pod, &streamed).await?;
         let record = StreamedRecord {
             tree_stamp: f.tree.stamp.clone(),
             digest: streamed.digest.clone(),
@@ -350,14 +301,7 @@ impl Module for StorageStream {
             serde_json::to_value(&record).unwrap_or(Value::Null),
         )?;
         let mut applied = Applied::changed();
-        if f.bucket.is_none() && f.verify_dir.is_none() {
-            applied.warnings.push(
-                "the storage was imported but NOT proven: set host var blob_store (the new \
-                 install's object store) or the task's verify_dir so ferry can check every \
-                 file"
-                    .into(),
-            );
-        }
+        applied.warnings.extend(f.target.unproven_warning());
         Ok(applied)
     }
 }
@@ -369,39 +313,27 @@ pub fn decide(f: &StorageStreamFacts) -> Result<Vec<StreamChange>, ModuleError> 
         return Ok(Vec::new());
     }
     let done = match &f.recorded {
-        Some(r) if r.tree_stamp == f.tree.stamp => {
-            match (f.verify_dir.is_some() || f.bucket.is_some(), &f.current) {
-                (true, Some(current)) => current.digest == r.digest,
-                (true, None) => false,
-                (false, _) => true,
-            }
-        }
+        Some(r) if r.tree_stamp == f.tree.stamp => match (f.target.is_proven(), &f.current) {
+            (true, Some(current)) => current.digest == r.digest,
+            (true, None) => false,
+            (false, _) => true,
+        },
         _ => false,
     };
     if done {
         return Ok(Vec::new());
     }
-    let Some(pod) = &f.pod else {
+    let Some(pod) = &f.target.pod else {
         return Err(ModuleError::Precondition(
             "the ui deployment has no ready pod to import into: scale it to 1 first".into(),
         ));
     };
     // Before a byte moves: the staging path must hold the archive.
-    if let Some(free) = f.staging_free.filter(|free| *free < f.tree.tar_bytes) {
-        return Err(ModuleError::DiskFull(format!(
-            "pod {pod} (container {c}, namespace {ns}): {dir} has {free} bytes free, the \
-             archive needs about {need}; nothing was sent. Free space there, or set the \
-             task's `archive` (playbook var storage_staging) to a larger volume, and re-run",
-            c = f.container,
-            ns = f.namespace,
-            dir = parent_dir(&f.archive),
-            need = f.tree.tar_bytes,
-        )));
-    }
+    f.target.check_room(pod, f.tree.tar_bytes)?;
     let exec = |args: &[&str]| {
         let mut argv = vec!["exec"];
         argv.extend_from_slice(args);
-        kubectl(&f.namespace, &argv)
+        kubectl(&f.target.namespace, &argv)
     };
     Ok(vec![StreamChange {
         source_host: f.source_host.clone(),
@@ -416,24 +348,31 @@ pub fn decide(f: &StorageStreamFacts) -> Result<Vec<StreamChange>, ModuleError> 
                     "-i",
                     pod,
                     "-c",
-                    &f.container,
+                    &f.target.container,
                     "--",
                     "sh",
                     "-c",
-                    &format!("tee {} | sha256sum", part_path(&f.archive)),
+                    &format!("tee {} | sha256sum", part_path(&f.target.archive)),
                 ])
             ),
             exec(&[
                 pod,
                 "-c",
-                &f.container,
+                &f.target.container,
                 "--",
                 CONSOLE,
                 "packagist:self-hosted:migrate-storage",
                 "import",
-                &f.archive,
+                &f.target.archive,
             ]),
-            exec(&[pod, "-c", &f.container, "--", "rm", &f.archive]),
+            exec(&[
+                pod,
+                "-c",
+                &f.target.container,
+                "--",
+                "rm",
+                &f.target.archive,
+            ]),
         ],
     }])
 }
@@ -470,7 +409,7 @@ async fn stream_into_pod(
     staged: &StagedPath,
 ) -> Result<StorageFingerprint, ModuleError> {
     let part = staged.part.as_str();
-    let container = Some(f.container.as_str());
+    let container = Some(f.target.container.as_str());
     let upload = pod_upload_cmd(staged, false);
     let mut proc = cluster.exec(pod, container, &sh(&upload), true).await?;
     let mut sink = proc
@@ -585,7 +524,7 @@ async fn disk_full(
     part: &str,
     error: &str,
 ) -> String {
-    let free = pod_free_text(cluster, pod, &f.container, part).await;
+    let free = pod_free_text(cluster, pod, &f.target.container, part).await;
     format!(
         "No space left on device on host {host}, namespace {ns}, pod {pod} (container {c}) \
          writing {part}: the archive needs about {need} bytes (and about as much again to \
@@ -593,8 +532,8 @@ async fn disk_full(
          deleted (the old host's storage and what is already restored stay); free space \
          there, or set `archive` to a larger volume, and re-run. ({error})",
         host = ctx.host,
-        ns = f.namespace,
-        c = f.container,
+        ns = f.target.namespace,
+        c = f.target.container,
         need = f.tree.tar_bytes,
     )
 }

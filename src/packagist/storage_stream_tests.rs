@@ -70,13 +70,15 @@ fn facts() -> StorageStreamFacts {
     StorageStreamFacts {
         source_host: "old".into(),
         data_dir: "/data/packagist".into(),
-        namespace: "default".into(),
-        pod: Some("ui-abc".into()),
-        container: "ui".into(),
-        archive: "/data/packagist/.a.tar.gz".into(),
-        verify_dir: Some("/data/packagist".into()),
-        bucket: None,
-        staging_free: None,
+        target: crate::packagist::import_target::ImportTarget {
+            namespace: "default".into(),
+            pod: Some("ui-abc".into()),
+            container: "ui".into(),
+            archive: "/data/packagist/.a.tar.gz".into(),
+            verify_dir: Some("/data/packagist".into()),
+            bucket: None,
+            staging_free: None,
+        },
         tree: parse_listing("f\t3\t1.0\tcomposer/a.zip\n"),
         recorded: None,
         current: None,
@@ -143,7 +145,7 @@ fn assert_the_imported_files_decide(mut f: StorageStreamFacts) -> StorageStreamF
 fn rerun_with_unchanged_source_and_same_files_is_ok() {
     let mut f = assert_the_imported_files_decide(facts());
     // Without a directory to check, the journal record decides.
-    f.verify_dir = None;
+    f.target.verify_dir = None;
     assert!(decide(&f).unwrap().is_empty());
 }
 
@@ -152,7 +154,7 @@ fn rerun_with_unchanged_source_and_same_files_is_ok() {
 #[test]
 fn a_full_staging_path_fails_before_streaming() {
     let mut f = facts();
-    f.staging_free = Some(f.tree.tar_bytes - 1);
+    f.target.staging_free = Some(f.tree.tar_bytes - 1);
     let e = decide(&f).unwrap_err().to_string();
     assert!(e.contains("pod ui-abc"), "{e}");
     assert!(e.contains("/data/packagist has"), "{e}");
@@ -160,7 +162,7 @@ fn a_full_staging_path_fails_before_streaming() {
         e.contains(&format!("needs about {}", f.tree.tar_bytes)),
         "{e}"
     );
-    f.staging_free = Some(f.tree.tar_bytes);
+    f.target.staging_free = Some(f.tree.tar_bytes);
     assert_eq!(decide(&f).unwrap().len(), 1);
 }
 
@@ -168,14 +170,13 @@ fn a_full_staging_path_fails_before_streaming() {
 #[test]
 fn rerun_against_an_object_store_checks_the_bucket() {
     let mut f = facts();
-    f.verify_dir = None;
-    f.bucket = Some(crate::packagist::blob_store::BlobStoreConfig {
+    f.target.verify_dir = None;
+    f.target.bucket = Some(crate::packagist::blob_store::BlobTarget {
         endpoint: "http://127.0.0.1:9000".into(),
         bucket: "packagist".into(),
-        region: None,
-        access_key_var: "a".into(),
-        secret_key_var: "s".into(),
+        region: "us-east-1".into(),
         via: Default::default(),
+        from: "deployment/ui container ui".into(),
     });
     // The bucket's objects decide: one missing since, or unreadable, imports again.
     assert_the_imported_files_decide(f);
@@ -194,7 +195,7 @@ fn changed_source_streams_again() {
 fn completed_migration_is_left_alone_and_missing_pod_is_clear() {
     let mut f = facts();
     f.guard = Some("the migration already completed".into());
-    f.pod = None;
+    f.target.pod = None;
     assert!(decide(&f).unwrap().is_empty());
     f.guard = None;
     let e = decide(&f).unwrap_err().to_string();

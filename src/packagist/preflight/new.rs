@@ -75,9 +75,15 @@ impl Preflight {
             safety_factor: self.safety_factor(),
         };
 
-        match target.cluster(ctx).await {
-            Err(e) => f.cluster_error = Some(e.to_string()),
-            Ok(cluster) => match cluster.ping().await {
+        let cluster = match target.cluster(ctx).await {
+            Err(e) => {
+                f.cluster_error = Some(e.to_string());
+                None
+            }
+            Ok(cluster) => Some(cluster),
+        };
+        if let Some(cluster) = &cluster {
+            match cluster.ping().await {
                 Err(K8sError::NotFound { .. }) => f.namespace_error = Some("not found".into()),
                 Err(e) => f.cluster_error = Some(e.to_string()),
                 Ok(()) => {
@@ -115,23 +121,17 @@ impl Preflight {
                                 .unwrap_or_default(),
                         );
                     }
-                    f.completed = completed_marker(&cluster).await?.is_some();
+                    f.completed = completed_marker(cluster).await?.is_some();
                 }
-            },
+            }
         }
 
-        f.blob_store = match BlobStore::from_host(ctx) {
+        f.blob_store = match BlobStore::from_host(ctx, cluster.as_deref()).await {
             Ok(None) => None,
-            Ok(Some(store)) => {
-                let at = format!(
-                    "bucket {} at {}",
-                    store.config.bucket, store.config.endpoint
-                );
-                Some(match store.check(ctx.transport.clone()).await {
-                    Ok(()) => Ok(at),
-                    Err(e) => Err(e.to_string()),
-                })
-            }
+            Ok(Some(store)) => Some(match store.check(ctx.transport.clone()).await {
+                Ok(()) => Ok(store.describe()),
+                Err(e) => Err(e.to_string()),
+            }),
             Err(e) => Some(Err(e.to_string())),
         };
         let openebs = render_or_var(ctx, &self.openebs_base, &OPENEBS_BASE)?

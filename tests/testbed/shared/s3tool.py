@@ -7,6 +7,7 @@ in the ui pod, by the blob store's readiness probe and by tests/testbed/verify.
                                        archive path (dist/..., artifact/...), as the
                                        vendor's import writes the blob storage
   s3tool.py hashes BUCKET              JSON {key: [size, sha256]} of every object
+  s3tool.py sha256 BUCKET KEY          one object's sha256 (exit 1: no such key)
 
 Environment: S3_ENDPOINT (path-style), S3_REGION, AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY. Test switch: /run/testbed-switches/import-skip-one makes
@@ -92,6 +93,20 @@ def hashes(bucket):
     return 0
 
 
+def sha256(bucket, key):
+    # One object's sha256, or exit 1 (nothing printed) when the bucket has no such key.
+    s3 = client()
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    except s3.exceptions.NoSuchKey:
+        return 1
+    h = hashlib.sha256()
+    for chunk in iter(lambda: body.read(1 << 20), b""):
+        h.update(chunk)
+    print(h.hexdigest())
+    return 0
+
+
 def main(argv):
     if len(argv) >= 2 and argv[0] == "ready":
         return ready(argv[1:])
@@ -99,6 +114,8 @@ def main(argv):
         return import_tar(argv[1], argv[2])
     if len(argv) == 2 and argv[0] == "hashes":
         return hashes(argv[1])
+    if len(argv) == 3 and argv[0] == "sha256":
+        return sha256(argv[1], argv[2])
     print(__doc__, file=sys.stderr)
     return 2
 

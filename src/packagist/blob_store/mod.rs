@@ -32,13 +32,17 @@ use futures::StreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::fingerprint::StorageFingerprint;
+use crate::k8s::Cluster;
 use crate::module::{HostReader, ModuleError, VarDecl, VarKind};
 use crate::transport::tunnel::local_forward;
 use crate::transport::Transport;
+
+mod settings;
+
+pub use settings::{BlobStoreConfig, BlobTarget, Credentials, EnvNames};
 
 /// Host var: where the new install keeps its blob storage (see the module's doc).
 pub const BLOB_STORE: VarDecl = VarDecl::new("blob_store", VarKind::Object);
@@ -54,34 +58,17 @@ pub enum Via {
     Direct,
 }
 
-/// The store's settings, host var `blob_store`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BlobStoreConfig {
-    /// `http(s)://host:port`; path-style requests.
-    pub endpoint: String,
-    pub bucket: String,
-    pub region: Option<String>,
-    /// Name of the secret var holding the access key id.
-    pub access_key_var: String,
-    /// Name of the secret var holding the secret access key.
-    pub secret_key_var: String,
-    #[serde(default)]
-    pub via: Via,
-}
-
-/// The store with its credentials resolved (never serialized: the keys are secrets).
+/// The store, resolved, with its credentials (never serialized: the keys are secrets).
 #[derive(Clone)]
 pub struct BlobStore {
-    pub config: BlobStoreConfig,
-    access_key: String,
-    secret_key: String,
+    pub target: BlobTarget,
+    credentials: Credentials,
 }
 
 impl std::fmt::Debug for BlobStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlobStore")
-            .field("config", &self.config)
+            .field("target", &self.target)
             .finish_non_exhaustive()
     }
 }
@@ -94,29 +81,25 @@ pub struct ObjectDigest {
 }
 
 impl BlobStore {
-    /// The host's `blob_store` var, with its credentials; `None` when it is not set.
-    pub fn from_host(ctx: &HostReader) -> Result<Option<BlobStore>, ModuleError> {
-        let Some(value) = ctx.var_of(&BLOB_STORE)? else {
+    /// The host's `blob_store` var, resolved with its credentials (reading the app's
+    /// settings through `cluster` with `from_deployment`); `None` when it is not set.
+    pub async fn from_host(
+        ctx: &HostReader,
+        cluster: Option<&Cluster>,
+    ) -> Result<Option<BlobStore>, ModuleError> {
+        let Some(config) = settings::config_of(ctx)? else {
             return Ok(None);
         };
-        let config: BlobStoreConfig = serde_json::from_value(value.clone()).map_err(|e| {
-            ModuleError::Precondition(format!("host var `blob_store` of {}: {e}", ctx.host))
-        })?;
-        let secret = |name: &str| -> Result<String, ModuleError> {
-            match ctx.var(name) {
-                Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-                _ => Err(ModuleError::Precondition(format!(
-                    "blob_store of {}: var `{name}` (a secret var with the store's credentials) \
-                     is not set",
-                    ctx.host
-                ))),
-            }
-        };
+        let (target, credentials) = settings::resolve(ctx, &config, cluster).await?;
         Ok(Some(BlobStore {
-            access_key: secret(&config.access_key_var)?,
-            secret_key: secret(&config.secret_key_var)?,
-            config,
+            target,
+            credentials,
         }))
+    }
+
+    /// `bucket B at E` (and where the settings came from when not the host var).
+    pub fn describe(&self) -> String {
+        self.target.describe()
     }
 
     /// A client for the bucket: through `host`'s SSH connection unless `via = "direct"`.
@@ -125,10 +108,10 @@ impl BlobStore {
         &self,
         host: Arc<dyn Transport>,
     ) -> Result<(Arc<dyn ObjectStore>, Option<TunnelGuard>), ModuleError> {
-        let (endpoint, guard) = match self.config.via {
-            Via::Direct => (self.config.endpoint.clone(), None),
+        let (endpoint, guard) = match self.target.via {
+            Via::Direct => (self.target.endpoint.clone(), None),
             Via::Host => {
-                let (scheme, target, port) = split_endpoint(&self.config.endpoint)?;
+                let (scheme, target, port) = split_endpoint(&self.target.endpoint)?;
                 let (local, handle) = local_forward(host, target, port, "blob store").await?;
                 (
                     format!("{scheme}://127.0.0.1:{local}"),
@@ -141,10 +124,10 @@ impl BlobStore {
             .with_endpoint(&endpoint)
             .with_allow_http(endpoint.starts_with("http://"))
             .with_virtual_hosted_style_request(false)
-            .with_bucket_name(&self.config.bucket)
-            .with_region(self.config.region.as_deref().unwrap_or("us-east-1"))
-            .with_access_key_id(&self.access_key)
-            .with_secret_access_key(&self.secret_key)
+            .with_bucket_name(&self.target.bucket)
+            .with_region(&self.target.region)
+            .with_access_key_id(&self.credentials.access_key)
+            .with_secret_access_key(&self.credentials.secret_key)
             .build()
             .map_err(|e| self.error("cannot set up the client", &e))?;
         Ok((Arc::new(store), guard))
@@ -154,7 +137,7 @@ impl BlobStore {
         ModuleError::Remote {
             what: format!(
                 "blob store {} bucket {}: {what}",
-                self.config.endpoint, self.config.bucket
+                self.target.endpoint, self.target.bucket
             ),
             detail: e.to_string(),
         }
@@ -232,10 +215,7 @@ impl BlobStore {
             return Ok(());
         }
         Err(ModuleError::ProofMismatch {
-            what: format!(
-                "imported storage (bucket {} at {})",
-                self.config.bucket, self.config.endpoint
-            ),
+            what: format!("imported storage ({})", self.target.describe()),
             detail: diff.join("; "),
         })
     }
@@ -411,15 +391,5 @@ mod tests {
         );
         assert!(split_endpoint("ftp://x").is_err());
         assert!(split_endpoint("http://x/path").is_err());
-    }
-
-    #[test]
-    fn the_config_refuses_unknown_fields() {
-        let e = serde_json::from_value::<BlobStoreConfig>(serde_json::json!({
-            "endpoint": "http://x:1", "bucket": "b", "access_key_var": "a",
-            "secret_key_var": "s", "buckit": "typo"
-        }))
-        .unwrap_err();
-        assert!(e.to_string().contains("buckit"), "{e}");
     }
 }
