@@ -253,6 +253,7 @@ impl Kubelet {
             }
         }
         for uid in finished {
+            unmount_memory_volumes(&self.pod_dir(&uid));
             if let Some(rt) = state.pods.remove(&uid) {
                 if let Some(pod) = by_uid.get(uid.as_str()) {
                     self.remove_pod_object(pod);
@@ -328,6 +329,16 @@ impl Kubelet {
                 let path = dir.join("volumes").join(&name);
                 std::fs::create_dir_all(&path)?;
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))?;
+                // `medium: Memory` is a tmpfs, as the kubelet mounts it, sized by
+                // `sizeLimit` (a write beyond it gets ENOSPC).
+                if volume["emptyDir"]["medium"].as_str() == Some("Memory") {
+                    let size = volume["emptyDir"]["sizeLimit"]
+                        .as_str()
+                        .map(parse_quantity)
+                        .transpose()?;
+                    mount_memory_volume(&path, size)
+                        .with_context(|| format!("volume {name}: mounting its tmpfs"))?;
+                }
                 path
             } else if let Some(cm_name) = volume["configMap"]["name"].as_str() {
                 let cm = self
@@ -889,6 +900,73 @@ impl Kubelet {
     }
 }
 
+/// A Kubernetes quantity in bytes: `512Ki`, `1Mi`, `2G`, `1000`.
+fn parse_quantity(q: &str) -> anyhow::Result<u64> {
+    let units: [(&str, u64); 8] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    let (number, factor) = units
+        .iter()
+        .find_map(|(suffix, f)| q.strip_suffix(suffix).map(|n| (n, *f)))
+        .unwrap_or((q, 1));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| anyhow!("sizeLimit {q:?} is not a quantity (e.g. 512Ki, 1Mi)"))?;
+    Ok(n * factor)
+}
+
+/// Mount a tmpfs at `path` (once: a restarted pod keeps it), `size` bytes at most.
+fn mount_memory_volume(path: &Path, size: Option<u64>) -> anyhow::Result<()> {
+    if is_mount_point(path) {
+        return Ok(());
+    }
+    let mut options = "mode=0777".to_string();
+    if let Some(size) = size {
+        options.push_str(&format!(",size={size}"));
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
+        .arg(path)
+        .status()?;
+    if !status.success() {
+        bail!("mount -t tmpfs {} failed: {status}", path.display());
+    }
+    Ok(())
+}
+
+fn mount_points_under(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    mount_points_under(path).iter().any(|p| p == path)
+}
+
+/// A gone pod's tmpfs volumes are unmounted (their memory freed), as the kubelet does.
+fn unmount_memory_volumes(pod_dir: &Path) {
+    for point in mount_points_under(&pod_dir.join("volumes")) {
+        if let Err(e) = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&point)
+            .status()
+        {
+            tracing::warn!("cannot unmount {}: {e}", point.display());
+        }
+    }
+}
+
 fn sha_hex(text: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(text.as_bytes()))
@@ -916,5 +994,19 @@ async fn run_probe(argv: &[String], env: &[(String, String)], workdir: &Path, pi
     match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
         Ok(Ok(status)) => status.success(),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod quantity_tests {
+    use super::parse_quantity;
+
+    #[test]
+    fn quantities_in_bytes() {
+        assert_eq!(parse_quantity("512Ki").unwrap(), 512 << 10);
+        assert_eq!(parse_quantity("2Mi").unwrap(), 2 << 20);
+        assert_eq!(parse_quantity("3G").unwrap(), 3_000_000_000);
+        assert_eq!(parse_quantity("1000").unwrap(), 1000);
+        assert!(parse_quantity("lots").is_err());
     }
 }
