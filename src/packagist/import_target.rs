@@ -12,13 +12,13 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::fingerprint::StorageFingerprint;
-use crate::k8s::Cluster;
+use crate::k8s::{kubectl, Cluster};
 use crate::module::kube::{parent_dir, pod_free_bytes, ready_deployment_pod};
 use crate::module::units::Seconds;
-use crate::module::{HostReader, ModuleError};
+use crate::module::{Applied, HostReader, ModuleError};
 use crate::packagist::blob_store::{BlobStore, BlobTarget};
 use crate::packagist::storage::{
-    pod_storage_fingerprint, prove_imported_storage, storage_verify_dir,
+    pod_storage_fingerprint, prove_imported_storage, storage_verify_dir, CONSOLE,
 };
 use crate::playbook::template::Template;
 
@@ -198,6 +198,31 @@ impl ImportTarget {
             Some(dir) => prove_imported_storage(cluster, pod, &self.container, dir, expected).await,
             None => Ok(()),
         }
+    }
+
+    /// What an operator would type for the vendor's import in `pod` and the cleanup.
+    pub fn import_commands(&self, pod: &str) -> [String; 2] {
+        let exec = |tail: &[&str]| {
+            let mut argv = vec!["exec", pod, "-c", &self.container, "--"];
+            argv.extend_from_slice(tail);
+            kubectl(&self.namespace, &argv)
+        };
+        [
+            exec(&[
+                CONSOLE,
+                "packagist:self-hosted:migrate-storage",
+                "import",
+                &self.archive,
+            ]),
+            exec(&["rm", &self.archive]),
+        ]
+    }
+
+    /// A finished import's result: changed, with the warning when it was not proven.
+    pub fn applied(&self) -> Applied {
+        let mut applied = Applied::changed();
+        applied.warnings.extend(self.unproven_warning());
+        applied
     }
 
     /// The report's warning when nothing could prove the import.

@@ -34,7 +34,7 @@ use crate::module::staged::{parse_path_states, PathState, StagedPath};
 use crate::module::{Applied, Change, HostReader, Module, ModuleError, Probe, TaskCtx};
 use crate::packagist::completed::{completed_guard, completed_marker};
 use crate::packagist::import_target::{ui_import_args, ImportTarget, UiImportArgs};
-use crate::packagist::storage::{import_storage_archive, pod_upload_cmd, CONSOLE};
+use crate::packagist::storage::{import_storage_archive, pod_upload_cmd};
 
 fn default_artifact() -> String {
     "packagist_storage".into()
@@ -317,9 +317,7 @@ impl Module for StorageImport {
                 serde_json::Value::String(source.digest.clone()),
             )?;
         }
-        let mut applied = Applied::changed();
-        applied.warnings.extend(f.target.unproven_warning());
-        Ok(applied)
+        Ok(f.target.applied())
     }
 }
 
@@ -358,6 +356,7 @@ pub fn decide(f: &StorageImportFacts) -> Result<Vec<ImportChange>, ModuleError> 
     if let Some(size) = f.archive_size {
         f.target.check_room(pod, size.saturating_sub(f.partial))?;
     }
+    let [import, cleanup] = f.target.import_commands(pod);
     Ok(vec![ImportChange {
         pod: pod.clone(),
         resume_from: f.partial,
@@ -379,32 +378,8 @@ pub fn decide(f: &StorageImportFacts) -> Result<Vec<ImportChange>, ModuleError> 
                     ]
                 )
             ),
-            kubectl(
-                &f.target.namespace,
-                &[
-                    "exec",
-                    pod,
-                    "-c",
-                    &f.target.container,
-                    "--",
-                    CONSOLE,
-                    "packagist:self-hosted:migrate-storage",
-                    "import",
-                    &f.target.archive,
-                ],
-            ),
-            kubectl(
-                &f.target.namespace,
-                &[
-                    "exec",
-                    pod,
-                    "-c",
-                    &f.target.container,
-                    "--",
-                    "rm",
-                    &f.target.archive,
-                ],
-            ),
+            import,
+            cleanup,
         ],
     }])
 }
@@ -540,13 +515,7 @@ mod tests {
     fn with_an_object_store_the_bucket_decides() {
         let mut f = facts();
         f.target.verify_dir = None;
-        f.target.bucket = Some(crate::packagist::blob_store::BlobTarget {
-            endpoint: "http://127.0.0.1:9000".into(),
-            bucket: "packagist".into(),
-            region: "us-east-1".into(),
-            via: Default::default(),
-            from: "deployment/ui container ui".into(),
-        });
+        f.target.bucket = Some(crate::packagist::blob_store::testbed_target());
         // The journal's record alone does not make it done: the bucket is read.
         f.recorded_digest = Some(fp('a').digest);
         f.current = Some(fp('b'));

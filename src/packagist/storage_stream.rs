@@ -53,7 +53,7 @@ use crate::module::{
 use crate::packagist::blob_store::BLOB_STORE;
 use crate::packagist::completed::{completed_guard, completed_marker};
 use crate::packagist::import_target::{ui_import_args, ImportTarget, UiImportArgs};
-use crate::packagist::storage::{import_storage_archive, pod_upload_cmd, CONSOLE};
+use crate::packagist::storage::{import_storage_archive, pod_upload_cmd};
 use crate::playbook::template::{Template, Vars};
 
 /// The name progress events and the laptop's copy use.
@@ -300,9 +300,7 @@ impl Module for StorageStream {
             RECORD_KEY,
             serde_json::to_value(&record).unwrap_or(Value::Null),
         )?;
-        let mut applied = Applied::changed();
-        applied.warnings.extend(f.target.unproven_warning());
-        Ok(applied)
+        Ok(f.target.applied())
     }
 }
 
@@ -335,6 +333,7 @@ pub fn decide(f: &StorageStreamFacts) -> Result<Vec<StreamChange>, ModuleError> 
         argv.extend_from_slice(args);
         kubectl(&f.target.namespace, &argv)
     };
+    let [import, cleanup] = f.target.import_commands(pod);
     Ok(vec![StreamChange {
         source_host: f.source_host.clone(),
         pod: pod.clone(),
@@ -355,24 +354,8 @@ pub fn decide(f: &StorageStreamFacts) -> Result<Vec<StreamChange>, ModuleError> 
                     &format!("tee {} | sha256sum", part_path(&f.target.archive)),
                 ])
             ),
-            exec(&[
-                pod,
-                "-c",
-                &f.target.container,
-                "--",
-                CONSOLE,
-                "packagist:self-hosted:migrate-storage",
-                "import",
-                &f.target.archive,
-            ]),
-            exec(&[
-                pod,
-                "-c",
-                &f.target.container,
-                "--",
-                "rm",
-                &f.target.archive,
-            ]),
+            import,
+            cleanup,
         ],
     }])
 }

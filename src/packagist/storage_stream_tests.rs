@@ -171,13 +171,7 @@ fn a_full_staging_path_fails_before_streaming() {
 fn rerun_against_an_object_store_checks_the_bucket() {
     let mut f = facts();
     f.target.verify_dir = None;
-    f.target.bucket = Some(crate::packagist::blob_store::BlobTarget {
-        endpoint: "http://127.0.0.1:9000".into(),
-        bucket: "packagist".into(),
-        region: "us-east-1".into(),
-        via: Default::default(),
-        from: "deployment/ui container ui".into(),
-    });
+    f.target.bucket = Some(crate::packagist::blob_store::testbed_target());
     // The bucket's objects decide: one missing since, or unreadable, imports again.
     assert_the_imported_files_decide(f);
 }

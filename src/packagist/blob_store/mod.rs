@@ -42,6 +42,8 @@ use crate::transport::Transport;
 
 mod settings;
 
+#[cfg(test)]
+pub use settings::testbed_target;
 pub use settings::{BlobStoreConfig, BlobTarget, Credentials, EnvNames};
 
 /// Host var: where the new install keeps its blob storage (see the module's doc).

@@ -104,6 +104,18 @@ impl BlobTarget {
 
 const HOST_VAR: &str = "host var blob_store";
 
+/// The testbed's store, read from its ui deployment (fixtures of the modules' tests).
+#[cfg(test)]
+pub fn testbed_target() -> BlobTarget {
+    BlobTarget {
+        endpoint: "http://127.0.0.1:9000".into(),
+        bucket: "packagist".into(),
+        region: "us-east-1".into(),
+        via: Via::Host,
+        from: "deployment/ui container ui".into(),
+    }
+}
+
 /// Resolved credentials. Not `Debug`, not `Serialize`: they are secrets.
 #[derive(Clone)]
 pub struct Credentials {
