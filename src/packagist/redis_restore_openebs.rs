@@ -341,10 +341,7 @@ impl Module for RedisRestoreOpenebs {
             pv,
             pv_path,
             pod_ready: ready,
-            persistence: probe
-                .record(&probe.host, &probe.task)
-                .and_then(|r| r.fingerprints.get("persistence").cloned())
-                .and_then(|v| serde_json::from_value(v).ok()),
+            persistence: probe.own_fingerprint("persistence"),
             source: artifact_fingerprint(probe, &self.artifact, "redis_keys"),
             current: None,
             guard: completed_guard(probe, &marker, "redis"),
