@@ -229,30 +229,25 @@ fn a_journal_from_a_newer_ferry_is_refused() {
 fn records_follow_the_task_definition() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.journal.json");
-    let before = owner(
-        "/a/migrate.toml",
-        "/inv.toml",
-        &[
-            ("same", "command", "d1"),
-            ("edited", "command", "d2"),
-            ("remade", "command", "d3"),
-        ],
-    );
-    let j = Journal::open_for(&path, &before, Secrets::new(), true).unwrap();
+    // The journal of a playbook whose tasks are (name, module, digest).
+    let open = |tasks: &[(&str, &str, &str)]| {
+        let owner = owner("/a/migrate.toml", "/inv.toml", tasks);
+        Journal::open_for(&path, &owner, Secrets::new(), true).unwrap()
+    };
+    let j = open(&[
+        ("same", "command", "d1"),
+        ("edited", "command", "d2"),
+        ("remade", "command", "d3"),
+    ]);
     for t in ["same", "edited", "remade"] {
         record_done(&j, "old", t);
     }
     drop(j);
-    let after = owner(
-        "/a/migrate.toml",
-        "/inv.toml",
-        &[
-            ("same", "command", "d1"),
-            ("edited", "command", "d2b"),
-            ("remade", "transfer", "d4"),
-        ],
-    );
-    let j = Journal::open_for(&path, &after, Secrets::new(), true).unwrap();
+    let j = open(&[
+        ("same", "command", "d1"),
+        ("edited", "command", "d2b"),
+        ("remade", "transfer", "d4"),
+    ]);
     let same = j.record("old", "same").unwrap();
     assert!(j.is_current("same", &same));
     // Same module, other arguments: the record still applies, but it is not the

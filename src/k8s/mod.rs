@@ -189,6 +189,21 @@ impl Cluster {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
+    /// Object `name` of this namespace (`what`: the kind, as kubectl names it), or `None`.
+    async fn get_opt<K>(&self, what: &str, name: &str) -> Result<Option<K>, K8sError>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        self.api::<K>()
+            .get_opt(name)
+            .await
+            .map_err(api_err(format!("read {what} {name}")))
+    }
+
     /// Check the API answers and the namespace exists.
     pub async fn ping(&self) -> Result<(), K8sError> {
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
@@ -219,21 +234,17 @@ impl Cluster {
         };
         let (replicas, labels) = match kind {
             WorkloadKind::Deployment => {
-                let d = self
-                    .api::<Deployment>()
-                    .get_opt(name)
-                    .await
-                    .map_err(api_err(format!("read deployment {name}")))?
+                let d: Deployment = self
+                    .get_opt(kind.kubectl_name(), name)
+                    .await?
                     .ok_or_else(not_found)?;
                 let spec = d.spec.unwrap_or_default();
                 (spec.replicas, spec.selector.match_labels)
             }
             WorkloadKind::StatefulSet => {
-                let s = self
-                    .api::<StatefulSet>()
-                    .get_opt(name)
-                    .await
-                    .map_err(api_err(format!("read statefulset {name}")))?
+                let s: StatefulSet = self
+                    .get_opt(kind.kubectl_name(), name)
+                    .await?
                     .ok_or_else(not_found)?;
                 let spec = s.spec.unwrap_or_default();
                 (spec.replicas, spec.selector.match_labels)
@@ -386,10 +397,7 @@ impl Cluster {
 
     /// `spec.volumeName` of a PVC, or `None` when the PVC does not exist (or is unbound).
     pub async fn pvc(&self, name: &str) -> Result<Option<PersistentVolumeClaim>, K8sError> {
-        self.api::<PersistentVolumeClaim>()
-            .get_opt(name)
-            .await
-            .map_err(api_err(format!("read pvc {name}")))
+        self.get_opt("pvc", name).await
     }
 
     /// A PV (cluster-scoped).
@@ -503,10 +511,8 @@ impl Cluster {
         name: &str,
     ) -> Result<Option<BTreeMap<String, String>>, K8sError> {
         Ok(self
-            .api::<ConfigMap>()
-            .get_opt(name)
-            .await
-            .map_err(api_err(format!("read configmap {name}")))?
+            .get_opt::<ConfigMap>("configmap", name)
+            .await?
             .map(|c| c.data.unwrap_or_default()))
     }
 

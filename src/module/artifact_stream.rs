@@ -388,7 +388,71 @@ pub async fn stream_artifact<W>(
 where
     W: tokio::io::AsyncWrite + Unpin + ?Sized,
 {
-    let result = stream_artifact_inner(ctx, artifact, offset, hasher, sink).await;
+    let result = async {
+        let (_source, mut stream) = open_artifact(ctx, artifact, offset).await?;
+        let mut tee = if offset == 0 {
+            LocalCopy::open(ctx, &laptop_copy_name(artifact)).await?
+        } else {
+            None
+        };
+        // Close our end of the source's stdin: `cat` reads nothing from it.
+        drop(stream.stdin);
+        let what = artifact.name.clone();
+        let total = artifact.size;
+        let mut last_tick = 0u64;
+        let pumped = crate::stream::pump(&mut stream.stdout, sink, tee.as_mut(), hasher, |n| {
+            // About one event per 8 MiB keeps --events useful and small.
+            if n - last_tick >= 8 << 20 || offset + n == total {
+                last_tick = n;
+                ctx.progress(&what, offset + n, Some(total));
+            }
+        })
+        .await
+        .map_err(|e| {
+            let side = match e {
+                crate::stream::PumpError::Read(_) => format!("from host {}", artifact.host),
+                crate::stream::PumpError::Write(_) => format!("to host {}", ctx.host),
+                crate::stream::PumpError::Tee(_) => "to the local backup copy".to_string(),
+            };
+            ModuleError::Remote {
+                what: format!(
+                    "streaming {} ({}) {side} failed",
+                    artifact.name, artifact.path
+                ),
+                detail: e.to_string(),
+            }
+        })?;
+        let exit = stream.exit.await.map_err(|e| ModuleError::Remote {
+            what: format!(
+                "reading {} on host {} stopped after {} of {} bytes",
+                artifact.path,
+                artifact.host,
+                offset + pumped.bytes,
+                artifact.size
+            ),
+            detail: e.to_string(),
+        })?;
+        if exit.status != Some(0) {
+            return Err(ModuleError::Remote {
+                what: format!("reading {} on {} failed", artifact.path, artifact.host),
+                detail: ctx
+                    .secrets
+                    .mask(String::from_utf8_lossy(&exit.stderr).trim()),
+            });
+        }
+        // The whole artifact went through: the laptop's copy is checked against the
+        // journal's record of it and only then takes its final name.
+        if let Some(copy) = tee {
+            let stamp = copy.commit(artifact.size, &artifact.sha256).await?;
+            tracing::info!(path = %stamp.path, "laptop copy of {} written and checked", artifact.name);
+            ctx.record_fingerprint(
+                &laptop_copy_key(&artifact.name),
+                serde_json::to_value(&stamp).unwrap_or(Value::Null),
+            )?;
+        }
+        Ok(pumped)
+    }
+    .await;
     if result.is_err() {
         // Close the far end's stdin whatever went wrong: a consumer waiting for more
         // (`cat >> part` in a pod) would otherwise wait forever, and with it a caller
@@ -397,80 +461,6 @@ where
         let _ = sink.shutdown().await;
     }
     result
-}
-
-async fn stream_artifact_inner<W>(
-    ctx: &TaskCtx,
-    artifact: &Artifact,
-    offset: u64,
-    hasher: sha2::Sha256,
-    sink: &mut W,
-) -> Result<crate::stream::Pumped, ModuleError>
-where
-    W: tokio::io::AsyncWrite + Unpin + ?Sized,
-{
-    let (_source, mut stream) = open_artifact(ctx, artifact, offset).await?;
-    let mut tee = if offset == 0 {
-        LocalCopy::open(ctx, &laptop_copy_name(artifact)).await?
-    } else {
-        None
-    };
-    // Close our end of the source's stdin: `cat` reads nothing from it.
-    drop(stream.stdin);
-    let what = artifact.name.clone();
-    let total = artifact.size;
-    let mut last_tick = 0u64;
-    let pumped = crate::stream::pump(&mut stream.stdout, sink, tee.as_mut(), hasher, |n| {
-        // About one event per 8 MiB keeps --events useful and small.
-        if n - last_tick >= 8 << 20 || offset + n == total {
-            last_tick = n;
-            ctx.progress(&what, offset + n, Some(total));
-        }
-    })
-    .await
-    .map_err(|e| {
-        let side = match e {
-            crate::stream::PumpError::Read(_) => format!("from host {}", artifact.host),
-            crate::stream::PumpError::Write(_) => format!("to host {}", ctx.host),
-            crate::stream::PumpError::Tee(_) => "to the local backup copy".to_string(),
-        };
-        ModuleError::Remote {
-            what: format!(
-                "streaming {} ({}) {side} failed",
-                artifact.name, artifact.path
-            ),
-            detail: e.to_string(),
-        }
-    })?;
-    let exit = stream.exit.await.map_err(|e| ModuleError::Remote {
-        what: format!(
-            "reading {} on host {} stopped after {} of {} bytes",
-            artifact.path,
-            artifact.host,
-            offset + pumped.bytes,
-            artifact.size
-        ),
-        detail: e.to_string(),
-    })?;
-    if exit.status != Some(0) {
-        return Err(ModuleError::Remote {
-            what: format!("reading {} on {} failed", artifact.path, artifact.host),
-            detail: ctx
-                .secrets
-                .mask(String::from_utf8_lossy(&exit.stderr).trim()),
-        });
-    }
-    // The whole artifact went through: the laptop's copy is checked against the
-    // journal's record of it and only then takes its final name.
-    if let Some(copy) = tee {
-        let stamp = copy.commit(artifact.size, &artifact.sha256).await?;
-        tracing::info!(path = %stamp.path, "laptop copy of {} written and checked", artifact.name);
-        ctx.record_fingerprint(
-            &laptop_copy_key(&artifact.name),
-            serde_json::to_value(&stamp).unwrap_or(Value::Null),
-        )?;
-    }
-    Ok(pumped)
 }
 
 #[cfg(test)]

@@ -236,6 +236,14 @@ impl HostReader {
         self.journal.record(host, task)
     }
 
+    /// Fingerprint `key` of this task on this host, as an earlier run recorded it;
+    /// `None` also when what is recorded is not a `T`.
+    pub fn own_fingerprint<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+        self.record(&self.host, &self.task)
+            .and_then(|r| r.fingerprints.get(key).cloned())
+            .and_then(|v| serde_json::from_value(v).ok())
+    }
+
     /// Memo `key` of this task on this host, as an earlier run recorded it.
     pub fn own_memo<T: serde::Serialize + serde::de::DeserializeOwned>(
         &self,

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::command::Cmd;
+use crate::module::artifact::{file_stamp, recorded_artifact, FileStamp};
 use crate::module::{HostReader, ModuleError, VarDecl, VarKind};
+use crate::playbook::template::Template;
 
 // ---------------------------------------------------------------------------------------
 // Docker
@@ -96,6 +98,92 @@ pub fn docker_bin(ctx: &HostReader) -> String {
             debug_assert!(false, "{e}");
             tracing::error!("{e}");
             "docker".to_string()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A backup out of a container
+
+/// What a step that backs a container up to an artifact file on this host reads first
+/// (`pg_dump`, `redis_backup`, `storage_export`): whether the container exists and runs,
+/// and whether the file at `dest` is still the artifact an earlier run recorded. A
+/// module's facts hold it `#[serde(flatten)]`, so its fields show as the facts' own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerBackup {
+    pub container: String,
+    pub docker: String,
+    pub dest: String,
+    pub exists: bool,
+    pub running: bool,
+    pub stamp: Option<FileStamp>,
+    /// The artifact recorded by an earlier run, if the file still matches it.
+    pub recorded_sha256: Option<String>,
+}
+
+impl ContainerBackup {
+    /// `docker inspect` of `container`, and the stamp of `dest` against the record of
+    /// artifact `artifact`.
+    pub async fn read(
+        ctx: &HostReader,
+        container: &Template,
+        dest: &Template,
+        artifact: &str,
+    ) -> Result<Self, ModuleError> {
+        let container = ctx.render_operand(container)?;
+        let states = docker_inspect(ctx, std::slice::from_ref(&container)).await?;
+        let dest = ctx.render_operand(dest)?;
+        let stamp = file_stamp(ctx, &dest).await?;
+        let recorded = recorded_artifact(ctx, artifact, &stamp);
+        Ok(ContainerBackup {
+            exists: states.contains_key(&container),
+            running: states.get(&container).is_some_and(|c| c.running),
+            container,
+            docker: docker_bin(ctx),
+            dest,
+            stamp,
+            recorded_sha256: recorded.map(|a| a.sha256),
+        })
+    }
+
+    /// `docker exec <container>`, without a TTY.
+    pub fn exec(&self) -> Cmd {
+        Cmd::new(self.docker.as_str())
+            .arg("exec")
+            .arg(self.container.as_str())
+    }
+
+    /// A missing container is the operator's to fix: nothing to back up.
+    pub fn require_container(&self) -> Result<(), ModuleError> {
+        if self.exists {
+            return Ok(());
+        }
+        Err(ModuleError::Precondition(format!(
+            "no such container: {}",
+            self.container
+        )))
+    }
+
+    /// `docker start <container>` when it is stopped (the backup needs it running).
+    pub fn start_if_stopped(&self) -> Option<Cmd> {
+        (!self.running).then(|| {
+            Cmd::new(self.docker.as_str())
+                .arg("start")
+                .arg(self.container.as_str())
+        })
+    }
+
+    /// Test facts: `container` exists and runs, nothing recorded, `docker` the client.
+    #[cfg(test)]
+    pub fn running(container: &str, dest: &str) -> Self {
+        ContainerBackup {
+            container: container.into(),
+            docker: "docker".into(),
+            dest: dest.into(),
+            exists: true,
+            running: true,
+            stamp: None,
+            recorded_sha256: None,
         }
     }
 }

@@ -40,6 +40,7 @@ use crate::module::artifact_stream::{copy_to_laptop, laptop_copy, stream_artifac
 use crate::module::staged::{parse_path_states, PathState, StagedPath};
 use crate::module::{Applied, Change, HostReader, Module, ModuleError, Probe, TaskCtx};
 use crate::playbook::template::Template;
+use crate::transport::ExecOutput;
 
 mod receive;
 use receive::chmod_cmd;
@@ -212,17 +213,21 @@ pub fn parse_mode(text: &str) -> Result<u32, ModuleError> {
     )))
 }
 
-async fn sha256_of_file(ctx: &HostReader, path: &str) -> Result<Option<String>, ModuleError> {
-    let out = ctx.exec(&Cmd::new("sha256sum").arg(path)).await?;
-    Ok(out
-        .success()
+/// The digest `sha256sum` printed, if it succeeded.
+fn sha256sum_digest(out: &ExecOutput) -> Option<String> {
+    out.success()
         .then(|| {
             out.stdout_str()
                 .split_whitespace()
                 .next()
                 .map(str::to_string)
         })
-        .flatten())
+        .flatten()
+}
+
+async fn sha256_of_file(ctx: &HostReader, path: &str) -> Result<Option<String>, ModuleError> {
+    let out = ctx.exec(&Cmd::new("sha256sum").arg(path)).await?;
+    Ok(sha256sum_digest(&out))
 }
 
 async fn source_prefix_sha256(
@@ -237,15 +242,7 @@ async fn source_prefix_sha256(
         .arg(artifact.path.as_str())
         .pipe(Cmd::new("sha256sum"));
     let out = source.exec(&cmd, None).await?;
-    Ok(out
-        .success()
-        .then(|| {
-            out.stdout_str()
-                .split_whitespace()
-                .next()
-                .map(str::to_string)
-        })
-        .flatten())
+    Ok(sha256sum_digest(&out))
 }
 
 #[async_trait]

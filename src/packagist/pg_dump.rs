@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::Cmd;
 use crate::fingerprint::{PgFingerprint, PG_FINGERPRINT_SQL};
-use crate::module::artifact::{file_stamp, recorded_artifact, write_artifact, FileStamp};
-use crate::module::docker::{docker_bin, docker_inspect};
+use crate::module::artifact::write_artifact;
+use crate::module::docker::ContainerBackup;
 use crate::module::{Applied, Change, HostReader, Module, ModuleError, Prediction, Probe, TaskCtx};
 use crate::playbook::template::Template;
 
@@ -43,16 +43,10 @@ pub struct PgDump {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PgDumpFacts {
-    pub container: String,
+    #[serde(flatten)]
+    pub backup: ContainerBackup,
     pub database: String,
     pub user: String,
-    pub dest: String,
-    pub docker: String,
-    pub exists: bool,
-    pub running: bool,
-    pub stamp: Option<FileStamp>,
-    /// The artifact recorded by an earlier run, if the file still matches it.
-    pub recorded_sha256: Option<String>,
     pub recorded_fingerprint: Option<PgFingerprint>,
     pub current_fingerprint: Option<PgFingerprint>,
 }
@@ -79,10 +73,7 @@ impl Change for PgDumpChange {
 
 impl PgDumpFacts {
     fn exec(&self, argv: &[&str]) -> Cmd {
-        Cmd::new(self.docker.as_str())
-            .arg("exec")
-            .arg(self.container.as_str())
-            .args(argv.iter().copied())
+        self.backup.exec().args(argv.iter().copied())
     }
 
     fn dump_cmd(&self) -> Cmd {
@@ -94,10 +85,10 @@ impl PgDumpFacts {
     }
 
     fn fingerprint_cmd(&self) -> Cmd {
-        Cmd::new(self.docker.as_str())
+        Cmd::new(self.backup.docker.as_str())
             .arg("exec")
             .arg("-i")
-            .arg(self.container.as_str())
+            .arg(self.backup.container.as_str())
             .args(["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-U"])
             .arg(self.user.as_str())
             .arg("-d")
@@ -125,7 +116,10 @@ async fn wait_ready(ctx: &HostReader, f: &PgDumpFacts) -> Result<(), ModuleError
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
     Err(ModuleError::Timeout {
-        what: format!("PostgreSQL in {} did not accept connections", f.container),
+        what: format!(
+            "PostgreSQL in {} did not accept connections",
+            f.backup.container
+        ),
         secs: 60,
     })
 }
@@ -137,33 +131,17 @@ impl Module for PgDump {
     type Change = PgDumpChange;
 
     async fn facts(&self, probe: &Probe<'_>) -> Result<PgDumpFacts, ModuleError> {
-        let container = probe.render_operand(&self.container)?;
-        let states = docker_inspect(probe, std::slice::from_ref(&container)).await?;
-        let dest = probe.render_operand(&self.dest)?;
-        let stamp = file_stamp(probe, &dest).await?;
-        let recorded = recorded_artifact(probe, &self.artifact, &stamp);
-        let recorded_fingerprint = probe
-            .record(&probe.host, &probe.task)
-            .and_then(|r| r.fingerprints.get("pg").cloned())
-            .and_then(|v| serde_json::from_value(v).ok());
+        let backup =
+            ContainerBackup::read(probe, &self.container, &self.dest, &self.artifact).await?;
         let mut facts = PgDumpFacts {
-            exists: states.contains_key(&container),
-            running: states.get(&container).is_some_and(|c| c.running),
-            container,
+            backup,
             database: probe.render_operand(&self.database)?,
-            user: match &self.user {
-                Some(u) => probe.render_operand(u)?,
-                None => "postgres".into(),
-            },
-            dest,
-            docker: docker_bin(probe),
-            stamp,
-            recorded_sha256: recorded.map(|a| a.sha256),
-            recorded_fingerprint,
+            user: probe.render_or(&self.user, "postgres")?,
+            recorded_fingerprint: probe.own_fingerprint("pg"),
             current_fingerprint: None,
         };
         // Only worth the query when there is a recorded dump to compare with.
-        if facts.running && facts.recorded_sha256.is_some() {
+        if facts.backup.running && facts.backup.recorded_sha256.is_some() {
             facts.current_fingerprint = Some(fingerprint(probe, &facts).await?);
         }
         Ok(facts)
@@ -196,7 +174,7 @@ impl Module for PgDump {
                     // checked against it. Side by side: the dump is pg_dump's
                     // work, the fingerprint the server's hashing.
                     let (written, fp) = tokio::join!(
-                        write_artifact(ctx, &self.artifact, cmd.clone(), &f.dest),
+                        write_artifact(ctx, &self.artifact, cmd.clone(), &f.backup.dest),
                         fingerprint(ctx, f)
                     );
                     let (artifact, _) = written?;
@@ -219,26 +197,19 @@ impl Module for PgDump {
 
 /// Pure: dump unless the recorded dump is still current.
 pub fn decide(f: &PgDumpFacts) -> Result<Vec<PgDumpChange>, ModuleError> {
-    if !f.exists {
-        return Err(ModuleError::Precondition(format!(
-            "no such container: {}",
-            f.container
-        )));
-    }
-    let current = f.recorded_sha256.is_some()
+    f.backup.require_container()?;
+    let current = f.backup.recorded_sha256.is_some()
         && f.recorded_fingerprint.is_some()
-        && (!f.running || f.current_fingerprint == f.recorded_fingerprint);
+        && (!f.backup.running || f.current_fingerprint == f.recorded_fingerprint);
     if current {
         return Ok(Vec::new());
     }
-    let mut changes = Vec::new();
-    if !f.running {
-        changes.push(PgDumpChange::StartContainer(
-            Cmd::new(f.docker.as_str())
-                .arg("start")
-                .arg(f.container.as_str()),
-        ));
-    }
+    let mut changes: Vec<_> = f
+        .backup
+        .start_if_stopped()
+        .map(PgDumpChange::StartContainer)
+        .into_iter()
+        .collect();
     changes.push(PgDumpChange::Dump(f.dump_cmd()));
     Ok(changes)
 }
@@ -249,15 +220,9 @@ mod tests {
 
     fn facts() -> PgDumpFacts {
         PgDumpFacts {
-            container: "packagist-postgres".into(),
+            backup: ContainerBackup::running("packagist-postgres", "/b/packagist_db.sql"),
             database: "packagist_db".into(),
             user: "postgres".into(),
-            dest: "/b/packagist_db.sql".into(),
-            docker: "docker".into(),
-            exists: true,
-            running: true,
-            stamp: None,
-            recorded_sha256: None,
             recorded_fingerprint: None,
             current_fingerprint: None,
         }
@@ -280,12 +245,12 @@ mod tests {
     #[test]
     fn recorded_dump_of_unchanged_db_is_ok() {
         let mut f = facts();
-        f.recorded_sha256 = Some("x".into());
+        f.backup.recorded_sha256 = Some("x".into());
         f.recorded_fingerprint = Some(fp(3));
         f.current_fingerprint = Some(fp(3));
         assert!(decide(&f).unwrap().is_empty());
         // Stopped since: nothing can have changed; still ok.
-        f.running = false;
+        f.backup.running = false;
         f.current_fingerprint = None;
         assert!(decide(&f).unwrap().is_empty());
     }
@@ -293,12 +258,12 @@ mod tests {
     #[test]
     fn changed_db_or_file_dumps_again() {
         let mut f = facts();
-        f.recorded_sha256 = Some("x".into());
+        f.backup.recorded_sha256 = Some("x".into());
         f.recorded_fingerprint = Some(fp(3));
         f.current_fingerprint = Some(fp(4));
         assert_eq!(decide(&f).unwrap().len(), 1);
         let mut f = facts();
-        f.running = false; // file changed (no recorded sha) and db stopped: start, dump
+        f.backup.running = false; // file changed (no recorded sha) and db stopped: start, dump
         let c = decide(&f).unwrap();
         assert_eq!(c[0].commands()[0], "docker start packagist-postgres");
         assert!(matches!(c[1], PgDumpChange::Dump(_)));

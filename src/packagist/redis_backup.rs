@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::Cmd;
 use crate::fingerprint::RedisKeyCounts;
-use crate::module::artifact::{file_stamp, recorded_artifact, write_artifact, FileStamp};
-use crate::module::docker::{docker_bin, docker_inspect};
+use crate::module::artifact::write_artifact;
+use crate::module::docker::ContainerBackup;
 use crate::module::{Applied, Change, HostReader, Module, ModuleError, Prediction, Probe, TaskCtx};
 use crate::playbook::template::Template;
 
@@ -43,16 +43,11 @@ pub struct RedisBackup {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RedisBackupFacts {
-    pub container: String,
-    pub docker: String,
+    #[serde(flatten)]
+    pub backup: ContainerBackup,
     pub script: String,
     pub rdb_path: String,
     pub port: u16,
-    pub dest: String,
-    pub exists: bool,
-    pub running: bool,
-    pub stamp: Option<FileStamp>,
-    pub recorded_sha256: Option<String>,
     pub recorded_counts: Option<RedisKeyCounts>,
     pub current_counts: Option<RedisKeyCounts>,
 }
@@ -84,9 +79,7 @@ impl Change for RedisBackupChange {
 
 impl RedisBackupFacts {
     fn exec(&self) -> Cmd {
-        Cmd::new(self.docker.as_str())
-            .arg("exec")
-            .arg(self.container.as_str())
+        self.backup.exec()
     }
 
     fn keyspace_cmd(&self) -> Cmd {
@@ -109,30 +102,17 @@ impl Module for RedisBackup {
     type Change = RedisBackupChange;
 
     async fn facts(&self, probe: &Probe<'_>) -> Result<RedisBackupFacts, ModuleError> {
-        let container = probe.render_operand(&self.container)?;
-        let states = docker_inspect(probe, std::slice::from_ref(&container)).await?;
-        let dest = probe.render_operand(&self.dest)?;
-        let stamp = file_stamp(probe, &dest).await?;
-        let recorded = recorded_artifact(probe, &self.artifact, &stamp);
-        let recorded_counts = probe
-            .record(&probe.host, &probe.task)
-            .and_then(|r| r.fingerprints.get("redis_keys").cloned())
-            .and_then(|v| serde_json::from_value(v).ok());
+        let backup =
+            ContainerBackup::read(probe, &self.container, &self.dest, &self.artifact).await?;
         let mut f = RedisBackupFacts {
-            exists: states.contains_key(&container),
-            running: states.get(&container).is_some_and(|c| c.running),
-            container,
-            docker: docker_bin(probe),
+            backup,
             script: probe.render_or(&self.backup_script, "/usr/local/bin/redis-backup.sh")?,
             rdb_path: probe.render_or(&self.rdb_path, "/data/dump.rdb")?,
             port: self.port.unwrap_or(6379),
-            dest,
-            stamp,
-            recorded_sha256: recorded.map(|a| a.sha256),
-            recorded_counts,
+            recorded_counts: probe.own_fingerprint("redis_keys"),
             current_counts: None,
         };
-        if f.running && f.recorded_sha256.is_some() {
+        if f.backup.running && f.backup.recorded_sha256.is_some() {
             f.current_counts = Some(key_counts(probe, &f).await?);
         }
         Ok(f)
@@ -168,11 +148,11 @@ impl Module for RedisBackup {
                 }
                 RedisBackupChange::CopyOut(cmd) => {
                     let (artifact, _) =
-                        write_artifact(ctx, &self.artifact, cmd.clone(), &f.dest).await?;
+                        write_artifact(ctx, &self.artifact, cmd.clone(), &f.backup.dest).await?;
                     if artifact.size == 0 {
                         return Err(ModuleError::Precondition(format!(
                             "{} in {} is empty: refusing to keep an empty Redis backup",
-                            f.rdb_path, f.container
+                            f.rdb_path, f.backup.container
                         )));
                     }
                     let counts = match counts.take() {
@@ -205,33 +185,26 @@ async fn wait_ready(ctx: &HostReader, f: &RedisBackupFacts) -> Result<(), Module
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
     Err(ModuleError::Timeout {
-        what: format!("Redis in {} did not answer PING", f.container),
+        what: format!("Redis in {} did not answer PING", f.backup.container),
         secs: 60,
     })
 }
 
 /// Pure: back up unless the recorded backup is still current.
 pub fn decide(f: &RedisBackupFacts) -> Result<Vec<RedisBackupChange>, ModuleError> {
-    if !f.exists {
-        return Err(ModuleError::Precondition(format!(
-            "no such container: {}",
-            f.container
-        )));
-    }
-    let current = f.recorded_sha256.is_some()
+    f.backup.require_container()?;
+    let current = f.backup.recorded_sha256.is_some()
         && f.recorded_counts.is_some()
-        && (!f.running || f.current_counts == f.recorded_counts);
+        && (!f.backup.running || f.current_counts == f.recorded_counts);
     if current {
         return Ok(Vec::new());
     }
-    let mut changes = Vec::new();
-    if !f.running {
-        changes.push(RedisBackupChange::StartContainer(
-            Cmd::new(f.docker.as_str())
-                .arg("start")
-                .arg(f.container.as_str()),
-        ));
-    }
+    let mut changes: Vec<_> = f
+        .backup
+        .start_if_stopped()
+        .map(RedisBackupChange::StartContainer)
+        .into_iter()
+        .collect();
     changes.push(RedisBackupChange::Save(f.exec().arg(f.script.as_str())));
     // `docker exec cat` streams the file as-is (`docker cp` would wrap it in a tar).
     changes.push(RedisBackupChange::CopyOut(
@@ -246,16 +219,10 @@ mod tests {
 
     fn facts() -> RedisBackupFacts {
         RedisBackupFacts {
-            container: "packagist-redis".into(),
-            docker: "docker".into(),
+            backup: ContainerBackup::running("packagist-redis", "/b/packagist_redis.rdb"),
             script: "/usr/local/bin/redis-backup.sh".into(),
             rdb_path: "/data/dump.rdb".into(),
             port: 6379,
-            dest: "/b/packagist_redis.rdb".into(),
-            exists: true,
-            running: true,
-            stamp: None,
-            recorded_sha256: None,
             recorded_counts: None,
             current_counts: None,
         }
@@ -278,7 +245,7 @@ mod tests {
     fn current_backup_is_ok_changed_keys_back_up_again() {
         let counts = RedisKeyCounts::parse_info_keyspace("db0:keys=3,expires=0").unwrap();
         let mut f = facts();
-        f.recorded_sha256 = Some("x".into());
+        f.backup.recorded_sha256 = Some("x".into());
         f.recorded_counts = Some(counts.clone());
         f.current_counts = Some(counts);
         assert!(decide(&f).unwrap().is_empty());

@@ -132,6 +132,23 @@ impl RedisRestoreOpenebs {
         self.timeout
             .map_or(Duration::from_secs(300), Seconds::duration)
     }
+
+    /// Scale the StatefulSet (pods `selector`) to 1 and wait until its pod is ready and
+    /// Redis answers PING.
+    async fn start_redis(
+        &self,
+        cluster: &Cluster,
+        f: &RedisRestoreFacts,
+        selector: &str,
+    ) -> Result<(), ModuleError> {
+        cluster
+            .scale(WorkloadKind::StatefulSet, &f.statefulset, 1)
+            .await?;
+        cluster
+            .wait_pods(selector, PodsWanted::Ready(1), self.timeout())
+            .await?;
+        wait_pong(cluster, f, self.timeout()).await
+    }
 }
 
 async fn read_counts(
@@ -341,10 +358,7 @@ impl Module for RedisRestoreOpenebs {
             pv,
             pv_path,
             pod_ready: ready,
-            persistence: probe
-                .record(&probe.host, &probe.task)
-                .and_then(|r| r.fingerprints.get("persistence").cloned())
-                .and_then(|v| serde_json::from_value(v).ok()),
+            persistence: probe.own_fingerprint("persistence"),
             source: artifact_fingerprint(probe, &self.artifact, "redis_keys"),
             current: None,
             guard: completed_guard(probe, &marker, "redis"),
@@ -387,13 +401,7 @@ impl Module for RedisRestoreOpenebs {
         let persistence = match &f.persistence {
             Some(p) => p.clone(),
             None => {
-                cluster
-                    .scale(WorkloadKind::StatefulSet, &f.statefulset, 1)
-                    .await?;
-                cluster
-                    .wait_pods(&selector, PodsWanted::Ready(1), self.timeout())
-                    .await?;
-                wait_pong(&cluster, f, self.timeout()).await?;
+                self.start_redis(&cluster, f, &selector).await?;
                 read_persistence(&cluster, f).await?
             }
         };
@@ -465,13 +473,7 @@ impl Module for RedisRestoreOpenebs {
             .await?;
         ctx.exec_ok(&node_script(&dir, &staged, &restore_plan(&persistence)))
             .await?;
-        cluster
-            .scale(WorkloadKind::StatefulSet, &f.statefulset, 1)
-            .await?;
-        cluster
-            .wait_pods(&selector, PodsWanted::Ready(1), self.timeout())
-            .await?;
-        wait_pong(&cluster, f, self.timeout()).await?;
+        self.start_redis(&cluster, f, &selector).await?;
         // 4. Prove it.
         let after = read_counts(&cluster, f).await?;
         if let Some(source) = &f.source {

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
-use crate::module::artifact::{file_stamp, recorded_artifact, write_artifact, FileStamp};
-use crate::module::docker::{docker_bin, docker_inspect};
+use crate::module::artifact::write_artifact;
+use crate::module::docker::ContainerBackup;
 use crate::module::units::Seconds;
 use crate::module::{Applied, Change, Module, ModuleError, Prediction, Probe, TaskCtx};
 use crate::packagist::storage::{content_hash_cmd, storage_find_cmd};
@@ -76,14 +76,9 @@ pub struct StorageExport {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StorageExportFacts {
-    pub container: String,
-    pub docker: String,
+    #[serde(flatten)]
+    pub backup: ContainerBackup,
     pub data_dir: String,
-    pub dest: String,
-    pub exists: bool,
-    pub running: bool,
-    pub stamp: Option<FileStamp>,
-    pub recorded_sha256: Option<String>,
     /// Cheap digest of the source tree (paths, sizes, times) now and when exported.
     pub tree_stamp: String,
     pub recorded_tree_stamp: Option<String>,
@@ -164,26 +159,14 @@ impl Module for StorageExport {
     type Change = StorageExportChange;
 
     async fn facts(&self, probe: &Probe<'_>) -> Result<StorageExportFacts, ModuleError> {
-        let container = probe.render_operand(&self.container)?;
-        let states = docker_inspect(probe, std::slice::from_ref(&container)).await?;
+        let backup =
+            ContainerBackup::read(probe, &self.container, &self.dest, &self.artifact).await?;
         let data_dir = probe.render_operand(&self.data_dir)?;
-        let dest = probe.render_operand(&self.dest)?;
-        let stamp = file_stamp(probe, &dest).await?;
-        let recorded = recorded_artifact(probe, &self.artifact, &stamp);
         let tree = probe.exec_ok(&tree_stamp_cmd(&data_dir)).await?;
-        let recorded_tree_stamp = probe
-            .record(&probe.host, &probe.task)
-            .and_then(|r| r.fingerprints.get("tree_stamp").cloned())
-            .and_then(|v| v.as_str().map(str::to_string));
+        let recorded_tree_stamp = probe.own_fingerprint("tree_stamp");
         Ok(StorageExportFacts {
-            exists: states.contains_key(&container),
-            running: states.get(&container).is_some_and(|c| c.running),
-            container,
-            docker: docker_bin(probe),
+            backup,
             data_dir,
-            dest,
-            stamp,
-            recorded_sha256: recorded.map(|a| a.sha256),
             tree_stamp: tree
                 .stdout_str()
                 .split_whitespace()
@@ -245,7 +228,8 @@ impl StorageExport {
                 } => {
                     let out = ctx.exec(export).await?;
                     if out.success() {
-                        write_artifact(ctx, &self.artifact, copy_out.clone(), &f.dest).await?;
+                        write_artifact(ctx, &self.artifact, copy_out.clone(), &f.backup.dest)
+                            .await?;
                         ctx.exec_ok(cleanup).await?;
                     } else {
                         let why = match out.status {
@@ -260,11 +244,11 @@ impl StorageExport {
                         applied.warnings.push(msg);
                         // Whatever a late export leaves in the container is not ours to keep.
                         let _ = ctx.exec(cleanup).await;
-                        write_artifact(ctx, &self.artifact, tar.clone(), &f.dest).await?;
+                        write_artifact(ctx, &self.artifact, tar.clone(), &f.backup.dest).await?;
                     }
                 }
                 StorageExportChange::Tar(tar) => {
-                    write_artifact(ctx, &self.artifact, tar.clone(), &f.dest).await?;
+                    write_artifact(ctx, &self.artifact, tar.clone(), &f.backup.dest).await?;
                 }
             }
         }
@@ -277,7 +261,8 @@ pub fn decide(
     args: &StorageExport,
     f: &StorageExportFacts,
 ) -> Result<Vec<StorageExportChange>, ModuleError> {
-    if f.recorded_sha256.is_some() && f.recorded_tree_stamp.as_deref() == Some(&f.tree_stamp) {
+    if f.backup.recorded_sha256.is_some() && f.recorded_tree_stamp.as_deref() == Some(&f.tree_stamp)
+    {
         return Ok(Vec::new());
     }
     if let Some(level) = args.gzip_level.filter(|l| !(1..=9).contains(l)) {
@@ -288,29 +273,25 @@ pub fn decide(
     let tar = tar_cmd(&f.data_dir, args.gzip_level);
     let use_console = match args.method {
         ExportMethod::Tar => false,
-        ExportMethod::Console if !f.running => {
+        ExportMethod::Console if !f.backup.running => {
             return Err(ModuleError::Precondition(format!(
                 "method = \"console\" needs container {} running, and it is not",
-                f.container
+                f.backup.container
             )))
         }
         ExportMethod::Console => true,
-        ExportMethod::Auto => f.exists && f.running,
+        ExportMethod::Auto => f.backup.exists && f.backup.running,
     };
     if !use_console {
         return Ok(vec![StorageExportChange::Tar(tar)]);
     }
-    let exec = || {
-        Cmd::new(f.docker.as_str())
-            .arg("exec")
-            .arg(f.container.as_str())
-    };
+    let exec = || f.backup.exec();
     Ok(vec![StorageExportChange::Console {
         export: Cmd::new("timeout")
             .arg(args.export_timeout.map_or(600, |s| s.0).to_string())
-            .arg(f.docker.as_str())
+            .arg(f.backup.docker.as_str())
             .arg("exec")
-            .arg(f.container.as_str())
+            .arg(f.backup.container.as_str())
             .args([CONSOLE, "packagist:self-hosted:migrate-storage", "export"]),
         copy_out: exec().arg("cat").arg(CONSOLE_ARCHIVE),
         cleanup: exec().args(["rm", "-f", CONSOLE_ARCHIVE]),
@@ -336,14 +317,11 @@ mod tests {
 
     fn facts(running: bool) -> StorageExportFacts {
         StorageExportFacts {
-            container: "packagist-ui".into(),
-            docker: "docker".into(),
+            backup: ContainerBackup {
+                running,
+                ..ContainerBackup::running("packagist-ui", "/b/s.tgz")
+            },
             data_dir: "/data/packagist".into(),
-            dest: "/b/s.tgz".into(),
-            exists: true,
-            running,
-            stamp: None,
-            recorded_sha256: None,
             tree_stamp: "t1".into(),
             recorded_tree_stamp: None,
         }
@@ -379,7 +357,7 @@ mod tests {
     #[test]
     fn unchanged_tree_with_recorded_archive_is_ok() {
         let mut f = facts(true);
-        f.recorded_sha256 = Some("x".into());
+        f.backup.recorded_sha256 = Some("x".into());
         f.recorded_tree_stamp = Some("t1".into());
         assert!(decide(&args(ExportMethod::Auto), &f).unwrap().is_empty());
         f.recorded_tree_stamp = Some("t0".into());

@@ -317,34 +317,26 @@ mod tests {
             ),
         )
         .unwrap();
-        assert_eq!(
-            check(&path, "127.0.0.1", 2222, &key(KEY_A)).unwrap(),
-            HostKeyStatus::Known
-        );
-        assert_eq!(
-            check(&path, "127.0.0.1", 2222, &key(KEY_B)).unwrap(),
-            HostKeyStatus::Changed { line: 2 }
-        );
-        assert_eq!(
-            check(&path, "127.0.0.1", 22, &key(KEY_A)).unwrap(),
-            HostKeyStatus::Unknown
-        );
-        assert_eq!(
-            check(&path, "10.1.1.1", 2200, &key(KEY_B)).unwrap(),
-            HostKeyStatus::Known
-        );
-        assert_eq!(
-            check(&path, "10.1.1.1", 2201, &key(KEY_B)).unwrap(),
-            HostKeyStatus::Unknown
-        );
-        assert_eq!(
-            check(&path, "revoked.host", 22, &key(KEY_A)).unwrap(),
-            HostKeyStatus::Revoked { line: 5 }
-        );
-        assert_eq!(
-            check(&path, "x.ca.host", 22, &key(KEY_A)).unwrap(),
-            HostKeyStatus::Unknown
-        );
+        for (host, port, shown, want) in [
+            ("127.0.0.1", 2222, KEY_A, HostKeyStatus::Known),
+            ("127.0.0.1", 2222, KEY_B, HostKeyStatus::Changed { line: 2 }),
+            ("127.0.0.1", 22, KEY_A, HostKeyStatus::Unknown),
+            ("10.1.1.1", 2200, KEY_B, HostKeyStatus::Known),
+            ("10.1.1.1", 2201, KEY_B, HostKeyStatus::Unknown),
+            (
+                "revoked.host",
+                22,
+                KEY_A,
+                HostKeyStatus::Revoked { line: 5 },
+            ),
+            ("x.ca.host", 22, KEY_A, HostKeyStatus::Unknown),
+        ] {
+            assert_eq!(
+                check(&path, host, port, &key(shown)).unwrap(),
+                want,
+                "{host}:{port} showing {shown}"
+            );
+        }
         assert_eq!(
             known_algorithms(&path, "127.0.0.1", 2222),
             vec![Algorithm::Ed25519]
