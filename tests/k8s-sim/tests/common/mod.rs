@@ -85,8 +85,15 @@ fn build_sim_binary() -> PathBuf {
 }
 
 /// The tests need root (namespaces, bind mounts), kubectl 1.32, PostgreSQL 15 and Redis.
-/// Missing Debian packages are installed; anything else fails loudly.
+/// Missing Debian packages are installed; anything else fails loudly. The tests of one
+/// binary run in parallel: the check and the install run once per process, so two tests
+/// never race for dpkg's lock (and the lock is waited for, should another apt run).
 pub fn ensure_prerequisites() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(check_and_install_prerequisites);
+}
+
+fn check_and_install_prerequisites() {
     assert!(
         nix_is_root(),
         "the k8s-sim tests must run as root (pods use mount/network namespaces)"
@@ -109,7 +116,7 @@ pub fn ensure_prerequisites() {
         let status = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {}",
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 {}",
                 missing.join(" ")
             ))
             .status()
