@@ -122,6 +122,12 @@ pub struct ContainerBackup {
 }
 
 impl ContainerBackup {
+    /// A backup is on record and the container runs: reading its live state (to see
+    /// whether it still matches the backup) is possible and worth the query.
+    pub fn worth_comparing(&self) -> bool {
+        self.running && self.recorded_sha256.is_some()
+    }
+
     /// `docker inspect` of `container`, and the stamp of `dest` against the record of
     /// artifact `artifact`.
     pub async fn read(

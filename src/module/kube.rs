@@ -39,12 +39,11 @@ pub trait K8sArgs {
 /// docs/modules.md, "Kubernetes arguments"), plus [`K8sArgs`] for the struct. The fields
 /// are plain fields of the struct (not `#[serde(flatten)]`), so `deny_unknown_fields` and
 /// located errors keep working. The module's `Module::VARS` lists [`VARS`], the host
-/// vars [`K8sTarget`] falls back to.
+/// vars [`K8sTarget`] falls back to. The macro derives `Debug`, `Clone`, `Serialize` and
+/// `Deserialize` and denies unknown fields: an args struct is parsed strictly, always.
 ///
 /// ```text
 /// k8s_args! {
-///     #[derive(Debug, Clone, Serialize, Deserialize)]
-///     #[serde(deny_unknown_fields)]
 ///     pub struct RedisFlushdb {
 ///         pub db: u32,
 ///     }
@@ -58,15 +57,15 @@ macro_rules! k8s_args {
         }
     ) => {
         $(#[$meta])*
+        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
         $vis struct $name {
             $($(#[$fmeta])* $fvis $field: $ty,)*
             /// Namespace; default: host var `namespace`, else `default`.
-            #[serde(default)]
             pub namespace: Option<$crate::playbook::template::Template>,
             /// kubeconfig on the node, read over SSH. Default: host var `kubeconfig_local`
             /// (a kubeconfig on the control machine, context host var `kube_context`),
             /// else host var `kubeconfig`, else `/etc/kubernetes/admin.conf`.
-            #[serde(default)]
             pub kubeconfig: Option<$crate::playbook::template::Template>,
         }
 

@@ -30,11 +30,9 @@ pub struct DockerContainer {
     pub names: Vec<Template>,
     pub state: DesiredState,
     /// Seconds `docker stop` waits before killing (docker's default is 10).
-    #[serde(default)]
     pub stop_timeout: Option<u32>,
     /// Shown in the report whenever this task changes something (e.g. "changes made
     /// on the old app from now on will be lost").
-    #[serde(default)]
     pub warning: Option<Template>,
 }
 

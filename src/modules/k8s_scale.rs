@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::k8s::{kubectl, pod_ready, PodsWanted, WorkloadKind};
 use crate::k8s::{Cluster, K8sError};
@@ -26,17 +26,13 @@ use crate::module::units::Seconds;
 use crate::module::{Applied, Change, Module, ModuleError, Prediction, Probe, TaskCtx};
 
 k8s_args! {
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    #[serde(deny_unknown_fields)]
     pub struct K8sScale {
         /// `deployment/NAME` or `statefulset/NAME` (also `deploy/`, `sts/`).
         #[serde(deserialize_with = "checked_workloads")]
         pub workloads: Vec<String>,
         pub replicas: u32,
-        #[serde(default)]
         pub timeout: Option<Seconds>,
         /// Leave the workloads alone while this marker ConfigMap exists.
-        #[serde(default)]
         pub guard: Option<MarkerGuard>,
     }
 }

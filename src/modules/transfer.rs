@@ -59,7 +59,6 @@ pub struct Transfer {
     #[serde(default, deserialize_with = "checked_mode")]
     pub mode: Option<String>,
     /// Record the delivered copy in the journal under this artifact name.
-    #[serde(default)]
     pub record_as: Option<String>,
 }
 

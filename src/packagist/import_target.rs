@@ -42,15 +42,10 @@ macro_rules! ui_import_args {
             $(#[$meta])*
             $vis struct $name {
                 $($(#[$fmeta])* $fvis $field: $ty,)*
-                #[serde(default)]
                 pub deployment: Option<$crate::playbook::template::Template>,
-                #[serde(default)]
                 pub container: Option<$crate::playbook::template::Template>,
-                #[serde(default)]
                 pub archive: Option<$crate::playbook::template::Template>,
-                #[serde(default)]
                 pub verify_dir: Option<$crate::playbook::template::Template>,
-                #[serde(default)]
                 pub timeout: Option<$crate::module::units::Seconds>,
             }
         }

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::k8s::kubectl;
@@ -20,8 +20,6 @@ use crate::module::{Applied, Change, HostReader, Module, ModuleError, Probe, Tas
 use crate::packagist::completed::{completed_marker, MARKER_CONFIGMAP};
 
 k8s_args! {
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    #[serde(deny_unknown_fields)]
     pub struct MigrationMarker {
     }
 }

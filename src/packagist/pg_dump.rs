@@ -34,7 +34,6 @@ fn default_artifact() -> String {
 pub struct PgDump {
     pub container: Template,
     pub database: Template,
-    #[serde(default)]
     pub user: Option<Template>,
     pub dest: Template,
     #[serde(default = "default_artifact")]
@@ -140,8 +139,7 @@ impl Module for PgDump {
             recorded_fingerprint: probe.own_fingerprint("pg"),
             current_fingerprint: None,
         };
-        // Only worth the query when there is a recorded dump to compare with.
-        if facts.backup.running && facts.backup.recorded_sha256.is_some() {
+        if facts.backup.worth_comparing() {
             facts.current_fingerprint = Some(fingerprint(probe, &facts).await?);
         }
         Ok(facts)

@@ -46,35 +46,24 @@ fn default_artifact() -> String {
 #[serde(deny_unknown_fields)]
 pub struct ExternalPg {
     pub host: Template,
-    #[serde(default)]
     pub port: Option<u16>,
     pub user: Template,
     pub database: Template,
     /// Name of the (secret) var holding the password.
-    #[serde(default)]
     pub password_var: Option<String>,
 }
 
 k8s_args! {
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    #[serde(deny_unknown_fields)]
     pub struct PgRestoreK8s {
         #[serde(default = "default_artifact")]
         pub artifact: String,
-        #[serde(default)]
         pub statefulset: Option<Template>,
-        #[serde(default)]
         pub pvc: Option<Template>,
-        #[serde(default)]
         pub container: Option<Template>,
-        #[serde(default)]
         pub database: Option<Template>,
-        #[serde(default)]
         pub user: Option<Template>,
-        #[serde(default)]
         pub external: Option<ExternalPg>,
         /// Seconds for each wait (pods gone, PVC gone, pod ready).
-        #[serde(default)]
         pub timeout: Option<Seconds>,
     }
 }

@@ -29,12 +29,9 @@ fn default_artifact() -> String {
 #[serde(deny_unknown_fields)]
 pub struct RedisBackup {
     pub container: Template,
-    #[serde(default)]
     pub backup_script: Option<Template>,
-    #[serde(default)]
     pub rdb_path: Option<Template>,
     /// Port of Redis inside the container (for `redis-cli`); default 6379.
-    #[serde(default)]
     pub port: Option<u16>,
     pub dest: Template,
     #[serde(default = "default_artifact")]
@@ -112,7 +109,7 @@ impl Module for RedisBackup {
             recorded_counts: probe.own_fingerprint("redis_keys"),
             current_counts: None,
         };
-        if f.backup.running && f.backup.recorded_sha256.is_some() {
+        if f.backup.worth_comparing() {
             f.current_counts = Some(key_counts(probe, &f).await?);
         }
         Ok(f)

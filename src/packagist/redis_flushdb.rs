@@ -15,7 +15,7 @@
 //! the flush is predicted from the backup's database 5, not from the target as it is now.
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::fingerprint::RedisKeyCounts;
 use crate::k8s::kubectl;
@@ -41,19 +41,13 @@ fn checked_db<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 }
 
 k8s_args! {
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    #[serde(deny_unknown_fields)]
     pub struct RedisFlushdb {
         #[serde(deserialize_with = "checked_db")]
         pub db: u32,
         /// The Redis backup artifact whose restore precedes this step (for check mode).
-        #[serde(default)]
         pub artifact: Option<String>,
-        #[serde(default)]
         pub statefulset: Option<Template>,
-        #[serde(default)]
         pub container: Option<Template>,
-        #[serde(default)]
         pub port: Option<u16>,
     }
 }

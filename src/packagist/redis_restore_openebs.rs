@@ -20,7 +20,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::io::AsyncReadExt;
 
 use crate::command::Cmd;
@@ -43,21 +43,14 @@ fn default_artifact() -> String {
 }
 
 k8s_args! {
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    #[serde(deny_unknown_fields)]
     pub struct RedisRestoreOpenebs {
         #[serde(default = "default_artifact")]
         pub artifact: String,
-        #[serde(default)]
         pub statefulset: Option<Template>,
-        #[serde(default)]
         pub pvc: Option<Template>,
-        #[serde(default)]
         pub container: Option<Template>,
         /// Redis's port in the pod (Private Packagist uses 9869).
-        #[serde(default)]
         pub port: Option<u16>,
-        #[serde(default)]
         pub timeout: Option<Seconds>,
     }
 }

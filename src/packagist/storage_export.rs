@@ -61,7 +61,6 @@ pub struct StorageExport {
     pub container: Template,
     pub data_dir: Template,
     pub dest: Template,
-    #[serde(default)]
     pub export_timeout: Option<Seconds>,
     #[serde(default)]
     pub method: ExportMethod,

@@ -22,7 +22,7 @@
 //! pod's own `/tmp` is gone once a re-run has scaled the deployment down and up again.
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
@@ -41,8 +41,6 @@ fn default_artifact() -> String {
 }
 
 ui_import_args! {
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    #[serde(deny_unknown_fields)]
     pub struct StorageImport {
         #[serde(default = "default_artifact")]
         pub artifact: String,

@@ -55,6 +55,7 @@ use crate::packagist::completed::{completed_guard, completed_marker};
 use crate::packagist::import_target::{ui_import_args, ImportTarget, UiImportArgs};
 use crate::packagist::storage::{import_storage_archive, pod_upload_cmd};
 use crate::playbook::template::{Template, Vars};
+use crate::stream::PumpError;
 
 /// The name progress events and the laptop's copy use.
 const ARTIFACT: &str = "packagist_storage";
@@ -62,12 +63,9 @@ const ARTIFACT: &str = "packagist_storage";
 const RECORD_KEY: &str = "streamed_storage";
 
 ui_import_args! {
-    #[derive(Debug, Clone, Serialize, Deserialize)]
-    #[serde(deny_unknown_fields)]
     pub struct StorageStream {
         /// Inventory host, or a group with exactly one host, holding the storage.
         pub source: Template,
-        #[serde(default)]
         pub data_dir: Option<Template>,
     }
 }
@@ -421,18 +419,18 @@ async fn stream_into_pod(
         ));
     }
     let pumped = pumped.map_err(|e| match e {
-        TarStreamError::Read(source) => ModuleError::Io {
+        TarStreamError::Pump(PumpError::Read(source)) => ModuleError::Io {
             what: format!("streaming the storage from host {} failed", f.source_host),
             source,
         },
-        TarStreamError::Write(source) => ModuleError::Io {
+        TarStreamError::Pump(PumpError::Write(source)) => ModuleError::Io {
             what: format!(
                 "streaming the storage into {pod} on host {} failed",
                 ctx.host
             ),
             source,
         },
-        TarStreamError::Tee(source) => ModuleError::Io {
+        TarStreamError::Pump(PumpError::Tee(source)) => ModuleError::Io {
             what: "writing the laptop's copy failed".into(),
             source,
         },

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use crate::command::Cmd;
 use crate::secrets::Secrets;
 use crate::transport::{
-    BoxRead, ConnectSpec, Connector, Duplex, ExecOutput, ExecStream, ForwardMethod, StreamExit,
-    Transport, TransportError,
+    BoxRead, ConnectSpec, Connector, Duplex, ExecOutput, ExecResult, ExecStream, ForwardMethod,
+    StreamExit, Transport, TransportError,
 };
 
 type Handler = Arc<dyn Fn(&str, Option<&[u8]>) -> ExecOutput + Send + Sync>;
@@ -220,7 +220,7 @@ impl Transport for FakeTransport {
         &self.host
     }
 
-    async fn exec(&self, cmd: &Cmd, stdin: Option<&[u8]>) -> Result<ExecOutput, TransportError> {
+    async fn exec(&self, cmd: &Cmd, stdin: Option<&[u8]>) -> ExecResult {
         Ok(self.answer(cmd, stdin))
     }
 

@@ -256,6 +256,9 @@ pub enum ForwardMethod {
     Relay(&'static str),
 }
 
+/// What running a command gives: its output, or why it could not run.
+pub type ExecResult = Result<ExecOutput, TransportError>;
+
 /// The one interface to a host. One implementation per kind of connection.
 #[async_trait]
 pub trait Transport: Send + Sync {
@@ -264,17 +267,12 @@ pub trait Transport: Send + Sync {
 
     /// Run `cmd` (via `sh -c` on the host, as root when the host has `become`),
     /// feed it `stdin` if given, and collect its output.
-    async fn exec(&self, cmd: &Cmd, stdin: Option<&[u8]>) -> Result<ExecOutput, TransportError>;
+    async fn exec(&self, cmd: &Cmd, stdin: Option<&[u8]>) -> ExecResult;
 
-    /// [`Transport::exec`], keeping only `limit` of each output stream in memory (see
+    /// [`Transport::exec`], keeping only `keep` of each output stream in memory (see
     /// [`OutputLimit`]). The default collects everything first, then cuts.
-    async fn exec_bounded(
-        &self,
-        cmd: &Cmd,
-        stdin: Option<&[u8]>,
-        limit: OutputLimit,
-    ) -> Result<ExecOutput, TransportError> {
-        Ok(limit.apply(self.exec(cmd, stdin).await?))
+    async fn exec_bounded(&self, cmd: &Cmd, stdin: Option<&[u8]>, keep: OutputLimit) -> ExecResult {
+        Ok(keep.apply(self.exec(cmd, stdin).await?))
     }
 
     /// Run `cmd` with streaming stdin/stdout. Bulk data goes over a connection of its own,

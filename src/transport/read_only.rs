@@ -16,7 +16,7 @@ use async_trait::async_trait;
 
 use crate::command::Cmd;
 use crate::transport::{
-    Duplex, ExecOutput, ExecStream, ForwardMethod, OutputLimit, Transport, TransportError,
+    Duplex, ExecResult, ExecStream, ForwardMethod, OutputLimit, Transport, TransportError,
 };
 
 tokio::task_local! {
@@ -72,19 +72,14 @@ impl Transport for Guarded {
         self.0.host()
     }
 
-    async fn exec(&self, cmd: &Cmd, stdin: Option<&[u8]>) -> Result<ExecOutput, TransportError> {
+    async fn exec(&self, cmd: &Cmd, stdin: Option<&[u8]>) -> ExecResult {
         self.check(cmd, false)?;
         self.0.exec(cmd, stdin).await
     }
 
-    async fn exec_bounded(
-        &self,
-        cmd: &Cmd,
-        stdin: Option<&[u8]>,
-        limit: OutputLimit,
-    ) -> Result<ExecOutput, TransportError> {
+    async fn exec_bounded(&self, cmd: &Cmd, stdin: Option<&[u8]>, keep: OutputLimit) -> ExecResult {
         self.check(cmd, false)?;
-        self.0.exec_bounded(cmd, stdin, limit).await
+        self.0.exec_bounded(cmd, stdin, keep).await
     }
 
     async fn exec_stream(&self, cmd: &Cmd) -> Result<ExecStream, TransportError> {

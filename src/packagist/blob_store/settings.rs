@@ -28,25 +28,18 @@ use crate::module::{HostReader, ModuleError};
 #[serde(deny_unknown_fields)]
 pub struct BlobStoreConfig {
     /// `http(s)://host:port`; path-style requests.
-    #[serde(default)]
     pub endpoint: Option<String>,
-    #[serde(default)]
     pub bucket: Option<String>,
-    #[serde(default)]
     pub region: Option<String>,
     /// Name of the secret var holding the access key id.
-    #[serde(default)]
     pub access_key_var: Option<String>,
     /// Name of the secret var holding the secret access key.
-    #[serde(default)]
     pub secret_key_var: Option<String>,
     #[serde(default)]
     pub via: Via,
     /// Read what is not given here from this deployment's container environment.
-    #[serde(default)]
     pub from_deployment: Option<String>,
     /// The container of `from_deployment` (default `ui`).
-    #[serde(default)]
     pub container: Option<String>,
     /// The app's variable names, with `from_deployment`.
     #[serde(default)]

@@ -102,8 +102,6 @@ fn checked_safety_factor<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Optio
 }
 
 k8s_args! {
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Preflight {
     pub role: Role,
     #[serde(default, deserialize_with = "checked_min_version")]
@@ -113,36 +111,22 @@ pub struct Preflight {
 
     // --- old host
     /// All containers that must exist (default: the six `packagist-*`).
-    #[serde(default)]
     pub containers: Option<Vec<String>>,
-    #[serde(default)]
     pub ui_container: Option<String>,
-    #[serde(default)]
     pub postgres_container: Option<String>,
-    #[serde(default)]
     pub redis_container: Option<String>,
-    #[serde(default)]
     pub database: Option<String>,
     /// Where the old Redis leaves its dump, inside its container.
-    #[serde(default)]
     pub redis_rdb_path: Option<String>,
-    #[serde(default)]
     pub data_dir: Option<Template>,
-    #[serde(default)]
     pub backup_dir: Option<Template>,
 
     // --- new host
-    #[serde(default)]
     pub deployments: Option<Vec<String>>,
-    #[serde(default)]
     pub statefulsets: Option<Vec<String>>,
-    #[serde(default)]
     pub ui_deployment: Option<String>,
-    #[serde(default)]
     pub ui_app_container: Option<String>,
-    #[serde(default)]
     pub openebs_base: Option<Template>,
-    #[serde(default)]
     pub staging_dir: Option<Template>,
 }
 }

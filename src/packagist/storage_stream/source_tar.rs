@@ -13,6 +13,7 @@ use super::SourceTree;
 use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
 use crate::packagist::storage::storage_find_cmd;
+use crate::stream::PumpError;
 
 /// The vendor's tar fallback, uncompressed, to stdout.
 pub fn source_tar_cmd(data_dir: &str) -> Cmd {
@@ -89,14 +90,11 @@ pub struct TarPumped {
     pub fingerprint: StorageFingerprint,
 }
 
+/// Where a tar stream failed: moving bytes (as any pump), or reading the tar itself.
 #[derive(Debug, thiserror::Error)]
 pub enum TarStreamError {
-    #[error("reading the source: {0}")]
-    Read(#[source] std::io::Error),
-    #[error("writing the destination: {0}")]
-    Write(#[source] std::io::Error),
-    #[error("writing the local copy: {0}")]
-    Tee(#[source] std::io::Error),
+    #[error(transparent)]
+    Pump(#[from] PumpError),
     #[error("{0}")]
     Archive(String),
 }
@@ -126,7 +124,7 @@ where
     let mut last_tick = 0u64;
     let mut parser_gone = false;
     loop {
-        let n = reader.read(&mut buf).await.map_err(TarStreamError::Read)?;
+        let n = reader.read(&mut buf).await.map_err(PumpError::Read)?;
         if n == 0 {
             break;
         }
@@ -136,16 +134,13 @@ where
             // The parser stopped early (a broken archive): its error is reported below.
             parser_gone = true;
         }
-        gzip.write_all(&chunk).map_err(TarStreamError::Write)?;
+        gzip.write_all(&chunk).map_err(PumpError::Write)?;
         let out = std::mem::take(gzip.get_mut());
         written += out.len() as u64;
         hasher.update(&out);
-        writer
-            .write_all(&out)
-            .await
-            .map_err(TarStreamError::Write)?;
+        writer.write_all(&out).await.map_err(PumpError::Write)?;
         if let Some(t) = tee.as_deref_mut() {
-            t.write_all(&out).await.map_err(TarStreamError::Tee)?;
+            t.write_all(&out).await.map_err(PumpError::Tee)?;
         }
         if read - last_tick >= 8 << 20 {
             last_tick = read;
@@ -153,19 +148,16 @@ where
         }
     }
     drop(to_parser);
-    let tail = gzip.finish().map_err(TarStreamError::Write)?;
+    let tail = gzip.finish().map_err(PumpError::Write)?;
     written += tail.len() as u64;
     hasher.update(&tail);
-    writer
-        .write_all(&tail)
-        .await
-        .map_err(TarStreamError::Write)?;
-    writer.flush().await.map_err(TarStreamError::Write)?;
-    writer.shutdown().await.map_err(TarStreamError::Write)?;
+    writer.write_all(&tail).await.map_err(PumpError::Write)?;
+    writer.flush().await.map_err(PumpError::Write)?;
+    writer.shutdown().await.map_err(PumpError::Write)?;
     // fsync and the check of the copy are the tee owner's (`LocalCopy::commit`).
     if let Some(t) = tee {
-        t.write_all(&tail).await.map_err(TarStreamError::Tee)?;
-        t.flush().await.map_err(TarStreamError::Tee)?;
+        t.write_all(&tail).await.map_err(PumpError::Tee)?;
+        t.flush().await.map_err(PumpError::Tee)?;
     }
     progress(read);
     let fingerprint = parser

@@ -61,16 +61,7 @@ pub(crate) async fn start(
                 host: host.to_string(),
                 reason: "connection shut down".into(),
             })?;
-    let channel = conn
-        .handle
-        .channel_open_session()
-        .await
-        .map_err(|e| map_russh_error(e, host))?;
-    channel
-        .exec(true, command)
-        .await
-        .map_err(|e| map_russh_error(e, host))?;
-    let (read, write) = channel.split();
+    let (read, write) = conn.exec_channel(command, host).await?;
     let write = Arc::new(write);
 
     let (out_tx, out_rx) = mpsc::channel::<io::Result<Bytes>>(STDOUT_QUEUE);

@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use crate::command::Cmd;
 use crate::secrets::Secrets;
 use crate::transport::{
-    BecomeSpec, ConnectSpec, Duplex, ExecOutput, ExecStream, ForwardMethod, OutputLimit, Transport,
-    TransportError,
+    BecomeSpec, ConnectSpec, Duplex, ExecOutput, ExecResult, ExecStream, ForwardMethod,
+    OutputLimit, Transport, TransportError,
 };
 
 mod auth;
@@ -389,17 +389,12 @@ impl Transport for SshTransport {
         &self.name
     }
 
-    async fn exec(&self, cmd: &Cmd, stdin: Option<&[u8]>) -> Result<ExecOutput, TransportError> {
+    async fn exec(&self, cmd: &Cmd, stdin: Option<&[u8]>) -> ExecResult {
         self.exec_limited(cmd, stdin, None).await
     }
 
-    async fn exec_bounded(
-        &self,
-        cmd: &Cmd,
-        stdin: Option<&[u8]>,
-        limit: OutputLimit,
-    ) -> Result<ExecOutput, TransportError> {
-        self.exec_limited(cmd, stdin, Some(limit)).await
+    async fn exec_bounded(&self, cmd: &Cmd, stdin: Option<&[u8]>, keep: OutputLimit) -> ExecResult {
+        self.exec_limited(cmd, stdin, Some(keep)).await
     }
 
     async fn exec_stream(&self, cmd: &Cmd) -> Result<ExecStream, TransportError> {

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use russh::client::{Handle, Handler};
+use russh::client::{Handle, Handler, Msg};
 use russh::keys::{Algorithm, HashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::{ChannelReadHalf, ChannelWriteHalf};
 use tokio::sync::Semaphore;
 
 use super::auth::{self, Credentials};
@@ -288,6 +289,27 @@ fn keyscan_command(target: &Target, key: &PublicKey) -> String {
         quote(&target.host),
         quote(&target.known_hosts.to_string_lossy())
     )
+}
+
+impl Connection {
+    /// Open a session channel and exec `command` on it: the channel's two halves. The
+    /// caller holds one of [`Connection::sessions`]' permits for as long as it is open.
+    pub(crate) async fn exec_channel(
+        &self,
+        command: String,
+        host: &str,
+    ) -> Result<(ChannelReadHalf, ChannelWriteHalf<Msg>), TransportError> {
+        let channel = self
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| map_russh_error(e, host))?;
+        channel
+            .exec(true, command)
+            .await
+            .map_err(|e| map_russh_error(e, host))?;
+        Ok(channel.split())
+    }
 }
 
 /// Map a russh error to what the operator should read.

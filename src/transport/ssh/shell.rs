@@ -183,16 +183,9 @@ impl Shell {
         let Ok(permit) = conn.sessions.clone().try_acquire_owned() else {
             return Ok(None);
         };
-        let channel = conn
-            .handle
-            .channel_open_session()
-            .await
-            .map_err(|e| map_russh_error(e, host))?;
-        channel
-            .exec(true, crate::command::quote(program))
-            .await
-            .map_err(|e| map_russh_error(e, host))?;
-        let (read, write) = channel.split();
+        let (read, write) = conn
+            .exec_channel(crate::command::quote(program), host)
+            .await?;
         let mut shell = Shell {
             read,
             write: Arc::new(write),
