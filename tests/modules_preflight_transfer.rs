@@ -679,7 +679,7 @@ fn transfer_decides_ok_chmod_send_resume_restart() {
     assert_eq!(offset_of(&c), (400, false));
     assert!(c[0]
         .describe()
-        .contains("resuming after 400 B already there (600 B to send)"));
+        .contains("resuming after 400 B already there (400 bytes; 600 B to send)"));
     assert!(
         c[0].commands()[0].starts_with(
             "ssh old tail -c +401 /b/packagist_db.sql | ssh new '{ cat /n/.ferry/packagist_db.sql.part && tee -a /n/.ferry/packagist_db.sql.part; }' | sha256sum"

@@ -239,7 +239,7 @@ pub fn is_disk_full(stderr: &str) -> bool {
 }
 
 /// "N bytes free of M in DIR" from `df -PB1` on the host, or why not.
-async fn disk_free_text(ctx: &HostReader, dir: &str) -> String {
+pub async fn disk_free_text(ctx: &HostReader, dir: &str) -> String {
     match ctx
         .exec(&Cmd::new("df").arg("-PB1").arg("--").arg(dir))
         .await
@@ -327,12 +327,25 @@ pub fn artifact_fingerprint<T: serde::de::DeserializeOwned>(
     artifact: &str,
     key: &str,
 ) -> Option<T> {
+    // A copy (`transfer`'s `record_as`) has the bytes of its original, so the original's
+    // fingerprint describes it too: records are matched by name, then by content.
+    let sha256 = ctx
+        .journal
+        .artifacts_named(artifact)
+        .pop()
+        .map(|a| a.sha256);
     let data = ctx.journal.snapshot();
-    data.hosts
-        .values()
-        .flat_map(|tasks| tasks.values())
+    let records = || data.hosts.values().flat_map(|tasks| tasks.values());
+    let by_name = records()
         .filter(|r| r.artifacts.contains_key(artifact))
-        .find_map(|r| r.fingerprints.get(key).cloned())
+        .find_map(|r| r.fingerprints.get(key).cloned());
+    by_name
+        .or_else(|| {
+            let sha256 = sha256.as_deref()?;
+            records()
+                .filter(|r| r.artifacts.values().any(|a| a.sha256 == sha256))
+                .find_map(|r| r.fingerprints.get(key).cloned())
+        })
         .and_then(|v| serde_json::from_value(v).ok())
 }
 

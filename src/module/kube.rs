@@ -120,6 +120,15 @@ impl K8sTarget {
         ))
     }
 
+    /// The kubeconfig file on the node this target uses, if it uses one there (not with
+    /// `kubeconfig_local`): kubectl run on the node can use it too.
+    pub fn node_kubeconfig(&self, ctx: &HostReader) -> Result<Option<String>, ModuleError> {
+        Ok(match self.source(ctx)? {
+            KubeconfigSource::RemoteFile(path) => Some(path),
+            KubeconfigSource::Local { .. } => None,
+        })
+    }
+
     /// The cluster, connected once per host and namespace and shared by later tasks.
     pub async fn cluster(&self, ctx: &HostReader) -> Result<Arc<Cluster>, ModuleError> {
         let namespace = self.namespace(ctx)?;

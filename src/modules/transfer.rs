@@ -35,7 +35,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::command::Cmd;
 use crate::journal::Artifact;
-use crate::module::artifact::find_artifact;
+use crate::module::artifact::{disk_free_text, find_artifact, is_disk_full};
 use crate::module::artifact_stream::{copy_to_laptop, laptop_copy, stream_artifact, LaptopCopy};
 use crate::module::staged::{parse_path_states, PathState, StagedPath};
 use crate::module::{Applied, Change, HostReader, Module, ModuleError, Probe, TaskCtx};
@@ -149,7 +149,7 @@ impl Change for TransferChange {
             } => {
                 let how = if *offset > 0 {
                     format!(
-                        ", resuming after {} already there ({} to send)",
+                        ", resuming after {} already there ({offset} bytes; {} to send)",
                         crate::module::units::human(*offset),
                         crate::module::units::human(size - offset)
                     )
@@ -389,6 +389,11 @@ pub async fn send(
         ctx.secrets
             .mask(String::from_utf8_lossy(&exit.stderr).trim())
     };
+    if is_disk_full(&String::from_utf8_lossy(&exit.stderr)) {
+        return Err(ModuleError::DiskFull(
+            receive_disk_full(ctx, artifact, dest, &far_err()).await,
+        ));
+    }
     let pumped = match sent {
         Ok(p) => p,
         Err(e) if exit.status != Some(0) && !exit.stderr.is_empty() => {
@@ -449,6 +454,33 @@ pub async fn send(
         artifact.sha256
     );
     Ok(())
+}
+
+/// The message for a receive that filled the far end's filesystem: where, how much
+/// arrived and is still needed, the free space now, and that the part is kept.
+async fn receive_disk_full(ctx: &TaskCtx, artifact: &Artifact, dest: &str, stderr: &str) -> String {
+    let part = part_path(dest);
+    let kept = ctx
+        .exec(&Cmd::new("stat").arg("-c").arg("%s").arg(part.as_str()))
+        .await
+        .ok()
+        .and_then(|o| o.stdout_str().trim().parse::<u64>().ok());
+    let free = disk_free_text(ctx, &crate::module::kube::parent_dir(&part)).await;
+    let arrived = match kept {
+        Some(n) => format!(
+            "{n} of {} bytes arrived, {} more needed",
+            artifact.size,
+            artifact.size.saturating_sub(n)
+        ),
+        None => format!("{} bytes are needed", artifact.size),
+    };
+    format!(
+        "No space left on device on host {host} writing {part}: {arrived}; now {free}. The \
+         partial upload is kept (a re-run resumes after it) and nothing else was deleted. \
+         Free space there (or send {name} to a larger disk) and re-run. ({stderr})",
+        host = ctx.host,
+        name = artifact.name,
+    )
 }
 
 /// Pure: what to do to have the artifact at `dest` with its recorded content and mode.

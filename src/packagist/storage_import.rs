@@ -13,6 +13,12 @@
 //! verify_dir = "/data/packagist"              # "" when the storage is not a directory there
 //! ```
 //!
+//! When the artifact is on this task's host (the new node: a `transfer` task sent it
+//! there, resumably, as `packagist_storage_node`) and the cluster is reached through a
+//! kubeconfig on the node, the copy into the pod runs on the node with its kubectl
+//! (`kubectl exec -i … < archive`): node to pod at local speed, nothing through the
+//! laptop again, and a re-run copies it again in seconds instead of resuming.
+//!
 //! The upload is staged as `<archive dir>/.ferry/<archive name>.part`, in a directory
 //! ferry makes (mode 0700) and creates the part in new (O_EXCL); a name there or at the
 //! archive that ferry did not create (a symlink, another user's file) fails the task.
@@ -65,18 +71,34 @@ pub struct StorageImportFacts {
     pub guard: Option<String>,
     /// Check mode before the export ran: the source will exist in a real run.
     pub source_pending: bool,
+    /// The archive is a file on this node, copied into the pod by the node's kubectl.
+    pub node_source: Option<NodeSource>,
+}
+
+/// An archive on the node that runs the cluster, and the node's kubeconfig.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeSource {
+    pub path: String,
+    pub kubeconfig: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ImportChange {
     pub pod: String,
     pub resume_from: u64,
+    /// Copy from this file on the node (with the node's kubectl) instead of streaming.
+    pub from_node: Option<NodeSource>,
     pub kubectl: Vec<String>,
 }
 
 impl Change for ImportChange {
     fn describe(&self) -> String {
-        if self.resume_from > 0 {
+        if let Some(node) = &self.from_node {
+            format!(
+                "copy the storage archive {} from the node into {} and import it",
+                node.path, self.pod
+            )
+        } else if self.resume_from > 0 {
             format!(
                 "upload the storage archive into {} (resuming after {} bytes) and import it",
                 self.pod, self.resume_from
@@ -127,7 +149,19 @@ impl Module for StorageImport {
             taken: Vec::new(),
             guard,
             source_pending: false,
+            node_source: None,
         };
+        if let (Ok(a), Some(kubeconfig)) = (
+            find_artifact(probe, &self.artifact),
+            self.k8s().node_kubeconfig(probe)?,
+        ) {
+            if a.host == probe.host {
+                f.node_source = Some(NodeSource {
+                    path: a.path,
+                    kubeconfig,
+                });
+            }
+        }
         f.source_pending = f.source.is_none() && probe.predicted_artifact(&self.artifact);
         if f.guard.is_none() {
             f.current = f.target.current(probe, &cluster, store.as_ref()).await?;
@@ -222,25 +256,53 @@ impl Module for StorageImport {
         //    pod as it is written (`tee part | sha256sum`), so the archive is read once;
         //    a resumed one is hashed whole afterwards, since its prefix came earlier.
         let upload = pod_upload_cmd(&staged, offset > 0);
-        let mut proc = cluster.exec(pod, container, &sh(&upload), true).await?;
-        let mut stdin = proc
-            .stdin()
-            .ok_or_else(|| ModuleError::Internal("exec without stdin".into()))?;
-        let (pumped, (out, err)) = tokio::join!(
-            stream_artifact(ctx, &artifact, offset, sha2::Sha256::default(), &mut stdin),
-            crate::k8s::drain(&mut proc)
-        );
-        let finished = crate::k8s::finish(pod, proc, &err).await;
+        let (sent, out, err_text, finished) = match &change.from_node {
+            Some(node) => {
+                // Node to pod with the node's kubectl: nothing passes the laptop.
+                let copied = ctx
+                    .exec(&node_copy_cmd(node, &f.target, pod, &upload))
+                    .await?;
+                let finished = if copied.success() {
+                    Ok(())
+                } else {
+                    Err(ModuleError::Remote {
+                        what: format!(
+                            "copying {} on host {} into {pod} with the node's kubectl failed",
+                            node.path, ctx.host
+                        ),
+                        detail: ctx.secrets.mask(copied.stderr_str().trim()),
+                    })
+                };
+                let err_text = copied.stderr_str();
+                (artifact.size, copied.stdout, err_text, finished)
+            }
+            None => {
+                let mut proc = cluster.exec(pod, container, &sh(&upload), true).await?;
+                let mut stdin = proc
+                    .stdin()
+                    .ok_or_else(|| ModuleError::Internal("exec without stdin".into()))?;
+                let (pumped, (out, err)) = tokio::join!(
+                    stream_artifact(ctx, &artifact, offset, sha2::Sha256::default(), &mut stdin),
+                    crate::k8s::drain(&mut proc)
+                );
+                let finished = crate::k8s::finish(pod, proc, &err).await;
+                let err_text = String::from_utf8_lossy(&err).to_string();
+                // A full disk is reported below, before the pump's own error.
+                match (finished, pumped) {
+                    (Ok(()), Ok(p)) => (p.bytes, out, err_text, Ok(())),
+                    (Err(e), _) => (0, out, err_text, Err(e.into())),
+                    (Ok(()), Err(e)) => (0, out, err_text, Err(e)),
+                }
+            }
+        };
         // A full disk shows on stderr (`tee` or `cat`), whatever the exit status: a
         // pipe's status is its last command's (sha256sum).
-        let err_text = String::from_utf8_lossy(&err).to_string();
         if is_disk_full(&err_text) {
             return Err(ModuleError::DiskFull(
                 upload_disk_full(ctx, &cluster, pod, f, &part, artifact.size, &err_text).await,
             ));
         }
         finished?;
-        let pumped = pumped?;
         // A resumed upload sent only the rest, so the laptop's copy (var `backup_dir`)
         // was not made on the way: make it whole now if it is not.
         if offset > 0 {
@@ -291,7 +353,7 @@ impl Module for StorageImport {
                 "it has {far_size} bytes and sha256 {far}, expected {} bytes and {} ({} bytes sent from offset {offset}){}",
                 artifact.size,
                 artifact.sha256,
-                pumped.bytes,
+                sent,
                 if err_text.trim().is_empty() { String::new() } else { format!(": {}", err_text.trim()) }
             ),
             });
@@ -350,36 +412,76 @@ pub fn decide(f: &StorageImportFacts) -> Result<Vec<ImportChange>, ModuleError> 
             "the ui deployment has no ready pod to import into: scale it to 1 first".into(),
         ));
     };
+    // A copy from the node starts over (it is local and fast); a stream resumes after
+    // the part already in the pod.
+    let resume_from = if f.node_source.is_some() {
+        0
+    } else {
+        f.partial
+    };
     // Before a byte moves: the staging path must hold what is still to be sent.
     if let Some(size) = f.archive_size {
-        f.target.check_room(pod, size.saturating_sub(f.partial))?;
+        f.target.check_room(pod, size.saturating_sub(resume_from))?;
     }
     let [import, cleanup] = f.target.import_commands(pod);
+    let upload = match &f.node_source {
+        Some(node) => format!(
+            "{} (on the node)",
+            node_copy_cmd(
+                node,
+                &f.target,
+                pod,
+                &Cmd::new("cat").op(">").arg(f.target.archive.as_str())
+            )
+            .display()
+        ),
+        None => format!(
+            "{} < packagist_storage.tar.gz",
+            kubectl(
+                &f.target.namespace,
+                &[
+                    "exec",
+                    "-i",
+                    pod,
+                    "-c",
+                    &f.target.container,
+                    "--",
+                    "sh",
+                    "-c",
+                    &format!("cat > {}", f.target.archive)
+                ]
+            )
+        ),
+    };
     Ok(vec![ImportChange {
         pod: pod.clone(),
-        resume_from: f.partial,
-        kubectl: vec![
-            format!(
-                "{} < packagist_storage.tar.gz",
-                kubectl(
-                    &f.target.namespace,
-                    &[
-                        "exec",
-                        "-i",
-                        pod,
-                        "-c",
-                        &f.target.container,
-                        "--",
-                        "sh",
-                        "-c",
-                        &format!("cat > {}", f.target.archive)
-                    ]
-                )
-            ),
-            import,
-            cleanup,
-        ],
+        resume_from,
+        from_node: f.node_source.clone(),
+        kubectl: vec![upload, import, cleanup],
     }])
+}
+
+/// On the node: feed the archive `node.path` to `script` in the ui container, with the
+/// node's kubectl and kubeconfig.
+fn node_copy_cmd(node: &NodeSource, target: &ImportTarget, pod: &str, script: &Cmd) -> Cmd {
+    Cmd::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(node.kubeconfig.as_str())
+        .arg("-n")
+        .arg(target.namespace.as_str())
+        .args([
+            "exec",
+            "-i",
+            pod,
+            "-c",
+            target.container.as_str(),
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(script.to_shell())
+        .op("<")
+        .arg(node.path.as_str())
 }
 
 /// The message for an upload that filled the pod's filesystem: where (host, namespace,
@@ -456,7 +558,36 @@ mod tests {
             taken: Vec::new(),
             guard: None,
             source_pending: false,
+            node_source: None,
         }
+    }
+
+    #[test]
+    fn an_archive_on_the_node_is_copied_by_the_node_kubectl_from_the_start() {
+        let mut f = facts();
+        f.partial = 60;
+        f.node_source = Some(NodeSource {
+            path: "/var/tmp/ferry/packagist_storage.tar.gz".into(),
+            kubeconfig: "/etc/kubernetes/admin.conf".into(),
+        });
+        let c = decide(&f).unwrap();
+        // Local and fast: no resume after the pod's part, and the room check counts all.
+        assert_eq!(c[0].resume_from, 0);
+        assert_eq!(c[0].from_node, f.node_source);
+        assert!(
+            c[0].describe().contains("from the node"),
+            "{}",
+            c[0].describe()
+        );
+        let upload = &c[0].commands()[0];
+        assert!(
+            upload.starts_with("kubectl --kubeconfig /etc/kubernetes/admin.conf -n default exec -i ui-abc -c ui -- sh -c")
+                && upload.ends_with("< /var/tmp/ferry/packagist_storage.tar.gz (on the node)"),
+            "{upload}"
+        );
+        f.target.staging_free = Some(99);
+        let e = decide(&f).unwrap_err().to_string();
+        assert!(e.contains("100"), "{e}");
     }
 
     #[test]
