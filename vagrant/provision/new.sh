@@ -2,7 +2,9 @@
 # The new host: single-node k3s, the OpenEBS LocalPV hostpath provisioner (StorageClass
 # `openebs-hostpath`, BasePath /var/openebs/local, reclaimPolicy Delete, the default
 # class), the kubeconfig also at /etc/kubernetes/admin.conf, and the Packagist-shaped
-# workloads from tests/testbed/manifests (the same files the simulator loads).
+# workloads from tests/testbed/manifests (the same files the simulator loads with
+# `up --blob-store fs`; the blob-s3 overlay, a real S3 server, is the simulator's default
+# but its image is not built for the VM, so the VM's ui keeps files at /data/packagist).
 # Idempotent: re-running re-applies the manifests and waits for the pods.
 #
 # Environment: K3S_CHANNEL (default v1.33), K3S_VERSION (exact version, overrides the
