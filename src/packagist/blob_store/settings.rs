@@ -27,6 +27,9 @@ use crate::module::{HostReader, ModuleError};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlobStoreConfig {
+    /// The store's API: `s3` (the default: AWS S3 and S3-compatible stores, MinIO).
+    #[serde(default)]
+    pub kind: StoreKind,
     /// `http(s)://host:port`; path-style requests.
     pub endpoint: Option<String>,
     pub bucket: Option<String>,
@@ -44,6 +47,17 @@ pub struct BlobStoreConfig {
     /// The app's variable names, with `from_deployment`.
     #[serde(default)]
     pub env: EnvNames,
+}
+
+/// The blob storage APIs of the vendor's documentation. Only S3 is proven today; the
+/// others are named so that an install using one gets a clear answer, not a parse error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    S3,
+    Azure,
+    Gcs,
 }
 
 /// The app's environment variable for each setting.
@@ -229,11 +243,26 @@ pub fn config_of(ctx: &HostReader) -> Result<Option<BlobStoreConfig>, ModuleErro
     let Some(value) = ctx.var_of(&super::BLOB_STORE)? else {
         return Ok(None);
     };
-    serde_json::from_value(value.clone())
-        .map(Some)
-        .map_err(|e| {
-            ModuleError::Precondition(format!("host var `blob_store` of {}: {e}", ctx.host))
-        })
+    let config: BlobStoreConfig = serde_json::from_value(value.clone()).map_err(|e| {
+        ModuleError::Precondition(format!("host var `blob_store` of {}: {e}", ctx.host))
+    })?;
+    check_kind(&ctx.host, config.kind)?;
+    Ok(Some(config))
+}
+
+/// Pure: refuse a store ferry cannot prove yet, saying what to do instead.
+fn check_kind(host: &str, kind: StoreKind) -> Result<(), ModuleError> {
+    let name = match kind {
+        StoreKind::S3 => return Ok(()),
+        StoreKind::Azure => "azure (Azure Blob Storage)",
+        StoreKind::Gcs => "gcs (Google Cloud Storage)",
+    };
+    Err(ModuleError::Precondition(format!(
+        "host var `blob_store` of {host}: kind {name} is not supported yet: ferry proves \
+         S3 and S3-compatible stores only. Remove `blob_store` to import without the proof \
+         (the report then warns that the storage was not proven), and check the files in \
+         the store yourself"
+    )))
 }
 
 /// What the app's environment says, for each setting (`None`: not set there).
@@ -397,6 +426,23 @@ mod tests {
             ((SourceKind::Secret, "blob".to_string()), Some(secret)),
             ((SourceKind::Secret, "gone".to_string()), None),
         ])
+    }
+
+    #[test]
+    fn stores_other_than_s3_are_refused_naming_the_kind_and_what_to_do() {
+        let parsed: BlobStoreConfig =
+            serde_json::from_value(serde_json::json!({"kind": "azure", "bucket": "b"})).unwrap();
+        let e = check_kind("new", parsed.kind).unwrap_err().to_string();
+        assert!(e.contains("new") && e.contains("Azure Blob Storage"), "{e}");
+        assert!(e.contains("Remove `blob_store`"), "{e}");
+        assert!(check_kind("new", StoreKind::Gcs).is_err());
+        let default: BlobStoreConfig = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert!(check_kind("new", default.kind).is_ok());
+        let unknown = serde_json::from_value::<BlobStoreConfig>(serde_json::json!({"kind": "ftp"}));
+        assert!(unknown
+            .unwrap_err()
+            .to_string()
+            .contains("unknown variant `ftp`"));
     }
 
     #[test]
