@@ -41,21 +41,38 @@ CONF
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server; exit 0' TERM INT
 
+# The first start lays the cluster out. Each step is done once and marked on the volume
+# (a retry would fail: a layout version applies once, a key or bucket is created once),
+# and the steps that need the new layout to be live are retried: a start that failed
+# half-way (a bucket created before the layout was ready) finishes on the pod's restart
+# instead of failing the same way forever.
 if [ ! -e /data/.configured ]; then
   g() { "$GARAGE" -c "$CONF" "$@"; }
+  # step NAME CMD...: run CMD until it succeeds (60 s at most), once per volume.
+  step() {
+    name=$1; shift
+    [ -e "/data/.step-$name" ] && return 0
+    i=0
+    until out=$("$@" 2>&1); do
+      i=$((i + 1))
+      [ $i -lt 120 ] || { echo "blobstore: $name failed: $out" >&2; exit 1; }
+      sleep 0.5
+    done
+    touch "/data/.step-$name"
+  }
   i=0
   until node=$(g node id -q 2>/dev/null); do
     i=$((i + 1)); [ $i -lt 120 ] || { echo "blobstore: garage did not start" >&2; exit 1; }
     sleep 0.5
   done
   node=${node%%@*}
-  g layout assign -z testbed -c 20G "$node" >/dev/null
-  g layout apply --version 1 >/dev/null
-  g key import --yes -n packagist "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >/dev/null
+  step layout-assign g layout assign -z testbed -c 20G "$node"
+  step layout-apply g layout apply --version 1
+  step key-import g key import --yes -n packagist "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY"
   # shellcheck disable=SC2086 # a list of bucket names
   for b in $S3_BUCKETS; do
-    g bucket create "$b" >/dev/null
-    g bucket allow --read --write --owner "$b" --key packagist >/dev/null
+    step "bucket-create-$b" g bucket create "$b"
+    step "bucket-allow-$b" g bucket allow --read --write --owner "$b" --key packagist
   done
   touch /data/.configured
   echo "blobstore: configured buckets $S3_BUCKETS"
