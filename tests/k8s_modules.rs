@@ -678,7 +678,7 @@ async fn redis_flushdb_empties_only_database_5_and_is_guarded_after_the_migratio
         run.task("Clear the Composer cache").changes,
         vec![
             "flush Redis database 5 (4 keys)\n  \
-              $ kubectl -n default exec redis-0 -- redis-cli -p 9869 -n 5 FLUSHDB"
+              $ kubectl -n default exec redis-0 -c redis -- redis-cli -p 9869 -n 5 FLUSHDB"
         ]
     );
     assert_eq!(seeded(&cluster), (3, 2, 0));

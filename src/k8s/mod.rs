@@ -97,6 +97,28 @@ pub fn kubectl(namespace: &str, args: &[&str]) -> String {
     c.display()
 }
 
+/// `kubectl -n NS exec [-i] POD [-c CONTAINER] -- ARGV…`, for the report and `-v`: the
+/// exec ferry runs, container included.
+pub fn kubectl_exec(
+    namespace: &str,
+    pod: &str,
+    container: Option<&str>,
+    stdin: bool,
+    argv: &[&str],
+) -> String {
+    let mut args = vec!["exec"];
+    if stdin {
+        args.push("-i");
+    }
+    args.push(pod);
+    if let Some(c) = container {
+        args.extend(["-c", c]);
+    }
+    args.push("--");
+    args.extend_from_slice(argv);
+    kubectl(namespace, &args)
+}
+
 impl Cluster {
     /// Connect using `source`; `namespace` defaults to the kubeconfig's, else `default`.
     /// `node` is the transport of the host that runs the API server (for `RemoteFile`).

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use crate::fingerprint::PgFingerprint;
-use crate::k8s::{kubectl, PodsWanted, WorkloadKind};
+use crate::k8s::{kubectl, kubectl_exec, PodsWanted, WorkloadKind};
 use crate::module::artifact::{artifact_fingerprint, find_artifact};
 use crate::module::artifact_stream::stream_artifact;
 use crate::module::kube::{k8s_args, pod_exec, K8sArgs};
@@ -164,10 +164,9 @@ impl PgRestoreK8s {
             namespace,
             pod: format!("{statefulset}-0"),
             pvc: or(&self.pvc, &format!("postgres-data-{statefulset}-0"))?,
-            container: match &self.container {
-                Some(t) => Some(ctx.render_operand(t)?),
-                None => None,
-            },
+            // Named on every exec: the API server refuses an exec without one into a pod
+            // with several containers (a sidecar).
+            container: Some(ctx.render_or(&self.container, "postgres")?),
             statefulset,
             database: or(&self.database, "packagist_db")?,
             user: or(&self.user, "postgres")?,
@@ -511,9 +510,9 @@ pub fn decide(f: &PgRestoreFacts) -> Result<Vec<PgRestoreChange>, ModuleError> {
             statefulset,
             pod,
             pvc,
+            container,
             database,
             user,
-            ..
         } => {
             let sts = format!("statefulset/{statefulset}");
             vec![
@@ -530,21 +529,12 @@ pub fn decide(f: &PgRestoreFacts) -> Result<Vec<PgRestoreChange>, ModuleError> {
                     into: format!("{pod} ({database})"),
                     command: format!(
                         "{} < dump",
-                        kubectl(
+                        kubectl_exec(
                             namespace,
-                            &[
-                                "exec",
-                                "-i",
-                                pod,
-                                "--",
-                                "psql",
-                                "-v",
-                                "ON_ERROR_STOP=1",
-                                "-U",
-                                user,
-                                "-d",
-                                database
-                            ]
+                            pod,
+                            container.as_deref(),
+                            true,
+                            &["psql", "-v", "ON_ERROR_STOP=1", "-U", user, "-d", database]
                         )
                     ),
                 },

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::fingerprint::RedisKeyCounts;
-use crate::k8s::kubectl;
+use crate::k8s::kubectl_exec;
 use crate::module::artifact::artifact_fingerprint;
 use crate::module::kube::{k8s_args, pod_exec, K8sArgs};
 use crate::module::{Applied, Change, Module, ModuleError, Probe, Store, TaskCtx};
@@ -119,10 +119,9 @@ impl Module for RedisFlushdb {
         let mut f = FlushFacts {
             namespace: cluster.namespace().to_string(),
             pod: format!("{sts}-0"),
-            container: match &self.container {
-                Some(t) => Some(probe.render_operand(t)?),
-                None => None,
-            },
+            // Named on every exec: the API server refuses an exec without one into a pod
+            // with several containers (a sidecar).
+            container: Some(probe.render_or(&self.container, "redis")?),
             port: self.port.unwrap_or(9869),
             counts: RedisKeyCounts::default(),
             guard: completed_guard(probe, &marker, "redis"),
@@ -207,12 +206,12 @@ pub fn decide(db: u32, f: &FlushFacts) -> Vec<Flush> {
         keys => vec![Flush {
             db,
             keys,
-            kubectl: kubectl(
+            kubectl: kubectl_exec(
                 &f.namespace,
+                &f.pod,
+                f.container.as_deref(),
+                false,
                 &[
-                    "exec",
-                    &f.pod,
-                    "--",
                     "redis-cli",
                     "-p",
                     &f.port.to_string(),

@@ -25,7 +25,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::command::Cmd;
 use crate::fingerprint::RedisKeyCounts;
-use crate::k8s::{kubectl, pod_ready, Cluster, PodsWanted, WorkloadKind};
+use crate::k8s::{kubectl, kubectl_exec, pod_ready, Cluster, PodsWanted, WorkloadKind};
 use crate::module::artifact::{artifact_fingerprint, find_artifact};
 use crate::module::artifact_stream::stream_artifact;
 use crate::module::kube::{k8s_args, pod_exec, K8sArgs};
@@ -342,10 +342,9 @@ impl Module for RedisRestoreOpenebs {
             namespace: cluster.namespace().to_string(),
             statefulset,
             pod,
-            container: match &self.container {
-                Some(t) => Some(probe.render_operand(t)?),
-                None => None,
-            },
+            // Named on every exec: the API server refuses an exec without one into a pod
+            // with several containers (a sidecar).
+            container: Some(probe.render_or(&self.container, "redis")?),
             port: self.port.unwrap_or(9869),
             pvc,
             pv,
@@ -527,12 +526,12 @@ pub fn decide(f: &RedisRestoreFacts) -> Result<Vec<RedisRestoreChange>, ModuleEr
                 &f.namespace,
                 &["get", "pvc", &f.pvc, "-o", "jsonpath={.spec.volumeName}"],
             ),
-            kubectl(
+            kubectl_exec(
                 &f.namespace,
+                &f.pod,
+                f.container.as_deref(),
+                false,
                 &[
-                    "exec",
-                    &f.pod,
-                    "--",
                     "redis-cli",
                     "-p",
                     &f.port.to_string(),

@@ -33,6 +33,31 @@ const STATUS: u8 = 3;
 const CLOSE: u8 = 255;
 const CHUNK: usize = 64 * 1024;
 
+/// The container an exec runs in, as the API server picks it: the one named, else the
+/// pod's only container. A pod with several needs a name: 400, with the API server's
+/// message. (The `kubectl.kubernetes.io/default-container` annotation is read by kubectl,
+/// client side, which then sends `container=`; the server itself ignores it.)
+pub fn exec_container(
+    pod: &serde_json::Value,
+    pod_name: &str,
+    container: Option<&str>,
+) -> Result<String, String> {
+    let names: Vec<&str> = pod["spec"]["containers"]
+        .as_array()
+        .map(|cs| cs.iter().filter_map(|c| c["name"].as_str()).collect())
+        .unwrap_or_default();
+    match (container, names.as_slice()) {
+        (Some(c), _) if names.contains(&c) => Ok(c.to_string()),
+        (Some(c), _) => Err(format!("container {c} is not valid for pod {pod_name}")),
+        (None, [only]) => Ok(only.to_string()),
+        (None, []) => Err(format!("pod {pod_name} does not have a host assigned")),
+        (None, _) => Err(format!(
+            "a container name must be specified for pod {pod_name}, choose one of: [{}]",
+            names.join(" ")
+        )),
+    }
+}
+
 pub async fn handle_exec(
     sim: Arc<Sim>,
     req: Request<Incoming>,
@@ -46,14 +71,7 @@ pub async fn handle_exec(
         .store
         .get(PODS, namespace, pod_name)
         .ok_or_else(|| ApiError::not_found(PODS, pod_name))?;
-    let container = match container {
-        Some(c) => c.to_string(),
-        None => pod["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"]
-            .as_str()
-            .or_else(|| pod["spec"]["containers"][0]["name"].as_str())
-            .unwrap_or("")
-            .to_string(),
-    };
+    let container = exec_container(&pod, pod_name, container).map_err(ApiError::bad_request)?;
     let target = sim
         .kubelet
         .exec_target(namespace, pod_name, &container)
@@ -328,5 +346,28 @@ mod tests {
         assert_eq!(failure["reason"], "NonZeroExitCode");
         assert_eq!(failure["details"]["causes"][0]["reason"], "ExitCode");
         assert_eq!(failure["details"]["causes"][0]["message"], "3");
+    }
+
+    #[test]
+    fn an_exec_without_a_container_needs_a_single_container_pod() {
+        let two = json!({
+            "metadata": {"annotations": {"kubectl.kubernetes.io/default-container": "ui"}},
+            "spec": {"containers": [{"name": "ui"}, {"name": "sidecar"}]},
+        });
+        // The annotation is kubectl's: the API server still wants a name.
+        assert_eq!(
+            exec_container(&two, "ui-1", None).unwrap_err(),
+            "a container name must be specified for pod ui-1, choose one of: [ui sidecar]"
+        );
+        assert_eq!(
+            exec_container(&two, "ui-1", Some("sidecar")).unwrap(),
+            "sidecar"
+        );
+        assert_eq!(
+            exec_container(&two, "ui-1", Some("app")).unwrap_err(),
+            "container app is not valid for pod ui-1"
+        );
+        let one = json!({"spec": {"containers": [{"name": "redis"}]}});
+        assert_eq!(exec_container(&one, "redis-0", None).unwrap(), "redis");
     }
 }

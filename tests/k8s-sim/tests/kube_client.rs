@@ -105,7 +105,10 @@ async fn kube_rs_lists_watches_scales_execs_and_writes_configmaps() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     let expected = hex::encode(Sha256::digest(&data));
+    // redis-0 has a sidecar: an API exec names its container (kubectl reads the
+    // default-container annotation for its users; the API server does not).
     let params = AttachParams::default()
+        .container("redis")
         .stdin(true)
         .stdout(true)
         .stderr(false)
@@ -129,12 +132,32 @@ async fn kube_rs_lists_watches_scales_execs_and_writes_configmaps() {
     assert_eq!(status.status.as_deref(), Some("Success"));
     assert_eq!(output.split_whitespace().next(), Some(expected.as_str()));
 
+    // Without a container name the API server refuses (400), naming the containers:
+    // redis-0 has two. kubectl names one itself; an API client must.
+    let unnamed = pods
+        .exec(
+            "redis-0",
+            vec!["true"],
+            &AttachParams::default().stderr(false),
+        )
+        .await;
+    let err = match unnamed {
+        Ok(_) => panic!("an exec without a container into a 2-container pod was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains(
+            "a container name must be specified for pod redis-0, choose one of: [redis metrics]"
+        ),
+        "{err}"
+    );
+
     // A failing command reports NonZeroExitCode with the exit code as a cause.
     let mut failing = pods
         .exec(
             "redis-0",
             vec!["sh", "-c", "exit 4"],
-            &AttachParams::default().stderr(false),
+            &AttachParams::default().container("redis").stderr(false),
         )
         .await
         .unwrap();

@@ -541,3 +541,61 @@ spec:
     let ui = sim.kubectl(&["get", "deploy", "ui", "-o", "jsonpath={.spec.replicas}"]);
     assert_eq!(ui.trim(), "1", "what the overlay does not name stays");
 }
+
+/// kubectl always names a container: the pod's `kubectl.kubernetes.io/default-container`
+/// annotation, else the first one, with a notice (real kubectl is the oracle here). The
+/// API server itself refuses an exec without one into a pod with several containers
+/// (shown with kube-rs in kube_client.rs, as ferry execs).
+#[test]
+fn kubectl_names_a_container_for_an_exec_into_a_pod_with_several() {
+    let overlay = tempfile::tempdir().unwrap();
+    std::fs::write(
+        overlay.path().join("50-two.yaml"),
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: two, namespace: default, labels: {app: two}}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: two}}
+  template:
+    metadata: {labels: {app: two}}
+    spec:
+      containers:
+        - {name: app, command: ["/bin/sh", "-c", "exec sleep 3600"]}
+        - {name: sidecar, command: ["/bin/sh", "-c", "exec sleep 3600"]}
+"#,
+    )
+    .unwrap();
+    let sim = Sim::start(&["--manifests", overlay.path().to_str().unwrap()]);
+    sim.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod",
+        "-l",
+        "app=two",
+        "--timeout=60s",
+    ]);
+    let pod = sim.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app=two",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    let pod = pod.trim();
+    let defaulted = sim.kubectl_output(&["exec", pod, "--", "echo", "ok"], None);
+    let err = String::from_utf8_lossy(&defaulted.stderr);
+    assert!(defaulted.status.success(), "{err}");
+    assert!(
+        err.contains(r#"Defaulted container "app" out of: app, sidecar"#),
+        "{err}"
+    );
+    assert_eq!(
+        sim.kubectl(&["exec", pod, "-c", "sidecar", "--", "echo", "ok"])
+            .trim(),
+        "ok"
+    );
+    let unknown = sim.kubectl_output(&["exec", pod, "-c", "nope", "--", "true"], None);
+    assert!(!unknown.status.success());
+}
