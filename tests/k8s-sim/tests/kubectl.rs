@@ -506,9 +506,7 @@ spec:
 /// ui workloads this way); objects of its own are added.
 #[test]
 fn a_later_manifests_directory_overlays_the_earlier_one() {
-    let overlay = tempfile::tempdir().unwrap();
-    std::fs::write(
-        overlay.path().join("50-overlay.yaml"),
+    let (_overlay, sim) = start_with_overlay(
         r#"apiVersion: v1
 kind: ConfigMap
 metadata: {name: overlay-only, namespace: default}
@@ -526,10 +524,7 @@ spec:
       containers:
         - {name: worker, command: ["/bin/sh", "-c", "exec sleep 3600"]}
 "#,
-    )
-    .unwrap();
-    let dir = overlay.path().to_str().unwrap();
-    let sim = Sim::start(&["--manifests", dir]);
+    );
     let replicas = sim.kubectl(&["get", "deploy", "worker", "-o", "jsonpath={.spec.replicas}"]);
     assert_eq!(
         replicas.trim(),
@@ -548,9 +543,7 @@ spec:
 /// (shown with kube-rs in kube_client.rs, as ferry execs).
 #[test]
 fn kubectl_names_a_container_for_an_exec_into_a_pod_with_several() {
-    let overlay = tempfile::tempdir().unwrap();
-    std::fs::write(
-        overlay.path().join("50-two.yaml"),
+    let (_overlay, sim) = start_with_overlay(
         r#"apiVersion: apps/v1
 kind: Deployment
 metadata: {name: two, namespace: default, labels: {app: two}}
@@ -564,9 +557,7 @@ spec:
         - {name: app, command: ["/bin/sh", "-c", "exec sleep 3600"]}
         - {name: sidecar, command: ["/bin/sh", "-c", "exec sleep 3600"]}
 "#,
-    )
-    .unwrap();
-    let sim = Sim::start(&["--manifests", overlay.path().to_str().unwrap()]);
+    );
     sim.kubectl(&[
         "wait",
         "--for=condition=Ready",
@@ -598,4 +589,13 @@ spec:
     );
     let unknown = sim.kubectl_output(&["exec", pod, "-c", "nope", "--", "true"], None);
     assert!(!unknown.status.success());
+}
+
+/// A simulator with the testbed's manifests and then `yaml` as an overlay directory (kept
+/// while the simulator runs).
+fn start_with_overlay(yaml: &str) -> (tempfile::TempDir, Sim) {
+    let overlay = tempfile::tempdir().unwrap();
+    std::fs::write(overlay.path().join("50-overlay.yaml"), yaml).unwrap();
+    let sim = Sim::start(&["--manifests", overlay.path().to_str().unwrap()]);
+    (overlay, sim)
 }
