@@ -332,6 +332,7 @@ fn new_facts() -> NewFacts {
         ui_app_container: "ui".into(),
         ui_containers: Some(vec!["ui".into(), "nginx".into()]),
         completed: false,
+        completed_marker: None,
         openebs: Ok(disk("/var/openebs/local", "/var", 2000)),
         staging: None,
         already_staged: 0,

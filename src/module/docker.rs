@@ -119,6 +119,9 @@ pub struct ContainerBackup {
     pub stamp: Option<FileStamp>,
     /// The artifact recorded by an earlier run, if the file still matches it.
     pub recorded_sha256: Option<String>,
+    /// Why the backup must leave the container alone, set by the caller (e.g. the
+    /// migration completed): no change then, and the reason is the task's note.
+    pub leave_alone: Option<String>,
 }
 
 impl ContainerBackup {
@@ -149,6 +152,7 @@ impl ContainerBackup {
             dest,
             stamp,
             recorded_sha256: recorded.map(|a| a.sha256),
+            leave_alone: None,
         })
     }
 
@@ -190,6 +194,7 @@ impl ContainerBackup {
             running: true,
             stamp: None,
             recorded_sha256: None,
+            leave_alone: None,
         }
     }
 }

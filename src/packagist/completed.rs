@@ -19,6 +19,45 @@ pub async fn completed_marker(
     Ok(cluster.configmap(MARKER_CONFIGMAP).await?)
 }
 
+/// What the new host's preflight read from its cluster's marker, for the old side's
+/// steps (memo [`crate::packagist::preflight::NEW_SIDE_COMPLETED`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CompletedOn {
+    pub host: String,
+    pub marker: BTreeMap<String, String>,
+}
+
+/// Leave the old host's `store` alone once the new side's preflight of this run found
+/// the migration completed (a re-run from a laptop without the journal would otherwise
+/// start the stopped old containers to back them up again), unless `--overwrite` names
+/// it. `Some(reason)` when the step must change nothing.
+pub fn old_side_guard(ctx: &HostReader, store: &str) -> Option<String> {
+    if ctx.overwrite.iter().any(|o| o == store || o == "all") {
+        return None;
+    }
+    let data = ctx.journal.snapshot();
+    let done = data
+        .hosts
+        .iter()
+        .flat_map(|(host, tasks)| tasks.iter().map(move |(task, r)| (host, task, r)))
+        .find_map(|(host, task, r)| {
+            crate::packagist::preflight::NEW_SIDE_COMPLETED
+                .read(host, task, r)
+                .ok()
+                .flatten()
+        })?;
+    Some(format!(
+        "the migration already completed on host {} at {} (ConfigMap {MARKER_CONFIGMAP}): \
+         the old host's {store} is not backed up again and its containers stay as they \
+         are. To back it up anyway, pass --overwrite {store}",
+        done.host,
+        done.marker
+            .get("completed_at")
+            .map(String::as_str)
+            .unwrap_or("an unknown time")
+    ))
+}
+
 /// Refuse to touch the new side once the migration completed there, unless the
 /// operator named this store in `--overwrite`. Returns `Some(reason)` when the step must
 /// leave the target alone.

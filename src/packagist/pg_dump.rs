@@ -23,6 +23,7 @@ use crate::fingerprint::{PgFingerprint, PG_FINGERPRINT_SQL};
 use crate::module::artifact::write_artifact;
 use crate::module::docker::ContainerBackup;
 use crate::module::{Applied, Change, HostReader, Module, ModuleError, Prediction, Probe, TaskCtx};
+use crate::packagist::completed::old_side_guard;
 use crate::playbook::template::Template;
 
 fn default_artifact() -> String {
@@ -130,8 +131,9 @@ impl Module for PgDump {
     type Change = PgDumpChange;
 
     async fn facts(&self, probe: &Probe<'_>) -> Result<PgDumpFacts, ModuleError> {
-        let backup =
+        let mut backup =
             ContainerBackup::read(probe, &self.container, &self.dest, &self.artifact).await?;
+        backup.leave_alone = old_side_guard(probe, "postgres");
         let mut facts = PgDumpFacts {
             backup,
             database: probe.render_operand(&self.database)?,
@@ -148,6 +150,11 @@ impl Module for PgDump {
     /// The changes, applied, make the artifact (a check run's later tasks count on it).
     fn predicts(&self, changes: &[PgDumpChange]) -> Vec<Prediction> {
         Prediction::artifact_if_changed(changes, &self.artifact)
+    }
+
+    /// Why the old database is left alone (the migration completed), when it is.
+    fn notes(&self, f: &PgDumpFacts) -> Vec<String> {
+        f.backup.leave_alone.iter().cloned().collect()
     }
 
     fn decide(&self, f: &PgDumpFacts) -> Result<Vec<PgDumpChange>, ModuleError> {
@@ -195,6 +202,9 @@ impl Module for PgDump {
 
 /// Pure: dump unless the recorded dump is still current.
 pub fn decide(f: &PgDumpFacts) -> Result<Vec<PgDumpChange>, ModuleError> {
+    if f.backup.leave_alone.is_some() {
+        return Ok(Vec::new());
+    }
     f.backup.require_container()?;
     let current = f.backup.recorded_sha256.is_some()
         && f.recorded_fingerprint.is_some()
@@ -228,6 +238,19 @@ mod tests {
 
     fn fp(rows: u64) -> PgFingerprint {
         PgFingerprint::parse(&format!("public.t|{rows}|abc")).unwrap()
+    }
+
+    #[test]
+    fn a_completed_migration_leaves_even_a_stopped_container_alone() {
+        let mut f = facts();
+        f.backup.running = false;
+        assert_eq!(
+            decide(&f).unwrap().len(),
+            2,
+            "start and dump without the guard"
+        );
+        f.backup.leave_alone = Some("completed".into());
+        assert!(decide(&f).unwrap().is_empty());
     }
 
     #[test]

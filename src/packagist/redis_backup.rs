@@ -19,6 +19,7 @@ use crate::fingerprint::RedisKeyCounts;
 use crate::module::artifact::write_artifact;
 use crate::module::docker::ContainerBackup;
 use crate::module::{Applied, Change, HostReader, Module, ModuleError, Prediction, Probe, TaskCtx};
+use crate::packagist::completed::old_side_guard;
 use crate::playbook::template::Template;
 
 fn default_artifact() -> String {
@@ -99,8 +100,9 @@ impl Module for RedisBackup {
     type Change = RedisBackupChange;
 
     async fn facts(&self, probe: &Probe<'_>) -> Result<RedisBackupFacts, ModuleError> {
-        let backup =
+        let mut backup =
             ContainerBackup::read(probe, &self.container, &self.dest, &self.artifact).await?;
+        backup.leave_alone = old_side_guard(probe, "redis");
         let mut f = RedisBackupFacts {
             backup,
             script: probe.render_or(&self.backup_script, "/usr/local/bin/redis-backup.sh")?,
@@ -118,6 +120,11 @@ impl Module for RedisBackup {
     /// The changes, applied, make the artifact (a check run's later tasks count on it).
     fn predicts(&self, changes: &[RedisBackupChange]) -> Vec<Prediction> {
         Prediction::artifact_if_changed(changes, &self.artifact)
+    }
+
+    /// Why the old Redis is left alone (the migration completed), when it is.
+    fn notes(&self, f: &RedisBackupFacts) -> Vec<String> {
+        f.backup.leave_alone.iter().cloned().collect()
     }
 
     fn decide(&self, f: &RedisBackupFacts) -> Result<Vec<RedisBackupChange>, ModuleError> {
@@ -189,6 +196,9 @@ async fn wait_ready(ctx: &HostReader, f: &RedisBackupFacts) -> Result<(), Module
 
 /// Pure: back up unless the recorded backup is still current.
 pub fn decide(f: &RedisBackupFacts) -> Result<Vec<RedisBackupChange>, ModuleError> {
+    if f.backup.leave_alone.is_some() {
+        return Ok(Vec::new());
+    }
     f.backup.require_container()?;
     let current = f.backup.recorded_sha256.is_some()
         && f.recorded_counts.is_some()

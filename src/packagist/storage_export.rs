@@ -25,6 +25,7 @@ use crate::module::artifact::write_artifact;
 use crate::module::docker::ContainerBackup;
 use crate::module::units::Seconds;
 use crate::module::{Applied, Change, Module, ModuleError, Prediction, Probe, TaskCtx};
+use crate::packagist::completed::old_side_guard;
 use crate::packagist::storage::{content_hash_cmd, storage_find_cmd};
 use crate::playbook::template::Template;
 
@@ -158,8 +159,9 @@ impl Module for StorageExport {
     type Change = StorageExportChange;
 
     async fn facts(&self, probe: &Probe<'_>) -> Result<StorageExportFacts, ModuleError> {
-        let backup =
+        let mut backup =
             ContainerBackup::read(probe, &self.container, &self.dest, &self.artifact).await?;
+        backup.leave_alone = old_side_guard(probe, "storage");
         let data_dir = probe.render_operand(&self.data_dir)?;
         let tree = probe.exec_ok(&tree_stamp_cmd(&data_dir)).await?;
         let recorded_tree_stamp = probe.own_fingerprint("tree_stamp");
@@ -179,6 +181,11 @@ impl Module for StorageExport {
     /// The changes, applied, make the artifact (a check run's later tasks count on it).
     fn predicts(&self, changes: &[StorageExportChange]) -> Vec<Prediction> {
         Prediction::artifact_if_changed(changes, &self.artifact)
+    }
+
+    /// Why the old storage is left alone (the migration completed), when it is.
+    fn notes(&self, f: &StorageExportFacts) -> Vec<String> {
+        f.backup.leave_alone.iter().cloned().collect()
     }
 
     fn decide(&self, f: &StorageExportFacts) -> Result<Vec<StorageExportChange>, ModuleError> {
@@ -260,6 +267,9 @@ pub fn decide(
     args: &StorageExport,
     f: &StorageExportFacts,
 ) -> Result<Vec<StorageExportChange>, ModuleError> {
+    if f.backup.leave_alone.is_some() {
+        return Ok(Vec::new());
+    }
     if f.backup.recorded_sha256.is_some() && f.recorded_tree_stamp.as_deref() == Some(&f.tree_stamp)
     {
         return Ok(Vec::new());

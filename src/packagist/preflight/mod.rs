@@ -58,6 +58,9 @@ pub const SAFETY_FACTOR: f64 = 1.1;
 pub const OLD_SIZES_KEY: &str = OLD_SIZES.name;
 /// The old side's data sizes, as its preflight measured them.
 pub const OLD_SIZES: Memo<DataSizes> = Memo::new("old_data_sizes");
+/// The new side's cluster says the migration completed (read by the old side's backups).
+pub const NEW_SIDE_COMPLETED: Memo<crate::packagist::completed::CompletedOn> =
+    Memo::new("new_side_completed");
 const DEFAULT_OPENEBS_BASE: &str = "/var/openebs/local";
 const DEFAULT_DATA_DIR: &str = "/data/packagist";
 const VERSION_LABEL: &str = "com.packagist.version";
@@ -231,8 +234,20 @@ impl Module for Preflight {
         &[&crate::packagist::blob_store::BLOB_STORE],
     ];
     fn memos(&self, facts: &PreflightFacts) -> Vec<MemoValue> {
-        let PreflightFacts::Old(f) = facts else {
-            return Vec::new();
+        let f = match facts {
+            PreflightFacts::Old(f) => f,
+            PreflightFacts::New(n) => {
+                return n
+                    .completed_marker
+                    .iter()
+                    .map(|marker| {
+                        NEW_SIDE_COMPLETED.of(&crate::packagist::completed::CompletedOn {
+                            host: n.host.clone(),
+                            marker: marker.clone(),
+                        })
+                    })
+                    .collect()
+            }
         };
         match (f.storage.bytes(), f.database.bytes(), f.redis.bytes()) {
             (Some(storage), Some(database), Some(redis)) => vec![OLD_SIZES.of(&DataSizes {

@@ -40,6 +40,8 @@ pub struct NewFacts {
     pub ui_containers: Option<Vec<String>>,
     /// The migration already completed on this cluster (the disk check is moot then).
     pub completed: bool,
+    /// The completion marker's data, when it is there (handed to the old side's steps).
+    pub completed_marker: Option<std::collections::BTreeMap<String, String>>,
     pub openebs: Result<DiskFree, String>,
     pub staging: Option<Result<DiskFree, String>>,
     /// Bytes of artifacts already staged on this host.
@@ -67,6 +69,7 @@ impl Preflight {
             ui_app_container: self.ui_app_container.clone().unwrap_or_else(|| "ui".into()),
             ui_containers: None,
             completed: false,
+            completed_marker: None,
             openebs: Err("not checked".into()),
             staging: None,
             already_staged: 0,
@@ -121,7 +124,8 @@ impl Preflight {
                                 .unwrap_or_default(),
                         );
                     }
-                    f.completed = completed_marker(cluster).await?.is_some();
+                    f.completed_marker = completed_marker(cluster).await?;
+                    f.completed = f.completed_marker.is_some();
                 }
             }
         }
