@@ -122,6 +122,10 @@ pub struct ContainerBackup {
     /// Why the backup must leave the container alone, set by the caller (e.g. the
     /// migration completed): no change then, and the reason is the task's note.
     pub leave_alone: Option<String>,
+    /// Back up again even when the last backup still matches, set by the caller (the
+    /// operator asked to migrate this store again): a stopped container may have run
+    /// and changed since.
+    pub redo: bool,
 }
 
 impl ContainerBackup {
@@ -153,6 +157,7 @@ impl ContainerBackup {
             stamp,
             recorded_sha256: recorded.map(|a| a.sha256),
             leave_alone: None,
+            redo: false,
         })
     }
 
@@ -195,6 +200,7 @@ impl ContainerBackup {
             stamp: None,
             recorded_sha256: None,
             leave_alone: None,
+            redo: false,
         }
     }
 }

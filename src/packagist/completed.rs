@@ -27,17 +27,34 @@ pub struct CompletedOn {
     pub marker: BTreeMap<String, String>,
 }
 
-/// Leave the old host's `store` alone once the new side's preflight of this run found
-/// the migration completed (a re-run from a laptop without the journal would otherwise
-/// start the stopped old containers to back them up again), unless `--overwrite` names
-/// it. `Some(reason)` when the step must change nothing.
-pub fn old_side_guard(ctx: &HostReader, store: &str) -> Option<String> {
-    if ctx.overwrite.iter().any(|o| o == store || o == "all") {
-        return None;
+/// What an old-side backup of `store` does after a completed migration: leave the old
+/// host alone, or (the operator named the store in `--overwrite`) back it up afresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OldSide {
+    /// The migration has not completed: back up as usual.
+    AsUsual,
+    /// Completed: change nothing, for this reason.
+    LeaveAlone(String),
+    /// Completed, and `--overwrite` names the store: back up again even if the last
+    /// backup still matches (the old system may have run since).
+    Redo,
+}
+
+/// The old side's policy for `store` (see [`OldSide`]). The new side's preflight of this
+/// run hands the cluster's marker over (a re-run from a laptop without the journal
+/// would otherwise start the stopped old containers to back them up again).
+pub fn old_side_policy(ctx: &HostReader, store: &str) -> OldSide {
+    match old_side_guard(ctx, store) {
+        Some(reason) => OldSide::LeaveAlone(reason),
+        None if completed_on_new_side(ctx).is_some() => OldSide::Redo,
+        None => OldSide::AsUsual,
     }
+}
+
+/// The new side's completion, as its preflight of this run recorded it.
+fn completed_on_new_side(ctx: &HostReader) -> Option<CompletedOn> {
     let data = ctx.journal.snapshot();
-    let done = data
-        .hosts
+    data.hosts
         .iter()
         .flat_map(|(host, tasks)| tasks.iter().map(move |(task, r)| (host, task, r)))
         .find_map(|(host, task, r)| {
@@ -45,7 +62,16 @@ pub fn old_side_guard(ctx: &HostReader, store: &str) -> Option<String> {
                 .read(host, task, r)
                 .ok()
                 .flatten()
-        })?;
+        })
+}
+
+/// `Some(reason)` when the old host's `store` must be left alone: the migration
+/// completed and `--overwrite` does not name the store.
+fn old_side_guard(ctx: &HostReader, store: &str) -> Option<String> {
+    if ctx.overwrite.iter().any(|o| o == store || o == "all") {
+        return None;
+    }
+    let done = completed_on_new_side(ctx)?;
     Some(format!(
         "the migration already completed on host {} at {} (ConfigMap {MARKER_CONFIGMAP}): \
          the old host's {store} is not backed up again and its containers stay as they \

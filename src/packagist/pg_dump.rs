@@ -23,7 +23,7 @@ use crate::fingerprint::{PgFingerprint, PG_FINGERPRINT_SQL};
 use crate::module::artifact::write_artifact;
 use crate::module::docker::ContainerBackup;
 use crate::module::{Applied, Change, HostReader, Module, ModuleError, Prediction, Probe, TaskCtx};
-use crate::packagist::completed::old_side_guard;
+use crate::packagist::completed::{old_side_policy, OldSide};
 use crate::playbook::template::Template;
 
 fn default_artifact() -> String {
@@ -133,7 +133,11 @@ impl Module for PgDump {
     async fn facts(&self, probe: &Probe<'_>) -> Result<PgDumpFacts, ModuleError> {
         let mut backup =
             ContainerBackup::read(probe, &self.container, &self.dest, &self.artifact).await?;
-        backup.leave_alone = old_side_guard(probe, "postgres");
+        match old_side_policy(probe, "postgres") {
+            OldSide::AsUsual => {}
+            OldSide::LeaveAlone(reason) => backup.leave_alone = Some(reason),
+            OldSide::Redo => backup.redo = true,
+        }
         let mut facts = PgDumpFacts {
             backup,
             database: probe.render_operand(&self.database)?,
@@ -206,7 +210,8 @@ pub fn decide(f: &PgDumpFacts) -> Result<Vec<PgDumpChange>, ModuleError> {
         return Ok(Vec::new());
     }
     f.backup.require_container()?;
-    let current = f.backup.recorded_sha256.is_some()
+    let current = !f.backup.redo
+        && f.backup.recorded_sha256.is_some()
         && f.recorded_fingerprint.is_some()
         && (!f.backup.running || f.current_fingerprint == f.recorded_fingerprint);
     if current {
@@ -251,6 +256,20 @@ mod tests {
         );
         f.backup.leave_alone = Some("completed".into());
         assert!(decide(&f).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_overwrite_after_completion_dumps_again_though_the_dump_still_matches() {
+        let mut f = facts();
+        f.backup.running = false;
+        f.backup.recorded_sha256 = Some("abc".into());
+        f.recorded_fingerprint = Some(fp(3));
+        assert!(
+            decide(&f).unwrap().is_empty(),
+            "stopped and recorded: current"
+        );
+        f.backup.redo = true;
+        assert_eq!(decide(&f).unwrap().len(), 2, "start the container and dump");
     }
 
     #[test]

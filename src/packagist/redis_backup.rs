@@ -19,7 +19,7 @@ use crate::fingerprint::RedisKeyCounts;
 use crate::module::artifact::write_artifact;
 use crate::module::docker::ContainerBackup;
 use crate::module::{Applied, Change, HostReader, Module, ModuleError, Prediction, Probe, TaskCtx};
-use crate::packagist::completed::old_side_guard;
+use crate::packagist::completed::{old_side_policy, OldSide};
 use crate::playbook::template::Template;
 
 fn default_artifact() -> String {
@@ -102,7 +102,11 @@ impl Module for RedisBackup {
     async fn facts(&self, probe: &Probe<'_>) -> Result<RedisBackupFacts, ModuleError> {
         let mut backup =
             ContainerBackup::read(probe, &self.container, &self.dest, &self.artifact).await?;
-        backup.leave_alone = old_side_guard(probe, "redis");
+        match old_side_policy(probe, "redis") {
+            OldSide::AsUsual => {}
+            OldSide::LeaveAlone(reason) => backup.leave_alone = Some(reason),
+            OldSide::Redo => backup.redo = true,
+        }
         let mut f = RedisBackupFacts {
             backup,
             script: probe.render_or(&self.backup_script, "/usr/local/bin/redis-backup.sh")?,
@@ -200,7 +204,8 @@ pub fn decide(f: &RedisBackupFacts) -> Result<Vec<RedisBackupChange>, ModuleErro
         return Ok(Vec::new());
     }
     f.backup.require_container()?;
-    let current = f.backup.recorded_sha256.is_some()
+    let current = !f.backup.redo
+        && f.backup.recorded_sha256.is_some()
         && f.recorded_counts.is_some()
         && (!f.backup.running || f.current_counts == f.recorded_counts);
     if current {
