@@ -501,10 +501,7 @@ impl Cluster {
 
     /// A deployment, or `None`.
     pub async fn deployment(&self, name: &str) -> Result<Option<Deployment>, K8sError> {
-        self.api::<Deployment>()
-            .get_opt(name)
-            .await
-            .map_err(api_err(format!("read deployment {name}")))
+        self.get_opt("deployment", name).await
     }
 
     /// A Secret's data (decoded bytes), or `None`. The values are secrets: callers keep
@@ -514,10 +511,8 @@ impl Cluster {
         name: &str,
     ) -> Result<Option<BTreeMap<String, Vec<u8>>>, K8sError> {
         Ok(self
-            .api::<k8s_openapi::api::core::v1::Secret>()
-            .get_opt(name)
-            .await
-            .map_err(api_err(format!("read secret {name}")))?
+            .get_opt::<k8s_openapi::api::core::v1::Secret>("secret", name)
+            .await?
             .map(|s| {
                 s.data
                     .unwrap_or_default()

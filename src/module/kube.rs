@@ -259,6 +259,11 @@ pub struct MarkerGuard {
     pub store: String,
 }
 
+/// `--overwrite` names `store` (or `all`).
+pub fn overwrites(overwrite: &[String], store: &str) -> bool {
+    overwrite.iter().any(|o| o == store || o == "all")
+}
+
 /// The reason to leave `store` alone, when `marker` (ConfigMap `configmap`'s data) exists
 /// and `--overwrite` does not name the store.
 pub fn marker_guard(
@@ -268,7 +273,7 @@ pub fn marker_guard(
     store: &str,
 ) -> Option<String> {
     let m = marker.as_ref()?;
-    if overwrite.iter().any(|o| o == store || o == "all") {
+    if overwrites(overwrite, store) {
         return None;
     }
     Some(format!(

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use crate::k8s::Cluster;
-use crate::module::kube::marker_guard;
+use crate::module::docker::ContainerBackup;
+use crate::module::kube::{marker_guard, overwrites};
 use crate::module::{HostReader, ModuleError};
 
 /// Name of the ConfigMap that records, on the new cluster itself, that the migration
@@ -27,28 +28,30 @@ pub struct CompletedOn {
     pub marker: BTreeMap<String, String>,
 }
 
-/// What an old-side backup of `store` does after a completed migration: leave the old
-/// host alone, or (the operator named the store in `--overwrite`) back it up afresh.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OldSide {
-    /// The migration has not completed: back up as usual.
-    AsUsual,
-    /// Completed: change nothing, for this reason.
-    LeaveAlone(String),
-    /// Completed, and `--overwrite` names the store: back up again even if the last
-    /// backup still matches (the old system may have run since).
-    Redo,
-}
-
-/// The old side's policy for `store` (see [`OldSide`]). The new side's preflight of this
-/// run hands the cluster's marker over (a re-run from a laptop without the journal
-/// would otherwise start the stopped old containers to back them up again).
-pub fn old_side_policy(ctx: &HostReader, store: &str) -> OldSide {
-    match old_side_guard(ctx, store) {
-        Some(reason) => OldSide::LeaveAlone(reason),
-        None if completed_on_new_side(ctx).is_some() => OldSide::Redo,
-        None => OldSide::AsUsual,
+/// Set `backup`'s policy for the old host's `store` after a completed migration, as the
+/// new side's preflight of this run handed the cluster's marker over: leave the old host
+/// alone (a re-run from a laptop without the journal would otherwise start the stopped
+/// old containers to back them up again), or, when `--overwrite` names the store, back
+/// it up again even if the last backup still matches (the old system may have run
+/// since). Nothing changes before the migration completed.
+pub fn old_side_policy(ctx: &HostReader, store: &str, backup: &mut ContainerBackup) {
+    let Some(done) = completed_on_new_side(ctx) else {
+        return;
+    };
+    if overwrites(&ctx.overwrite, store) {
+        backup.redo = true;
+        return;
     }
+    backup.leave_alone = Some(format!(
+        "the migration already completed on host {} at {} (ConfigMap {MARKER_CONFIGMAP}): \
+         the old host's {store} is not backed up again (its container is not started for \
+         it). To back it up anyway, pass --overwrite {store}",
+        done.host,
+        done.marker
+            .get("completed_at")
+            .map(String::as_str)
+            .unwrap_or("an unknown time")
+    ));
 }
 
 /// The new side's completion, as its preflight of this run recorded it.
@@ -63,25 +66,6 @@ fn completed_on_new_side(ctx: &HostReader) -> Option<CompletedOn> {
                 .ok()
                 .flatten()
         })
-}
-
-/// `Some(reason)` when the old host's `store` must be left alone: the migration
-/// completed and `--overwrite` does not name the store.
-fn old_side_guard(ctx: &HostReader, store: &str) -> Option<String> {
-    if ctx.overwrite.iter().any(|o| o == store || o == "all") {
-        return None;
-    }
-    let done = completed_on_new_side(ctx)?;
-    Some(format!(
-        "the migration already completed on host {} at {} (ConfigMap {MARKER_CONFIGMAP}): \
-         the old host's {store} is not backed up again and its containers stay as they \
-         are. To back it up anyway, pass --overwrite {store}",
-        done.host,
-        done.marker
-            .get("completed_at")
-            .map(String::as_str)
-            .unwrap_or("an unknown time")
-    ))
 }
 
 /// Refuse to touch the new side once the migration completed there, unless the

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::fingerprint::StorageFingerprint;
-use crate::k8s::{kubectl, Cluster};
+use crate::k8s::{kubectl_exec, Cluster};
 use crate::module::kube::{parent_dir, pod_free_bytes, ready_deployment_pod};
 use crate::module::units::Seconds;
 use crate::module::{Applied, HostReader, ModuleError};
@@ -197,11 +197,8 @@ impl ImportTarget {
 
     /// What an operator would type for the vendor's import in `pod` and the cleanup.
     pub fn import_commands(&self, pod: &str) -> [String; 2] {
-        let exec = |tail: &[&str]| {
-            let mut argv = vec!["exec", pod, "-c", &self.container, "--"];
-            argv.extend_from_slice(tail);
-            kubectl(&self.namespace, &argv)
-        };
+        let exec =
+            |argv: &[&str]| kubectl_exec(&self.namespace, pod, Some(&self.container), false, argv);
         [
             exec(&[
                 CONSOLE,

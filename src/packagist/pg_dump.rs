@@ -23,7 +23,7 @@ use crate::fingerprint::{PgFingerprint, PG_FINGERPRINT_SQL};
 use crate::module::artifact::write_artifact;
 use crate::module::docker::ContainerBackup;
 use crate::module::{Applied, Change, HostReader, Module, ModuleError, Prediction, Probe, TaskCtx};
-use crate::packagist::completed::{old_side_policy, OldSide};
+use crate::packagist::completed::old_side_policy;
 use crate::playbook::template::Template;
 
 fn default_artifact() -> String {
@@ -133,11 +133,7 @@ impl Module for PgDump {
     async fn facts(&self, probe: &Probe<'_>) -> Result<PgDumpFacts, ModuleError> {
         let mut backup =
             ContainerBackup::read(probe, &self.container, &self.dest, &self.artifact).await?;
-        match old_side_policy(probe, "postgres") {
-            OldSide::AsUsual => {}
-            OldSide::LeaveAlone(reason) => backup.leave_alone = Some(reason),
-            OldSide::Redo => backup.redo = true,
-        }
+        old_side_policy(probe, "postgres", &mut backup);
         let mut facts = PgDumpFacts {
             backup,
             database: probe.render_operand(&self.database)?,

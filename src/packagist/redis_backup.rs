@@ -19,7 +19,7 @@ use crate::fingerprint::RedisKeyCounts;
 use crate::module::artifact::write_artifact;
 use crate::module::docker::ContainerBackup;
 use crate::module::{Applied, Change, HostReader, Module, ModuleError, Prediction, Probe, TaskCtx};
-use crate::packagist::completed::{old_side_policy, OldSide};
+use crate::packagist::completed::old_side_policy;
 use crate::playbook::template::Template;
 
 fn default_artifact() -> String {
@@ -102,11 +102,7 @@ impl Module for RedisBackup {
     async fn facts(&self, probe: &Probe<'_>) -> Result<RedisBackupFacts, ModuleError> {
         let mut backup =
             ContainerBackup::read(probe, &self.container, &self.dest, &self.artifact).await?;
-        match old_side_policy(probe, "redis") {
-            OldSide::AsUsual => {}
-            OldSide::LeaveAlone(reason) => backup.leave_alone = Some(reason),
-            OldSide::Redo => backup.redo = true,
-        }
+        old_side_policy(probe, "redis", &mut backup);
         let mut f = RedisBackupFacts {
             backup,
             script: probe.render_or(&self.backup_script, "/usr/local/bin/redis-backup.sh")?,

@@ -25,7 +25,7 @@ use crate::module::artifact::write_artifact;
 use crate::module::docker::ContainerBackup;
 use crate::module::units::Seconds;
 use crate::module::{Applied, Change, Module, ModuleError, Prediction, Probe, TaskCtx};
-use crate::packagist::completed::{old_side_policy, OldSide};
+use crate::packagist::completed::old_side_policy;
 use crate::packagist::storage::{content_hash_cmd, storage_find_cmd};
 use crate::playbook::template::Template;
 
@@ -161,11 +161,7 @@ impl Module for StorageExport {
     async fn facts(&self, probe: &Probe<'_>) -> Result<StorageExportFacts, ModuleError> {
         let mut backup =
             ContainerBackup::read(probe, &self.container, &self.dest, &self.artifact).await?;
-        match old_side_policy(probe, "storage") {
-            OldSide::AsUsual => {}
-            OldSide::LeaveAlone(reason) => backup.leave_alone = Some(reason),
-            OldSide::Redo => backup.redo = true,
-        }
+        old_side_policy(probe, "storage", &mut backup);
         let data_dir = probe.render_operand(&self.data_dir)?;
         let tree = probe.exec_ok(&tree_stamp_cmd(&data_dir)).await?;
         let recorded_tree_stamp = probe.own_fingerprint("tree_stamp");

@@ -32,7 +32,7 @@ use serde::Serialize;
 
 use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
-use crate::k8s::{kubectl, Cluster};
+use crate::k8s::{kubectl_exec, Cluster};
 use crate::module::artifact::{artifact_fingerprint, find_artifact, is_disk_full};
 use crate::module::artifact_stream::{copy_to_laptop, laptop_copy, stream_artifact};
 use crate::module::kube::{pod_exec, pod_free_text, sh_argv as sh, K8sArgs};
@@ -132,13 +132,10 @@ impl Module for StorageImport {
         let marker = completed_marker(&cluster).await?;
         let (target, store) = ImportTarget::read(probe, &cluster, &self.ui_import()).await?;
         let guard = completed_guard(probe, &marker, "storage");
+        let artifact = find_artifact(probe, &self.artifact).ok();
         let mut f = StorageImportFacts {
             target,
-            archive_size: probe
-                .journal
-                .artifacts_named(&self.artifact)
-                .pop()
-                .map(|a| a.size),
+            archive_size: artifact.as_ref().map(|a| a.size),
             source: artifact_fingerprint(probe, &self.artifact, "storage"),
             current: None,
             recorded_digest: probe
@@ -151,10 +148,7 @@ impl Module for StorageImport {
             source_pending: false,
             node_source: None,
         };
-        if let (Ok(a), Some(kubeconfig)) = (
-            find_artifact(probe, &self.artifact),
-            self.k8s().node_kubeconfig(probe)?,
-        ) {
+        if let (Some(a), Some(kubeconfig)) = (artifact, self.k8s().node_kubeconfig(probe)?) {
             if a.host == probe.host {
                 f.node_source = Some(NodeSource {
                     path: a.path,
@@ -437,19 +431,12 @@ pub fn decide(f: &StorageImportFacts) -> Result<Vec<ImportChange>, ModuleError> 
         ),
         None => format!(
             "{} < packagist_storage.tar.gz",
-            kubectl(
+            kubectl_exec(
                 &f.target.namespace,
-                &[
-                    "exec",
-                    "-i",
-                    pod,
-                    "-c",
-                    &f.target.container,
-                    "--",
-                    "sh",
-                    "-c",
-                    &format!("cat > {}", f.target.archive)
-                ]
+                pod,
+                Some(&f.target.container),
+                true,
+                &["sh", "-c", &format!("cat > {}", f.target.archive)]
             )
         ),
     };

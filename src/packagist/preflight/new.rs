@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use serde::Serialize;
 
 use super::probe::{
@@ -38,9 +37,8 @@ pub struct NewFacts {
     pub ui_app_container: String,
     /// Containers of the ui deployment's pod template, when it could be read.
     pub ui_containers: Option<Vec<String>>,
-    /// The migration already completed on this cluster (the disk check is moot then).
-    pub completed: bool,
-    /// The completion marker's data, when it is there (handed to the old side's steps).
+    /// The completion marker's data, when the migration already completed on this
+    /// cluster (the disk check is moot then; handed to the old side's steps).
     pub completed_marker: Option<std::collections::BTreeMap<String, String>>,
     pub openebs: Result<DiskFree, String>,
     pub staging: Option<Result<DiskFree, String>>,
@@ -68,7 +66,6 @@ impl Preflight {
             ui_deployment: ui_deployment.clone(),
             ui_app_container: self.ui_app_container.clone().unwrap_or_else(|| "ui".into()),
             ui_containers: None,
-            completed: false,
             completed_marker: None,
             openebs: Err("not checked".into()),
             staging: None,
@@ -114,9 +111,7 @@ impl Preflight {
                             problem,
                         });
                     }
-                    let api: kube::Api<Deployment> =
-                        kube::Api::namespaced(cluster.client().clone(), cluster.namespace());
-                    if let Ok(Some(d)) = api.get_opt(&ui_deployment).await {
+                    if let Ok(Some(d)) = cluster.deployment(&ui_deployment).await {
                         f.ui_containers = Some(
                             d.spec
                                 .and_then(|s| s.template.spec)
@@ -125,7 +120,6 @@ impl Preflight {
                         );
                     }
                     f.completed_marker = completed_marker(cluster).await?;
-                    f.completed = f.completed_marker.is_some();
                 }
             }
         }
@@ -222,7 +216,7 @@ pub fn new_failures(f: &NewFacts) -> Vec<String> {
              proven there"
         ));
     }
-    if f.completed {
+    if f.completed_marker.is_some() {
         // The data is on the cluster already: the space it takes is not needed again.
         return out;
     }
