@@ -252,6 +252,32 @@ impl Cluster {
             .unwrap_or_else(|_| panic!("DBSIZE of db {db}: {out:?}"))
     }
 
+    /// The simulator's evict switch: pod `POD` of namespace default is evicted (phase
+    /// Failed, reason Evicted), once.
+    fn evict(&self, pod: &str) {
+        let switch = self
+            .sim
+            .dir
+            .path()
+            .join("state/switches/evict/default")
+            .join(pod);
+        std::fs::create_dir_all(switch.parent().unwrap()).unwrap();
+        std::fs::write(switch, "").unwrap();
+    }
+
+    /// `kubectl apply -f -` of `yaml` in namespace default.
+    fn apply(&self, yaml: &str) {
+        let out = tokio::task::block_in_place(|| {
+            self.sim
+                .kubectl_output(&["apply", "-f", "-"], Some(yaml.as_bytes()))
+        });
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The simulator's test switch: while it exists, the pods `PREFIX-…` of namespace
     /// default stay Running but never ready, as if their readiness probe kept failing.
     fn unready_switch(&self, prefix: &str) -> PathBuf {
@@ -434,6 +460,61 @@ async fn k8s_scale_times_out_naming_the_workload_and_a_rerun_waits_again() {
     );
     let pods = cluster.pods("ui").await;
     assert!(pods.len() == 1 && pods[0].1, "one ready ui pod: {pods:?}");
+}
+
+/// Pods that end, and look-alikes (Part 4, item 2): an evicted ui pod stays (phase
+/// Failed, reason Evicted) beside its replacement, and a pod made by hand with the
+/// Deployment's labels runs beside them. Neither is one of the Deployment's replicas, so
+/// neither may make a wait hang or count as ready: the stop and the start each change
+/// once and are ok on a re-run, and both pods are left as they were.
+#[tokio::test(flavor = "multi_thread")]
+async fn k8s_scale_counts_only_the_workloads_own_live_pods() {
+    let cluster = Cluster::start().await;
+    let ui = tokio::task::block_in_place(|| cluster.sim.pod_name("default", "ui"));
+    cluster.evict(&ui);
+    cluster.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: debug\n  labels: {app: ui}\n\
+         spec:\n  containers:\n  - name: main\n    image: busybox\n    command: [sleep, infinity]\n",
+    );
+    tokio::task::block_in_place(|| {
+        cluster.sim.kubectl(&[
+            "wait",
+            "--for=jsonpath={.status.phase}=Failed",
+            &format!("pod/{ui}"),
+            "--timeout=30s",
+        ]);
+        cluster.sim.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod/debug",
+            "--timeout=30s",
+        ]);
+        cluster.sim.kubectl(&[
+            "wait",
+            "--for=jsonpath={.status.readyReplicas}=1",
+            "deploy/ui",
+            "--timeout=30s",
+        ]);
+    });
+    let up = scale_play(&[("Start", &["deployment/ui"], 1, "timeout = \"10s\"")]);
+    let down = scale_play(&[("Stop", &["deployment/ui"], 0, "timeout = \"10s\"")]);
+
+    cluster.play(&up, &[]).await.assert_all("ok");
+    let run = cluster.play(&down, &[]).await;
+    run.assert_all("changed");
+    cluster.play(&down, &[]).await.assert_all("ok");
+    let run = cluster.play(&up, &[]).await;
+    run.assert_all("changed");
+    cluster.play(&up, &[]).await.assert_all("ok");
+
+    let pods = cluster.pods("ui").await;
+    assert_eq!(
+        pods.len(),
+        3,
+        "the evicted pod, the bare pod and one replica: {pods:?}"
+    );
+    assert!(pods.contains(&(ui.clone(), false)), "{pods:?}");
+    assert!(pods.contains(&("debug".to_string(), true)), "{pods:?}");
 }
 
 /// The task's `namespace` (over the host var `namespace = "default"`) is where it scales;

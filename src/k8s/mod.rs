@@ -64,12 +64,60 @@ impl WorkloadKind {
     }
 }
 
+/// The pods of one workload: those matching its selector that it controls (a
+/// StatefulSet directly, a Deployment through one of its ReplicaSets). A pod made by hand
+/// with the same labels (`kubectl run debug -l app=redis`) matches the selector but is
+/// not one of them, as `kubectl rollout status` does not count it either.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSet {
+    pub kind: WorkloadKind,
+    pub name: String,
+    pub selector: String,
+}
+
+impl PodSet {
+    /// Whether `pod` is one of this workload's; `replicasets` are the Deployment's own.
+    fn owns(&self, pod: &Pod, replicasets: &std::collections::BTreeSet<String>) -> bool {
+        let Some(owner) = controller_of(&pod.metadata) else {
+            return false;
+        };
+        match self.kind {
+            WorkloadKind::StatefulSet => owner.kind == "StatefulSet" && owner.name == self.name,
+            WorkloadKind::Deployment => {
+                owner.kind == "ReplicaSet" && replicasets.contains(&owner.name)
+            }
+        }
+    }
+
+    /// A pod whose controller is a ReplicaSet not in `replicasets` that could be one of
+    /// this Deployment's (made since they were listed, by a rollout): list them again.
+    fn may_own(&self, pod: &Pod, replicasets: &std::collections::BTreeSet<String>) -> bool {
+        self.kind == WorkloadKind::Deployment
+            && controller_of(&pod.metadata).is_some_and(|o| {
+                o.kind == "ReplicaSet"
+                    && !replicasets.contains(&o.name)
+                    && o.name.starts_with(&format!("{}-", self.name))
+            })
+    }
+}
+
+fn controller_of(
+    meta: &kube::api::ObjectMeta,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+}
+
 /// What a wait on a workload's pods is waiting for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PodsWanted {
-    /// No pod left (not even terminating ones).
+    /// No pod left (not even terminating ones). Pods that ended (phase Failed or
+    /// Succeeded: evicted, completed) run nothing and are not counted.
     Gone,
-    /// Exactly `n` pods, all Running with every container ready, none terminating.
+    /// Exactly `n` pods, all Running with every container ready, none terminating; ended
+    /// pods are not counted, as a ReplicaSet does not count them.
     Ready(u32),
 }
 
@@ -243,12 +291,12 @@ impl Cluster {
         }
     }
 
-    /// Desired replicas and the label selector of a workload.
+    /// Desired replicas and the pods of a workload.
     pub async fn workload(
         &self,
         kind: WorkloadKind,
         name: &str,
-    ) -> Result<(u32, String), K8sError> {
+    ) -> Result<(u32, PodSet), K8sError> {
         let not_found = || K8sError::NotFound {
             kind: kind.kubectl_name(),
             name: name.to_string(),
@@ -278,7 +326,12 @@ impl Cluster {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(",");
-        Ok((replicas.unwrap_or(1).max(0) as u32, selector))
+        let set = PodSet {
+            kind,
+            name: name.to_string(),
+            selector,
+        };
+        Ok((replicas.unwrap_or(1).max(0) as u32, set))
     }
 
     /// Set a workload's replicas through the scale subresource.
@@ -308,14 +361,42 @@ impl Cluster {
         }
     }
 
-    /// The pods matching `selector` right now.
-    pub async fn pods(&self, selector: &str) -> Result<Vec<Pod>, K8sError> {
+    /// The workload's pods right now (ended ones included).
+    pub async fn pods(&self, set: &PodSet) -> Result<Vec<Pod>, K8sError> {
+        let what = || format!("list pods {}", set.selector);
+        let replicasets = self.replicasets_of(set).await.map_err(api_err(what()))?;
         Ok(self
             .api::<Pod>()
-            .list(&ListParams::default().labels(selector))
+            .list(&ListParams::default().labels(&set.selector))
             .await
-            .map_err(api_err(format!("list pods {selector}")))?
-            .items)
+            .map_err(api_err(what()))?
+            .items
+            .into_iter()
+            .filter(|p| set.owns(p, &replicasets))
+            .collect())
+    }
+
+    /// The names of a Deployment's own ReplicaSets (empty for a StatefulSet).
+    async fn replicasets_of(
+        &self,
+        set: &PodSet,
+    ) -> Result<std::collections::BTreeSet<String>, kube::Error> {
+        if set.kind != WorkloadKind::Deployment {
+            return Ok(Default::default());
+        }
+        let list = self
+            .api::<k8s_openapi::api::apps::v1::ReplicaSet>()
+            .list(&ListParams::default().labels(&set.selector))
+            .await?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|rs| {
+                controller_of(&rs.metadata)
+                    .is_some_and(|o| o.kind == "Deployment" && o.name == set.name)
+            })
+            .filter_map(|rs| rs.metadata.name)
+            .collect())
     }
 
     /// Wait by watch until the pods matching `selector` are as `wanted`.
@@ -326,10 +407,11 @@ impl Cluster {
     /// unreachable says so, with the last connection error.
     pub async fn wait_pods(
         &self,
-        selector: &str,
+        set: &PodSet,
         wanted: PodsWanted,
         timeout: Duration,
     ) -> Result<(), K8sError> {
+        let selector = set.selector.as_str();
         let what = match wanted {
             PodsWanted::Gone => format!("pods {selector} are gone"),
             PodsWanted::Ready(n) => format!("{n} pod(s) {selector} are running and ready"),
@@ -339,7 +421,7 @@ impl Cluster {
         let fut = async {
             let mut retry = Duration::from_millis(200);
             loop {
-                match self.watch_pods_once(&api, selector, wanted).await {
+                match self.watch_pods_once(&api, set, wanted).await {
                     Ok(true) => return Ok(()),
                     // The watch ended normally (server timeout, expired resourceVersion).
                     Ok(false) => continue,
@@ -377,13 +459,16 @@ impl Cluster {
     async fn watch_pods_once(
         &self,
         api: &Api<Pod>,
-        selector: &str,
+        set: &PodSet,
         wanted: PodsWanted,
     ) -> Result<bool, kube::Error> {
+        let selector = set.selector.as_str();
+        let mut replicasets = self.replicasets_of(set).await?;
         let list = api.list(&ListParams::default().labels(selector)).await?;
         let mut pods: BTreeMap<String, Pod> = list
             .items
             .into_iter()
+            .filter(|p| set.owns(p, &replicasets))
             .filter_map(|p| p.metadata.name.clone().map(|n| (n, p)))
             .collect();
         if pods_match(pods.values(), wanted) {
@@ -397,8 +482,15 @@ impl Cluster {
         while let Some(ev) = stream.next().await {
             match ev? {
                 WatchEvent::Added(p) | WatchEvent::Modified(p) => {
+                    if set.may_own(&p, &replicasets) {
+                        replicasets = self.replicasets_of(set).await?;
+                    }
                     if let Some(n) = p.metadata.name.clone() {
-                        pods.insert(n, p);
+                        if set.owns(&p, &replicasets) {
+                            pods.insert(n, p);
+                        } else {
+                            pods.remove(&n);
+                        }
                     }
                 }
                 WatchEvent::Deleted(p) => {
@@ -579,11 +671,21 @@ fn is_transient(e: &kube::Error) -> bool {
 }
 
 fn pods_match<'a>(pods: impl Iterator<Item = &'a Pod>, wanted: PodsWanted) -> bool {
-    let pods: Vec<&Pod> = pods.collect();
+    let pods: Vec<&Pod> = pods.filter(|p| !pod_ended(p)).collect();
     match wanted {
         PodsWanted::Gone => pods.is_empty(),
         PodsWanted::Ready(n) => pods.len() == n as usize && pods.iter().all(|p| pod_ready(p)),
     }
+}
+
+/// Phase Failed or Succeeded: the pod ended (evicted, completed, its container exited
+/// under `restartPolicy: Never`); it runs nothing, stays until deleted, and no controller
+/// counts it as a replica.
+pub fn pod_ended(p: &Pod) -> bool {
+    matches!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Failed") | Some("Succeeded")
+    )
 }
 
 /// Running, not terminating, and every container ready.

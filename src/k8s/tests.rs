@@ -49,3 +49,59 @@ fn kubectl_text_is_quoted() {
         "kubectl -n default scale deployment/ui --replicas=0"
     );
 }
+
+#[test]
+fn ended_pods_are_not_counted_either_way() {
+    let live = pod("Running", &[true], false);
+    let evicted = pod("Failed", &[false], false);
+    let completed = pod("Succeeded", &[false], false);
+    assert!(pod_ended(&evicted) && pod_ended(&completed) && !pod_ended(&live));
+    assert!(pods_match(
+        [&evicted, &completed].into_iter(),
+        PodsWanted::Gone
+    ));
+    assert!(pods_match(
+        [&live, &evicted].into_iter(),
+        PodsWanted::Ready(1)
+    ));
+    assert!(!pods_match([&evicted].into_iter(), PodsWanted::Ready(1)));
+}
+
+fn owned_by(kind: &str, name: &str, controller: bool) -> Pod {
+    let mut p = pod("Running", &[true], false);
+    p.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            kind: kind.into(),
+            name: name.into(),
+            controller: Some(controller),
+            ..Default::default()
+        },
+    ]);
+    p
+}
+
+#[test]
+fn a_workload_owns_only_the_pods_it_controls() {
+    let sts = PodSet {
+        kind: WorkloadKind::StatefulSet,
+        name: "redis".into(),
+        selector: "app=redis".into(),
+    };
+    let none = std::collections::BTreeSet::new();
+    assert!(sts.owns(&owned_by("StatefulSet", "redis", true), &none));
+    assert!(!sts.owns(&owned_by("StatefulSet", "redis", false), &none));
+    assert!(!sts.owns(&owned_by("StatefulSet", "redis-2", true), &none));
+    assert!(!sts.owns(&pod("Running", &[true], false), &none));
+
+    let deploy = PodSet {
+        kind: WorkloadKind::Deployment,
+        name: "ui".into(),
+        selector: "app=ui".into(),
+    };
+    let rs = std::collections::BTreeSet::from(["ui-abc".to_string()]);
+    assert!(deploy.owns(&owned_by("ReplicaSet", "ui-abc", true), &rs));
+    assert!(!deploy.owns(&owned_by("ReplicaSet", "ui-new", true), &rs));
+    assert!(deploy.may_own(&owned_by("ReplicaSet", "ui-new", true), &rs));
+    assert!(!deploy.may_own(&owned_by("ReplicaSet", "uix-new", true), &rs));
+    assert!(!deploy.owns(&pod("Running", &[true], false), &rs));
+}

@@ -185,11 +185,11 @@ pub async fn ready_deployment_pod(
     cluster: &Cluster,
     deployment: &str,
 ) -> Result<Option<String>, ModuleError> {
-    let (_, selector) = cluster
+    let (_, pods) = cluster
         .workload(crate::k8s::WorkloadKind::Deployment, deployment)
         .await?;
     Ok(cluster
-        .pods(&selector)
+        .pods(&pods)
         .await?
         .into_iter()
         .find(crate::k8s::pod_ready)

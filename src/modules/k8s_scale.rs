@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::k8s::{kubectl, pod_ready, PodsWanted, WorkloadKind};
+use crate::k8s::{kubectl, pod_ended, pod_ready, PodSet, PodsWanted, WorkloadKind};
 use crate::k8s::{Cluster, K8sError};
 use crate::module::kube::{k8s_args, marker_guard, K8sArgs, MarkerGuard};
 use crate::module::units::Seconds;
@@ -44,7 +44,8 @@ pub struct WorkloadFacts {
     pub name: String,
     pub replicas: u32,
     pub selector: String,
-    /// Pods now, and how many of them are Running and ready (and not terminating).
+    /// The workload's own pods now (not ended ones, nor look-alikes it does not control),
+    /// and how many of them are Running and ready (and not terminating).
     pub pods: u32,
     pub ready: u32,
 }
@@ -168,15 +169,17 @@ impl Module for K8sScale {
         let mut workloads = Vec::new();
         for w in &self.workloads {
             let (kind, name) = parse_workload(w)?;
-            let (replicas, selector) = cluster.workload(kind, &name).await?;
-            let pods = cluster.pods(&selector).await?;
+            let (replicas, set) = cluster.workload(kind, &name).await?;
+            let pods = cluster.pods(&set).await?;
             let mut w = WorkloadFacts {
                 kind,
                 name,
                 replicas,
                 ready: pods.iter().filter(|p| pod_ready(p)).count() as u32,
-                pods: pods.len() as u32,
-                selector,
+                // An ended pod (evicted, completed) stays until deleted but is no
+                // replica: counting it would wait forever for it to go.
+                pods: pods.iter().filter(|p| !pod_ended(p)).count() as u32,
+                selector: set.selector,
             };
             // What an earlier task of this check run would have set.
             let key = format!("{}/{}", kind.kubectl_name(), w.name);
@@ -249,11 +252,16 @@ impl Module for K8sScale {
             } else {
                 PodsWanted::Ready(*to)
             };
-            match cluster.wait_pods(selector, wanted, timeout).await {
+            let set = PodSet {
+                kind: *kind,
+                name: name.clone(),
+                selector: selector.clone(),
+            };
+            match cluster.wait_pods(&set, wanted, timeout).await {
                 Ok(()) => {}
                 Err(K8sError::Timeout { what, secs }) => {
                     let workload = format!("{}/{name}", kind.kubectl_name());
-                    let pods = pods_now(&cluster, selector).await;
+                    let pods = pods_now(&cluster, &set).await;
                     return Err(ModuleError::Failed(timeout_message(
                         &workload,
                         cluster.namespace(),
@@ -273,14 +281,18 @@ impl Module for K8sScale {
 
 /// The pods of a workload as one line each (`name phase ready|not ready (...)`), for the
 /// timeout message; what cannot be read is said so.
-async fn pods_now(cluster: &Cluster, selector: &str) -> Vec<String> {
-    match cluster.pods(selector).await {
+async fn pods_now(cluster: &Cluster, set: &PodSet) -> Vec<String> {
+    match cluster.pods(set).await {
         Ok(pods) => pods
             .iter()
             .map(|p| {
                 let name = p.metadata.name.clone().unwrap_or_default();
                 let status = p.status.clone().unwrap_or_default();
                 let phase = status.phase.unwrap_or_else(|| "Unknown".into());
+                if pod_ended(p) {
+                    let reason = status.reason.map(|r| format!(" ({r})")).unwrap_or_default();
+                    return format!("{name} {phase}{reason}, ended (not counted)");
+                }
                 let unready: Vec<String> = status
                     .container_statuses
                     .unwrap_or_default()

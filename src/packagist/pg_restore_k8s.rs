@@ -323,21 +323,21 @@ impl Module for PgRestoreK8s {
                     },
                 ) => {
                     let cluster = self.k8s().cluster(ctx).await?;
-                    let (_, selector) = cluster
+                    let (_, pods) = cluster
                         .workload(WorkloadKind::StatefulSet, statefulset)
                         .await?;
                     cluster
                         .scale(WorkloadKind::StatefulSet, statefulset, 0)
                         .await?;
                     cluster
-                        .wait_pods(&selector, PodsWanted::Gone, self.timeout())
+                        .wait_pods(&pods, PodsWanted::Gone, self.timeout())
                         .await?;
                     cluster.delete_pvc_and_wait(pvc, self.timeout()).await?;
                     cluster
                         .scale(WorkloadKind::StatefulSet, statefulset, 1)
                         .await?;
                     cluster
-                        .wait_pods(&selector, PodsWanted::Ready(1), self.timeout())
+                        .wait_pods(&pods, PodsWanted::Ready(1), self.timeout())
                         .await?;
                     wait_accepting(
                         &cluster,

@@ -25,7 +25,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::command::Cmd;
 use crate::fingerprint::RedisKeyCounts;
-use crate::k8s::{kubectl, kubectl_exec, pod_ready, Cluster, PodsWanted, WorkloadKind};
+use crate::k8s::{kubectl, kubectl_exec, pod_ready, Cluster, PodSet, PodsWanted, WorkloadKind};
 use crate::module::artifact::{artifact_fingerprint, find_artifact};
 use crate::module::artifact_stream::stream_artifact;
 use crate::module::kube::{k8s_args, pod_exec, K8sArgs};
@@ -126,19 +126,19 @@ impl RedisRestoreOpenebs {
             .map_or(Duration::from_secs(300), Seconds::duration)
     }
 
-    /// Scale the StatefulSet (pods `selector`) to 1 and wait until its pod is ready and
-    /// Redis answers PING.
+    /// Scale the StatefulSet (its `pods`) to 1 and wait until its pod is ready and Redis
+    /// answers PING.
     async fn start_redis(
         &self,
         cluster: &Cluster,
         f: &RedisRestoreFacts,
-        selector: &str,
+        pods: &PodSet,
     ) -> Result<(), ModuleError> {
         cluster
             .scale(WorkloadKind::StatefulSet, &f.statefulset, 1)
             .await?;
         cluster
-            .wait_pods(selector, PodsWanted::Ready(1), self.timeout())
+            .wait_pods(pods, PodsWanted::Ready(1), self.timeout())
             .await?;
         wait_pong(cluster, f, self.timeout()).await
     }
@@ -386,14 +386,14 @@ impl Module for RedisRestoreOpenebs {
             f.pvc
         ))?;
         let cluster = self.k8s().cluster(ctx).await?;
-        let (_, selector) = cluster
+        let (_, pods) = cluster
             .workload(WorkloadKind::StatefulSet, &f.statefulset)
             .await?;
         // 1. The live settings decide the layout: read them while Redis runs.
         let persistence = match &f.persistence {
             Some(p) => p.clone(),
             None => {
-                self.start_redis(&cluster, f, &selector).await?;
+                self.start_redis(&cluster, f, &pods).await?;
                 read_persistence(&cluster, f).await?
             }
         };
@@ -461,11 +461,11 @@ impl Module for RedisRestoreOpenebs {
             .scale(WorkloadKind::StatefulSet, &f.statefulset, 0)
             .await?;
         cluster
-            .wait_pods(&selector, PodsWanted::Gone, self.timeout())
+            .wait_pods(&pods, PodsWanted::Gone, self.timeout())
             .await?;
         ctx.exec_ok(&node_script(&dir, &staged, &restore_plan(&persistence)))
             .await?;
-        self.start_redis(&cluster, f, &selector).await?;
+        self.start_redis(&cluster, f, &pods).await?;
         // 4. Prove it.
         let after = read_counts(&cluster, f).await?;
         if let Some(source) = &f.source {

@@ -857,6 +857,17 @@ fn watch(
 }
 
 /// Whether a pod still counts for its controller (not being deleted).
+/// A pod a controller counts (Kubernetes' `FilterActivePods`): not being deleted and not
+/// ended (phase Succeeded or Failed: an evicted or completed pod stays, but is not one of
+/// the workload's replicas any more).
 pub fn is_active(obj: &Value) -> bool {
-    !is_deleting(obj)
+    !is_deleting(obj) && !is_ended(obj)
+}
+
+/// Phase Succeeded or Failed: the pod's containers are gone for good.
+pub fn is_ended(pod: &Value) -> bool {
+    matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded") | Some("Failed")
+    )
 }

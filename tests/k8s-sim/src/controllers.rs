@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::api::{add_finalizer, default_storage_class, is_active};
+use crate::api::{add_finalizer, default_storage_class, is_active, is_ended};
 use crate::ops::{
     self, controller_uid, owner_reference, Config, DEPLOYMENTS, PODS, PVCS, PVS, REPLICASETS,
     STATEFULSETS,
@@ -275,6 +275,7 @@ impl Controllers {
         for rs in replicasets.iter().filter(|r| !is_deleting(r)) {
             let ns = meta_str(rs, "namespace");
             let want = int(&rs["spec"]["replicas"]).max(0) as usize;
+            self.adopt_orphans(rs)?;
             let pods = self.pods_owned_by(meta_str(rs, "uid"), ns);
             let active: Vec<Value> = pods.iter().filter(|p| is_active(p)).cloned().collect();
             if active.len() < want {
@@ -308,6 +309,41 @@ impl Controllers {
         Ok(())
     }
 
+    /// A ReplicaSet adopts the active pods of its namespace that match its selector and
+    /// have no controller (Kubernetes' `ClaimPods`): a pod made by hand with a
+    /// ReplicaSet's labels, `pod-template-hash` included, becomes one of its replicas.
+    fn adopt_orphans(&self, rs: &Value) -> Result<(), ApiError> {
+        let ns = meta_str(rs, "namespace");
+        let Some(selector) = rs["spec"]["selector"]["matchLabels"].as_object() else {
+            return Ok(());
+        };
+        if selector.is_empty() {
+            return Ok(());
+        }
+        let (pods, _) = self.store.list(PODS, Some(ns));
+        for pod in pods.iter().filter(|p| {
+            controller_uid(p).is_none()
+                && is_active(p)
+                && selector
+                    .iter()
+                    .all(|(k, v)| p["metadata"]["labels"][k] == *v)
+        }) {
+            let reference = owner_reference(rs);
+            self.store.update_with(PODS, ns, name_of(pod), |o| {
+                let refs = &mut o["metadata"]["ownerReferences"];
+                if !refs.is_array() {
+                    *refs = json!([]);
+                }
+                if let Some(list) = refs.as_array_mut() {
+                    list.push(reference.clone());
+                }
+                Ok(())
+            })?;
+            tracing::info!("replicaset {} adopted pod {}", name_of(rs), name_of(pod));
+        }
+        Ok(())
+    }
+
     fn statefulsets(&self) -> Result<(), ApiError> {
         let (statefulsets, _) = self.store.list(STATEFULSETS, None);
         for sts in statefulsets.iter().filter(|s| !is_deleting(s)) {
@@ -317,6 +353,16 @@ impl Controllers {
             let parallel = sts["spec"]["podManagementPolicy"] == "Parallel";
             let revision = format!("{name}-{}", template_hash(&sts["spec"]["template"]));
             let pods = self.pods_owned_by(meta_str(sts, "uid"), ns);
+            // A pod of the set that ended (Failed, Evicted, Succeeded) is deleted, and made
+            // again on a later pass, as the StatefulSet controller does.
+            for pod in pods.iter().filter(|p| is_ended(p) && !is_deleting(p)) {
+                tracing::info!(
+                    "statefulset {name}: pod {} ended ({}); deleting it",
+                    name_of(pod),
+                    pod["status"]["phase"]
+                );
+                ops::delete_object(&self.store, PODS, ns, name_of(pod), None, None)?;
+            }
             let by_name: HashMap<&str, &Value> = pods.iter().map(|p| (name_of(p), p)).collect();
 
             // Scale down from the highest ordinal, one pod at a time unless Parallel.

@@ -77,6 +77,19 @@ struct PodRt {
     termination: Option<Termination>,
     conditions: HashMap<&'static str, (bool, String)>,
     last_status: Value,
+    /// `spec.restartPolicy`: Always (default), OnFailure or Never.
+    restart_policy: String,
+    /// Set once the pod has ended (phase Failed or Succeeded): its processes are gone and
+    /// nothing restarts; the object stays until it is deleted, as on a real node.
+    ended: Option<Ended>,
+}
+
+/// How a pod ended.
+struct Ended {
+    phase: &'static str,
+    /// `status.reason` (`Evicted`), when the kubelet ended it.
+    reason: Option<&'static str>,
+    message: Option<String>,
 }
 
 #[derive(Default)]
@@ -160,7 +173,12 @@ impl Kubelet {
                 c.exited_flag = None;
                 c.probe_ok = false;
                 c.last_exit = Some((code, now_rfc3339()));
-                if !terminating {
+                let restarts = match pod.restart_policy.as_str() {
+                    "Never" => false,
+                    "OnFailure" => code != 0,
+                    _ => true,
+                };
+                if !terminating && restarts {
                     tracing::warn!(
                         "{}/{} container {container} exited with {code}; restarting",
                         pod.namespace,
@@ -168,6 +186,13 @@ impl Kubelet {
                     );
                     c.restart_count += 1;
                     c.restart_at = Some(Instant::now() + RESTART_BACKOFF);
+                } else if !terminating {
+                    tracing::info!(
+                        "{}/{} container {container} exited with {code} (restartPolicy {})",
+                        pod.namespace,
+                        pod.name,
+                        pod.restart_policy
+                    );
                 }
             }
             Message::Probe {
@@ -242,7 +267,10 @@ impl Kubelet {
             let object = by_uid.get(uid.as_str()).copied();
             match object {
                 Some(pod) if !is_deleting(pod) => {
-                    self.restart_and_probe(rt, now);
+                    self.end_if_done(rt);
+                    if rt.ended.is_none() {
+                        self.restart_and_probe(rt, now);
+                    }
                     self.report_status(rt, pod);
                 }
                 _ => {
@@ -554,6 +582,11 @@ impl Kubelet {
             termination: None,
             conditions: HashMap::new(),
             last_status: Value::Null,
+            restart_policy: pod["spec"]["restartPolicy"]
+                .as_str()
+                .unwrap_or("Always")
+                .to_string(),
+            ended: None,
         };
         for index in 0..rt.containers.len() {
             self.start_container(&mut rt, index);
@@ -623,6 +656,85 @@ impl Kubelet {
                 c.restart_at = Some(Instant::now() + RESTART_BACKOFF * 3);
             }
         }
+    }
+
+    /// End the pod when it is done: every container exited and none will restart (its
+    /// restartPolicy says so), or the evict switch names it. An ended pod keeps its
+    /// object (phase Failed or Succeeded) until someone deletes it.
+    fn end_if_done(&self, rt: &mut PodRt) {
+        if rt.ended.is_some() {
+            return;
+        }
+        if self.take_evict_switch(&rt.namespace, &rt.name) {
+            tracing::warn!("evicting pod {}/{}", rt.namespace, rt.name);
+            for c in &mut rt.containers {
+                c.restart_at = None;
+                if c.pid.take().is_some() {
+                    c.last_exit = Some((137, now_rfc3339()));
+                }
+                c.exited_flag = None;
+            }
+            self.kill_processes(rt);
+            rt.ended = Some(Ended {
+                phase: "Failed",
+                reason: Some("Evicted"),
+                message: Some(
+                    "The node was low on resource: memory. Threshold quantity: 100Mi, \
+                     available: 51200Ki. "
+                        .to_string(),
+                ),
+            });
+            return;
+        }
+        let all_done = !rt.containers.is_empty()
+            && rt
+                .containers
+                .iter()
+                .all(|c| c.pid.is_none() && c.restart_at.is_none() && c.last_exit.is_some());
+        if !all_done {
+            return;
+        }
+        let failed = rt
+            .containers
+            .iter()
+            .any(|c| c.last_exit.as_ref().is_some_and(|(code, _)| *code != 0));
+        tracing::info!(
+            "pod {}/{} ended: {}",
+            rt.namespace,
+            rt.name,
+            if failed { "Failed" } else { "Succeeded" }
+        );
+        self.kill_processes(rt);
+        rt.ended = Some(Ended {
+            phase: if failed { "Failed" } else { "Succeeded" },
+            reason: None,
+            message: None,
+        });
+    }
+
+    /// Kill what is left of an ended pod: its containers' and execs' process groups and
+    /// its sandbox (a real kubelet tears the sandbox down too).
+    fn kill_processes(&self, rt: &mut PodRt) {
+        for pgid in rt.groups.iter().chain(rt.exec_groups.iter()) {
+            nsexec::kill_group(*pgid, libc::SIGKILL);
+        }
+        if let Some(pid) = rt.sandbox_pid.take() {
+            nsexec::kill_pid(pid, libc::SIGKILL);
+        }
+    }
+
+    /// Test switch: `<state-dir>/switches/evict/<namespace>/<pod>` evicts that pod once, as
+    /// a node under memory pressure does (phase Failed, reason Evicted); the switch file
+    /// is removed, so the pod a controller creates in its place under the same name runs.
+    fn take_evict_switch(&self, namespace: &str, pod: &str) -> bool {
+        let switch = self
+            .config
+            .state_dir
+            .join("switches")
+            .join("evict")
+            .join(namespace)
+            .join(pod);
+        std::fs::remove_file(switch).is_ok()
     }
 
     fn restart_and_probe(&self, rt: &mut PodRt, now: Instant) {
@@ -697,6 +809,9 @@ impl Kubelet {
     }
 
     fn report_status(&self, rt: &mut PodRt, pod: &Value) {
+        if rt.ended.is_some() {
+            return self.report_ended(rt, pod);
+        }
         let all_alive = rt.containers.iter().all(|c| c.pid.is_some());
         if !rt.running && all_alive && rt.started.elapsed() >= self.config.start_delay {
             rt.running = true;
@@ -772,6 +887,97 @@ impl Kubelet {
         }
     }
 
+    /// The status of an ended pod: phase Failed or Succeeded, every container terminated,
+    /// not ready (reason PodCompleted or PodFailed), and for an eviction `reason` Evicted
+    /// and the DisruptionTarget condition, as a real kubelet reports them.
+    fn report_ended(&self, rt: &mut PodRt, pod: &Value) {
+        let Some(ended) = &rt.ended else { return };
+        let (phase, reason, message) = (ended.phase, ended.reason, ended.message.clone());
+        let statuses: Vec<Value> = rt
+            .containers
+            .iter()
+            .map(|c| {
+                let (code, finished) = c.last_exit.clone().unwrap_or((137, now_rfc3339()));
+                // An evicted pod's containers are removed before their status is read
+                // back, so a real kubelet reports them as below (kubernetes#122160).
+                let terminated = if reason == Some("Evicted") {
+                    json!({"exitCode": 137, "reason": "ContainerStatusUnknown",
+                           "message": "The container could not be located when the pod was terminated",
+                           "startedAt": null, "finishedAt": null})
+                } else {
+                    json!({"exitCode": code,
+                           "reason": if code == 0 { "Completed" } else { "Error" },
+                           "startedAt": c.started_at, "finishedAt": finished})
+                };
+                json!({
+                    "name": c.name,
+                    "image": c.spec["image"],
+                    "imageID": "",
+                    "ready": false,
+                    "started": false,
+                    "restartCount": c.restart_count,
+                    "state": {"terminated": terminated},
+                    "lastState": {},
+                })
+            })
+            .collect();
+        let not_ready = if phase == "Succeeded" {
+            "PodCompleted"
+        } else {
+            "PodFailed"
+        };
+        let mut conditions = vec![
+            Self::condition(rt, "PodReadyToStartContainers", false),
+            Self::condition(rt, "Initialized", true),
+            Self::condition(rt, "Ready", false),
+            Self::condition(rt, "ContainersReady", false),
+            Self::condition(rt, "PodScheduled", true),
+        ];
+        for c in conditions
+            .iter_mut()
+            .filter(|c| c["type"] == "Ready" || c["type"] == "ContainersReady")
+        {
+            c["reason"] = json!(not_ready);
+        }
+        if reason == Some("Evicted") {
+            let mut target = Self::condition(rt, "DisruptionTarget", true);
+            target["reason"] = json!("TerminationByKubelet");
+            target["message"] = json!(message.clone().unwrap_or_default());
+            conditions.insert(0, target);
+        }
+        let mut status = json!({
+            "phase": phase,
+            "conditions": conditions,
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}],
+            "startTime": rt.start_time,
+            "qosClass": "BestEffort",
+            "containerStatuses": statuses,
+        });
+        if let Some(reason) = reason {
+            status["reason"] = json!(reason);
+            status["message"] = json!(message.unwrap_or_default());
+        }
+        if status == rt.last_status {
+            return;
+        }
+        let uid = rt.uid.clone();
+        let result = self.store.update_with(PODS, &rt.namespace, &rt.name, |o| {
+            if meta_str(o, "uid") != uid {
+                return Err(crate::store::ApiError::conflict(
+                    PODS,
+                    name_of(pod),
+                    "uid changed",
+                ));
+            }
+            o["status"] = status.clone();
+            Ok(())
+        });
+        if result.is_ok() {
+            rt.last_status = status;
+        }
+    }
+
     /// Drive a deleted pod's teardown; true once its processes are gone and the grace shown.
     fn terminate(&self, rt: &mut PodRt, pod: Option<&Value>, now: Instant) -> bool {
         if rt.termination.is_none() {
@@ -825,6 +1031,12 @@ impl Kubelet {
             .values()
             .find(|p| p.namespace == namespace && p.name == pod_name && p.termination.is_none())
             .ok_or_else(|| format!("pod {pod_name} is not running"))?;
+        if let Some(ended) = &pod.ended {
+            return Err(format!(
+                "cannot exec into a container in a completed pod; current phase is {}",
+                ended.phase
+            ));
+        }
         let c = pod
             .containers
             .iter()

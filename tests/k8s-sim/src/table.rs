@@ -43,20 +43,31 @@ fn or_none(s: String) -> String {
     }
 }
 
+/// The STATUS column as kubectl's pod printer makes it: the pod's reason (`Evicted`)
+/// over its phase, a container's waiting or terminated reason over both, Terminating over
+/// everything but an ended pod.
 pub fn pod_status_text(pod: &Value) -> String {
-    if is_deleting(pod) {
+    // An ended pod being deleted keeps its ended status (kubectl's printer).
+    if is_deleting(pod) && !crate::api::is_ended(pod) {
         return "Terminating".to_string();
     }
-    for status in pod["status"]["containerStatuses"]
+    let mut status = match pod["status"]["reason"].as_str() {
+        Some(reason) if !reason.is_empty() => reason.to_string(),
+        _ => text(&pod["status"]["phase"]),
+    };
+    for c in pod["status"]["containerStatuses"]
         .as_array()
         .into_iter()
         .flatten()
     {
-        if let Some(reason) = status["state"]["waiting"]["reason"].as_str() {
-            return reason.to_string();
+        let state = &c["state"];
+        if let Some(reason) = state["waiting"]["reason"].as_str() {
+            status = reason.to_string();
+        } else if let Some(reason) = state["terminated"]["reason"].as_str() {
+            status = reason.to_string();
         }
     }
-    or_none(text(&pod["status"]["phase"]))
+    or_none(status)
 }
 
 /// Cells of one row after the name (the age cell is appended by the caller).

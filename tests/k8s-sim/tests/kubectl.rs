@@ -599,3 +599,164 @@ fn start_with_overlay(yaml: &str) -> (tempfile::TempDir, Sim) {
     let sim = Sim::start(&["--manifests", overlay.path().to_str().unwrap()]);
     (overlay, sim)
 }
+
+/// Pods that end (Part 4, item 2): a container that exits non-zero under `restartPolicy:
+/// Never` ends its pod in phase Failed, and the pod stays until deleted (exec into it is
+/// the API server's 400); an evicted pod (the simulator's evict switch) is Failed with
+/// reason Evicted; a ReplicaSet replaces it and leaves it (it no longer counts), a
+/// StatefulSet deletes it and makes it again; a bare pod made with a ReplicaSet's labels
+/// is adopted (and the surplus scaled away), as on a real cluster.
+#[test]
+fn pods_that_end_stay_until_deleted_and_controllers_replace_them() {
+    let sim = Sim::start(&[]);
+    sim.wait_all_ready("default");
+    let apply = |yaml: &str| {
+        let out = sim.kubectl_output(&["apply", "-f", "-"], Some(yaml.as_bytes()));
+        assert!(out.status.success(), "apply: {}", stderr(&out));
+    };
+    let wait_phase = |pod: &str, phase: &str| {
+        sim.kubectl(&[
+            "wait",
+            &format!("--for=jsonpath={{.status.phase}}={phase}"),
+            &format!("pod/{pod}"),
+            "--timeout=30s",
+        ]);
+    };
+
+    // restartPolicy Never, exit 3: Failed, the container terminated with its code.
+    apply(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: once\nspec:\n  restartPolicy: Never\n  \
+         containers:\n  - name: main\n    image: busybox\n    command: [sh, -c, 'exit 3']\n",
+    );
+    wait_phase("once", "Failed");
+    let code = sim.kubectl(&[
+        "get",
+        "pod",
+        "once",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].state.terminated.exitCode} {.status.containerStatuses[0].restartCount}",
+    ]);
+    assert_eq!(code, "3 0");
+    assert!(sim.kubectl(&["get", "pod", "once"]).contains("Error"));
+    let exec = sim.kubectl_output(&["exec", "once", "--", "true"], None);
+    assert!(
+        stderr(&exec)
+            .contains("cannot exec into a container in a completed pod; current phase is Failed"),
+        "{}",
+        stderr(&exec)
+    );
+    // It stays (no controller removes a bare pod), until deleted.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    wait_phase("once", "Failed");
+    sim.kubectl(&["delete", "pod", "once", "--timeout=30s"]);
+
+    // A ui pod evicted: Failed/Evicted, replaced, and left behind.
+    let evict = |pod: &str| {
+        let switch = sim
+            .dir
+            .path()
+            .join("state/switches/evict/default")
+            .join(pod);
+        std::fs::create_dir_all(switch.parent().unwrap()).unwrap();
+        std::fs::write(switch, "").unwrap();
+    };
+    let ui = sim.pod_name("default", "ui");
+    evict(&ui);
+    wait_phase(&ui, "Failed");
+    let reason = sim.kubectl(&[
+        "get",
+        "pod",
+        &ui,
+        "-o",
+        "jsonpath={.status.reason} {.status.conditions[?(@.type==\"DisruptionTarget\")].reason}",
+    ]);
+    assert_eq!(reason, "Evicted TerminationByKubelet");
+    sim.kubectl(&[
+        "wait",
+        "--for=jsonpath={.status.readyReplicas}=1",
+        "deploy/ui",
+        "--timeout=30s",
+    ]);
+    let names = sim.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app=ui",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}={.status.phase} {end}",
+    ]);
+    let phases: Vec<&str> = names.split_whitespace().collect();
+    assert_eq!(
+        phases.len(),
+        2,
+        "the evicted pod and its replacement: {names}"
+    );
+    assert!(phases.contains(&format!("{ui}=Failed").as_str()), "{names}");
+    assert!(phases.iter().any(|p| p.ends_with("=Running")), "{names}");
+    let replicas = sim.kubectl(&["get", "deploy", "ui", "-o", "jsonpath={.status.replicas}"]);
+    assert_eq!(replicas, "1", "the evicted pod is not a replica");
+
+    // redis-0 evicted: deleted and made again (a new uid), Running and ready.
+    let uid = |pod: &str| sim.kubectl(&["get", "pod", pod, "-o", "jsonpath={.metadata.uid}"]);
+    let before = uid("redis-0");
+    evict("redis-0");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = sim.kubectl_output(
+            &["get", "pod", "redis-0", "-o", "jsonpath={.metadata.uid}"],
+            None,
+        );
+        if out.status.success() && !stdout(&out).is_empty() && stdout(&out) != before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis-0 was not made again"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    sim.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/redis-0",
+        "--timeout=60s",
+    ]);
+
+    // A bare pod with the ReplicaSet's labels is adopted; the surplus is scaled away.
+    let hash = sim.kubectl(&[
+        "get",
+        "rs",
+        "-l",
+        "app=worker",
+        "-o",
+        "jsonpath={.items[0].metadata.labels.pod-template-hash}",
+    ]);
+    apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: stray\n  labels:\n    app: worker\n    \
+         pod-template-hash: {hash:?}\nspec:\n  containers:\n  - name: main\n    image: busybox\n    \
+         command: [sleep, infinity]\n"
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let pods = sim.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "app=worker",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}:{.metadata.ownerReferences[0].kind}:{.metadata.deletionTimestamp} {end}",
+        ]);
+        let live: Vec<&str> = pods
+            .split_whitespace()
+            .filter(|p| p.ends_with(':'))
+            .collect();
+        if live.len() == 1 && live.iter().all(|p| p.contains(":ReplicaSet:")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not adopted and scaled: {pods}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
