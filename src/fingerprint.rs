@@ -147,62 +147,7 @@ impl PgFingerprint {
     }
 }
 
-/// Keys per Redis database number (databases without keys are absent).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RedisKeyCounts {
-    pub dbs: BTreeMap<u32, u64>,
-}
-
-impl RedisKeyCounts {
-    /// Parse `redis-cli INFO keyspace` (`db0:keys=12,expires=0,avg_ttl=0`).
-    pub fn parse_info_keyspace(out: &str) -> Result<Self, FingerprintParseError> {
-        let mut dbs = BTreeMap::new();
-        for (i, line) in out.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let err = || FingerprintParseError {
-                what: "a keyspace line",
-                line: i + 1,
-                text: line.to_string(),
-            };
-            let (db, fields) = line.split_once(':').ok_or_else(err)?;
-            let db: u32 = db
-                .strip_prefix("db")
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(err)?;
-            let keys = fields
-                .split(',')
-                .find_map(|f| f.strip_prefix("keys="))
-                .and_then(|n| n.parse::<u64>().ok())
-                .ok_or_else(err)?;
-            if keys > 0 {
-                dbs.insert(db, keys);
-            }
-        }
-        Ok(RedisKeyCounts { dbs })
-    }
-
-    pub fn total(&self) -> u64 {
-        self.dbs.values().sum()
-    }
-
-    /// These counts with database `db` emptied (what the target holds after the
-    /// Composer cache, database 5, was flushed).
-    pub fn without_db(&self, db: u32) -> Self {
-        let mut dbs = self.dbs.clone();
-        dbs.remove(&db);
-        RedisKeyCounts { dbs }
-    }
-
-    /// Human-readable differences from `expected` (empty when equal).
-    pub fn diff(&self, expected: &RedisKeyCounts) -> Vec<String> {
-        diff_maps(&expected.dbs, &self.dbs, |db, e, a| {
-            (e != a).then(|| format!("db {db}: {a} keys, expected {e}"))
-        })
-    }
-}
+pub use crate::redis_keys::RedisKeyCounts;
 
 /// A tree of files: how many, how large, and a digest of the sorted `sha256  path` list.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -373,23 +318,6 @@ mod tests {
             1,
             "bad lines are errors, not silently dropped"
         );
-    }
-
-    #[test]
-    fn redis_keyspace_parses() {
-        let info =
-            "# Keyspace\r\ndb0:keys=12,expires=0,avg_ttl=0\r\ndb5:keys=3,expires=1,avg_ttl=9\r\n";
-        let c = RedisKeyCounts::parse_info_keyspace(info).unwrap();
-        assert_eq!(c.dbs, BTreeMap::from([(0, 12), (5, 3)]));
-        assert_eq!(c.without_db(5).dbs, BTreeMap::from([(0, 12)]));
-        assert_eq!(
-            RedisKeyCounts::default().diff(&c),
-            vec!["0: missing", "5: missing"]
-        );
-        assert!(RedisKeyCounts::parse_info_keyspace("# Keyspace\n")
-            .unwrap()
-            .dbs
-            .is_empty());
     }
 
     #[test]

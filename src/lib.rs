@@ -15,6 +15,7 @@ pub mod module;
 pub mod modules;
 pub mod packagist;
 pub mod playbook;
+pub mod redis_keys;
 pub mod registry;
 pub mod report;
 pub mod secrets;

@@ -91,8 +91,13 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Self::start_with(&[]).await
+    }
+
+    /// [`Cluster::start`] with extra simulator flags.
+    async fn start_with(flags: &[&str]) -> Cluster {
         let sim = tokio::task::block_in_place(|| {
-            let sim = Sim::start(&[]);
+            let sim = Sim::start(flags);
             sim.wait_all_ready("default");
             sim
         });
@@ -227,6 +232,21 @@ impl Cluster {
             .iter()
             .map(|p| (p.metadata.name.clone().unwrap(), pod_ready(p)))
             .collect()
+    }
+
+    /// The PV bound to PVC `claim` of `namespace`.
+    async fn pv_of(&self, namespace: &str, claim: &str) -> String {
+        Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(
+            self.client.clone(),
+            namespace,
+        )
+        .get(claim)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .volume_name
+        .unwrap()
     }
 
     async fn marker(&self) -> Option<ConfigMap> {
@@ -515,6 +535,108 @@ async fn k8s_scale_counts_only_the_workloads_own_live_pods() {
     );
     assert!(pods.contains(&(ui.clone(), false)), "{pods:?}");
     assert!(pods.contains(&("debug".to_string(), true)), "{pods:?}");
+}
+
+/// PV cleanup takes time and can fail (Part 4, item 4): deleting a PVC waits until the
+/// provisioner has cleaned its volume up (3 s here; up to 120 s on a real node) and the
+/// PV is gone; a wait cut short says how long it really waited; a cleanup that fails
+/// (the PV turns Failed and stays) is an error at once, naming the PV, the
+/// provisioner's message and what to do, not a timeout minutes later.
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_pvc_waits_for_the_volume_cleanup_and_says_when_it_fails() {
+    use ferry::k8s::{Cluster as Kube, KubeconfigSource};
+    use std::time::{Duration, Instant};
+    let cluster = Cluster::start_with(&["--pv-cleanup-ms", "3000"]).await;
+    tokio::task::block_in_place(|| cluster.sim.wait_all_ready("packagist-alt"));
+    let source = KubeconfigSource::Local {
+        path: cluster.sim.kubeconfig.clone(),
+        context: None,
+    };
+    let node: Arc<dyn ferry::transport::Transport> = FakeTransport::new("new");
+    let connect = |ns: &'static str| {
+        let (node, source) = (node.clone(), source.clone());
+        async move { Kube::connect(node, &source, Some(ns)).await.unwrap() }
+    };
+    let default = connect("default").await;
+
+    // The cleanup takes its time, and the wait takes it too.
+    stop_statefulset(&default, "postgres").await;
+    let pv = cluster.pv_of("default", "postgres-data-postgres-0").await;
+    let started = Instant::now();
+    default
+        .delete_pvc_and_wait("postgres-data-postgres-0", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(default.pv(&pv).await.unwrap().is_none(), "{pv} is gone");
+
+    // A wait shorter than the cleanup: the timeout says how long it waited.
+    let alt = connect("packagist-alt").await;
+    stop_statefulset(&alt, "postgres").await;
+    let err = alt
+        .delete_pvc_and_wait("postgres-data-postgres-0", Duration::from_secs(1))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("timed out after 1s waiting until pv pvc-"),
+        "{err}"
+    );
+    assert!(err.contains("cleaned up by its provisioner"), "{err}");
+
+    // The cleanup fails: an error at once, not at the timeout.
+    let switch = cluster
+        .sim
+        .dir
+        .path()
+        .join("state/switches/pv-cleanup-fail");
+    std::fs::create_dir_all(switch.parent().unwrap()).unwrap();
+    std::fs::write(&switch, "").unwrap();
+    stop_statefulset(&default, "redis").await;
+    let pv = cluster.pv_of("default", "redis-data-redis-0").await;
+    let started = Instant::now();
+    let err = default
+        .delete_pvc_and_wait("redis-data-redis-0", Duration::from_secs(120))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    for want in [
+        format!("the provisioner failed to clean up PV {pv} (of PVC redis-data-redis-0) after "),
+        "create process timeout after 120 seconds".to_string(),
+        "stays in phase Failed".to_string(),
+        format!("kubectl describe pv {pv}"),
+        format!("kubectl delete pv {pv}"),
+    ] {
+        assert!(err.contains(&want), "{want:?} not in {err}");
+    }
+    let phase = default
+        .pv(&pv)
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+        .unwrap()
+        .phase;
+    assert_eq!(phase.as_deref(), Some("Failed"), "the PV stays, Failed");
+}
+
+/// Scale StatefulSet `sts` to 0 through ferry's cluster API and wait until its pods are gone.
+async fn stop_statefulset(k: &ferry::k8s::Cluster, sts: &str) {
+    use ferry::k8s::{PodsWanted, WorkloadKind};
+    let (_, pods) = k.workload(WorkloadKind::StatefulSet, sts).await.unwrap();
+    k.scale(WorkloadKind::StatefulSet, sts, 0).await.unwrap();
+    k.wait_pods(&pods, PodsWanted::Gone, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
 }
 
 /// The task's `namespace` (over the host var `namespace = "default"`) is where it scales;

@@ -30,6 +30,20 @@ pub enum K8sError {
         name: String,
         namespace: String,
     },
+    /// The provisioner could not clean a deleted claim's volume up: the PV stays, Failed.
+    #[error(
+        "the provisioner failed to clean up PV {pv} (of PVC {pvc}) after {elapsed_secs}s: \
+         {message}; the PV stays in phase Failed and its directory{path} may still hold the \
+         old data. Look with: kubectl describe pv {pv} ; once the directory is removed on the \
+         node, delete the PV (kubectl delete pv {pv}) and run ferry again"
+    )]
+    PvCleanupFailed {
+        pv: String,
+        pvc: String,
+        message: String,
+        path: String,
+        elapsed_secs: u64,
+    },
     #[error("exec in pod {pod} failed: {reason}")]
     Exec { pod: String, reason: String },
     #[error("watch of {what} ended: {reason}")]

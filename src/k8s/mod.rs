@@ -522,9 +522,12 @@ impl Cluster {
             .map_err(api_err(format!("read pv {name}")))
     }
 
-    /// Delete a PVC and wait until both it and its bound PV are gone.
+    /// Delete a PVC and wait until both it and its bound PV are gone: the PV only goes
+    /// once the provisioner has cleaned its volume up (OpenEBS runs a helper pod, up to
+    /// 120 s), and a cleanup that fails (the PV turns Failed) is an error at once.
     pub async fn delete_pvc_and_wait(&self, name: &str, timeout: Duration) -> Result<(), K8sError> {
         may_write(|| format!("deleting pvc {name}"))?;
+        let started = tokio::time::Instant::now();
         let pv_name = self
             .pvc(name)
             .await?
@@ -538,26 +541,54 @@ impl Cluster {
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(api_err(format!("delete pvc {name}"))(e)),
         }
-        let deadline = tokio::time::Instant::now() + timeout;
-        self.wait_gone::<PersistentVolumeClaim>(self.api(), name, deadline)
+        let deadline = started + timeout;
+        let none = |_: &PersistentVolumeClaim| None;
+        let pvc_what = format!("pvc {name}");
+        self.wait_gone(self.api(), &pvc_what, name, started, deadline, none)
             .await?;
         if let Some(pv) = pv_name {
             let api = Api::<PersistentVolume>::all(self.client.clone());
-            self.wait_gone(api, &pv, deadline).await?;
+            let failed = |v: &PersistentVolume| {
+                let status = v.status.as_ref()?;
+                (status.phase.as_deref() == Some("Failed")).then(|| K8sError::PvCleanupFailed {
+                    pv: pv.clone(),
+                    pvc: name.to_string(),
+                    message: status
+                        .message
+                        .clone()
+                        .unwrap_or_else(|| "no message".into()),
+                    path: v
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.local.as_ref().map(|l| format!(" {}", l.path)))
+                        .unwrap_or_default(),
+                    elapsed_secs: started.elapsed().as_secs(),
+                })
+            };
+            let what = format!("pv {pv} (the volume of pvc {name}, cleaned up by its provisioner)");
+            self.wait_gone(api, &what, &pv, started, deadline, failed)
+                .await?;
         }
         Ok(())
     }
 
+    /// Wait by watch until object `name` is gone, or `failed` says it never will be. A
+    /// wait that lasts says so every 15 s; times are counted from `started` (when the
+    /// deletion began), so a timeout gives the whole time waited.
     async fn wait_gone<K>(
         &self,
         api: Api<K>,
+        what: &str,
         name: &str,
+        started: tokio::time::Instant,
         deadline: tokio::time::Instant,
+        failed: impl Fn(&K) -> Option<K8sError>,
     ) -> Result<(), K8sError>
     where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     {
-        let what = format!("{name} is deleted");
+        let every = Duration::from_secs(15);
+        let mut progress = tokio::time::interval_at(started + every, every);
         let fut = async {
             loop {
                 let list = api
@@ -566,6 +597,9 @@ impl Cluster {
                     .map_err(api_err(format!("list {name}")))?;
                 if list.items.is_empty() {
                     return Ok(());
+                }
+                if let Some(e) = list.items.iter().find_map(&failed) {
+                    return Err(e);
                 }
                 let rv = list.metadata.resource_version.unwrap_or_default();
                 let wp = WatchParams::default()
@@ -577,18 +611,37 @@ impl Cluster {
                     .map_err(api_err(format!("watch {name}")))?;
                 futures::pin_mut!(stream);
                 use futures::StreamExt;
-                while let Some(ev) = stream.next().await {
+                loop {
+                    let ev = tokio::select! {
+                        ev = stream.next() => ev,
+                        _ = progress.tick() => {
+                            tracing::info!(
+                                "still waiting until {what} is deleted ({}s)",
+                                started.elapsed().as_secs()
+                            );
+                            continue;
+                        }
+                    };
+                    let Some(ev) = ev else { break };
                     match ev.map_err(api_err(format!("watch {name}")))? {
                         WatchEvent::Deleted(_) => return Ok(()),
+                        WatchEvent::Added(o) | WatchEvent::Modified(o) => {
+                            if let Some(e) = failed(&o) {
+                                return Err(e);
+                            }
+                        }
                         WatchEvent::Error(_) => break,
-                        _ => {}
+                        WatchEvent::Bookmark(_) => {}
                     }
                 }
             }
         };
         tokio::time::timeout_at(deadline, fut)
             .await
-            .map_err(|_| K8sError::Timeout { what, secs: 0 })?
+            .map_err(|_| K8sError::Timeout {
+                what: format!("{what} is deleted"),
+                secs: started.elapsed().as_secs(),
+            })?
     }
 
     /// A deployment, or `None`.

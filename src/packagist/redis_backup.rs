@@ -21,6 +21,7 @@ use crate::module::docker::ContainerBackup;
 use crate::module::{Applied, Change, HostReader, Module, ModuleError, Prediction, Probe, TaskCtx};
 use crate::packagist::completed::old_side_policy;
 use crate::playbook::template::Template;
+use crate::redis_keys::{unix_now, TTL_CENSUS_LUA};
 
 fn default_artifact() -> String {
     "packagist_redis".into()
@@ -48,6 +49,9 @@ pub struct RedisBackupFacts {
     pub port: u16,
     pub recorded_counts: Option<RedisKeyCounts>,
     pub current_counts: Option<RedisKeyCounts>,
+    /// The laptop's clock (unix seconds): keys with a TTL may have expired since the
+    /// recorded count, which does not make the backup stale.
+    pub now: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -93,6 +97,32 @@ async fn key_counts(ctx: &HostReader, f: &RedisBackupFacts) -> Result<RedisKeyCo
     RedisKeyCounts::parse_info_keyspace(&out.stdout_str()).map_err(ModuleError::from)
 }
 
+/// The key counts the backup is proven against, with the census of the TTLs of its
+/// volatile keys (one read-only scan per database that has any), so that keys that
+/// expire before the restore are told apart from keys lost.
+async fn key_counts_with_census(
+    ctx: &HostReader,
+    f: &RedisBackupFacts,
+) -> Result<RedisKeyCounts, ModuleError> {
+    let mut counts = key_counts(ctx, f).await?;
+    let counted_at = unix_now();
+    let dbs: Vec<u32> = counts.volatile.keys().copied().collect();
+    for db in dbs {
+        let census = f
+            .exec()
+            .args(["redis-cli", "-p"])
+            .arg(f.port.to_string())
+            .arg("-n")
+            .arg(db.to_string())
+            .args(["EVAL", TTL_CENSUS_LUA, "0"]);
+        let out = ctx.exec_ok(&census).await?;
+        counts
+            .add_census(db, counted_at, &out.stdout_str())
+            .map_err(ModuleError::from)?;
+    }
+    Ok(counts)
+}
+
 #[async_trait]
 impl Module for RedisBackup {
     const VARS: crate::module::VarLists = &[crate::module::docker::VARS];
@@ -110,6 +140,7 @@ impl Module for RedisBackup {
             port: self.port.unwrap_or(6379),
             recorded_counts: probe.own_fingerprint("redis_keys"),
             current_counts: None,
+            now: unix_now(),
         };
         if f.backup.worth_comparing() {
             f.current_counts = Some(key_counts(probe, &f).await?);
@@ -147,7 +178,7 @@ impl Module for RedisBackup {
                 RedisBackupChange::Save(cmd) => {
                     // Counted right before the save: with the app stopped, the saved
                     // dataset holds exactly these keys.
-                    counts = Some(key_counts(ctx, f).await?);
+                    counts = Some(key_counts_with_census(ctx, f).await?);
                     ctx.exec_ok(cmd).await?;
                 }
                 RedisBackupChange::CopyOut(cmd) => {
@@ -161,7 +192,7 @@ impl Module for RedisBackup {
                     }
                     let counts = match counts.take() {
                         Some(c) => c,
-                        None => key_counts(ctx, f).await?,
+                        None => key_counts_with_census(ctx, f).await?,
                     };
                     ctx.record_fingerprint(
                         "redis_keys",
@@ -200,10 +231,14 @@ pub fn decide(f: &RedisBackupFacts) -> Result<Vec<RedisBackupChange>, ModuleErro
         return Ok(Vec::new());
     }
     f.backup.require_container()?;
+    let unchanged = match (&f.current_counts, &f.recorded_counts) {
+        (Some(now), Some(recorded)) => now.diff_at(recorded, f.now).is_empty(),
+        _ => false,
+    };
     let current = !f.backup.redo
         && f.backup.recorded_sha256.is_some()
         && f.recorded_counts.is_some()
-        && (!f.backup.running || f.current_counts == f.recorded_counts);
+        && (!f.backup.running || unchanged);
     if current {
         return Ok(Vec::new());
     }
@@ -233,6 +268,7 @@ mod tests {
             port: 6379,
             recorded_counts: None,
             current_counts: None,
+            now: 0,
         }
     }
 

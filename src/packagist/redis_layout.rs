@@ -18,6 +18,45 @@ pub struct RedisPersistence {
     pub appendfilename: String,
     pub appenddirname: String,
     pub dbfilename: String,
+    /// Who redis-server runs as (read off its process: images commonly start as root and
+    /// drop to uid 999, so an exec's own `id` would say root). What the restore lays out
+    /// is made this owner's; `None` (a journal from before this was read) keeps the
+    /// volume directory's owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<FileOwner>,
+}
+
+/// A numeric file owner, `uid:gid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileOwner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl FileOwner {
+    /// Parse `stat -c %u:%g` output.
+    pub fn parse_stat(out: &str) -> Result<Self, ConfigParseError> {
+        let bad = || ConfigParseError(format!("owner {:?} is not uid:gid", out.trim()));
+        let (uid, gid) = out.trim().split_once(':').ok_or_else(bad)?;
+        Ok(FileOwner {
+            uid: uid.parse().map_err(|_| bad())?,
+            gid: gid.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl std::fmt::Display for FileOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
+}
+
+/// `process_id` of `redis-cli INFO server` output.
+pub fn parse_process_id(info: &str) -> Result<u32, ConfigParseError> {
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("process_id:"))
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or_else(|| ConfigParseError("no process_id in INFO server".into()))
 }
 
 impl Default for RedisPersistence {
@@ -27,6 +66,7 @@ impl Default for RedisPersistence {
             appendfilename: "appendonly.aof".into(),
             appenddirname: "appendonlydir".into(),
             dbfilename: "dump.rdb".into(),
+            owner: None,
         }
     }
 }

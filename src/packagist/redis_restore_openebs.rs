@@ -35,8 +35,12 @@ use crate::module::{Applied, Change, Module, ModuleError, Prediction, Probe, Sto
 use crate::packagist::attempt::{attempt_proven, attempt_started, interrupted_attempt};
 use crate::packagist::completed::{completed_guard, completed_marker};
 use crate::packagist::redis::{pod_redis_key_counts, redis_cli};
-use crate::packagist::redis_layout::{restore_plan, FileOp, RedisPersistence, CONFIG_GET_ARGS};
+use crate::packagist::redis_layout::{
+    parse_process_id, restore_plan, ConfigParseError, FileOp, FileOwner, RedisPersistence,
+    CONFIG_GET_ARGS,
+};
 use crate::playbook::template::Template;
+use crate::redis_keys::unix_now;
 
 fn default_artifact() -> String {
     "packagist_redis".into()
@@ -76,6 +80,8 @@ pub struct RedisRestoreFacts {
     /// The journal says the last restore started and was never proven (see
     /// [`interrupted_attempt`]): restore again even if the key counts match.
     pub interrupted: bool,
+    /// The laptop's clock (unix seconds), against the backup's TTL census.
+    pub now: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -163,12 +169,32 @@ async fn read_persistence(
         None,
     )
     .await?;
-    RedisPersistence::parse_config_get(&String::from_utf8_lossy(&out)).map_err(|e| {
-        ModuleError::Remote {
-            what: format!("redis in {}", f.pod),
-            detail: e.to_string(),
-        }
-    })
+    let remote = |e: ConfigParseError| ModuleError::Remote {
+        what: format!("redis in {}", f.pod),
+        detail: e.to_string(),
+    };
+    let mut persistence =
+        RedisPersistence::parse_config_get(&String::from_utf8_lossy(&out)).map_err(remote)?;
+    // Its files must be redis-server's own: the process's owner, not the exec's.
+    let info = pod_exec(
+        cluster,
+        &f.pod,
+        f.container.as_deref(),
+        &redis_cli(f.port, &["INFO", "server"]),
+        None,
+    )
+    .await?;
+    let pid = parse_process_id(&String::from_utf8_lossy(&info)).map_err(remote)?;
+    let stat: Vec<String> = vec![
+        "stat".into(),
+        "-c".into(),
+        "%u:%g".into(),
+        format!("/proc/{pid}"),
+    ];
+    let owner = pod_exec(cluster, &f.pod, f.container.as_deref(), &stat, None).await?;
+    persistence.owner =
+        Some(FileOwner::parse_stat(&String::from_utf8_lossy(&owner)).map_err(remote)?);
+    Ok(persistence)
 }
 
 /// Wait until Redis answers PONG (while loading a large dataset it answers LOADING).
@@ -231,7 +257,12 @@ pub fn staged_rdb(dir: &str) -> Result<StagedPath, ModuleError> {
 /// with Redis stopped. Files are written in ferry's work directory and renamed over
 /// their names in `dir`; the work directory is removed before the volume is given back
 /// to Redis's user.
-pub fn node_script(dir: &str, staged: &StagedPath, ops: &[FileOp]) -> Cmd {
+pub fn node_script(
+    dir: &str,
+    staged: &StagedPath,
+    ops: &[FileOp],
+    owner: Option<FileOwner>,
+) -> Cmd {
     let at = |rel: &str| format!("{dir}/{rel}");
     // One temporary per file, in ferry's directory (same filesystem: the rename is atomic).
     let tmp = |rel: &str| format!("{}/{}.ferry-tmp", staged.work, rel.replace('/', "_"));
@@ -264,9 +295,14 @@ pub fn node_script(dir: &str, staged: &StagedPath, ops: &[FileOp]) -> Cmd {
         };
         script = script.then(step);
     }
-    // Redis in the pod must own what it loads: same owner as the volume directory
-    // (`chown -R` does not follow symlinks). ferry's directory goes first, with the
-    // staged RDB in it.
+    // Redis in the pod must own what it loads and the AOF directory it appends to: the
+    // owner redis-server runs as (uid 999 in the official image, on a root-owned 0777
+    // OpenEBS directory), else the volume directory's. `chown -R` does not follow
+    // symlinks. ferry's directory goes first, with the staged RDB in it.
+    let owner = match owner {
+        Some(o) => o.to_string(),
+        None => format!("--reference={dir}"),
+    };
     script = script
         .then(
             Cmd::new("rm")
@@ -274,12 +310,7 @@ pub fn node_script(dir: &str, staged: &StagedPath, ops: &[FileOp]) -> Cmd {
                 .arg("--")
                 .arg(staged.work.as_str()),
         )
-        .then(
-            Cmd::new("chown")
-                .arg("-R")
-                .arg(format!("--reference={dir}"))
-                .arg(dir),
-        )
+        .then(Cmd::new("chown").arg("-R").arg(owner).arg(dir))
         .then(Cmd::new("sync"));
     // The work directory is checked to be ferry's before anything is written.
     Cmd::new("sh")
@@ -356,6 +387,7 @@ impl Module for RedisRestoreOpenebs {
             guard: completed_guard(probe, &marker, "redis"),
             source_pending: false,
             interrupted: interrupted_attempt(probe),
+            now: unix_now(),
         };
         f.source_pending = f.source.is_none() && probe.predicted_artifact(&self.artifact);
         if ready && f.guard.is_none() {
@@ -463,13 +495,18 @@ impl Module for RedisRestoreOpenebs {
         cluster
             .wait_pods(&pods, PodsWanted::Gone, self.timeout())
             .await?;
-        ctx.exec_ok(&node_script(&dir, &staged, &restore_plan(&persistence)))
-            .await?;
+        ctx.exec_ok(&node_script(
+            &dir,
+            &staged,
+            &restore_plan(&persistence),
+            persistence.owner,
+        ))
+        .await?;
         self.start_redis(&cluster, f, &pods).await?;
         // 4. Prove it.
         let after = read_counts(&cluster, f).await?;
         if let Some(source) = &f.source {
-            let diff = after.diff(source);
+            let diff = after.diff_at(source, unix_now());
             if !diff.is_empty() {
                 return Err(ModuleError::ProofMismatch {
                     what: "the restored Redis".into(),
@@ -498,7 +535,11 @@ pub fn decide(f: &RedisRestoreFacts) -> Result<Vec<RedisRestoreChange>, ModuleEr
     }
     match (&f.source, &f.current) {
         (Some(source), Some(current))
-            if current.without_db(5) == source.without_db(5) && !f.interrupted =>
+            if current
+                .without_db(5)
+                .diff_at(&source.without_db(5), f.now)
+                .is_empty()
+                && !f.interrupted =>
         {
             return Ok(Vec::new())
         }

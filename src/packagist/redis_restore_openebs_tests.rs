@@ -24,6 +24,7 @@ fn facts() -> RedisRestoreFacts {
         guard: None,
         source_pending: false,
         interrupted: false,
+        now: 0,
     }
 }
 
@@ -86,7 +87,7 @@ fn node_script_lays_out_files_atomically_and_cleans_up() {
         staged.part,
         "/var/openebs/local/pvc-1/.ferry/.ferry-restore.rdb.part"
     );
-    let s = node_script("/var/openebs/local/pvc-1", &staged, &restore_plan(&p));
+    let s = node_script("/var/openebs/local/pvc-1", &staged, &restore_plan(&p), None);
     let text = s.to_shell();
     let words = shlex::split(&text).unwrap();
     assert_eq!(words[0], "sh");
@@ -139,7 +140,7 @@ fn node_script_never_writes_through_links_in_the_volume() {
     let out = sh(&staged.prepare_scratch_cmd());
     assert!(out.status.success(), "{out:?}");
     std::fs::write(&staged.part, b"REDIS0011 the backup").unwrap();
-    let out = sh(&node_script(&d, &staged, &restore_plan(&p)));
+    let out = sh(&node_script(&d, &staged, &restore_plan(&p), None));
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     let placed = dir.join(&rdb);
@@ -155,4 +156,75 @@ fn implausible_pv_paths_are_refused() {
     assert!(checked_pv_path("relative/x/y").is_err());
     assert!(checked_pv_path("/var/openebs/../../etc").is_err());
     assert!(checked_pv_path("/var/openebs/local/pvc-1").is_ok());
+}
+
+/// Non-root Redis (Part 4, item 6): on a root-owned 0777 volume directory, with the RDB
+/// staged 0600 by root, the laid-out files (the AOF directory too, which Redis appends
+/// to) become the owner redis-server runs as. Run for real (the tests run as root).
+#[test]
+fn node_script_gives_the_files_to_the_user_redis_runs_as() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("var/openebs/pvc-2");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let p = RedisPersistence {
+        appendonly: true,
+        owner: Some(FileOwner { uid: 999, gid: 999 }),
+        ..Default::default()
+    };
+    let d = dir.to_string_lossy().into_owned();
+    let staged = staged_rdb(&d).unwrap();
+    let sh = |c: &Cmd| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("umask 077; {}", c.to_shell()))
+            .output()
+            .unwrap()
+    };
+    assert!(sh(&staged.prepare_scratch_cmd()).status.success());
+    std::fs::write(&staged.part, b"REDIS0011 the backup").unwrap();
+    let out = sh(&node_script(&d, &staged, &restore_plan(&p), p.owner));
+    assert!(out.status.success(), "{out:?}");
+    let mut seen = 0;
+    for entry in walk(&dir) {
+        let meta = std::fs::symlink_metadata(&entry).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (999, 999), "{}", entry.display());
+        seen += 1;
+    }
+    assert!(
+        seen >= 4,
+        "the directory, appendonlydir, its base and manifest: {seen}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn the_redis_process_owner_is_parsed() {
+    assert_eq!(
+        FileOwner::parse_stat("999:999\n").unwrap(),
+        FileOwner { uid: 999, gid: 999 }
+    );
+    assert!(FileOwner::parse_stat("redis:redis").is_err());
+    assert!(FileOwner::parse_stat("").is_err());
+    let info = "# Server\r\nredis_version:7.0.15\r\nprocess_id:4242\r\nrun_id:ab\r\n";
+    assert_eq!(parse_process_id(info).unwrap(), 4242);
+    assert!(parse_process_id("# Server\r\n").is_err());
+    // A journal written before the owner was read still loads (owner unknown).
+    let old: RedisPersistence = serde_json::from_str(
+        r#"{"appendonly":true,"appendfilename":"a.aof","appenddirname":"d","dbfilename":"x.rdb"}"#,
+    )
+    .unwrap();
+    assert_eq!(old.owner, None);
 }

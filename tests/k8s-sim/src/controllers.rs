@@ -103,6 +103,8 @@ type Step = fn(&Controllers) -> Result<(), ApiError>;
 pub struct Controllers {
     pub store: Arc<Store>,
     pub config: Config,
+    /// Reclaimed volumes whose cleanup is running: PV name → when it started.
+    pub cleanups: std::sync::Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Controllers {
@@ -639,11 +641,7 @@ impl Controllers {
                 continue;
             }
             if pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete" {
-                if let Some(path) = pv["spec"]["local"]["path"].as_str() {
-                    self.remove_volume_dir(Path::new(path))?;
-                }
-                self.store.remove(PVS, "", name_of(pv));
-                tracing::info!("deleted {} and its directory", name_of(pv));
+                self.reclaim(pv)?;
             } else if pv["status"]["phase"] != "Released" {
                 self.store.update_with(PVS, "", name_of(pv), |o| {
                     o["status"]["phase"] = json!("Released");
@@ -651,6 +649,58 @@ impl Controllers {
                 })?;
             }
         }
+        Ok(())
+    }
+
+    /// Reclaim policy Delete, as OpenEBS's provisioner does it: the PV is Released while
+    /// a cleanup helper removes the directory (`--pv-cleanup-ms`), then it is deleted.
+    /// While the switch `<state>/switches/pv-cleanup-fail` exists the cleanup fails: the
+    /// PV ends in phase Failed with the provisioner's message and stays (an operator
+    /// removes the directory and deletes the PV by hand).
+    fn reclaim(&self, pv: &Value) -> Result<(), ApiError> {
+        let name = name_of(pv);
+        if pv["status"]["phase"] == "Failed" {
+            return Ok(());
+        }
+        let started = {
+            let mut cleanups = self.cleanups.lock().unwrap_or_else(|p| p.into_inner());
+            *cleanups
+                .entry(name.to_string())
+                .or_insert_with(std::time::Instant::now)
+        };
+        if pv["status"]["phase"] != "Released" {
+            self.store.update_with(PVS, "", name, |o| {
+                o["status"] = json!({"phase": "Released"});
+                Ok(())
+            })?;
+        }
+        if started.elapsed() < self.config.pv_cleanup {
+            return Ok(());
+        }
+        let fail = self
+            .config
+            .state_dir
+            .join("switches")
+            .join("pv-cleanup-fail");
+        if fail.exists() {
+            tracing::warn!("cleanup of {name} failed (switch {})", fail.display());
+            self.store.update_with(PVS, "", name, |o| {
+                o["status"] = json!({"phase": "Failed", "message": format!(
+                    "failed to delete volume {name}: clean up volume {name} failed: \
+                     create process timeout after 120 seconds")});
+                Ok(())
+            })?;
+        } else {
+            if let Some(path) = pv["spec"]["local"]["path"].as_str() {
+                self.remove_volume_dir(Path::new(path))?;
+            }
+            self.store.remove(PVS, "", name);
+            tracing::info!("deleted {name} and its directory");
+        }
+        self.cleanups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
         Ok(())
     }
 

@@ -221,28 +221,34 @@ async fn run_session<S>(
         let _ = sink.close().await;
     });
 
-    let spawned = nsexec::exec_command(&command, &target.env, &target.workdir, target.pid)
-        .and_then(|(mut cmd, namespaces)| {
-            cmd.stdin(if flags.stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(if flags.stdout {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stderr(if flags.stderr {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .kill_on_drop(true);
-            let child = cmd.spawn();
-            drop(namespaces);
-            child
-        });
+    let spawned = nsexec::exec_command(
+        &command,
+        &target.env,
+        &target.workdir,
+        target.pid,
+        target.user,
+    )
+    .and_then(|(mut cmd, namespaces)| {
+        cmd.stdin(if flags.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(if flags.stdout {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stderr(if flags.stderr {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .kill_on_drop(true);
+        let child = cmd.spawn();
+        drop(namespaces);
+        child
+    });
     let mut child = match spawned {
         Ok(child) => child,
         Err(error) => {

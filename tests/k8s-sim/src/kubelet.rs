@@ -14,7 +14,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::nsexec::{self, Mount, NamespaceFiles};
+use crate::nsexec::{self, Mount, NamespaceFiles, RunAs};
 use crate::ops::{Config, CONFIGMAPS, PODS, PVCS, PVS};
 use crate::store::{is_deleting, meta_str, name_of, now_rfc3339, Store};
 
@@ -54,6 +54,8 @@ struct ContainerRt {
     probe_running: bool,
     next_probe: Instant,
     log_path: PathBuf,
+    /// `securityContext.runAsUser`/`runAsGroup` (the container's over the pod's).
+    user: Option<RunAs>,
 }
 
 struct Termination {
@@ -107,6 +109,8 @@ pub struct ExecTarget {
     pub pid: i32,
     pub env: Vec<(String, String)>,
     pub workdir: PathBuf,
+    /// Who the exec runs as: the container's user, as on a real node.
+    pub user: Option<RunAs>,
 }
 
 pub struct Kubelet {
@@ -556,6 +560,7 @@ impl Kubelet {
                 probe_running: false,
                 next_probe: Instant::now(),
                 log_path: container_dir.join("log"),
+                user: run_as(&pod["spec"]["securityContext"], &spec["securityContext"]),
             });
         }
         let sandbox = nsexec::sandbox_command(name_of(pod), host_network)?
@@ -607,8 +612,14 @@ impl Kubelet {
                 .create(true)
                 .append(true)
                 .open(&c.log_path)?;
-            let mut command =
-                nsexec::container_command(&c.argv, &c.env, &c.workdir, &namespaces, &c.mounts)?;
+            let mut command = nsexec::container_command(
+                &c.argv,
+                &c.env,
+                &c.workdir,
+                &namespaces,
+                &c.mounts,
+                c.user,
+            )?;
             command
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
@@ -763,8 +774,9 @@ impl Kubelet {
             let container = c.name.clone();
             let env = c.env.clone();
             let workdir = c.workdir.clone();
+            let user = c.user;
             tokio::spawn(async move {
-                let ok = run_probe(&probe, &env, &workdir, pid).await;
+                let ok = run_probe(&probe, &env, &workdir, pid, user).await;
                 let _ = tx.send(Message::Probe {
                     uid,
                     container,
@@ -1050,6 +1062,7 @@ impl Kubelet {
             pid,
             env: c.env.clone(),
             workdir: c.workdir.clone(),
+            user: c.user,
         })
     }
 
@@ -1110,6 +1123,22 @@ impl Kubelet {
             }
         }
     }
+}
+
+/// `runAsUser`/`runAsGroup` of a container's securityContext over its pod's. A user
+/// without a group gets group 0, as a runtime does for an image without a USER group.
+fn run_as(pod: &Value, container: &Value) -> Option<RunAs> {
+    let field = |name: &str| {
+        container[name]
+            .as_u64()
+            .or_else(|| pod[name].as_u64())
+            .map(|v| v as u32)
+    };
+    let uid = field("runAsUser")?;
+    Some(RunAs {
+        uid,
+        gid: field("runAsGroup").unwrap_or(0),
+    })
 }
 
 /// A Kubernetes quantity in bytes: `512Ki`, `1Mi`, `2G`, `1000`.
@@ -1191,8 +1220,14 @@ pub fn exit_code(status: std::process::ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-async fn run_probe(argv: &[String], env: &[(String, String)], workdir: &Path, pid: i32) -> bool {
-    let Ok((mut command, namespaces)) = nsexec::exec_command(argv, env, workdir, pid) else {
+async fn run_probe(
+    argv: &[String],
+    env: &[(String, String)],
+    workdir: &Path,
+    pid: i32,
+    user: Option<RunAs>,
+) -> bool {
+    let Ok((mut command, namespaces)) = nsexec::exec_command(argv, env, workdir, pid, user) else {
         return false;
     };
     command

@@ -59,6 +59,10 @@ struct Cli {
     /// Minimum time a deleted pod is shown Terminating.
     #[arg(long, default_value_t = 500)]
     grace_ms: u64,
+    /// How long the provisioner's cleanup of a deleted claim's volume takes (OpenEBS runs
+    /// a helper pod; up to 120 s on a real node).
+    #[arg(long, default_value_t = 3000)]
+    pv_cleanup_ms: u64,
     /// The node's name (kubernetes.io/hostname, PV node affinity, certificate SAN).
     #[arg(long, default_value = "ferry-new")]
     node_name: String,
@@ -92,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
         node_name: cli.node_name.clone(),
         start_delay: Duration::from_millis(cli.start_delay_ms),
         grace: Duration::from_millis(cli.grace_ms),
+        pv_cleanup: Duration::from_millis(cli.pv_cleanup_ms),
         src_root: cli.src_root.clone(),
     };
 
@@ -121,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
         controllers::Controllers {
             store: store.clone(),
             config: config.clone(),
+            cleanups: Default::default(),
         }
         .run(),
     );

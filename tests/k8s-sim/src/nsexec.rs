@@ -131,6 +131,7 @@ pub fn container_command(
     workdir: &Path,
     sandbox: &NamespaceFiles,
     mounts: &[Mount],
+    user: Option<RunAs>,
 ) -> io::Result<Command> {
     let (program, args) = argv
         .split_first()
@@ -193,10 +194,31 @@ pub fn container_command(
             if libc::chdir(workdir.as_ptr()) == -1 {
                 check(libc::chdir(root.as_ptr()))?;
             }
-            Ok(())
+            drop_to(user)
         });
     }
     Ok(command)
+}
+
+/// `securityContext.runAsUser` / `runAsGroup`: the identity a container's processes
+/// (its main process, execs and probes) run as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Become `user` (no supplementary groups), last, after the namespaces and mounts that
+/// need root. Called between fork and exec: only async-signal-safe syscalls.
+fn drop_to(user: Option<RunAs>) -> io::Result<()> {
+    let Some(user) = user else { return Ok(()) };
+    // SAFETY: plain syscalls on integers.
+    unsafe {
+        check(libc::setgroups(0, std::ptr::null()))?;
+        check(libc::setgid(user.gid))?;
+        check(libc::setuid(user.uid))?;
+    }
+    Ok(())
 }
 
 /// A command run inside a running container (exec, readiness probes).
@@ -205,6 +227,7 @@ pub fn exec_command(
     env: &[(String, String)],
     workdir: &Path,
     container_pid: i32,
+    user: Option<RunAs>,
 ) -> io::Result<(Command, NamespaceFiles)> {
     let (program, args) = argv.split_first().ok_or_else(|| {
         io::Error::new(
@@ -228,7 +251,7 @@ pub fn exec_command(
             if libc::chdir(workdir.as_ptr()) == -1 {
                 check(libc::chdir(root.as_ptr()))?;
             }
-            Ok(())
+            drop_to(user)
         });
     }
     Ok((command, namespaces))

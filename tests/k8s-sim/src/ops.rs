@@ -27,6 +27,8 @@ pub struct Config {
     pub node_name: String,
     pub start_delay: Duration,
     pub grace: Duration,
+    /// How long a reclaimed volume's cleanup takes.
+    pub pv_cleanup: Duration,
     /// Where the node's `/opt/ferry-src` hostPath really is (for running outside the testbed).
     pub src_root: PathBuf,
 }

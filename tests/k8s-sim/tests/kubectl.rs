@@ -760,3 +760,70 @@ fn pods_that_end_stay_until_deleted_and_controllers_replace_them() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// Non-root Redis (Part 4, item 6): redis-server runs as uid 999 (the pod's
+/// securityContext, as the official image runs it), and so do execs into its container;
+/// its PV directory is root-owned with mode 0777 as OpenEBS makes it, and Redis's own
+/// files in it are 999's. A root-owned 0600 file there is one Redis cannot read.
+#[test]
+fn redis_runs_as_uid_999_on_a_root_owned_0777_volume() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let sim = Sim::start(&[]);
+    sim.wait_all_ready("default");
+    let id = sim.kubectl(&["exec", "redis-0", "-c", "redis", "--", "id", "-u"]);
+    assert_eq!(id.trim(), "999");
+    let info = sim.kubectl(&[
+        "exec",
+        "redis-0",
+        "-c",
+        "redis",
+        "--",
+        "redis-cli",
+        "-p",
+        "9869",
+        "INFO",
+        "server",
+    ]);
+    let pid: u32 = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("process_id:"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no process_id in {info}"));
+    let proc_meta = std::fs::metadata(format!("/proc/{pid}")).unwrap();
+    assert_eq!(
+        (proc_meta.uid(), proc_meta.gid()),
+        (999, 999),
+        "redis-server's owner"
+    );
+
+    let (_, dir) = volume_of(&sim, "redis-data-redis-0");
+    let meta = std::fs::metadata(&dir).unwrap();
+    assert_eq!(meta.uid(), 0, "the PV directory is root's");
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o777);
+    let aof = std::fs::metadata(dir.join("appendonlydir")).unwrap();
+    assert_eq!(aof.uid(), 999, "Redis's own files are 999's");
+
+    std::fs::write(dir.join("secret"), b"x").unwrap();
+    std::fs::set_permissions(dir.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let read = sim.kubectl_output(
+        &[
+            "exec",
+            "redis-0",
+            "-c",
+            "redis",
+            "--",
+            "cat",
+            "/data/secret",
+        ],
+        None,
+    );
+    assert!(
+        !read.status.success(),
+        "uid 999 read a root-owned 0600 file"
+    );
+    assert!(
+        stderr(&read).contains("Permission denied"),
+        "{}",
+        stderr(&read)
+    );
+}

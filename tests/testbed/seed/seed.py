@@ -342,7 +342,31 @@ def gen_redis(size, out):
         w("SET", f"composer:p2:{package_name(i % c['packages'] + 1)}~{i}.json",
           json.dumps({"packages": {package_name(i % c['packages'] + 1): []},
                       "minified": "composer/2.0", "n": i}))
+    # Keys with a day-long TTL in several databases: they outlive any migration, so
+    # they must arrive (and are digested like the others).
+    for db in VOLATILE_DBS:
+        w("SELECT", db)
+        for i in range(2 * k):
+            w("SET", f"ttl:long:{db}:{i}", f"kept-{db}-{i}", "EX", 86400)
     flush()
+
+
+# Databases that get keys with TTLs (sessions, the app cache, the Composer cache).
+VOLATILE_DBS = (1, 3, 5)
+
+
+def gen_redis_volatile(size, out):
+    """Keys with TTLs of 5 s to 150 s (`ttl:short:*`), set afresh at every testbed up:
+    some expire before the backup, some between the backup and its load on the new host
+    (Redis then drops them), some after. The snapshot only counts them."""
+    k = SIZES[size]["redis_scale"]
+    buf = io.BytesIO()
+    for db in VOLATILE_DBS:
+        buf.write(resp("SELECT", db))
+        # Every 7 s from 5 s to 145 s, in each database, at any size.
+        for i in range(max(21, 3 * k)):
+            buf.write(resp("SET", f"ttl:short:{db}:{i}", f"brief-{i}", "EX", 5 + (i * 7) % 147))
+    out.write(buf.getvalue())
 
 
 # ------------------------------------------------------------------------- files
@@ -381,7 +405,7 @@ def gen_files(size, root):
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["sql", "redis", "files"])
+    ap.add_argument("what", choices=["sql", "redis", "redis-volatile", "files"])
     ap.add_argument("--size", choices=sorted(SIZES), default="small")
     ap.add_argument("--dir", help="storage root for `files` (holds composer/, artifacts/)")
     a = ap.parse_args()
@@ -392,6 +416,9 @@ def main():
         out.flush()
     elif a.what == "redis":
         gen_redis(a.size, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    elif a.what == "redis-volatile":
+        gen_redis_volatile(a.size, sys.stdout.buffer)
         sys.stdout.buffer.flush()
     else:
         if not a.dir:
