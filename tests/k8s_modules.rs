@@ -629,6 +629,94 @@ async fn deleting_a_pvc_waits_for_the_volume_cleanup_and_says_when_it_fails() {
     assert_eq!(phase.as_deref(), Some("Failed"), "the PV stays, Failed");
 }
 
+/// A lost API connection during any wait reconnects (Part 4, item 9), not only during the
+/// pod waits: the API is reached through a TCP relay (as through ferry's SSH tunnel),
+/// and every connection through it is cut while ferry waits for a PV's cleanup. The
+/// wait lists and watches again and returns once the PV is gone; the ferry before failed
+/// at the cut ("watch pvc-…").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wait_for_a_volume_survives_a_cut_api_connection() {
+    use ferry::k8s::{Cluster as Kube, KubeconfigSource};
+    use std::time::Duration;
+    let cluster = Cluster::start_with(&["--pv-cleanup-ms", "4000"]).await;
+    let relay = Relay::start(cluster.sim.port).await;
+    let kubeconfig = cluster.work.path().join("relay.conf");
+    let text = std::fs::read_to_string(&cluster.sim.kubeconfig).unwrap();
+    let from = format!("127.0.0.1:{}", cluster.sim.port);
+    assert!(text.contains(&from), "{text}");
+    std::fs::write(
+        &kubeconfig,
+        text.replace(&from, &format!("127.0.0.1:{}", relay.port)),
+    )
+    .unwrap();
+    let source = KubeconfigSource::Local {
+        path: kubeconfig,
+        context: None,
+    };
+    let node: Arc<dyn ferry::transport::Transport> = FakeTransport::new("new");
+    let kube = Kube::connect(node, &source, Some("default")).await.unwrap();
+    stop_statefulset(&kube, "postgres").await;
+    let cut = {
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(2000)).await;
+            relay.cut()
+        })
+    };
+    kube.delete_pvc_and_wait("postgres-data-postgres-0", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        cut.await.unwrap() > 0,
+        "a connection was cut during the wait"
+    );
+}
+
+/// A TCP relay to 127.0.0.1:`to` whose connections can all be cut at once.
+#[derive(Clone)]
+struct Relay {
+    port: u16,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(to: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = Relay {
+            port: listener.local_addr().unwrap().port(),
+            conns: Default::default(),
+        };
+        let conns = relay.conns.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                // Reset, not closed, when cut: as a dropped link looks to the client. (A
+                // zero linger does not block on drop, which is what the deprecation is
+                // about: it resets at once.)
+                #[allow(deprecated)]
+                let _ = client.set_linger(Some(std::time::Duration::ZERO));
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                conns.lock().unwrap().push(task);
+            }
+        });
+        relay
+    }
+
+    /// Drop every open connection; how many were open.
+    fn cut(&self) -> usize {
+        let mut conns = self.conns.lock().unwrap();
+        let open = conns.iter().filter(|t| !t.is_finished()).count();
+        for t in conns.drain(..) {
+            t.abort();
+        }
+        open
+    }
+}
+
 /// Scale StatefulSet `sts` to 0 through ferry's cluster API and wait until its pods are gone.
 async fn stop_statefulset(k: &ferry::k8s::Cluster, sts: &str) {
     use ferry::k8s::{PodsWanted, WorkloadKind};
@@ -881,7 +969,8 @@ async fn redis_flushdb_empties_only_database_5_and_is_guarded_after_the_migratio
         run.task("Clear the Composer cache").changes,
         vec![
             "flush Redis database 5 (4 keys)\n  \
-              $ kubectl -n default exec redis-0 -c redis -- redis-cli -p 9869 -n 5 FLUSHDB"
+              $ printf 'MULTI\\nFLUSHDB\\nDBSIZE\\nEXEC\\n' | \
+              kubectl -n default exec -i redis-0 -c redis -- redis-cli -p 9869 -n 5"
         ]
     );
     assert_eq!(seeded(&cluster), (3, 2, 0));
@@ -909,6 +998,39 @@ async fn redis_flushdb_empties_only_database_5_and_is_guarded_after_the_migratio
 
 /// Only database 5 may ever be flushed: another `db` is refused when the playbook is
 /// read (bad input, exit 2), with the reason, and nothing reaches Redis.
+/// The flush cannot race an app that fills the cache again (Part 4, item 9): while a
+/// process in redis-0 keeps writing into database 5 (as a running app refills its
+/// Composer cache), the flush is still proven, inside its own transaction; a count read
+/// after it (the ferry before) would see the new keys and fail.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_flushdb_is_proven_while_an_app_refills_the_cache() {
+    let cluster = Cluster::start().await;
+    assert_eq!(cluster.redis(&["-n", "5", "SET", "stale", "v"]), "OK");
+    let writer = {
+        let kubeconfig = cluster.sim.kubeconfig.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new("kubectl")
+                .env("KUBECONFIG", kubeconfig)
+                .args(["exec", "redis-0", "-c", "redis", "--", "timeout", "15", "sh", "-c"])
+                .arg("i=0; while :; do i=$((i+1)); redis-cli -p 9869 -n 5 SET fill$i v >/dev/null; done")
+                .status()
+                .unwrap()
+        })
+    };
+    // Wait until the refill runs.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while cluster.dbsize(5) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let run = cluster.play(FLUSH_PLAY, &[]).await;
+    run.assert_all("changed");
+    writer.join().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_flushdb_refuses_any_other_database_before_connecting() {
     let cluster = Cluster::start().await;

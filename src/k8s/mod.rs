@@ -589,50 +589,26 @@ impl Cluster {
     {
         let every = Duration::from_secs(15);
         let mut progress = tokio::time::interval_at(started + every, every);
+        // A lost API connection (the tunnel dropped, the API server restarted) lists and
+        // watches again through a new tunnel connection, as the pod waits do.
         let fut = async {
+            let mut retry = Duration::from_millis(200);
             loop {
-                let list = api
-                    .list(&ListParams::default().fields(&format!("metadata.name={name}")))
+                match self
+                    .watch_gone_once(&api, what, name, started, &mut progress, &failed)
                     .await
-                    .map_err(api_err(format!("list {name}")))?;
-                if list.items.is_empty() {
-                    return Ok(());
-                }
-                if let Some(e) = list.items.iter().find_map(&failed) {
-                    return Err(e);
-                }
-                let rv = list.metadata.resource_version.unwrap_or_default();
-                let wp = WatchParams::default()
-                    .fields(&format!("metadata.name={name}"))
-                    .timeout(290);
-                let stream = api
-                    .watch(&wp, &rv)
-                    .await
-                    .map_err(api_err(format!("watch {name}")))?;
-                futures::pin_mut!(stream);
-                use futures::StreamExt;
-                loop {
-                    let ev = tokio::select! {
-                        ev = stream.next() => ev,
-                        _ = progress.tick() => {
-                            tracing::info!(
-                                "still waiting until {what} is deleted ({}s)",
-                                started.elapsed().as_secs()
-                            );
-                            continue;
-                        }
-                    };
-                    let Some(ev) = ev else { break };
-                    match ev.map_err(api_err(format!("watch {name}")))? {
-                        WatchEvent::Deleted(_) => return Ok(()),
-                        WatchEvent::Added(o) | WatchEvent::Modified(o) => {
-                            if let Some(e) = failed(&o) {
-                                return Err(e);
-                            }
-                        }
-                        WatchEvent::Error(_) => break,
-                        WatchEvent::Bookmark(_) => {}
+                {
+                    Ok(Some(done)) => return done,
+                    Ok(None) => continue,
+                    Err(e) if is_transient(&e) => {
+                        tracing::warn!(
+                            "lost the Kubernetes API connection while waiting until {what} \
+                             is deleted: {e}; reconnecting"
+                        );
+                        tokio::time::sleep(retry).await;
+                        retry = (retry * 2).min(Duration::from_secs(2));
                     }
+                    Err(e) => return Err(api_err(format!("watch {name}"))(e)),
                 }
             }
         };
@@ -642,6 +618,61 @@ impl Cluster {
                 what: format!("{what} is deleted"),
                 secs: started.elapsed().as_secs(),
             })?
+    }
+
+    /// One list + watch of object `name`: `Some(Ok)` once it is gone, `Some(Err)` when
+    /// `failed` says it never will be, `None` when the watch ended (list again).
+    async fn watch_gone_once<K>(
+        &self,
+        api: &Api<K>,
+        what: &str,
+        name: &str,
+        started: tokio::time::Instant,
+        progress: &mut tokio::time::Interval,
+        failed: &impl Fn(&K) -> Option<K8sError>,
+    ) -> Result<Option<Result<(), K8sError>>, kube::Error>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        let list = api
+            .list(&ListParams::default().fields(&format!("metadata.name={name}")))
+            .await?;
+        if list.items.is_empty() {
+            return Ok(Some(Ok(())));
+        }
+        if let Some(e) = list.items.iter().find_map(failed) {
+            return Ok(Some(Err(e)));
+        }
+        let rv = list.metadata.resource_version.unwrap_or_default();
+        let wp = WatchParams::default()
+            .fields(&format!("metadata.name={name}"))
+            .timeout(290);
+        let stream = api.watch(&wp, &rv).await?;
+        futures::pin_mut!(stream);
+        use futures::StreamExt;
+        loop {
+            let ev = tokio::select! {
+                ev = stream.next() => ev,
+                _ = progress.tick() => {
+                    tracing::info!(
+                        "still waiting until {what} is deleted ({}s)",
+                        started.elapsed().as_secs()
+                    );
+                    continue;
+                }
+            };
+            let Some(ev) = ev else { return Ok(None) };
+            match ev? {
+                WatchEvent::Deleted(_) => return Ok(Some(Ok(()))),
+                WatchEvent::Added(o) | WatchEvent::Modified(o) => {
+                    if let Some(e) = failed(&o) {
+                        return Ok(Some(Err(e)));
+                    }
+                }
+                WatchEvent::Error(_) => return Ok(None),
+                WatchEvent::Bookmark(_) => {}
+            }
+        }
     }
 
     /// A deployment, or `None`.

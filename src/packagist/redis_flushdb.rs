@@ -154,21 +154,25 @@ impl Module for RedisFlushdb {
         let cluster = self.k8s().cluster(ctx).await?;
         for c in changes {
             let db = c.db.to_string();
-            pod_exec(
+            // FLUSHDB and DBSIZE in one transaction: the proof that the database was
+            // emptied cannot race an app that fills its cache again right after (the
+            // vendor starts the app before this step).
+            let out = pod_exec(
                 &cluster,
                 &f.pod,
                 f.container.as_deref(),
-                &redis_cli(f.port, &["-n", &db, "FLUSHDB"]),
-                None,
+                &redis_cli(f.port, &["-n", &db]),
+                Some(FLUSH_TRANSACTION.as_bytes()),
             )
             .await?;
-            let after = counts(&cluster, f).await?;
-            if after.dbs.get(&c.db).copied().unwrap_or(0) != 0 {
+            let out = String::from_utf8_lossy(&out);
+            if let Err(what) = flushed_in_transaction(&out) {
                 return Err(ModuleError::Failed(format!(
-                    "database {} still has keys after FLUSHDB",
+                    "database {} was not emptied by FLUSHDB: {what}",
                     c.db
                 )));
             }
+            let after = counts(&cluster, f).await?;
             // Other databases may only have gained keys from a running app, never lost
             // them; keys with a TTL may have expired meanwhile, so only the others count.
             let before = f.counts.without_db(c.db);
@@ -184,6 +188,24 @@ impl Module for RedisFlushdb {
             }
         }
         Ok(Applied::changed())
+    }
+}
+
+/// What redis-cli is fed: FLUSHDB and DBSIZE in one MULTI/EXEC.
+const FLUSH_TRANSACTION: &str = "MULTI\nFLUSHDB\nDBSIZE\nEXEC\n";
+
+/// Pure: the output of [`FLUSH_TRANSACTION`] (redis-cli, not a TTY: one reply per line,
+/// EXEC's replies last) says the database held 0 keys right after the flush.
+pub fn flushed_in_transaction(out: &str) -> Result<(), String> {
+    let lines: Vec<&str> = out
+        .lines()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    match lines.as_slice() {
+        ["OK", "QUEUED", "QUEUED", "OK", "0"] => Ok(()),
+        ["OK", "QUEUED", "QUEUED", "OK", n] => Err(format!("{n} keys right after it")),
+        _ => Err(format!("unexpected reply {:?}", lines.join(" | "))),
     }
 }
 
@@ -208,19 +230,23 @@ pub fn decide(db: u32, f: &FlushFacts) -> Vec<Flush> {
         keys => vec![Flush {
             db,
             keys,
-            kubectl: kubectl_exec(
-                &f.namespace,
-                &f.pod,
-                f.container.as_deref(),
-                false,
-                &[
-                    "redis-cli",
-                    "-p",
-                    &f.port.to_string(),
-                    "-n",
-                    &db.to_string(),
-                    "FLUSHDB",
-                ],
+            // What ferry runs: redis-cli fed the transaction on stdin.
+            kubectl: format!(
+                "printf '{}' | {}",
+                FLUSH_TRANSACTION.replace('\n', "\\n"),
+                kubectl_exec(
+                    &f.namespace,
+                    &f.pod,
+                    f.container.as_deref(),
+                    true,
+                    &[
+                        "redis-cli",
+                        "-p",
+                        &f.port.to_string(),
+                        "-n",
+                        &db.to_string()
+                    ],
+                )
             ),
         }],
     }
@@ -248,7 +274,7 @@ mod tests {
         assert_eq!(c.len(), 1);
         assert_eq!(
             c[0].commands(),
-            vec!["kubectl -n default exec redis-0 -- redis-cli -p 9869 -n 5 FLUSHDB"]
+            vec!["printf 'MULTI\\nFLUSHDB\\nDBSIZE\\nEXEC\\n' | kubectl -n default exec -i redis-0 -- redis-cli -p 9869 -n 5"]
         );
     }
 
@@ -280,5 +306,19 @@ mod tests {
         // No restore predicted and db 5 empty: ok.
         f.pending_restore = None;
         assert!(decide(5, &f).is_empty());
+    }
+
+    #[test]
+    fn the_flush_is_proven_inside_its_transaction() {
+        assert_eq!(
+            flushed_in_transaction("OK\nQUEUED\nQUEUED\nOK\n0\n"),
+            Ok(())
+        );
+        assert_eq!(
+            flushed_in_transaction("OK\nQUEUED\nQUEUED\nOK\n3\n"),
+            Err("3 keys right after it".into())
+        );
+        assert!(flushed_in_transaction("(error) NOAUTH Authentication required.\n").is_err());
+        assert!(flushed_in_transaction("").is_err());
     }
 }
