@@ -717,6 +717,84 @@ impl Relay {
     }
 }
 
+/// Exec'd processes outlive their client (Part 4, item 5): a command cut off after 1 s
+/// (as a killed ferry, a lost connection or ferry's own timeout cuts it) goes on in the
+/// pod, and the same locked command of a re-run waits for it to end instead of running
+/// beside it; one that outlasts the re-run's timeout fails it naming the process. (The
+/// simulator before killed the cut-off command; ferry before ran the second at once.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_locked_import_never_runs_beside_one_an_earlier_run_left_running() {
+    use ferry::command::Cmd;
+    use ferry::k8s::{Cluster as Kube, KubeconfigSource};
+    use ferry::packagist::storage::{run_alone, IMPORT_LOCK};
+    use std::time::{Duration, Instant};
+    let cluster = Cluster::start().await;
+    let source = KubeconfigSource::Local {
+        path: cluster.sim.kubeconfig.clone(),
+        context: None,
+    };
+    let node: Arc<dyn ferry::transport::Transport> = FakeTransport::new("new");
+    let kube = Kube::connect(node, &source, Some("default")).await.unwrap();
+    let ui = tokio::task::block_in_place(|| cluster.sim.pod_name("default", "ui"));
+    let log = "/tmp/ferry-lock-test.log";
+    let step = |what: &str, secs: u32| {
+        Cmd::new("sh")
+            .arg("-c")
+            .arg(format!("sleep {secs}; echo {what} >> {log}"))
+    };
+    let minute = Duration::from_secs(60);
+
+    let cut = tokio::time::timeout(
+        Duration::from_secs(1),
+        run_alone(&kube, &ui, "ui", IMPORT_LOCK, &step("first", 4), minute),
+    )
+    .await;
+    assert!(cut.is_err(), "the first command was cut off");
+    let started = Instant::now();
+    run_alone(&kube, &ui, "ui", IMPORT_LOCK, &step("second", 0), minute)
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let written = tokio::task::block_in_place(|| {
+        cluster
+            .sim
+            .kubectl(&["exec", &ui, "-c", "ui", "--", "cat", log])
+    });
+    assert_eq!(
+        written, "first\nsecond\n",
+        "one after the other, both whole"
+    );
+
+    let cut = tokio::time::timeout(
+        Duration::from_secs(1),
+        run_alone(&kube, &ui, "ui", IMPORT_LOCK, &step("long", 30), minute),
+    )
+    .await;
+    assert!(cut.is_err());
+    let err = run_alone(
+        &kube,
+        &ui,
+        "ui",
+        IMPORT_LOCK,
+        &step("third", 0),
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "the process of an earlier run (pid ",
+        "it is still running",
+        "-- ps",
+    ] {
+        assert!(err.contains(want), "{want:?} not in {err}");
+    }
+}
+
 /// Scale StatefulSet `sts` to 0 through ferry's cluster API and wait until its pods are gone.
 async fn stop_statefulset(k: &ferry::k8s::Cluster, sts: &str) {
     use ferry::k8s::{PodsWanted, WorkloadKind};

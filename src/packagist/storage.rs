@@ -117,16 +117,95 @@ pub async fn import_storage_archive(
             .args(["packagist:self-hosted:migrate-storage", "import"])
             .arg(staged.dest.as_str()),
     );
-    tokio::time::timeout(
-        timeout,
-        pod_exec(cluster, pod, Some(container), &sh_argv(&import), None),
-    )
-    .await
-    .map_err(|_| ModuleError::Timeout {
-        what: "the storage import did not finish".into(),
-        secs: timeout.as_secs(),
-    })??;
+    run_alone(cluster, pod, container, IMPORT_LOCK, &import, timeout).await?;
     Ok(())
+}
+
+/// The lock of the storage import in the ui container (its own `/tmp`, gone with the pod).
+pub const IMPORT_LOCK: &str = "/tmp/.ferry-storage-import.lock";
+
+/// `$1` the lock, then the command to run under it. The lock is a symlink whose target is
+/// the holder's pid (made atomically by `ln -s`); a lock whose process is gone (killed
+/// with its shell) is stale and taken over. Held by a live process: says so on stdout
+/// and runs nothing.
+const LOCKED_SCRIPT: &str = r#"lock=$1; shift
+if ! ln -s "$$" "$lock" 2>/dev/null; then
+  pid=$(readlink "$lock")
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then echo "ferry-lock-held $pid"; exit 0; fi
+  rm -f -- "$lock"
+  ln -s "$$" "$lock" 2>/dev/null || { echo "ferry-lock-held unknown"; exit 0; }
+fi
+trap 'rm -f -- "$lock"' EXIT
+"$@"
+"#;
+
+/// Pure: the pid holding the lock, when the locked script found it held.
+pub fn lock_holder(stdout: &str) -> Option<String> {
+    stdout
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("ferry-lock-held "))
+        .map(|p| p.trim().to_string())
+}
+
+/// Run `script` in the container under `lock`, never beside another holder of it. An
+/// exec'd process outlives its client on a real node: an import from an earlier ferry
+/// run that was cut off (killed, a lost connection, its timeout) is still running
+/// there. Then this waits until it has ended, up to `timeout` in all, and runs `script`
+/// after it; past `timeout` it fails naming the process.
+pub async fn run_alone(
+    cluster: &Cluster,
+    pod: &str,
+    container: &str,
+    lock: &str,
+    script: &Cmd,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, ModuleError> {
+    let started = tokio::time::Instant::now();
+    let locked = Cmd::new("sh")
+        .arg("-c")
+        .arg(LOCKED_SCRIPT)
+        .arg("ferry-lock")
+        .arg(lock)
+        .arg("sh")
+        .arg("-c")
+        .arg(script.to_shell());
+    let argv = sh_argv(&locked);
+    let poll = std::time::Duration::from_secs(2);
+    let held = |pid: &str| ModuleError::Timeout {
+        what: format!(
+            "the process of an earlier run (pid {pid} in pod {pod}, container {container}) \
+             to release {lock}; it is still running: let it finish (kubectl exec {pod} -c \
+             {container} -- ps) and run ferry again"
+        ),
+        secs: timeout.as_secs(),
+    };
+    let mut said: Option<u64> = None;
+    loop {
+        let left = timeout.saturating_sub(started.elapsed());
+        let run = pod_exec(cluster, pod, Some(container), &argv, None);
+        let out = tokio::time::timeout(left, run)
+            .await
+            .map_err(|_| ModuleError::Timeout {
+                what: format!("the command under {lock} in pod {pod} to finish"),
+                secs: timeout.as_secs(),
+            })??;
+        let Some(pid) = lock_holder(&String::from_utf8_lossy(&out)) else {
+            return Ok(out);
+        };
+        let waiting = started.elapsed().as_secs();
+        if said.is_none_or(|s| waiting >= s + 15) {
+            tracing::warn!(
+                "pod {pod}: a process of an earlier run (pid {pid}) still holds {lock}; \
+                 waiting for it to end before starting again ({waiting}s)"
+            );
+            said = Some(waiting);
+        }
+        if started.elapsed() + poll >= timeout {
+            return Err(held(&pid));
+        }
+        tokio::time::sleep(poll).await;
+    }
 }
 
 /// The import's proof: the files under `dir` in the pod must be exactly `expected`.
@@ -153,6 +232,44 @@ pub async fn prove_imported_storage(
 #[cfg(test)]
 mod upload_tests {
     use super::*;
+
+    #[test]
+    fn a_held_lock_is_read_off_the_first_line() {
+        assert_eq!(lock_holder("ferry-lock-held 4242\n"), Some("4242".into()));
+        assert_eq!(
+            lock_holder("ferry-lock-held unknown\n"),
+            Some("unknown".into())
+        );
+        assert_eq!(lock_holder("Storage imported\n"), None);
+        // Only the script's own first line counts, not what the command printed.
+        assert_eq!(lock_holder("Storage imported\nferry-lock-held 1\n"), None);
+    }
+
+    /// Run for real: a live holder is reported and nothing runs; a stale lock (its
+    /// process gone) is taken over and released after.
+    #[test]
+    fn the_lock_script_runs_one_holder_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("lock");
+        let lock = lock.to_str().unwrap();
+        let run = |cmd: &str| {
+            let out = std::process::Command::new("sh")
+                .args(["-c", LOCKED_SCRIPT, "ferry-lock", lock, "sh", "-c", cmd])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        std::os::unix::fs::symlink(std::process::id().to_string(), lock).unwrap();
+        assert_eq!(
+            run("echo ran"),
+            format!("ferry-lock-held {}\n", std::process::id())
+        );
+        std::fs::remove_file(lock).unwrap();
+        std::os::unix::fs::symlink("999999999", lock).unwrap();
+        assert_eq!(run("echo ran"), "ran\n");
+        assert!(std::fs::symlink_metadata(lock).is_err(), "released");
+    }
+
     use crate::module::staged::{StagedPath, NAME_TAKEN_EXIT};
 
     fn run(cmd: &Cmd) -> std::process::Output {

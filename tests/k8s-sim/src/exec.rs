@@ -175,20 +175,22 @@ fn exit_status(code: i32) -> Value {
     }
 }
 
+/// Forward a process's output to the client; once the client is gone, keep reading and
+/// drop it, so the process neither blocks on a full pipe nor dies of SIGPIPE (it goes on
+/// running, as on a real node).
 async fn pump<R: AsyncRead + Unpin>(mut reader: R, channel: u8, out: mpsc::Sender<Message>) {
     let mut buffer = vec![0u8; CHUNK];
+    let mut client = true;
     loop {
         match reader.read(&mut buffer).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if out
+            Ok(n) if client => {
+                client = out
                     .send(channel_message(channel, &buffer[..n]))
                     .await
-                    .is_err()
-                {
-                    return;
-                }
+                    .is_ok();
             }
+            Ok(_) => {}
         }
     }
 }
@@ -310,15 +312,17 @@ async fn run_session<S>(
     let code = tokio::select! {
         status = child.wait() => status.map(exit_code).unwrap_or(128),
         _ = &mut reader => {
-            // The client went away: the command dies with the session.
-            nsexec::kill_group(pgid, libc::SIGKILL);
-            kubelet.register_exec(uid, pgid, false);
-            let _ = child.wait().await;
-            for pump in pumps {
-                pump.abort();
-            }
+            // The client went away. As on a real node the command goes on: its stdin is
+            // closed (the reader dropped it), its output goes nowhere, and it ends on its
+            // own or with its pod (it stays among the pod's exec groups until then).
+            tracing::info!("exec client left; process group {pgid} keeps running");
             drop(out_tx);
             writer.abort();
+            let _ = child.wait().await;
+            kubelet.register_exec(uid, pgid, false);
+            for pump in pumps {
+                let _ = pump.await;
+            }
             return;
         }
     };
