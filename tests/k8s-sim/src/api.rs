@@ -185,23 +185,24 @@ async fn route(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Body>, 
 
 async fn read_body(req: Request<Incoming>) -> Result<(http::HeaderMap, Bytes), ApiError> {
     let (parts, body) = req.into_parts();
-    // Only JSON (and YAML for apply) is spoken; clients retry protobuf bodies as JSON on 415.
-    let content_type = parts
+    // JSON and YAML, and the protobuf kubectl sends for `create configmap|secret`
+    // (decoded to JSON here: see protobuf.rs).
+    let protobuf = parts
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if content_type.starts_with("application/vnd.kubernetes.protobuf") {
-        return Err(ApiError::unsupported_media(format!(
-            "the body of the request was in an unknown format - accepted media types include: \
-             application/json, application/yaml (got {content_type})"
-        )));
-    }
+        .is_some_and(|t| t.starts_with("application/vnd.kubernetes.protobuf"));
     let bytes = body
         .collect()
         .await
         .map_err(|e| ApiError::bad_request(format!("reading request body: {e}")))?
         .to_bytes();
+    if protobuf {
+        let object = crate::protobuf::decode(&bytes).map_err(ApiError::unsupported_media)?;
+        let json = serde_json::to_vec(&object)
+            .map_err(|e| ApiError::internal(format!("re-encoding a protobuf body: {e}")))?;
+        return Ok((parts.headers, Bytes::from(json)));
+    }
     Ok((parts.headers, bytes))
 }
 
@@ -445,7 +446,13 @@ pub fn prepare_create(store: &Store, node_name: &str, rt: &ResourceType, obj: &m
         "pods" => {
             crate::controllers::default_pod(obj, node_name);
         }
-        "secrets" => fold_string_data(obj),
+        "secrets" => {
+            fold_string_data(obj);
+            // The API server's defaulting: a Secret without a type is Opaque.
+            if obj["type"].as_str().is_none_or(str::is_empty) {
+                obj["type"] = json!("Opaque");
+            }
+        }
         "namespaces" => {
             obj["spec"] = json!({"finalizers": ["kubernetes"]});
             obj["status"] = json!({"phase": "Active"});

@@ -9,6 +9,7 @@ mod kubelet;
 mod manifests;
 mod nsexec;
 mod ops;
+mod protobuf;
 mod resources;
 mod select;
 mod store;

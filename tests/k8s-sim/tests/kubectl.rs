@@ -176,8 +176,8 @@ fn kubectl_get_scale_exec_configmaps_and_pvc_protection() {
     assert_eq!(failing.status.code(), Some(3), "{}", stderr(&failing));
 
     // ConfigMaps (ferry records the completed migration in one).
-    // (`kubectl create configmap NAME` would send protobuf, which the simulator refuses with
-    // 415; manifests go as JSON.)
+    // (`kubectl create configmap NAME` sends protobuf: see
+    // kubectl_create_configmap_and_secret_as_kubectl_sends_them.)
     let manifest = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ferry-migration\ndata:\n  state: started\n";
     let created = sim.kubectl_output(&["create", "-f", "-"], Some(manifest));
     assert!(created.status.success(), "{}", stderr(&created));
@@ -825,5 +825,58 @@ fn redis_runs_as_uid_999_on_a_root_owned_0777_volume() {
         stderr(&read).contains("Permission denied"),
         "{}",
         stderr(&read)
+    );
+}
+
+/// `kubectl create configmap` and `create secret` (Part 4, item 10): kubectl 1.32 sends
+/// them as protobuf (and falls back to JSON on a 415 only for CBOR); the simulator reads
+/// that body as a real API server does.
+#[test]
+fn kubectl_create_configmap_and_secret_as_kubectl_sends_them() {
+    let sim = Sim::start(&[]);
+    sim.kubectl(&[
+        "create",
+        "configmap",
+        "from-cli",
+        "--from-literal=a=b",
+        "--from-literal=c=d e",
+    ]);
+    assert_eq!(
+        sim.kubectl(&[
+            "get",
+            "configmap",
+            "from-cli",
+            "-o",
+            "jsonpath={.data.a}|{.data.c}"
+        ]),
+        "b|d e"
+    );
+    sim.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "from-cli",
+        "--from-literal=password=hunter2",
+    ]);
+    assert_eq!(
+        sim.kubectl(&[
+            "get",
+            "secret",
+            "from-cli",
+            "-o",
+            "jsonpath={.data.password} {.type}"
+        ]),
+        "aHVudGVyMg== Opaque"
+    );
+    // A second create is the API server's conflict, not a silent overwrite.
+    let again = sim.kubectl_output(
+        &["create", "configmap", "from-cli", "--from-literal=a=z"],
+        None,
+    );
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
     );
 }
