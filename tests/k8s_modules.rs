@@ -795,6 +795,44 @@ async fn a_locked_import_never_runs_beside_one_an_earlier_run_left_running() {
     }
 }
 
+/// Older API servers (Part 4, item 3): `--k8s-version 1.29` makes the simulator report
+/// that version and speak only v4 exec. ferry reads the version (the preflight shows
+/// it either way) and its preflight refuses the cluster, naming the version, before
+/// anything is changed; on 1.33 the version is no failure.
+#[tokio::test(flavor = "multi_thread")]
+async fn preflight_refuses_an_api_server_older_than_1_30_naming_its_version() {
+    use ferry::k8s::{Cluster as Kube, KubeconfigSource};
+    let play = "[[task]]\nname = \"Preflight\"\nhosts = \"packagist_new\"\n[task.preflight]\nrole = \"new\"\n";
+    for (version, refused) in [("1.29", true), ("1.33", false)] {
+        let cluster = Cluster::start_with(&["--k8s-version", version]).await;
+        let source = KubeconfigSource::Local {
+            path: cluster.sim.kubeconfig.clone(),
+            context: None,
+        };
+        let node: Arc<dyn ferry::transport::Transport> = FakeTransport::new("new");
+        let kube = Kube::connect(node, &source, Some("default")).await.unwrap();
+        let (major, minor, git) = kube.server_version().await.unwrap();
+        assert_eq!((major, minor.to_string()), (1, version[2..].to_string()));
+        assert_eq!(git, format!("v{version}.0+k8s-sim"));
+
+        let run = cluster.play(play, &[]).await;
+        let task = run.task("Preflight");
+        // The fake host answers no SSH command, so the disk checks fail either way:
+        // what matters is whether the version is one of the failures.
+        let error = task.error.clone().unwrap_or_default();
+        assert_eq!(
+            error.contains(&format!(
+                "the Kubernetes API server is v{version}.0+k8s-sim"
+            )),
+            refused,
+            "{error}"
+        );
+        if refused {
+            assert!(error.contains("nothing was changed"), "{error}");
+        }
+    }
+}
+
 /// Scale StatefulSet `sts` to 0 through ferry's cluster API and wait until its pods are gone.
 async fn stop_statefulset(k: &ferry::k8s::Cluster, sts: &str) {
     use ferry::k8s::{PodsWanted, WorkloadKind};

@@ -336,6 +336,7 @@ fn new_facts() -> NewFacts {
         staging: None,
         already_staged: 0,
         blob_store: None,
+        server_version: Some((1, 33, "v1.33.0".into())),
         old_sizes: Some((
             "old".into(),
             DataSizes {

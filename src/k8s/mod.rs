@@ -274,6 +274,29 @@ impl Cluster {
             .map_err(api_err(format!("read {what} {name}")))
     }
 
+    /// The API server's version: (major, minor, gitVersion), minor without a `+` suffix
+    /// (some distributions report `27+`).
+    pub async fn server_version(&self) -> Result<(u32, u32, String), K8sError> {
+        let info = self
+            .client
+            .apiserver_version()
+            .await
+            .map_err(api_err("read the server version"))?;
+        let number = |s: &str| {
+            s.trim_end_matches('+')
+                .parse::<u32>()
+                .map_err(|_| K8sError::Watch {
+                    what: "the server version".into(),
+                    reason: format!("{:?} is not a number ({})", s, info.git_version),
+                })
+        };
+        Ok((
+            number(&info.major)?,
+            number(&info.minor)?,
+            info.git_version.clone(),
+        ))
+    }
+
     /// Check the API answers and the namespace exists.
     pub async fn ping(&self) -> Result<(), K8sError> {
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());

@@ -269,6 +269,17 @@ impl Module for Preflight {
         }
     }
 
+    /// The new side's API server version, shown whatever the outcome.
+    fn notes(&self, f: &PreflightFacts) -> Vec<String> {
+        match f {
+            PreflightFacts::New(NewFacts {
+                server_version: Some((_, _, git)),
+                ..
+            }) => vec![format!("Kubernetes API server {git}")],
+            _ => Vec::new(),
+        }
+    }
+
     async fn facts(&self, probe: &Probe<'_>) -> Result<PreflightFacts, ModuleError> {
         if !self.misplaced_args().is_empty() {
             return Err(ModuleError::Precondition(self.misplaced_message()));

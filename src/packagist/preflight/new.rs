@@ -50,6 +50,27 @@ pub struct NewFacts {
     /// The old side's figures from the journal, with the host they were measured on.
     pub old_sizes: Option<(String, DataSizes)>,
     pub safety_factor: f64,
+    /// The API server's (major, minor, gitVersion), when it answered.
+    pub server_version: Option<(u32, u32, String)>,
+}
+
+/// The first Kubernetes minor version whose exec speaks `v5.channel.k8s.io` (KEP-4006),
+/// where a client can close stdin alone and still read the exit status.
+pub const FIRST_V5_EXEC_MINOR: u32 = 30;
+
+/// Pure: why ferry cannot migrate onto a server of `version`, if it cannot.
+pub fn server_version_failure(host: &str, version: &(u32, u32, String)) -> Option<String> {
+    let (major, minor, git) = version;
+    (*major == 1 && *minor < FIRST_V5_EXEC_MINOR).then(|| {
+        format!(
+            "{host}: the Kubernetes API server is {git}: ferry streams the dump, the RDB and \
+             the storage into pods over exec, and before Kubernetes 1.{FIRST_V5_EXEC_MINOR} \
+             exec speaks only v4.channel.k8s.io, where stdin can only end by closing the \
+             whole stream and the output or exit status may be lost: ferry could not trust \
+             what it restored. Upgrade the cluster to 1.{FIRST_V5_EXEC_MINOR} or newer, or \
+             follow the vendor's manual procedure"
+        )
+    })
 }
 
 impl Preflight {
@@ -73,6 +94,7 @@ impl Preflight {
             blob_store: None,
             old_sizes: old_sizes_from_journal(ctx),
             safety_factor: self.safety_factor(),
+            server_version: None,
         };
 
         let cluster = match target.cluster(ctx).await {
@@ -83,6 +105,7 @@ impl Preflight {
             Ok(cluster) => Some(cluster),
         };
         if let Some(cluster) = &cluster {
+            f.server_version = cluster.server_version().await.ok();
             match cluster.ping().await {
                 Err(K8sError::NotFound { .. }) => f.namespace_error = Some("not found".into()),
                 Err(e) => f.cluster_error = Some(e.to_string()),
@@ -173,6 +196,13 @@ pub fn new_failures(f: &NewFacts) -> Vec<String> {
             f.namespace
         ));
     } else {
+        if let Some(why) = f
+            .server_version
+            .as_ref()
+            .and_then(|v| server_version_failure(host, v))
+        {
+            out.push(why);
+        }
         let missing: Vec<String> = f
             .workloads
             .iter()
@@ -273,4 +303,29 @@ pub fn new_failures(f: &NewFacts) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    #[test]
+    fn servers_before_1_30_are_refused_naming_their_version() {
+        let old = server_version_failure("new", &(1, 29, "v1.29.4".into())).unwrap();
+        for want in [
+            "new: the Kubernetes API server is v1.29.4",
+            "v4.channel.k8s.io",
+            "1.30 or newer",
+        ] {
+            assert!(old.contains(want), "{want:?} not in {old}");
+        }
+        assert_eq!(
+            server_version_failure("new", &(1, 30, "v1.30.0".into())),
+            None
+        );
+        assert_eq!(
+            server_version_failure("new", &(1, 33, "v1.33.0".into())),
+            None
+        );
+    }
 }

@@ -135,7 +135,9 @@ async fn route(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Response<Body>, 
         ["version"] => Ok(json_response(
             200,
             &json!({
-                "major": "1", "minor": "33", "gitVersion": "v1.33.0+k8s-sim",
+                "major": sim.config.version.0.to_string(),
+                "minor": sim.config.version.1.to_string(),
+                "gitVersion": format!("v{}.{}.0+k8s-sim", sim.config.version.0, sim.config.version.1),
                 "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
                 "buildDate": "2025-04-23T00:00:00Z", "goVersion": "go1.24.2", "compiler": "gc",
                 "platform": "linux/amd64",

@@ -98,13 +98,19 @@ pub async fn handle_exec(
         .flat_map(|v| v.split(','))
         .map(|p| p.trim().to_string())
         .collect();
+    // v5 (stdin can be closed alone) came with Kubernetes 1.30; an older server speaks v4.
+    let supported: &[&str] = if sim.config.version < (1, 30) {
+        &PROTOCOLS[1..]
+    } else {
+        &PROTOCOLS
+    };
     let protocol = offered
         .iter()
-        .find(|p| PROTOCOLS.contains(&p.as_str()))
+        .find(|p| supported.contains(&p.as_str()))
         .cloned()
         .ok_or_else(|| {
             ApiError::bad_request(format!(
-                "no supported WebSocket subprotocol in {offered:?}; supported: {PROTOCOLS:?}"
+                "no supported WebSocket subprotocol in {offered:?}; supported: {supported:?}"
             ))
         })?;
     if command.is_empty() {

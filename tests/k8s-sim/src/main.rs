@@ -60,6 +60,10 @@ struct Cli {
     /// Minimum time a deleted pod is shown Terminating.
     #[arg(long, default_value_t = 500)]
     grace_ms: u64,
+    /// The Kubernetes version the API server reports (MAJOR.MINOR). Before 1.30 it
+    /// speaks only the v4.channel.k8s.io exec protocol, as older API servers do.
+    #[arg(long, env = "K8S_SIM_K8S_VERSION", default_value = "1.33", value_parser = parse_version)]
+    k8s_version: (u32, u32),
     /// How long the provisioner's cleanup of a deleted claim's volume takes (OpenEBS runs
     /// a helper pod; up to 120 s on a real node).
     #[arg(long, default_value_t = 3000)]
@@ -70,6 +74,15 @@ struct Cli {
     /// The directory the node's /opt/ferry-src hostPath volumes really point to.
     #[arg(long, env = "K8S_SIM_SRC_ROOT", default_value = "/opt/ferry-src")]
     src_root: PathBuf,
+}
+
+fn parse_version(text: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{text:?} is not MAJOR.MINOR, e.g. 1.29");
+    let (major, minor) = text.split_once('.').ok_or_else(bad)?;
+    Ok((
+        major.parse().map_err(|_| bad())?,
+        minor.parse().map_err(|_| bad())?,
+    ))
 }
 
 #[tokio::main]
@@ -98,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
         start_delay: Duration::from_millis(cli.start_delay_ms),
         grace: Duration::from_millis(cli.grace_ms),
         pv_cleanup: Duration::from_millis(cli.pv_cleanup_ms),
+        version: cli.k8s_version,
         src_root: cli.src_root.clone(),
     };
 

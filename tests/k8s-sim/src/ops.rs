@@ -29,6 +29,8 @@ pub struct Config {
     pub grace: Duration,
     /// How long a reclaimed volume's cleanup takes.
     pub pv_cleanup: Duration,
+    /// The Kubernetes version reported (major, minor).
+    pub version: (u32, u32),
     /// Where the node's `/opt/ferry-src` hostPath really is (for running outside the testbed).
     pub src_root: PathBuf,
 }
