@@ -272,19 +272,6 @@ impl Cluster {
             .unwrap_or_else(|_| panic!("DBSIZE of db {db}: {out:?}"))
     }
 
-    /// The simulator's evict switch: pod `POD` of namespace default is evicted (phase
-    /// Failed, reason Evicted), once.
-    fn evict(&self, pod: &str) {
-        let switch = self
-            .sim
-            .dir
-            .path()
-            .join("state/switches/evict/default")
-            .join(pod);
-        std::fs::create_dir_all(switch.parent().unwrap()).unwrap();
-        std::fs::write(switch, "").unwrap();
-    }
-
     /// `kubectl apply -f -` of `yaml` in namespace default.
     fn apply(&self, yaml: &str) {
         let out = tokio::task::block_in_place(|| {
@@ -491,7 +478,7 @@ async fn k8s_scale_times_out_naming_the_workload_and_a_rerun_waits_again() {
 async fn k8s_scale_counts_only_the_workloads_own_live_pods() {
     let cluster = Cluster::start().await;
     let ui = tokio::task::block_in_place(|| cluster.sim.pod_name("default", "ui"));
-    cluster.evict(&ui);
+    cluster.sim.evict("default", &ui);
     cluster.apply(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: debug\n  labels: {app: ui}\n\
          spec:\n  containers:\n  - name: main\n    image: busybox\n    command: [sleep, infinity]\n",

@@ -879,6 +879,12 @@ impl Kubelet {
             "qosClass": "BestEffort",
             "containerStatuses": statuses,
         });
+        self.publish_status(rt, pod, status);
+    }
+
+    /// Write `status` into the pod object unless it is what was written last (and only
+    /// into this pod: a pod of the same name made since has another uid).
+    fn publish_status(&self, rt: &mut PodRt, pod: &Value, status: Value) {
         if status == rt.last_status {
             return;
         }
@@ -970,24 +976,7 @@ impl Kubelet {
             status["reason"] = json!(reason);
             status["message"] = json!(message.unwrap_or_default());
         }
-        if status == rt.last_status {
-            return;
-        }
-        let uid = rt.uid.clone();
-        let result = self.store.update_with(PODS, &rt.namespace, &rt.name, |o| {
-            if meta_str(o, "uid") != uid {
-                return Err(crate::store::ApiError::conflict(
-                    PODS,
-                    name_of(pod),
-                    "uid changed",
-                ));
-            }
-            o["status"] = status.clone();
-            Ok(())
-        });
-        if result.is_ok() {
-            rt.last_status = status;
-        }
+        self.publish_status(rt, pod, status);
     }
 
     /// Drive a deleted pod's teardown; true once its processes are gone and the grace shown.

@@ -651,17 +651,8 @@ fn pods_that_end_stay_until_deleted_and_controllers_replace_them() {
     sim.kubectl(&["delete", "pod", "once", "--timeout=30s"]);
 
     // A ui pod evicted: Failed/Evicted, replaced, and left behind.
-    let evict = |pod: &str| {
-        let switch = sim
-            .dir
-            .path()
-            .join("state/switches/evict/default")
-            .join(pod);
-        std::fs::create_dir_all(switch.parent().unwrap()).unwrap();
-        std::fs::write(switch, "").unwrap();
-    };
     let ui = sim.pod_name("default", "ui");
-    evict(&ui);
+    sim.evict("default", &ui);
     wait_phase(&ui, "Failed");
     let reason = sim.kubectl(&[
         "get",
@@ -699,7 +690,7 @@ fn pods_that_end_stay_until_deleted_and_controllers_replace_them() {
     // redis-0 evicted: deleted and made again (a new uid), Running and ready.
     let uid = |pod: &str| sim.kubectl(&["get", "pod", pod, "-o", "jsonpath={.metadata.uid}"]);
     let before = uid("redis-0");
-    evict("redis-0");
+    sim.evict("default", "redis-0");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let out = sim.kubectl_output(

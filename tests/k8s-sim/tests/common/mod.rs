@@ -280,6 +280,19 @@ impl Sim {
         ]);
     }
 
+    /// The simulator's evict switch: pod `pod` of `namespace` is evicted (phase Failed,
+    /// reason Evicted), once.
+    pub fn evict(&self, namespace: &str, pod: &str) {
+        let switch = self
+            .dir
+            .path()
+            .join("state/switches/evict")
+            .join(namespace)
+            .join(pod);
+        std::fs::create_dir_all(switch.parent().unwrap()).unwrap();
+        std::fs::write(switch, "").unwrap();
+    }
+
     pub fn pod_name(&self, namespace: &str, app: &str) -> String {
         let name = self.kubectl(&[
             "-n",
