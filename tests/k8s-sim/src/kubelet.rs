@@ -119,6 +119,9 @@ pub struct Kubelet {
     state: Mutex<State>,
     tx: mpsc::UnboundedSender<Message>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<Message>>>,
+    /// Set by [`Kubelet::shutdown`]: no pod starts any more (a pod started while the
+    /// others are being stopped would outlive the simulator).
+    stopping: AtomicBool,
 }
 
 impl Kubelet {
@@ -130,6 +133,7 @@ impl Kubelet {
             state: Mutex::new(State::default()),
             tx,
             rx: Mutex::new(Some(rx)),
+            stopping: AtomicBool::new(false),
         })
     }
 
@@ -234,6 +238,9 @@ impl Kubelet {
                 continue;
             }
             if state.pods.contains_key(uid) {
+                continue;
+            }
+            if self.stopping.load(Ordering::SeqCst) {
                 continue;
             }
             if is_deleting(pod) {
@@ -1080,6 +1087,9 @@ impl Kubelet {
         let deadline = Instant::now() + timeout;
         let flags: Vec<Arc<AtomicBool>> = {
             let mut state = self.lock();
+            // Under the state lock: a sync that is starting pods finishes first, and the
+            // next one starts none.
+            self.stopping.store(true, Ordering::SeqCst);
             let mut flags = Vec::new();
             for pod in state.pods.values_mut() {
                 for c in &mut pod.containers {
