@@ -157,6 +157,15 @@ async fn read_counts(
     pod_redis_key_counts(cluster, &f.pod, f.container.as_deref(), f.port).await
 }
 
+fn redis_remote(f: &RedisRestoreFacts) -> impl Fn(ConfigParseError) -> ModuleError + '_ {
+    move |e| ModuleError::Remote {
+        what: format!("redis in {}", f.pod),
+        detail: e.to_string(),
+    }
+}
+
+/// The live persistence settings (`CONFIG GET`), without the owner: facts need only
+/// these, and a no-op re-run must not pay for more.
 async fn read_persistence(
     cluster: &Cluster,
     f: &RedisRestoreFacts,
@@ -169,13 +178,13 @@ async fn read_persistence(
         None,
     )
     .await?;
-    let remote = |e: ConfigParseError| ModuleError::Remote {
-        what: format!("redis in {}", f.pod),
-        detail: e.to_string(),
-    };
-    let mut persistence =
-        RedisPersistence::parse_config_get(&String::from_utf8_lossy(&out)).map_err(remote)?;
-    // Its files must be redis-server's own: the process's owner, not the exec's.
+    RedisPersistence::parse_config_get(&String::from_utf8_lossy(&out)).map_err(redis_remote(f))
+}
+
+/// Who redis-server runs as, read off its process while it runs: the restored files
+/// must be its own, and an exec's own user may differ (images that drop from root).
+async fn read_owner(cluster: &Cluster, f: &RedisRestoreFacts) -> Result<FileOwner, ModuleError> {
+    let remote = redis_remote(f);
     let info = pod_exec(
         cluster,
         &f.pod,
@@ -184,7 +193,7 @@ async fn read_persistence(
         None,
     )
     .await?;
-    let pid = parse_process_id(&String::from_utf8_lossy(&info)).map_err(remote)?;
+    let pid = parse_process_id(&String::from_utf8_lossy(&info)).map_err(&remote)?;
     let stat: Vec<String> = vec![
         "stat".into(),
         "-c".into(),
@@ -192,9 +201,7 @@ async fn read_persistence(
         format!("/proc/{pid}"),
     ];
     let owner = pod_exec(cluster, &f.pod, f.container.as_deref(), &stat, None).await?;
-    persistence.owner =
-        Some(FileOwner::parse_stat(&String::from_utf8_lossy(&owner)).map_err(remote)?);
-    Ok(persistence)
+    FileOwner::parse_stat(&String::from_utf8_lossy(&owner)).map_err(remote)
 }
 
 /// Wait until Redis answers PONG (while loading a large dataset it answers LOADING).
@@ -422,13 +429,19 @@ impl Module for RedisRestoreOpenebs {
             .workload(WorkloadKind::StatefulSet, &f.statefulset)
             .await?;
         // 1. The live settings decide the layout: read them while Redis runs.
-        let persistence = match &f.persistence {
+        let mut persistence = match &f.persistence {
             Some(p) => p.clone(),
             None => {
                 self.start_redis(&cluster, f, &pods).await?;
                 read_persistence(&cluster, f).await?
             }
         };
+        // The owner too, while Redis still runs (it runs when the facts read the
+        // settings, or was just started); a journal's settings already carry it, and
+        // one of an older ferry without it keeps the volume directory's owner.
+        if persistence.owner.is_none() && (f.pod_ready || f.persistence.is_none()) {
+            persistence.owner = Some(read_owner(&cluster, f).await?);
+        }
         ctx.record_fingerprint(
             "persistence",
             serde_json::to_value(&persistence).unwrap_or_default(),
