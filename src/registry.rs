@@ -8,7 +8,7 @@ use crate::module::{DynModule, Module};
 use crate::modules::{assert, command, docker_container, k8s_scale, transfer};
 use crate::packagist::{
     migration_marker, pg_dump, pg_restore_k8s, preflight, redis_backup, redis_flushdb,
-    redis_restore_openebs, storage_export, storage_import, storage_stream,
+    redis_restore_openebs, storage_export, storage_import, storage_stage, storage_stream,
 };
 
 /// Registers modules: `name => Type`. Generates [`ModuleArgs`] (one variant per module,
@@ -73,6 +73,7 @@ modules! {
     redis_backup => redis_backup::RedisBackup,
     storage_export => storage_export::StorageExport,
     storage_import => storage_import::StorageImport,
+    storage_stage => storage_stage::StorageStage,
     storage_stream => storage_stream::StorageStream,
     redis_flushdb => redis_flushdb::RedisFlushdb,
     migration_marker => migration_marker::MigrationMarker,

@@ -329,6 +329,7 @@ fn k8s_args_keep_unknown_field_errors_located() {
         ("redis_restore_openebs", ""),
         ("storage_import", ""),
         ("storage_stream", "source = \"old\"\n"),
+        ("storage_stage", "source = \"old\"\ndest = \"/x.tgz\"\n"),
     ] {
         let text = format!(
             "[[task]]\nname = \"t\"\nhosts = \"all\"\n[task.{module}]\n{args}\

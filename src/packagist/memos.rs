@@ -6,10 +6,11 @@
 //! |---|---|---|
 //! | [`PG`] | `pg_dump` (with its artifact) | `pg_restore_k8s`, `migration_marker` |
 //! | [`REDIS_KEYS`] | `redis_backup` (with its artifact) | `redis_restore_openebs`, `redis_flushdb`, `migration_marker` |
-//! | [`STORAGE`] | `storage_export` (with its artifact) | `storage_import`, `migration_marker` |
+//! | [`STORAGE`] | `storage_export`, `storage_stage` (with their artifacts) | `storage_import`, `migration_marker` |
 //! | [`TREE_STAMP`] | `storage_export` | itself, on a re-run |
 //! | [`IMPORTED_DIGEST`] | `storage_import` | itself, on a re-run |
 //! | [`STREAMED`] | `storage_stream` | itself, on a re-run |
+//! | [`STAGED`] | `storage_stage` | itself, on a re-run |
 //! | [`PERSISTENCE`] | `redis_restore_openebs` | itself, on a re-run |
 //! | [`ATTEMPT`] | the restores | themselves, after an interruption |
 //! | [`OLD_SIZES`] | `preflight` (old) | `preflight` (new) |
@@ -18,6 +19,8 @@ use crate::fingerprint::{PgFingerprint, RedisKeyCounts, StorageFingerprint};
 use crate::module::memo::Memo;
 use crate::packagist::redis_layout::RedisPersistence;
 use crate::packagist::storage_stream::StreamedRecord;
+
+pub use crate::packagist::storage_stage::STAGED;
 
 pub use crate::packagist::preflight::OLD_SIZES;
 

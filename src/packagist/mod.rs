@@ -20,4 +20,5 @@ pub mod redis_restore_openebs;
 pub mod storage;
 pub mod storage_export;
 pub mod storage_import;
+pub mod storage_stage;
 pub mod storage_stream;

@@ -137,7 +137,7 @@ pub const DATA_DIR: crate::module::VarDecl =
 
 /// `source` as one inventory host: a host name, or a group with exactly one member.
 /// Needs only the vars (`hostvars`, `groups`): checked before any host is contacted.
-fn resolve_source(vars: &Vars, source: &str) -> Result<String, ModuleError> {
+pub(crate) fn resolve_source(vars: &Vars, source: &str) -> Result<String, ModuleError> {
     let is_host = HOSTVARS
         .get(vars)?
         .and_then(Value::as_object)
@@ -169,6 +169,49 @@ fn resolve_source(vars: &Vars, source: &str) -> Result<String, ModuleError> {
     }
 }
 
+/// The source's storage dir: `data_dir` if given, else the source host's `data_dir`
+/// var, else this host's, else the vendor's `/data/packagist`.
+pub(crate) fn source_data_dir(
+    probe: &Probe<'_>,
+    data_dir: &Option<Template>,
+    source_host: &str,
+) -> Result<String, ModuleError> {
+    Ok(match data_dir {
+        Some(t) => probe.render_operand(t)?,
+        None => probe
+            .var_of(&HOSTVARS)?
+            .and_then(|h| h.get(source_host))
+            .and_then(|v| v.get("data_dir"))
+            .or(probe.var_of(&DATA_DIR)?)
+            .and_then(Value::as_str)
+            .unwrap_or("/data/packagist")
+            .to_string(),
+    })
+}
+
+/// A failed tar pump as the operator's error: which end failed (`source_host` read,
+/// `dest_host` written, the laptop's copy) or that the stream was no tar.
+pub(crate) fn tar_stream_error(source_host: &str, dest: &str, e: TarStreamError) -> ModuleError {
+    match e {
+        TarStreamError::Pump(PumpError::Read(source)) => ModuleError::Io {
+            what: format!("streaming the storage from host {source_host} failed"),
+            source,
+        },
+        TarStreamError::Pump(PumpError::Write(source)) => ModuleError::Io {
+            what: format!("streaming the storage into {dest} failed"),
+            source,
+        },
+        TarStreamError::Pump(PumpError::Tee(source)) => ModuleError::Io {
+            what: "writing the laptop's copy failed".into(),
+            source,
+        },
+        TarStreamError::Archive(detail) => ModuleError::Remote {
+            what: format!("the tar stream from host {source_host} is not a valid archive"),
+            detail,
+        },
+    }
+}
+
 #[async_trait]
 impl Module for StorageStream {
     const VARS: crate::module::VarLists = &[
@@ -196,17 +239,7 @@ impl Module for StorageStream {
 
     async fn facts(&self, probe: &Probe<'_>) -> Result<StorageStreamFacts, ModuleError> {
         let source_host = resolve_source(&probe.vars, &probe.render_operand(&self.source)?)?;
-        let data_dir = match &self.data_dir {
-            Some(t) => probe.render_operand(t)?,
-            None => probe
-                .var_of(&HOSTVARS)?
-                .and_then(|h| h.get(&source_host))
-                .and_then(|v| v.get("data_dir"))
-                .or(probe.var_of(&DATA_DIR)?)
-                .and_then(Value::as_str)
-                .unwrap_or("/data/packagist")
-                .to_string(),
-        };
+        let data_dir = source_data_dir(probe, &self.data_dir, &source_host)?;
         let cluster = self.k8s().cluster(probe).await?;
         let marker = completed_marker(&cluster).await?;
         let (target, blob_store) = ImportTarget::read(probe, &cluster, &self.ui_import()).await?;
@@ -418,30 +451,8 @@ async fn stream_into_pod(
             disk_full(ctx, cluster, f, pod, part, &err_text).await,
         ));
     }
-    let pumped = pumped.map_err(|e| match e {
-        TarStreamError::Pump(PumpError::Read(source)) => ModuleError::Io {
-            what: format!("streaming the storage from host {} failed", f.source_host),
-            source,
-        },
-        TarStreamError::Pump(PumpError::Write(source)) => ModuleError::Io {
-            what: format!(
-                "streaming the storage into {pod} on host {} failed",
-                ctx.host
-            ),
-            source,
-        },
-        TarStreamError::Pump(PumpError::Tee(source)) => ModuleError::Io {
-            what: "writing the laptop's copy failed".into(),
-            source,
-        },
-        TarStreamError::Archive(detail) => ModuleError::Remote {
-            what: format!(
-                "the tar stream from host {} is not a valid archive",
-                f.source_host
-            ),
-            detail,
-        },
-    })?;
+    let pumped = pumped
+        .map_err(|e| tar_stream_error(&f.source_host, &format!("{pod} on host {}", ctx.host), e))?;
     let exit = stream.exit.await.map_err(|e| ModuleError::Remote {
         what: format!(
             "tar on host {} stopped after {} bytes",
@@ -520,7 +531,7 @@ async fn disk_full(
 }
 
 mod source_tar;
-use source_tar::listing_cmd;
+pub(crate) use source_tar::listing_cmd;
 pub use source_tar::{
     parse_listing, pump_tar_as_gzip, source_path, source_tar_cmd, TarPumped, TarStreamError,
 };

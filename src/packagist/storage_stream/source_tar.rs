@@ -32,7 +32,7 @@ pub fn source_tar_cmd(data_dir: &str) -> Cmd {
 
 /// One line per entry below the two storage dirs: `type<TAB>size<TAB>mtime<TAB>path`
 /// (the dirs themselves are left out: the tar creates them if missing, and facts do not).
-pub(super) fn listing_cmd(data_dir: &str) -> Cmd {
+pub(crate) fn listing_cmd(data_dir: &str) -> Cmd {
     storage_find_cmd(data_dir, "%y\\t%s\\t%T@\\t%P\\n", false)
         .pipe(Cmd::new("env").arg("LC_ALL=C").arg("sort"))
 }

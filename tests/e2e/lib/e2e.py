@@ -15,6 +15,9 @@
         --pause, CMD is SIGSTOPped while it runs and SIGCONTed after), then let CMD finish.
         Prints {"event": ..., "hook": status, "exit": CMD's status}. Exit 0 when the event
         came and the hook succeeded; 1 otherwise.
+    e2e.py before EVENTS HOST EDGE EDGE
+        an EDGE is start:TASK or end:TASK (of HOST's task, from the --events file); exit 0
+        when the first happened no later than the second, 1 (saying when each was) if not
     e2e.py artifacts JOURNAL              "name host path sha256 size" per recorded artifact
     e2e.py summary REPORT                 "host ok=N changed=N skipped=N failed=N" lines
     e2e.py expect-unchanged REPORT        every task ok or skipped, changed=0 everywhere
@@ -179,6 +182,37 @@ def hook_at(args):
     return 0 if fired is not None and hook_status == 0 else 1
 
 
+def event_time(ts):
+    """Seconds since the epoch of an RFC 3339 UTC timestamp, to the nanosecond."""
+    import calendar
+    day, _, rest = ts.partition("T")
+    clock = rest.rstrip("Z").split("+")[0]
+    whole, _, frac = clock.partition(".")
+    t = time.strptime(f"{day}T{whole}", "%Y-%m-%dT%H:%M:%S")
+    return calendar.timegm(t) + float(f"0.{frac or 0}")
+
+
+def before(args):
+    path, host, first, second = args
+    events, _ = read_events(path, 0)
+
+    def when(edge):
+        kind, _, task = edge.partition(":")
+        name = {"start": "task_start", "end": "task_end"}.get(kind)
+        if name is None:
+            die(f"an edge is start:TASK or end:TASK, not {edge!r}")
+        for e in events:
+            if e.get("event") == name and e.get("host") == host and e.get("task") == task:
+                return event_time(e["ts"]), e["ts"]
+        die(f"no {name} of {host} / {task} in {path}", 1)
+
+    (a, a_ts), (b, b_ts) = when(first), when(second)
+    if a <= b:
+        return 0
+    print(f"{first} at {a_ts} is after {second} at {b_ts}")
+    return 1
+
+
 def artifacts(path):
     with open(path) as f:
         journal = json.load(f)
@@ -203,6 +237,8 @@ def main():
         return kill_at(args)
     if cmd == "hook-at":
         return hook_at(args)
+    if cmd == "before":
+        return before(args)
     if cmd == "artifacts":
         return artifacts(args[0])
     report = load_report(args[0])
