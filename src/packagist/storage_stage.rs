@@ -23,8 +23,16 @@
 //! `backup_dir` when set, and sends it to this host, where `tee part | sha256sum` writes
 //! it once in ferry's 0700 directory beside `dest`. The part becomes `dest` only when its
 //! size and sha256 are what was sent and the source listing did not change meanwhile.
-//! Not resumable mid-stream (issue: resumable streams): a cut stream's part is removed
-//! and the re-run streams again; the source is never modified.
+//!
+//! Resumable: a cut stream (a lost link, ferry killed) leaves its part. The archive is
+//! deterministic (tar with sorted names, [`StoredGzip`](super::storage_stream) framing
+//! fixed by the tar bytes alone), so the re-run regenerates it from the old host, checks
+//! that its first bytes hash like the kept part (`head -c N part | sha256sum` on this
+//! host) and sends only the rest, appended with `tee -a part | sha256sum`: the part is
+//! then the kept prefix (checked) plus the sent rest (checked). If the prefix differs
+//! (the source changed since), the part is removed and the stream starts over. The old
+//! host's side is read whole again: it is the laptop's link to the new host that is
+//! spared.
 //!
 //! A re-run is a no-op while the source's listing and `dest`'s size and mtime are what
 //! this task recorded; after a completed migration (the cluster's marker) it is left
@@ -42,16 +50,18 @@ use crate::module::artifact_stream::LocalCopy;
 use crate::module::kube::{k8s_args, K8sArgs};
 use crate::module::memo::Memo;
 use crate::module::predict::Prediction;
-use crate::module::staged::{parse_path_states, safe_write_error, StagedPath, NAME_TAKEN_EXIT};
+use crate::module::staged::{
+    parse_path_states, safe_write_error, PathState, StagedPath, NAME_TAKEN_EXIT,
+};
 use crate::module::{
     Applied, ArgCheck, ArgError, Change, HostReader, Module, ModuleError, Probe, TaskCtx,
 };
 use crate::packagist::completed::{completed_guard, completed_marker};
 use crate::packagist::memos::STORAGE;
-use crate::packagist::storage::pod_upload_cmd;
 use crate::packagist::storage_stream::{
-    listing_cmd, parse_listing, pump_tar_as_gzip, resolve_source, source_data_dir, source_tar_cmd,
-    tar_stream_error, SourceTree, DATA_DIR, GROUPS, HOSTVARS,
+    listing_cmd, parse_listing, pump_tar_as_gzip_after, resolve_source, source_data_dir,
+    source_tar_cmd, tar_stream_error, KeptPrefix, SourceTree, TarStreamError, DATA_DIR, GROUPS,
+    HOSTVARS,
 };
 use crate::playbook::template::Template;
 
@@ -96,6 +106,8 @@ pub struct StorageStageFacts {
     pub current: Option<FileStamp>,
     /// Names the stage would write that ferry did not create: the message for each.
     pub taken: Vec<String>,
+    /// Bytes of a part an interrupted stream left (ferry's own), to resume after.
+    pub partial: u64,
     pub guard: Option<String>,
 }
 
@@ -104,13 +116,20 @@ pub struct StageChange {
     pub source_host: String,
     pub dest: String,
     pub files: u64,
+    /// Resume after the first bytes of the archive, kept on this host by a cut stream.
+    pub resume_from: u64,
     pub command: String,
 }
 
 impl Change for StageChange {
     fn describe(&self) -> String {
+        let resume = if self.resume_from > 0 {
+            format!(", resuming after {} bytes", self.resume_from)
+        } else {
+            String::new()
+        };
         format!(
-            "stream the storage ({} files) from {} into {} on this host",
+            "stream the storage ({} files) from {} into {} on this host{resume}",
             self.files, self.source_host, self.dest
         )
     }
@@ -164,6 +183,10 @@ impl Module for StorageStage {
         }
         let states = probe.exec(&staged.state_cmd()).await?;
         let [work, part, archive] = parse_path_states(&states.stdout_str())?;
+        let partial = match (&work, &part) {
+            (PathState::Ours { .. }, PathState::Ours { size, .. }) => *size,
+            _ => 0,
+        };
         let taken = [
             (&work, &staged.work),
             (&part, &staged.part),
@@ -186,6 +209,7 @@ impl Module for StorageStage {
             tree: parse_listing(&listing.stdout_str()),
             recorded,
             taken,
+            partial,
             guard,
         })
     }
@@ -204,12 +228,29 @@ impl Module for StorageStage {
             return Ok(Applied::default());
         }
         let staged = StagedPath::of(&f.dest)?;
-        let sent = match stream_to_host(ctx, f, &staged).await {
+        let resume_from = changes[0].resume_from;
+        let sent = match stream_to_host(ctx, f, &staged, resume_from).await {
+            Err(Stage::PrefixDiffers(why)) => {
+                // The source is not what the part was cut from: start over, once.
+                tracing::info!(host = %ctx.host, "not resuming the storage stream: {why}");
+                remove_part(ctx, &staged).await;
+                stream_to_host(ctx, f, &staged, 0).await
+            }
+            other => other,
+        };
+        let sent = match sent {
             Ok(sent) => sent,
-            Err(e) => {
-                // Not resumable (yet): leave no gigabytes behind on the node.
-                let _ = ctx.exec(&staged.remove_part_cmd()).await;
-                return Err(e);
+            Err(Stage::PrefixDiffers(why)) => {
+                return Err(ModuleError::Internal(format!(
+                    "a fresh stream had a prefix: {why}"
+                )))
+            }
+            Err(Stage::Failed { error, keep_part }) => {
+                // What arrived stays for the re-run to resume after, unless it is wrong.
+                if !keep_part {
+                    remove_part(ctx, &staged).await;
+                }
+                return Err(error);
             }
         };
         let stamp = commit(ctx, &staged).await?;
@@ -249,12 +290,18 @@ pub fn decide(f: &StorageStageFacts) -> Result<Vec<StageChange>, ModuleError> {
         return Ok(Vec::new());
     }
     let part = StagedPath::of(&f.dest)?.part;
+    let tee = if f.partial > 0 {
+        format!("(skip the first {} bytes) | tee -a {part}", f.partial)
+    } else {
+        format!("tee {part}")
+    };
     Ok(vec![StageChange {
         source_host: f.source_host.clone(),
         dest: f.dest.clone(),
         files: f.tree.files,
+        resume_from: f.partial,
         command: format!(
-            "ssh {} {} | gzip (stored) | tee {part} | sha256sum; mv {part} {}",
+            "ssh {} {} | gzip (stored) | {tee} | sha256sum; mv {part} {}",
             f.source_host,
             source_tar_cmd(&f.data_dir).display(),
             f.dest
@@ -269,16 +316,102 @@ struct Sent {
     fingerprint: StorageFingerprint,
 }
 
-/// The stream into `staged.part` on this host, checked there: the part's size and
-/// sha256 are what was sent, and the source listing is what the facts read.
+/// Why a stream to the host did not finish.
+enum Stage {
+    /// The regenerated archive does not start with the kept part (nothing was sent).
+    PrefixDiffers(String),
+    /// Anything else; `keep_part` when what arrived may be resumed after.
+    Failed { error: ModuleError, keep_part: bool },
+}
+
+impl From<ModuleError> for Stage {
+    fn from(error: ModuleError) -> Self {
+        Stage::Failed {
+            error,
+            keep_part: true,
+        }
+    }
+}
+
+impl From<crate::transport::TransportError> for Stage {
+    fn from(e: crate::transport::TransportError) -> Self {
+        Stage::from(ModuleError::from(e))
+    }
+}
+
+impl From<crate::module::artifact_stream::LocalCopyError> for Stage {
+    fn from(e: crate::module::artifact_stream::LocalCopyError) -> Self {
+        Stage::from(ModuleError::from(e))
+    }
+}
+
+async fn remove_part(ctx: &HostReader, staged: &StagedPath) {
+    if let Err(e) = ctx.exec(&staged.remove_part_cmd()).await {
+        tracing::warn!(host = %ctx.host, path = %staged.part, "cannot remove: {e}");
+    }
+}
+
+/// The first `bytes` of the kept part, hashed on this host.
+async fn kept_prefix(
+    ctx: &HostReader,
+    staged: &StagedPath,
+    bytes: u64,
+) -> Result<KeptPrefix, ModuleError> {
+    let n = bytes.to_string();
+    let out = ctx
+        .exec_ok(
+            &Cmd::new("head")
+                .arg("-c")
+                .arg(n.as_str())
+                .arg(staged.part.as_str())
+                .pipe(Cmd::new("sha256sum")),
+        )
+        .await?;
+    Ok(KeptPrefix {
+        bytes,
+        sha256: out
+            .stdout_str()
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_string(),
+    })
+}
+
+/// This host's side of the stream: a fresh part (created new in ferry's directory) or
+/// the kept one appended to; prints the sha256 of what it wrote.
+fn receive_cmd(staged: &StagedPath, resume: bool) -> Cmd {
+    let prepared = Cmd::new("umask").arg("077");
+    let prepared = if resume {
+        prepared.and(staged.check_part_cmd())
+    } else {
+        prepared.and(staged.prepare_cmd())
+    };
+    prepared.and(
+        Cmd::new("tee")
+            .arg("-a")
+            .arg(staged.part.as_str())
+            .pipe(Cmd::new("sha256sum")),
+    )
+}
+
+/// The stream into `staged.part` on this host (after its first `resume_from` bytes),
+/// checked there: the kept prefix hashes as regenerated, the part's size and the
+/// sent bytes' sha256 are what was sent, and the source listing is what facts read.
 async fn stream_to_host(
     ctx: &TaskCtx,
     f: &StorageStageFacts,
     staged: &StagedPath,
-) -> Result<Sent, ModuleError> {
+    resume_from: u64,
+) -> Result<Sent, Stage> {
+    let kept = if resume_from > 0 {
+        Some(kept_prefix(ctx, staged, resume_from).await?)
+    } else {
+        None
+    };
     let mut far = ctx
         .transport
-        .exec_stream(&pod_upload_cmd(staged, false))
+        .exec_stream(&receive_cmd(staged, kept.is_some()))
         .await?;
     let source = ctx.peer(&f.source_host).await?;
     let mut stream = source.exec_stream(&source_tar_cmd(&f.data_dir)).await?;
@@ -286,7 +419,14 @@ async fn stream_to_host(
     drop(stream.stdin);
     let mut tee = LocalCopy::open(ctx, "packagist_storage.tar.gz".as_ref()).await?;
     let progress = |n: u64| ctx.progress("packagist_storage", n, Some(f.tree.tar_bytes.max(n)));
-    let pumped = pump_tar_as_gzip(&mut stream.stdout, &mut far.stdin, tee.as_mut(), progress).await;
+    let pumped = pump_tar_as_gzip_after(
+        &mut stream.stdout,
+        &mut far.stdin,
+        tee.as_mut(),
+        progress,
+        kept.as_ref(),
+    )
+    .await;
     // EOF to the far end in every case, then its verdict.
     let _ = far.stdin.shutdown().await;
     drop(far.stdin);
@@ -298,27 +438,38 @@ async fn stream_to_host(
         let free = disk_free_text(ctx, &staged.dir).await;
         return Err(ModuleError::DiskFull(format!(
             "No space left on device on host {host} writing {part}: the archive needs about \
-             {need} bytes; now {free}. The partial archive is removed and nothing else was \
-             deleted (the old host's storage and what is already restored stay); free \
-             space there, or set `node_staging_dir` to a larger disk, and re-run. ({e})",
+             {need} bytes; now {free}. What arrived is kept and nothing else was deleted \
+             (the old host's storage and what is already restored stay); free space there, \
+             or set `node_staging_dir` to a larger disk, and re-run: the stream resumes \
+             after the kept part. ({e})",
             host = ctx.host,
             part = staged.part,
             need = f.tree.tar_bytes,
             e = far_err.trim(),
-        )));
+        ))
+        .into());
     }
     if exit.status == Some(NAME_TAKEN_EXIT) {
-        return Err(safe_write_error(
-            ctx,
-            &format!("write {}", staged.part),
-            &crate::transport::ExecOutput {
-                status: exit.status,
-                stdout: printed,
-                stderr: exit.stderr,
-            },
-        ));
+        return Err(Stage::Failed {
+            error: safe_write_error(
+                ctx,
+                &format!("write {}", staged.part),
+                &crate::transport::ExecOutput {
+                    status: exit.status,
+                    stdout: printed,
+                    stderr: exit.stderr,
+                },
+            ),
+            // Not ours: never touched.
+            keep_part: true,
+        });
     }
-    let pumped = pumped.map_err(|e| tar_stream_error(&f.source_host, &ctx.host, e))?;
+    let pumped = match pumped {
+        Err(e @ TarStreamError::PrefixMismatch { .. }) => {
+            return Err(Stage::PrefixDiffers(e.to_string()))
+        }
+        other => other.map_err(|e| tar_stream_error(&f.source_host, &ctx.host, e))?,
+    };
     let tar = stream.exit.await.map_err(|e| ModuleError::Remote {
         what: format!(
             "tar on host {} stopped after {} bytes",
@@ -332,7 +483,8 @@ async fn stream_to_host(
             detail: ctx
                 .secrets
                 .mask(String::from_utf8_lossy(&tar.stderr).trim()),
-        });
+        }
+        .into());
     }
     read.map_err(|source| ModuleError::Io {
         what: format!("reading what host {} wrote", ctx.host),
@@ -352,31 +504,40 @@ async fn stream_to_host(
         )
         .await?;
     let size = size.stdout_str().trim().to_string();
-    if exit.status != Some(0) || far_sha != pumped.sha256 || size != pumped.bytes.to_string() {
-        return Err(ModuleError::ProofMismatch {
-            what: format!("the archive {} on host {}", staged.part, ctx.host),
-            detail: format!(
-                "it has {size} bytes and sha256 {far_sha} (exit {:?}), but {} bytes with \
-                 sha256 {} were sent{}",
-                exit.status,
-                pumped.bytes,
-                pumped.sha256,
-                if far_err.trim().is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", ctx.secrets.mask(far_err.trim()))
-                }
-            ),
+    if exit.status != Some(0) || far_sha != pumped.sent_sha256 || size != pumped.bytes.to_string() {
+        return Err(Stage::Failed {
+            error: ModuleError::ProofMismatch {
+                what: format!("the archive {} on host {}", staged.part, ctx.host),
+                detail: format!(
+                    "it has {size} bytes and the {sent} bytes written after byte {resume_from} \
+                     hash to {far_sha} (exit {:?}), but {} bytes were made and those sent \
+                     hash to {}{}",
+                    exit.status,
+                    pumped.bytes,
+                    pumped.sent_sha256,
+                    if far_err.trim().is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", ctx.secrets.mask(far_err.trim()))
+                    },
+                    sent = pumped.bytes.saturating_sub(resume_from),
+                ),
+            },
+            // A wrong part must not be resumed after.
+            keep_part: false,
         });
     }
     // The source must not have changed while it was read.
     let after = source.exec(&listing_cmd(&f.data_dir), None).await?;
     if parse_listing(&after.stdout_str()).stamp != f.tree.stamp {
-        return Err(ModuleError::Precondition(format!(
-            "the storage in {} on {} changed while it was streamed (is the old app \
-             stopped?); nothing was staged, re-run once it is quiet",
-            f.data_dir, f.source_host
-        )));
+        return Err(Stage::Failed {
+            error: ModuleError::Precondition(format!(
+                "the storage in {} on {} changed while it was streamed (is the old app \
+                 stopped?); nothing was staged, re-run once it is quiet",
+                f.data_dir, f.source_host
+            )),
+            keep_part: false,
+        });
     }
     // The laptop's copy takes its final name only as those same bytes.
     if let Some(copy) = tee {

@@ -19,6 +19,7 @@ fn facts() -> StorageStageFacts {
         recorded: None,
         current: None,
         taken: Vec::new(),
+        partial: 0,
         guard: None,
     }
 }
@@ -88,5 +89,27 @@ fn a_name_ferry_did_not_create_fails_and_a_completed_migration_is_left_alone() {
     let e = decide(&f).unwrap_err().to_string();
     assert!(e.contains("a symlink"), "{e}");
     f.guard = Some("the migration already completed".into());
+    assert!(decide(&f).unwrap().is_empty());
+}
+
+/// A part a cut stream left is resumed after; a finished archive is not re-sent.
+#[test]
+fn a_kept_part_is_resumed_after() {
+    let mut f = facts();
+    f.partial = 4096;
+    let c = decide(&f).unwrap();
+    assert_eq!(c[0].resume_from, 4096);
+    assert!(
+        c[0].describe().contains("resuming after 4096 bytes"),
+        "{}",
+        c[0].describe()
+    );
+    assert!(
+        c[0].commands()[0].contains("(skip the first 4096 bytes) | tee -a"),
+        "{:?}",
+        c[0].commands()
+    );
+    f.recorded = Some(staged(&f, "1.5"));
+    f.current = Some(stamp("1.5"));
     assert!(decide(&f).unwrap().is_empty());
 }

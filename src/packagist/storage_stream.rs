@@ -209,6 +209,10 @@ pub(crate) fn tar_stream_error(source_host: &str, dest: &str, e: TarStreamError)
             what: format!("the tar stream from host {source_host} is not a valid archive"),
             detail,
         },
+        e @ TarStreamError::PrefixMismatch { .. } => ModuleError::Precondition(format!(
+            "cannot resume the storage stream into {dest}: {e}; the part is removed and \
+             the next run streams from the start"
+        )),
     }
 }
 
@@ -531,9 +535,11 @@ async fn disk_full(
 }
 
 mod source_tar;
+mod stored_gzip;
 pub(crate) use source_tar::listing_cmd;
 pub use source_tar::{
-    parse_listing, pump_tar_as_gzip, source_path, source_tar_cmd, TarPumped, TarStreamError,
+    parse_listing, pump_tar_as_gzip, pump_tar_as_gzip_after, source_path, source_tar_cmd,
+    KeptPrefix, TarPumped, TarStreamError,
 };
 
 #[cfg(test)]

@@ -213,3 +213,114 @@ fn listing_gives_stamp_count_and_tar_size() {
     assert_eq!(t.tar_bytes, 10240);
     assert_ne!(parse_listing("f\t3\t2.0\tcomposer/a.zip\n").stamp, t.stamp);
 }
+
+/// A resumed pump regenerates the archive, checks the kept prefix and writes only the
+/// rest: kept part + what it writes = the archive a fresh pump makes, byte for byte.
+#[tokio::test]
+async fn a_resumed_pump_writes_only_what_follows_the_kept_prefix() {
+    let big: Vec<u8> = (0..200_000).map(|i| (i % 241) as u8).collect();
+    let tar = tar_of(&[("dist/a.zip", &big), ("artifact/b", b"bbb")]);
+    let mut whole = Vec::new();
+    let fresh = pump_tar_as_gzip(&mut &tar[..], &mut whole, None::<&mut Vec<u8>>, |_| {})
+        .await
+        .unwrap();
+    for cut in [1usize, 10, 70_000, whole.len() - 1] {
+        let kept = KeptPrefix {
+            bytes: cut as u64,
+            sha256: hex::encode(Sha256::digest(&whole[..cut])),
+        };
+        let mut rest = Vec::new();
+        let mut copy = Vec::new();
+        let p = pump_tar_as_gzip_after(
+            &mut &tar[..],
+            &mut rest,
+            Some(&mut copy),
+            |_| {},
+            Some(&kept),
+        )
+        .await
+        .unwrap();
+        assert_eq!(rest, whole[cut..], "cut at {cut}");
+        assert_eq!(copy, whole, "the laptop's copy is whole");
+        assert_eq!((p.bytes, &p.sha256), (fresh.bytes, &fresh.sha256));
+        assert_eq!(p.sent_sha256, hex::encode(Sha256::digest(&rest)));
+        assert_eq!(p.fingerprint, fresh.fingerprint);
+    }
+    // A kept part that is not this archive's beginning: nothing is written.
+    let mut other = whole[..1000].to_vec();
+    other[500] ^= 1;
+    let kept = KeptPrefix {
+        bytes: 1000,
+        sha256: hex::encode(Sha256::digest(&other)),
+    };
+    let mut rest = Vec::new();
+    let e = pump_tar_as_gzip_after(
+        &mut &tar[..],
+        &mut rest,
+        None::<&mut Vec<u8>>,
+        |_| {},
+        Some(&kept),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, TarStreamError::PrefixMismatch { .. }), "{e}");
+    assert!(rest.is_empty());
+    // Longer than the archive now is: a mismatch too.
+    let kept = KeptPrefix {
+        bytes: whole.len() as u64 + 1,
+        sha256: "x".into(),
+    };
+    let e = pump_tar_as_gzip_after(
+        &mut &tar[..],
+        &mut Vec::new(),
+        None::<&mut Vec<u8>>,
+        |_| {},
+        Some(&kept),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("do not exist"), "{e}");
+}
+
+/// The source's tar, run for real twice over the same tree: the same bytes (names sorted,
+/// so a resumed stream can regenerate what the far end kept).
+#[test]
+fn the_source_tar_is_the_same_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, name) in [
+        "composer/z.zip",
+        "composer/a/b.zip",
+        "artifacts/m",
+        "composer/c.zip",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, vec![i as u8; 1000 + i]).unwrap();
+    }
+    let cmd = source_tar_cmd(dir.path().to_str().unwrap());
+    assert!(
+        cmd.display().contains("&& tar -cf - --transform"),
+        "{}",
+        cmd.display()
+    );
+    let run = || crate::module::testing::run_sh(&cmd).unwrap();
+    let (one, two) = (run(), run());
+    assert!(one.status.success(), "{one:?}");
+    assert_eq!(one.stdout, two.stdout);
+    let names: Vec<String> = tar::Archive::new(&one.stdout[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    // The two dirs in the vendor's order, each one's names sorted.
+    for dir in ["dist/", "artifact/"] {
+        let inside: Vec<&String> = names.iter().filter(|n| n.starts_with(dir)).collect();
+        let mut sorted = inside.clone();
+        sorted.sort();
+        assert_eq!(inside, sorted, "names in sorted order: {names:?}");
+    }
+    assert_eq!(names[0], "dist/");
+}

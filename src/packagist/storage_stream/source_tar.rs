@@ -3,31 +3,46 @@
 //! imports while hashing every file.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::stored_gzip::StoredGzip;
 use super::SourceTree;
-use crate::command::Cmd;
+use crate::command::{quote, Cmd};
 use crate::fingerprint::StorageFingerprint;
 use crate::packagist::storage::storage_find_cmd;
 use crate::stream::PumpError;
 
-/// The vendor's tar fallback, uncompressed, to stdout.
+/// `tar` with its arguments, names sorted where the tar can (GNU tar 1.28 and later): the
+/// same tree then always gives the same archive, which a resumed stream relies on. An
+/// older tar reads directories in their on-disk order, stable while nothing changes.
+const SORTED_TAR: &str = r#"sort=
+if tar --sort=name -cf /dev/null -T /dev/null 2>/dev/null; then sort=--sort=name; fi
+exec tar $sort "$@"
+"#;
+
+/// The vendor's tar fallback, uncompressed, to stdout (names sorted, see [`SORTED_TAR`]).
 pub fn source_tar_cmd(data_dir: &str) -> Cmd {
     Cmd::new("cd")
         .arg(data_dir)
         .and(Cmd::new("mkdir").args(["-p", "composer", "artifacts"]))
-        .and(Cmd::new("tar").arg("-cf").arg("-").args([
-            "--transform",
-            "s/^composer/dist/",
-            "--transform",
-            "s/^artifacts/artifact/",
-            "composer",
-            "artifacts",
-        ]))
+        .and(
+            // Shown as the tar it runs: `tar -cf - …`.
+            Cmd::script(format!("sh -c {} tar", quote(SORTED_TAR)), "tar")
+                .arg("-cf")
+                .arg("-")
+                .args([
+                    "--transform",
+                    "s/^composer/dist/",
+                    "--transform",
+                    "s/^artifacts/artifact/",
+                    "composer",
+                    "artifacts",
+                ]),
+        )
 }
 
 /// One line per entry below the two storage dirs: `type<TAB>size<TAB>mtime<TAB>path`
@@ -83,9 +98,12 @@ pub fn source_path(member: &str) -> String {
 pub struct TarPumped {
     /// Bytes of tar read from the source.
     pub tar_bytes: u64,
-    /// Bytes of gzip written to the sink, and their sha256.
+    /// Bytes of the whole gzip (a resumed pump's skipped prefix included), and their
+    /// sha256.
     pub bytes: u64,
     pub sha256: String,
+    /// sha256 of what was written to the sink: the part after the skipped prefix.
+    pub sent_sha256: String,
     /// sha256 of every regular file in the tar, by its storage path.
     pub fingerprint: StorageFingerprint,
 }
@@ -97,17 +115,48 @@ pub enum TarStreamError {
     Pump(#[from] PumpError),
     #[error("{0}")]
     Archive(String),
+    /// The regenerated archive's first bytes are not what the far end kept.
+    #[error("the first {bytes} bytes of the regenerated archive {why}")]
+    PrefixMismatch { bytes: u64, why: String },
+}
+
+/// The part of the archive the far end already holds: its length and sha256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptPrefix {
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// [`pump_tar_as_gzip_after`] from the start.
+pub async fn pump_tar_as_gzip<R, W, T>(
+    reader: &mut R,
+    writer: &mut W,
+    tee: Option<&mut T>,
+    progress: impl FnMut(u64),
+) -> Result<TarPumped, TarStreamError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+    T: AsyncWrite + Unpin + ?Sized,
+{
+    pump_tar_as_gzip_after(reader, writer, tee, progress, None).await
 }
 
 /// Read a tar stream from `reader` to EOF; write it to `writer` as a gzip of stored
-/// blocks (and to `tee`), hashing what is written; hash every regular file of the tar
-/// on a blocking thread fed with the same chunks. Memory stays bounded: a few chunks
-/// in flight.
-pub async fn pump_tar_as_gzip<R, W, T>(
+/// blocks ([`StoredGzip`]: the same tar always gives the same bytes) and to `tee`,
+/// hashing what is written; hash every regular file of the tar on a blocking thread fed
+/// with the same chunks. Memory stays bounded: a few chunks in flight.
+///
+/// With `kept`, the far end already holds the archive's first bytes: they are
+/// regenerated and hashed but not written to `writer` (`tee` gets everything), and once
+/// they are all regenerated their hash must be `kept`'s, or the pump stops before a
+/// byte is written.
+pub async fn pump_tar_as_gzip_after<R, W, T>(
     reader: &mut R,
     writer: &mut W,
     mut tee: Option<&mut T>,
     mut progress: impl FnMut(u64),
+    kept: Option<&KeptPrefix>,
 ) -> Result<TarPumped, TarStreamError>
 where
     R: AsyncRead + Unpin + ?Sized,
@@ -116,8 +165,10 @@ where
 {
     let (to_parser, from_pump) = tokio::sync::mpsc::channel::<Bytes>(8);
     let parser = tokio::task::spawn_blocking(move || hash_tar_members(from_pump));
-    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
+    let mut gzip = StoredGzip::default();
+    let mut out = Vec::new();
     let mut hasher = Sha256::new();
+    let mut sink = Skipping::new(kept);
     let mut written = 0u64;
     let mut read = 0u64;
     let mut buf = vec![0u8; crate::stream::CHUNK];
@@ -134,29 +185,33 @@ where
             // The parser stopped early (a broken archive): its error is reported below.
             parser_gone = true;
         }
-        gzip.write_all(&chunk).map_err(PumpError::Write)?;
-        let out = std::mem::take(gzip.get_mut());
+        out.clear();
+        gzip.push(&chunk, &mut out);
         written += out.len() as u64;
         hasher.update(&out);
-        writer.write_all(&out).await.map_err(PumpError::Write)?;
         if let Some(t) = tee.as_deref_mut() {
             t.write_all(&out).await.map_err(PumpError::Tee)?;
         }
+        sink.write(&out, writer).await?;
         if read - last_tick >= 8 << 20 {
             last_tick = read;
             progress(read);
         }
     }
     drop(to_parser);
-    let tail = gzip.finish().map_err(PumpError::Write)?;
+    let mut tail = Vec::new();
+    gzip.finish(&mut tail);
     written += tail.len() as u64;
     hasher.update(&tail);
-    writer.write_all(&tail).await.map_err(PumpError::Write)?;
+    if let Some(t) = tee.as_deref_mut() {
+        t.write_all(&tail).await.map_err(PumpError::Tee)?;
+    }
+    sink.write(&tail, writer).await?;
+    sink.reached_end()?;
     writer.flush().await.map_err(PumpError::Write)?;
     writer.shutdown().await.map_err(PumpError::Write)?;
     // fsync and the check of the copy are the tee owner's (`LocalCopy::commit`).
     if let Some(t) = tee {
-        t.write_all(&tail).await.map_err(PumpError::Tee)?;
         t.flush().await.map_err(PumpError::Tee)?;
     }
     progress(read);
@@ -168,8 +223,68 @@ where
         tar_bytes: read,
         bytes: written,
         sha256: hex::encode(hasher.finalize()),
+        sent_sha256: hex::encode(sink.sent.finalize()),
         fingerprint,
     })
+}
+
+/// The writer's side of a resumed pump: the kept prefix is hashed and checked, only what
+/// follows it is written (and hashed apart).
+struct Skipping<'a> {
+    kept: Option<&'a KeptPrefix>,
+    /// Bytes of the prefix regenerated so far, and their hash.
+    seen: u64,
+    prefix: Sha256,
+    sent: Sha256,
+}
+
+impl<'a> Skipping<'a> {
+    fn new(kept: Option<&'a KeptPrefix>) -> Self {
+        Skipping {
+            kept: kept.filter(|k| k.bytes > 0),
+            seen: 0,
+            prefix: Sha256::new(),
+            sent: Sha256::new(),
+        }
+    }
+
+    async fn write<W: AsyncWrite + Unpin + ?Sized>(
+        &mut self,
+        mut out: &[u8],
+        writer: &mut W,
+    ) -> Result<(), TarStreamError> {
+        if let Some(kept) = self.kept {
+            let take = ((kept.bytes - self.seen) as usize).min(out.len());
+            self.prefix.update(&out[..take]);
+            self.seen += take as u64;
+            out = &out[take..];
+            if self.seen < kept.bytes {
+                return Ok(());
+            }
+            let got = hex::encode(std::mem::take(&mut self.prefix).finalize());
+            if got != kept.sha256 {
+                return Err(TarStreamError::PrefixMismatch {
+                    bytes: kept.bytes,
+                    why: format!("hash to {got}, the kept part to {}", kept.sha256),
+                });
+            }
+            self.kept = None;
+        }
+        self.sent.update(out);
+        writer.write_all(out).await.map_err(PumpError::Write)?;
+        Ok(())
+    }
+
+    /// At the end of the archive: it must have been at least as long as the kept part.
+    fn reached_end(&self) -> Result<(), TarStreamError> {
+        match self.kept {
+            Some(kept) => Err(TarStreamError::PrefixMismatch {
+                bytes: kept.bytes,
+                why: format!("do not exist: the archive ends after {} bytes", self.seen),
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A `Read` over chunks arriving on a channel (for the `tar` crate, which reads

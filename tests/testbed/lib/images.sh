@@ -14,7 +14,7 @@ BASE_PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/u
 declare -A NEEDED_PACKAGES=(
   [dockerd]=docker.io [debootstrap]=debootstrap [ssh]=openssh-client
   [ssh-keygen]=openssh-client [busybox]=busybox-static [zstd]=zstd [python3]=python3
-  [psql]=postgresql-client [setsid]=util-linux [sha256sum]=coreutils
+  [psql]=postgresql-client [setsid]=util-linux [sha256sum]=coreutils [ip]=iproute2
 )
 
 ensure_packages() {
