@@ -244,6 +244,43 @@ impl PathState {
     }
 }
 
+/// What holds the three names of a [`StagedPath`], as [`StagedPath::state_cmd`] saw them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedStates {
+    pub work: PathState,
+    pub part: PathState,
+    pub dest: PathState,
+}
+
+impl StagedStates {
+    /// Pure: from [`StagedPath::state_cmd`]'s output.
+    pub fn parse(text: &str) -> Result<StagedStates, ModuleError> {
+        let [work, part, dest] = parse_path_states(text)?;
+        Ok(StagedStates { work, part, dest })
+    }
+
+    /// The operator's message for each name of `staged` that ferry did not create.
+    pub fn taken(&self, staged: &StagedPath) -> Vec<String> {
+        [
+            (&self.work, &staged.work),
+            (&self.part, &staged.part),
+            (&self.dest, &staged.dest),
+        ]
+        .iter()
+        .filter_map(|(state, path)| state.taken_message(path))
+        .collect()
+    }
+
+    /// Bytes of a part of ferry's in ferry's own directory: what an interrupted write
+    /// left, to resume after.
+    pub fn kept_part(&self) -> Option<u64> {
+        match (&self.work, &self.part) {
+            (PathState::Ours { .. }, PathState::Ours { size, .. }) => Some(*size),
+            _ => None,
+        }
+    }
+}
+
 /// Pure: the states of the work dir, the part and the destination from
 /// [`StagedPath::state_cmd`]'s output.
 pub fn parse_path_states(text: &str) -> Result<[PathState; 3], ModuleError> {

@@ -37,7 +37,7 @@ use crate::command::Cmd;
 use crate::journal::Artifact;
 use crate::module::artifact::{disk_free_text, find_artifact, is_disk_full};
 use crate::module::artifact_stream::{copy_to_laptop, laptop_copy, stream_artifact, LaptopCopy};
-use crate::module::staged::{parse_path_states, PathState, StagedPath};
+use crate::module::staged::{PathState, StagedPath, StagedStates};
 use crate::module::{Applied, Change, HostReader, Module, ModuleError, Probe, TaskCtx};
 use crate::playbook::template::Template;
 use crate::transport::ExecOutput;
@@ -261,26 +261,16 @@ impl Module for Transfer {
         // What holds each name, read without following symlinks; only what ferry
         // created is hashed, resumed or kept.
         let states = probe.exec_ok(&staged.state_cmd()).await?.stdout_str();
-        let [work_state, part_state, dest_state] = parse_path_states(&states)?;
-        let taken: Vec<String> = [
-            (&work_state, &staged.work),
-            (&part_state, &staged.part),
-            (&dest_state, &staged.dest),
-        ]
-        .iter()
-        .filter_map(|(state, path)| state.taken_message(path))
-        .collect();
-        let (dest_file, dest_mode) = match &dest_state {
+        let states = StagedStates::parse(&states)?;
+        let taken = states.taken(&staged);
+        let (dest_file, dest_mode) = match &states.dest {
             PathState::Ours { size, mode } => (
                 sha256_of_file(probe, &dest).await?.map(|sha| (*size, sha)),
                 Some(*mode),
             ),
             _ => (None, None),
         };
-        let part_size = match (&work_state, &part_state) {
-            (PathState::Ours { .. }, PathState::Ours { size, .. }) => Some(*size),
-            _ => None,
-        };
+        let part_size = states.kept_part();
         let part = staged.part;
         let mut f = TransferFacts {
             host: probe.host.clone(),

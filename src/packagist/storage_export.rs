@@ -131,12 +131,7 @@ pub fn tar_cmd(data_dir: &str, gzip_level: Option<u8>) -> Cmd {
             .arg(data_dir)
             .arg(mode)
             .arg("-")
-            .args([
-                "--transform",
-                "s/^composer/dist/",
-                "--transform",
-                "s/^artifacts/artifact/",
-            ])
+            .args(crate::packagist::storage_stream::VENDOR_TRANSFORM)
             .args(["composer", "artifacts"])
     };
     match gzip_level {

@@ -36,7 +36,7 @@ use crate::k8s::{kubectl_exec, Cluster};
 use crate::module::artifact::{artifact_fingerprint, find_artifact, is_disk_full};
 use crate::module::artifact_stream::{copy_to_laptop, laptop_copy, stream_artifact};
 use crate::module::kube::{pod_exec, pod_free_text, sh_argv as sh, K8sArgs};
-use crate::module::staged::{parse_path_states, PathState, StagedPath};
+use crate::module::staged::{StagedPath, StagedStates};
 use crate::module::{Applied, Change, HostReader, Module, ModuleError, Probe, TaskCtx};
 use crate::packagist::completed::{completed_guard, completed_marker};
 use crate::packagist::import_target::{ui_import_args, ImportTarget, UiImportArgs};
@@ -172,18 +172,9 @@ impl Module for StorageImport {
                 None,
             )
             .await?;
-            let [work, part, archive] = parse_path_states(&String::from_utf8_lossy(&states))?;
-            f.taken = [
-                (&work, &staged.work),
-                (&part, &staged.part),
-                (&archive, &staged.dest),
-            ]
-            .iter()
-            .filter_map(|(state, path)| state.taken_message(path))
-            .collect();
-            if let (PathState::Ours { .. }, PathState::Ours { size, .. }) = (&work, &part) {
-                f.partial = *size;
-            }
+            let states = StagedStates::parse(&String::from_utf8_lossy(&states))?;
+            f.taken = states.taken(&staged);
+            f.partial = states.kept_part().unwrap_or(0);
         }
         Ok(f)
     }

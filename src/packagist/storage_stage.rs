@@ -50,18 +50,16 @@ use crate::module::artifact_stream::LocalCopy;
 use crate::module::kube::{k8s_args, K8sArgs};
 use crate::module::memo::Memo;
 use crate::module::predict::Prediction;
-use crate::module::staged::{
-    parse_path_states, safe_write_error, PathState, StagedPath, NAME_TAKEN_EXIT,
-};
+use crate::module::staged::{safe_write_error, StagedPath, StagedStates, NAME_TAKEN_EXIT};
 use crate::module::{
     Applied, ArgCheck, ArgError, Change, HostReader, Module, ModuleError, Probe, TaskCtx,
 };
 use crate::packagist::completed::{completed_guard, completed_marker};
 use crate::packagist::memos::STORAGE;
 use crate::packagist::storage_stream::{
-    listing_cmd, parse_listing, pump_tar_as_gzip_after, resolve_source, source_data_dir,
-    source_tar_cmd, tar_stream_error, KeptPrefix, SourceTree, TarStreamError, DATA_DIR, GROUPS,
-    HOSTVARS,
+    check_source_arg, listing_cmd, parse_listing, pump_tar_as_gzip_after, read_source_tree,
+    resolve_source, source_data_dir, source_tar_cmd, tar_stream_error, KeptPrefix, SourceTree,
+    TarStreamError, DATA_DIR, GROUPS, HOSTVARS,
 };
 use crate::playbook::template::Template;
 
@@ -153,12 +151,7 @@ impl Module for StorageStage {
     }
 
     fn check_args(&self, at: &ArgCheck<'_>) -> Result<(), ArgError> {
-        let Ok(source) = at.renderer.render_operand(&self.source, at.vars) else {
-            return Ok(());
-        };
-        resolve_source(at.vars, &source)
-            .map(drop)
-            .map_err(|e| ArgError::template(&self.source, e.to_string()))
+        check_source_arg(&self.source, at)
     }
 
     /// The staged archive, for a check run's later tasks (the import).
@@ -173,28 +166,11 @@ impl Module for StorageStage {
         let staged = StagedPath::of(&dest)?;
         let cluster = self.k8s().cluster(probe).await?;
         let guard = completed_guard(probe, &completed_marker(&cluster).await?, "storage");
-        let source = probe.peer(&source_host).await?;
-        let listing = source.exec(&listing_cmd(&data_dir), None).await?;
-        if !listing.success() {
-            return Err(ModuleError::Remote {
-                what: format!("cannot list the storage in {data_dir} on {source_host}"),
-                detail: probe.secrets.mask(listing.stderr_str().trim()),
-            });
-        }
+        let tree = read_source_tree(probe, &source_host, &data_dir).await?;
         let states = probe.exec(&staged.state_cmd()).await?;
-        let [work, part, archive] = parse_path_states(&states.stdout_str())?;
-        let partial = match (&work, &part) {
-            (PathState::Ours { .. }, PathState::Ours { size, .. }) => *size,
-            _ => 0,
-        };
-        let taken = [
-            (&work, &staged.work),
-            (&part, &staged.part),
-            (&archive, &staged.dest),
-        ]
-        .iter()
-        .filter_map(|(state, path)| state.taken_message(path))
-        .collect();
+        let states = StagedStates::parse(&states.stdout_str())?;
+        let partial = states.kept_part().unwrap_or(0);
+        let taken = states.taken(&staged);
         // The record counts only with its artifact: a journal without it would leave the
         // import nothing to read.
         let recorded = match probe.record(&probe.host, &probe.task) {
@@ -206,7 +182,7 @@ impl Module for StorageStage {
             data_dir,
             current: file_stamp(probe, &dest).await?,
             dest,
-            tree: parse_listing(&listing.stdout_str()),
+            tree,
             recorded,
             taken,
             partial,

@@ -189,6 +189,34 @@ pub(crate) fn source_data_dir(
     })
 }
 
+/// `source` names one inventory host (checked before any host is contacted).
+pub(crate) fn check_source_arg(source: &Template, at: &ArgCheck<'_>) -> Result<(), ArgError> {
+    // Rendering errors are the template pass's to report.
+    let Ok(name) = at.renderer.render_operand(source, at.vars) else {
+        return Ok(());
+    };
+    resolve_source(at.vars, &name)
+        .map(drop)
+        .map_err(|e| ArgError::template(source, e.to_string()))
+}
+
+/// The source tree as it is now on `source_host`, from one listing.
+pub(crate) async fn read_source_tree(
+    probe: &HostReader,
+    source_host: &str,
+    data_dir: &str,
+) -> Result<SourceTree, ModuleError> {
+    let source = probe.peer(source_host).await?;
+    let listing = source.exec(&listing_cmd(data_dir), None).await?;
+    if !listing.success() {
+        return Err(ModuleError::Remote {
+            what: format!("cannot list the storage in {data_dir} on {source_host}"),
+            detail: probe.secrets.mask(listing.stderr_str().trim()),
+        });
+    }
+    Ok(parse_listing(&listing.stdout_str()))
+}
+
 /// A failed tar pump as the operator's error: which end failed (`source_host` read,
 /// `dest_host` written, the laptop's copy) or that the stream was no tar.
 pub(crate) fn tar_stream_error(source_host: &str, dest: &str, e: TarStreamError) -> ModuleError {
@@ -232,13 +260,7 @@ impl Module for StorageStream {
     }
 
     fn check_args(&self, at: &ArgCheck<'_>) -> Result<(), ArgError> {
-        // Rendering errors are the template pass's to report.
-        let Ok(source) = at.renderer.render_operand(&self.source, at.vars) else {
-            return Ok(());
-        };
-        resolve_source(at.vars, &source)
-            .map(drop)
-            .map_err(|e| ArgError::template(&self.source, e.to_string()))
+        check_source_arg(&self.source, at)
     }
 
     async fn facts(&self, probe: &Probe<'_>) -> Result<StorageStreamFacts, ModuleError> {
@@ -248,15 +270,7 @@ impl Module for StorageStream {
         let marker = completed_marker(&cluster).await?;
         let (target, blob_store) = ImportTarget::read(probe, &cluster, &self.ui_import()).await?;
         let guard = completed_guard(probe, &marker, "storage");
-        let source = probe.peer(&source_host).await?;
-        let listing = source.exec(&listing_cmd(&data_dir), None).await?;
-        if !listing.success() {
-            return Err(ModuleError::Remote {
-                what: format!("cannot list the storage in {data_dir} on {source_host}"),
-                detail: probe.secrets.mask(listing.stderr_str().trim()),
-            });
-        }
-        let tree = parse_listing(&listing.stdout_str());
+        let tree = read_source_tree(probe, &source_host, &data_dir).await?;
         let recorded: Option<StreamedRecord> = probe
             .record(&probe.host, &probe.task)
             .and_then(|r| r.fingerprints.get(RECORD_KEY).cloned())
@@ -539,7 +553,7 @@ mod stored_gzip;
 pub(crate) use source_tar::listing_cmd;
 pub use source_tar::{
     parse_listing, pump_tar_as_gzip, pump_tar_as_gzip_after, source_path, source_tar_cmd,
-    KeptPrefix, TarPumped, TarStreamError,
+    KeptPrefix, TarPumped, TarStreamError, VENDOR_TRANSFORM,
 };
 
 #[cfg(test)]

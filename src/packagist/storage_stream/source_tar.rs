@@ -16,6 +16,14 @@ use crate::fingerprint::StorageFingerprint;
 use crate::packagist::storage::storage_find_cmd;
 use crate::stream::PumpError;
 
+/// The vendor's tar fallback renames the storage dirs as the import expects them.
+pub const VENDOR_TRANSFORM: [&str; 4] = [
+    "--transform",
+    "s/^composer/dist/",
+    "--transform",
+    "s/^artifacts/artifact/",
+];
+
 /// `tar` with its arguments, names sorted where the tar can (GNU tar 1.28 and later): the
 /// same tree then always gives the same archive, which a resumed stream relies on. An
 /// older tar reads directories in their on-disk order, stable while nothing changes.
@@ -34,14 +42,8 @@ pub fn source_tar_cmd(data_dir: &str) -> Cmd {
             Cmd::script(format!("sh -c {} tar", quote(SORTED_TAR)), "tar")
                 .arg("-cf")
                 .arg("-")
-                .args([
-                    "--transform",
-                    "s/^composer/dist/",
-                    "--transform",
-                    "s/^artifacts/artifact/",
-                    "composer",
-                    "artifacts",
-                ]),
+                .args(VENDOR_TRANSFORM)
+                .args(["composer", "artifacts"]),
         )
 }
 
