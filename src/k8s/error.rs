@@ -48,6 +48,10 @@ pub enum K8sError {
     Exec { pod: String, reason: String },
     #[error("watch of {what} ended: {reason}")]
     Watch { what: String, reason: String },
+    /// The API server answered something ferry cannot read (e.g. a version that is no
+    /// number).
+    #[error("the API server's {what} cannot be read: {reason}")]
+    Unreadable { what: String, reason: String },
     /// A write while a module read facts: a bug in that module.
     #[error("refused while reading facts: {0} would change the cluster; facts only read (a bug in the module)")]
     ReadOnly(String),

@@ -285,8 +285,8 @@ impl Cluster {
         let number = |s: &str| {
             s.trim_end_matches('+')
                 .parse::<u32>()
-                .map_err(|_| K8sError::Watch {
-                    what: "the server version".into(),
+                .map_err(|_| K8sError::Unreadable {
+                    what: "version".into(),
                     reason: format!("{:?} is not a number ({})", s, info.git_version),
                 })
         };
