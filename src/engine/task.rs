@@ -83,6 +83,7 @@ pub(super) async fn run_task(
             } else {
                 m.apply_plan(ctx, plan).await.map(|applied| {
                     r.warnings = applied.warnings;
+                    r.notes.extend(applied.notes);
                     if applied.changed {
                         TaskStatus::Changed
                     } else {

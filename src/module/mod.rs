@@ -134,13 +134,15 @@ pub struct Applied {
     pub changed: bool,
     /// Things the operator must read (shown in the report).
     pub warnings: Vec<String>,
+    /// How it was done, for the report (e.g. the route a stream took).
+    pub notes: Vec<String>,
 }
 
 impl Applied {
     pub fn changed() -> Self {
         Applied {
             changed: true,
-            warnings: Vec::new(),
+            ..Default::default()
         }
     }
 }

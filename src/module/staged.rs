@@ -125,6 +125,18 @@ impl StagedPath {
         )
     }
 
+    /// Write stdin to `file`, a new file in ferry's work dir (made if absent): a
+    /// helper ferry needs beside the part, e.g. the direct route's receiver.
+    pub fn create_in_work_cmd(&self, file: &str) -> Cmd {
+        positional_script(
+            concat_funcs(
+                "mkdir -p -- \"$1\" || exit 1\nferry_workdir \"$2\"\nferry_create \"$3\"\ncat >>\"$3\"\n",
+            ),
+            "ferry-create",
+            &[self.dir.as_str(), self.work.as_str(), file],
+        )
+    }
+
     /// The kept part is ferry's (to append to it).
     pub fn check_part_cmd(&self) -> Cmd {
         positional_script(

@@ -55,6 +55,9 @@ use crate::module::{
     Applied, ArgCheck, ArgError, Change, HostReader, Module, ModuleError, Probe, TaskCtx,
 };
 use crate::packagist::completed::{completed_guard, completed_marker};
+use crate::packagist::direct_route::{
+    self, choose, DirectProbe, Route, RouteSetting, TrustRecord, DIRECT_ADDRESS, DIRECT_TRUST,
+};
 use crate::packagist::memos::STORAGE;
 use crate::packagist::storage_stream::{
     check_source_arg, listing_cmd, parse_listing, pump_tar_as_gzip_after, read_source_tree,
@@ -77,6 +80,9 @@ k8s_args! {
         /// The artifact name the staged archive is recorded under.
         #[serde(default = "default_record_as")]
         pub record_as: String,
+        /// `auto` (default), `direct` (old host → this host, see `direct_route`) or
+        /// `controller` (through the laptop).
+        pub route: Option<Template>,
     }
 }
 
@@ -107,32 +113,70 @@ pub struct StorageStageFacts {
     /// Bytes of a part an interrupted stream left (ferry's own), to resume after.
     pub partial: u64,
     pub guard: Option<String>,
+    /// The route asked for, and what the probe found (only probed when a stream is due).
+    pub route: RouteSetting,
+    pub direct: DirectProbe,
+    /// The old host's addresses, for the temporary key's `from=`.
+    pub source_addrs: Vec<String>,
+    /// Home of ferry's user on this host (where the temporary key is authorized).
+    pub node_home: Option<String>,
+    /// What an earlier direct stream installed and is still there (a crash before its
+    /// clean-up): removed first.
+    pub trust_left: Option<TrustRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StageChange {
+pub enum StageChange {
+    /// Remove the temporary key (and its files) an earlier direct stream left.
+    RemoveTrust(TrustRecord),
+    Stream(StreamPlan),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StreamPlan {
     pub source_host: String,
     pub dest: String,
     pub files: u64,
     /// Resume after the first bytes of the archive, kept on this host by a cut stream.
     pub resume_from: u64,
+    pub route: Route,
+    /// `auto` asked: a direct stream the node refuses before a byte arrives falls back.
+    pub may_fall_back: bool,
     pub command: String,
 }
 
 impl Change for StageChange {
     fn describe(&self) -> String {
-        let resume = if self.resume_from > 0 {
-            format!(", resuming after {} bytes", self.resume_from)
-        } else {
-            String::new()
-        };
-        format!(
-            "stream the storage ({} files) from {} into {} on this host{resume}",
-            self.files, self.source_host, self.dest
-        )
+        match self {
+            StageChange::RemoveTrust(r) => format!(
+                "remove the temporary key {} an earlier direct stream left ({} on this host, \
+                 {} on {})",
+                r.tag, r.authorized_keys, r.source_dir, r.source_host
+            ),
+            StageChange::Stream(p) => {
+                let resume = if p.resume_from > 0 {
+                    format!(", resuming after {} bytes", p.resume_from)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "stream the storage ({} files) from {} into {} on this host{resume}; {}",
+                    p.files,
+                    p.source_host,
+                    p.dest,
+                    p.route.describe(&p.source_host)
+                )
+            }
+        }
     }
     fn commands(&self) -> Vec<String> {
-        vec![self.command.clone()]
+        match self {
+            StageChange::RemoveTrust(r) => vec![format!(
+                "remove the lines tagged {} from {}; rm -rf {} on {}",
+                r.tag, r.authorized_keys, r.source_dir, r.source_host
+            )],
+            StageChange::Stream(p) => vec![p.command.clone()],
+        }
     }
 }
 
@@ -141,7 +185,7 @@ impl Module for StorageStage {
     const VARS: crate::module::VarLists = &[
         crate::module::kube::VARS,
         crate::module::artifact_stream::VARS,
-        &[&HOSTVARS, &GROUPS, &DATA_DIR],
+        &[&HOSTVARS, &GROUPS, &DATA_DIR, &DIRECT_ADDRESS],
     ];
     type Facts = StorageStageFacts;
     type Change = StageChange;
@@ -151,7 +195,16 @@ impl Module for StorageStage {
     }
 
     fn check_args(&self, at: &ArgCheck<'_>) -> Result<(), ArgError> {
-        check_source_arg(&self.source, at)
+        check_source_arg(&self.source, at)?;
+        if let Some(route) = &self.route {
+            // Rendering errors are the template pass's to report.
+            if let Ok(value) = at.renderer.render_operand(route, at.vars) {
+                value
+                    .parse::<RouteSetting>()
+                    .map_err(|e| ArgError::template(route, e))?;
+            }
+        }
+        Ok(())
     }
 
     /// The staged archive, for a check run's later tasks (the import).
@@ -177,7 +230,14 @@ impl Module for StorageStage {
             Some(r) if r.artifacts.contains_key(&self.record_as) => probe.own_memo(&STAGED)?,
             _ => None,
         };
-        Ok(StorageStageFacts {
+        let route = match &self.route {
+            Some(t) => probe
+                .render_operand(t)?
+                .parse::<RouteSetting>()
+                .map_err(ModuleError::Precondition)?,
+            None => RouteSetting::Auto,
+        };
+        let mut f = StorageStageFacts {
             source_host,
             data_dir,
             current: file_stamp(probe, &dest).await?,
@@ -187,7 +247,30 @@ impl Module for StorageStage {
             taken,
             partial,
             guard,
-        })
+            route,
+            direct: DirectProbe::NotAsked,
+            source_addrs: Vec::new(),
+            node_home: None,
+            trust_left: None,
+        };
+        let source = probe.peer(&f.source_host).await?;
+        if let Some(Some(record)) = probe.own_memo(&DIRECT_TRUST)? {
+            if direct_route::still_installed(probe, &source, &record).await? {
+                f.trust_left = Some(record);
+            }
+        }
+        // The probe costs a few commands on both hosts: only when a stream is due.
+        if f.route != RouteSetting::Controller && f.guard.is_none() && !staged_already(&f) {
+            f.direct = match direct_unavailable(probe, &f, &staged) {
+                Some(why) => DirectProbe::Unavailable(why),
+                None => direct_route::probe_direct(probe, &f.source_host, &source).await?,
+            };
+            if matches!(f.direct, DirectProbe::Reachable(_)) {
+                f.source_addrs = direct_route::source_addresses(&source).await?;
+                f.node_home = Some(direct_route::node_home(probe).await?);
+            }
+        }
+        Ok(f)
     }
 
     fn decide(&self, f: &StorageStageFacts) -> Result<Vec<StageChange>, ModuleError> {
@@ -200,25 +283,75 @@ impl Module for StorageStage {
         f: &StorageStageFacts,
         changes: &[StageChange],
     ) -> Result<Applied, ModuleError> {
-        if changes.is_empty() {
-            return Ok(Applied::default());
-        }
-        let staged = StagedPath::of(&f.dest)?;
-        let resume_from = changes[0].resume_from;
-        let sent = match stream_to_host(ctx, f, &staged, resume_from).await {
-            Err(Stage::PrefixDiffers(why)) => {
-                // The source is not what the part was cut from: start over, once.
-                tracing::info!(host = %ctx.host, "not resuming the storage stream: {why}");
-                remove_part(ctx, &staged).await;
-                stream_to_host(ctx, f, &staged, 0).await
+        let mut applied = Applied::default();
+        for change in changes {
+            match change {
+                StageChange::RemoveTrust(record) => {
+                    let source = ctx.peer(&record.source_host).await?;
+                    direct_route::remove(ctx, &source, record).await?;
+                    ctx.record_memo(&DIRECT_TRUST, &None)?;
+                    applied.changed = true;
+                    applied.notes.push(format!(
+                        "removed the temporary key {} an earlier direct stream left",
+                        record.tag
+                    ));
+                }
+                StageChange::Stream(plan) => {
+                    self.stream(ctx, f, plan, &mut applied).await?;
+                    applied.changed = true;
+                }
             }
-            other => other,
-        };
+        }
+        Ok(applied)
+    }
+}
+
+impl StorageStage {
+    /// One stream by the planned route (a direct one refused before a byte arrived
+    /// falls back when `auto` asked), restarted once if the kept prefix differs; then
+    /// the checked part becomes `dest` and the artifact is recorded.
+    async fn stream(
+        &self,
+        ctx: &TaskCtx,
+        f: &StorageStageFacts,
+        plan: &StreamPlan,
+        applied: &mut Applied,
+    ) -> Result<(), ModuleError> {
+        let staged = StagedPath::of(&f.dest)?;
+        let mut route = plan.route.clone();
+        let mut sent = by_route(ctx, f, &staged, plan.resume_from, &route, applied).await;
+        if let Err(Stage::DirectRefused(why)) = &sent {
+            if !plan.may_fall_back {
+                return Err(ModuleError::Precondition(format!(
+                    "route = \"direct\": {why}; nothing was sent (set route = \"auto\" or \
+                     \"controller\")"
+                )));
+            }
+            applied.notes.push(format!(
+                "the direct stream was refused before a byte arrived ({why}); fell back to \
+                 the controller route"
+            ));
+            route = Route::Controller {
+                reason: Some(why.clone()),
+            };
+            sent = by_route(ctx, f, &staged, plan.resume_from, &route, applied).await;
+        }
+        if let Err(Stage::PrefixDiffers(why)) = &sent {
+            // The source is not what the part was cut from: start over, once.
+            tracing::info!(host = %ctx.host, "not resuming the storage stream: {why}");
+            remove_part(ctx, &staged).await;
+            sent = by_route(ctx, f, &staged, 0, &route, applied).await;
+        }
         let sent = match sent {
             Ok(sent) => sent,
             Err(Stage::PrefixDiffers(why)) => {
                 return Err(ModuleError::Internal(format!(
                     "a fresh stream had a prefix: {why}"
+                )))
+            }
+            Err(Stage::DirectRefused(why)) => {
+                return Err(ModuleError::Precondition(format!(
+                    "the direct stream was refused: {why}"
                 )))
             }
             Err(Stage::Failed { error, keep_part }) => {
@@ -245,44 +378,112 @@ impl Module for StorageStage {
                 stamp,
             },
         )?;
-        Ok(Applied::changed())
+        Ok(())
     }
 }
 
-/// Pure: stream unless `dest` is still the archive this task made of the unchanged
-/// source.
+/// One attempt by `route`, the route noted for the report.
+async fn by_route(
+    ctx: &TaskCtx,
+    f: &StorageStageFacts,
+    staged: &StagedPath,
+    resume_from: u64,
+    route: &Route,
+    applied: &mut Applied,
+) -> Result<Sent, Stage> {
+    match route {
+        Route::Direct(target) => {
+            direct::stream_direct(ctx, f, staged, resume_from, target, applied).await
+        }
+        Route::Controller { .. } => {
+            applied.notes.push(route.describe(&f.source_host));
+            stream_to_host(ctx, f, staged, resume_from).await
+        }
+    }
+}
+
+/// Pure: `dest` is still the archive this task made of the unchanged source.
+fn staged_already(f: &StorageStageFacts) -> bool {
+    f.recorded
+        .as_ref()
+        .is_some_and(|r| r.tree_stamp == f.tree.stamp && f.current.as_ref() == Some(&r.stamp))
+}
+
+/// Why the direct route cannot serve this stream, before probing the network: a laptop
+/// copy is asked for (only the controller route passes the laptop), or the receiver's
+/// path cannot go in an authorized_keys `command="…"`.
+fn direct_unavailable(
+    probe: &HostReader,
+    f: &StorageStageFacts,
+    staged: &StagedPath,
+) -> Option<String> {
+    if let Ok(Some(dir)) = probe.var_str_of(&crate::module::artifact_stream::BACKUP_DIR) {
+        return Some(format!(
+            "backup_dir ({dir}) asks for a copy on the laptop, which only the controller \
+             route passes"
+        ));
+    }
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+@%=:,".contains(c);
+    if !staged.work.chars().all(plain) {
+        return Some(format!(
+            "the staging directory {} has characters an authorized_keys command cannot hold",
+            staged.work
+        ));
+    }
+    let _ = f;
+    None
+}
+
+/// Pure: remove what an earlier direct stream left, then stream unless `dest` is still
+/// the archive this task made of the unchanged source.
 pub fn decide(f: &StorageStageFacts) -> Result<Vec<StageChange>, ModuleError> {
-    if f.guard.is_some() {
-        return Ok(Vec::new());
+    let mut changes: Vec<StageChange> = f
+        .trust_left
+        .iter()
+        .cloned()
+        .map(StageChange::RemoveTrust)
+        .collect();
+    if f.guard.is_some() || staged_already(f) {
+        return Ok(changes);
     }
     if !f.taken.is_empty() {
         return Err(ModuleError::Precondition(f.taken.join("; ")));
     }
-    let done = f
-        .recorded
-        .as_ref()
-        .is_some_and(|r| r.tree_stamp == f.tree.stamp && f.current.as_ref() == Some(&r.stamp));
-    if done {
-        return Ok(Vec::new());
-    }
+    let route = choose(f.route, &f.direct)?;
     let part = StagedPath::of(&f.dest)?.part;
     let tee = if f.partial > 0 {
         format!("(skip the first {} bytes) | tee -a {part}", f.partial)
     } else {
         format!("tee {part}")
     };
-    Ok(vec![StageChange {
-        source_host: f.source_host.clone(),
-        dest: f.dest.clone(),
-        files: f.tree.files,
-        resume_from: f.partial,
-        command: format!(
+    let command = match &route {
+        Route::Controller { .. } => format!(
             "ssh {} {} | gzip (stored) | {tee} | sha256sum; mv {part} {}",
             f.source_host,
             source_tar_cmd(&f.data_dir).display(),
             f.dest
         ),
-    }])
+        Route::Direct(t) => format!(
+            "on {}: {} | gzip (stored) | ssh -i <temporary key> -p {} {}@{} | {tee} | \
+             sha256sum; mv {part} {}",
+            f.source_host,
+            source_tar_cmd(&f.data_dir).display(),
+            t.port,
+            t.user,
+            t.addr,
+            f.dest
+        ),
+    };
+    changes.push(StageChange::Stream(StreamPlan {
+        source_host: f.source_host.clone(),
+        dest: f.dest.clone(),
+        files: f.tree.files,
+        resume_from: f.partial,
+        may_fall_back: f.route == RouteSetting::Auto,
+        route,
+        command,
+    }));
+    Ok(changes)
 }
 
 /// What was sent and checked at the far end.
@@ -296,6 +497,8 @@ struct Sent {
 enum Stage {
     /// The regenerated archive does not start with the kept part (nothing was sent).
     PrefixDiffers(String),
+    /// The node refused the old host's direct connection before the receiver ran.
+    DirectRefused(String),
     /// Anything else; `keep_part` when what arrived may be resumed after.
     Failed { error: ModuleError, keep_part: bool },
 }
@@ -547,6 +750,8 @@ async fn commit(ctx: &HostReader, staged: &StagedPath) -> Result<FileStamp, Modu
             detail: String::new(),
         })
 }
+
+mod direct;
 
 #[cfg(test)]
 #[path = "storage_stage_tests.rs"]

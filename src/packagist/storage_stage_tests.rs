@@ -21,6 +21,27 @@ fn facts() -> StorageStageFacts {
         taken: Vec::new(),
         partial: 0,
         guard: None,
+        route: RouteSetting::Controller,
+        direct: DirectProbe::NotAsked,
+        source_addrs: Vec::new(),
+        node_home: None,
+        trust_left: None,
+    }
+}
+
+fn plan(c: &[StageChange]) -> &StreamPlan {
+    match c.last() {
+        Some(StageChange::Stream(p)) => p,
+        other => panic!("no stream: {other:?}"),
+    }
+}
+
+fn node() -> direct_route::DirectTarget {
+    direct_route::DirectTarget {
+        addr: "172.17.0.3".into(),
+        port: 22,
+        user: "root".into(),
+        host_key: "ssh-ed25519 AAAAnode".into(),
     }
 }
 
@@ -98,7 +119,7 @@ fn a_kept_part_is_resumed_after() {
     let mut f = facts();
     f.partial = 4096;
     let c = decide(&f).unwrap();
-    assert_eq!(c[0].resume_from, 4096);
+    assert_eq!(plan(&c).resume_from, 4096);
     assert!(
         c[0].describe().contains("resuming after 4096 bytes"),
         "{}",
@@ -111,5 +132,71 @@ fn a_kept_part_is_resumed_after() {
     );
     f.recorded = Some(staged(&f, "1.5"));
     f.current = Some(stamp("1.5"));
+    assert!(decide(&f).unwrap().is_empty());
+}
+
+/// `auto` streams directly when the probe found the node, and says why not otherwise;
+/// `direct` without a way there fails before anything is touched.
+#[test]
+fn the_route_follows_the_setting_and_the_probe() {
+    let mut f = facts();
+    f.route = RouteSetting::Auto;
+    f.direct = DirectProbe::Reachable(node());
+    let c = decide(&f).unwrap();
+    assert_eq!(plan(&c).route, Route::Direct(node()));
+    assert!(plan(&c).may_fall_back);
+    assert!(
+        c[0].describe()
+            .contains("route direct: old → 172.17.0.3:22"),
+        "{}",
+        c[0].describe()
+    );
+    assert!(
+        c[0].commands()[0].starts_with("on old: cd /data/packagist"),
+        "{:?}",
+        c[0].commands()
+    );
+    f.direct =
+        DirectProbe::Unavailable("host old cannot reach new's sshd (tried 10.0.0.9:22)".into());
+    let c = decide(&f).unwrap();
+    assert!(matches!(
+        plan(&c).route,
+        Route::Controller { reason: Some(_) }
+    ));
+    assert!(
+        c[0].describe()
+            .contains("auto fell back, host old cannot reach"),
+        "{}",
+        c[0].describe()
+    );
+    f.route = RouteSetting::Direct;
+    let e = decide(&f).unwrap_err().to_string();
+    assert!(e.contains("route = \"direct\" cannot be used"), "{e}");
+}
+
+/// A temporary key an earlier run left (a crash mid-stream) is removed first, also when
+/// the archive itself is already staged.
+#[test]
+fn a_key_left_by_a_crash_is_removed_first() {
+    let mut f = facts();
+    let left = direct_route::plan_record(
+        "ferry-direct-0a0b",
+        "old",
+        "/root",
+        "/var/tmp/ferry/.ferry/direct-ferry-direct-0a0b.sh",
+    );
+    f.trust_left = Some(left.clone());
+    let c = decide(&f).unwrap();
+    assert_eq!(c.len(), 2);
+    assert_eq!(c[0], StageChange::RemoveTrust(left.clone()));
+    assert!(
+        c[0].describe().contains("ferry-direct-0a0b"),
+        "{}",
+        c[0].describe()
+    );
+    f.recorded = Some(staged(&f, "1.5"));
+    f.current = Some(stamp("1.5"));
+    assert_eq!(decide(&f).unwrap(), vec![StageChange::RemoveTrust(left)]);
+    f.trust_left = None;
     assert!(decide(&f).unwrap().is_empty());
 }

@@ -549,7 +549,7 @@ async fn disk_full(
 }
 
 mod source_tar;
-mod stored_gzip;
+pub(crate) mod stored_gzip;
 pub(crate) use source_tar::listing_cmd;
 pub use source_tar::{
     parse_listing, pump_tar_as_gzip, pump_tar_as_gzip_after, source_path, source_tar_cmd,

@@ -265,6 +265,13 @@ pub trait Transport: Send + Sync {
     /// The inventory name of the host.
     fn host(&self) -> &str;
 
+    /// The host key this transport verified when it connected, in OpenSSH's public-key
+    /// form (`ssh-ed25519 AAAA…`, no comment); `None` when it verified none (a fake).
+    /// What ferry pins when another host is to reach this one (the direct route).
+    fn verified_host_key(&self) -> Option<String> {
+        None
+    }
+
     /// Run `cmd` (via `sh -c` on the host, as root when the host has `become`),
     /// feed it `stdin` if given, and collect its output.
     async fn exec(&self, cmd: &Cmd, stdin: Option<&[u8]>) -> ExecResult;

@@ -72,6 +72,10 @@ impl Transport for Guarded {
         self.0.host()
     }
 
+    fn verified_host_key(&self) -> Option<String> {
+        self.0.verified_host_key()
+    }
+
     async fn exec(&self, cmd: &Cmd, stdin: Option<&[u8]>) -> ExecResult {
         self.check(cmd, false)?;
         self.0.exec(cmd, stdin).await

@@ -87,6 +87,8 @@ pub struct SshTransport {
     relay_tool: tokio::sync::OnceCell<&'static str>,
     /// The server refused `direct-tcpip` once: go straight to the relay afterwards.
     direct_tcpip_refused: AtomicBool,
+    /// The host key the last connection verified (see [`Transport::verified_host_key`]).
+    host_key: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for SshTransport {
@@ -152,6 +154,7 @@ impl SshTransport {
             tunnel: Lane::new("tunnel"),
             relay_tool: tokio::sync::OnceCell::new(),
             direct_tcpip_refused: AtomicBool::new(false),
+            host_key: std::sync::Mutex::new(None),
         };
         transport.connection(&transport.control).await?;
         Ok(transport)
@@ -176,6 +179,9 @@ impl SshTransport {
             );
         }
         let conn = Arc::new(session::open(&self.route, &self.creds, self.timeout).await?);
+        if let (Some(key), Ok(mut slot)) = (conn.host_key.clone(), self.host_key.lock()) {
+            *slot = Some(key);
+        }
         tracing::debug!(
             "{}: opened {} connection to {}",
             self.name,
@@ -387,6 +393,10 @@ impl Drop for ResetSlot<'_> {
 impl Transport for SshTransport {
     fn host(&self) -> &str {
         &self.name
+    }
+
+    fn verified_host_key(&self) -> Option<String> {
+        self.host_key.lock().ok().and_then(|k| k.clone())
     }
 
     async fn exec(&self, cmd: &Cmd, stdin: Option<&[u8]>) -> ExecResult {

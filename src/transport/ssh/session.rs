@@ -39,6 +39,8 @@ pub(crate) struct Connection {
     /// The persistent shell for short commands (see [`super::shell`]).
     shell: std::sync::Mutex<ShellSlot>,
     _jumps: Vec<Handle<Client>>,
+    /// The target's host key as verified (OpenSSH form).
+    pub host_key: Option<String>,
 }
 
 /// State of a connection's persistent shell.
@@ -168,6 +170,8 @@ fn client_config(target: &Target) -> Arc<russh::client::Config> {
 /// The russh event handler of one connection: verifies the host key.
 pub(crate) struct Client {
     target: Target,
+    /// Where the verified key goes (OpenSSH form), for [`Connection::host_key`].
+    verified: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// Errors the handler reports through russh.
@@ -197,6 +201,12 @@ impl Handler for Client {
             }
         };
         verify_host_key(&self.target, &key).map_err(ClientError::HostKey)?;
+        if let (Ok(text), Ok(mut slot)) = (
+            PublicKey::new(key.key_data().clone(), "").to_openssh(),
+            self.verified.lock(),
+        ) {
+            *slot = Some(text.trim().to_string());
+        }
         Ok(true)
     }
 }
@@ -361,16 +371,20 @@ pub(crate) async fn open(
 ) -> Result<Connection, TransportError> {
     let mut jumps: Vec<Handle<Client>> = Vec::new();
     for hop in &route.jumps {
-        let handle = connect_hop(hop, jumps.last(), creds, timeout).await?;
+        let jump_key = Arc::new(std::sync::Mutex::new(None));
+        let handle = connect_hop(hop, jumps.last(), creds, timeout, &jump_key).await?;
         tracing::debug!("connected to jump host {}", hop.addr());
         jumps.push(handle);
     }
-    let handle = connect_hop(&route.target, jumps.last(), creds, timeout).await?;
+    let verified = Arc::new(std::sync::Mutex::new(None));
+    let handle = connect_hop(&route.target, jumps.last(), creds, timeout, &verified).await?;
+    let host_key = verified.lock().ok().and_then(|k| k.clone());
     Ok(Connection {
         handle,
         sessions: Arc::new(Semaphore::new(MAX_SESSIONS_PER_CONNECTION)),
         shell: std::sync::Mutex::new(ShellSlot::Unopened),
         _jumps: jumps,
+        host_key,
     })
 }
 
@@ -380,11 +394,13 @@ async fn connect_hop(
     via: Option<&Handle<Client>>,
     creds: &Credentials,
     timeout: Duration,
+    verified: &Arc<std::sync::Mutex<Option<String>>>,
 ) -> Result<Handle<Client>, TransportError> {
     let addr = target.addr();
     let config = client_config(target);
     let handler = Client {
         target: target.clone(),
+        verified: verified.clone(),
     };
     let timed_out = || TransportError::Timeout {
         addr: addr.clone(),

@@ -1,0 +1,457 @@
+//! `storage_stage` by the direct route: the old host sends the archive straight to this
+//! host (the new node) over its own SSH connection, trusted for this stream only (see
+//! `direct_route`); the laptop carries only the commands and the verdicts.
+//!
+//! The old host runs `direct_send.py` (Python's standard library only): it reads the
+//! same sorted tar as the controller route, frames it in the same stored-block gzip
+//! (so a part cut on either route resumes on either), hashes every file in it and the
+//! whole archive, and writes what comes after the kept prefix to its `ssh`, whose
+//! forced command on the node is [`super::receive_cmd`]: the same receiver, appending
+//! to the same part, printing the sha256 of what it wrote. ferry compares the two ends'
+//! hashes and the part's size, as on the controller route.
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::{kept_prefix, receive_cmd, Sent, Stage, StorageStageFacts, DIRECT_TRUST};
+use crate::command::Cmd;
+use crate::fingerprint::StorageFingerprint;
+use crate::module::staged::StagedPath;
+use crate::module::{Applied, ModuleError, TaskCtx};
+use crate::packagist::direct_route::{self, DirectTarget, Trust};
+use crate::packagist::storage_stream::{listing_cmd, parse_listing, source_path, source_tar_cmd};
+
+/// The old host's sender (see the module docs).
+const SENDER: &str = include_str!("direct_send.py");
+
+/// What the sender prints last.
+#[derive(Debug, serde::Deserialize)]
+struct SenderResult {
+    bytes: u64,
+    sha256: String,
+    #[serde(default)]
+    sent_sha256: String,
+    #[serde(default)]
+    tar_rc: Option<i32>,
+    #[serde(default)]
+    ssh_rc: Option<i32>,
+    #[serde(default)]
+    far_stdout: String,
+    #[serde(default)]
+    far_stderr: String,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    hashes: std::collections::BTreeMap<String, String>,
+}
+
+/// Install the trust, stream, remove the trust (whatever happened); the route and the
+/// key's fingerprint go in the report.
+pub(super) async fn stream_direct(
+    ctx: &TaskCtx,
+    f: &StorageStageFacts,
+    staged: &StagedPath,
+    resume_from: u64,
+    target: &DirectTarget,
+    applied: &mut Applied,
+) -> Result<Sent, Stage> {
+    let source = ctx.peer(&f.source_host).await?;
+    let home = f
+        .node_home
+        .clone()
+        .ok_or_else(|| ModuleError::Internal("direct route without the node's home".into()))?;
+    let tag = direct_route::new_tag()?;
+    let receiver = format!("{}/direct-{tag}.sh", staged.work);
+    let record = direct_route::plan_record(&tag, &f.source_host, &home, &receiver);
+    // In the journal before anything is installed: a crash from here on is cleaned up
+    // by the next run.
+    ctx.record_memo(&DIRECT_TRUST, &Some(record.clone()))?;
+    let script = receive_cmd(staged, resume_from > 0).to_shell();
+    let result = async {
+        let trust = direct_route::install(
+            ctx,
+            &source,
+            &record,
+            target,
+            &f.source_addrs,
+            &script,
+            &staged.create_in_work_cmd(&receiver),
+        )
+        .await?;
+        applied.notes.push(format!(
+            "route direct: {} → {} ({}@{}), temporary key {} ({})",
+            f.source_host,
+            ctx.host,
+            target.user,
+            target.endpoint(),
+            trust.fingerprint,
+            if f.source_addrs.is_empty() {
+                "from= left out: the old host's addresses are unknown".to_string()
+            } else {
+                format!("from={}", f.source_addrs.join(","))
+            }
+        ));
+        send(ctx, f, staged, resume_from, &source, &trust).await
+    }
+    .await;
+    match direct_route::remove(ctx, &source, &record).await {
+        Ok(()) => {
+            ctx.record_memo(&DIRECT_TRUST, &None)?;
+            applied
+                .notes
+                .push(format!("temporary key {tag} removed from both hosts"));
+        }
+        Err(e) => {
+            // The memo stays: the next run removes it first.
+            applied.warnings.push(format!(
+                "the temporary key {tag} could not be removed ({e}); the next run removes it"
+            ));
+        }
+    }
+    result
+}
+
+fn sender_path(trust: &Trust) -> String {
+    format!("{}/send.py", trust.record.source_dir)
+}
+
+/// The stream itself, once the trust is in place.
+async fn send(
+    ctx: &TaskCtx,
+    f: &StorageStageFacts,
+    staged: &StagedPath,
+    resume_from: u64,
+    source: &std::sync::Arc<dyn crate::transport::Transport>,
+    trust: &Trust,
+) -> Result<Sent, Stage> {
+    let sender = sender_path(trust);
+    let wrote = source
+        .exec(
+            &Cmd::new("umask")
+                .arg("077")
+                .and(Cmd::new("cat").op(">").arg(sender.as_str())),
+            Some(SENDER.as_bytes()),
+        )
+        .await?;
+    if !wrote.success() {
+        return Err(ModuleError::Remote {
+            what: format!("cannot write {sender} on host {}", f.source_host),
+            detail: wrote.stderr_str().trim().to_string(),
+        }
+        .into());
+    }
+    let tar = source_tar_cmd(&f.data_dir).to_shell();
+    if resume_from > 0 {
+        let kept = kept_prefix(ctx, staged, resume_from).await?;
+        let regenerated = source
+            .exec(
+                &Cmd::new("python3")
+                    .arg(sender.as_str())
+                    .arg("prefix")
+                    .arg(resume_from.to_string().as_str())
+                    .arg(tar.as_str()),
+                None,
+            )
+            .await?;
+        let sha = regenerated
+            .stdout_str()
+            .lines()
+            .find_map(|l| l.strip_prefix("result "))
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+            .and_then(|v| v.get("sha256").and_then(|s| s.as_str()).map(String::from));
+        match sha {
+            Some(sha) if sha == kept.sha256 => {}
+            Some(sha) => {
+                return Err(Stage::PrefixDiffers(format!(
+                    "the first {resume_from} bytes regenerated on {} hash to {sha}, the kept \
+                     part's to {}",
+                    f.source_host, kept.sha256
+                )))
+            }
+            None => {
+                return Err(ModuleError::Remote {
+                    what: format!(
+                        "regenerating the archive's prefix on host {}",
+                        f.source_host
+                    ),
+                    detail: regenerated.stderr_str().trim().to_string(),
+                }
+                .into())
+            }
+        }
+    }
+    let mut running = source
+        .exec_stream(
+            &Cmd::new("python3")
+                .arg(sender.as_str())
+                .arg("send")
+                .arg(resume_from.to_string().as_str())
+                .arg(tar.as_str())
+                .arg("--")
+                .args(trust.ssh_argv.iter().map(String::as_str)),
+        )
+        .await?;
+    // The sender's stdin stays open while ferry waits: its EOF stops the sender.
+    let mut lines = BufReader::new(&mut running.stdout).lines();
+    let mut result = None;
+    let total = f.tree.tar_bytes;
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) => {
+                if let Some(n) = line.strip_prefix("progress ") {
+                    if let Ok(n) = n.trim().parse::<u64>() {
+                        ctx.progress("packagist_storage", n, Some(total.max(n)));
+                    }
+                } else if let Some(json) = line.strip_prefix("result ") {
+                    result = Some(serde_json::from_str::<SenderResult>(json).map_err(|e| {
+                        ModuleError::Remote {
+                            what: format!("the direct sender's result on host {}", f.source_host),
+                            detail: e.to_string(),
+                        }
+                    })?);
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(ModuleError::Io {
+                    what: format!("reading the direct sender on host {}", f.source_host),
+                    source: e,
+                }
+                .into())
+            }
+        }
+    }
+    let _ = running.stdin.shutdown().await;
+    drop(running.stdin);
+    let exit = running.exit.await?;
+    let Some(r) = result else {
+        return Err(ModuleError::Remote {
+            what: format!(
+                "the direct sender on host {} stopped without a result (exit {:?})",
+                f.source_host, exit.status
+            ),
+            detail: ctx
+                .secrets
+                .mask(String::from_utf8_lossy(&exit.stderr).trim()),
+        }
+        .into());
+    };
+    verify(ctx, f, staged, resume_from, source, r).await
+}
+
+/// Both ends agree, the part is the whole archive, the source did not change.
+async fn verify(
+    ctx: &TaskCtx,
+    f: &StorageStageFacts,
+    staged: &StagedPath,
+    resume_from: u64,
+    source: &std::sync::Arc<dyn crate::transport::Transport>,
+    r: SenderResult,
+) -> Result<Sent, Stage> {
+    let far_sha = r
+        .far_stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let far_err = ctx.secrets.mask(r.far_stderr.trim());
+    if r.ssh_rc == Some(255) && far_sha.is_empty() {
+        // ssh's own failure (refused, unreachable, key not accepted): the receiver
+        // never ran, so nothing was written.
+        return Err(Stage::DirectRefused(format!(
+            "ssh from {} to {} failed: {}",
+            f.source_host,
+            ctx.host,
+            if far_err.is_empty() {
+                "exit 255"
+            } else {
+                far_err.as_str()
+            }
+        )));
+    }
+    if let Some(e) = &r.error {
+        return Err(ModuleError::Remote {
+            what: format!(
+                "the direct stream from host {} stopped after {} bytes",
+                f.source_host, r.bytes
+            ),
+            detail: format!("{e} {far_err}"),
+        }
+        .into());
+    }
+    if r.tar_rc != Some(0) {
+        return Err(ModuleError::Remote {
+            what: format!(
+                "tar of {} on host {} failed (exit {:?})",
+                f.data_dir, f.source_host, r.tar_rc
+            ),
+            detail: far_err,
+        }
+        .into());
+    }
+    let size = ctx
+        .exec(
+            &Cmd::new("stat")
+                .arg("-c")
+                .arg("%s")
+                .arg(staged.part.as_str()),
+        )
+        .await?;
+    let size = size.stdout_str().trim().to_string();
+    if r.ssh_rc != Some(0) || far_sha != r.sent_sha256 || size != r.bytes.to_string() {
+        return Err(Stage::Failed {
+            error: ModuleError::ProofMismatch {
+                what: format!("the archive {} on host {}", staged.part, ctx.host),
+                detail: format!(
+                    "it has {size} bytes and the bytes written after byte {resume_from} hash \
+                     to {far_sha} (ssh exit {:?}), but {} bytes were made on {} and those sent \
+                     hash to {}{}",
+                    r.ssh_rc,
+                    r.bytes,
+                    f.source_host,
+                    r.sent_sha256,
+                    if far_err.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {far_err}")
+                    }
+                ),
+            },
+            // A wrong part must not be resumed after.
+            keep_part: false,
+        });
+    }
+    let after = source.exec(&listing_cmd(&f.data_dir), None).await?;
+    if parse_listing(&after.stdout_str()).stamp != f.tree.stamp {
+        return Err(Stage::Failed {
+            error: ModuleError::Precondition(format!(
+                "the storage in {} on {} changed while it was streamed (is the old app \
+                 stopped?); nothing was staged, re-run once it is quiet",
+                f.data_dir, f.source_host
+            )),
+            keep_part: false,
+        });
+    }
+    let hashes = r
+        .hashes
+        .into_iter()
+        .map(|(member, hash)| (source_path(&member), hash.to_ascii_lowercase()))
+        .collect();
+    Ok(Sent {
+        bytes: r.bytes,
+        sha256: r.sha256,
+        fingerprint: StorageFingerprint::from_hashes(hashes),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packagist::storage_stream::stored_gzip::StoredGzip;
+
+    /// The sender frames a tar exactly as the controller route's StoredGzip does: a part
+    /// cut on one route resumes on the other. Runs the real script with python3.
+    #[test]
+    fn the_sender_frames_the_archive_byte_for_byte_as_ferry_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("send.py");
+        std::fs::write(&script, SENDER).unwrap();
+        let tar_path = dir.path().join("in.tar");
+        // The prefix mode frames without looking inside: any bytes, over sizes around
+        // the block boundaries.
+        for size in [0usize, 1, 65535, 65536, 200_000] {
+            let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+            std::fs::write(&tar_path, &data).unwrap();
+            let mut g = StoredGzip::default();
+            let mut framed = Vec::new();
+            g.push(&data, &mut framed);
+            g.finish(&mut framed);
+            let out = std::process::Command::new("python3")
+                .arg(&script)
+                .arg("prefix")
+                .arg(framed.len().to_string())
+                .arg(format!("cat {}", tar_path.display()))
+                .output()
+                .expect("python3 runs");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&framed));
+            assert!(
+                text.contains(&format!("\"bytes\": {}", framed.len())) && text.contains(&want),
+                "size {size}: {text} / {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// The send mode on a real tar: the archive the far end gets is ferry's framing of
+    /// the tar after the skipped bytes, every file is hashed, both ends' hashes agree.
+    #[test]
+    fn the_sender_sends_the_rest_and_hashes_every_file() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("send.py");
+        std::fs::write(&script, SENDER).unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("composer/acme")).unwrap();
+        std::fs::create_dir_all(src.join("artifacts")).unwrap();
+        let big: Vec<u8> = (0..300_000).map(|i| (i * 7 % 253) as u8).collect();
+        std::fs::write(src.join("composer/acme/a.zip"), &big).unwrap();
+        std::fs::write(src.join("artifacts/b.zip"), b"b").unwrap();
+        let tar = source_tar_cmd(src.to_str().unwrap()).to_shell();
+        let whole = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&tar)
+            .output()
+            .unwrap()
+            .stdout;
+        let mut g = StoredGzip::default();
+        let mut framed = Vec::new();
+        g.push(&whole, &mut framed);
+        g.finish(&mut framed);
+        let out_file = dir.path().join("rest");
+        let skip = 70_000usize;
+        let mut child = std::process::Command::new("python3")
+            .arg(&script)
+            .arg("send")
+            .arg(skip.to_string())
+            .arg(&tar)
+            .arg("--")
+            .arg("sh")
+            .arg("-c")
+            .arg(format!("tee {} | sha256sum", out_file.display()))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let out = child.wait_with_output().unwrap();
+        drop(stdin);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let json = text
+            .lines()
+            .find_map(|l| l.strip_prefix("result "))
+            .expect(&text);
+        let r: SenderResult = serde_json::from_str(json).unwrap();
+        assert_eq!(std::fs::read(&out_file).unwrap(), framed[skip..]);
+        assert_eq!(r.bytes as usize, framed.len());
+        assert_eq!(
+            r.sha256,
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&framed))
+        );
+        assert_eq!(
+            r.far_stdout.split_whitespace().next(),
+            Some(r.sent_sha256.as_str())
+        );
+        assert_eq!((r.tar_rc, r.ssh_rc, r.error), (Some(0), Some(0), None));
+        let mut want = std::collections::BTreeMap::new();
+        want.insert(
+            "dist/acme/a.zip".to_string(),
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&big)),
+        );
+        want.insert(
+            "artifact/b.zip".to_string(),
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"b")),
+        );
+        assert_eq!(r.hashes, want);
+        let _ = std::io::stdout().flush();
+    }
+}
