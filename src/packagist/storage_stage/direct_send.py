@@ -67,15 +67,24 @@ class Framer:
         self.sink.write(bytes([1 if last else 0]) + n.to_bytes(2, "little")
                         + (n ^ 0xFFFF).to_bytes(2, "little"))
         if n:
-            self.sink.write(bytes(data))
+            self.sink.write(data)
 
     def push(self, data):
         self.crc = zlib.crc32(data, self.crc)
         self.size += len(data)
-        self.pending += data
-        while len(self.pending) >= BLOCK:
-            self.block(False, self.pending[:BLOCK])
-            del self.pending[:BLOCK]
+        view = memoryview(data)
+        if self.pending:
+            take = min(BLOCK - len(self.pending), len(view))
+            self.pending += view[:take]
+            view = view[take:]
+            if len(self.pending) < BLOCK:
+                return
+            self.block(False, self.pending)
+            self.pending = bytearray()
+        while len(view) >= BLOCK:
+            self.block(False, view[:BLOCK])
+            view = view[BLOCK:]
+        self.pending += view
 
     def finish(self):
         if self.pending:
@@ -110,7 +119,7 @@ def frame(source, sink, tick, hashes):
                 pass
             framer.finish()
             return tar
-        with tarfile.open(fileobj=tee, mode="r|") as archive:
+        with tarfile.open(fileobj=tee, mode="r|", bufsize=1 << 20) as archive:
             for member in archive:
                 if member.isfile():
                     h = hashlib.sha256()
@@ -170,7 +179,7 @@ def main():
 
     def tick():
         now = time.monotonic()
-        if now - last[0] >= 1.0:
+        if now - last[0] >= 0.2:
             last[0] = now
             out.write("progress %d\n" % sink.total)
             out.flush()

@@ -24,6 +24,7 @@
     e2e.py expect-status REPORT STATUS HOST TASK...
         each named task on HOST has STATUS (ok, changed, would_change, skipped)
     e2e.py changes REPORT HOST TASK       the task's change lines
+    e2e.py notes REPORT HOST TASK         the task's notes (how it was done: a stream's route)
     e2e.py failed REPORT                  the failed tasks with their errors
 """
 
@@ -278,6 +279,13 @@ def main():
             if t["host"] == host and t["task"] == name:
                 for c in t["changes"]:
                     print(c)
+        return 0
+    if cmd == "notes":
+        host, name = args[1], args[2]
+        for t in tasks:
+            if t["host"] == host and t["task"] == name:
+                for n in t.get("notes") or []:
+                    print(n)
         return 0
     if cmd == "failed":
         for t in tasks:
