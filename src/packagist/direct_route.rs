@@ -634,22 +634,68 @@ pub async fn source_addresses(source: &Arc<dyn Transport>) -> Result<Vec<String>
         .collect())
 }
 
-/// Read-only: the home directory of this host's user (as sshd finds authorized_keys).
-pub async fn node_home(node: &HostReader) -> Result<String, ModuleError> {
+/// Read-only: the authorized_keys file sshd reads for this host's user (what the
+/// user's commands run as): the first `AuthorizedKeysFile` entry of `sshd -T` in the
+/// user's home (sshd's default `.ssh/authorized_keys` when it cannot say). `Err` with the
+/// reason when sshd reads none there (a file ferry may not write, e.g. a managed one).
+pub async fn authorized_keys_file(
+    node: &HostReader,
+) -> Result<Result<String, String>, ModuleError> {
     let out = node
         .exec_ok(&Cmd::script(
-            "getent passwd \"$(id -u)\" | cut -d: -f6",
-            "the user's home",
+            "u=$(id -un) && getent passwd \"$(id -u)\" | cut -d: -f6 && echo \"$u\" && \
+             { PATH=$PATH:/usr/sbin:/sbin sshd -T -C \"user=$u,host=localhost,addr=127.0.0.1\" 2>/dev/null \
+               | awk '$1 == \"authorizedkeysfile\" { $1 = \"\"; print }'; true; }",
+            "sshd's AuthorizedKeysFile",
         ))
         .await?;
-    let home = out.stdout_str().trim().to_string();
+    let text = out.stdout_str();
+    let mut lines = text.lines();
+    let home = lines.next().unwrap_or("").trim().to_string();
+    let user = lines.next().unwrap_or("").trim().to_string();
+    let files = lines.next().unwrap_or("").to_string();
     if !home.starts_with('/') {
         return Err(ModuleError::Remote {
             what: format!("the home directory of ferry's user on host {}", node.host),
             detail: format!("getent gave {home:?}"),
         });
     }
-    Ok(home)
+    Ok(pick_keys_file(&home, &user, &files).ok_or_else(|| {
+        format!(
+            "sshd on {} reads authorized keys only from {} (none in {home}, where ferry would \
+             authorize its temporary key)",
+            node.host,
+            files.trim()
+        )
+    }))
+}
+
+/// Pure: the first `AuthorizedKeysFile` entry (tokens `%h`, `%u`, `%%` expanded,
+/// relative ones in `home`) that lies in `home`; sshd's default when `files` is empty.
+pub fn pick_keys_file(home: &str, user: &str, files: &str) -> Option<String> {
+    let home = home.trim_end_matches('/');
+    let entries: Vec<&str> = files.split_whitespace().collect();
+    let entries = if entries.is_empty() {
+        vec![".ssh/authorized_keys"]
+    } else {
+        entries
+    };
+    entries
+        .into_iter()
+        .filter(|e| *e != "none")
+        .map(|e| {
+            let e = e
+                .replace("%%", "\u{0}")
+                .replace("%h", home)
+                .replace("%u", user)
+                .replace('\u{0}', "%");
+            if e.starts_with('/') {
+                e
+            } else {
+                format!("{home}/{e}")
+            }
+        })
+        .find(|p| p.starts_with(&format!("{home}/")) && !p.contains("/../") && !p.contains('%'))
 }
 
 #[cfg(test)]
@@ -704,6 +750,22 @@ mod tests {
         assert_eq!(pick(&candidates, &answered, "ssh-ed25519 AAAAother"), None);
         let other_port = parse_keyscan("[10.0.0.2]:2222 ssh-ed25519 AAAAnode\n", 2222);
         assert_eq!(other_port[0].0, "10.0.0.2");
+    }
+
+    #[test]
+    fn the_keys_file_is_sshds_first_one_in_the_home() {
+        let pick = |files| pick_keys_file("/root", "root", files);
+        assert_eq!(pick("").as_deref(), Some("/root/.ssh/authorized_keys"));
+        assert_eq!(
+            pick(" /etc/ssh/testbed/authorized_keys .ssh/authorized_keys").as_deref(),
+            Some("/root/.ssh/authorized_keys")
+        );
+        assert_eq!(
+            pick(" %h/.ssh/keys_%u").as_deref(),
+            Some("/root/.ssh/keys_root")
+        );
+        assert_eq!(pick(" /etc/ssh/keys/%u"), None);
+        assert_eq!(pick(" none"), None);
     }
 
     #[test]

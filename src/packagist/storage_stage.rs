@@ -118,8 +118,9 @@ pub struct StorageStageFacts {
     pub direct: DirectProbe,
     /// The old host's addresses, for the temporary key's `from=`.
     pub source_addrs: Vec<String>,
-    /// Home of ferry's user on this host (where the temporary key is authorized).
-    pub node_home: Option<String>,
+    /// The authorized_keys file sshd reads for ferry's user on this host (where the
+    /// temporary key goes).
+    pub authorized_keys: Option<String>,
     /// What an earlier direct stream installed and is still there (a crash before its
     /// clean-up): removed first.
     pub trust_left: Option<TrustRecord>,
@@ -250,7 +251,7 @@ impl Module for StorageStage {
             route,
             direct: DirectProbe::NotAsked,
             source_addrs: Vec::new(),
-            node_home: None,
+            authorized_keys: None,
             trust_left: None,
         };
         let source = probe.peer(&f.source_host).await?;
@@ -266,8 +267,13 @@ impl Module for StorageStage {
                 None => direct_route::probe_direct(probe, &f.source_host, &source).await?,
             };
             if matches!(f.direct, DirectProbe::Reachable(_)) {
-                f.source_addrs = direct_route::source_addresses(&source).await?;
-                f.node_home = Some(direct_route::node_home(probe).await?);
+                match direct_route::authorized_keys_file(probe).await? {
+                    Ok(file) => {
+                        f.authorized_keys = Some(file);
+                        f.source_addrs = direct_route::source_addresses(&source).await?;
+                    }
+                    Err(why) => f.direct = DirectProbe::Unavailable(why),
+                }
             }
         }
         Ok(f)

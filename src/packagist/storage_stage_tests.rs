@@ -24,7 +24,7 @@ fn facts() -> StorageStageFacts {
         route: RouteSetting::Controller,
         direct: DirectProbe::NotAsked,
         source_addrs: Vec::new(),
-        node_home: None,
+        authorized_keys: None,
         trust_left: None,
     }
 }

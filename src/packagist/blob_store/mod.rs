@@ -42,6 +42,9 @@ use crate::transport::Transport;
 
 mod settings;
 
+/// The bucket's digests computed on the new host (see [`BlobStore::digests`]).
+const NODE_DIGESTS: &str = include_str!("node_digests.py");
+
 #[cfg(test)]
 pub use settings::testbed_target;
 pub use settings::{BlobStoreConfig, BlobTarget, Credentials, EnvNames};
@@ -155,11 +158,18 @@ impl BlobStore {
         Ok(())
     }
 
-    /// Every object of the bucket, each hashed as it streams.
+    /// Every object of the bucket, each hashed as it streams: on the new host where the
+    /// store is reached through it and it has python3 (the bytes then never cross the
+    /// operator's link), else by ferry through the tunnel.
     pub async fn digests(
         &self,
         host: Arc<dyn Transport>,
     ) -> Result<BTreeMap<String, ObjectDigest>, ModuleError> {
+        if self.target.via == Via::Host {
+            if let Some(found) = self.digests_on_host(&host).await? {
+                return Ok(found);
+            }
+        }
         let (store, _tunnel) = self.client(host).await?;
         let mut metas = Vec::new();
         let mut listing = store.list(None);
@@ -190,6 +200,62 @@ impl BlobStore {
             );
         }
         Ok(out)
+    }
+
+    /// [`BlobStore::digests`] by `node_digests.py` on `host`; `None` when the host has no
+    /// python3 (exit 127).
+    async fn digests_on_host(
+        &self,
+        host: &Arc<dyn Transport>,
+    ) -> Result<Option<BTreeMap<String, ObjectDigest>>, ModuleError> {
+        let settings = serde_json::json!({
+            "endpoint": self.target.endpoint,
+            "bucket": self.target.bucket,
+            "region": self.target.region,
+            "access_key": self.credentials.access_key,
+            "secret_key": self.credentials.secret_key,
+        })
+        .to_string();
+        let cmd = crate::command::Cmd::new("python3")
+            .arg("-c")
+            .arg(NODE_DIGESTS);
+        let out = host.exec(&cmd, Some(settings.as_bytes())).await?;
+        if out.status == Some(127) {
+            tracing::info!(
+                host = host.host(),
+                "no python3 on the host: the bucket is read through the tunnel"
+            );
+            return Ok(None);
+        }
+        let mask = |text: String| {
+            text.replace(&self.credentials.secret_key, crate::command::MASK)
+                .replace(&self.credentials.access_key, crate::command::MASK)
+        };
+        if !out.success() {
+            return Err(self.error(
+                &format!("reading the bucket on host {} failed", host.host()),
+                &mask(out.stderr_str().trim().to_string()),
+            ));
+        }
+        let mut found = BTreeMap::new();
+        for line in out.stdout_str().lines().filter(|l| !l.trim().is_empty()) {
+            #[derive(Deserialize)]
+            struct Line {
+                key: String,
+                size: u64,
+                sha256: String,
+            }
+            let l: Line = serde_json::from_str(line)
+                .map_err(|e| self.error("a digest line from the host", &format!("{e}: {line}")))?;
+            found.insert(
+                l.key,
+                ObjectDigest {
+                    size: l.size,
+                    sha256: l.sha256,
+                },
+            );
+        }
+        Ok(Some(found))
     }
 
     /// The bucket's dist files and artifacts as a storage fingerprint (paths as the old

@@ -55,13 +55,12 @@ pub(super) async fn stream_direct(
     applied: &mut Applied,
 ) -> Result<Sent, Stage> {
     let source = ctx.peer(&f.source_host).await?;
-    let home = f
-        .node_home
-        .clone()
-        .ok_or_else(|| ModuleError::Internal("direct route without the node's home".into()))?;
+    let keys_file = f.authorized_keys.clone().ok_or_else(|| {
+        ModuleError::Internal("direct route without the node's authorized_keys".into())
+    })?;
     let tag = direct_route::new_tag()?;
     let receiver = format!("{}/direct-{tag}.sh", staged.work);
-    let record = direct_route::plan_record(&tag, &f.source_host, &home, &receiver);
+    let record = direct_route::plan_record(&tag, &f.source_host, &keys_file, &receiver);
     // In the journal before anything is installed: a crash from here on is cleaned up
     // by the next run.
     ctx.record_memo(&DIRECT_TRUST, &Some(record.clone()))?;
