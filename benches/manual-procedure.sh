@@ -71,14 +71,33 @@ old docker cp packagist-redis:/data/dump.rdb "$BACKUP/packagist_redis.rdb"
 old docker stop packagist-redis
 
 # ---------------------------------------------------------------------------------------
-# The files: old host → laptop → new host
-step "copy the backups: old → laptop → new (scp)"
-scp "${OPTS[@]}" -q -P "$OLD_PORT" \
-	"root@127.0.0.1:$BACKUP/packagist_storage.tar.gz" "root@127.0.0.1:$BACKUP/packagist_db.sql" \
-	"root@127.0.0.1:$BACKUP/packagist_redis.rdb" "$WORKDIR/"
+# The files to the new host, as COPY says:
+#   laptop  (default) scp old → laptop, then laptop → new, as the vendor's guide reads;
+#   three   scp -3: old → new through the laptop in one command, nothing kept on it;
+#   direct  the careful admin: scp on the old host straight to the new one, with a key
+#           and known_hosts already set up there (DIRECT_KEY, DIRECT_KNOWN_HOSTS and
+#           DIRECT_TARGET=user@addr on the old host; benches/run prepares them untimed).
+FILES=(packagist_storage.tar.gz packagist_db.sql packagist_redis.rdb)
 new mkdir -p "$BACKUP"
-scp "${OPTS[@]}" -q -P "$NEW_PORT" "$WORKDIR/packagist_storage.tar.gz" "$WORKDIR/packagist_db.sql" \
-	"$WORKDIR/packagist_redis.rdb" "root@127.0.0.1:$BACKUP/"
+case ${COPY:-laptop} in
+laptop)
+	step "copy the backups: old → laptop → new (scp)"
+	scp "${OPTS[@]}" -q -P "$OLD_PORT" "${FILES[@]/#/root@127.0.0.1:$BACKUP/}" "$WORKDIR/"
+	scp "${OPTS[@]}" -q -P "$NEW_PORT" "${FILES[@]/#/$WORKDIR/}" "root@127.0.0.1:$BACKUP/"
+	;;
+three)
+	step "copy the backups: old → new through the laptop (scp -3)"
+	for f in "${FILES[@]}"; do
+		scp "${OPTS[@]}" -q -3 "scp://root@127.0.0.1:$OLD_PORT/$BACKUP/$f" "scp://root@127.0.0.1:$NEW_PORT/$BACKUP/$f"
+	done
+	;;
+direct)
+	step "copy the backups: old → new directly (scp on the old host)"
+	old scp -q -i "$DIRECT_KEY" -o UserKnownHostsFile="$DIRECT_KNOWN_HOSTS" -o BatchMode=yes \
+		"${FILES[@]/#/$BACKUP/}" "$DIRECT_TARGET:$BACKUP/"
+	;;
+*) echo "COPY must be laptop, three or direct" >&2; exit 2 ;;
+esac
 
 # ---------------------------------------------------------------------------------------
 # New host: restore (app stopped until all data is back)
