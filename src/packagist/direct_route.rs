@@ -361,12 +361,17 @@ pub fn new_tag() -> Result<String, ModuleError> {
 }
 
 /// Where the record's pieces go, for `tag`.
-pub fn plan_record(tag: &str, source_host: &str, node_home: &str, receiver: &str) -> TrustRecord {
+pub fn plan_record(
+    tag: &str,
+    source_host: &str,
+    authorized_keys: &str,
+    receiver: &str,
+) -> TrustRecord {
     TrustRecord {
         tag: tag.to_string(),
         source_host: source_host.to_string(),
         source_dir: format!("/var/tmp/{tag}"),
-        authorized_keys: format!("{}/.ssh/authorized_keys", node_home.trim_end_matches('/')),
+        authorized_keys: authorized_keys.to_string(),
         node_files: vec![receiver.to_string()],
     }
 }
@@ -635,8 +640,8 @@ pub async fn source_addresses(source: &Arc<dyn Transport>) -> Result<Vec<String>
 }
 
 /// Read-only: the authorized_keys file sshd reads for this host's user (what the
-/// user's commands run as): the first `AuthorizedKeysFile` entry of `sshd -T` in the
-/// user's home (sshd's default `.ssh/authorized_keys` when it cannot say). `Err` with the
+/// user's commands run as): the first `AuthorizedKeysFile` entry of `sshd -T` (with the
+/// running sshd's `-f` config, if it was started with one) in the user's home (sshd's default `.ssh/authorized_keys` when it cannot say). `Err` with the
 /// reason when sshd reads none there (a file ferry may not write, e.g. a managed one).
 pub async fn authorized_keys_file(
     node: &HostReader,
@@ -644,8 +649,9 @@ pub async fn authorized_keys_file(
     let out = node
         .exec_ok(&Cmd::script(
             "u=$(id -un) && getent passwd \"$(id -u)\" | cut -d: -f6 && echo \"$u\" && \
-             { PATH=$PATH:/usr/sbin:/sbin sshd -T -C \"user=$u,host=localhost,addr=127.0.0.1\" 2>/dev/null \
-               | awk '$1 == \"authorizedkeysfile\" { $1 = \"\"; print }'; true; }",
+             { f=$(ps -o args= -C sshd 2>/dev/null | sed -n 's/.* -f \\([^ ]*\\).*/\\1/p' | head -n 1); \
+               PATH=$PATH:/usr/sbin:/sbin sshd -T ${f:+-f \"$f\"} -C \"user=$u,host=localhost,addr=127.0.0.1\" \
+               2>/dev/null | awk '$1 == \"authorizedkeysfile\" { $1 = \"\"; print }'; true; }",
             "sshd's AuthorizedKeysFile",
         ))
         .await?;
@@ -801,7 +807,7 @@ mod tests {
         let r = plan_record(
             "ferry-direct-00ff",
             "old",
-            "/root",
+            "/root/.ssh/authorized_keys",
             "/var/tmp/ferry/.ferry/r.sh",
         );
         assert_eq!(r.source_dir, "/var/tmp/ferry-direct-00ff");

@@ -253,9 +253,19 @@ async fn verify(
         .unwrap_or("")
         .to_string();
     let far_err = ctx.secrets.mask(r.far_stderr.trim());
-    if r.ssh_rc == Some(255) && far_sha.is_empty() {
-        // ssh's own failure (refused, unreachable, key not accepted): the receiver
-        // never ran, so nothing was written.
+    let size = ctx
+        .exec(
+            &Cmd::new("stat")
+                .arg("-c")
+                .arg("%s")
+                .arg(staged.part.as_str()),
+        )
+        .await?;
+    let size = size.stdout_str().trim().to_string();
+    let grew = size.parse::<u64>().is_ok_and(|n| n > resume_from);
+    if r.ssh_rc == Some(255) && far_sha.is_empty() && !grew {
+        // ssh's own failure (refused, unreachable, key not accepted) before a byte
+        // arrived: the part is as it was, another route may take over.
         return Err(Stage::DirectRefused(format!(
             "ssh from {} to {} failed: {}",
             f.source_host,
@@ -287,15 +297,6 @@ async fn verify(
         }
         .into());
     }
-    let size = ctx
-        .exec(
-            &Cmd::new("stat")
-                .arg("-c")
-                .arg("%s")
-                .arg(staged.part.as_str()),
-        )
-        .await?;
-    let size = size.stdout_str().trim().to_string();
     if r.ssh_rc != Some(0) || far_sha != r.sent_sha256 || size != r.bytes.to_string() {
         return Err(Stage::Failed {
             error: ModuleError::ProofMismatch {
