@@ -175,7 +175,7 @@ def main():
     threading.Thread(target=watchdog, daemon=True).start()
     sink = Sink(skip, ssh.stdin)
     hashes = {}
-    last = [0.0]
+    last = [time.monotonic()]
 
     def tick():
         now = time.monotonic()

@@ -4,7 +4,7 @@
     e2e.py boundaries PLAYBOOK INVENTORY
         every task boundary as "host<TAB>task", playbook order, per host (the inventory's
         groups decide which host runs a task)
-    e2e.py kill-at --events FILE (--task-start HOST TASK | --progress WHAT)
+    e2e.py kill-at --events FILE (--task-start HOST TASK | --progress WHAT [--min-bytes N])
                    --stdout FILE --stderr FILE -- CMD...
         run CMD, poll FILE every 10 ms, SIGKILL CMD (by pid) right after the first event
         that matches. Exit 0: killed there (prints the matching event); 1: CMD ended
@@ -103,9 +103,11 @@ def kill_at(args):
             return e.get("event") == "task_start" and e.get("host") == host and e.get("task") == task
     else:
         what = opts[opts.index("--progress") + 1]
+        # --min-bytes N: only a progress event at N bytes or more (well into the stream).
+        least = int(opts[opts.index("--min-bytes") + 1]) if "--min-bytes" in opts else 0
 
         def match(e):
-            return e.get("event") == "progress" and e.get("what") == what
+            return e.get("event") == "progress" and e.get("what") == what and (e.get("bytes") or 0) >= least
     if os.path.exists(events_path):
         os.unlink(events_path)
     proc = subprocess.Popen(cmd, stdout=out, stderr=err)
