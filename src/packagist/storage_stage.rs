@@ -620,19 +620,7 @@ async fn stream_to_host(
     let exit = far.exit.await?;
     let far_err = String::from_utf8_lossy(&exit.stderr).to_string();
     if is_disk_full(&far_err) {
-        let free = disk_free_text(ctx, &staged.dir).await;
-        return Err(ModuleError::DiskFull(format!(
-            "No space left on device on host {host} writing {part}: the archive needs about \
-             {need} bytes; now {free}. What arrived is kept and nothing else was deleted \
-             (the old host's storage and what is already restored stay); free space there, \
-             or set `node_staging_dir` to a larger disk, and re-run: the stream resumes \
-             after the kept part. ({e})",
-            host = ctx.host,
-            part = staged.part,
-            need = f.tree.tar_bytes,
-            e = far_err.trim(),
-        ))
-        .into());
+        return Err(disk_full(ctx, f, staged, &far_err).await.into());
     }
     if exit.status == Some(NAME_TAKEN_EXIT) {
         return Err(Stage::Failed {
@@ -734,6 +722,28 @@ async fn stream_to_host(
         sha256: pumped.sha256,
         fingerprint: pumped.fingerprint,
     })
+}
+
+/// The error of a stream that filled this host's disk (either route): what is needed,
+/// what is free, and that the part is kept for the re-run.
+async fn disk_full(
+    ctx: &TaskCtx,
+    f: &StorageStageFacts,
+    staged: &StagedPath,
+    far_err: &str,
+) -> ModuleError {
+    let free = disk_free_text(ctx, &staged.dir).await;
+    ModuleError::DiskFull(format!(
+        "No space left on device on host {host} writing {part}: the archive needs about \
+         {need} bytes; now {free}. What arrived is kept and nothing else was deleted \
+         (the old host's storage and what is already restored stay); free space there, \
+         or set `node_staging_dir` to a larger disk, and re-run: the stream resumes \
+         after the kept part. ({e})",
+        host = ctx.host,
+        part = staged.part,
+        need = f.tree.tar_bytes,
+        e = far_err.trim(),
+    ))
 }
 
 /// The checked part takes `dest`'s name; returns `dest`'s stamp.

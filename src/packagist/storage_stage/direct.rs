@@ -12,7 +12,7 @@
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use super::{kept_prefix, receive_cmd, Sent, Stage, StorageStageFacts, DIRECT_TRUST};
+use super::{disk_full, kept_prefix, receive_cmd, Sent, Stage, StorageStageFacts, DIRECT_TRUST};
 use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
 use crate::module::staged::StagedPath;
@@ -262,6 +262,9 @@ async fn verify(
         )
         .await?;
     let size = size.stdout_str().trim().to_string();
+    if crate::module::artifact::is_disk_full(&far_err) {
+        return Err(disk_full(ctx, f, staged, &far_err).await.into());
+    }
     let grew = size.parse::<u64>().is_ok_and(|n| n > resume_from);
     if r.ssh_rc == Some(255) && far_sha.is_empty() && !grew {
         // ssh's own failure (refused, unreachable, key not accepted) before a byte
