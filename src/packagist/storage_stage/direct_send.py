@@ -47,7 +47,8 @@ class Sink:
         self.all.update(data)
         if self.total > self.skip:
             rest = data[max(0, self.skip - start):]
-            self.sent.update(rest)
+            if self.skip:  # else what is sent is all: hashed once
+                self.sent.update(rest)
             if self.out is not None:
                 self.out.write(rest)
         if self.limit is not None and self.total >= self.limit:
@@ -203,7 +204,7 @@ def main():
     out.write("result " + json.dumps({
         "bytes": sink.total,
         "sha256": sink.all.hexdigest(),
-        "sent_sha256": sink.sent.hexdigest(),
+        "sent_sha256": (sink.sent if skip else sink.all).hexdigest(),
         "tar_rc": tar_rc,
         "ssh_rc": ssh_rc,
         "far_stdout": far.get("stdout", ""),
