@@ -701,6 +701,25 @@ async fn stream_to_host(
         });
     }
     // The source must not have changed while it was read.
+    source_unchanged(&source, f).await?;
+    // The laptop's copy takes its final name only as those same bytes.
+    if let Some(copy) = tee {
+        let stamp = copy.commit(pumped.bytes, &pumped.sha256).await?;
+        tracing::info!(path = %stamp.path, "laptop copy of the storage archive written and checked");
+    }
+    Ok(Sent {
+        bytes: pumped.bytes,
+        sha256: pumped.sha256,
+        fingerprint: pumped.fingerprint,
+    })
+}
+
+/// The source's listing is still what facts read: the storage did not change while it
+/// was streamed (either route).
+async fn source_unchanged(
+    source: &std::sync::Arc<dyn crate::transport::Transport>,
+    f: &StorageStageFacts,
+) -> Result<(), Stage> {
     let after = source.exec(&listing_cmd(&f.data_dir), None).await?;
     if parse_listing(&after.stdout_str()).stamp != f.tree.stamp {
         return Err(Stage::Failed {
@@ -712,16 +731,7 @@ async fn stream_to_host(
             keep_part: false,
         });
     }
-    // The laptop's copy takes its final name only as those same bytes.
-    if let Some(copy) = tee {
-        let stamp = copy.commit(pumped.bytes, &pumped.sha256).await?;
-        tracing::info!(path = %stamp.path, "laptop copy of the storage archive written and checked");
-    }
-    Ok(Sent {
-        bytes: pumped.bytes,
-        sha256: pumped.sha256,
-        fingerprint: pumped.fingerprint,
-    })
+    Ok(())
 }
 
 /// The error of a stream that filled this host's disk (either route): what is needed,

@@ -12,13 +12,16 @@
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use super::{disk_full, kept_prefix, receive_cmd, Sent, Stage, StorageStageFacts, DIRECT_TRUST};
+use super::{
+    disk_full, kept_prefix, receive_cmd, source_unchanged, Sent, Stage, StorageStageFacts,
+    DIRECT_TRUST,
+};
 use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
 use crate::module::staged::StagedPath;
 use crate::module::{Applied, ModuleError, TaskCtx};
 use crate::packagist::direct_route::{self, DirectTarget, Trust};
-use crate::packagist::storage_stream::{listing_cmd, parse_listing, source_path, source_tar_cmd};
+use crate::packagist::storage_stream::{source_path, source_tar_cmd};
 
 /// The old host's sender (see the module docs).
 const SENDER: &str = include_str!("direct_send.py");
@@ -323,17 +326,7 @@ async fn verify(
             keep_part: false,
         });
     }
-    let after = source.exec(&listing_cmd(&f.data_dir), None).await?;
-    if parse_listing(&after.stdout_str()).stamp != f.tree.stamp {
-        return Err(Stage::Failed {
-            error: ModuleError::Precondition(format!(
-                "the storage in {} on {} changed while it was streamed (is the old app \
-                 stopped?); nothing was staged, re-run once it is quiet",
-                f.data_dir, f.source_host
-            )),
-            keep_part: false,
-        });
-    }
+    source_unchanged(source, f).await?;
     let hashes = r
         .hashes
         .into_iter()
