@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::command::Cmd;
 use crate::module::memo::Memo;
 use crate::module::{HostReader, ModuleError, VarDecl, VarKind};
-use crate::transport::Transport;
+use crate::transport::{ExecOutput, Transport};
 
 /// Host var of the receiving host: the address (`host` or `host:port`) the old host
 /// reaches its sshd at. Unset: the node's own addresses (`hostname -I`), port 22.
@@ -406,15 +406,12 @@ pub async fn install(
             None,
         )
         .await?;
-    if !made.success() {
-        return Err(ModuleError::Remote {
-            what: format!(
-                "cannot make the direct route's key in {dir} on host {}",
-                record.source_host
-            ),
-            detail: made.stderr_str().trim().to_string(),
-        });
-    }
+    let made = succeeded(made, || {
+        format!(
+            "cannot make the direct route's key in {dir} on host {}",
+            record.source_host
+        )
+    })?;
     let public = made.stdout_str().trim().to_string();
     let fingerprint = russh::keys::PublicKey::from_openssh(&public)
         .map(|k| k.fingerprint(russh::keys::HashAlg::Sha256).to_string())
@@ -518,7 +515,20 @@ pub async fn install(
     })
 }
 
-async fn write_file(
+/// `out` when its command succeeded, else the error saying `what` failed, with its stderr.
+fn succeeded(out: ExecOutput, what: impl FnOnce() -> String) -> Result<ExecOutput, ModuleError> {
+    if out.success() {
+        Ok(out)
+    } else {
+        Err(ModuleError::Remote {
+            what: what(),
+            detail: out.stderr_str().trim().to_string(),
+        })
+    }
+}
+
+/// Write `content` to `path` (mode 0600) on `t`.
+pub async fn write_file(
     t: &Arc<dyn Transport>,
     host: &str,
     path: &str,
@@ -532,14 +542,7 @@ async fn write_file(
             Some(content),
         )
         .await?;
-    if out.success() {
-        Ok(())
-    } else {
-        Err(ModuleError::Remote {
-            what: format!("cannot write {path} on host {host}"),
-            detail: out.stderr_str().trim().to_string(),
-        })
-    }
+    succeeded(out, || format!("cannot write {path} on host {host}")).map(drop)
 }
 
 /// The node's side of removing `record`: its key line (matched by tag, the rest of the
@@ -568,16 +571,12 @@ pub async fn remove(
     source: &Arc<dyn Transport>,
     record: &TrustRecord,
 ) -> Result<(), ModuleError> {
-    let out = node.exec(&node_removal_cmd(record)).await?;
-    if !out.success() {
-        return Err(ModuleError::Remote {
-            what: format!(
-                "cannot remove the direct route's key {} from {} on host {}",
-                record.tag, record.authorized_keys, node.host
-            ),
-            detail: out.stderr_str().trim().to_string(),
-        });
-    }
+    succeeded(node.exec(&node_removal_cmd(record)).await?, || {
+        format!(
+            "cannot remove the direct route's key {} from {} on host {}",
+            record.tag, record.authorized_keys, node.host
+        )
+    })?;
     // Only ever a directory this module named.
     if !record.source_dir.starts_with("/var/tmp/ferry-direct-") || record.source_dir.contains("..")
     {
@@ -592,16 +591,13 @@ pub async fn remove(
             None,
         )
         .await?;
-    if !out.success() {
-        return Err(ModuleError::Remote {
-            what: format!(
-                "cannot remove {} on host {}",
-                record.source_dir, record.source_host
-            ),
-            detail: out.stderr_str().trim().to_string(),
-        });
-    }
-    Ok(())
+    succeeded(out, || {
+        format!(
+            "cannot remove {} on host {}",
+            record.source_dir, record.source_host
+        )
+    })
+    .map(drop)
 }
 
 /// Read-only: whether anything of `record` is still installed (what the stream's

@@ -256,13 +256,14 @@ impl Module for StorageStage {
         };
         let source = probe.peer(&f.source_host).await?;
         if let Some(Some(record)) = probe.own_memo(&DIRECT_TRUST)? {
-            if direct_route::still_installed(probe, &source, &record).await? {
+            let recorded_source = probe.peer(&record.source_host).await?;
+            if direct_route::still_installed(probe, &recorded_source, &record).await? {
                 f.trust_left = Some(record);
             }
         }
         // The probe costs a few commands on both hosts: only when a stream is due.
         if f.route != RouteSetting::Controller && f.guard.is_none() && !staged_already(&f) {
-            f.direct = match direct_unavailable(probe, &f, &staged) {
+            f.direct = match direct_unavailable(probe, &staged) {
                 Some(why) => DirectProbe::Unavailable(why),
                 None => direct_route::probe_direct(probe, &f.source_host, &source).await?,
             };
@@ -418,11 +419,7 @@ fn staged_already(f: &StorageStageFacts) -> bool {
 /// Why the direct route cannot serve this stream, before probing the network: a laptop
 /// copy is asked for (only the controller route passes the laptop), or the receiver's
 /// path cannot go in an authorized_keys `command="…"`.
-fn direct_unavailable(
-    probe: &HostReader,
-    f: &StorageStageFacts,
-    staged: &StagedPath,
-) -> Option<String> {
+fn direct_unavailable(probe: &HostReader, staged: &StagedPath) -> Option<String> {
     if let Ok(Some(dir)) = probe.var_str_of(&crate::module::artifact_stream::BACKUP_DIR) {
         return Some(format!(
             "backup_dir ({dir}) asks for a copy on the laptop, which only the controller \
@@ -436,7 +433,6 @@ fn direct_unavailable(
             staged.work
         ));
     }
-    let _ = f;
     None
 }
 
@@ -554,12 +550,7 @@ async fn kept_prefix(
         .await?;
     Ok(KeptPrefix {
         bytes,
-        sha256: out
-            .stdout_str()
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_string(),
+        sha256: first_field(&out.stdout_str()),
     })
 }
 
@@ -663,20 +654,8 @@ async fn stream_to_host(
         what: format!("reading what host {} wrote", ctx.host),
         source,
     })?;
-    let far_sha = String::from_utf8_lossy(&printed)
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_string();
-    let size = ctx
-        .exec(
-            &Cmd::new("stat")
-                .arg("-c")
-                .arg("%s")
-                .arg(staged.part.as_str()),
-        )
-        .await?;
-    let size = size.stdout_str().trim().to_string();
+    let far_sha = first_field(&String::from_utf8_lossy(&printed));
+    let size = part_size(ctx, staged).await?;
     if exit.status != Some(0) || far_sha != pumped.sent_sha256 || size != pumped.bytes.to_string() {
         return Err(Stage::Failed {
             error: ModuleError::ProofMismatch {
@@ -732,6 +711,24 @@ async fn source_unchanged(
         });
     }
     Ok(())
+}
+
+/// The first word of a command's output (`sha256sum`'s hash), or "".
+fn first_field(text: &str) -> String {
+    text.split_whitespace().next().unwrap_or("").to_string()
+}
+
+/// The part's size on this host as `stat` prints it ("" when there is none).
+async fn part_size(ctx: &HostReader, staged: &StagedPath) -> Result<String, ModuleError> {
+    let out = ctx
+        .exec(
+            &Cmd::new("stat")
+                .arg("-c")
+                .arg("%s")
+                .arg(staged.part.as_str()),
+        )
+        .await?;
+    Ok(out.stdout_str().trim().to_string())
 }
 
 /// The error of a stream that filled this host's disk (either route): what is needed,

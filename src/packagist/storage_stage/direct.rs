@@ -13,8 +13,8 @@
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::{
-    disk_full, kept_prefix, receive_cmd, source_unchanged, Sent, Stage, StorageStageFacts,
-    DIRECT_TRUST,
+    disk_full, first_field, kept_prefix, part_size, receive_cmd, source_unchanged, Sent, Stage,
+    StorageStageFacts, DIRECT_TRUST,
 };
 use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
@@ -126,21 +126,7 @@ async fn send(
     trust: &Trust,
 ) -> Result<Sent, Stage> {
     let sender = sender_path(trust);
-    let wrote = source
-        .exec(
-            &Cmd::new("umask")
-                .arg("077")
-                .and(Cmd::new("cat").op(">").arg(sender.as_str())),
-            Some(SENDER.as_bytes()),
-        )
-        .await?;
-    if !wrote.success() {
-        return Err(ModuleError::Remote {
-            what: format!("cannot write {sender} on host {}", f.source_host),
-            detail: wrote.stderr_str().trim().to_string(),
-        }
-        .into());
-    }
+    direct_route::write_file(source, &f.source_host, &sender, SENDER.as_bytes()).await?;
     let tar = source_tar_cmd(&f.data_dir).to_shell();
     if resume_from > 0 {
         let kept = kept_prefix(ctx, staged, resume_from).await?;
@@ -249,22 +235,9 @@ async fn verify(
     source: &std::sync::Arc<dyn crate::transport::Transport>,
     r: SenderResult,
 ) -> Result<Sent, Stage> {
-    let far_sha = r
-        .far_stdout
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_string();
+    let far_sha = first_field(&r.far_stdout);
     let far_err = ctx.secrets.mask(r.far_stderr.trim());
-    let size = ctx
-        .exec(
-            &Cmd::new("stat")
-                .arg("-c")
-                .arg("%s")
-                .arg(staged.part.as_str()),
-        )
-        .await?;
-    let size = size.stdout_str().trim().to_string();
+    let size = part_size(ctx, staged).await?;
     if crate::module::artifact::is_disk_full(&far_err) {
         return Err(disk_full(ctx, f, staged, &far_err).await.into());
     }
