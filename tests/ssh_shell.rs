@@ -308,3 +308,43 @@ async fn a_background_process_holding_the_output_never_hangs_later_commands() {
     assert_eq!(out.stdout_str(), "forked\n", "{out:?}");
     assert_eq!(out.status, Some(0));
 }
+
+/// russh hands every message of a channel to a bounded queue and its session reader
+/// waits while that queue is full: an idle shell nobody reads would stop every other
+/// channel of the connection. A process left in the background writing to the shell's
+/// output, while the next commands run on channels of their own, must not do that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_shell_that_a_background_process_writes_to_never_stalls_other_channels() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let t = sshd::connect(client.spec(&server)).await.unwrap();
+    // Thousands of small writes in a few seconds: far more messages than russh's queue
+    // of a channel holds (100 by default).
+    let out = t
+        .exec(
+            &script(
+                "(i=0; while [ $i -lt 3000 ]; do echo tick; echo tock >&2; \
+                 i=$((i+1)); done; sleep 5) >/dev/stdout & echo started",
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(out.stdout_str().contains("started"), "{out:?}");
+    // Channels of their own (stdin given), each running long enough for the shell's
+    // queue to fill while nothing reads it.
+    for n in 0..3 {
+        let out = tokio::time::timeout(
+            Duration::from_secs(20),
+            t.exec(&script(&format!("sleep 1; echo own-{n}")), Some(b"x")),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("channel command {n} stalled behind the idle shell"))
+        .unwrap();
+        assert_eq!(out.stdout_str(), format!("own-{n}\n"), "{out:?}");
+    }
+    // The shell still runs commands afterwards.
+    let out = t.exec(&script("echo after; exit 4"), None).await.unwrap();
+    assert_eq!(out.status, Some(4), "{out:?}");
+    assert!(out.stdout_str().contains("after"), "{out:?}");
+}

@@ -267,14 +267,25 @@ impl SshTransport {
                 conn.put_shell(ShellSlot::Idle(shell));
                 Ok(Some(out))
             }
+            // Nothing was written: the command runs on a channel of its own, and the
+            // next one opens a new shell.
+            Err(ShellError::EndedWhileIdle) => {
+                conn.put_shell(ShellSlot::Unopened);
+                Ok(None)
+            }
             Err(e) => {
                 conn.put_shell(ShellSlot::Unopened);
                 Err(match e {
                     ShellError::Lost(e) | ShellError::Setup(e) => e,
-                    ShellError::Ended | ShellError::Garbled => TransportError::Disconnected {
-                        host: self.name.clone(),
-                        reason: format!("the remote shell ended while running `{}`", cmd.display()),
-                    },
+                    ShellError::Ended | ShellError::EndedWhileIdle | ShellError::Garbled => {
+                        TransportError::Disconnected {
+                            host: self.name.clone(),
+                            reason: format!(
+                                "the remote shell ended while running `{}`",
+                                cmd.display()
+                            ),
+                        }
+                    }
                 })
             }
         }

@@ -28,6 +28,13 @@
 //!
 //! A shell is used by one command at a time. If a command's future is dropped midway,
 //! or the shell misbehaves, the shell is closed and the next command opens a new one.
+//!
+//! Between commands a task drains the shell's channel. russh queues each channel's
+//! messages in a bounded queue and its session reader waits while one is full, so a
+//! background process writing to an idle shell nobody reads would stop every other
+//! channel of the connection (a stream, a tunnel) once the queue filled. What the task
+//! reads is dropped, as after a command's marker; an end of the shell it sees makes the
+//! next command use a channel of its own before anything was written.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +42,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use russh::client::Msg;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::task::JoinHandle;
 
 use super::script;
 use super::session::{map_russh_error, Connection};
@@ -53,9 +61,59 @@ const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Once a new shell printed errors instead of answering, how long to wait for more.
 const READY_ERROR_WAIT: Duration = Duration::from_secs(1);
 
+/// Who reads the shell's channel: the running command, or between commands a task
+/// that drops what arrives (see the module's comment).
+enum Reader {
+    Held(ChannelReadHalf),
+    Draining {
+        stop: oneshot::Sender<()>,
+        task: JoinHandle<Drained>,
+    },
+    /// Only while a command takes the reader back.
+    Taken,
+}
+
+/// What the draining task hands back.
+struct Drained {
+    read: ChannelReadHalf,
+    /// Bytes it dropped.
+    stray: usize,
+    /// The shell's channel ended while no command ran.
+    ended: bool,
+}
+
+impl Reader {
+    fn drain(read: ChannelReadHalf) -> Reader {
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut read = read;
+            let mut stray = 0;
+            let mut ended = false;
+            loop {
+                tokio::select! {
+                    biased;
+                    // A stop, or the shell dropped (the sender with it).
+                    _ = &mut stopped => break,
+                    msg = read.wait() => match msg {
+                        Some(ChannelMsg::Data { data })
+                        | Some(ChannelMsg::ExtendedData { data, .. }) => stray += data.len(),
+                        Some(ChannelMsg::WindowAdjusted { .. } | ChannelMsg::Success) => {}
+                        Some(_) | None => {
+                            ended = true;
+                            break;
+                        }
+                    },
+                }
+            }
+            Drained { read, stray, ended }
+        });
+        Reader::Draining { stop, task }
+    }
+}
+
 /// One `sh` reading commands from its stdin.
 pub(crate) struct Shell {
-    read: ChannelReadHalf,
+    reader: Reader,
     write: Arc<ChannelWriteHalf<Msg>>,
     nonce: String,
     seq: u64,
@@ -187,7 +245,7 @@ impl Shell {
             .exec_channel(crate::command::quote(program), host)
             .await?;
         let mut shell = Shell {
-            read,
+            reader: Reader::Held(read),
             write: Arc::new(write),
             nonce: nonce()?,
             seq: 0,
@@ -196,11 +254,47 @@ impl Shell {
         // Wait until the shell answers: then it runs, and whatever the login shell's
         // startup files printed is behind us, not in the first command's output.
         shell.ready(host, program).await?;
+        shell.start_draining();
         Ok(Some(shell))
+    }
+
+    /// The channel's reader, taken back from the draining task. `Err(Ended)` when the
+    /// shell ended while idle (nothing of the next command was written yet).
+    async fn take_reader(&mut self, host: &str) -> Result<ChannelReadHalf, ShellError> {
+        match std::mem::replace(&mut self.reader, Reader::Taken) {
+            Reader::Held(read) => Ok(read),
+            Reader::Taken => Err(ShellError::Ended),
+            Reader::Draining { stop, task } => {
+                let _ = stop.send(());
+                let drained = task.await.map_err(|_| ShellError::Ended)?;
+                if drained.stray > 0 {
+                    tracing::debug!(
+                        "{host}: dropped {} bytes a process left running wrote to the idle \
+                         shell",
+                        drained.stray
+                    );
+                }
+                if drained.ended {
+                    return Err(ShellError::EndedWhileIdle);
+                }
+                Ok(drained.read)
+            }
+        }
+    }
+
+    fn start_draining(&mut self) {
+        if let Reader::Held(read) = std::mem::replace(&mut self.reader, Reader::Taken) {
+            self.reader = Reader::drain(read);
+        }
     }
 
     /// Probe the new shell with POSIX arithmetic: a csh, tcsh or fish fails it.
     async fn ready(&mut self, host: &str, program: &str) -> Result<(), TransportError> {
+        let Reader::Held(read) = &mut self.reader else {
+            return Err(TransportError::Protocol(format!(
+                "{host}: {program}'s channel is not held while it starts"
+            )));
+        };
         let tag = format!("{} ready", self.nonce);
         let script =
             format!("printf '\\n%s %s\\n' '{tag}' \"$((6*7))\"; printf '\\n%s\\n' '{tag}' >&2\n");
@@ -230,7 +324,7 @@ impl Shell {
             } else {
                 READY_ERROR_WAIT
             };
-            let msg = match tokio::time::timeout(wait, self.read.wait()).await {
+            let msg = match tokio::time::timeout(wait, read.wait()).await {
                 Ok(msg) => msg,
                 Err(_) if !errors.is_empty() => return Err(not_posix(&errors, "")),
                 Err(_) => {
@@ -282,6 +376,7 @@ impl Shell {
         host: &str,
         limit: Option<OutputLimit>,
     ) -> Result<ExecOutput, ShellError> {
+        let mut read = self.take_reader(host).await?;
         self.seq += 1;
         let tag = format!("{} {}", self.nonce, self.seq);
         let token = script::token().map_err(ShellError::Setup)?;
@@ -303,7 +398,7 @@ impl Shell {
             Some(limit.unwrap_or(STDERR_LIMIT)),
         );
         while stdout.done.is_none() || stderr.done.is_none() {
-            let Some(msg) = self.read.wait().await else {
+            let Some(msg) = read.wait().await else {
                 return Err(ShellError::Ended);
             };
             match msg {
@@ -318,6 +413,7 @@ impl Shell {
                 _ => {}
             }
         }
+        self.reader = Reader::drain(read);
         let stray = stdout.stray + stderr.stray;
         if stray > 0 {
             tracing::debug!(
@@ -342,6 +438,8 @@ pub(crate) enum ShellError {
     Setup(TransportError),
     /// The shell exited (or the server refused to start it).
     Ended,
+    /// The shell had ended before this command: nothing of it was written.
+    EndedWhileIdle,
     /// A marker line that does not parse.
     Garbled,
 }
