@@ -31,6 +31,7 @@ use crate::transport::TransportError;
 pub mod artifact;
 pub mod artifact_stream;
 mod ctx;
+pub mod direct_route;
 pub mod docker;
 pub mod kube;
 pub mod memo;

@@ -6,7 +6,6 @@
 pub mod attempt;
 pub mod blob_store;
 pub mod completed;
-pub mod direct_route;
 pub mod import_target;
 pub mod memos;
 pub mod migration_marker;

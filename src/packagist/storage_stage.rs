@@ -47,6 +47,9 @@ use crate::fingerprint::StorageFingerprint;
 use crate::journal::Artifact;
 use crate::module::artifact::{disk_free_text, file_stamp, is_disk_full, FileStamp};
 use crate::module::artifact_stream::LocalCopy;
+use crate::module::direct_route::{
+    self, choose, DirectFacts, Route, RouteSetting, TrustRecord, DIRECT_ADDRESS,
+};
 use crate::module::kube::{k8s_args, K8sArgs};
 use crate::module::memo::Memo;
 use crate::module::predict::Prediction;
@@ -55,9 +58,6 @@ use crate::module::{
     Applied, ArgCheck, ArgError, Change, HostReader, Module, ModuleError, Probe, TaskCtx,
 };
 use crate::packagist::completed::{completed_guard, completed_marker};
-use crate::packagist::direct_route::{
-    self, choose, DirectProbe, Route, RouteSetting, TrustRecord, DIRECT_ADDRESS, DIRECT_TRUST,
-};
 use crate::packagist::memos::STORAGE;
 use crate::packagist::storage_stream::{
     check_source_arg, listing_cmd, parse_listing, pump_tar_as_gzip_after, read_source_tree,
@@ -113,17 +113,9 @@ pub struct StorageStageFacts {
     /// Bytes of a part an interrupted stream left (ferry's own), to resume after.
     pub partial: u64,
     pub guard: Option<String>,
-    /// The route asked for, and what the probe found (only probed when a stream is due).
-    pub route: RouteSetting,
-    pub direct: DirectProbe,
-    /// The old host's addresses, for the temporary key's `from=`.
-    pub source_addrs: Vec<String>,
-    /// The authorized_keys file sshd reads for ferry's user on this host (where the
-    /// temporary key goes).
-    pub authorized_keys: Option<String>,
-    /// What an earlier direct stream installed and is still there (a crash before its
-    /// clean-up): removed first.
-    pub trust_left: Option<TrustRecord>,
+    /// The route asked for, what the probe found (only probed when a stream is due),
+    /// and what an earlier direct stream left installed (removed first).
+    pub direct: DirectFacts,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -248,34 +240,14 @@ impl Module for StorageStage {
             taken,
             partial,
             guard,
-            route,
-            direct: DirectProbe::NotAsked,
-            source_addrs: Vec::new(),
-            authorized_keys: None,
-            trust_left: None,
+            direct: DirectFacts::new(route),
         };
         let source = probe.peer(&f.source_host).await?;
-        if let Some(Some(record)) = probe.own_memo(&DIRECT_TRUST)? {
-            let recorded_source = probe.peer(&record.source_host).await?;
-            if direct_route::still_installed(probe, &recorded_source, &record).await? {
-                f.trust_left = Some(record);
-            }
-        }
+        f.direct.trust_left = direct_route::trust_left(probe).await?;
         // The probe costs a few commands on both hosts: only when a stream is due.
-        if f.route != RouteSetting::Controller && f.guard.is_none() && !staged_already(&f) {
-            f.direct = match direct_unavailable(probe, &staged) {
-                Some(why) => DirectProbe::Unavailable(why),
-                None => direct_route::probe_direct(probe, &f.source_host, &source).await?,
-            };
-            if matches!(f.direct, DirectProbe::Reachable(_)) {
-                match direct_route::authorized_keys_file(probe).await? {
-                    Ok(file) => {
-                        f.authorized_keys = Some(file);
-                        f.source_addrs = direct_route::source_addresses(&source).await?;
-                    }
-                    Err(why) => f.direct = DirectProbe::Unavailable(why),
-                }
-            }
+        if f.guard.is_none() && !staged_already(&f) {
+            let unavailable = direct_route::unavailable_for(probe, &staged.work);
+            direct_route::look(probe, &f.source_host, &source, unavailable, &mut f.direct).await?;
         }
         Ok(f)
     }
@@ -294,14 +266,7 @@ impl Module for StorageStage {
         for change in changes {
             match change {
                 StageChange::RemoveTrust(record) => {
-                    let source = ctx.peer(&record.source_host).await?;
-                    direct_route::remove(ctx, &source, record).await?;
-                    ctx.record_memo(&DIRECT_TRUST, &None)?;
-                    applied.changed = true;
-                    applied.notes.push(format!(
-                        "removed the temporary key {} an earlier direct stream left",
-                        record.tag
-                    ));
+                    direct_route::remove_left(ctx, record, &mut applied).await?;
                 }
                 StageChange::Stream(plan) => {
                     self.stream(ctx, f, plan, &mut applied).await?;
@@ -416,30 +381,11 @@ fn staged_already(f: &StorageStageFacts) -> bool {
         .is_some_and(|r| r.tree_stamp == f.tree.stamp && f.current.as_ref() == Some(&r.stamp))
 }
 
-/// Why the direct route cannot serve this stream, before probing the network: a laptop
-/// copy is asked for (only the controller route passes the laptop), or the receiver's
-/// path cannot go in an authorized_keys `command="…"`.
-fn direct_unavailable(probe: &HostReader, staged: &StagedPath) -> Option<String> {
-    if let Ok(Some(dir)) = probe.var_str_of(&crate::module::artifact_stream::BACKUP_DIR) {
-        return Some(format!(
-            "backup_dir ({dir}) asks for a copy on the laptop, which only the controller \
-             route passes"
-        ));
-    }
-    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+@%=:,".contains(c);
-    if !staged.work.chars().all(plain) {
-        return Some(format!(
-            "the staging directory {} has characters an authorized_keys command cannot hold",
-            staged.work
-        ));
-    }
-    None
-}
-
 /// Pure: remove what an earlier direct stream left, then stream unless `dest` is still
 /// the archive this task made of the unchanged source.
 pub fn decide(f: &StorageStageFacts) -> Result<Vec<StageChange>, ModuleError> {
     let mut changes: Vec<StageChange> = f
+        .direct
         .trust_left
         .iter()
         .cloned()
@@ -451,7 +397,7 @@ pub fn decide(f: &StorageStageFacts) -> Result<Vec<StageChange>, ModuleError> {
     if !f.taken.is_empty() {
         return Err(ModuleError::Precondition(f.taken.join("; ")));
     }
-    let route = choose(f.route, &f.direct)?;
+    let route = choose(f.direct.route, &f.direct.probe)?;
     let part = StagedPath::of(&f.dest)?.part;
     let tee = if f.partial > 0 {
         format!("(skip the first {} bytes) | tee -a {part}", f.partial)
@@ -481,7 +427,7 @@ pub fn decide(f: &StorageStageFacts) -> Result<Vec<StageChange>, ModuleError> {
         dest: f.dest.clone(),
         files: f.tree.files,
         resume_from: f.partial,
-        may_fall_back: f.route == RouteSetting::Auto,
+        may_fall_back: f.direct.route == RouteSetting::Auto,
         route,
         command,
     }));

@@ -1,6 +1,7 @@
 //! Facts in, changes out: when the storage is staged on the node again.
 
 use super::*;
+use crate::module::direct_route::DirectProbe;
 use crate::packagist::storage_stream::parse_listing;
 
 fn stamp(mtime: &str) -> FileStamp {
@@ -21,11 +22,7 @@ fn facts() -> StorageStageFacts {
         taken: Vec::new(),
         partial: 0,
         guard: None,
-        route: RouteSetting::Controller,
-        direct: DirectProbe::NotAsked,
-        source_addrs: Vec::new(),
-        authorized_keys: None,
-        trust_left: None,
+        direct: direct_route::DirectFacts::new(RouteSetting::Controller),
     }
 }
 
@@ -140,8 +137,8 @@ fn a_kept_part_is_resumed_after() {
 #[test]
 fn the_route_follows_the_setting_and_the_probe() {
     let mut f = facts();
-    f.route = RouteSetting::Auto;
-    f.direct = DirectProbe::Reachable(node());
+    f.direct.route = RouteSetting::Auto;
+    f.direct.probe = DirectProbe::Reachable(node());
     let c = decide(&f).unwrap();
     assert_eq!(plan(&c).route, Route::Direct(node()));
     assert!(plan(&c).may_fall_back);
@@ -156,7 +153,7 @@ fn the_route_follows_the_setting_and_the_probe() {
         "{:?}",
         c[0].commands()
     );
-    f.direct =
+    f.direct.probe =
         DirectProbe::Unavailable("host old cannot reach new's sshd (tried 10.0.0.9:22)".into());
     let c = decide(&f).unwrap();
     assert!(matches!(
@@ -169,7 +166,7 @@ fn the_route_follows_the_setting_and_the_probe() {
         "{}",
         c[0].describe()
     );
-    f.route = RouteSetting::Direct;
+    f.direct.route = RouteSetting::Direct;
     let e = decide(&f).unwrap_err().to_string();
     assert!(e.contains("route = \"direct\" cannot be used"), "{e}");
 }
@@ -185,7 +182,7 @@ fn a_key_left_by_a_crash_is_removed_first() {
         "/root",
         "/var/tmp/ferry/.ferry/direct-ferry-direct-0a0b.sh",
     );
-    f.trust_left = Some(left.clone());
+    f.direct.trust_left = Some(left.clone());
     let c = decide(&f).unwrap();
     assert_eq!(c.len(), 2);
     assert_eq!(c[0], StageChange::RemoveTrust(left.clone()));
@@ -197,6 +194,6 @@ fn a_key_left_by_a_crash_is_removed_first() {
     f.recorded = Some(staged(&f, "1.5"));
     f.current = Some(stamp("1.5"));
     assert_eq!(decide(&f).unwrap(), vec![StageChange::RemoveTrust(left)]);
-    f.trust_left = None;
+    f.direct.trust_left = None;
     assert!(decide(&f).unwrap().is_empty());
 }

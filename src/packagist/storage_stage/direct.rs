@@ -14,17 +14,16 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::{
     disk_full, first_field, kept_prefix, part_size, receive_cmd, source_unchanged, Sent, Stage,
-    StorageStageFacts, DIRECT_TRUST,
+    StorageStageFacts,
 };
 use crate::command::Cmd;
 use crate::fingerprint::StorageFingerprint;
+use crate::module::direct_route::{self, DirectTarget, Trust};
 use crate::module::staged::StagedPath;
 use crate::module::{Applied, ModuleError, TaskCtx};
-use crate::packagist::direct_route::{self, DirectTarget, Trust};
 use crate::packagist::storage_stream::{source_path, source_tar_cmd};
 
-/// The old host's sender (see the module docs).
-const SENDER: &str = include_str!("direct_send.py");
+use crate::module::direct_route::SENDER;
 
 /// What the sender prints last.
 #[derive(Debug, serde::Deserialize)]
@@ -58,57 +57,23 @@ pub(super) async fn stream_direct(
     applied: &mut Applied,
 ) -> Result<Sent, Stage> {
     let source = ctx.peer(&f.source_host).await?;
-    let keys_file = f.authorized_keys.clone().ok_or_else(|| {
-        ModuleError::Internal("direct route without the node's authorized_keys".into())
-    })?;
-    let tag = direct_route::new_tag()?;
-    let receiver = format!("{}/direct-{tag}.sh", staged.work);
-    let record = direct_route::plan_record(&tag, &f.source_host, &keys_file, &receiver);
-    // In the journal before anything is installed: a crash from here on is cleaned up
-    // by the next run.
-    ctx.record_memo(&DIRECT_TRUST, &Some(record.clone()))?;
     let script = receive_cmd(staged, resume_from > 0).to_shell();
-    let result = async {
-        let trust = direct_route::install(
-            ctx,
-            &source,
-            &record,
-            target,
-            &f.source_addrs,
-            &script,
-            &staged.create_in_work_cmd(&receiver),
-        )
-        .await?;
-        applied.notes.push(format!(
-            "route direct: {} → {} ({}@{}), temporary key {} ({})",
-            f.source_host,
-            ctx.host,
-            target.user,
-            target.endpoint(),
-            trust.fingerprint,
-            if f.source_addrs.is_empty() {
-                "from= left out: the old host's addresses are unknown".to_string()
-            } else {
-                format!("from={}", f.source_addrs.join(","))
-            }
-        ));
-        send(ctx, f, staged, resume_from, &source, &trust).await
-    }
+    let (record, trust) = direct_route::open(
+        ctx,
+        &source,
+        &f.source_host,
+        &f.direct,
+        target,
+        staged,
+        &script,
+        &mut applied.notes,
+    )
     .await;
-    match direct_route::remove(ctx, &source, &record).await {
-        Ok(()) => {
-            ctx.record_memo(&DIRECT_TRUST, &None)?;
-            applied
-                .notes
-                .push(format!("temporary key {tag} removed from both hosts"));
-        }
-        Err(e) => {
-            // The memo stays: the next run removes it first.
-            applied.warnings.push(format!(
-                "the temporary key {tag} could not be removed ({e}); the next run removes it"
-            ));
-        }
-    }
+    let result = match trust {
+        Ok(trust) => send(ctx, f, staged, resume_from, &source, &trust).await,
+        Err(e) => Err(e.into()),
+    };
+    direct_route::close(ctx, &source, record, applied).await?;
     result
 }
 

@@ -1,13 +1,17 @@
-# ferry's sender for the direct route (storage_stage, route = "direct"): runs on the OLD
-# host, reads the storage's tar (SOURCE, a shell command), frames it exactly as ferry's
-# StoredGzip does (deflate stored blocks of 65535 bytes, a fixed header: the same tar
-# always gives the same archive, whatever the route), hashes every file in it and the
-# whole archive, and writes the archive after its first SKIP bytes to ssh's stdin (SSH
-# is the argv of `ssh … new-node`, whose forced command appends to the node's part).
+# ferry's sender for the direct route (route = "direct"): runs on the OLD host and
+# writes to ssh's stdin (SSH is the argv of `ssh … new-node`, whose forced command
+# appends to the node's part) what comes after the first SKIP bytes of either
+# - the storage's archive (storage_stage): the tar SOURCE (a shell command) prints,
+#   framed exactly as ferry's StoredGzip does (deflate stored blocks of 65535 bytes, a
+#   fixed header: the same tar always gives the same archive, whatever the route), with
+#   every file in it hashed; or
+# - a file (transfer: the database dump, the Redis backup), as it is.
+# Either way the whole of it is hashed.
 #
-#   python3 send.py send SKIP SOURCE -- SSH...   the stream; prints `progress N` lines,
-#                                                then one `result {json}` line
-#   python3 send.py prefix N SOURCE              sha256 of the archive's first N bytes
+#   python3 send.py send SKIP SOURCE -- SSH...     the archive; prints `progress N`
+#                                                  lines, then one `result {json}` line
+#   python3 send.py send-file SKIP PATH -- SSH...  the file; prints the same
+#   python3 send.py prefix N SOURCE                sha256 of the archive's first N bytes
 #
 # It dies with ferry: ferry holds this process's stdin open for as long as it waits;
 # EOF there (ferry stopped, its connection lost) kills the tar and the ssh at once, so
@@ -142,6 +146,17 @@ def frame(source, sink, tick, hashes):
     return tar
 
 
+def send_file(path, sink, tick):
+    """PATH's bytes into `sink` (all of them: the sink hashes the skipped prefix too)."""
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                return
+            sink.write(chunk)
+            tick()
+
+
 def main():
     mode = sys.argv[1]
     out = sys.stdout
@@ -188,7 +203,10 @@ def main():
     error = None
     tar = None
     try:
-        tar = frame(source, sink, tick, hashes)
+        if mode == "send-file":
+            send_file(source, sink, tick)
+        else:
+            tar = frame(source, sink, tick, hashes)
     except BrokenPipeError:
         error = "the ssh to the new node stopped reading"
     except Exception as e:  # reported to ferry, which decides

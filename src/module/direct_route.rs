@@ -31,6 +31,10 @@ use crate::module::memo::Memo;
 use crate::module::{HostReader, ModuleError, VarDecl, VarKind};
 use crate::transport::{ExecOutput, Transport};
 
+/// The old host's sender (`direct_send.py`, Python's standard library only): frames
+/// the storage's archive (`send`), or sends a file (`send-file`), to its ssh.
+pub const SENDER: &str = include_str!("direct_send.py");
+
 /// Host var of the receiving host: the address (`host` or `host:port`) the old host
 /// reaches its sshd at. Unset: the node's own addresses (`hostname -I`), port 22.
 pub const DIRECT_ADDRESS: VarDecl = VarDecl::new("direct_address", VarKind::Str);
@@ -815,4 +819,196 @@ mod tests {
         let cmd = node_removal_cmd(&r).display();
         assert!(cmd.contains("ferry-direct-00ff"), "{cmd}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// What a task that may stream directly reads, and the trust around its stream
+
+/// What a task's facts found about the direct route (`route`: what the task asks for).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DirectFacts {
+    pub route: RouteSetting,
+    pub probe: DirectProbe,
+    /// The old host's addresses, for the key's `from=`.
+    pub source_addrs: Vec<String>,
+    /// The node's authorized_keys file the temporary key would go in.
+    pub authorized_keys: Option<String>,
+    /// What an earlier direct stream of this task left installed (a crash).
+    pub trust_left: Option<TrustRecord>,
+}
+
+impl DirectFacts {
+    /// Not probed (yet): `route` as asked.
+    pub fn new(route: RouteSetting) -> DirectFacts {
+        DirectFacts {
+            route,
+            probe: DirectProbe::NotAsked,
+            source_addrs: Vec::new(),
+            authorized_keys: None,
+            trust_left: None,
+        }
+    }
+}
+
+/// Read-only: what an earlier direct stream of this task left installed.
+pub async fn trust_left(probe: &HostReader) -> Result<Option<TrustRecord>, ModuleError> {
+    if let Some(Some(record)) = probe.own_memo(&DIRECT_TRUST)? {
+        let source = probe.peer(&record.source_host).await?;
+        if still_installed(probe, &source, &record).await? {
+            return Ok(Some(record));
+        }
+    }
+    Ok(None)
+}
+
+/// Read-only: probe the direct route from `source_host` into `f` (unless the task asks
+/// for the controller route, or `unavailable` already says why it cannot be used).
+pub async fn look(
+    probe: &HostReader,
+    source_host: &str,
+    source: &Arc<dyn Transport>,
+    unavailable: Option<String>,
+    f: &mut DirectFacts,
+) -> Result<(), ModuleError> {
+    if f.route == RouteSetting::Controller {
+        return Ok(());
+    }
+    f.probe = match unavailable {
+        Some(why) => DirectProbe::Unavailable(why),
+        None => probe_direct(probe, source_host, source).await?,
+    };
+    if matches!(f.probe, DirectProbe::Reachable(_)) {
+        match authorized_keys_file(probe).await? {
+            Ok(file) => {
+                f.authorized_keys = Some(file);
+                f.source_addrs = source_addresses(source).await?;
+            }
+            Err(why) => f.probe = DirectProbe::Unavailable(why),
+        }
+    }
+    Ok(())
+}
+
+/// Why the direct route cannot serve a stream into ferry's work directory `work`,
+/// before the network is probed: a laptop copy is asked for (only the controller route
+/// passes the laptop), or the receiver's path cannot go in an authorized_keys
+/// `command="…"`.
+pub fn unavailable_for(probe: &HostReader, work: &str) -> Option<String> {
+    if let Ok(Some(dir)) = probe.var_str_of(&crate::module::artifact_stream::BACKUP_DIR) {
+        return Some(format!(
+            "backup_dir ({dir}) asks for a copy on the laptop, which only the controller \
+             route passes"
+        ));
+    }
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+@%=:,".contains(c);
+    if !work.chars().all(plain) {
+        return Some(format!(
+            "the staging directory {work} has characters an authorized_keys command cannot hold"
+        ));
+    }
+    None
+}
+
+/// Record (in the journal first), then install, the trust for one stream into
+/// `staged` (the receiver, `receiver_script`, goes in its work directory); the route and the key's
+/// fingerprint go in `notes`. The record is returned whatever happened: hand it to
+/// [`close`] after the stream.
+#[allow(clippy::too_many_arguments)]
+pub async fn open(
+    ctx: &crate::module::TaskCtx,
+    source: &Arc<dyn Transport>,
+    source_host: &str,
+    f: &DirectFacts,
+    target: &DirectTarget,
+    staged: &crate::module::staged::StagedPath,
+    receiver_script: &str,
+    notes: &mut Vec<String>,
+) -> (Option<TrustRecord>, Result<Trust, ModuleError>) {
+    let Some(keys_file) = f.authorized_keys.clone() else {
+        return (
+            None,
+            Err(ModuleError::Internal(
+                "direct route without the node's authorized_keys".into(),
+            )),
+        );
+    };
+    let tag = match new_tag() {
+        Ok(t) => t,
+        Err(e) => return (None, Err(e)),
+    };
+    let receiver = format!("{}/direct-{tag}.sh", staged.work);
+    let record = plan_record(&tag, source_host, &keys_file, &receiver);
+    // In the journal before anything is installed: a crash from here on is cleaned up
+    // by the next run.
+    if let Err(e) = ctx.record_memo(&DIRECT_TRUST, &Some(record.clone())) {
+        return (None, Err(e));
+    }
+    let write_receiver = staged.create_in_work_cmd(&receiver);
+    let trust = install(
+        ctx,
+        source,
+        &record,
+        target,
+        &f.source_addrs,
+        receiver_script,
+        &write_receiver,
+    )
+    .await;
+    if let Ok(trust) = &trust {
+        notes.push(format!(
+            "route direct: {source_host} → {} ({}@{}), temporary key {} ({})",
+            ctx.host,
+            target.user,
+            target.endpoint(),
+            trust.fingerprint,
+            if f.source_addrs.is_empty() {
+                "from= left out: the old host's addresses are unknown".to_string()
+            } else {
+                format!("from={}", f.source_addrs.join(","))
+            }
+        ));
+    }
+    (Some(record), trust)
+}
+
+/// Remove what [`open`] installed; its memo is cleared once it is gone. A failure is a
+/// warning: the memo stays and the next run removes it first.
+pub async fn close(
+    ctx: &crate::module::TaskCtx,
+    source: &Arc<dyn Transport>,
+    record: Option<TrustRecord>,
+    applied: &mut crate::module::Applied,
+) -> Result<(), ModuleError> {
+    let Some(record) = record else { return Ok(()) };
+    match remove(ctx, source, &record).await {
+        Ok(()) => {
+            ctx.record_memo(&DIRECT_TRUST, &None)?;
+            applied.notes.push(format!(
+                "temporary key {} removed from both hosts",
+                record.tag
+            ));
+        }
+        Err(e) => applied.warnings.push(format!(
+            "the temporary key {} could not be removed ({e}); the next run removes it",
+            record.tag
+        )),
+    }
+    Ok(())
+}
+
+/// Remove what an earlier direct stream of this task left (a [`DirectFacts::trust_left`]).
+pub async fn remove_left(
+    ctx: &crate::module::TaskCtx,
+    record: &TrustRecord,
+    applied: &mut crate::module::Applied,
+) -> Result<(), ModuleError> {
+    let source = ctx.peer(&record.source_host).await?;
+    remove(ctx, &source, record).await?;
+    ctx.record_memo(&DIRECT_TRUST, &None)?;
+    applied.changed = true;
+    applied.notes.push(format!(
+        "removed the temporary key {} an earlier direct stream left",
+        record.tag
+    ));
+    Ok(())
 }
