@@ -634,6 +634,9 @@ fn tfacts() -> TransferFacts {
         source_prefix_sha256: None,
         taken: Vec::new(),
         laptop_copy: None,
+        direct: ferry::module::direct_route::DirectFacts::new(
+            ferry::module::direct_route::RouteSetting::Controller,
+        ),
     }
 }
 
@@ -918,6 +921,7 @@ impl Local {
             dest: Template::new(self.dest().to_string_lossy()),
             mode: None,
             record_as: Some("packagist_storage_new".into()),
+            route: None,
         }
     }
     fn ctx(&self, vars: Value) -> TaskCtx {
@@ -1198,6 +1202,7 @@ fn transfer_to(artifact: &str, dest: &std::path::Path) -> Transfer {
         dest: Template::new(dest.to_string_lossy()),
         mode: None,
         record_as: Some(format!("{artifact}_new")),
+        route: None,
     }
 }
 
@@ -1447,4 +1452,76 @@ async fn laptop_copy_that_is_partial_or_different_is_repaired_by_the_rerun() {
         let plan = args.plan(&c, &Predicted::default()).await.unwrap();
         assert!(plan.changes.is_empty(), "{what}: {plan:?}");
     }
+}
+
+/// The route of a transfer follows the setting and the probe, as the storage stream's
+/// does; what an earlier direct transfer left is removed first, even when nothing is
+/// left to send.
+#[test]
+fn transfer_route_follows_the_setting_and_the_probe() {
+    use ferry::module::direct_route::{DirectProbe, DirectTarget, Route, RouteSetting};
+    let node = DirectTarget {
+        addr: "10.0.0.2".into(),
+        port: 22,
+        user: "root".into(),
+        host_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBv".into(),
+    };
+    let mut f = tfacts();
+    f.direct.route = RouteSetting::Auto;
+    f.direct.probe = DirectProbe::Reachable(node.clone());
+    let c = transfer::decide(&f).unwrap();
+    match &c[..] {
+        [TransferChange::Send {
+            route,
+            may_fall_back,
+            ..
+        }] => {
+            assert_eq!(route, &Route::Direct(node.clone()));
+            assert!(*may_fall_back);
+        }
+        other => panic!("expected one send, got {other:?}"),
+    }
+    assert!(
+        c[0].describe()
+            .ends_with("; route direct: old → 10.0.0.2:22"),
+        "{}",
+        c[0].describe()
+    );
+    assert!(
+        c[0].commands()[0].starts_with(
+            "on old: cat /b/packagist_db.sql | ssh -i <temporary key> -p 22 root@10.0.0.2"
+        ),
+        "{:?}",
+        c[0].commands()
+    );
+    // Not reachable: auto falls back and says why; direct refuses before anything.
+    f.direct.probe = DirectProbe::Unavailable("host old cannot reach new's sshd".into());
+    let c = transfer::decide(&f).unwrap();
+    assert!(
+        c[0].describe()
+            .contains("auto fell back, host old cannot reach new's sshd"),
+        "{}",
+        c[0].describe()
+    );
+    f.direct.route = RouteSetting::Direct;
+    let e = transfer::decide(&f).unwrap_err().to_string();
+    assert!(e.contains("route = \"direct\" cannot be used"), "{e}");
+    // A key a crash left: removed first, also when the copy is already there.
+    let mut f = tfacts();
+    f.dest_file = Some((1000, "aaa".into()));
+    f.dest_mode = Some(0o600);
+    f.direct.trust_left = Some(ferry::module::direct_route::plan_record(
+        "ferry-direct-0a0b",
+        "old",
+        "/root/.ssh/authorized_keys",
+        "/n/.ferry/direct-ferry-direct-0a0b.sh",
+    ));
+    let c = transfer::decide(&f).unwrap();
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert!(matches!(c[0], TransferChange::RemoveTrust(_)));
+    assert!(
+        c[0].describe().contains("ferry-direct-0a0b"),
+        "{}",
+        c[0].describe()
+    );
 }

@@ -850,6 +850,36 @@ impl DirectFacts {
     }
 }
 
+/// A task's `route` argument, checked when the playbook is read (a rendering error is
+/// the template pass's to report).
+pub fn check_route_arg(
+    route: Option<&crate::playbook::template::Template>,
+    at: &crate::module::ArgCheck<'_>,
+) -> Result<(), crate::module::ArgError> {
+    if let Some(route) = route {
+        if let Ok(value) = at.renderer.render_operand(route, at.vars) {
+            value
+                .parse::<RouteSetting>()
+                .map_err(|e| crate::module::ArgError::template(route, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// A task's `route` argument as rendered for this host (`auto` when left out).
+pub fn route_setting(
+    probe: &HostReader,
+    route: Option<&crate::playbook::template::Template>,
+) -> Result<RouteSetting, ModuleError> {
+    match route {
+        Some(t) => probe
+            .render_operand(t)?
+            .parse::<RouteSetting>()
+            .map_err(ModuleError::Precondition),
+        None => Ok(RouteSetting::Auto),
+    }
+}
+
 /// Read-only: what an earlier direct stream of this task left installed.
 pub async fn trust_left(probe: &HostReader) -> Result<Option<TrustRecord>, ModuleError> {
     if let Some(Some(record)) = probe.own_memo(&DIRECT_TRUST)? {
@@ -1011,4 +1041,82 @@ pub async fn remove_left(
         record.tag
     ));
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The sender
+
+/// What the sender prints last.
+#[derive(Debug, serde::Deserialize)]
+pub struct SenderResult {
+    pub bytes: u64,
+    pub sha256: String,
+    #[serde(default)]
+    pub sent_sha256: String,
+    #[serde(default)]
+    pub tar_rc: Option<i32>,
+    #[serde(default)]
+    pub ssh_rc: Option<i32>,
+    #[serde(default)]
+    pub far_stdout: String,
+    #[serde(default)]
+    pub far_stderr: String,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub hashes: std::collections::BTreeMap<String, String>,
+}
+
+/// Run the sender `cmd` on `source`, its progress shown under `name` (of `total`
+/// bytes), until its result. Its stdin stays open while ferry waits: its EOF (ferry
+/// stopped, its connection lost) stops the sender.
+pub async fn run_sender(
+    ctx: &crate::module::TaskCtx,
+    source: &Arc<dyn Transport>,
+    source_host: &str,
+    cmd: &Cmd,
+    name: &str,
+    total: u64,
+) -> Result<SenderResult, ModuleError> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut running = source.exec_stream(cmd).await?;
+    let mut lines = BufReader::new(&mut running.stdout).lines();
+    let mut result = None;
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) => {
+                if let Some(n) = line.strip_prefix("progress ") {
+                    if let Ok(n) = n.trim().parse::<u64>() {
+                        ctx.progress(name, n, Some(total.max(n)));
+                    }
+                } else if let Some(json) = line.strip_prefix("result ") {
+                    result = Some(serde_json::from_str::<SenderResult>(json).map_err(|e| {
+                        ModuleError::Remote {
+                            what: format!("the direct sender's result on host {source_host}"),
+                            detail: e.to_string(),
+                        }
+                    })?);
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(ModuleError::Io {
+                    what: format!("reading the direct sender on host {source_host}"),
+                    source: e,
+                })
+            }
+        }
+    }
+    let _ = running.stdin.shutdown().await;
+    drop(running.stdin);
+    let exit = running.exit.await?;
+    result.ok_or_else(|| ModuleError::Remote {
+        what: format!(
+            "the direct sender on host {source_host} stopped without a result (exit {:?})",
+            exit.status
+        ),
+        detail: ctx
+            .secrets
+            .mask(String::from_utf8_lossy(&exit.stderr).trim()),
+    })
 }

@@ -23,6 +23,10 @@
 //!   sha256 equals the artifact's recorded one.
 //! - Resumable: an interrupted transfer leaves its part. If its N bytes hash like the
 //!   source's first N bytes, only the rest is sent; otherwise it starts over.
+//! - `route = "auto" | "direct" | "controller"` (default `auto`): `direct` has the
+//!   artifact's host send the file straight to this host, trusted for this transfer
+//!   only (see `module::direct_route` and `direct.rs`); `auto` takes it when the probe
+//!   finds this host's sshd from there, and falls back with the reason otherwise.
 //! - Ok when `DEST` already has the artifact's size and sha256 (and the mode) and is a
 //!   regular file of the login/become user. A `DEST`, part or work directory that ferry
 //!   did not create (a symlink, another user's file, a file with other hard links) fails
@@ -37,11 +41,17 @@ use crate::command::Cmd;
 use crate::journal::Artifact;
 use crate::module::artifact::{disk_free_text, find_artifact, is_disk_full};
 use crate::module::artifact_stream::{copy_to_laptop, laptop_copy, stream_artifact, LaptopCopy};
+use crate::module::direct_route::{
+    self, choose, DirectFacts, Route, RouteSetting, TrustRecord, DIRECT_ADDRESS,
+};
 use crate::module::staged::{PathState, StagedPath, StagedStates};
-use crate::module::{Applied, Change, HostReader, Module, ModuleError, Probe, TaskCtx};
+use crate::module::{
+    Applied, ArgCheck, ArgError, Change, HostReader, Module, ModuleError, Probe, TaskCtx,
+};
 use crate::playbook::template::Template;
 use crate::transport::ExecOutput;
 
+mod direct;
 mod receive;
 use receive::chmod_cmd;
 pub use receive::{receive_cmd, RECEIVE_SCRIPT};
@@ -60,6 +70,9 @@ pub struct Transfer {
     pub mode: Option<String>,
     /// Record the delivered copy in the journal under this artifact name.
     pub record_as: Option<String>,
+    /// `auto` (default), `direct` (the artifact's host → this host) or `controller`
+    /// (through the laptop).
+    pub route: Option<Template>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -86,6 +99,9 @@ pub struct TransferFacts {
     pub taken: Vec<String>,
     /// The laptop's copy (var `backup_dir`), checked against the artifact's record.
     pub laptop_copy: Option<LaptopCopy>,
+    /// The route asked for, what the probe found (only when a send is due), and what
+    /// an earlier direct transfer left installed (removed first).
+    pub direct: DirectFacts,
 }
 
 impl TransferFacts {
@@ -103,6 +119,8 @@ pub fn part_path(dest: &str) -> String {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum TransferChange {
+    /// Remove the temporary key (and its files) an earlier direct transfer left.
+    RemoveTrust(TrustRecord),
     /// Stream the artifact from byte `offset` (0: from the start, replacing any part).
     Send {
         artifact: String,
@@ -114,6 +132,9 @@ pub enum TransferChange {
         /// A `.part` was there but could not be resumed from.
         discard_part: bool,
         hint: String,
+        route: Route,
+        /// `auto` asked: a direct send the node refuses before a byte arrives falls back.
+        may_fall_back: bool,
     },
     /// Check mode, before the artifact exists: it will be sent once produced.
     SendWhenProduced { artifact: String, dest: String },
@@ -145,6 +166,7 @@ impl Change for TransferChange {
                 size,
                 offset,
                 discard_part,
+                route,
                 ..
             } => {
                 let how = if *offset > 0 {
@@ -158,11 +180,20 @@ impl Change for TransferChange {
                 } else {
                     String::new()
                 };
+                let by = match route {
+                    Route::Controller { reason: None } => String::new(),
+                    other => format!("; {}", other.describe(from_host)),
+                };
                 format!(
-                    "send {artifact} ({}) from {from_host}:{source} to {dest}{how}",
+                    "send {artifact} ({}) from {from_host}:{source} to {dest}{how}{by}",
                     crate::module::units::human(*size)
                 )
             }
+            TransferChange::RemoveTrust(r) => format!(
+                "remove the temporary key {} an earlier direct transfer left ({} on this \
+                 host, {} on {})",
+                r.tag, r.authorized_keys, r.source_dir, r.source_host
+            ),
             TransferChange::SendWhenProduced { artifact, dest } => {
                 format!("send {artifact} to {dest} (once an earlier task has produced it)")
             }
@@ -183,9 +214,9 @@ impl Change for TransferChange {
     fn commands(&self) -> Vec<String> {
         match self {
             TransferChange::Send { hint, .. } => vec![hint.clone()],
-            TransferChange::SendWhenProduced { .. } | TransferChange::CopyToLaptop { .. } => {
-                Vec::new()
-            }
+            TransferChange::SendWhenProduced { .. }
+            | TransferChange::CopyToLaptop { .. }
+            | TransferChange::RemoveTrust(_) => Vec::new(),
             TransferChange::Chmod { hint, .. } => vec![hint.clone()],
         }
     }
@@ -246,9 +277,14 @@ async fn source_prefix_sha256(
 
 #[async_trait]
 impl Module for Transfer {
-    const VARS: crate::module::VarLists = &[crate::module::artifact_stream::VARS];
+    const VARS: crate::module::VarLists =
+        &[crate::module::artifact_stream::VARS, &[&DIRECT_ADDRESS]];
     type Facts = TransferFacts;
     type Change = TransferChange;
+
+    fn check_args(&self, at: &ArgCheck<'_>) -> Result<(), ArgError> {
+        direct_route::check_route_arg(self.route.as_ref(), at)
+    }
 
     async fn facts(&self, probe: &Probe<'_>) -> Result<TransferFacts, ModuleError> {
         let mode = match &self.mode {
@@ -286,7 +322,9 @@ impl Module for Transfer {
             source_prefix_sha256: None,
             taken,
             laptop_copy: None,
+            direct: DirectFacts::new(direct_route::route_setting(probe, self.route.as_ref())?),
         };
+        f.direct.trust_left = direct_route::trust_left(probe).await?;
         if let Some(a) = &f.artifact {
             f.laptop_copy = laptop_copy(probe, a).await?;
         }
@@ -305,6 +343,16 @@ impl Module for Transfer {
                 f.source_prefix_sha256 = src_sha?;
             }
         }
+        // The probe costs a few commands on both hosts: only when a send is due.
+        if let (Some(a), false) = (&f.artifact, done) {
+            let unavailable = if a.host == probe.host {
+                Some(format!("the artifact is already on host {}", a.host))
+            } else {
+                direct_route::unavailable_for(probe, &staged.work)
+            };
+            let source = probe.peer(&a.host).await?;
+            direct_route::look(probe, &a.host, &source, unavailable, &mut f.direct).await?;
+        }
         Ok(f)
     }
 
@@ -318,8 +366,12 @@ impl Module for Transfer {
         f: &TransferFacts,
         changes: &[TransferChange],
     ) -> Result<Applied, ModuleError> {
+        let mut applied = Applied::changed();
         for c in changes {
             match c {
+                TransferChange::RemoveTrust(record) => {
+                    direct_route::remove_left(ctx, record, &mut applied).await?;
+                }
                 TransferChange::Chmod { cmd, .. } => {
                     ctx.exec_ok(cmd).await?;
                 }
@@ -336,11 +388,25 @@ impl Module for Transfer {
                         "transfer planned without its artifact".into(),
                     ));
                 }
-                TransferChange::Send { offset, .. } => {
+                TransferChange::Send {
+                    offset,
+                    route,
+                    may_fall_back,
+                    ..
+                } => {
                     let artifact = f.artifact.as_ref().ok_or_else(|| {
                         ModuleError::Internal("transfer planned without its artifact".into())
                     })?;
-                    send(ctx, artifact, &f.dest, f.mode, *offset).await?;
+                    direct::send_by_route(
+                        ctx,
+                        f,
+                        artifact,
+                        *offset,
+                        route,
+                        *may_fall_back,
+                        &mut applied,
+                    )
+                    .await?;
                 }
             }
         }
@@ -353,7 +419,7 @@ impl Module for Transfer {
                 size: a.size,
             })?;
         }
-        Ok(Applied::changed())
+        Ok(applied)
     }
 }
 
@@ -448,7 +514,12 @@ pub async fn send(
 
 /// The message for a receive that filled the far end's filesystem: where, how much
 /// arrived and is still needed, the free space now, and that the part is kept.
-async fn receive_disk_full(ctx: &TaskCtx, artifact: &Artifact, dest: &str, stderr: &str) -> String {
+pub(crate) async fn receive_disk_full(
+    ctx: &TaskCtx,
+    artifact: &Artifact,
+    dest: &str,
+    stderr: &str,
+) -> String {
     let part = part_path(dest);
     let kept = ctx
         .exec(&Cmd::new("stat").arg("-c").arg("%s").arg(part.as_str()))
@@ -495,7 +566,14 @@ pub fn decide(f: &TransferFacts) -> Result<Vec<TransferChange>, ModuleError> {
             f.artifact_name
         )));
     };
-    let mut changes = far_end_changes(f, a);
+    let mut changes: Vec<TransferChange> = f
+        .direct
+        .trust_left
+        .iter()
+        .cloned()
+        .map(TransferChange::RemoveTrust)
+        .collect();
+    changes.extend(far_end_changes(f, a)?);
     // A send from the start makes the laptop's copy on the way; otherwise (nothing to
     // send, or a resume, which sends only the rest) a copy that is not whole is made
     // again on its own.
@@ -516,19 +594,19 @@ pub fn decide(f: &TransferFacts) -> Result<Vec<TransferChange>, ModuleError> {
 }
 
 /// Pure: what the far end needs to hold the artifact at `dest` with its mode.
-fn far_end_changes(f: &TransferFacts, a: &Artifact) -> Vec<TransferChange> {
+fn far_end_changes(f: &TransferFacts, a: &Artifact) -> Result<Vec<TransferChange>, ModuleError> {
     if f.dest_file.as_ref() == Some(&(a.size, a.sha256.clone())) {
         if f.dest_mode == Some(f.mode) {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        return vec![TransferChange::Chmod {
+        return Ok(vec![TransferChange::Chmod {
             dest: f.dest.clone(),
             cmd: chmod_cmd(&f.dest, f.mode),
             hint: Cmd::new("chmod")
                 .arg(format!("{:04o}", f.mode))
                 .arg(f.dest.as_str())
                 .display(),
-        }];
+        }]);
     }
     let resumable = matches!(
         (f.part_size, &f.part_sha256, &f.source_prefix_sha256),
@@ -554,7 +632,35 @@ fn far_end_changes(f: &TransferFacts, a: &Artifact) -> Vec<TransferChange> {
     } else {
         Cmd::new("cat").arg(a.path.as_str())
     };
-    vec![TransferChange::Send {
+    let route = choose(f.direct.route, &f.direct.probe)?;
+    let receive = if offset > 0 {
+        format!("{{ {}; }}", receive.display())
+    } else {
+        receive.display()
+    };
+    // For reading only (never run), so plain formatting is fine here.
+    let hint = match &route {
+        Route::Controller { .. } => format!(
+            "ssh {} {} | ssh {} '{receive}' | sha256sum, then mv {} {}",
+            a.host,
+            source.display(),
+            f.host,
+            f.part(),
+            f.dest
+        ),
+        Route::Direct(t) => format!(
+            "on {}: {} | ssh -i <temporary key> -p {} {}@{} '{receive}' | sha256sum, then mv \
+             {} {}",
+            a.host,
+            source.display(),
+            t.port,
+            t.user,
+            t.addr,
+            f.part(),
+            f.dest
+        ),
+    };
+    Ok(vec![TransferChange::Send {
         artifact: a.name.clone(),
         from_host: a.host.clone(),
         source: a.path.clone(),
@@ -562,19 +668,8 @@ fn far_end_changes(f: &TransferFacts, a: &Artifact) -> Vec<TransferChange> {
         size: a.size,
         offset,
         discard_part: f.part_size.is_some_and(|n| n > 0) && !resumable,
-        // For reading only (never run), so plain formatting is fine here.
-        hint: format!(
-            "ssh {} {} | ssh {} '{}' | sha256sum, then mv {} {}",
-            a.host,
-            source.display(),
-            f.host,
-            if offset > 0 {
-                format!("{{ {}; }}", receive.display())
-            } else {
-                receive.display()
-            },
-            f.part(),
-            f.dest
-        ),
-    }]
+        hint,
+        may_fall_back: f.direct.route == RouteSetting::Auto,
+        route,
+    }])
 }

@@ -189,15 +189,7 @@ impl Module for StorageStage {
 
     fn check_args(&self, at: &ArgCheck<'_>) -> Result<(), ArgError> {
         check_source_arg(&self.source, at)?;
-        if let Some(route) = &self.route {
-            // Rendering errors are the template pass's to report.
-            if let Ok(value) = at.renderer.render_operand(route, at.vars) {
-                value
-                    .parse::<RouteSetting>()
-                    .map_err(|e| ArgError::template(route, e))?;
-            }
-        }
-        Ok(())
+        direct_route::check_route_arg(self.route.as_ref(), at)
     }
 
     /// The staged archive, for a check run's later tasks (the import).
@@ -223,13 +215,7 @@ impl Module for StorageStage {
             Some(r) if r.artifacts.contains_key(&self.record_as) => probe.own_memo(&STAGED)?,
             _ => None,
         };
-        let route = match &self.route {
-            Some(t) => probe
-                .render_operand(t)?
-                .parse::<RouteSetting>()
-                .map_err(ModuleError::Precondition)?,
-            None => RouteSetting::Auto,
-        };
+        let route = direct_route::route_setting(probe, self.route.as_ref())?;
         let mut f = StorageStageFacts {
             source_host,
             data_dir,

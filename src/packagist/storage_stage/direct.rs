@@ -10,8 +10,6 @@
 //! to the same part, printing the sha256 of what it wrote. ferry compares the two ends'
 //! hashes and the part's size, as on the controller route.
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
 use super::{
     disk_full, first_field, kept_prefix, part_size, receive_cmd, source_unchanged, Sent, Stage,
     StorageStageFacts,
@@ -24,27 +22,6 @@ use crate::module::{Applied, ModuleError, TaskCtx};
 use crate::packagist::storage_stream::{source_path, source_tar_cmd};
 
 use crate::module::direct_route::SENDER;
-
-/// What the sender prints last.
-#[derive(Debug, serde::Deserialize)]
-struct SenderResult {
-    bytes: u64,
-    sha256: String,
-    #[serde(default)]
-    sent_sha256: String,
-    #[serde(default)]
-    tar_rc: Option<i32>,
-    #[serde(default)]
-    ssh_rc: Option<i32>,
-    #[serde(default)]
-    far_stdout: String,
-    #[serde(default)]
-    far_stderr: String,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    hashes: std::collections::BTreeMap<String, String>,
-}
 
 /// Install the trust, stream, remove the trust (whatever happened); the route and the
 /// key's fingerprint go in the report.
@@ -132,62 +109,21 @@ async fn send(
             }
         }
     }
-    let mut running = source
-        .exec_stream(
-            &Cmd::new("python3")
-                .arg(sender.as_str())
-                .arg("send")
-                .arg(resume_from.to_string().as_str())
-                .arg(tar.as_str())
-                .arg("--")
-                .args(trust.ssh_argv.iter().map(String::as_str)),
-        )
-        .await?;
-    // The sender's stdin stays open while ferry waits: its EOF stops the sender.
-    let mut lines = BufReader::new(&mut running.stdout).lines();
-    let mut result = None;
-    let total = f.tree.tar_bytes;
-    loop {
-        match lines.next_line().await {
-            Ok(Some(line)) => {
-                if let Some(n) = line.strip_prefix("progress ") {
-                    if let Ok(n) = n.trim().parse::<u64>() {
-                        ctx.progress("packagist_storage", n, Some(total.max(n)));
-                    }
-                } else if let Some(json) = line.strip_prefix("result ") {
-                    result = Some(serde_json::from_str::<SenderResult>(json).map_err(|e| {
-                        ModuleError::Remote {
-                            what: format!("the direct sender's result on host {}", f.source_host),
-                            detail: e.to_string(),
-                        }
-                    })?);
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                return Err(ModuleError::Io {
-                    what: format!("reading the direct sender on host {}", f.source_host),
-                    source: e,
-                }
-                .into())
-            }
-        }
-    }
-    let _ = running.stdin.shutdown().await;
-    drop(running.stdin);
-    let exit = running.exit.await?;
-    let Some(r) = result else {
-        return Err(ModuleError::Remote {
-            what: format!(
-                "the direct sender on host {} stopped without a result (exit {:?})",
-                f.source_host, exit.status
-            ),
-            detail: ctx
-                .secrets
-                .mask(String::from_utf8_lossy(&exit.stderr).trim()),
-        }
-        .into());
-    };
+    let r = direct_route::run_sender(
+        ctx,
+        source,
+        &f.source_host,
+        &Cmd::new("python3")
+            .arg(sender.as_str())
+            .arg("send")
+            .arg(resume_from.to_string().as_str())
+            .arg(tar.as_str())
+            .arg("--")
+            .args(trust.ssh_argv.iter().map(String::as_str)),
+        "packagist_storage",
+        f.tree.tar_bytes,
+    )
+    .await?;
     verify(ctx, f, staged, resume_from, source, r).await
 }
 
@@ -198,7 +134,7 @@ async fn verify(
     staged: &StagedPath,
     resume_from: u64,
     source: &std::sync::Arc<dyn crate::transport::Transport>,
-    r: SenderResult,
+    r: direct_route::SenderResult,
 ) -> Result<Sent, Stage> {
     let far_sha = first_field(&r.far_stdout);
     let far_err = ctx.secrets.mask(r.far_stderr.trim());
@@ -364,7 +300,7 @@ mod tests {
             .lines()
             .find_map(|l| l.strip_prefix("result "))
             .expect(&text);
-        let r: SenderResult = serde_json::from_str(json).unwrap();
+        let r: direct_route::SenderResult = serde_json::from_str(json).unwrap();
         assert_eq!(std::fs::read(&out_file).unwrap(), framed[skip..]);
         assert_eq!(r.bytes as usize, framed.len());
         assert_eq!(
