@@ -300,3 +300,73 @@ mod tests {
         assert_eq!(parent_dir("archive.tar.gz"), "");
     }
 }
+
+/// A file on the node that runs the cluster (an artifact a `transfer` put there), and
+/// the node's kubeconfig: fed into a pod by the node's own kubectl, at local speed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodeFile {
+    pub path: String,
+    pub kubeconfig: String,
+}
+
+/// Read-only: the artifact `name` as a [`NodeFile`] when it is on this host, holds the
+/// same bytes as `source` (the artifact it is a copy of), and the cluster is reached
+/// through a kubeconfig on this host.
+pub fn node_copy(
+    ctx: &HostReader,
+    k8s: &K8sTarget,
+    name: Option<&str>,
+    source: Option<&crate::journal::Artifact>,
+) -> Result<Option<NodeFile>, ModuleError> {
+    let (Some(name), Some(source)) = (name, source) else {
+        return Ok(None);
+    };
+    let Ok(copy) = crate::module::artifact::find_artifact(ctx, name) else {
+        return Ok(None);
+    };
+    if copy.host != ctx.host || copy.sha256 != source.sha256 || copy.size != source.size {
+        return Ok(None);
+    }
+    Ok(k8s.node_kubeconfig(ctx)?.map(|kubeconfig| NodeFile {
+        path: copy.path,
+        kubeconfig,
+    }))
+}
+
+/// On the node: `kubectl exec -i POD [-c C] -- ARGV < FILE` with the node's kubectl,
+/// run so that it stops when ferry does: ferry holds the command's stdin open while it
+/// waits, and its EOF (ferry gone, its connection lost) kills the kubectl, which would
+/// otherwise go on reading the file into the pod beside a re-run's.
+pub fn node_exec_from_file(
+    node: &NodeFile,
+    namespace: &str,
+    pod: &str,
+    container: Option<&str>,
+    argv: &[String],
+) -> Cmd {
+    let mut kubectl = Cmd::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(node.kubeconfig.as_str())
+        .arg("-n")
+        .arg(namespace)
+        .args(["exec", "-i", pod]);
+    if let Some(c) = container {
+        kubectl = kubectl.args(["-c", c]);
+    }
+    let kubectl = kubectl
+        .arg("--")
+        .args(argv.iter().map(String::as_str))
+        .op("<")
+        .arg(node.path.as_str());
+    Cmd::new("sh")
+        .arg("-c")
+        .arg(
+            "sh -c \"exec $1\" & k=$!\n\
+             { cat >/dev/null 2>&1; kill $k 2>/dev/null; } & w=$!\n\
+             wait $k; rc=$?\n\
+             kill $w 2>/dev/null\n\
+             exit $rc",
+        )
+        .arg("ferry-node-exec")
+        .arg(kubectl.to_shell())
+}

@@ -12,6 +12,12 @@
 //! # external = { host = "db.internal", port = 5432, user = "packagist", database = "packagist_db", password_var = "external_pg_password" }
 //! ```
 //!
+//! With `node_copy` (the artifact a `transfer` task made of the dump on this host, the
+//! node) and the cluster reached through the node's kubeconfig, the node's kubectl
+//! feeds that copy into psql (`kubectl exec -i … < copy`): nothing of the dump passes
+//! the laptop here. Without it (or when the copy is not the dump's bytes) the dump is
+//! streamed from the old host through the laptop, as before.
+//!
 //! The destructive part (scale to 0, delete the PVC and wait until it and its PV are
 //! gone, scale to 1) runs only when the target's fingerprint differs from the source's,
 //! only with `--yes` or a confirmation naming what is destroyed, and never once the
@@ -27,7 +33,7 @@ use crate::fingerprint::PgFingerprint;
 use crate::k8s::{kubectl, kubectl_exec, PodsWanted, WorkloadKind};
 use crate::module::artifact::{artifact_fingerprint, find_artifact};
 use crate::module::artifact_stream::stream_artifact;
-use crate::module::kube::{k8s_args, pod_exec, K8sArgs};
+use crate::module::kube::{k8s_args, node_copy, node_exec_from_file, pod_exec, K8sArgs, NodeFile};
 use crate::module::units::Seconds;
 use crate::module::{
     Applied, ArgCheck, ArgError, Change, HostReader, Module, ModuleError, Probe, TaskCtx,
@@ -57,6 +63,9 @@ k8s_args! {
     pub struct PgRestoreK8s {
         #[serde(default = "default_artifact")]
         pub artifact: String,
+        /// The artifact a `transfer` task made of the dump on this host: loaded from
+        /// there by the node's kubectl when it holds the dump's bytes.
+        pub node_copy: Option<String>,
         pub statefulset: Option<Template>,
         pub pvc: Option<Template>,
         pub container: Option<Template>,
@@ -102,6 +111,8 @@ pub struct PgRestoreFacts {
     pub interrupted: bool,
     #[serde(skip)]
     pub password: Option<String>,
+    /// The dump's copy on this node, loaded by the node's kubectl (in-cluster only).
+    pub node_copy: Option<NodeFile>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -278,7 +289,17 @@ impl Module for PgRestoreK8s {
             None
         };
         let source: Option<PgFingerprint> = artifact_fingerprint(probe, &self.artifact, "pg");
+        let node_copy = match &target {
+            Target::InCluster { .. } => node_copy(
+                probe,
+                &self.k8s(),
+                self.node_copy.as_deref(),
+                find_artifact(probe, &self.artifact).ok().as_ref(),
+            )?,
+            Target::External { .. } => None,
+        };
         Ok(PgRestoreFacts {
+            node_copy,
             target,
             source_pending: source.is_none() && probe.predicted_artifact(&self.artifact),
             source,
@@ -359,8 +380,15 @@ impl Module for PgRestoreK8s {
                         ..
                     },
                 ) => {
-                    let cluster = self.k8s().cluster(ctx).await?;
                     let argv = pod_psql(database, user, &["-q", "-o", "/dev/null"]);
+                    if let (Some(node), Target::InCluster { namespace, .. }) =
+                        (&f.node_copy, &f.target)
+                    {
+                        load_on_node(ctx, &artifact, node, namespace, pod, container, &argv)
+                            .await?;
+                        continue;
+                    }
+                    let cluster = self.k8s().cluster(ctx).await?;
                     let mut proc = cluster.exec(pod, container.as_deref(), &argv, true).await?;
                     let mut stdin = proc
                         .stdin()
@@ -445,6 +473,57 @@ impl Module for PgRestoreK8s {
     }
 }
 
+/// Load the dump's copy on this node into psql with the node's kubectl, after checking
+/// the copy still holds the dump's bytes. The command dies with ferry (see
+/// [`node_exec_from_file`]).
+async fn load_on_node(
+    ctx: &TaskCtx,
+    artifact: &crate::journal::Artifact,
+    node: &NodeFile,
+    namespace: &str,
+    pod: &str,
+    container: &Option<String>,
+    argv: &[String],
+) -> Result<(), ModuleError> {
+    let sum = ctx
+        .exec_ok(&crate::command::Cmd::new("sha256sum").arg(node.path.as_str()))
+        .await?;
+    let sha = sum
+        .stdout_str()
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    if sha != artifact.sha256 {
+        return Err(ModuleError::Precondition(format!(
+            "the dump's copy {} on {} has sha256 {sha}, the dump {}: re-run the transfer",
+            node.path, ctx.host, artifact.sha256
+        )));
+    }
+    let cmd = node_exec_from_file(node, namespace, pod, container.as_deref(), argv);
+    let stream = ctx.transport.exec_stream(&cmd).await?;
+    let mut stdout = stream.stdout;
+    let mut sink = tokio::io::sink();
+    let _ = tokio::io::copy(&mut stdout, &mut sink).await;
+    // Held open until the command ended: its EOF would stop the load.
+    let exit = stream.exit.await?;
+    drop(stream.stdin);
+    if exit.status != Some(0) {
+        return Err(ModuleError::Remote {
+            what: format!(
+                "loading {} into {pod} with the node's kubectl on {} failed (exit {})",
+                node.path,
+                ctx.host,
+                exit.status.map_or("unknown".into(), |c| c.to_string())
+            ),
+            detail: ctx
+                .secrets
+                .mask(String::from_utf8_lossy(&exit.stderr).trim()),
+        });
+    }
+    Ok(())
+}
+
 fn check_sha(
     artifact: &crate::journal::Artifact,
     pumped: &crate::stream::Pumped,
@@ -527,16 +606,34 @@ pub fn decide(f: &PgRestoreFacts) -> Result<Vec<PgRestoreChange>, ModuleError> {
                 PgRestoreChange::Load {
                     retry: f.interrupted,
                     into: format!("{pod} ({database})"),
-                    command: format!(
-                        "{} < dump",
-                        kubectl_exec(
-                            namespace,
-                            pod,
-                            container.as_deref(),
-                            true,
-                            &["psql", "-v", "ON_ERROR_STOP=1", "-U", user, "-d", database]
-                        )
-                    ),
+                    command: match &f.node_copy {
+                        Some(node) => format!(
+                            "on the node: {} < {}",
+                            kubectl_exec(
+                                namespace,
+                                pod,
+                                container.as_deref(),
+                                true,
+                                &["psql", "-v", "ON_ERROR_STOP=1", "-U", user, "-d", database]
+                            )
+                            .replacen(
+                                "kubectl",
+                                &format!("kubectl --kubeconfig {}", node.kubeconfig),
+                                1
+                            ),
+                            node.path
+                        ),
+                        None => format!(
+                            "{} < dump",
+                            kubectl_exec(
+                                namespace,
+                                pod,
+                                container.as_deref(),
+                                true,
+                                &["psql", "-v", "ON_ERROR_STOP=1", "-U", user, "-d", database]
+                            )
+                        ),
+                    },
                 },
             ]
         }

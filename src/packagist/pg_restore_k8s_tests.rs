@@ -71,6 +71,7 @@ fn facts(current: Option<PgFingerprint>) -> PgRestoreFacts {
         source_pending: false,
         interrupted: false,
         password: None,
+        node_copy: None,
     }
 }
 

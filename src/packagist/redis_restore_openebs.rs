@@ -50,6 +50,10 @@ k8s_args! {
     pub struct RedisRestoreOpenebs {
         #[serde(default = "default_artifact")]
         pub artifact: String,
+        /// The artifact a `transfer` task made of the RDB on this host: copied from
+        /// there on the node when it holds the RDB's bytes (else streamed from the old
+        /// host through the laptop).
+        pub node_copy: Option<String>,
         pub statefulset: Option<Template>,
         pub pvc: Option<Template>,
         pub container: Option<Template>,
@@ -463,41 +467,69 @@ impl Module for RedisRestoreOpenebs {
                         .pipe(Cmd::new("sha256sum")),
                 ),
             );
-        let mut stream = ctx
-            .transport
-            .exec_stream(&Cmd::new("bash").arg("-c").arg_cmd(&stage))
-            .await?;
-        let mut stdout = stream.stdout;
-        let read_hash = async move {
-            let mut s = String::new();
-            stdout.read_to_string(&mut s).await.map(|_| s)
+        let node_copy = self
+            .node_copy
+            .as_deref()
+            .and_then(|name| find_artifact(ctx, name).ok())
+            .filter(|c| {
+                c.host == ctx.host && c.sha256 == artifact.sha256 && c.size == artifact.size
+            });
+        let (sent_sha, far, exit) = match node_copy {
+            // On the node: a local copy, nothing through the laptop.
+            Some(copy) => {
+                let out = ctx
+                    .exec(
+                        &Cmd::new("bash")
+                            .arg("-c")
+                            .arg_cmd(&stage)
+                            .op("<")
+                            .arg(copy.path.as_str()),
+                    )
+                    .await?;
+                (
+                    artifact.sha256.clone(),
+                    out.stdout_str().to_string(),
+                    (out.status, out.stderr),
+                )
+            }
+            None => {
+                let mut stream = ctx
+                    .transport
+                    .exec_stream(&Cmd::new("bash").arg("-c").arg_cmd(&stage))
+                    .await?;
+                let mut stdout = stream.stdout;
+                let read_hash = async move {
+                    let mut s = String::new();
+                    stdout.read_to_string(&mut s).await.map(|_| s)
+                };
+                let (pumped, far) = tokio::join!(
+                    stream_artifact(
+                        ctx,
+                        &artifact,
+                        0,
+                        sha2::Sha256::default(),
+                        &mut stream.stdin
+                    ),
+                    read_hash
+                );
+                let pumped = pumped?;
+                let exit = stream.exit.await?;
+                let far = far.map_err(|source| ModuleError::Io {
+                    what: "reading the node's checksum".into(),
+                    source,
+                })?;
+                (pumped.sha256, far, (exit.status, exit.stderr))
+            }
         };
-        let (pumped, far) = tokio::join!(
-            stream_artifact(
-                ctx,
-                &artifact,
-                0,
-                sha2::Sha256::default(),
-                &mut stream.stdin
-            ),
-            read_hash
-        );
-        let pumped = pumped?;
-        let exit = stream.exit.await?;
-        let far = far.map_err(|source| ModuleError::Io {
-            what: "reading the node's checksum".into(),
-            source,
-        })?;
         let far_sha = far.split_whitespace().next().unwrap_or("");
-        if exit.status != Some(0) || far_sha != artifact.sha256 || pumped.sha256 != artifact.sha256
-        {
+        if exit.0 != Some(0) || far_sha != artifact.sha256 || sent_sha != artifact.sha256 {
             let _ = ctx.exec(&staged.remove_part_cmd()).await;
             return Err(ModuleError::Remote {
                 what: format!(
-                    "staging the RDB on the node failed or was corrupted (sent {}, node has {far_sha:?}, recorded {})",
-                    pumped.sha256, artifact.sha256,
+                    "staging the RDB on the node failed or was corrupted (sent {sent_sha}, node has {far_sha:?}, recorded {})",
+                    artifact.sha256,
                 ),
-                detail: String::from_utf8_lossy(&exit.stderr).trim().to_string(),
+                detail: String::from_utf8_lossy(&exit.1).trim().to_string(),
             });
         }
         // 3. Stop Redis, lay the files out, start it.
