@@ -336,7 +336,10 @@ pub fn node_copy(
 /// On the node: `kubectl exec -i POD [-c C] -- ARGV < FILE` with the node's kubectl,
 /// run so that it stops when ferry does: ferry holds the command's stdin open while it
 /// waits, and its EOF (ferry gone, its connection lost) kills the kubectl, which would
-/// otherwise go on reading the file into the pod beside a re-run's.
+/// otherwise go on reading the file into the pod beside a re-run's. Every half second
+/// it prints `progress N`: how far kubectl has read the file (its stdin's offset in
+/// `/proc/PID/fdinfo/0`), for the progress bar. The command's own stdout should be
+/// quiet (psql `-o /dev/null`).
 pub fn node_exec_from_file(
     node: &NodeFile,
     namespace: &str,
@@ -361,10 +364,19 @@ pub fn node_exec_from_file(
     Cmd::new("sh")
         .arg("-c")
         .arg(
-            "sh -c \"exec $1\" & k=$!\n\
-             { cat >/dev/null 2>&1; kill $k 2>/dev/null; } & w=$!\n\
+            // An asynchronous list's stdin is /dev/null unless redirected: the
+            // watchdog reads ferry's stdin through fd 3.
+            "exec 3<&0\n\
+             sh -c \"exec $1\" 3<&- & k=$!\n\
+             { cat <&3 >/dev/null 2>&1; kill $k 2>/dev/null; } & w=$!\n\
+             exec 3<&-\n\
+             { while kill -0 $k 2>/dev/null; do\n\
+                 p=$(sed -n 's/^pos:[[:space:]]*//p' /proc/$k/fdinfo/0 2>/dev/null)\n\
+                 [ -n \"$p\" ] && echo \"progress $p\"\n\
+                 sleep 0.5\n\
+               done; } & m=$!\n\
              wait $k; rc=$?\n\
-             kill $w 2>/dev/null\n\
+             kill $w $m 2>/dev/null\n\
              exit $rc",
         )
         .arg("ferry-node-exec")

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::fingerprint::PgFingerprint;
 use crate::k8s::{kubectl, kubectl_exec, PodsWanted, WorkloadKind};
@@ -502,9 +502,15 @@ async fn load_on_node(
     }
     let cmd = node_exec_from_file(node, namespace, pod, container.as_deref(), argv);
     let stream = ctx.transport.exec_stream(&cmd).await?;
-    let mut stdout = stream.stdout;
-    let mut sink = tokio::io::sink();
-    let _ = tokio::io::copy(&mut stdout, &mut sink).await;
+    let mut lines = tokio::io::BufReader::new(stream.stdout).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(n) = line
+            .strip_prefix("progress ")
+            .and_then(|n| n.trim().parse().ok())
+        {
+            ctx.progress(&artifact.name, n, Some(artifact.size.max(n)));
+        }
+    }
     // Held open until the command ended: its EOF would stop the load.
     let exit = stream.exit.await?;
     drop(stream.stdin);

@@ -4,7 +4,8 @@
     e2e.py boundaries PLAYBOOK INVENTORY
         every task boundary as "host<TAB>task", playbook order, per host (the inventory's
         groups decide which host runs a task)
-    e2e.py kill-at --events FILE (--task-start HOST TASK | --progress WHAT [--min-bytes N])
+    e2e.py kill-at --events FILE (--task-start HOST TASK | --progress WHAT [--min-bytes N]
+                   [--of-task TASK])
                    --stdout FILE --stderr FILE -- CMD...
         run CMD, poll FILE every 10 ms, SIGKILL CMD (by pid) right after the first event
         that matches. Exit 0: killed there (prints the matching event); 1: CMD ended
@@ -105,9 +106,13 @@ def kill_at(args):
         what = opts[opts.index("--progress") + 1]
         # --min-bytes N: only a progress event at N bytes or more (well into the stream).
         least = int(opts[opts.index("--min-bytes") + 1]) if "--min-bytes" in opts else 0
+        # --of-task TASK: only the progress of that task (an artifact moves in several).
+        of_task = opts[opts.index("--of-task") + 1] if "--of-task" in opts else None
 
         def match(e):
-            return e.get("event") == "progress" and e.get("what") == what and (e.get("bytes") or 0) >= least
+            return (e.get("event") == "progress" and e.get("what") == what
+                    and (e.get("bytes") or 0) >= least
+                    and (of_task is None or e.get("task") == of_task))
     if os.path.exists(events_path):
         os.unlink(events_path)
     proc = subprocess.Popen(cmd, stdout=out, stderr=err)
