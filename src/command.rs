@@ -88,6 +88,18 @@ impl Cmd {
         self
     }
 
+    /// The words of a simple command (only arguments: no operators, scripts or
+    /// secrets), e.g. to hand it to a wrapper such as `flock DIR CMD…` as its argv.
+    pub fn words(&self) -> Option<Vec<String>> {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Arg(a) => Some(a.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// `self ; next`
     pub fn then(self, next: Cmd) -> Self {
         self.then_with(";", next)

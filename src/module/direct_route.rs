@@ -454,16 +454,17 @@ pub async fn install(
     );
     let ak = record.authorized_keys.as_str();
     let ssh_dir = ak.rsplit_once('/').map(|(d, _)| d).unwrap_or(".");
-    let added = node
-        .exec_ok_with_input(
-            &Cmd::new("umask")
-                .arg("077")
-                .and(Cmd::new("mkdir").args(["-p", ssh_dir]))
-                .and(Cmd::new("cat").op(">>").arg(ak)),
-            line.as_bytes(),
-        )
-        .await;
-    added?;
+    node.exec_ok_with_input(
+        &Cmd::new("umask")
+            .arg("077")
+            .and(Cmd::new("mkdir").args(["-p", ssh_dir]))
+            .and(keys_locked(
+                ak,
+                sh_c("umask 077; cat >>\"$1\"", "ferry-trust").arg(ak),
+            )),
+        line.as_bytes(),
+    )
+    .await?;
     let ssh_argv = [
         "ssh",
         "-F",
@@ -549,12 +550,30 @@ pub async fn write_file(
     succeeded(out, || format!("cannot write {path} on host {host}")).map(drop)
 }
 
+/// `cmd` (a `sh -c` command) holding the lock of the directory of the authorized_keys
+/// file `ak` (`flock`, where util-linux has it): the storage stream and a transfer may
+/// add and remove their keys at the same time, and an unlocked rewrite could drop the
+/// other's new line or put back a line the other just removed.
+fn keys_locked(ak: &str, cmd: Cmd) -> Cmd {
+    let dir = ak.rsplit_once('/').map(|(d, _)| d).unwrap_or(".");
+    let dir = if dir.is_empty() { "/" } else { dir };
+    sh_c(
+        "d=$1; shift\n\
+         if command -v flock >/dev/null 2>&1; then exec flock -w 60 \"$d\" \"$@\"; fi\n\
+         exec \"$@\"",
+        "ferry-keys-lock",
+    )
+    .arg(dir)
+    // Only ever given `sh -c` commands built here, which are simple.
+    .args(cmd.words().unwrap_or_default())
+}
+
 /// The node's side of removing `record`: its key line (matched by tag, the rest of the
-/// file kept as it is, in place) and its files.
+/// file kept as it is, in place, under the directory's lock) and its files.
 fn node_removal_cmd(record: &TrustRecord) -> Cmd {
     let ak = record.authorized_keys.as_str();
     let tmp = format!("{ak}.{}", record.tag);
-    sh_c(
+    let edit = sh_c(
         "ak=$1; tmp=$2; tag=$3; shift 3\n\
          if [ -f \"$ak\" ] && grep -qF -- \"$tag\" \"$ak\"; then\n\
            grep -vF -- \"$tag\" \"$ak\" >\"$tmp\" || [ $? -eq 1 ] || exit 1\n\
@@ -566,7 +585,8 @@ fn node_removal_cmd(record: &TrustRecord) -> Cmd {
     .arg(ak)
     .arg(tmp.as_str())
     .arg(record.tag.as_str())
-    .args(record.node_files.iter().map(String::as_str))
+    .args(record.node_files.iter().map(String::as_str));
+    keys_locked(ak, edit)
 }
 
 /// Remove what `record` installed, on both hosts; idempotent.
@@ -711,6 +731,64 @@ pub fn pick_keys_file(home: &str, user: &str, files: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Three streams may add and remove their keys on one node at once (the storage
+    /// stream beside the dump's transfer): under the directory's lock no new line is
+    /// lost and no removed line comes back. Run with the real `sh` and `flock`.
+    #[test]
+    fn concurrent_adds_and_removals_of_keys_lose_nothing_and_bring_nothing_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let ak = dir.path().join("authorized_keys");
+        let ak = ak.to_str().unwrap().to_string();
+        let old: Vec<String> = (0..12).map(|i| format!("ferry-direct-old{i:02}")).collect();
+        let mut text = String::from("ssh-ed25519 AAAAkeep operator\n");
+        for tag in &old {
+            text.push_str(&format!("restrict ssh-ed25519 AAAA{tag} {tag}\n"));
+        }
+        std::fs::write(&ak, text).unwrap();
+        let mut children = Vec::new();
+        for (i, tag) in old.iter().enumerate() {
+            let record = plan_record(tag, "old", &ak, "/nonexistent/receiver.sh");
+            let remove = node_removal_cmd(&record).to_shell();
+            children.push(
+                std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(remove)
+                    .spawn()
+                    .unwrap(),
+            );
+            let new_tag = format!("ferry-direct-new{i:02}");
+            let add = keys_locked(&ak, sh_c("umask 077; cat >>\"$1\"", "ferry-trust").arg(&ak));
+            let mut child = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(add.to_shell())
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin
+                .write_all(format!("restrict ssh-ed25519 AAAA{new_tag} {new_tag}\n").as_bytes())
+                .unwrap();
+            drop(stdin);
+            children.push(child);
+        }
+        for mut c in children {
+            assert!(c.wait().unwrap().success());
+        }
+        let after = std::fs::read_to_string(&ak).unwrap();
+        assert!(
+            after.starts_with("ssh-ed25519 AAAAkeep operator\n"),
+            "{after}"
+        );
+        for tag in &old {
+            assert!(!after.contains(tag.as_str()), "{tag} came back:\n{after}");
+        }
+        for i in 0..12 {
+            let tag = format!("ferry-direct-new{i:02}");
+            assert!(after.contains(&tag), "{tag} was lost:\n{after}");
+        }
+    }
 
     fn target() -> DirectTarget {
         DirectTarget {
