@@ -337,6 +337,7 @@ fn new_facts() -> NewFacts {
         already_staged: 0,
         blob_store: None,
         server_version: Some((1, 33, "v1.33.0".into())),
+        direct_unavailable: None,
         old_sizes: Some((
             "old".into(),
             DataSizes {
@@ -381,6 +382,20 @@ fn new_preflight_fails_when_the_blob_store_cannot_be_read() {
     assert!(msg.contains("1 check(s) failed"), "{msg}");
     assert!(
         msg.contains("the blob storage (host var blob_store) cannot be read: listing failed: InvalidAccessKeyId"),
+        "{msg}"
+    );
+}
+
+/// `route = "direct"` that cannot be used fails the new host's preflight, before the old
+/// app is stopped, naming why and what to set instead.
+#[test]
+fn new_preflight_fails_when_the_direct_route_asked_for_cannot_be_used() {
+    let mut f = new_facts();
+    f.direct_unavailable = Some("host old cannot reach new's sshd (tried 10.0.0.9:1)".into());
+    let msg = failures(PreflightFacts::New(f));
+    assert!(msg.contains("1 check(s) failed"), "{msg}");
+    assert!(
+        msg.contains("route = \"direct\" cannot be used: host old cannot reach new's sshd (tried 10.0.0.9:1). Set stream_route = \"auto\""),
         "{msg}"
     );
 }

@@ -131,6 +131,11 @@ pub struct Preflight {
     pub ui_app_container: Option<String>,
     pub openebs_base: Option<Template>,
     pub staging_dir: Option<Template>,
+    /// The route the streams from `route_from` (the old host, or its one-host group)
+    /// are asked to take: with "direct", the old host must reach this host's sshd now,
+    /// before anything is stopped (the streams' own probe would see it only later).
+    pub route: Option<Template>,
+    pub route_from: Option<Template>,
 }
 }
 
@@ -199,6 +204,8 @@ impl Preflight {
             ("ui_app_container", self.ui_app_container.is_some()),
             ("openebs_base", self.openebs_base.is_some()),
             ("staging_dir", self.staging_dir.is_some()),
+            ("route", self.route.is_some()),
+            ("route_from", self.route_from.is_some()),
             ("namespace", self.namespace.is_some()),
             ("kubeconfig", self.kubeconfig.is_some()),
         ];
@@ -231,7 +238,12 @@ impl Module for Preflight {
         crate::module::kube::VARS,
         crate::module::docker::VARS,
         probe::VARS,
-        &[&crate::packagist::blob_store::BLOB_STORE],
+        &[
+            &crate::packagist::blob_store::BLOB_STORE,
+            &crate::module::direct_route::DIRECT_ADDRESS,
+            &crate::packagist::storage_stream::HOSTVARS,
+            &crate::packagist::storage_stream::GROUPS,
+        ],
     ];
     fn memos(&self, facts: &PreflightFacts) -> Vec<MemoValue> {
         let f = match facts {
@@ -262,10 +274,18 @@ impl Module for Preflight {
     type Facts = PreflightFacts;
     type Change = NoChange;
 
-    fn check_args(&self, _: &ArgCheck<'_>) -> Result<(), ArgError> {
-        match self.misplaced_args().first() {
-            Some(first) => Err(ArgError::field(first, self.misplaced_message())),
-            None => Ok(()),
+    fn check_args(&self, at: &ArgCheck<'_>) -> Result<(), ArgError> {
+        if let Some(first) = self.misplaced_args().first() {
+            return Err(ArgError::field(first, self.misplaced_message()));
+        }
+        crate::module::direct_route::check_route_arg(self.route.as_ref(), at)?;
+        match (&self.route, &self.route_from) {
+            (Some(_), None) => Err(ArgError::field(
+                "route",
+                "route needs route_from: the host (or one-host group) the streams come from",
+            )),
+            (_, Some(from)) => crate::packagist::storage_stream::check_source_arg(from, at),
+            _ => Ok(()),
         }
     }
 

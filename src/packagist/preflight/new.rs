@@ -10,6 +10,7 @@ use super::probe::{
 };
 use super::{needed, DataSizes, Preflight, DEFAULT_OPENEBS_BASE, OLD_SIZES_KEY};
 use crate::k8s::{K8sError, WorkloadKind};
+use crate::module::direct_route::{self, DirectFacts, DirectProbe, RouteSetting};
 use crate::module::kube::K8sArgs;
 use crate::module::units::{exact, human};
 use crate::module::{HostReader, ModuleError};
@@ -52,6 +53,8 @@ pub struct NewFacts {
     pub safety_factor: f64,
     /// The API server's (major, minor, gitVersion), when it answered.
     pub server_version: Option<(u32, u32, String)>,
+    /// `route = "direct"` was asked and cannot be used: why.
+    pub direct_unavailable: Option<String>,
 }
 
 /// The first Kubernetes minor version whose exec speaks `v5.channel.k8s.io` (KEP-4006),
@@ -95,6 +98,7 @@ impl Preflight {
             old_sizes: old_sizes_from_journal(ctx),
             safety_factor: self.safety_factor(),
             server_version: None,
+            direct_unavailable: None,
         };
 
         let cluster = match target.cluster(ctx).await {
@@ -162,7 +166,32 @@ impl Preflight {
             f.staging = Some(disk_free(ctx, &dir).await.map_err(|e| e.to_string()));
             f.already_staged = artifacts_under(ctx, &dir).await?;
         }
+        f.direct_unavailable = self.direct_unavailable(ctx).await?;
         Ok(f)
+    }
+
+    /// With `route = "direct"`: the streams' own probe, now (read-only), and why it
+    /// fails. `auto` and `controller` need nothing here (auto falls back by itself).
+    async fn direct_unavailable(&self, ctx: &HostReader) -> Result<Option<String>, ModuleError> {
+        let (Some(route), Some(from)) = (&self.route, &self.route_from) else {
+            return Ok(None);
+        };
+        if direct_route::route_setting(ctx, Some(route))? != RouteSetting::Direct {
+            return Ok(None);
+        }
+        let source_host = crate::packagist::storage_stream::resolve_source(
+            &ctx.vars,
+            &ctx.render_operand(from)?,
+        )?;
+        let source = ctx.peer(&source_host).await?;
+        let mut direct = DirectFacts::new(RouteSetting::Direct);
+        // The staging path's own check is the stream's: "" passes it.
+        let unavailable = direct_route::unavailable_for(ctx, "");
+        direct_route::look(ctx, &source_host, &source, unavailable, &mut direct).await?;
+        Ok(match direct.probe {
+            DirectProbe::Unavailable(why) => Some(why),
+            _ => None,
+        })
     }
 }
 
@@ -184,6 +213,12 @@ fn old_sizes_from_journal(ctx: &HostReader) -> Option<(String, DataSizes)> {
 pub fn new_failures(f: &NewFacts) -> Vec<String> {
     let mut out = Vec::new();
     let host = &f.host;
+    if let Some(why) = &f.direct_unavailable {
+        out.push(format!(
+            "{host}: route = \"direct\" cannot be used: {why}. Set stream_route = \"auto\" \
+             (through the laptop when the old host cannot reach this host) or \"controller\""
+        ));
+    }
     if let Some(e) = &f.cluster_error {
         out.push(format!(
             "{host}: the Kubernetes API is not usable: {e}. Check var kubeconfig (a readable \

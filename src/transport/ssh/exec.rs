@@ -61,7 +61,9 @@ pub(crate) async fn start(
                 host: host.to_string(),
                 reason: "connection shut down".into(),
             })?;
+    tracing::trace!(host, "exec: a session channel is free; opening it");
     let (read, write) = conn.exec_channel(command, host).await?;
+    tracing::trace!(host, "exec: channel open, command sent");
     let write = Arc::new(write);
 
     let (out_tx, out_rx) = mpsc::channel::<io::Result<Bytes>>(STDOUT_QUEUE);
@@ -106,10 +108,39 @@ pub(crate) async fn start(
     }
 
     if let Some(preamble) = preamble {
-        write
-            .data_bytes(preamble)
-            .await
-            .map_err(|e| map_russh_error(e, host))?;
+        // russh waits for window space without watching the connection: a connection
+        // that died just as the channel opened would leave this send waiting forever
+        // (seen when an sshd was killed mid-stream). Bounded, and given up as soon as
+        // the connection is seen closed.
+        let send = write.data_bytes(preamble);
+        tokio::pin!(send);
+        let started = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                sent = &mut send => {
+                    sent.map_err(|e| map_russh_error(e, host))?;
+                    break;
+                }
+                _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
+                    let reason = if conn.is_closed() {
+                        "the connection closed before the command's script was sent".to_string()
+                    } else if started.elapsed() > SCRIPT_SEND_TIMEOUT {
+                        format!(
+                            "the command's script could not be sent within {}s: the \
+                             connection stopped taking data",
+                            SCRIPT_SEND_TIMEOUT.as_secs()
+                        )
+                    } else {
+                        continue;
+                    };
+                    return Err(TransportError::Disconnected {
+                        host: host.to_string(),
+                        reason,
+                    });
+                }
+            }
+        }
+        tracing::trace!(host, "exec: script sent");
     }
 
     let host_owned = host.to_string();
@@ -209,6 +240,10 @@ impl Drop for CloseOnDrop {
         }
     }
 }
+
+/// How long the few kilobytes of a command's script may take to be accepted by the
+/// connection (see `start`).
+const SCRIPT_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// After the command's exit status arrived, how long the channel may stay silent before
 /// ferry stops waiting for its end of output: a process the command left in the
