@@ -1145,6 +1145,29 @@ pub struct SenderResult {
     pub hashes: std::collections::BTreeMap<String, String>,
 }
 
+/// Pure: why the sender's ssh failed before a byte arrived (refused, unreachable, key
+/// not accepted: ssh's own exit 255, no answer from the receiver, the part as it was),
+/// so that another route may take over; `None` when the stream got further.
+pub fn refused_before_a_byte(
+    r: &SenderResult,
+    far_answer: &str,
+    part_grew: bool,
+    source_host: &str,
+    host: &str,
+    far_err: &str,
+) -> Option<String> {
+    (r.ssh_rc == Some(255) && far_answer.is_empty() && !part_grew).then(|| {
+        format!(
+            "ssh from {source_host} to {host} failed: {}",
+            if far_err.is_empty() {
+                "exit 255"
+            } else {
+                far_err
+            }
+        )
+    })
+}
+
 /// Run the sender `cmd` on `source`, its progress shown under `name` (of `total`
 /// bytes), until its result. Its stdin stays open while ferry waits: its EOF (ferry
 /// stopped, its connection lost) stops the sender.

@@ -600,6 +600,13 @@ pub fn decide(f: &PgRestoreFacts) -> Result<Vec<PgRestoreChange>, ModuleError> {
             user,
         } => {
             let sts = format!("statefulset/{statefulset}");
+            let load = kubectl_exec(
+                namespace,
+                pod,
+                container.as_deref(),
+                true,
+                &["psql", "-v", "ON_ERROR_STOP=1", "-U", user, "-d", database],
+            );
             vec![
                 PgRestoreChange::Recreate {
                     pvc: pvc.clone(),
@@ -615,30 +622,14 @@ pub fn decide(f: &PgRestoreFacts) -> Result<Vec<PgRestoreChange>, ModuleError> {
                     command: match &f.node_copy {
                         Some(node) => format!(
                             "on the node: {} < {}",
-                            kubectl_exec(
-                                namespace,
-                                pod,
-                                container.as_deref(),
-                                true,
-                                &["psql", "-v", "ON_ERROR_STOP=1", "-U", user, "-d", database]
-                            )
-                            .replacen(
+                            load.replacen(
                                 "kubectl",
                                 &format!("kubectl --kubeconfig {}", node.kubeconfig),
                                 1
                             ),
                             node.path
                         ),
-                        None => format!(
-                            "{} < dump",
-                            kubectl_exec(
-                                namespace,
-                                pod,
-                                container.as_deref(),
-                                true,
-                                &["psql", "-v", "ON_ERROR_STOP=1", "-U", user, "-d", database]
-                            )
-                        ),
+                        None => format!("{load} < dump"),
                     },
                 },
             ]

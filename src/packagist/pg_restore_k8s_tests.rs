@@ -137,3 +137,79 @@ fn external_password_goes_on_stdin_not_argv() {
     assert!(shown.contains("read -r PGPASSWORD"));
     assert!(!shown.contains("PGPASSWORD="));
 }
+
+/// With the dump's copy on the node the load is the node's kubectl reading that copy;
+/// without it, the dump streamed through the laptop.
+#[test]
+fn a_node_copy_is_loaded_by_the_node_kubectl() {
+    let mut f = facts(Some(fp(0)));
+    let c = decide(&f).unwrap();
+    assert!(
+        c[1].commands()[0].ends_with(" < dump"),
+        "{:?}",
+        c[1].commands()
+    );
+    f.node_copy = Some(NodeFile {
+        path: "/var/tmp/ferry/packagist_db.sql".into(),
+        kubeconfig: "/etc/kubernetes/admin.conf".into(),
+    });
+    let c = decide(&f).unwrap();
+    let cmd = &c[1].commands()[0];
+    assert!(
+        cmd.starts_with("on the node: kubectl --kubeconfig /etc/kubernetes/admin.conf -n default exec -i postgres-0"),
+        "{cmd}"
+    );
+    assert!(cmd.ends_with(" < /var/tmp/ferry/packagist_db.sql"), "{cmd}");
+}
+
+/// The node's load dies with ferry: the real `sh` runs the wrapper; a command still
+/// running when the wrapper's stdin closes is killed, one that ends gives its status
+/// and the wrapper reports how far the file was read.
+#[test]
+fn the_node_load_stops_when_its_stdin_closes_and_reports_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dump.sql");
+    std::fs::write(&file, vec![b'x'; 4096]).unwrap();
+    let node = NodeFile {
+        path: file.to_str().unwrap().into(),
+        kubeconfig: "/k".into(),
+    };
+    // `kubectl` here is a stand-in on PATH: reads 10 bytes, sleeps, exits 7.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let fake = bin.join("kubectl");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\nhead -c 10 >/dev/null\nsleep 1.2\nexit 7\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cmd = node_exec_from_file(&node, "default", "postgres-0", Some("postgres"), &[]);
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |stdin: std::process::Stdio| {
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd.to_shell())
+            .env("PATH", &path)
+            .stdin(stdin)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    // stdin held open (a pipe whose writer this test keeps): the command's own status.
+    let (reader, writer) = std::io::pipe().unwrap();
+    let out = run(reader.into());
+    drop(writer);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("progress "), "{text}");
+    // stdin at EOF at once (ferry gone): killed (SIGTERM), not its own exit 7.
+    let out = run(std::process::Stdio::null());
+    assert_eq!(out.status.code(), Some(143), "{out:?}");
+}

@@ -152,19 +152,11 @@ async fn verify(
         )
         .into());
     }
-    if r.ssh_rc == Some(255) && far_sha.is_empty() && !part_grew(ctx, &f.dest, offset).await {
-        // ssh's own failure (refused, unreachable, key not accepted) before a byte
-        // arrived: the part is as it was.
-        return Err(Refusal::Refused(format!(
-            "ssh from {} to {} failed: {}",
-            artifact.host,
-            ctx.host,
-            if far_err.is_empty() {
-                "exit 255"
-            } else {
-                far_err.as_str()
-            }
-        )));
+    let grew = r.ssh_rc == Some(255) && part_grew(ctx, &f.dest, offset).await;
+    if let Some(why) =
+        direct_route::refused_before_a_byte(&r, &far_sha, grew, &artifact.host, &ctx.host, &far_err)
+    {
+        return Err(Refusal::Refused(why));
     }
     if let Some(e) = &r.error {
         return Err(ModuleError::Remote {

@@ -143,19 +143,10 @@ async fn verify(
         return Err(disk_full(ctx, f, staged, &far_err).await.into());
     }
     let grew = size.parse::<u64>().is_ok_and(|n| n > resume_from);
-    if r.ssh_rc == Some(255) && far_sha.is_empty() && !grew {
-        // ssh's own failure (refused, unreachable, key not accepted) before a byte
-        // arrived: the part is as it was, another route may take over.
-        return Err(Stage::DirectRefused(format!(
-            "ssh from {} to {} failed: {}",
-            f.source_host,
-            ctx.host,
-            if far_err.is_empty() {
-                "exit 255"
-            } else {
-                far_err.as_str()
-            }
-        )));
+    if let Some(why) =
+        direct_route::refused_before_a_byte(&r, &far_sha, grew, &f.source_host, &ctx.host, &far_err)
+    {
+        return Err(Stage::DirectRefused(why));
     }
     if let Some(e) = &r.error {
         return Err(ModuleError::Remote {
