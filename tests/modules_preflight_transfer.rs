@@ -652,6 +652,7 @@ fn tfacts() -> TransferFacts {
         direct: ferry::module::direct_route::DirectFacts::new(
             ferry::module::direct_route::RouteSetting::Controller,
         ),
+        guard: None,
     }
 }
 
@@ -937,6 +938,7 @@ impl Local {
             mode: None,
             record_as: Some("packagist_storage_new".into()),
             route: None,
+            guard: None,
         }
     }
     fn ctx(&self, vars: Value) -> TaskCtx {
@@ -1218,6 +1220,7 @@ fn transfer_to(artifact: &str, dest: &std::path::Path) -> Transfer {
         mode: None,
         record_as: Some(format!("{artifact}_new")),
         route: None,
+        guard: None,
     }
 }
 

@@ -73,6 +73,10 @@ pub struct Transfer {
     /// `auto` (default), `direct` (the artifact's host → this host) or `controller`
     /// (through the laptop).
     pub route: Option<Template>,
+    /// The store this transfer feeds (e.g. "postgres"): once the migration completed
+    /// (the marker the new host's preflight read), it is left alone unless
+    /// `--overwrite` names the store.
+    pub guard: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -102,6 +106,8 @@ pub struct TransferFacts {
     /// The route asked for, what the probe found (only when a send is due), and what
     /// an earlier direct transfer left installed (removed first).
     pub direct: DirectFacts,
+    /// Why the completed migration leaves this transfer alone (see `guard`).
+    pub guard: Option<String>,
 }
 
 impl TransferFacts {
@@ -286,6 +292,11 @@ impl Module for Transfer {
         direct_route::check_route_arg(self.route.as_ref(), at)
     }
 
+    /// The completed-migration guard's reason, when it leaves the transfer alone.
+    fn notes(&self, f: &TransferFacts) -> Vec<String> {
+        f.guard.iter().cloned().collect()
+    }
+
     async fn facts(&self, probe: &Probe<'_>) -> Result<TransferFacts, ModuleError> {
         let mode = match &self.mode {
             Some(m) => parse_mode(m)?,
@@ -323,6 +334,10 @@ impl Module for Transfer {
             taken,
             laptop_copy: None,
             direct: DirectFacts::new(direct_route::route_setting(probe, self.route.as_ref())?),
+            guard: self
+                .guard
+                .as_deref()
+                .and_then(|store| crate::packagist::completed::handed_over_guard(probe, store)),
         };
         f.direct.trust_left = direct_route::trust_left(probe).await?;
         if let Some(a) = &f.artifact {
@@ -553,6 +568,9 @@ pub fn decide(f: &TransferFacts) -> Result<Vec<TransferChange>, ModuleError> {
             f.taken.join("; ")
         )));
     }
+    if f.guard.is_some() && f.artifact.is_none() {
+        return Ok(Vec::new());
+    }
     let Some(a) = &f.artifact else {
         if f.artifact_pending {
             return Ok(vec![TransferChange::SendWhenProduced {
@@ -573,6 +591,9 @@ pub fn decide(f: &TransferFacts) -> Result<Vec<TransferChange>, ModuleError> {
         .cloned()
         .map(TransferChange::RemoveTrust)
         .collect();
+    if f.guard.is_some() {
+        return Ok(changes);
+    }
     changes.extend(far_end_changes(f, a)?);
     // A send from the start makes the laptop's copy on the way; otherwise (nothing to
     // send, or a resume, which sends only the rest) a copy that is not whole is made

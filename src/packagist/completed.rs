@@ -78,3 +78,10 @@ pub fn completed_guard(
 ) -> Option<String> {
     marker_guard(&ctx.overwrite, MARKER_CONFIGMAP, marker, store)
 }
+
+/// The guard of a step that reads no cluster itself (a `transfer` to the new node): the
+/// marker this run's new-side preflight read, handed over in the journal.
+pub fn handed_over_guard(ctx: &HostReader, store: &str) -> Option<String> {
+    let done = completed_on_new_side(ctx)?;
+    marker_guard(&ctx.overwrite, MARKER_CONFIGMAP, &Some(done.marker), store)
+}
