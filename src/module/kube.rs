@@ -382,3 +382,25 @@ pub fn node_exec_from_file(
         .arg("ferry-node-exec")
         .arg(kubectl.to_shell())
 }
+
+/// The completed-migration marker a new host's preflight of this run read from its
+/// cluster and handed over in the journal (memo `new_side_completed` of that task).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandedOverMarker {
+    pub host: String,
+    pub marker: BTreeMap<String, String>,
+}
+
+/// The guard of a step that reads no cluster itself (a `transfer` to the new node):
+/// [`marker_guard`] on the marker handed over in the journal, if any.
+pub fn handed_over_guard(ctx: &HostReader, configmap: &str, store: &str) -> Option<String> {
+    let memo: crate::module::memo::Memo<HandedOverMarker> =
+        crate::module::memo::Memo::new("new_side_completed");
+    let data = ctx.journal.snapshot();
+    let done = data
+        .hosts
+        .iter()
+        .flat_map(|(host, tasks)| tasks.iter().map(move |(task, r)| (host, task, r)))
+        .find_map(|(host, task, r)| memo.read(host, task, r).ok().flatten())?;
+    marker_guard(&ctx.overwrite, configmap, &Some(done.marker), store)
+}

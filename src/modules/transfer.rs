@@ -76,7 +76,7 @@ pub struct Transfer {
     /// The store this transfer feeds (e.g. "postgres"): once the migration completed
     /// (the marker the new host's preflight read), it is left alone unless
     /// `--overwrite` names the store.
-    pub guard: Option<String>,
+    pub guard: Option<crate::module::kube::MarkerGuard>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -334,10 +334,9 @@ impl Module for Transfer {
             taken,
             laptop_copy: None,
             direct: DirectFacts::new(direct_route::route_setting(probe, self.route.as_ref())?),
-            guard: self
-                .guard
-                .as_deref()
-                .and_then(|store| crate::packagist::completed::handed_over_guard(probe, store)),
+            guard: self.guard.as_ref().and_then(|g| {
+                crate::module::kube::handed_over_guard(probe, &g.configmap, &g.store)
+            }),
         };
         f.direct.trust_left = direct_route::trust_left(probe).await?;
         if let Some(a) = &f.artifact {

@@ -21,12 +21,9 @@ pub async fn completed_marker(
 }
 
 /// What the new host's preflight read from its cluster's marker, for the old side's
-/// steps (memo [`crate::packagist::preflight::NEW_SIDE_COMPLETED`]).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct CompletedOn {
-    pub host: String,
-    pub marker: BTreeMap<String, String>,
-}
+/// steps (memo [`crate::packagist::preflight::NEW_SIDE_COMPLETED`]); the module kit's
+/// type, so general modules can honour it too.
+pub use crate::module::kube::HandedOverMarker as CompletedOn;
 
 /// Set `backup`'s policy for the old host's `store` after a completed migration, as the
 /// new side's preflight of this run handed the cluster's marker over: leave the old host
@@ -77,11 +74,4 @@ pub fn completed_guard(
     store: &str,
 ) -> Option<String> {
     marker_guard(&ctx.overwrite, MARKER_CONFIGMAP, marker, store)
-}
-
-/// The guard of a step that reads no cluster itself (a `transfer` to the new node): the
-/// marker this run's new-side preflight read, handed over in the journal.
-pub fn handed_over_guard(ctx: &HostReader, store: &str) -> Option<String> {
-    let done = completed_on_new_side(ctx)?;
-    marker_guard(&ctx.overwrite, MARKER_CONFIGMAP, &Some(done.marker), store)
 }
