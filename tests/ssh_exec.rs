@@ -584,3 +584,92 @@ async fn a_secret_in_a_command_never_shows_in_ps_on_the_host() {
         );
     }
 }
+
+/// A TCP relay to `to` on 127.0.0.1 that can go silent: after `freeze`, nothing crosses in
+/// either direction and nobody is told, as when a laptop's Wi-Fi drops. Returns its port.
+async fn freezable_relay(to: u16, frozen: std::sync::Arc<tokio::sync::watch::Sender<bool>>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(("127.0.0.1", to))
+                .await
+                .unwrap();
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            for (mut r, mut w) in [
+                (
+                    Box::new(cr) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                    Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                ),
+                (Box::new(sr), Box::new(cw)),
+            ] {
+                let mut frozen = frozen.subscribe();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match r.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        // Silent from now on: hold what was read, forever.
+                        if *frozen.borrow_and_update() {
+                            let _ = frozen.wait_for(|f| !*f).await;
+                            std::future::pending::<()>().await;
+                        }
+                        if w.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    port
+}
+
+/// A link that goes silent (no reset, no EOF) while a command runs: the keepalive probes
+/// (inventory `server_alive_interval`/`server_alive_count_max`) find the connection dead
+/// and the command fails with "no answer to keepalives". Without the probes it would wait
+/// for as long as the link stays silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_link_fails_the_running_command_after_the_keepalives() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let frozen = std::sync::Arc::new(tokio::sync::watch::channel(false).0);
+    let relay = freezable_relay(server.port, frozen.clone()).await;
+    let mut spec = client.spec(&server);
+    spec.port = Some(relay);
+    // The relay's port is not in known_hosts (the server's key is, under its own port).
+    spec.host_key_policy = Some(ferry::transport::HostKeyPolicy::AcceptNew);
+    spec.server_alive = ferry::transport::ServerAlive {
+        interval: Some(Duration::from_secs(1)),
+        count_max: 2,
+    };
+    let t = sshd::connect(spec).await.unwrap();
+    assert!(t.exec(&Cmd::new("true"), None).await.unwrap().success());
+
+    let running = tokio::spawn(async move {
+        let r = t.exec(&Cmd::script("sleep 120", "sleep 120"), None).await;
+        (r, t)
+    });
+    // The command is on its way; then the link goes silent.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    frozen.send_replace(true);
+    let started = Instant::now();
+    let (result, _t) = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the command still waits 30 s after the link went silent")
+        .unwrap();
+    let err = result.expect_err("a command across a silent link succeeded");
+    assert!(
+        matches!(&err, TransportError::Disconnected { reason, .. } if reason.contains("keepalives")),
+        "{err}"
+    );
+    // 1 s of silence, then 2 probes a second apart: well before the 120 s of the command.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}

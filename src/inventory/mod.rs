@@ -48,6 +48,11 @@ struct RawHost {
     become_password_env: Option<Spanned<String>>,
     /// Seconds.
     connect_timeout: Option<u64>,
+    /// Seconds of silence before a keepalive probe; 0: never (OpenSSH's
+    /// ServerAliveInterval).
+    server_alive_interval: Option<u64>,
+    /// Unanswered probes after which the connection counts as lost (ServerAliveCountMax).
+    server_alive_count_max: Option<usize>,
     /// Accept legacy `ssh-rsa` (SHA-1) host key signatures.
     allow_ssh_rsa_sha1: Option<bool>,
     /// POSIX shell to run commands with instead of the login shell.

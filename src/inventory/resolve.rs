@@ -11,7 +11,7 @@ use serde_spanned::Spanned;
 use crate::playbook::check_user_var;
 use crate::playbook::source::{InputError, SourceFile};
 use crate::secrets::Secrets;
-use crate::transport::{BecomeSpec, ConnectSpec};
+use crate::transport::{BecomeSpec, ConnectSpec, ServerAlive};
 
 use super::{Host, RawGroup, RawHost};
 
@@ -192,6 +192,10 @@ impl Resolver<'_> {
             allow_prompt: false,
             allow_ssh_rsa_sha1: pick(&h.allow_ssh_rsa_sha1, &d.allow_ssh_rsa_sha1).unwrap_or(false),
             shell: pick(&h.shell, &d.shell),
+            server_alive: server_alive(
+                pick(&h.server_alive_interval, &d.server_alive_interval),
+                pick(&h.server_alive_count_max, &d.server_alive_count_max),
+            ),
         };
         Ok(Host {
             name: name.to_string(),
@@ -200,5 +204,19 @@ impl Resolver<'_> {
             secret_vars: secret_names,
             connect,
         })
+    }
+}
+
+/// The inventory's keepalive settings over ferry's defaults; interval 0 turns the probes
+/// off, as `ServerAliveInterval 0` does for ssh.
+fn server_alive(interval: Option<u64>, count_max: Option<usize>) -> ServerAlive {
+    let default = ServerAlive::default();
+    ServerAlive {
+        interval: match interval {
+            Some(0) => None,
+            Some(s) => Some(Duration::from_secs(s)),
+            None => default.interval,
+        },
+        count_max: count_max.unwrap_or(default.count_max),
     }
 }

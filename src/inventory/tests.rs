@@ -1,6 +1,7 @@
 //! Inventory parsing: precedence, errors with locations, env and secret values.
 
 use super::*;
+use std::time::Duration;
 
 fn parse(text: &str, env: &[(&str, &str)]) -> Result<Inventory, InputError> {
     let env: BTreeMap<String, String> = env
@@ -76,6 +77,40 @@ fn connect_spec_resolves_paths_and_defaults() {
     assert_eq!(
         inv.legacy_journal_path(Path::new("/pb/migrate.toml")),
         PathBuf::from("/inv/.ferry/migrate.journal.json")
+    );
+}
+
+#[test]
+fn keepalive_probes_default_on_and_follow_openssh_names() {
+    let inv = parse(
+        r#"
+[defaults]
+server_alive_interval = 2
+[hosts.a]
+[hosts.b]
+server_alive_interval = 0
+server_alive_count_max = 5
+[hosts.c]
+server_alive_count_max = 1
+"#,
+        &[],
+    )
+    .unwrap();
+    let alive = |h: &str| inv.hosts[h].connect.server_alive;
+    assert_eq!(alive("a").interval, Some(Duration::from_secs(2)));
+    assert_eq!(alive("a").count_max, 3);
+    // 0 turns the probes off, as ServerAliveInterval 0 does.
+    assert_eq!(alive("b").interval, None);
+    assert_eq!(alive("b").count_max, 5);
+    assert_eq!(alive("c").count_max, 1);
+    let plain = parse("[hosts.d]\n", &[]).unwrap();
+    assert_eq!(
+        plain.hosts["d"].connect.server_alive,
+        crate::transport::ServerAlive::default()
+    );
+    assert_eq!(
+        plain.hosts["d"].connect.server_alive.interval,
+        Some(Duration::from_secs(15))
     );
 }
 

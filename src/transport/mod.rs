@@ -363,6 +363,30 @@ pub struct ConnectSpec {
     /// The POSIX shell ferry runs commands with on the host (inventory `shell`), instead
     /// of relying on the login shell being one. `None`: the login shell must be POSIX.
     pub shell: Option<String>,
+    /// How a silent connection is found dead (inventory `server_alive_interval`,
+    /// `server_alive_count_max`, as OpenSSH's ServerAliveInterval/CountMax).
+    pub server_alive: ServerAlive,
+}
+
+/// Probe a connection that has been silent for `interval`; after `count_max` unanswered
+/// probes it counts as lost. A laptop whose Wi-Fi drops sees no reset, only silence: this
+/// is what turns that silence into an error instead of a run that waits forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerAlive {
+    /// `None`: never probe (OpenSSH's `ServerAliveInterval 0`).
+    pub interval: Option<Duration>,
+    pub count_max: usize,
+}
+
+impl Default for ServerAlive {
+    /// ferry probes by default (OpenSSH does not): 15 s, 3 probes, so a dead link is
+    /// reported within about a minute.
+    fn default() -> Self {
+        ServerAlive {
+            interval: Some(Duration::from_secs(15)),
+            count_max: 3,
+        }
+    }
 }
 
 impl std::fmt::Debug for ConnectSpec {
@@ -384,6 +408,7 @@ impl std::fmt::Debug for ConnectSpec {
             .field("become_", &self.become_)
             .field("allow_ssh_rsa_sha1", &self.allow_ssh_rsa_sha1)
             .field("shell", &self.shell)
+            .field("server_alive", &self.server_alive)
             .finish()
     }
 }

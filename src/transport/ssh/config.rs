@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::transport::{ConnectSpec, HostKeyPolicy, TransportError};
+use crate::transport::{ConnectSpec, HostKeyPolicy, ServerAlive, TransportError};
 
 /// One SSH server to connect to, fully resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +25,8 @@ pub(crate) struct Target {
     /// Accept legacy `ssh-rsa` (SHA-1) host key signatures (the inventory's
     /// `allow_ssh_rsa_sha1`; jump hosts inherit the target's).
     pub allow_ssh_rsa_sha1: bool,
+    /// Keepalive probes (jump hosts inherit the target's).
+    pub server_alive: ServerAlive,
 }
 
 impl Target {
@@ -84,6 +86,7 @@ pub(crate) fn resolve(spec: &ConnectSpec) -> Result<Route, TransportError> {
         known_hosts: known_hosts.clone(),
         policy,
         allow_ssh_rsa_sha1: spec.allow_ssh_rsa_sha1,
+        server_alive: spec.server_alive,
     };
 
     let jump_value = spec
@@ -147,6 +150,7 @@ fn resolve_hop(
             .map(policy_from_config)
             .unwrap_or(target.policy),
         allow_ssh_rsa_sha1: target.allow_ssh_rsa_sha1,
+        server_alive: target.server_alive,
     })
 }
 

@@ -86,13 +86,12 @@ pub(crate) async fn start(
         ready: Some(ready_tx),
         host: host.to_string(),
         secrets: secrets.clone(),
+        conn: conn.clone(),
     };
-    let keep_alive = conn.clone();
     tokio::spawn(async move {
         let result = pump.run().await;
         let _ = exit_tx.send(result);
         drop(permit);
-        drop(keep_alive);
     });
 
     // Without become the pump reports ready at once.
@@ -270,9 +269,28 @@ struct Pump {
     ready: Option<oneshot::Sender<Result<(), TransportError>>>,
     host: String,
     secrets: Secrets,
+    /// Held while the pump runs (the connection lives as long as its commands), and
+    /// asked why it ended when the channel ends without an exit status.
+    conn: Arc<Connection>,
 }
 
 impl Pump {
+    /// Why the connection ended, if it did: russh tells its handler a moment after the
+    /// channels see the end, so wait for that moment (briefly: a channel can also end
+    /// alone, the connection still up).
+    async fn session_end_reason(&self) -> Option<String> {
+        for _ in 0..20 {
+            if let Some(why) = self.conn.lost_reason() {
+                return Some(why);
+            }
+            if !self.conn.is_closed() {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.conn.lost_reason()
+    }
+
     async fn run(mut self) -> Result<StreamExit, TransportError> {
         if self.become_.is_none() {
             self.signal_ready(Ok(()));
@@ -344,7 +362,10 @@ impl Pump {
         }
         let lost = !closed && !((eof || left_open) && (status.is_some() || signal.is_some()));
         if lost {
-            let reason = "connection lost while the command was running".to_string();
+            let reason = match self.session_end_reason().await {
+                Some(why) => format!("{why} while the command was running"),
+                None => "connection lost while the command was running".to_string(),
+            };
             if !reader_gone {
                 let _ = self
                     .out

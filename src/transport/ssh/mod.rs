@@ -280,10 +280,13 @@ impl SshTransport {
                     ShellError::Ended | ShellError::EndedWhileIdle | ShellError::Garbled => {
                         TransportError::Disconnected {
                             host: self.name.clone(),
-                            reason: format!(
-                                "the remote shell ended while running `{}`",
-                                cmd.display()
-                            ),
+                            reason: match conn.lost_reason() {
+                                Some(why) => format!("{why} (while running `{}`)", cmd.display()),
+                                None => format!(
+                                    "the remote shell ended while running `{}`",
+                                    cmd.display()
+                                ),
+                            },
                         }
                     }
                 })

@@ -25,10 +25,6 @@ pub(crate) const MAX_SESSIONS_PER_CONNECTION: usize = 8;
 const WINDOW_SIZE: u32 = 16 * 1024 * 1024;
 /// Largest packet russh accepts from the peer.
 const MAX_PACKET_SIZE: u32 = 65535;
-/// Without any traffic for this long, probe the server; after three unanswered probes the
-/// connection counts as lost.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
-const KEEPALIVE_MAX: usize = 3;
 
 /// An authenticated connection, plus the jump-host connections it runs through (they
 /// must live as long as it does).
@@ -41,7 +37,12 @@ pub(crate) struct Connection {
     _jumps: Vec<Handle<Client>>,
     /// The target's host key as verified (OpenSSH form).
     pub host_key: Option<String>,
+    /// Why the session ended, once it has (see [`Connection::lost_reason`]).
+    lost: LostReason,
 }
+
+/// Where the handler records why russh ended the session.
+type LostReason = Arc<std::sync::Mutex<Option<String>>>;
 
 /// State of a connection's persistent shell.
 pub(crate) enum ShellSlot {
@@ -57,6 +58,13 @@ pub(crate) enum ShellSlot {
 impl Connection {
     pub fn is_closed(&self) -> bool {
         self.handle.is_closed()
+    }
+
+    /// Why the session ended, when it ended for a reason of its own ("no answer to
+    /// keepalives", the server's disconnect): a channel that closed with it knows only
+    /// that it closed.
+    pub fn lost_reason(&self) -> Option<String> {
+        self.lost.lock().ok().and_then(|r| r.clone())
     }
 
     /// Take the shell's state out, leaving `Busy` when it was idle or unopened (the
@@ -160,8 +168,10 @@ fn client_config(target: &Target) -> Arc<russh::client::Config> {
         window_size: WINDOW_SIZE,
         maximum_packet_size: MAX_PACKET_SIZE,
         preferred,
-        keepalive_interval: Some(KEEPALIVE_INTERVAL),
-        keepalive_max: KEEPALIVE_MAX,
+        // Without any traffic for this long, probe the server; after count_max unanswered
+        // probes the connection counts as lost.
+        keepalive_interval: target.server_alive.interval,
+        keepalive_max: target.server_alive.count_max,
         nodelay: true,
         ..Default::default()
     })
@@ -172,6 +182,7 @@ pub(crate) struct Client {
     target: Target,
     /// Where the verified key goes (OpenSSH form), for [`Connection::host_key`].
     verified: Arc<std::sync::Mutex<Option<String>>>,
+    lost: LostReason,
 }
 
 /// Errors the handler reports through russh.
@@ -189,6 +200,29 @@ impl From<russh::Error> for ClientError {
 
 impl Handler for Client {
     type Error = ClientError;
+
+    async fn disconnected(
+        &mut self,
+        reason: russh::client::DisconnectReason<Self::Error>,
+    ) -> Result<(), Self::Error> {
+        use russh::client::DisconnectReason;
+        let why = match &reason {
+            DisconnectReason::ReceivedDisconnect(info) => {
+                format!("the server disconnected: {}", info.message)
+            }
+            DisconnectReason::Error(ClientError::Ssh(e)) => {
+                disconnect_reason(e).unwrap_or_else(|| e.to_string())
+            }
+            DisconnectReason::Error(ClientError::HostKey(e)) => e.to_string(),
+        };
+        if let Ok(mut lost) = self.lost.lock() {
+            lost.get_or_insert(why);
+        }
+        match reason {
+            DisconnectReason::ReceivedDisconnect(_) => Ok(()),
+            DisconnectReason::Error(e) => Err(e),
+        }
+    }
 
     async fn check_server_key(
         &mut self,
@@ -324,23 +358,27 @@ impl Connection {
 
 /// Map a russh error to what the operator should read.
 pub(crate) fn map_russh_error(e: russh::Error, addr: &str) -> TransportError {
+    match disconnect_reason(&e) {
+        Some(reason) => TransportError::Disconnected {
+            host: addr.to_string(),
+            reason,
+        },
+        None => TransportError::Protocol(format!("{addr}: {e}")),
+    }
+}
+
+/// The reason to give when `e` means the connection is gone; `None` for other errors.
+fn disconnect_reason(e: &russh::Error) -> Option<String> {
     use russh::Error as E;
     match e {
-        E::Disconnect | E::HUP | E::SendError | E::RecvError => TransportError::Disconnected {
-            host: addr.to_string(),
-            reason: "the server closed the connection".into(),
-        },
-        E::KeepaliveTimeout | E::InactivityTimeout | E::ConnectionTimeout => {
-            TransportError::Disconnected {
-                host: addr.to_string(),
-                reason: "no answer to keepalives".into(),
-            }
+        E::Disconnect | E::HUP | E::SendError | E::RecvError => {
+            Some("the server closed the connection".into())
         }
-        E::IO(io) => TransportError::Disconnected {
-            host: addr.to_string(),
-            reason: io.to_string(),
-        },
-        other => TransportError::Protocol(format!("{addr}: {other}")),
+        E::KeepaliveTimeout | E::InactivityTimeout | E::ConnectionTimeout => {
+            Some("no answer to keepalives".into())
+        }
+        E::IO(io) => Some(io.to_string()),
+        _ => None,
     }
 }
 
@@ -369,15 +407,25 @@ pub(crate) async fn open(
     creds: &Credentials,
     timeout: Duration,
 ) -> Result<Connection, TransportError> {
+    // A jump host's session ending ends the target's too: either records why.
+    let lost: LostReason = Arc::new(std::sync::Mutex::new(None));
     let mut jumps: Vec<Handle<Client>> = Vec::new();
     for hop in &route.jumps {
         let jump_key = Arc::new(std::sync::Mutex::new(None));
-        let handle = connect_hop(hop, jumps.last(), creds, timeout, &jump_key).await?;
+        let handle = connect_hop(hop, jumps.last(), creds, timeout, &jump_key, &lost).await?;
         tracing::debug!("connected to jump host {}", hop.addr());
         jumps.push(handle);
     }
     let verified = Arc::new(std::sync::Mutex::new(None));
-    let handle = connect_hop(&route.target, jumps.last(), creds, timeout, &verified).await?;
+    let handle = connect_hop(
+        &route.target,
+        jumps.last(),
+        creds,
+        timeout,
+        &verified,
+        &lost,
+    )
+    .await?;
     let host_key = verified.lock().ok().and_then(|k| k.clone());
     Ok(Connection {
         handle,
@@ -385,6 +433,7 @@ pub(crate) async fn open(
         shell: std::sync::Mutex::new(ShellSlot::Unopened),
         _jumps: jumps,
         host_key,
+        lost,
     })
 }
 
@@ -395,12 +444,14 @@ async fn connect_hop(
     creds: &Credentials,
     timeout: Duration,
     verified: &Arc<std::sync::Mutex<Option<String>>>,
+    lost: &LostReason,
 ) -> Result<Handle<Client>, TransportError> {
     let addr = target.addr();
     let config = client_config(target);
     let handler = Client {
         target: target.clone(),
         verified: verified.clone(),
+        lost: lost.clone(),
     };
     let timed_out = || TransportError::Timeout {
         addr: addr.clone(),
@@ -494,6 +545,7 @@ mod tests {
             known_hosts: std::path::PathBuf::from("/tmp/my dir/it's known_hosts"),
             policy: HostKeyPolicy::Yes,
             allow_ssh_rsa_sha1: false,
+            server_alive: Default::default(),
         };
         let key = PublicKey::from_openssh(
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ",
