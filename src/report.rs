@@ -94,7 +94,7 @@ pub struct HostSummary {
 }
 
 /// The whole run: exactly the `--format json` document.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PlayReport {
     pub playbook: String,
     pub check_mode: bool,
@@ -104,6 +104,9 @@ pub struct PlayReport {
     /// next run would not know what this one did).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub journal_error: Option<String>,
+    /// The run was interrupted (SIGINT/SIGTERM): the report is what ran until then.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 impl PlayReport {
@@ -121,7 +124,9 @@ impl PlayReport {
 
     /// True when nothing failed and every host was reached.
     pub fn success(&self) -> bool {
-        self.journal_error.is_none() && self.hosts.values().all(|h| h.failed == 0 && !h.unreachable)
+        !self.interrupted
+            && self.journal_error.is_none()
+            && self.hosts.values().all(|h| h.failed == 0 && !h.unreachable)
     }
 
     pub fn to_json(&self) -> String {
@@ -456,6 +461,7 @@ mod tests {
             hosts: BTreeMap::new(),
             tasks: Vec::new(),
             journal_error: None,
+            interrupted: false,
         };
         report.add(TaskResult {
             host: "h\x1b".into(),

@@ -54,9 +54,15 @@ fn inventory(dir: &Path, port: u16, extra: &str) -> String {
 
 const GOOD_PLAY: &str = "[[task]]\nname = \"t\"\nhosts = \"old\"\n[task.command]\ncmd = \"true\"\n";
 
-fn assert_bad_input(out: &Output, needle: &str) {
+/// Exit codes (ansible-playbook's): 1 other errors, 4 a file that does not parse or
+/// check, 5 bad options.
+const EXIT_ERROR: i32 = 1;
+const EXIT_PARSE: i32 = 4;
+const EXIT_OPTIONS: i32 = 5;
+
+fn assert_refused(out: &Output, code: i32, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
     assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
     assert!(out.stdout.is_empty(), "no report on bad input");
 }
@@ -72,8 +78,9 @@ fn undefined_variable_exits_2_without_contacting() {
         "[[task]]\nname = \"t\"\nhosts = \"old\"\n[task.command]\ncmd = \"ls {{ nope }}\"\n",
     );
     let out = ferry(&["play", &pb, "-i", &inv]);
-    assert_bad_input(
+    assert_refused(
         &out,
+        EXIT_PARSE,
         "pb.toml:5:11: template \"ls {{ nope }}\": undefined variable `nope`",
     );
     assert!(!host.contacted());
@@ -89,14 +96,16 @@ fn bad_playbook_and_inventory_exit_2() {
         "pb.toml",
         "[[task]]\nname = \"t\"\nhosts = \"old\"\nbogus = 1\n[task.command]\ncmd = \"true\"\n",
     );
-    assert_bad_input(
+    assert_refused(
         &ferry(&["play", &pb, "-i", &inv]),
+        EXIT_PARSE,
         "pb.toml:4:1: unknown field `bogus`",
     );
     let good = write(dir.path(), "good.toml", GOOD_PLAY);
     let bad_inv = inventory(dir.path(), host.port(), "prot = 1");
-    assert_bad_input(
+    assert_refused(
         &ferry(&["play", &good, "-i", &bad_inv]),
+        EXIT_PARSE,
         "inv.toml:4:1: unknown field `prot`",
     );
     let env_inv = inventory(
@@ -104,15 +113,16 @@ fn bad_playbook_and_inventory_exit_2() {
         host.port(),
         "password_env = \"FERRY_TEST_SURELY_UNSET\"",
     );
-    assert_bad_input(
+    assert_refused(
         &ferry(&["play", &good, "-i", &env_inv]),
+        EXIT_PARSE,
         "environment variable `FERRY_TEST_SURELY_UNSET` is not set",
     );
     assert!(!host.contacted());
 }
 
 #[test]
-fn bad_flags_exit_2() {
+fn bad_flags_exit_5() {
     let dir = tempfile::tempdir().unwrap();
     let host = Watcher::new();
     let inv = inventory(dir.path(), host.port(), "");
@@ -121,21 +131,23 @@ fn bad_flags_exit_2() {
         ferry(&["play", &pb, "-i", &inv, "--frobnicate"])
             .status
             .code(),
-        Some(2)
+        Some(EXIT_OPTIONS)
     );
-    assert_bad_input(
+    assert_refused(
         &ferry(&["play", &pb, "-i", &inv, "--limit", "nohost"]),
+        EXIT_OPTIONS,
         "no host or group named `nohost`",
     );
-    assert_bad_input(
+    assert_refused(
         &ferry(&["play", &pb, "-i", &inv, "--start-at", "nope"]),
+        EXIT_OPTIONS,
         "no task named `nope`",
     );
     assert_eq!(
         ferry(&["play", &pb, "-i", &inv, "--forks", "0"])
             .status
             .code(),
-        Some(2)
+        Some(EXIT_OPTIONS)
     );
     assert!(!host.contacted());
 }
@@ -156,7 +168,7 @@ fn locked_journal_exits_2() {
         "--journal",
         journal.to_str().unwrap(),
     ]);
-    assert_bad_input(&out, "is locked by another ferry run");
+    assert_refused(&out, EXIT_ERROR, "is locked by another ferry run");
     assert!(!host.contacted());
 }
 
@@ -233,7 +245,7 @@ fn same_named_playbooks_do_not_share_a_journal() {
             journal_a.to_str().unwrap(),
         ]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert_eq!(out.status.code(), Some(EXIT_ERROR), "{command}: {stderr}");
         assert!(stderr.contains("belongs to playbook"), "{stderr}");
         let canonical = |p: &str| std::fs::canonicalize(p).unwrap().display().to_string();
         assert!(stderr.contains(&canonical(&pb_a)), "{stderr}");
@@ -250,7 +262,7 @@ fn same_named_playbooks_do_not_share_a_journal() {
         "--journal",
         journal_a.to_str().unwrap(),
     ]);
-    assert_bad_input(&out, "belongs to playbook");
+    assert_refused(&out, EXIT_ERROR, "belongs to playbook");
     assert!(!host.contacted());
 }
 
@@ -272,7 +284,11 @@ fn start_at_refuses_to_skip_an_edited_task() {
     record_done(&journal, &owner, "old", "first");
     write(dir.path(), "pb.toml", &two("echo two"));
     let out = ferry(&["play", &pb, "-i", &inv, "--start-at", "second"]);
-    assert_bad_input(&out, "task `first` is skipped but has been edited");
+    assert_refused(
+        &out,
+        EXIT_OPTIONS,
+        "task `first` is skipped but has been edited",
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("pb.toml:1:1"),
         "{}",
@@ -292,7 +308,7 @@ fn a_journal_at_the_old_default_path_is_reported_not_adopted() {
     let legacy = dir.path().join(".ferry/pb.journal.json");
     std::fs::write(&legacy, r#"{"version": 1, "playbook": "pb", "hosts": {}}"#).unwrap();
     let out = ferry(&["play", &pb, "-i", &inv]);
-    assert_bad_input(&out, "found a journal of an older ferry");
+    assert_refused(&out, EXIT_ERROR, "found a journal of an older ferry");
     assert!(String::from_utf8_lossy(&out.stderr).contains("mv "));
     assert!(!host.contacted());
     // Moved into place as the message says, it is adopted.
@@ -317,13 +333,13 @@ fn journal_at_a_lock_name_or_a_symlink_exits_2() {
     let pb = write(dir.path(), "pb.toml", GOOD_PLAY);
     let lock = dir.path().join("x.lock");
     let out = ferry(&["play", &pb, "-i", &inv, "--journal", lock.to_str().unwrap()]);
-    assert_bad_input(&out, "its own lock");
+    assert_refused(&out, EXIT_ERROR, "its own lock");
     let target = dir.path().join("elsewhere.json");
     std::fs::write(&target, "keep me").unwrap();
     let link = dir.path().join("j.journal.json");
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let out = ferry(&["play", &pb, "-i", &inv, "--journal", link.to_str().unwrap()]);
-    assert_bad_input(&out, "is a symlink");
+    assert_refused(&out, EXIT_ERROR, "is a symlink");
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
     assert!(!host.contacted());
 }
@@ -778,7 +794,7 @@ fn hostile_input_matrix() {
             .iter()
             .filter(|w| !stderr.contains(w.as_str()))
             .collect();
-        if out.status.code() != Some(2) || !missing.is_empty() || !out.stdout.is_empty() {
+        if out.status.code() != Some(EXIT_PARSE) || !missing.is_empty() || !out.stdout.is_empty() {
             failures.push(format!(
                 "{}: exit {:?}, missing {missing:?} in stderr:\n{stderr}",
                 case.name,
@@ -794,7 +810,7 @@ fn hostile_input_matrix() {
     let inv = inventory(dir.path(), host.port(), "connect_timeout = 1");
     let pb = write(dir.path(), "pb.toml", GOOD_PLAY);
     let out = ferry(&["play", &pb, "-i", &inv]);
-    assert_ne!(out.status.code(), Some(2), "good input refused");
+    assert_ne!(out.status.code(), Some(EXIT_PARSE), "good input refused");
     assert!(
         host.contacted(),
         "the recording host did not see a good run"
@@ -1079,7 +1095,7 @@ fn invalid_module_arguments_exit_2_before_the_first_task_runs() {
             .iter()
             .filter(|w| !stderr.contains(w.as_str()))
             .collect();
-        if out.status.code() != Some(2) || !missing.is_empty() || !out.stdout.is_empty() {
+        if out.status.code() != Some(EXIT_PARSE) || !missing.is_empty() || !out.stdout.is_empty() {
             failures.push(format!(
                 "{name}: exit {:?}, missing {missing:?} in stderr:\n{stderr}",
                 out.status.code()
@@ -1099,7 +1115,7 @@ fn invalid_module_arguments_exit_2_before_the_first_task_runs() {
 }
 
 /// `--limit ""` (or `--limit ,`) would select no host and report success: it is bad
-/// input (exit 2), for `play` and `ping`, before any host is contacted.
+/// options (exit 5), for `play` and `ping`, before any host is contacted.
 #[test]
 fn empty_limit_is_bad_input() {
     let host = Watcher::new();
@@ -1113,7 +1129,7 @@ fn empty_limit_is_bad_input() {
         ] {
             let out = ferry(&args);
             let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+            assert_eq!(out.status.code(), Some(EXIT_OPTIONS), "{args:?}: {stderr}");
             assert!(
                 stderr.contains("--limit") && stderr.contains("empty"),
                 "{stderr}"
@@ -1172,6 +1188,6 @@ fn events_file_is_0600_and_never_follows_a_symlink() {
         "--events",
         &link_arg,
     ]);
-    assert_bad_input(&out, "symbolic link");
+    assert_refused(&out, EXIT_ERROR, "symbolic link");
     assert_eq!(std::fs::read(&precious).unwrap(), b"keep me");
 }

@@ -27,7 +27,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::Value;
 
-use ferry::cli::{Cli, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK};
+use ferry::cli::{Cli, EXIT_HOST_FAILED, EXIT_OK, EXIT_PARSE_ERROR};
 use ferry::playbook::source::SourceFile;
 use ferry::playbook::Playbook;
 use ferry::transport::fake::{FakeConnector, FakeTransport};
@@ -70,7 +70,7 @@ impl Run {
             assert_eq!(t.status, status, "task {:?}: {self:#?}", t.task);
         }
         let exit = if status == "failed" {
-            EXIT_FAILED
+            EXIT_HOST_FAILED
         } else {
             EXIT_OK
         };
@@ -1100,7 +1100,7 @@ async fn redis_flushdb_empties_only_database_5_and_is_guarded_after_the_migratio
 }
 
 /// Only database 5 may ever be flushed: another `db` is refused when the playbook is
-/// read (bad input, exit 2), with the reason, and nothing reaches Redis.
+/// read (a parse error, exit 4), with the reason, and nothing reaches Redis.
 /// The flush cannot race an app that fills the cache again (Part 4, item 9): while a
 /// process in redis-0 keeps writing into database 5 (as a running app refills its
 /// Composer cache), the flush is still proven, inside its own transaction; a count read
@@ -1149,7 +1149,7 @@ async fn redis_flushdb_refuses_any_other_database_before_connecting() {
     );
 
     let run = cluster.play(&play, &[]).await;
-    assert_eq!(run.exit, EXIT_BAD_INPUT, "{run:#?}");
+    assert_eq!(run.exit, EXIT_PARSE_ERROR, "{run:#?}");
     assert!(run.tasks.is_empty(), "no task ran: {run:#?}");
     assert_eq!(cluster.dbsize(1), 1);
 }

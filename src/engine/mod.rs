@@ -51,7 +51,7 @@ pub struct RunOptions {
     pub overwrite: Vec<String>,
 }
 
-/// Bad input found before anything was contacted (exit code 2).
+/// Bad input found before anything was contacted (exit code 4 for files, 5 for options).
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
     #[error(transparent)]
@@ -66,6 +66,13 @@ pub enum PrepareError {
     Args(Vec<InputError>),
     #[error("--start-at: {}", .0.join("\n  "))]
     StartAtEdited(Vec<String>),
+    /// `--tags`/`--skip-tags` name a tag no task has (a typo would run everything or
+    /// nothing without a word).
+    #[error("{0}")]
+    Tags(String),
+    /// The limit leaves no host that any selected task runs on.
+    #[error("{0}")]
+    NoHosts(String),
 }
 
 /// What a run needs besides the plan.

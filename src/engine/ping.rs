@@ -25,6 +25,7 @@ pub async fn ping(
         hosts: BTreeMap::new(),
         tasks: Vec::new(),
         journal_error: None,
+        interrupted: false,
     };
     let mut handles = Vec::new();
     for host in hosts {

@@ -123,6 +123,8 @@ pub fn prepare(
     secrets: &Secrets,
 ) -> Result<Prepared, PrepareError> {
     playbook.validate(&inventory)?;
+    check_tags(&playbook, "--tags", &options.tags)?;
+    check_tags(&playbook, "--skip-tags", &options.skip_tags)?;
     let limit = match &options.limit {
         Some(pattern) => Some(inventory.select(pattern).map_err(PrepareError::Limit)?),
         None => None,
@@ -208,6 +210,18 @@ pub fn prepare(
     if !errors.is_empty() {
         return Err(PrepareError::Templates(errors));
     }
+    if hosts.is_empty() {
+        return Err(PrepareError::NoHosts(match &options.limit {
+            Some(l) => format!(
+                "--limit {l}: none of the hosts it names runs a task of this playbook{}",
+                selection_note(&options)
+            ),
+            None => format!(
+                "no task of this playbook runs on any host{}",
+                selection_note(&options)
+            ),
+        }));
+    }
     if !arg_errors.is_empty() {
         return Err(PrepareError::Args(arg_errors));
     }
@@ -219,6 +233,59 @@ pub fn prepare(
         vars,
         renderer,
     })
+}
+
+/// Every tag given must be on some task of the playbook.
+fn check_tags(playbook: &Playbook, flag: &str, tags: &[String]) -> Result<(), PrepareError> {
+    let unknown: Vec<&str> = tags
+        .iter()
+        .map(String::as_str)
+        .filter(|t| {
+            !playbook
+                .tasks
+                .iter()
+                .any(|task| task.tags.iter().any(|g| g == t))
+        })
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let mut known: Vec<&str> = playbook
+        .tasks
+        .iter()
+        .flat_map(|t| t.tags.iter().map(String::as_str))
+        .collect();
+    known.sort_unstable();
+    known.dedup();
+    Err(PrepareError::Tags(format!(
+        "{flag}: no task of this playbook has the tag{} {}; its tags: {}",
+        if unknown.len() == 1 { "" } else { "s" },
+        unknown.join(", "),
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
+    )))
+}
+
+/// " (with --tags ...)" when a task selection may be why nothing is left.
+fn selection_note(options: &RunOptions) -> String {
+    let mut parts = Vec::new();
+    if !options.tags.is_empty() {
+        parts.push(format!("--tags {}", options.tags.join(",")));
+    }
+    if !options.skip_tags.is_empty() {
+        parts.push(format!("--skip-tags {}", options.skip_tags.join(",")));
+    }
+    if let Some(t) = &options.start_at {
+        parts.push(format!("--start-at-task {t}"));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" (with {})", parts.join(", "))
+    }
 }
 
 /// The host vars `task`'s module declares ([`crate::module::Module::vars`]) that the

@@ -120,6 +120,7 @@ pub async fn run(prepared: Prepared, env: RunEnv) -> PlayReport {
             .collect(),
         tasks: Vec::new(),
         journal_error: None,
+        interrupted: false,
     };
     let shared = Arc::new(Shared {
         connections: Arc::new(Connections {

@@ -223,26 +223,82 @@ impl Inventory {
         })
     }
 
-    /// Host names matched by a pattern: comma-separated host names, group names or `all`.
-    /// Returned in inventory order, without duplicates.
-    /// An empty pattern (`""`, `" , "`) is an error: it would silently select nothing.
+    /// Host names matched by a pattern, as Ansible's host patterns: terms separated by
+    /// `,` or `:`, each a host name, a group name, `all`, or a glob; `&term` keeps only
+    /// hosts also in term, `!term` removes term's hosts (`web*:&prod:!web3`). Returned
+    /// in name order, without duplicates. An empty pattern (`""`, `" , "`) is an error: it
+    /// would silently select nothing; so is a term that names nothing.
     pub fn select(&self, pattern: &str) -> Result<Vec<String>, UnknownTarget> {
-        if pattern.split(',').all(|p| p.trim().is_empty()) {
+        let terms: Vec<&str> = pattern
+            .split([',', ':'])
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        if terms.is_empty() {
             return Err(UnknownTarget(String::new()));
         }
-        let mut chosen = BTreeSet::new();
-        for part in pattern.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            if part == "all" {
-                chosen.extend(self.hosts.keys().cloned());
-            } else if self.hosts.contains_key(part) {
-                chosen.insert(part.to_string());
-            } else if let Some(list) = self.groups.get(part) {
-                chosen.extend(list.iter().cloned());
+        // As Ansible evaluates a pattern: the union of the plain terms (`all` if there
+        // are only `&`/`!` terms), then each `&term` intersects, each `!term` removes.
+        let mut union = BTreeSet::new();
+        let mut intersect: Vec<BTreeSet<String>> = Vec::new();
+        let mut exclude = BTreeSet::new();
+        let mut any_plain = false;
+        for term in terms {
+            if let Some(t) = term.strip_prefix('!') {
+                exclude.extend(self.term(t)?);
+            } else if let Some(t) = term.strip_prefix('&') {
+                intersect.push(self.term(t)?);
             } else {
-                return Err(UnknownTarget(part.to_string()));
+                any_plain = true;
+                union.extend(self.term(term)?);
             }
         }
-        Ok(chosen.into_iter().collect())
+        if !any_plain {
+            union.extend(self.hosts.keys().cloned());
+        }
+        Ok(union
+            .into_iter()
+            .filter(|h| intersect.iter().all(|i| i.contains(h)))
+            .filter(|h| !exclude.contains(h))
+            .collect())
+    }
+
+    /// The hosts one term of a pattern names: `all` (or `*`), a host, a group, or a glob
+    /// (`*`, `?`, `[...]`) over host and group names. A term that names nothing is an
+    /// error, so a typo never silently selects fewer hosts.
+    fn term(&self, term: &str) -> Result<BTreeSet<String>, UnknownTarget> {
+        let term = term.trim();
+        if term == "all" || term == "*" {
+            return Ok(self.hosts.keys().cloned().collect());
+        }
+        if self.hosts.contains_key(term) {
+            return Ok(BTreeSet::from([term.to_string()]));
+        }
+        if let Some(list) = self.groups.get(term) {
+            return Ok(list.iter().cloned().collect());
+        }
+        let mut found = BTreeSet::new();
+        if term.contains(['*', '?', '[']) {
+            let glob = globset::Glob::new(term)
+                .map_err(|e| UnknownTarget(format!("{term}` ({e})")))?
+                .compile_matcher();
+            found.extend(
+                self.hosts
+                    .keys()
+                    .filter(|h| glob.is_match(h.as_str()))
+                    .cloned(),
+            );
+            for (group, members) in &self.groups {
+                if glob.is_match(group.as_str()) {
+                    found.extend(members.iter().cloned());
+                }
+            }
+            // A glob that names only empty groups still names something.
+            if !found.is_empty() || self.groups.keys().any(|g| glob.is_match(g.as_str())) {
+                return Ok(found);
+            }
+        }
+        Err(UnknownTarget(term.to_string()))
     }
 
     /// The variables every host's templates share, `hostvars` and `groups`: built on the

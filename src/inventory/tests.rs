@@ -124,6 +124,41 @@ fn select_hosts_groups_and_all() {
 }
 
 #[test]
+fn patterns_glob_intersect_and_exclude_as_ansible() {
+    let inv = parse(
+        r#"
+[hosts.web1]
+groups = ["web", "prod"]
+[hosts.web2]
+groups = ["web", "prod"]
+[hosts.web3]
+groups = ["web"]
+[hosts.db1]
+groups = ["db", "prod"]
+[groups.empty]
+"#,
+        &[],
+    )
+    .unwrap();
+    let sel = |p: &str| inv.select(p).unwrap();
+    assert_eq!(sel("web*"), vec!["web1", "web2", "web3"]);
+    assert_eq!(sel("web?:db1"), vec!["db1", "web1", "web2", "web3"]);
+    assert_eq!(sel("web:&prod"), vec!["web1", "web2"]);
+    assert_eq!(sel("web:!web3"), vec!["web1", "web2"]);
+    assert_eq!(sel("web*:&prod:!web2"), vec!["web1"]);
+    // Only exclusions: from all hosts.
+    assert_eq!(sel("!web"), vec!["db1"]);
+    assert_eq!(sel("*"), vec!["db1", "web1", "web2", "web3"]);
+    assert_eq!(sel("web[12]"), vec!["web1", "web2"]);
+    // A glob of an empty group names it: nothing selected, no error.
+    assert!(sel("emp*").is_empty());
+    // A term that names nothing is an error, wherever it stands.
+    assert_eq!(inv.select("web:!nope").unwrap_err().0, "nope");
+    assert_eq!(inv.select("cache*").unwrap_err().0, "cache*");
+    assert_eq!(inv.select(" : ").unwrap_err().0, "");
+}
+
+#[test]
 fn unknown_key_is_located() {
     let e = parse("[hosts.a]\naddress = \"x\"\nprot = 22\n", &[]).unwrap_err();
     assert_eq!((e.location.line, e.location.column), (3, 1));

@@ -149,7 +149,7 @@ impl Applied {
 }
 
 /// Deserialize a static argument and check it, so a bad value is refused when the
-/// playbook is read (exit code 2, at the value's file:line:column), not when the task
+/// playbook is read (exit code 4, at the value's file:line:column), not when the task
 /// runs after earlier tasks changed hosts.
 pub fn checked<'de, D, T>(
     deserializer: D,

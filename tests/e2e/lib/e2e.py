@@ -10,7 +10,8 @@
         run CMD, poll FILE every 10 ms, SIGKILL CMD (by pid) right after the first event
         that matches. Exit 0: killed there (prints the matching event); 1: CMD ended
         before the event appeared (prints its exit status).
-    e2e.py hook-at --events FILE (--task-start HOST TASK | --progress WHAT) [--pause]
+    e2e.py hook-at --events FILE (--task-start HOST TASK | --progress WHAT [--min-bytes N]
+                   [--of-task TASK]) [--pause]
                    --hook SHELL --hook-log FILE --stdout FILE --stderr FILE -- CMD...
         run CMD; right after the first matching event run the shell command SHELL (with
         --pause, CMD is SIGSTOPped while it runs and SIGCONTed after), then let CMD finish.
@@ -96,23 +97,7 @@ def kill_at(args):
     events_path = opts[opts.index("--events") + 1]
     out = open(opts[opts.index("--stdout") + 1], "wb")
     err = open(opts[opts.index("--stderr") + 1], "wb")
-    if "--task-start" in opts:
-        i = opts.index("--task-start")
-        host, task = opts[i + 1], opts[i + 2]
-
-        def match(e):
-            return e.get("event") == "task_start" and e.get("host") == host and e.get("task") == task
-    else:
-        what = opts[opts.index("--progress") + 1]
-        # --min-bytes N: only a progress event at N bytes or more (well into the stream).
-        least = int(opts[opts.index("--min-bytes") + 1]) if "--min-bytes" in opts else 0
-        # --of-task TASK: only the progress of that task (an artifact moves in several).
-        of_task = opts[opts.index("--of-task") + 1] if "--of-task" in opts else None
-
-        def match(e):
-            return (e.get("event") == "progress" and e.get("what") == what
-                    and (e.get("bytes") or 0) >= least
-                    and (of_task is None or e.get("task") == of_task))
+    match = event_matcher(opts)
     if os.path.exists(events_path):
         os.unlink(events_path)
     proc = subprocess.Popen(cmd, stdout=out, stderr=err)
@@ -142,12 +127,19 @@ def kill_at(args):
 
 
 def event_matcher(opts):
+    """The event kill-at and hook-at wait for: a task's start, or a progress event."""
     if "--task-start" in opts:
         i = opts.index("--task-start")
         host, task = opts[i + 1], opts[i + 2]
         return lambda e: e.get("event") == "task_start" and e.get("host") == host and e.get("task") == task
     what = opts[opts.index("--progress") + 1]
-    return lambda e: e.get("event") == "progress" and e.get("what") == what
+    # --min-bytes N: only a progress event at N bytes or more (well into the stream).
+    least = int(opts[opts.index("--min-bytes") + 1]) if "--min-bytes" in opts else 0
+    # --of-task TASK: only the progress of that task (an artifact moves in several).
+    of_task = opts[opts.index("--of-task") + 1] if "--of-task" in opts else None
+    return lambda e: (e.get("event") == "progress" and e.get("what") == what
+                      and (e.get("bytes") or 0) >= least
+                      and (of_task is None or e.get("task") == of_task))
 
 
 def hook_at(args):

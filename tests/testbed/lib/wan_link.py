@@ -18,6 +18,12 @@ and bounds what it buffers per direction so a fast sender is held back as by a r
 bottleneck.
 
 Writes FILE (one line, "ready") once every listener is open; runs until SIGTERM.
+
+SIGUSR1 drops the link, as a laptop's Wi-Fi or VPN drops: nothing crosses any more in
+either direction, and nobody is told (no reset, no EOF): the connections just go silent,
+new ones too. SIGUSR2 brings it back; the connections that lived while it was down are
+then aborted at both ends, as after a reconnect that changed the laptop's address, so
+the servers' sshd see them end and the laptop side gets a reset if it still waits.
 """
 
 import argparse
@@ -38,6 +44,39 @@ def setns(fd):
     if libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+class Link:
+    """Up or down (SIGUSR1/SIGUSR2), shared by every connection of every port."""
+
+    def __init__(self):
+        self.up = asyncio.Event()
+        self.up.set()
+        # The transports of every open connection (both ends), and those that were
+        # open at some time while the link was down: aborted when it comes back.
+        self.open = set()
+        self.doomed = set()
+
+    def drop(self):
+        self.up.clear()
+        self.doomed |= self.open
+
+    def restore(self):
+        for t in self.doomed:
+            t.abort()
+        self.doomed.clear()
+        self.up.set()
+
+    def track(self, *transports):
+        self.open.update(transports)
+        if not self.up.is_set():
+            self.doomed.update(transports)
+
+    def forget(self, *transports):
+        self.open.difference_update(transports)
+
+
+LINK = None
 
 
 class Direction:
@@ -70,6 +109,7 @@ async def pipe(reader, writer, direction):
             wait = due - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
+            await LINK.up.wait()
             writer.write(data)
             await writer.drain()
             queued -= len(data)
@@ -83,6 +123,7 @@ async def pipe(reader, writer, direction):
     try:
         while True:
             await room.wait()
+            await LINK.up.wait()
             data = await reader.read(CHUNK)
             if not data:
                 break
@@ -108,10 +149,13 @@ async def serve(listener, port, up, down):
         except OSError:
             client_w.close()
             return
+        ends = (client_w.transport, server_w.transport)
+        LINK.track(*ends)
         await asyncio.gather(
             pipe(client_r, server_w, up), pipe(server_r, client_w, down),
             return_exceptions=True,
         )
+        LINK.forget(*ends)
         for w in (client_w, server_w):
             w.close()
 
@@ -150,7 +194,11 @@ def main():
     delay = args.rtt_ms / 2000.0
 
     async def run():
+        global LINK
+        LINK = Link()
         loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR1, LINK.drop)
+        loop.add_signal_handler(signal.SIGUSR2, LINK.restore)
         stop = loop.create_future()
         loop.add_signal_handler(signal.SIGTERM, stop.set_result, None)
         loop.add_signal_handler(signal.SIGINT, stop.set_result, None)
