@@ -211,6 +211,12 @@ impl PlayReport {
         if let Some(e) = &self.journal_error {
             out.push_str(&format!("JOURNAL NOT WRITTEN: {}\n", visible(e)));
         }
+        if self.interrupted {
+            out.push_str(
+                "INTERRUPTED: the tasks above ran; the others did not start. Run the same \
+                 command again to finish.\n",
+            );
+        }
         out
     }
 }

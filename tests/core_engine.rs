@@ -71,6 +71,7 @@ impl World {
             events: EventSink::to_file(&self.dir.path().join("events.jsonl"), self.secrets.clone())
                 .unwrap(),
             secrets: self.secrets.clone(),
+            interrupt: Default::default(),
             confirmer: Arc::new(NeverConfirm),
         };
         engine::run(prepared, env).await
@@ -368,6 +369,7 @@ cmd = "never"
         ),
         events: EventSink::none(),
         secrets: w.secrets.clone(),
+        interrupt: Default::default(),
         confirmer: Arc::new(NeverConfirm),
     };
     let report = engine::run(prepared, env).await;
@@ -811,6 +813,7 @@ async fn play_owned(
         journal,
         events: EventSink::none(),
         secrets: w.secrets.clone(),
+        interrupt: Default::default(),
         confirmer: Arc::new(NeverConfirm),
     };
     Ok(engine::run(prepared, env).await)

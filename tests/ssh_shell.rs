@@ -150,7 +150,8 @@ async fn a_dropped_command_or_a_dead_shell_does_not_break_the_next_command() {
     let first_shell = t.exec(&script("echo $$"), None).await.unwrap();
 
     // Abandoned midway (a caller's timeout): the next command must not wait for it nor
-    // see its output.
+    // see its output, and the abandoned command is stopped on the host, not left to
+    // run on (and print into a later command's output).
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(
         dir.path(),
@@ -158,14 +159,16 @@ async fn a_dropped_command_or_a_dead_shell_does_not_break_the_next_command() {
     )
     .unwrap();
     let woke = dir.path().join("woke");
+    let pidfile = dir.path().join("pid");
     let abandoned = tokio::time::timeout(
         Duration::from_millis(300),
         t.exec(
             &Cmd::new("sh")
                 .arg("-c")
-                .arg("sleep 1; touch \"$1\"; echo late; echo late >&2")
+                .arg("echo $$ > \"$2\"; sleep 2; touch \"$1\"; echo late; echo late >&2")
                 .arg("sh")
-                .arg(woke.display().to_string()),
+                .arg(woke.display().to_string())
+                .arg(pidfile.display().to_string()),
             None,
         ),
     )
@@ -188,15 +191,22 @@ async fn a_dropped_command_or_a_dead_shell_does_not_break_the_next_command() {
         first_shell.stdout_str().trim(),
         "the abandoned command's shell was reused"
     );
-    // Once the abandoned command has woken up, its output shows up nowhere.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !woke.exists() {
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
         assert!(
             std::time::Instant::now() < deadline,
-            "the abandoned command never woke"
+            "the abandoned command (pid {pid}) still runs 10 s after it was dropped"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(
+        !woke.exists(),
+        "the abandoned command ran on after it was stopped"
+    );
     for _ in 0..3 {
         let out = t.exec(&Cmd::new("echo").arg("clean"), None).await.unwrap();
         assert_eq!(

@@ -393,15 +393,55 @@ async fn play(args: PlayArgs, connector: Arc<dyn Connector>, secrets: Secrets) -
         Ok(s) => s,
         Err(e) => return error(e),
     };
+    let interrupt = tokio_util::sync::CancellationToken::new();
+    let watcher = watch_signals(interrupt.clone());
     let env = RunEnv {
         connector,
         journal,
         events: sink,
         secrets,
         confirmer: Arc::new(TtyConfirm),
+        interrupt,
     };
     let report = engine::run(prepared, env).await;
+    // Commands ferry gave up on (interrupted, timed out) are stopped by tasks spawned
+    // when their futures were dropped: let those reach the hosts before the process,
+    // and with it every connection, ends.
+    crate::transport::ssh::wait_for_stops(std::time::Duration::from_secs(15)).await;
+    if let Some(w) = watcher {
+        w.abort();
+    }
     print_report(&report, args.format)
+}
+
+/// SIGINT or SIGTERM: the first stops the run cleanly (no task starts, running ones are
+/// stopped and recorded as interrupted, the report so far is printed, exit 99); a
+/// second SIGINT exits at once.
+fn watch_signals(
+    interrupt: tokio_util::sync::CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!("cannot watch SIGINT/SIGTERM: Ctrl-C will end ferry at once");
+        return None;
+    };
+    Some(tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!(
+            "\nferry: interrupted: stopping the running tasks (their remote commands are told \
+             to stop) and writing the journal; Ctrl-C again exits at once"
+        );
+        interrupt.cancel();
+        int.recv().await;
+        eprintln!("ferry: interrupted again: exiting now (the journal may show a task as running)");
+        std::process::exit(i32::from(EXIT_INTERRUPTED));
+    }))
 }
 
 /// `--syntax-check`, `--list-tasks`, `--list-hosts`: what the plan is, in

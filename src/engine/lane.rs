@@ -133,9 +133,10 @@ pub(super) async fn run_host(shared: Arc<Shared>, host: String) {
 async fn run_lane(shared: &Shared, host: &str, run: &HostRun, schedule: &[Scheduled]) {
     let pb = &shared.prepared.playbook;
     let secrets = &shared.env.secrets;
+    let interrupt = &shared.env.interrupt;
     let mut position = 0;
     while position < schedule.len() {
-        if run.stopped() {
+        if run.stopped() || interrupt.is_cancelled() {
             break;
         }
         let scheduled = &schedule[position];
@@ -158,7 +159,13 @@ async fn run_lane(shared: &Shared, host: &str, run: &HostRun, schedule: &[Schedu
                 .set(scheduled.task, host, Outcome::Succeeded);
             continue;
         }
-        let waited = shared.wait_for_dependencies(scheduled.task, host).await;
+        let waited = tokio::select! {
+            w = shared.wait_for_dependencies(scheduled.task, host) => w,
+            () = interrupt.cancelled() => {
+                position -= 1;
+                break;
+            }
+        };
         if run.stopped() {
             // Another lane failed while this one waited: the task does not start.
             position -= 1;
@@ -176,7 +183,11 @@ async fn run_lane(shared: &Shared, host: &str, run: &HostRun, schedule: &[Schedu
                 break;
             }
         };
-        let Some(_slot) = run.slot.enter(&shared.forks).await else {
+        let entered = tokio::select! {
+            e = run.slot.enter(&shared.forks) => e,
+            () = interrupt.cancelled() => None,
+        };
+        let Some(_slot) = entered else {
             position -= 1;
             break;
         };
@@ -217,16 +228,31 @@ async fn run_lane(shared: &Shared, host: &str, run: &HostRun, schedule: &[Schedu
             events: shared.env.events.clone(),
             confirmer: shared.env.confirmer.clone(),
         };
-        let mut r = run_task(
-            &ctx,
-            &task.module,
-            started,
-            shared.prepared.options.check,
-            &shared.predicted,
-        )
-        .await;
+        let ran = tokio::select! {
+            r = run_task(
+                &ctx,
+                &task.module,
+                started,
+                shared.prepared.options.check,
+                &shared.predicted,
+            ) => Some(r),
+            // Dropping the task's future drops its remote commands: each is sent
+            // SIGTERM (sshd signals the command's process group) and its channel closed.
+            () = interrupt.cancelled() => None,
+        };
+        let interrupted = ran.is_none();
+        let mut r = ran.unwrap_or_else(|| {
+            let mut r = result(host, &task.name, TaskStatus::Failed, started);
+            r.error = Some(
+                "interrupted (SIGINT/SIGTERM): its remote commands were told to stop; a \
+                 re-run runs the task again"
+                    .into(),
+            );
+            r
+        });
         r.warnings.extend(warnings);
         let record = match r.status {
+            _ if interrupted => RecordStatus::Interrupted,
             TaskStatus::Ok => RecordStatus::Ok,
             TaskStatus::Changed => RecordStatus::Changed,
             TaskStatus::WouldChange => RecordStatus::Running,

@@ -83,4 +83,7 @@ pub struct RunEnv {
     pub events: EventSink,
     pub secrets: Secrets,
     pub confirmer: Arc<dyn Confirm>,
+    /// Cancelled on SIGINT/SIGTERM: no task starts after it, running ones are stopped
+    /// (their remote commands signalled and closed) and recorded as interrupted.
+    pub interrupt: tokio_util::sync::CancellationToken,
 }

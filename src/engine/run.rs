@@ -146,6 +146,11 @@ pub async fn run(prepared: Prepared, env: RunEnv) -> PlayReport {
             tracing::error!("host worker panicked: {e}");
         }
     }
+    if shared.env.interrupt.is_cancelled() {
+        if let Ok(mut r) = shared.report.lock() {
+            r.interrupted = true;
+        }
+    }
     // No-op results are kept in memory until here (see `journal`).
     if let Err(e) = shared.env.journal.flush() {
         tracing::error!("cannot write the journal: {e}");

@@ -97,6 +97,9 @@ pub enum RecordStatus {
     Changed,
     Skipped,
     Failed,
+    /// Stopped by SIGINT/SIGTERM while it ran: its remote commands were told to stop.
+    /// Like `Failed`, it runs again next time.
+    Interrupted,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -33,7 +33,13 @@ const STARTER: &str = "echo \"$0\" >&2; ";
 
 /// The full command line for the login shell, and its handshake: sudo runs `shell -c`
 /// with `program` (a fixed reader, see `script`) after announcing itself.
-pub(crate) fn wrap(program: &str, shell: &str, spec: &BecomeSpec) -> (String, BecomeHandshake) {
+/// `mark` goes last, as `$1` (see `script::mark`).
+pub(crate) fn wrap(
+    program: &str,
+    shell: &str,
+    spec: &BecomeSpec,
+    mark: &str,
+) -> (String, BecomeHandshake) {
     let user = if spec.user.is_empty() {
         "root".to_string()
     } else {
@@ -50,6 +56,7 @@ pub(crate) fn wrap(program: &str, shell: &str, spec: &BecomeSpec) -> (String, Be
         .args(["-u", user.as_str(), "--", shell, "-c"])
         .arg(format!("{STARTER}{program}"))
         .arg(ok.as_str())
+        .arg(mark)
         .to_shell();
     (
         line,
@@ -193,8 +200,9 @@ mod tests {
             user: String::new(),
             password: Some("hunter2-secret".into()),
         };
-        let (line, hs) = wrap("id -u", "sh", &spec);
+        let (line, hs) = wrap("id -u", "sh", &spec, "ferry-run-1");
         assert!(!line.contains("hunter2"), "{line}");
+        assert!(line.ends_with(" ferry-run-1"), "{line}");
         assert!(line.starts_with("sudo -k -S -p "), "{line}");
         assert!(line.contains("-u root -- sh -c"), "{line}");
         assert!(line.contains(&hs.ok));
@@ -207,6 +215,7 @@ mod tests {
                 user: "postgres".into(),
                 password: None,
             },
+            "ferry-run-2",
         );
         assert!(line.starts_with("sudo -n -u postgres -- sh -c"), "{line}");
     }

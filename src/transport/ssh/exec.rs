@@ -8,6 +8,7 @@
 //! connection are all handled there.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -38,6 +39,154 @@ pub(crate) struct Running {
     pub exit: BoxFuture<Result<StreamExit, TransportError>>,
     /// To close the channel early (relays).
     pub channel: Arc<ChannelWriteHalf<Msg>>,
+    /// Stops the command if this is dropped before the command ended.
+    pub guard: StopGuard,
+}
+
+/// How to stop a command ferry gave up on (Ctrl-C, a timeout, a dropped stream): the
+/// stop script for the command's mark (see `script::stop_script`), ready to run on a
+/// channel of its own of the same connection, through sudo when the command was.
+pub(crate) struct Stopper {
+    pub conn: Arc<Connection>,
+    pub line: String,
+    pub preamble: Bytes,
+    pub become_: Option<BecomeHandshake>,
+    pub host: String,
+    pub secrets: Secrets,
+}
+
+/// Armed while a command runs. Dropped before the command ended, it asks sshd to signal
+/// the command, closes the channel, and runs the [`Stopper`]: whatever the command
+/// started on the host ends with ferry's interest in it, instead of running on.
+pub(crate) struct StopGuard {
+    channel: Option<Arc<ChannelWriteHalf<Msg>>>,
+    ended: Arc<AtomicBool>,
+    stopper: Option<Stopper>,
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        let Some(channel) = self.channel.take() else {
+            return;
+        };
+        if self.ended.load(Ordering::SeqCst) {
+            return;
+        }
+        spawn_stop(Some(channel), self.stopper.take());
+    }
+}
+
+/// A stream end that keeps a command's [`StopGuard`] alive as long as it lives.
+pub(crate) struct HoldsGuard<T> {
+    inner: T,
+    _guard: Arc<StopGuard>,
+}
+
+impl<T> HoldsGuard<T> {
+    pub(crate) fn new(inner: T, guard: Arc<StopGuard>) -> HoldsGuard<T> {
+        HoldsGuard {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HoldsGuard<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HoldsGuard<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The stops in flight, so that ferry can let them finish before it exits.
+static STOPS: std::sync::LazyLock<tokio_util::task::TaskTracker> =
+    std::sync::LazyLock::new(tokio_util::task::TaskTracker::new);
+
+/// How long a stop script may take.
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Stop a command in the background: signal and close its channel (when given), then
+/// run the stop script (when given).
+pub(crate) fn spawn_stop(channel: Option<Arc<ChannelWriteHalf<Msg>>>, stopper: Option<Stopper>) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        STOPS.spawn_on(stop(channel, stopper), &rt);
+    }
+}
+
+/// Wait (up to `limit`) for the stops of abandoned commands to reach their hosts: when
+/// ferry exits, its connections end, and a stop not yet sent never will be.
+pub async fn wait_for_stops(limit: std::time::Duration) {
+    STOPS.close();
+    let _ = tokio::time::timeout(limit, STOPS.wait()).await;
+    STOPS.reopen();
+}
+
+async fn stop(channel: Option<Arc<ChannelWriteHalf<Msg>>>, stopper: Option<Stopper>) {
+    if let Some(channel) = channel {
+        // sshd signals the command's process group where it can (not for a root
+        // login: see `script::stop_script`), then the channel goes.
+        let _ = channel.signal(russh::Sig::TERM).await;
+        let _ = channel.eof().await;
+        let _ = channel.close().await;
+    }
+    let Some(s) = stopper else {
+        return;
+    };
+    let host = s.host.clone();
+    let run = async move {
+        let running = start(
+            &s.conn,
+            s.line,
+            Some(s.preamble),
+            s.become_,
+            &s.host,
+            &s.secrets,
+            None,
+        )
+        .await?;
+        collect(running, None, Some(OutputLimit::REPORT)).await
+    };
+    match tokio::time::timeout(STOP_TIMEOUT, run).await {
+        Ok(Ok(out)) if out.success() => {
+            tracing::debug!(host, "stopped an abandoned command's processes");
+        }
+        Ok(Ok(out)) => tracing::warn!(
+            host,
+            "stopping an abandoned command's processes failed: {}",
+            out.stderr_str()
+        ),
+        Ok(Err(e)) => tracing::warn!(host, "cannot stop an abandoned command's processes: {e}"),
+        Err(_) => tracing::warn!(
+            host,
+            "stopping an abandoned command's processes took over {}s",
+            STOP_TIMEOUT.as_secs()
+        ),
+    }
 }
 
 /// Open a session channel on `conn` and exec `command` (already a complete shell command
@@ -51,6 +200,7 @@ pub(crate) async fn start(
     become_: Option<BecomeHandshake>,
     host: &str,
     secrets: &Secrets,
+    stopper: Option<Stopper>,
 ) -> Result<Running, TransportError> {
     let permit =
         conn.sessions
@@ -88,8 +238,15 @@ pub(crate) async fn start(
         secrets: secrets.clone(),
         conn: conn.clone(),
     };
+    let ended = Arc::new(AtomicBool::new(false));
+    let guard = StopGuard {
+        channel: Some(write.clone()),
+        ended: ended.clone(),
+        stopper,
+    };
     tokio::spawn(async move {
         let result = pump.run().await;
+        ended.store(true, Ordering::SeqCst);
         let _ = exit_tx.send(result);
         drop(permit);
     });
@@ -156,6 +313,7 @@ pub(crate) async fn start(
         stdout: Box::pin(StreamReader::new(out_rx)),
         exit,
         channel: write,
+        guard,
     })
 }
 
@@ -174,9 +332,9 @@ pub(crate) async fn collect(
         stdin: mut input,
         stdout: mut output,
         exit,
-        channel,
+        channel: _,
+        guard,
     } = running;
-    let close_on_drop = CloseOnDrop(Some(channel));
     let write = async {
         if let Some(data) = stdin.filter(|d| !d.is_empty()) {
             input.write_all(data).await?;
@@ -198,7 +356,7 @@ pub(crate) async fn collect(
     let (_written, read) = tokio::join!(write, read);
     let exit = exit.await?;
     let stdout = read?;
-    close_on_drop.disarm();
+    drop(guard);
     let stderr = match limit {
         Some(l) => {
             let mut kept = BoundedOutput::new(Some(l));
@@ -212,32 +370,6 @@ pub(crate) async fn collect(
         stdout: stdout.finish("stdout"),
         stderr,
     })
-}
-
-/// Closes a channel when dropped armed.
-struct CloseOnDrop(Option<Arc<ChannelWriteHalf<Msg>>>);
-
-impl CloseOnDrop {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for CloseOnDrop {
-    fn drop(&mut self) {
-        let Some(channel) = self.0.take() else {
-            return;
-        };
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                // Ask the remote command to stop (servers without signal support
-                // ignore it), then close: its pipes go away with the session.
-                let _ = channel.signal(russh::Sig::TERM).await;
-                let _ = channel.eof().await;
-                let _ = channel.close().await;
-            });
-        }
-    }
 }
 
 /// How long the few kilobytes of a command's script may take to be accepted by the

@@ -36,6 +36,7 @@ mod shell;
 mod stdin;
 
 pub use auth::AgentSource;
+pub use exec::wait_for_stops;
 
 use session::{Connection, ShellSlot};
 use shell::{Shell, ShellError};
@@ -192,29 +193,48 @@ impl SshTransport {
         Ok(conn)
     }
 
-    /// The command line for the login shell (`sh -c READER`, or through sudo with
-    /// `become`) and what to send on stdin first: the command's script, so that it is
-    /// never in any argv (see `script`).
+    /// The command line for the login shell (`sh -c READER sh MARK`, or through sudo
+    /// with `become`) and what to send on stdin first: the command's script, so that it
+    /// is never in any argv (see `script`). `mark` finds the command's processes again
+    /// when ferry gives up on it (see [`SshTransport::stopper`]).
     fn command_line(
         &self,
         cmd: &Cmd,
+        mark: &str,
     ) -> Result<(String, bytes::Bytes, Option<become_::BecomeHandshake>), TransportError> {
         let token = script::token()?;
         let reader = script::reader(&token);
         let preamble = script::preamble(&cmd.to_shell(), &token);
         Ok(match &self.become_ {
             Some(spec) => {
-                let (line, hs) = become_::wrap(&reader, &self.shell, spec);
+                let (line, hs) = become_::wrap(&reader, &self.shell, spec, mark);
                 (line, preamble, Some(hs))
             }
             None => (
                 Cmd::new(self.shell.as_str())
                     .arg("-c")
                     .arg(reader)
+                    .arg(self.shell.as_str())
+                    .arg(mark)
                     .to_shell(),
                 preamble,
                 None,
             ),
+        })
+    }
+
+    /// How to stop what runs under `mark` on `conn` if ferry gives up on it: the stop
+    /// script as a command of its own (as the same user, through sudo with `become`).
+    fn stopper(&self, conn: &Arc<Connection>, mark: &str) -> Result<exec::Stopper, TransportError> {
+        let stop = Cmd::script(script::stop_script(mark), "stop an abandoned command");
+        let (line, preamble, become_) = self.command_line(&stop, &script::mark()?)?;
+        Ok(exec::Stopper {
+            conn: conn.clone(),
+            line,
+            preamble,
+            become_,
+            host: self.name.clone(),
+            secrets: self.secrets.clone(),
         })
     }
 
@@ -232,7 +252,9 @@ impl SshTransport {
             ShellSlot::Unopened => {
                 // Dropped while opening: the slot goes back to `Unopened`.
                 let reset = ResetSlot::new(&conn);
-                let opened = Shell::open(&conn, &self.name, &self.shell).await;
+                let mark = script::mark()?;
+                let stopper = self.stopper(&conn, &mark)?;
+                let opened = Shell::open(&conn, &self.name, &self.shell, &mark, stopper).await;
                 reset.disarm();
                 match opened {
                     Ok(Some(shell)) => shell,
@@ -296,9 +318,20 @@ impl SshTransport {
 
     async fn start(&self, lane: &Lane, cmd: &Cmd) -> Result<exec::Running, TransportError> {
         let conn = self.connection(lane).await?;
-        let (line, preamble, hs) = self.command_line(cmd)?;
+        let mark = script::mark()?;
+        let (line, preamble, hs) = self.command_line(cmd, &mark)?;
+        let stopper = self.stopper(&conn, &mark)?;
         tracing::debug!(host = %self.name, lane = lane.purpose, "exec: {}", cmd.display());
-        exec::start(&conn, line, Some(preamble), hs, &self.name, &self.secrets).await
+        exec::start(
+            &conn,
+            line,
+            Some(preamble),
+            hs,
+            &self.name,
+            &self.secrets,
+            Some(stopper),
+        )
+        .await
     }
 
     /// [`Transport::exec`] with each output stream bounded by `limit`.
@@ -332,7 +365,7 @@ impl SshTransport {
                 );
                 let line = Cmd::new("sh").arg("-c").arg(probe.to_shell()).to_shell();
                 let running =
-                    exec::start(conn, line, None, None, &self.name, &self.secrets).await?;
+                    exec::start(conn, line, None, None, &self.name, &self.secrets, None).await?;
                 let out = exec::collect(running, None, None).await?;
                 match out.stdout_str().trim() {
                     "socat" => Ok("socat"),
@@ -367,7 +400,7 @@ impl SshTransport {
                 .arg(port.to_string()),
         };
         let line = Cmd::new("sh").arg("-c").arg(relay.to_shell()).to_shell();
-        let running = exec::start(conn, line, None, None, &self.name, &self.secrets).await?;
+        let running = exec::start(conn, line, None, None, &self.name, &self.secrets, None).await?;
         tracing::info!(
             "{}: forwarding to {host}:{port} through a {tool} relay (server forbids TCP forwarding)",
             self.name
@@ -423,10 +456,19 @@ impl Transport for SshTransport {
 
     async fn exec_stream(&self, cmd: &Cmd) -> Result<ExecStream, TransportError> {
         let running = self.start(&self.bulk, cmd).await?;
+        // The command is stopped once stdin, stdout and the exit are all dropped before
+        // it ended (a stream abandoned halfway), not when any one of them is.
+        let guard = Arc::new(running.guard);
+        let exit = running.exit;
+        let exit_guard = guard.clone();
         Ok(ExecStream {
-            stdin: Box::pin(running.stdin),
-            stdout: running.stdout,
-            exit: running.exit,
+            stdin: Box::pin(exec::HoldsGuard::new(running.stdin, guard.clone())),
+            stdout: Box::pin(exec::HoldsGuard::new(running.stdout, guard)),
+            exit: Box::pin(async move {
+                let exit = exit.await;
+                drop(exit_guard);
+                exit
+            }),
         })
     }
 

@@ -38,6 +38,36 @@ pub(crate) fn token() -> Result<String, TransportError> {
     Ok(format!("ferry-end-{}", hex::encode(bytes)))
 }
 
+/// A random mark for one remote command (or one persistent shell): an argument of its
+/// `sh` that nothing else on the host has, so [`stop_script`] can find the command's
+/// process group again when ferry gives up on it (Ctrl-C, a timeout). Not a secret: it
+/// is in `ps`, and tells nobody anything.
+pub(crate) fn mark() -> Result<String, TransportError> {
+    let mut bytes = [0u8; 12];
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| TransportError::Protocol(format!("no randomness for a marker: {e}")))?;
+    Ok(format!("ferry-run-{}", hex::encode(bytes)))
+}
+
+/// Stops what ferry started under `mark`: every process group with a process whose
+/// command line has the mark gets SIGTERM (never the script's own group).
+///
+/// Why not the SSH protocol's `signal` request alone: sshd honours it only in its
+/// unprivileged session process, and a root login has none (`session signalling
+/// requires privilege separation`), so for the most common login of all it does
+/// nothing. Linux's `/proc`; elsewhere it finds nothing and stops nothing.
+pub(crate) fn stop_script(mark: &str) -> String {
+    format!(
+        "own=$(sed 's/.*) //' /proc/$$/stat 2>/dev/null | cut -d' ' -f3)\n\
+         for p in /proc/[0-9]*; do\n\
+         case \"$(tr '\\0' ' ' < \"$p/cmdline\" 2>/dev/null)\" in *' {mark}'*) ;; *) continue ;; esac\n\
+         g=$(sed 's/.*) //' \"$p/stat\" 2>/dev/null | cut -d' ' -f3)\n\
+         [ -n \"$g\" ] && [ \"$g\" != \"$own\" ] && [ \"$g\" -gt 1 ] && kill -TERM \"-$g\" 2>/dev/null\n\
+         done\n\
+         exit 0\n"
+    )
+}
+
 /// The `sh` program that reads a script from stdin up to `token` and runs it.
 pub(crate) fn reader(token: &str) -> String {
     format!(
@@ -99,6 +129,64 @@ mod tests {
             .unwrap();
         child.stdin.take().unwrap().write_all(stdin).unwrap();
         child.wait_with_output().unwrap()
+    }
+
+    /// The stop script finds the marked command's process group (a group of its own,
+    /// as sshd makes one per session) and ends all of it, the child of the marked shell
+    /// too; another group is left alone.
+    #[test]
+    fn the_stop_script_ends_the_marked_group_and_nothing_else() {
+        let m = mark().unwrap();
+        let start = |mark: &str| {
+            Command::new("setsid")
+                .args(["sh", "-c", "sleep 300 & echo $!; wait", "sh", mark])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let mut marked = start(&m);
+        let other_mark = mark().unwrap();
+        let mut other = start(&other_mark);
+        let pid_of = |child: &mut std::process::Child| {
+            let mut line = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+                &mut line,
+            )
+            .unwrap();
+            line.trim().to_string()
+        };
+        let (sleep_marked, sleep_other) = (pid_of(&mut marked), pid_of(&mut other));
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(stop_script(&m))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        // The marked shell ends once its group got SIGTERM; wait() is the bound.
+        let status = marked.wait().unwrap();
+        assert!(!status.success(), "{status:?}");
+        let gone = |pid: &str| {
+            (0..100).any(|_| {
+                let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| !s.contains(") Z "));
+                if alive {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                !alive
+            })
+        };
+        assert!(gone(&sleep_marked), "the marked command's child survived");
+        assert!(!gone_now(&sleep_other), "the other group was stopped too");
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(stop_script(&other_mark))
+            .output();
+        let _ = other.wait();
+    }
+
+    fn gone_now(pid: &str) -> bool {
+        !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
     }
 
     #[test]

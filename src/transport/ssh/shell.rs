@@ -119,20 +119,24 @@ pub(crate) struct Shell {
     seq: u64,
     /// Counts against the connection's session channels for as long as the shell lives.
     _permit: OwnedSemaphorePermit,
+    /// A command is in it: dropped now, what it runs is stopped (see `exec::StopGuard`).
+    busy: bool,
+    /// Stops the shell's processes (its mark is an argument of the shell).
+    stopper: Option<Box<super::exec::Stopper>>,
 }
 
 impl Drop for Shell {
     fn drop(&mut self) {
         // Closing the channel ends the remote shell (and whatever it still runs gets
         // EOF/SIGPIPE, as on a dropped channel of its own).
-        let write = self.write.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = write.signal(russh::Sig::TERM).await;
-                let _ = write.eof().await;
-                let _ = write.close().await;
-            });
-        }
+        // A command dropped halfway (Ctrl-C, a timeout) may have started processes that
+        // outlive the shell: stop them too.
+        let stopper = if self.busy {
+            self.stopper.take().map(|s| *s)
+        } else {
+            None
+        };
+        super::exec::spawn_stop(Some(self.write.clone()), stopper);
     }
 }
 
@@ -237,12 +241,17 @@ impl Shell {
         conn: &Arc<Connection>,
         host: &str,
         program: &str,
+        mark: &str,
+        stopper: super::exec::Stopper,
     ) -> Result<Option<Shell>, TransportError> {
         let Ok(permit) = conn.sessions.clone().try_acquire_owned() else {
             return Ok(None);
         };
         let (read, write) = conn
-            .exec_channel(crate::command::quote(program), host)
+            .exec_channel(
+                format!("{} -s {mark}", crate::command::quote(program)),
+                host,
+            )
             .await?;
         let mut shell = Shell {
             reader: Reader::Held(read),
@@ -250,6 +259,8 @@ impl Shell {
             nonce: nonce()?,
             seq: 0,
             _permit: permit,
+            busy: false,
+            stopper: Some(Box::new(stopper)),
         };
         // Wait until the shell answers: then it runs, and whatever the login shell's
         // startup files printed is behind us, not in the first command's output.
@@ -377,6 +388,7 @@ impl Shell {
         limit: Option<OutputLimit>,
     ) -> Result<ExecOutput, ShellError> {
         let mut read = self.take_reader(host).await?;
+        self.busy = true;
         self.seq += 1;
         let tag = format!("{} {}", self.nonce, self.seq);
         let token = script::token().map_err(ShellError::Setup)?;
@@ -413,6 +425,7 @@ impl Shell {
                 _ => {}
             }
         }
+        self.busy = false;
         self.reader = Reader::drain(read);
         let stray = stdout.stray + stderr.stray;
         if stray > 0 {

@@ -160,6 +160,8 @@ pub(crate) struct RelayPipe {
     stdin: StdinWriter,
     stdout: BoxRead,
     channel: Arc<ChannelWriteHalf<Msg>>,
+    /// The relay process is stopped with the pipe.
+    _guard: super::exec::StopGuard,
 }
 
 impl RelayPipe {
@@ -170,6 +172,7 @@ impl RelayPipe {
             stdin: running.stdin,
             stdout: running.stdout,
             channel: running.channel,
+            _guard: running.guard,
         }
     }
 }
