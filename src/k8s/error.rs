@@ -24,6 +24,17 @@ pub enum K8sError {
     },
     #[error("timed out after {secs}s waiting until {what}")]
     Timeout { what: String, secs: u64 },
+    /// The API stayed unreachable in the middle of a wait (see `API_OUTAGE_LIMIT`).
+    #[error(
+        "the Kubernetes API has been unreachable for {secs}s while waiting until {what} \
+         (last error: {last}); is the host reachable? Run ferry again once it is: the wait \
+         picks up where it was"
+    )]
+    ApiLost {
+        what: String,
+        secs: u64,
+        last: String,
+    },
     #[error("{kind} {name} not found in namespace {namespace}")]
     NotFound {
         kind: &'static str,

@@ -424,6 +424,9 @@ impl Cluster {
 
     /// Wait by watch until the pods matching `selector` are as `wanted`.
     ///
+    /// An API that stays unreachable for [`API_OUTAGE_LIMIT`] fails the wait (see
+    /// [`Outage`]).
+    ///
     /// The watch survives a lost connection to the API (the SSH tunnel dropped, the API
     /// server restarted): it lists again (a fresh resourceVersion) and watches on, through
     /// a new tunnel connection, until `timeout`. A timeout that happened while the API was
@@ -443,12 +446,17 @@ impl Cluster {
         let mut lost: Option<String> = None;
         let fut = async {
             let mut retry = Duration::from_millis(200);
+            let mut outage = Outage::default();
             loop {
                 match self.watch_pods_once(&api, set, wanted).await {
                     Ok(true) => return Ok(()),
                     // The watch ended normally (server timeout, expired resourceVersion).
-                    Ok(false) => continue,
+                    Ok(false) => {
+                        outage.over();
+                        continue;
+                    }
                     Err(e) if is_transient(&e) => {
+                        outage.still(&what, &e)?;
                         tracing::warn!(
                             "lost the Kubernetes API connection while waiting until {what}: \
                              {e}; reconnecting"
@@ -616,14 +624,19 @@ impl Cluster {
         // watches again through a new tunnel connection, as the pod waits do.
         let fut = async {
             let mut retry = Duration::from_millis(200);
+            let mut outage = Outage::default();
             loop {
                 match self
                     .watch_gone_once(&api, what, name, started, &mut progress, &failed)
                     .await
                 {
                     Ok(Some(done)) => return done,
-                    Ok(None) => continue,
+                    Ok(None) => {
+                        outage.over();
+                        continue;
+                    }
                     Err(e) if is_transient(&e) => {
+                        outage.still(&format!("{what} is deleted"), &e)?;
                         tracing::warn!(
                             "lost the Kubernetes API connection while waiting until {what} \
                              is deleted: {e}; reconnecting"
@@ -765,6 +778,38 @@ impl Cluster {
                 .map_err(api_err(format!("update configmap {name}"))),
             Err(e) => Err(api_err(format!("create configmap {name}"))(e)),
         }
+    }
+}
+
+/// How long the Kubernetes API may stay unreachable in the middle of a wait before the
+/// wait gives up. A dropped tunnel or a restarting API server is back within seconds; a
+/// laptop whose link is gone is not, and waiting out a wait's own timeout (minutes)
+/// would hide that the run cannot go on. A re-run picks the wait up again.
+pub const API_OUTAGE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Since when a wait's watch has failed without a success in between.
+#[derive(Default)]
+struct Outage {
+    since: Option<tokio::time::Instant>,
+}
+
+impl Outage {
+    /// A watch worked again: the outage is over.
+    fn over(&mut self) {
+        self.since = None;
+    }
+
+    /// Another failure: `Err` once the API has been unreachable for the limit.
+    fn still(&mut self, what: &str, e: &kube::Error) -> Result<(), K8sError> {
+        let since = *self.since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() < API_OUTAGE_LIMIT {
+            return Ok(());
+        }
+        Err(K8sError::ApiLost {
+            what: what.to_string(),
+            secs: since.elapsed().as_secs(),
+            last: e.to_string(),
+        })
     }
 }
 
