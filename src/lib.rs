@@ -4,6 +4,10 @@
 //! per host (`engine`) → commands (`command`) over a `transport` → facts and results →
 //! `journal` and `report`. Nothing imports "upwards" along that chain.
 
+/// ferry's version and the commit it was built from (see build.rs): `--version`, and the
+/// JSON report's `ferry`.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("FERRY_COMMIT"), ")");
+
 pub mod cli;
 pub mod command;
 pub mod engine;

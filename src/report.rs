@@ -8,7 +8,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Color, Table};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Color, ContentArrangement, Table};
 use serde::Serialize;
 use serde_json::json;
 
@@ -76,8 +76,8 @@ pub struct TaskResult {
     /// completed on the target, so a store is not touched), masked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
-    /// Things the operator must know (not part of the JSON document).
-    #[serde(skip)]
+    /// Things the operator must know.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
 }
 
@@ -88,14 +88,16 @@ pub struct HostSummary {
     pub skipped: u32,
     pub failed: u32,
     pub unreachable: bool,
-    /// Why the host was unreachable (not part of the JSON document).
-    #[serde(skip)]
+    /// Why the host was unreachable.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub unreachable_reason: Option<String>,
 }
 
 /// The whole run: exactly the `--format json` document.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PlayReport {
+    /// The ferry that wrote it: version and commit ([`crate::VERSION`]).
+    pub ferry: String,
     pub playbook: String,
     pub check_mode: bool,
     pub hosts: BTreeMap<String, HostSummary>,
@@ -148,6 +150,9 @@ impl PlayReport {
             }
             let mut table = Table::new();
             table.load_preset(UTF8_FULL_CONDENSED);
+            // On a terminal the table fits its width, long commands folded (the JSON
+            // report has them whole); piped, nothing is folded.
+            table.set_content_arrangement(ContentArrangement::Dynamic);
             table.set_header(vec!["task", "status", "what changed", "duration"]);
             for t in tasks {
                 let status = match t.status {
@@ -227,6 +232,7 @@ pub fn journal_table(data: &JournalData) -> String {
     for (host, tasks) in &data.hosts {
         let mut table = Table::new();
         table.load_preset(UTF8_FULL_CONDENSED);
+        table.set_content_arrangement(ContentArrangement::Dynamic);
         table.set_header(vec!["task", "status", "finished", "artifacts", "error"]);
         for (task, rec) in tasks {
             let artifacts = rec
@@ -462,6 +468,7 @@ mod tests {
     #[test]
     fn the_table_escapes_task_names_and_errors() {
         let mut report = PlayReport {
+            ferry: crate::VERSION.into(),
             playbook: "pb".into(),
             check_mode: false,
             hosts: BTreeMap::new(),

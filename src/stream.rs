@@ -8,6 +8,23 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// The chunk size: large enough to keep SSH and WebSocket frames full.
 pub const CHUNK: usize = 1 << 20;
 
+/// Feed everything `reader` gives into `hasher` (blocking IO; sha2 0.11 no longer
+/// implements `io::Write`, so `io::copy` into a hasher is gone). Returns the bytes read.
+pub fn hash_reader(reader: &mut impl std::io::Read, hasher: &mut Sha256) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(buf.get(..n).unwrap_or_default());
+        total += n as u64;
+    }
+}
+
 /// What a pump moved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pumped {

@@ -86,8 +86,24 @@ fn exit_codes_are_ansible_playbooks() {
     write(d, "playbook.toml", &task("t", "up", "exit 7"));
     assert_eq!(code(&play(d, &[])), Some(2), "a task failed");
     write(d, "playbook.toml", &task("t", "all", "true"));
-    let out = play(d, &[]);
+    let out = play(d, &["--format", "json"]);
     assert_eq!(code(&out), Some(3), "a host unreachable: {}", stderr(&out));
+    // The JSON report says which ferry wrote it and why the host was unreachable.
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        doc["ferry"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with(env!("CARGO_PKG_VERSION")),
+        "{doc}"
+    );
+    assert!(
+        doc["hosts"]["down"]["unreachable_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("refused"),
+        "{doc}"
+    );
     // A failed task outranks an unreachable host.
     write(d, "playbook.toml", &task("t", "all", "exit 7"));
     assert_eq!(code(&play(d, &[])), Some(2), "failed and unreachable");
@@ -297,4 +313,72 @@ fn version_completions_and_man_page() {
     let out = ferry(dir.path(), &["man"]);
     assert_eq!(code(&out), Some(0));
     assert!(stdout(&out).contains(".TH ferry 1"), "{}", stdout(&out));
+}
+
+/// On a terminal the report's tables fit its width (long commands folded); piped, they
+/// keep their lines whole. A pty (`script`, util-linux) stands in for the terminal.
+#[test]
+fn the_report_fits_the_terminal() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        "inventory.toml",
+        &client.inventory_host("h", server.port),
+    );
+    let long = format!("echo {} {}", "a".repeat(150), "b".repeat(60));
+    write(
+        d,
+        "playbook.toml",
+        &format!("[[task]]\nname = \"long\"\nhosts = \"h\"\n[task.command]\ncmd = \"{long}\"\n"),
+    );
+    let ferry_cmd = format!(
+        "stty cols 72; {} play playbook.toml -i inventory.toml --journal journal.json --check",
+        env!("CARGO_BIN_EXE_ferry")
+    );
+    let out = Command::new("script")
+        .args(["-qec", &ferry_cmd, "/dev/null"])
+        .current_dir(d)
+        .env_remove("SSH_AUTH_SOCK")
+        .output()
+        .expect("run script(1)");
+    let text = stdout(&out);
+    let table: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| l.starts_with(['┌', '│', '╞', '├', '└']))
+        .collect();
+    assert!(!table.is_empty(), "no table in: {text}");
+    for line in &table {
+        let shown = without_colours(line);
+        assert!(
+            shown.chars().count() <= 72,
+            "a line wider than the terminal ({}): {shown}\n{text}",
+            shown.chars().count()
+        );
+    }
+    assert!(text.contains("aaaa"), "{text}");
+    // Piped: the command is on one line, whole.
+    let out = play(d, &["--check"]);
+    assert!(stdout(&out).contains(&long), "{}", stdout(&out));
+}
+
+/// `text` without ANSI colour sequences (ESC [ ... m).
+fn without_colours(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

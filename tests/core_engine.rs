@@ -175,7 +175,10 @@ async fn second_run_changes_nothing() {
     // The --format json document has exactly the documented shape.
     let doc: serde_json::Value = serde_json::from_str(&second.to_json()).unwrap();
     let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
-    assert_eq!(keys(&doc), ["check_mode", "hosts", "playbook", "tasks"]);
+    assert_eq!(
+        keys(&doc),
+        ["check_mode", "ferry", "hosts", "playbook", "tasks"]
+    );
     assert_eq!(
         keys(&doc["hosts"]["old"]),
         ["changed", "failed", "ok", "skipped", "unreachable"]

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// `--version`: the crate's version and the commit it was built from.
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("FERRY_COMMIT"), ")");
+pub use crate::VERSION;
 
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version = VERSION, about = "Idempotent provisioning over SSH")]

@@ -20,6 +20,7 @@ pub async fn ping(
     events: EventSink,
 ) -> PlayReport {
     let mut report = PlayReport {
+        ferry: crate::VERSION.to_string(),
         playbook: "ping".into(),
         check_mode: false,
         hosts: BTreeMap::new(),

@@ -111,6 +111,7 @@ pub async fn run(prepared: Prepared, env: RunEnv) -> PlayReport {
         .unwrap_or(prepared.hosts.len())
         .max(1);
     let report = PlayReport {
+        ferry: crate::VERSION.to_string(),
         playbook: prepared.playbook.name.clone(),
         check_mode: prepared.options.check,
         hosts: prepared

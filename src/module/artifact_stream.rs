@@ -359,7 +359,7 @@ async fn local_sha256(path: &std::path::Path) -> std::io::Result<String> {
         use sha2::Digest;
         let mut file = std::fs::File::open(path)?;
         let mut hasher = sha2::Sha256::default();
-        std::io::copy(&mut file, &mut hasher)?;
+        crate::stream::hash_reader(&mut file, &mut hasher)?;
         Ok(hex::encode(hasher.finalize()))
     })
     .await

@@ -333,7 +333,7 @@ fn hash_tar_members(
             .to_string_lossy()
             .into_owned();
         let mut hasher = Sha256::new();
-        std::io::copy(&mut entry, &mut hasher).map_err(|e| format!("{path}: {e}"))?;
+        crate::stream::hash_reader(&mut entry, &mut hasher).map_err(|e| format!("{path}: {e}"))?;
         hashes.insert(source_path(&path), hex::encode(hasher.finalize()));
     }
     // Past the end-of-archive blocks: drain, so the pump is never left waiting.
