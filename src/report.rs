@@ -268,8 +268,12 @@ pub fn journal_table(data: &JournalData) -> String {
 pub struct EventSink {
     file: Option<Arc<Mutex<File>>>,
     secrets: Secrets,
-    /// Progress bars on the terminal (stderr), one per host and artifact.
+    /// Progress bars on the terminal (stderr), one per host and artifact, and a live
+    /// line per running task.
     bars: Option<Arc<ProgressBars>>,
+    /// stderr is not a terminal: a plain line per task start and end instead, as
+    /// `ansible-playbook`'s `TASK [...]` lines (CI logs, `tee`).
+    lines: bool,
 }
 
 /// indicatif bars for long transfers: bytes, rate and ETA per artifact.
@@ -277,9 +281,36 @@ pub struct EventSink {
 pub struct ProgressBars {
     multi: indicatif::MultiProgress,
     bars: Mutex<std::collections::HashMap<(String, String), indicatif::ProgressBar>>,
+    /// The running tasks' lines: host, task, time so far.
+    tasks: Mutex<std::collections::HashMap<(String, String), indicatif::ProgressBar>>,
 }
 
 impl ProgressBars {
+    fn task_started(&self, host: &str, task: &str) {
+        let Ok(mut tasks) = self.tasks.lock() else {
+            return;
+        };
+        let line = self.multi.add(indicatif::ProgressBar::new_spinner());
+        let style =
+            indicatif::ProgressStyle::with_template("{spinner} {prefix:.bold} {msg} {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+        line.set_style(style);
+        line.set_prefix(visible(&format!("[{host}]")));
+        line.set_message(visible(task));
+        line.enable_steady_tick(std::time::Duration::from_millis(200));
+        tasks.insert((host.to_string(), task.to_string()), line);
+    }
+
+    /// The task's line goes; its outcome is printed above the live lines.
+    fn task_ended(&self, host: &str, task: &str, outcome: &str) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            if let Some(line) = tasks.remove(&(host.to_string(), task.to_string())) {
+                line.finish_and_clear();
+            }
+        }
+        let _ = self.multi.println(outcome);
+    }
+
     fn tick(&self, host: &str, what: &str, bytes: u64, total: Option<u64>) {
         let Ok(mut bars) = self.bars.lock() else {
             return;
@@ -323,6 +354,8 @@ impl EventSink {
         use std::io::IsTerminal;
         if std::io::stderr().is_terminal() {
             self.bars = Some(Arc::new(ProgressBars::default()));
+        } else {
+            self.lines = true;
         }
         self
     }
@@ -333,7 +366,17 @@ impl EventSink {
             file: Some(Arc::new(Mutex::new(create_private(path)?))),
             secrets,
             bars: None,
+            lines: false,
         })
+    }
+
+    /// A sink that writes no file (but may still draw on the terminal), masking with
+    /// `secrets`.
+    pub fn none_masking(secrets: Secrets) -> Self {
+        EventSink {
+            secrets,
+            ..EventSink::default()
+        }
     }
 
     /// One line: the `data` fields (values from hosts, vars and the playbook) masked
@@ -362,6 +405,11 @@ impl EventSink {
     }
 
     pub fn task_start(&self, host: &str, task: &str) {
+        if let Some(bars) = &self.bars {
+            bars.task_started(host, task);
+        } else if self.lines {
+            eprintln!("TASK [{}] on {}", visible(task), visible(host));
+        }
         self.emit(
             "task_start",
             "running",
@@ -371,6 +419,13 @@ impl EventSink {
     }
 
     pub fn task_end(&self, result: &TaskResult) {
+        if self.bars.is_some() || self.lines {
+            let outcome = self.outcome_line(result);
+            match &self.bars {
+                Some(bars) => bars.task_ended(&result.host, &result.task, &outcome),
+                None => eprintln!("{outcome}"),
+            }
+        }
         self.emit(
             "task_end",
             result.status.as_str(),
@@ -380,6 +435,22 @@ impl EventSink {
             }),
             json!({"duration_ms": result.duration_ms}),
         );
+    }
+
+    /// `changed: [new] Restore PostgreSQL (33.6s)`, with the error of a failed task.
+    fn outcome_line(&self, r: &TaskResult) -> String {
+        let mut line = format!(
+            "{}: [{}] {} ({:.1}s)",
+            r.status.as_str(),
+            visible(&r.host),
+            visible(&r.task),
+            r.duration_ms as f64 / 1000.0
+        );
+        if let Some(e) = &r.error {
+            let first = e.lines().next().unwrap_or_default();
+            line.push_str(&format!(": {}", visible(&self.secrets.mask(first))));
+        }
+        line
     }
 
     /// A transfer progress tick.

@@ -82,7 +82,15 @@ fn exit_codes_are_ansible_playbooks() {
         )
     };
     write(d, "playbook.toml", &task("t", "up", "true"));
-    assert_eq!(code(&play(d, &[])), Some(0), "ok");
+    let out = play(d, &[]);
+    assert_eq!(code(&out), Some(0), "ok");
+    // stderr is no terminal here: a plain line per task start and end, as Ansible's.
+    let err = stderr(&out);
+    assert!(err.contains("TASK [t] on up\n"), "{err}");
+    assert!(err.contains("changed: [up] t ("), "{err}");
+    // With --format json, stderr has none of that.
+    let out = play(d, &["--format", "json"]);
+    assert!(!stderr(&out).contains("TASK ["), "{}", stderr(&out));
     write(d, "playbook.toml", &task("t", "up", "exit 7"));
     assert_eq!(code(&play(d, &[])), Some(2), "a task failed");
     write(d, "playbook.toml", &task("t", "all", "true"));

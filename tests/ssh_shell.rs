@@ -160,22 +160,36 @@ async fn a_dropped_command_or_a_dead_shell_does_not_break_the_next_command() {
     .unwrap();
     let woke = dir.path().join("woke");
     let pidfile = dir.path().join("pid");
-    let abandoned = tokio::time::timeout(
-        Duration::from_millis(300),
-        t.exec(
-            &Cmd::new("sh")
-                .arg("-c")
-                .arg("echo $$ > \"$2\"; sleep 2; touch \"$1\"; echo late; echo late >&2")
-                .arg("sh")
-                .arg(woke.display().to_string())
-                .arg(pidfile.display().to_string()),
-            None,
-        ),
-    )
-    .await;
+    // Dropped once it runs (not while the login shell still starts: its startup files
+    // are not what this is about).
+    let t = std::sync::Arc::new(t);
+    let running = {
+        let (t, woke, pidfile) = (t.clone(), woke.clone(), pidfile.clone());
+        tokio::spawn(async move {
+            t.exec(
+                &Cmd::new("sh")
+                    .arg("-c")
+                    .arg("echo $$ > \"$2\"; sleep 2; touch \"$1\"; echo late; echo late >&2")
+                    .arg("sh")
+                    .arg(woke.display().to_string())
+                    .arg(pidfile.display().to_string()),
+                None,
+            )
+            .await
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&pidfile).is_ok_and(|p| p.ends_with('\n')) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    running.abort();
     assert!(
-        abandoned.is_err(),
-        "the sleep finished early: {abandoned:?}"
+        running.await.is_err_and(|e| e.is_cancelled()),
+        "the command finished before it was dropped"
     );
     let out = tokio::time::timeout(
         Duration::from_secs(20),

@@ -185,7 +185,7 @@ fn events(path: Option<&Path>, secrets: &Secrets) -> Result<EventSink, String> {
     match path {
         Some(p) => EventSink::to_file(p, secrets.clone())
             .map_err(|e| format!("cannot write events to {}: {e}", p.display())),
-        None => Ok(EventSink::none()),
+        None => Ok(EventSink::none_masking(secrets.clone())),
     }
 }
 

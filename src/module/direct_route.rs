@@ -457,7 +457,16 @@ pub async fn install(
     node.exec_ok_with_input(
         &Cmd::new("umask")
             .arg("077")
-            .and(Cmd::new("mkdir").args(["-p", ssh_dir]))
+            // Two streams may add their keys at the same moment: `mkdir -p` racing
+            // another can fail with "File exists" (seen in CI) though the directory is
+            // there, which is all that matters.
+            .and(
+                sh_c(
+                    "mkdir -p -- \"$1\" 2>/dev/null || [ -d \"$1\" ]",
+                    "ferry-ssh-dir",
+                )
+                .arg(ssh_dir),
+            )
             .and(keys_locked(
                 ak,
                 sh_c("umask 077; cat >>\"$1\"", "ferry-trust").arg(ak),

@@ -495,7 +495,7 @@ impl Pump {
         let lost = !closed && !((eof || left_open) && (status.is_some() || signal.is_some()));
         if lost {
             let reason = match self.session_end_reason().await {
-                Some(why) => format!("{why} while the command was running"),
+                Some(why) => format!("connection lost ({why}) while the command was running"),
                 None => "connection lost while the command was running".to_string(),
             };
             if !reader_gone {
