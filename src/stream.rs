@@ -11,7 +11,8 @@ pub const CHUNK: usize = 1 << 20;
 /// Feed everything `reader` gives into `hasher` (blocking IO; sha2 0.11 no longer
 /// implements `io::Write`, so `io::copy` into a hasher is gone). Returns the bytes read.
 pub fn hash_reader(reader: &mut impl std::io::Read, hasher: &mut Sha256) -> std::io::Result<u64> {
-    let mut buf = vec![0u8; 64 * 1024];
+    // On the stack, as `io::copy`'s buffer: this runs once per file of an archive.
+    let mut buf = [0u8; 32 * 1024];
     let mut total = 0u64;
     loop {
         let n = match reader.read(&mut buf) {

@@ -21,6 +21,7 @@ use tokio_util::io::StreamReader;
 use super::become_::{self, BecomeHandshake};
 use super::session::{map_russh_error, Connection};
 use crate::secrets::Secrets;
+use crate::transport::BecomeSpec;
 use crate::transport::{
     BoundedOutput, BoxFuture, BoxRead, ExecOutput, OutputLimit, StreamExit, TransportError,
 };
@@ -44,13 +45,14 @@ pub(crate) struct Running {
 }
 
 /// How to stop a command ferry gave up on (Ctrl-C, a timeout, a dropped stream): the
-/// stop script for the command's mark (see `script::stop_script`), ready to run on a
-/// channel of its own of the same connection, through sudo when the command was.
+/// stop script for the command's mark (see `script::stop_script`), run on a channel of
+/// its own of the same connection, through sudo when the command was. Kept as what it
+/// needs, not as a built command line: nearly every command ends on its own.
 pub(crate) struct Stopper {
     pub conn: Arc<Connection>,
-    pub line: String,
-    pub preamble: Bytes,
-    pub become_: Option<BecomeHandshake>,
+    pub mark: String,
+    pub shell: String,
+    pub become_: Option<BecomeSpec>,
     pub host: String,
     pub secrets: Secrets,
 }
@@ -159,16 +161,13 @@ async fn stop(channel: Option<Arc<ChannelWriteHalf<Msg>>>, stopper: Option<Stopp
     };
     let host = s.host.clone();
     let run = async move {
-        let running = start(
-            &s.conn,
-            s.line,
-            Some(s.preamble),
-            s.become_,
-            &s.host,
-            &s.secrets,
-            None,
-        )
-        .await?;
+        let stop = crate::command::Cmd::script(
+            super::script::stop_script(&s.mark),
+            "stop an abandoned command",
+        );
+        let (line, preamble, hs) =
+            super::command_line(&s.shell, s.become_.as_ref(), &stop, &super::script::mark()?)?;
+        let running = start(&s.conn, line, Some(preamble), hs, &s.host, &s.secrets, None).await?;
         collect(running, None, Some(OutputLimit::REPORT)).await
     };
     match tokio::time::timeout(STOP_TIMEOUT, run).await {

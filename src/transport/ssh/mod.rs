@@ -193,49 +193,17 @@ impl SshTransport {
         Ok(conn)
     }
 
-    /// The command line for the login shell (`sh -c READER sh MARK`, or through sudo
-    /// with `become`) and what to send on stdin first: the command's script, so that it
-    /// is never in any argv (see `script`). `mark` finds the command's processes again
-    /// when ferry gives up on it (see [`SshTransport::stopper`]).
-    fn command_line(
-        &self,
-        cmd: &Cmd,
-        mark: &str,
-    ) -> Result<(String, bytes::Bytes, Option<become_::BecomeHandshake>), TransportError> {
-        let token = script::token()?;
-        let reader = script::reader(&token);
-        let preamble = script::preamble(&cmd.to_shell(), &token);
-        Ok(match &self.become_ {
-            Some(spec) => {
-                let (line, hs) = become_::wrap(&reader, &self.shell, spec, mark);
-                (line, preamble, Some(hs))
-            }
-            None => (
-                Cmd::new(self.shell.as_str())
-                    .arg("-c")
-                    .arg(reader)
-                    .arg(self.shell.as_str())
-                    .arg(mark)
-                    .to_shell(),
-                preamble,
-                None,
-            ),
-        })
-    }
-
-    /// How to stop what runs under `mark` on `conn` if ferry gives up on it: the stop
-    /// script as a command of its own (as the same user, through sudo with `become`).
-    fn stopper(&self, conn: &Arc<Connection>, mark: &str) -> Result<exec::Stopper, TransportError> {
-        let stop = Cmd::script(script::stop_script(mark), "stop an abandoned command");
-        let (line, preamble, become_) = self.command_line(&stop, &script::mark()?)?;
-        Ok(exec::Stopper {
+    /// How to stop what runs under `mark` on `conn` if ferry gives up on it (see
+    /// [`exec::Stopper`]); nothing is built until a stop is needed.
+    fn stopper(&self, conn: &Arc<Connection>, mark: String) -> exec::Stopper {
+        exec::Stopper {
             conn: conn.clone(),
-            line,
-            preamble,
-            become_,
+            mark,
+            shell: self.shell.clone(),
+            become_: self.become_.clone(),
             host: self.name.clone(),
             secrets: self.secrets.clone(),
-        })
+        }
     }
 
     /// Run `cmd` through the control connection's persistent shell. `None` when the
@@ -253,7 +221,7 @@ impl SshTransport {
                 // Dropped while opening: the slot goes back to `Unopened`.
                 let reset = ResetSlot::new(&conn);
                 let mark = script::mark()?;
-                let stopper = self.stopper(&conn, &mark)?;
+                let stopper = self.stopper(&conn, mark.clone());
                 let opened = Shell::open(&conn, &self.name, &self.shell, &mark, stopper).await;
                 reset.disarm();
                 match opened {
@@ -319,8 +287,8 @@ impl SshTransport {
     async fn start(&self, lane: &Lane, cmd: &Cmd) -> Result<exec::Running, TransportError> {
         let conn = self.connection(lane).await?;
         let mark = script::mark()?;
-        let (line, preamble, hs) = self.command_line(cmd, &mark)?;
-        let stopper = self.stopper(&conn, &mark)?;
+        let (line, preamble, hs) = command_line(&self.shell, self.become_.as_ref(), cmd, &mark)?;
+        let stopper = self.stopper(&conn, mark);
         tracing::debug!(host = %self.name, lane = lane.purpose, "exec: {}", cmd.display());
         exec::start(
             &conn,
@@ -434,6 +402,37 @@ impl Drop for ResetSlot<'_> {
             self.conn.put_shell(ShellSlot::Unopened);
         }
     }
+}
+
+/// The command line for the login shell (`SHELL -c READER SHELL MARK`, or through sudo
+/// with `become`) and what to send on stdin first: the command's script, so that it is
+/// never in any argv (see `script`). `mark` finds the command's processes again when
+/// ferry gives up on it (see [`exec::Stopper`]).
+fn command_line(
+    shell: &str,
+    become_: Option<&BecomeSpec>,
+    cmd: &Cmd,
+    mark: &str,
+) -> Result<(String, bytes::Bytes, Option<become_::BecomeHandshake>), TransportError> {
+    let token = script::token()?;
+    let reader = script::reader(&token);
+    let preamble = script::preamble(&cmd.to_shell(), &token);
+    Ok(match become_ {
+        Some(spec) => {
+            let (line, hs) = become_::wrap(&reader, shell, spec, mark);
+            (line, preamble, Some(hs))
+        }
+        None => (
+            Cmd::new(shell)
+                .arg("-c")
+                .arg(reader)
+                .arg(shell)
+                .arg(mark)
+                .to_shell(),
+            preamble,
+            None,
+        ),
+    })
 }
 
 #[async_trait]
