@@ -697,9 +697,14 @@ cmd = "fast"
     let w = World::new();
     let host = |name: &str| {
         let t = FakeTransport::new(name);
+        // Each waits for the other, so both are running at once: had `Fast` been free to
+        // start and end before `Slow` began, the events would show no overlap (a race
+        // that failed this test under load).
         let fast_started = Arc::new(Gate::default());
-        let g = fast_started.clone();
+        let slow_started = Arc::new(Gate::default());
+        let (g, s) = (fast_started.clone(), slow_started.clone());
         t.on_fn("slow", move |_, _| {
+            s.open();
             ok_or(
                 g.wait(),
                 "`Fast` never started while `Slow` ran: the host's lanes did not share its --forks slot",
@@ -707,7 +712,7 @@ cmd = "fast"
         });
         t.on_fn("fast", move |_, _| {
             fast_started.open();
-            output(0, "")
+            ok_or(slow_started.wait(), "`Slow` never started while `Fast` ran")
         });
         t
     };
