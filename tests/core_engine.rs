@@ -177,7 +177,15 @@ async fn second_run_changes_nothing() {
     let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
     assert_eq!(
         keys(&doc),
-        ["check_mode", "ferry", "hosts", "playbook", "tasks"]
+        [
+            "check_mode",
+            "duration_ms",
+            "ferry",
+            "hosts",
+            "playbook",
+            "started_at",
+            "tasks"
+        ]
     );
     assert_eq!(
         keys(&doc["hosts"]["old"]),
@@ -185,9 +193,25 @@ async fn second_run_changes_nothing() {
     );
     assert_eq!(
         keys(&doc["tasks"][0]),
-        ["changes", "duration_ms", "error", "host", "status", "task"]
+        [
+            "changes",
+            "commands",
+            "duration_ms",
+            "error",
+            "host",
+            "start_ms",
+            "status",
+            "task",
+            "waited_ms"
+        ]
     );
     assert_eq!(doc["tasks"][0]["status"], "ok");
+    // Each command the task ran, with its exit status (the marker's test found it).
+    assert_eq!(
+        doc["tasks"][0]["commands"][0]["cmd"], "test -e /srv/marker",
+        "{doc}"
+    );
+    assert_eq!(doc["tasks"][0]["commands"][0]["exit_status"], 0, "{doc}");
     assert_eq!(doc["tasks"][0]["error"], serde_json::Value::Null);
     // The journal says what happened, the events file too.
     let data = Journal::read(&w.dir.path().join("pb.journal.json")).unwrap();

@@ -12,8 +12,10 @@ use super::task::{result, run_task};
 use super::{host_vars, Scheduled};
 use crate::journal::RecordStatus;
 use crate::module::{HostReader, JournalView, TaskCtx};
+use crate::report::CommandRecord;
 use crate::report::TaskStatus;
 use crate::transport::read_only::Guarded;
+use crate::transport::recorded::{CommandLog, Recorded};
 
 /// A host's `--forks` slot: the host holds one permit while at least one of its lanes
 /// runs a task, however many lanes do, so `--forks` bounds hosts, not tasks.
@@ -196,6 +198,8 @@ async fn run_lane(shared: &Shared, host: &str, run: &HostRun, schedule: &[Schedu
             position -= 1;
             break;
         }
+        // What comes next (connecting, the task itself) is the task's own time.
+        let waited_ms = started.elapsed().as_millis() as u64;
         let transport = match shared.connections.get(host).await {
             Ok(t) => t,
             Err(reason) => {
@@ -207,11 +211,12 @@ async fn run_lane(shared: &Shared, host: &str, run: &HostRun, schedule: &[Schedu
                 break;
             }
         };
+        let commands = Arc::new(CommandLog::default());
         let ctx = TaskCtx {
             reader: HostReader {
                 host: host.to_string(),
                 task: task.name.clone(),
-                transport: Guarded::wrap(transport),
+                transport: Guarded::wrap(Recorded::wrap(transport, commands.clone())),
                 peers: shared.connections.clone(),
                 journal: JournalView::new(shared.env.journal.clone()),
                 secrets: secrets.clone(),
@@ -251,6 +256,17 @@ async fn run_lane(shared: &Shared, host: &str, run: &HostRun, schedule: &[Schedu
             r
         });
         r.warnings.extend(warnings);
+        r.waited_ms = waited_ms;
+        r.commands = commands
+            .take()
+            .into_iter()
+            .map(|c| CommandRecord {
+                cmd: secrets.mask(&c.cmd),
+                stdout: secrets.mask(&c.stdout),
+                stderr: secrets.mask(&c.stderr),
+                ..c
+            })
+            .collect();
         let record = match r.status {
             _ if interrupted => RecordStatus::Interrupted,
             TaskStatus::Ok => RecordStatus::Ok,

@@ -25,8 +25,8 @@ pub async fn ping(
         check_mode: false,
         hosts: BTreeMap::new(),
         tasks: Vec::new(),
-        journal_error: None,
-        interrupted: false,
+        started_at: crate::journal::now_rfc3339(),
+        ..PlayReport::default()
     };
     let mut handles = Vec::new();
     for host in hosts {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use tokio::sync::{Notify, OnceCell, Semaphore};
@@ -101,6 +102,8 @@ pub(super) struct Shared {
     /// Check mode: what the changes planned so far would have left behind (see
     /// `crate::module::predict`). Stays empty in a real run.
     pub(super) predicted: Mutex<Predicted>,
+    /// When the run started: task times in the report are offsets from it.
+    pub(super) started: Instant,
 }
 
 /// Run a prepared play. Never fails as a whole: failures are in the report.
@@ -120,8 +123,8 @@ pub async fn run(prepared: Prepared, env: RunEnv) -> PlayReport {
             .map(|h| (h.clone(), HostSummary::default()))
             .collect(),
         tasks: Vec::new(),
-        journal_error: None,
-        interrupted: false,
+        started_at: crate::journal::now_rfc3339(),
+        ..PlayReport::default()
     };
     let shared = Arc::new(Shared {
         connections: Arc::new(Connections {
@@ -136,6 +139,7 @@ pub async fn run(prepared: Prepared, env: RunEnv) -> PlayReport {
         forks: Arc::new(Semaphore::new(forks)),
         report: Mutex::new(report),
         predicted: Mutex::new(Predicted::default()),
+        started: Instant::now(),
     });
     let mut handles = Vec::new();
     for host in shared.prepared.hosts.keys() {
@@ -175,11 +179,18 @@ pub async fn run(prepared: Prepared, env: RunEnv) -> PlayReport {
     report
         .tasks
         .sort_by_key(|t| (t.host.clone(), order.get(t.task.as_str()).copied()));
+    report.duration_ms = shared.started.elapsed().as_millis() as u64;
+    if let Some(downtime) = &shared.prepared.playbook.downtime {
+        report.downtime = downtime.summarize(&report.tasks, report.duration_ms);
+    }
     report
 }
 
 impl Shared {
-    pub(super) fn push(&self, result: TaskResult) {
+    pub(super) fn push(&self, mut result: TaskResult) {
+        // The task ends now: it began `duration_ms` ago.
+        let now = self.started.elapsed().as_millis() as u64;
+        result.start_ms = now.saturating_sub(result.duration_ms);
         self.env.events.task_end(&result);
         if let Ok(mut r) = self.report.lock() {
             r.add(result);

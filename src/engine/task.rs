@@ -15,9 +15,7 @@ pub(super) fn result(host: &str, task: &str, status: TaskStatus, started: Instan
         status,
         changes: Vec::new(),
         duration_ms: started.elapsed().as_millis() as u64,
-        error: None,
-        notes: Vec::new(),
-        warnings: Vec::new(),
+        ..TaskResult::default()
     }
 }
 

@@ -52,6 +52,9 @@ pub struct Playbook {
     /// Playbook-level defaults for variables (inventory vars override them).
     pub vars: serde_json::Map<String, serde_json::Value>,
     pub tasks: Vec<Task>,
+    /// `[downtime]`: which tasks take the application down and bring it back, for the
+    /// report's downtime summary.
+    pub downtime: Option<crate::report::Downtime>,
 }
 
 /// One task: where it runs, when, after what, and its module.
@@ -226,6 +229,7 @@ struct RawPlaybook {
     vars: BTreeMap<String, Spanned<toml::Value>>,
     #[serde(default)]
     task: Vec<Spanned<RawTask>>,
+    downtime: Option<Spanned<crate::report::Downtime>>,
 }
 
 impl Playbook {
@@ -329,11 +333,36 @@ impl Playbook {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default()
         });
+        let downtime = match raw.downtime {
+            None => None,
+            Some(spanned) => {
+                let span = spanned.span();
+                let d = spanned.into_inner();
+                let named = std::iter::once(("from", &d.from))
+                    .chain(std::iter::once(("to", &d.to)))
+                    .chain(
+                        d.stages
+                            .iter()
+                            .flat_map(|s| s.tasks.iter().map(|t| ("stage.tasks", t))),
+                    );
+                for (field, task) in named {
+                    if !tasks.iter().any(|t| &t.name == task) {
+                        return Err(source.error_at(
+                            Some(span),
+                            Some(format!("downtime.{field}")),
+                            format!("`[downtime]` names task `{task}`, which the playbook does not have"),
+                        ));
+                    }
+                }
+                Some(d)
+            }
+        };
         Ok(Playbook {
             path: source.path.clone(),
             name,
             vars,
             tasks,
+            downtime,
             source: Arc::new(source),
         })
     }

@@ -13,6 +13,7 @@ use crate::command::Cmd;
 
 pub mod fake;
 pub mod read_only;
+pub mod recorded;
 pub mod ssh;
 pub mod tunnel;
 

@@ -243,6 +243,25 @@ def main():
         return artifacts(args[0])
     report = load_report(args[0])
     tasks = report.get("tasks", [])
+    if cmd == "downtime":
+        # A complete migration's summary: ended, the total covers every stage that
+        # worked, and each store moved (the report's `downtime`).
+        d = report.get("downtime")
+        if not d:
+            die("no downtime summary in the report", 1)
+        problems = []
+        if not d["ended"] or d["began_before_run"]:
+            problems.append(f"ended={d['ended']} began_before_run={d['began_before_run']}")
+        for stage in d["stages"]:
+            if stage["name"] in ("PostgreSQL", "Redis", "storage") and not stage["span_ms"]:
+                problems.append(f"stage {stage['name']} has no time: {stage}")
+            if (stage["span_ms"] or 0) > d["total_ms"]:
+                problems.append(f"stage {stage['name']} is longer than the downtime")
+        for p in problems:
+            print(p)
+        print(f"downtime {d['total_ms']} ms: " + ", ".join(
+            f"{s['name']} {s['span_ms']}" for s in d["stages"]), file=sys.stderr)
+        return 1 if problems else 0
     if cmd == "summary":
         for host, s in sorted(report.get("hosts", {}).items()):
             print(f"{host} ok={s['ok']} changed={s['changed']} skipped={s['skipped']} "

@@ -1,266 +1,17 @@
-//! What a run tells the operator: the results (a comfy-table per host and a recap, or
-//! one JSON document) and the `--events` JSON-lines stream.
+//! The `--events` stream and the live lines on the terminal while a run goes.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Color, ContentArrangement, Table};
-use serde::Serialize;
 use serde_json::json;
 
-use crate::journal::{now_rfc3339, JournalData};
+use super::{visible, TaskResult};
+use crate::journal::now_rfc3339;
 use crate::secrets::Secrets;
-
-/// `text` safe to print on a terminal: control characters (C0 but `\n`, DEL, C1) and
-/// the Unicode bidirectional overrides are shown escaped (`\x1b`, `\r`, `\t`,
-/// `\u{202e}`) instead of acting on the terminal. Text from hosts, vars and task names
-/// goes through it before it reaches the table or `ferry status`; JSON output needs
-/// nothing (serde escapes control characters).
-pub fn visible(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\n' => out.push('\n'),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
-            '\u{80}'..='\u{9f}'
-            | '\u{061c}'
-            | '\u{200e}'
-            | '\u{200f}'
-            | '\u{202a}'..='\u{202e}'
-            | '\u{2066}'..='\u{2069}' => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// The outcome of one task on one host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskStatus {
-    Ok,
-    Changed,
-    WouldChange,
-    Skipped,
-    Failed,
-}
-
-impl TaskStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskStatus::Ok => "ok",
-            TaskStatus::Changed => "changed",
-            TaskStatus::WouldChange => "would_change",
-            TaskStatus::Skipped => "skipped",
-            TaskStatus::Failed => "failed",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TaskResult {
-    pub host: String,
-    pub task: String,
-    pub status: TaskStatus,
-    /// What changed (or would), one line each, with the commands an operator would type.
-    pub changes: Vec<String>,
-    pub duration_ms: u64,
-    pub error: Option<String>,
-    /// Why an `ok` task left things alone when that is worth knowing (the migration
-    /// completed on the target, so a store is not touched), masked.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
-    /// Things the operator must know.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct HostSummary {
-    pub ok: u32,
-    pub changed: u32,
-    pub skipped: u32,
-    pub failed: u32,
-    pub unreachable: bool,
-    /// Why the host was unreachable.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unreachable_reason: Option<String>,
-}
-
-/// The whole run: exactly the `--format json` document.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct PlayReport {
-    /// The ferry that wrote it: version and commit ([`crate::VERSION`]).
-    pub ferry: String,
-    pub playbook: String,
-    pub check_mode: bool,
-    pub hosts: BTreeMap<String, HostSummary>,
-    pub tasks: Vec<TaskResult>,
-    /// The journal could not be written at the end of the run (the run then fails: the
-    /// next run would not know what this one did).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub journal_error: Option<String>,
-    /// The run was interrupted (SIGINT/SIGTERM): the report is what ran until then.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub interrupted: bool,
-}
-
-impl PlayReport {
-    /// Count a task into its host's summary (would_change counts as changed).
-    pub fn add(&mut self, result: TaskResult) {
-        let s = self.hosts.entry(result.host.clone()).or_default();
-        match result.status {
-            TaskStatus::Ok => s.ok += 1,
-            TaskStatus::Changed | TaskStatus::WouldChange => s.changed += 1,
-            TaskStatus::Skipped => s.skipped += 1,
-            TaskStatus::Failed => s.failed += 1,
-        }
-        self.tasks.push(result);
-    }
-
-    /// True when nothing failed and every host was reached.
-    pub fn success(&self) -> bool {
-        !self.interrupted
-            && self.journal_error.is_none()
-            && self.hosts.values().all(|h| h.failed == 0 && !h.unreachable)
-    }
-
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|_| "{}".into())
-    }
-
-    /// Tables per host, then the recap.
-    pub fn to_table(&self) -> String {
-        let mut out = String::new();
-        for (host, summary) in &self.hosts {
-            out.push_str(&format!("HOST {}\n", visible(host)));
-            if let Some(reason) = &summary.unreachable_reason {
-                out.push_str(&format!("  UNREACHABLE: {}\n", visible(reason)));
-            }
-            let tasks: Vec<_> = self.tasks.iter().filter(|t| &t.host == host).collect();
-            if tasks.is_empty() {
-                out.push('\n');
-                continue;
-            }
-            let mut table = Table::new();
-            table.load_preset(UTF8_FULL_CONDENSED);
-            // On a terminal the table fits its width, long commands folded (the JSON
-            // report has them whole); piped, nothing is folded.
-            table.set_content_arrangement(ContentArrangement::Dynamic);
-            table.set_header(vec!["task", "status", "what changed", "duration"]);
-            for t in tasks {
-                let status = match t.status {
-                    TaskStatus::Ok => Cell::new("ok").fg(Color::Green),
-                    TaskStatus::Changed => Cell::new("changed").fg(Color::Yellow),
-                    TaskStatus::WouldChange => Cell::new("would change").fg(Color::Yellow),
-                    TaskStatus::Skipped => Cell::new("skipped").fg(Color::Cyan),
-                    TaskStatus::Failed => Cell::new("failed").fg(Color::Red),
-                };
-                let mut what = t.changes.join("\n");
-                for n in &t.notes {
-                    if !what.is_empty() {
-                        what.push('\n');
-                    }
-                    what.push_str(&format!("note: {n}"));
-                }
-                for w in &t.warnings {
-                    what.push_str(&format!("\nWARNING: {w}"));
-                }
-                if let Some(e) = &t.error {
-                    if !what.is_empty() {
-                        what.push('\n');
-                    }
-                    what.push_str(&format!("error: {e}"));
-                }
-                table.add_row(vec![
-                    Cell::new(visible(&t.task)),
-                    status,
-                    Cell::new(visible(&what)),
-                    Cell::new(format!("{:.1}s", t.duration_ms as f64 / 1000.0)),
-                ]);
-            }
-            out.push_str(&table.to_string());
-            out.push_str("\n\n");
-        }
-        out.push_str(&self.recap());
-        out
-    }
-
-    /// Ansible-style `PLAY RECAP`, one line per host.
-    pub fn recap(&self) -> String {
-        let title = if self.check_mode {
-            "PLAY RECAP (check mode: nothing was changed)"
-        } else {
-            "PLAY RECAP"
-        };
-        let mut out = format!("{title}\n");
-        let hosts: Vec<(String, &HostSummary)> =
-            self.hosts.iter().map(|(h, s)| (visible(h), s)).collect();
-        let width = hosts.iter().map(|(h, _)| h.len()).max().unwrap_or(0);
-        for (host, s) in hosts {
-            out.push_str(&format!(
-                "{host:<width$} : ok={:<4} changed={:<4} unreachable={:<2} failed={:<4} skipped={}\n",
-                s.ok,
-                s.changed,
-                u8::from(s.unreachable),
-                s.failed,
-                s.skipped
-            ));
-        }
-        if let Some(e) = &self.journal_error {
-            out.push_str(&format!("JOURNAL NOT WRITTEN: {}\n", visible(e)));
-        }
-        if self.interrupted {
-            out.push_str(
-                "INTERRUPTED: the tasks above ran; the others did not start. Run the same \
-                 command again to finish.\n",
-            );
-        }
-        out
-    }
-}
-
-/// `ferry status`: what the journal says, per host and task.
-pub fn journal_table(data: &JournalData) -> String {
-    let mut out = format!("journal of {}\n", visible(&data.playbook));
-    for (host, tasks) in &data.hosts {
-        let mut table = Table::new();
-        table.load_preset(UTF8_FULL_CONDENSED);
-        table.set_content_arrangement(ContentArrangement::Dynamic);
-        table.set_header(vec!["task", "status", "finished", "artifacts", "error"]);
-        for (task, rec) in tasks {
-            let artifacts = rec
-                .artifacts
-                .values()
-                .map(|a| {
-                    format!(
-                        "{} {} ({} bytes, sha256 {})",
-                        a.name, a.path, a.size, a.sha256
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("\n");
-            table.add_row(vec![
-                visible(task),
-                serde_json::to_value(&rec.status)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default(),
-                visible(rec.finished.as_deref().unwrap_or("-")),
-                visible(&artifacts),
-                visible(rec.error.as_deref().unwrap_or_default()),
-            ]);
-        }
-        out.push_str(&format!("HOST {}\n{table}\n", visible(host)));
-    }
-    out
-}
 
 /// The `--events` stream: one JSON object per line, flushed as it happens, so a harness
 /// can act on "task k started" while ferry runs. Every line is masked.
@@ -280,9 +31,9 @@ pub struct EventSink {
 #[derive(Default)]
 pub struct ProgressBars {
     multi: indicatif::MultiProgress,
-    bars: Mutex<std::collections::HashMap<(String, String), indicatif::ProgressBar>>,
+    bars: Mutex<HashMap<(String, String), indicatif::ProgressBar>>,
     /// The running tasks' lines: host, task, time so far.
-    tasks: Mutex<std::collections::HashMap<(String, String), indicatif::ProgressBar>>,
+    tasks: Mutex<HashMap<(String, String), indicatif::ProgressBar>>,
 }
 
 impl ProgressBars {
@@ -526,42 +277,7 @@ pub fn create_private(path: &Path) -> std::io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn control_characters_are_shown_escaped() {
-        assert_eq!(
-            visible("a\x1b[2J\rb\tc\x07\x7f\u{9b}\u{202e}d\ne"),
-            "a\\x1b[2J\\rb\\tc\\x07\\x7f\\u{9b}\\u{202e}d\ne"
-        );
-        assert_eq!(visible("plain text, ünïcode"), "plain text, ünïcode");
-    }
-
-    #[test]
-    fn the_table_escapes_task_names_and_errors() {
-        let mut report = PlayReport {
-            ferry: crate::VERSION.into(),
-            playbook: "pb".into(),
-            check_mode: false,
-            hosts: BTreeMap::new(),
-            tasks: Vec::new(),
-            journal_error: None,
-            interrupted: false,
-        };
-        report.add(TaskResult {
-            host: "h\x1b".into(),
-            task: "evil\x1b]0;x\x07".into(),
-            status: TaskStatus::Failed,
-            changes: vec!["c\r".into()],
-            duration_ms: 1,
-            error: Some("stderr: \x1b[2J".into()),
-            notes: vec!["n\x1b".into()],
-            warnings: vec!["w\x1b".into()],
-        });
-        let table = report.to_table();
-        assert!(!table.contains(['\x1b', '\r', '\x07']), "{table:?}");
-        assert!(table.contains("evil\\x1b]0;x\\x07"), "{table}");
-        assert!(table.contains("stderr: \\x1b[2J"), "{table}");
-    }
+    use crate::report::TaskStatus;
 
     #[test]
     fn events_file_is_private_and_never_followed() {
@@ -608,8 +324,7 @@ mod tests {
             changes: vec!["said ok".into()],
             duration_ms: 1,
             error: None,
-            notes: Vec::new(),
-            warnings: Vec::new(),
+            ..TaskResult::default()
         });
         let line: serde_json::Value =
             serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
