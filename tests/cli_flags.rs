@@ -88,6 +88,8 @@ fn exit_codes_are_ansible_playbooks() {
     let err = stderr(&out);
     assert!(err.contains("TASK [t] on up\n"), "{err}");
     assert!(err.contains("changed: [up] t ("), "{err}");
+    // ... and what the running task does, once.
+    assert_eq!(err.matches("  [up] t: run command\n").count(), 1, "{err}");
     // With --format json, stderr has none of that.
     let out = play(d, &["--format", "json"]);
     assert!(!stderr(&out).contains("TASK ["), "{}", stderr(&out));

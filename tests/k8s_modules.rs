@@ -53,6 +53,8 @@ struct TaskEnd {
 struct Run {
     exit: u8,
     tasks: Vec<TaskEnd>,
+    /// What running tasks said they were waiting for (`task_status` events).
+    statuses: Vec<String>,
 }
 
 impl Run {
@@ -165,10 +167,18 @@ impl Cluster {
         // No SSH command may be needed: the fake host answers none.
         let connector = FakeConnector::new([FakeTransport::new("new")]);
         let exit = ferry::cli::run(cli, Arc::new(connector)).await;
-        let tasks = std::fs::read_to_string(&events)
+        let all: Vec<Value> = std::fs::read_to_string(&events)
             .unwrap_or_default()
             .lines()
             .map(|line| serde_json::from_str::<Value>(line).unwrap())
+            .collect();
+        let statuses = all
+            .iter()
+            .filter(|e| e["event"] == "task_status")
+            .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+            .collect();
+        let tasks = all
+            .into_iter()
             .filter(|e| e["event"] == "task_end")
             .map(|e| TaskEnd {
                 task: e["task"].as_str().unwrap().to_string(),
@@ -190,7 +200,11 @@ impl Cluster {
                     .unwrap_or_default(),
             })
             .collect();
-        Run { exit, tasks }
+        Run {
+            exit,
+            tasks,
+            statuses,
+        }
     }
 
     /// `spec.replicas` of `kind/name` (`deployment` or `statefulset`) in namespace
@@ -434,6 +448,14 @@ async fn k8s_scale_times_out_naming_the_workload_and_a_rerun_waits_again() {
         started.elapsed() < std::time::Duration::from_secs(30),
         "the 2 s timeout was kept: {:?}",
         started.elapsed()
+    );
+    // While it waited, the task said what for (the live line, the events).
+    assert!(
+        run.statuses
+            .iter()
+            .any(|s| s == "waiting for deployment/ui: 0/1 ready"),
+        "{:?}",
+        run.statuses
     );
     let error = run.task("Start").error.clone().unwrap();
     for want in [

@@ -395,6 +395,7 @@ async fn play(args: PlayArgs, connector: Arc<dyn Connector>, secrets: Secrets) -
     };
     let interrupt = tokio_util::sync::CancellationToken::new();
     let watcher = watch_signals(interrupt.clone());
+    let live = sink.clone();
     let env = RunEnv {
         connector,
         journal,
@@ -411,6 +412,8 @@ async fn play(args: PlayArgs, connector: Arc<dyn Connector>, secrets: Secrets) -
     if let Some(w) = watcher {
         w.abort();
     }
+    // The live lines go before the report takes the terminal.
+    live.finish();
     print_report(&report, args.format)
 }
 

@@ -12,6 +12,7 @@ use super::task::{result, run_task};
 use super::{host_vars, Scheduled};
 use crate::journal::RecordStatus;
 use crate::module::{HostReader, JournalView, TaskCtx};
+use crate::report::status::{self, StatusFn};
 use crate::report::CommandRecord;
 use crate::report::TaskStatus;
 use crate::transport::read_only::Guarded;
@@ -233,14 +234,22 @@ async fn run_lane(shared: &Shared, host: &str, run: &HostRun, schedule: &[Schedu
             events: shared.env.events.clone(),
             confirmer: shared.env.confirmer.clone(),
         };
+        let status_to: StatusFn = {
+            let (events, host, name) = (
+                shared.env.events.clone(),
+                host.to_string(),
+                task.name.clone(),
+            );
+            Arc::new(move |s: &str| events.task_status(&host, &name, s))
+        };
         let ran = tokio::select! {
-            r = run_task(
+            r = status::scope(status_to, run_task(
                 &ctx,
                 &task.module,
                 started,
                 shared.prepared.options.check,
                 &shared.predicted,
-            ) => Some(r),
+            )) => Some(r),
             // Dropping the task's future drops its remote commands: each is sent
             // SIGTERM (sshd signals the command's process group) and its channel closed.
             () = interrupt.cancelled() => None,

@@ -79,6 +79,9 @@ pub(super) async fn run_task(
                 r.error = Some(format!("cannot write the journal: {e}"));
                 return r;
             } else {
+                // The live line says what is being done until a wait says more.
+                let doing: Vec<&str> = r.changes.iter().filter_map(|c| c.lines().next()).collect();
+                crate::report::status::set(&doing.join("; "));
                 m.apply_plan(ctx, plan).await.map(|applied| {
                     r.warnings = applied.warnings;
                     r.notes.extend(applied.notes);

@@ -505,6 +505,7 @@ impl Cluster {
         if pods_match(pods.values(), wanted) {
             return Ok(true);
         }
+        crate::report::status::set(&pods_status(set, pods.values(), wanted));
         let rv = list.metadata.resource_version.unwrap_or_default();
         let wp = WatchParams::default().labels(selector).timeout(290);
         let stream = api.watch(&wp, &rv).await?;
@@ -536,6 +537,7 @@ impl Cluster {
             if pods_match(pods.values(), wanted) {
                 return Ok(true);
             }
+            crate::report::status::set(&pods_status(set, pods.values(), wanted));
         }
         Ok(false)
     }
@@ -679,6 +681,7 @@ impl Cluster {
         if let Some(e) = list.items.iter().find_map(failed) {
             return Ok(Some(Err(e)));
         }
+        crate::report::status::set(&format!("waiting until {what} is deleted"));
         let rv = list.metadata.resource_version.unwrap_or_default();
         let wp = WatchParams::default()
             .fields(&format!("metadata.name={name}"))
@@ -694,6 +697,10 @@ impl Cluster {
                         "still waiting until {what} is deleted ({}s)",
                         started.elapsed().as_secs()
                     );
+                    crate::report::status::set(&format!(
+                        "waiting until {what} is deleted ({} so far)",
+                        crate::report::human_ms(started.elapsed().as_millis() as u64)
+                    ));
                     continue;
                 }
             };
@@ -819,6 +826,27 @@ fn is_transient(e: &kube::Error) -> bool {
         kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
         kube::Error::Api(s) => s.code >= 500,
         _ => false,
+    }
+}
+
+/// What a pod wait waits for, for the task's live line: "waiting for deployment/ui: 0/1
+/// ready", "waiting until the pods of statefulset/postgres are gone: 1 left".
+fn pods_status<'a>(
+    set: &PodSet,
+    pods: impl Iterator<Item = &'a Pod>,
+    wanted: PodsWanted,
+) -> String {
+    let live: Vec<&Pod> = pods.filter(|p| !pod_ended(p)).collect();
+    let workload = format!("{}/{}", set.kind.kubectl_name(), set.name);
+    match wanted {
+        PodsWanted::Gone => format!(
+            "waiting until the pods of {workload} are gone: {} left",
+            live.len()
+        ),
+        PodsWanted::Ready(n) => format!(
+            "waiting for {workload}: {}/{n} ready",
+            live.iter().filter(|p| pod_ready(p)).count()
+        ),
     }
 }
 

@@ -25,6 +25,8 @@ pub struct EventSink {
     /// stderr is not a terminal: a plain line per task start and end instead, as
     /// `ansible-playbook`'s `TASK [...]` lines (CI logs, `tee`).
     lines: bool,
+    /// Each running task's last status, so a repeated one is not printed or sent again.
+    statuses: Arc<Mutex<HashMap<(String, String), String>>>,
 }
 
 /// indicatif bars for long transfers: bytes, rate and ETA per artifact.
@@ -50,6 +52,26 @@ impl ProgressBars {
         line.set_message(visible(task));
         line.enable_steady_tick(std::time::Duration::from_millis(200));
         tasks.insert((host.to_string(), task.to_string()), line);
+    }
+
+    fn finish(&self) {
+        for map in [&self.tasks, &self.bars] {
+            if let Ok(mut lines) = map.lock() {
+                for (_, line) in lines.drain() {
+                    line.finish_and_clear();
+                }
+            }
+        }
+        let _ = self.multi.clear();
+    }
+
+    /// The task's line says what it waits for now.
+    fn task_status(&self, host: &str, task: &str, status: &str) {
+        if let Ok(tasks) = self.tasks.lock() {
+            if let Some(line) = tasks.get(&(host.to_string(), task.to_string())) {
+                line.set_message(visible(&format!("{task}: {status}")));
+            }
+        }
     }
 
     /// The task's line goes; its outcome is printed above the live lines.
@@ -111,13 +133,19 @@ impl EventSink {
         self
     }
 
+    /// The run is over: the live lines and bars leave the terminal (the report follows).
+    pub fn finish(&self) {
+        if let Some(bars) = &self.bars {
+            bars.finish();
+        }
+    }
+
     /// A sink writing to `path`; see [`create_private`].
     pub fn to_file(path: &Path, secrets: Secrets) -> std::io::Result<Self> {
         Ok(EventSink {
             file: Some(Arc::new(Mutex::new(create_private(path)?))),
             secrets,
-            bars: None,
-            lines: false,
+            ..EventSink::default()
         })
     }
 
@@ -169,7 +197,40 @@ impl EventSink {
         );
     }
 
+    /// What a running task waits for now (see [`super::status`]): its live line on a
+    /// terminal, an indented line on a pipe, a `task_status` event; each only when the
+    /// status differs from the task's last one.
+    pub fn task_status(&self, host: &str, task: &str, status: &str) {
+        let key = (host.to_string(), task.to_string());
+        if let Ok(mut last) = self.statuses.lock() {
+            if last.get(&key).is_some_and(|l| l == status) {
+                return;
+            }
+            last.insert(key, status.to_string());
+        }
+        let shown = self.secrets.mask(status);
+        if let Some(bars) = &self.bars {
+            bars.task_status(host, task, &shown);
+        } else if self.lines {
+            eprintln!(
+                "  [{}] {}: {}",
+                visible(host),
+                visible(task),
+                visible(&shown)
+            );
+        }
+        self.emit(
+            "task_status",
+            "running",
+            json!({"host": host, "task": task, "message": status}),
+            json!({}),
+        );
+    }
+
     pub fn task_end(&self, result: &TaskResult) {
+        if let Ok(mut last) = self.statuses.lock() {
+            last.remove(&(result.host.clone(), result.task.clone()));
+        }
         if self.bars.is_some() || self.lines {
             let outcome = self.outcome_line(result);
             match &self.bars {

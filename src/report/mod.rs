@@ -10,8 +10,9 @@ use crate::journal::JournalData;
 
 mod downtime;
 mod events;
+pub mod status;
 
-pub use downtime::{Downtime, DowntimeSummary, StageSpan};
+pub use downtime::{human_ms, Downtime, DowntimeSummary, StageSpan};
 pub use events::{create_private, EventSink, ProgressBars};
 
 /// `text` safe to print on a terminal: control characters (C0 but `\n`, DEL, C1) and
