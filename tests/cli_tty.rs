@@ -21,12 +21,16 @@ struct Tmux {
 impl Tmux {
     fn start(dir: &Path, command: &str) -> Tmux {
         if !Path::new("/usr/bin/tmux").exists() {
-            let ok = Command::new("apt-get")
-                .args(["install", "-y", "-qq", "tmux"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
+            // tests/run installs it; a lone `cargo test` does it here.
+            let apt = |args: &[&str]| {
+                Command::new("apt-get")
+                    .args(args)
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false)
+            };
+            let ok = apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", "tmux"]);
             assert!(
                 ok,
                 "this test needs tmux (Debian package tmux) and apt-get failed"
