@@ -558,7 +558,7 @@ async fn deleting_a_pvc_waits_for_the_volume_cleanup_and_says_when_it_fails() {
     let cluster = Cluster::start_with(&["--pv-cleanup-ms", "3000"]).await;
     tokio::task::block_in_place(|| cluster.sim.wait_all_ready("packagist-alt"));
     let source = KubeconfigSource::Local {
-        path: cluster.sim.kubeconfig.clone(),
+        paths: vec![cluster.sim.kubeconfig.clone()],
         context: None,
     };
     let node: Arc<dyn ferry::transport::Transport> = FakeTransport::new("new");
@@ -659,7 +659,7 @@ async fn a_wait_for_a_volume_survives_a_cut_api_connection() {
     )
     .unwrap();
     let source = KubeconfigSource::Local {
-        path: kubeconfig,
+        paths: vec![kubeconfig],
         context: None,
     };
     let node: Arc<dyn ferry::transport::Transport> = FakeTransport::new("new");
@@ -739,7 +739,7 @@ async fn a_locked_import_never_runs_beside_one_an_earlier_run_left_running() {
     use std::time::{Duration, Instant};
     let cluster = Cluster::start().await;
     let source = KubeconfigSource::Local {
-        path: cluster.sim.kubeconfig.clone(),
+        paths: vec![cluster.sim.kubeconfig.clone()],
         context: None,
     };
     let node: Arc<dyn ferry::transport::Transport> = FakeTransport::new("new");
@@ -815,7 +815,7 @@ async fn preflight_refuses_an_api_server_older_than_1_30_naming_its_version() {
     for (version, refused) in [("1.29", true), ("1.33", false)] {
         let cluster = Cluster::start_with(&["--k8s-version", version]).await;
         let source = KubeconfigSource::Local {
-            path: cluster.sim.kubeconfig.clone(),
+            paths: vec![cluster.sim.kubeconfig.clone()],
             context: None,
         };
         let node: Arc<dyn ferry::transport::Transport> = FakeTransport::new("new");
@@ -906,6 +906,46 @@ async fn k8s_scale_namespace_argument_targets_that_namespace_and_its_marker_only
         cluster.replicas_in("packagist-alt", "deployment/ui").await,
         1
     );
+}
+
+/// kubectl's conventions for a laptop kubeconfig: `kubeconfig_local` as a `$KUBECONFIG`
+/// list (the first file to set a value wins: here its current context), and with no
+/// `namespace` anywhere the context's namespace is the one ferry works in.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kubeconfig_list_merges_as_kubectl_and_the_contexts_namespace_is_the_default() {
+    let cluster = Cluster::start().await;
+    tokio::task::block_in_place(|| cluster.sim.wait_all_ready("packagist-alt"));
+    let dir = cluster.work.path();
+    let overlay = dir.join("alt-context.yaml");
+    std::fs::write(
+        &overlay,
+        "apiVersion: v1\nkind: Config\ncurrent-context: alt\ncontexts:\n- name: alt\n  \
+         context:\n    cluster: kubernetes\n    user: kubernetes-admin\n    \
+         namespace: packagist-alt\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("inventory.toml"),
+        format!(
+            "[hosts.new]\naddress = \"10.0.0.2\"\ngroups = [\"packagist_new\"]\n\
+             [hosts.new.vars]\nkubeconfig_local = \"{}:{}\"\n",
+            overlay.display(),
+            cluster.sim.kubeconfig.display()
+        ),
+    )
+    .unwrap();
+    let stop = scale_play(&[("Stop ui", &["deployment/ui"], 0, "")]);
+    let run = cluster.play(&stop, &[]).await;
+    run.assert_all("changed");
+    assert_eq!(
+        run.task("Stop ui").changes,
+        vec!["scale deployment/ui from 1 to 0\n  $ kubectl -n packagist-alt scale deployment/ui --replicas=0"]
+    );
+    assert_eq!(
+        cluster.replicas_in("packagist-alt", "deployment/ui").await,
+        0
+    );
+    assert_eq!(cluster.replicas("deployment/ui").await, 1);
 }
 
 // ------------------------------------------------------------------------------ check mode

@@ -55,7 +55,7 @@ impl Resolver<'_> {
     /// A path relative to the inventory file; `~/` is the home directory.
     fn path(&self, p: &str) -> PathBuf {
         if let Some(rest) = p.strip_prefix("~/") {
-            if let Some(home) = dirs::home_dir() {
+            if let Some(home) = crate::home_dir() {
                 return home.join(rest);
             }
         }

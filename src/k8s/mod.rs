@@ -38,10 +38,12 @@ pub enum KubeconfigSource {
     /// A file on the node, read over SSH (with become): `/etc/kubernetes/admin.conf` on
     /// an embedded-cluster node. The API server is reached through the SSH tunnel.
     RemoteFile(String),
-    /// A kubeconfig on the laptop (an existing cluster), optionally a context of it.
-    /// The API server is reached directly.
+    /// Kubeconfig files on the laptop (an existing cluster), merged as kubectl merges the
+    /// files of `$KUBECONFIG` (the first to set a value wins); none: as kubectl finds
+    /// them (`$KUBECONFIG`, else `~/.kube/config`). Optionally a context of them. The API
+    /// server is reached directly.
     Local {
-        path: std::path::PathBuf,
+        paths: Vec<std::path::PathBuf>,
         context: Option<String>,
     },
 }
@@ -167,6 +169,36 @@ pub fn kubectl_exec(
     kubectl(namespace, &args)
 }
 
+/// The laptop's kubeconfig: `paths` merged, or as kubectl finds it; and how to name it in
+/// messages.
+fn read_local_kubeconfig(paths: &[std::path::PathBuf]) -> Result<(Kubeconfig, String), K8sError> {
+    let invalid = |shown: &str, e: kube::config::KubeconfigError| K8sError::KubeconfigInvalid {
+        path: shown.to_string(),
+        reason: e.to_string(),
+    };
+    if paths.is_empty() {
+        let shown = match std::env::var("KUBECONFIG") {
+            Ok(v) if !v.is_empty() => format!("$KUBECONFIG ({v})"),
+            _ => "~/.kube/config".to_string(),
+        };
+        return Kubeconfig::read()
+            .map(|kc| (kc, shown.clone()))
+            .map_err(|e| invalid(&shown, e));
+    }
+    let shown = paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let mut merged = Kubeconfig::default();
+    for path in paths {
+        let next =
+            Kubeconfig::read_from(path).map_err(|e| invalid(&path.display().to_string(), e))?;
+        merged = merged.merge(next).map_err(|e| invalid(&shown, e))?;
+    }
+    Ok((merged, shown))
+}
+
 impl Cluster {
     /// Connect using `source`; `namespace` defaults to the kubeconfig's, else `default`.
     /// `node` is the transport of the host that runs the API server (for `RemoteFile`).
@@ -201,12 +233,9 @@ impl Cluster {
                 })?;
                 (kc, path.clone(), None)
             }
-            KubeconfigSource::Local { path, context } => {
-                let kc = Kubeconfig::read_from(path).map_err(|e| K8sError::KubeconfigInvalid {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-                (kc, path.display().to_string(), context.clone())
+            KubeconfigSource::Local { paths, context } => {
+                let (kc, shown) = read_local_kubeconfig(paths)?;
+                (kc, shown, context.clone())
             }
         };
         let options = KubeConfigOptions {

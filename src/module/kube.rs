@@ -85,7 +85,8 @@ pub(crate) use k8s_args;
 pub const NAMESPACE: VarDecl = VarDecl::new("namespace", VarKind::Str);
 /// Host var: the kubeconfig on the node, read over SSH (default /etc/kubernetes/admin.conf).
 pub const KUBECONFIG: VarDecl = VarDecl::new("kubeconfig", VarKind::Str);
-/// Host var: a kubeconfig on the laptop, used instead of the node's.
+/// Host var: a kubeconfig on the laptop, used instead of the node's: a path, a
+/// `:`-separated list merged as `$KUBECONFIG`'s, or `"kubectl"` (as kubectl finds it).
 pub const KUBECONFIG_LOCAL: VarDecl = VarDecl::new("kubeconfig_local", VarKind::Str);
 /// Host var: the context of `kubeconfig_local` to use (default: its current context).
 pub const KUBE_CONTEXT: VarDecl = VarDecl::new("kube_context", VarKind::Str);
@@ -93,15 +94,34 @@ pub const KUBE_CONTEXT: VarDecl = VarDecl::new("kube_context", VarKind::Str);
 /// The host vars [`K8sTarget`] reads: every Kubernetes module declares them.
 pub const VARS: &[&VarDecl] = &[&NAMESPACE, &KUBECONFIG, &KUBECONFIG_LOCAL, &KUBE_CONTEXT];
 
+/// Host var `kubeconfig_local`: `"kubectl"` finds the files as kubectl does (none
+/// given); else a path or a `:`-separated list, as `$KUBECONFIG`, each with `~/`
+/// expanded.
+fn local_kubeconfig_paths(value: &str) -> Vec<std::path::PathBuf> {
+    if value == "kubectl" {
+        return Vec::new();
+    }
+    value
+        .split(':')
+        .filter(|p| !p.is_empty())
+        .map(|p| match (p.strip_prefix("~/"), crate::home_dir()) {
+            (Some(rest), Some(home)) => home.join(rest),
+            _ => std::path::PathBuf::from(p),
+        })
+        .collect()
+}
+
 fn var_str(ctx: &HostReader, decl: &'static VarDecl) -> Result<Option<String>, ModuleError> {
     Ok(ctx.var_str_of(decl)?.map(str::to_string))
 }
 
 impl K8sTarget {
-    pub fn namespace(&self, ctx: &HostReader) -> Result<String, ModuleError> {
+    /// The namespace the task names (its `namespace`, else host var `namespace`); `None`:
+    /// the kubeconfig context's, as kubectl (see [`Cluster::namespace`]).
+    pub fn namespace(&self, ctx: &HostReader) -> Result<Option<String>, ModuleError> {
         Ok(match &self.namespace {
-            Some(t) => ctx.render_operand(t)?,
-            None => var_str(ctx, &NAMESPACE)?.unwrap_or_else(|| "default".into()),
+            Some(t) => Some(ctx.render_operand(t)?),
+            None => var_str(ctx, &NAMESPACE)?,
         })
     }
 
@@ -111,7 +131,7 @@ impl K8sTarget {
         }
         if let Some(local) = var_str(ctx, &KUBECONFIG_LOCAL)? {
             return Ok(KubeconfigSource::Local {
-                path: local.into(),
+                paths: local_kubeconfig_paths(&local),
                 context: var_str(ctx, &KUBE_CONTEXT)?,
             });
         }
@@ -133,12 +153,12 @@ impl K8sTarget {
     pub async fn cluster(&self, ctx: &HostReader) -> Result<Arc<Cluster>, ModuleError> {
         let namespace = self.namespace(ctx)?;
         let source = self.source(ctx)?;
-        let key = format!("k8s:{namespace}:{source:?}");
+        let key = format!("k8s:{namespace:?}:{source:?}");
         let transport = ctx.transport.clone();
         let cell = ctx.cache.cell::<Cluster>(&key);
         let cluster = cell
             .get_or_try_init(|| async move {
-                Cluster::connect(transport, &source, Some(&namespace))
+                Cluster::connect(transport, &source, namespace.as_deref())
                     .await
                     .map(Arc::new)
             })

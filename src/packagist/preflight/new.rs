@@ -79,7 +79,8 @@ pub fn server_version_failure(host: &str, version: &(u32, u32, String)) -> Optio
 impl Preflight {
     pub(super) async fn new_facts(&self, ctx: &HostReader) -> Result<NewFacts, ModuleError> {
         let target = self.k8s();
-        let namespace = target.namespace(ctx)?;
+        // The context's namespace when none is named; the cluster says which below.
+        let namespace = target.namespace(ctx)?.unwrap_or_else(|| "default".into());
         let ui_deployment = self.ui_deployment.clone().unwrap_or_else(|| "ui".into());
         let mut f = NewFacts {
             host: ctx.host.clone(),
@@ -106,7 +107,10 @@ impl Preflight {
                 f.cluster_error = Some(e.to_string());
                 None
             }
-            Ok(cluster) => Some(cluster),
+            Ok(cluster) => {
+                f.namespace = cluster.namespace().to_string();
+                Some(cluster)
+            }
         };
         if let Some(cluster) = &cluster {
             f.server_version = cluster.server_version().await.ok();
