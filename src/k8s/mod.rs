@@ -169,6 +169,21 @@ pub fn kubectl_exec(
     kubectl(namespace, &args)
 }
 
+/// The longest pause between two attempts to reach a lost API.
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+
+/// Pauses between attempts to reach a lost API: 200 ms doubling to [`RECONNECT_MAX`],
+/// jittered (backon's exponential backoff), without end: [`Outage`] decides when to stop.
+fn reconnect_delays() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(RECONNECT_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// The laptop's kubeconfig: `paths` merged, or as kubectl finds it; and how to name it in
 /// messages.
 fn read_local_kubeconfig(paths: &[std::path::PathBuf]) -> Result<(Kubeconfig, String), K8sError> {
@@ -474,7 +489,7 @@ impl Cluster {
         let api = self.api::<Pod>();
         let mut lost: Option<String> = None;
         let fut = async {
-            let mut retry = Duration::from_millis(200);
+            let mut delays = reconnect_delays();
             let mut outage = Outage::default();
             loop {
                 match self.watch_pods_once(&api, set, wanted).await {
@@ -482,6 +497,7 @@ impl Cluster {
                     // The watch ended normally (server timeout, expired resourceVersion).
                     Ok(false) => {
                         outage.over();
+                        delays = reconnect_delays();
                         continue;
                     }
                     Err(e) if is_transient(&e) => {
@@ -491,8 +507,7 @@ impl Cluster {
                              {e}; reconnecting"
                         );
                         lost = Some(e.to_string());
-                        tokio::time::sleep(retry).await;
-                        retry = (retry * 2).min(Duration::from_secs(2));
+                        tokio::time::sleep(delays.next().unwrap_or(RECONNECT_MAX)).await;
                     }
                     Err(e) => return Err(api_err(format!("watch pods {selector}"))(e)),
                 }
@@ -654,7 +669,7 @@ impl Cluster {
         // A lost API connection (the tunnel dropped, the API server restarted) lists and
         // watches again through a new tunnel connection, as the pod waits do.
         let fut = async {
-            let mut retry = Duration::from_millis(200);
+            let mut delays = reconnect_delays();
             let mut outage = Outage::default();
             loop {
                 match self
@@ -664,6 +679,7 @@ impl Cluster {
                     Ok(Some(done)) => return done,
                     Ok(None) => {
                         outage.over();
+                        delays = reconnect_delays();
                         continue;
                     }
                     Err(e) if is_transient(&e) => {
@@ -672,8 +688,7 @@ impl Cluster {
                             "lost the Kubernetes API connection while waiting until {what} \
                              is deleted: {e}; reconnecting"
                         );
-                        tokio::time::sleep(retry).await;
-                        retry = (retry * 2).min(Duration::from_secs(2));
+                        tokio::time::sleep(delays.next().unwrap_or(RECONNECT_MAX)).await;
                     }
                     Err(e) => return Err(api_err(format!("watch {name}"))(e)),
                 }

@@ -303,8 +303,11 @@ pub fn journal_table(data: &JournalData) -> String {
                 .values()
                 .map(|a| {
                     format!(
-                        "{} {} ({} bytes, sha256 {})",
-                        a.name, a.path, a.size, a.sha256
+                        "{} {} ({}, sha256 {})",
+                        a.name,
+                        a.path,
+                        indicatif::HumanBytes(a.size),
+                        a.sha256
                     )
                 })
                 .collect::<Vec<_>>()

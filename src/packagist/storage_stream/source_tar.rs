@@ -289,26 +289,14 @@ impl<'a> Skipping<'a> {
     }
 }
 
-/// A `Read` over chunks arriving on a channel (for the `tar` crate, which reads
-/// synchronously), on a blocking thread.
-struct ChunkReader {
-    chunks: tokio::sync::mpsc::Receiver<Bytes>,
-    current: Bytes,
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.current.is_empty() {
-            match self.chunks.blocking_recv() {
-                Some(next) => self.current = next,
-                None => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.current.len());
-        out[..n].copy_from_slice(&self.current[..n]);
-        self.current = self.current.slice(n..);
-        Ok(n)
-    }
+/// The chunks arriving on a channel as a blocking `Read` (the `tar` crate reads
+/// synchronously): tokio-util's `StreamReader` makes them an `AsyncRead`, its
+/// `SyncIoBridge` blocks this (spawn_blocking) thread on it.
+fn chunk_reader(chunks: tokio::sync::mpsc::Receiver<Bytes>) -> impl Read {
+    let stream = futures::stream::unfold(chunks, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
+    });
+    tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(Box::pin(stream)))
 }
 
 /// sha256 of every regular file in the tar arriving on `chunks`, as a fingerprint
@@ -316,10 +304,7 @@ impl Read for ChunkReader {
 fn hash_tar_members(
     chunks: tokio::sync::mpsc::Receiver<Bytes>,
 ) -> Result<StorageFingerprint, String> {
-    let mut archive = tar::Archive::new(ChunkReader {
-        chunks,
-        current: Bytes::new(),
-    });
+    let mut archive = tar::Archive::new(chunk_reader(chunks));
     let mut hashes = BTreeMap::new();
     let entries = archive.entries().map_err(|e| e.to_string())?;
     for entry in entries {
