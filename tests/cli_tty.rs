@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sshd::{Client, Sshd};
+use sshd::{keygen, Client, Sshd};
 
 const COLUMNS: usize = 72;
 
@@ -36,7 +36,10 @@ impl Tmux {
                 "this test needs tmux (Debian package tmux) and apt-get failed"
             );
         }
-        let socket = format!("ferry-tty-{}", std::process::id());
+        // A server per test: tests of this file run at the same time.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let socket = format!("ferry-tty-{}-{n}", std::process::id());
         let status = Command::new("tmux")
             .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d"])
             .args(["-x", &COLUMNS.to_string(), "-y", "60", "-c"])
@@ -56,6 +59,15 @@ impl Tmux {
             .output()
             .expect("tmux capture-pane");
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Type `text` and Enter into the pane.
+    fn type_line(&self, text: &str) {
+        let status = Command::new("tmux")
+            .args(["-L", &self.socket, "send-keys", text, "Enter"])
+            .status()
+            .expect("tmux send-keys");
+        assert!(status.success());
     }
 
     /// The pane's text as soon as `what` holds for it; panics after `limit`.
@@ -138,4 +150,54 @@ fn a_terminal_shows_live_task_lines_and_a_table_that_fits() {
         );
     }
     assert!(done.contains("xxxxxxxxxx"), "{done}");
+}
+
+/// A key whose passphrase the inventory does not give: a person at the terminal is asked,
+/// as ssh asks, and the run goes on with the answer (without a terminal the same run
+/// fails naming the encrypted key: tests/ssh_auth.rs).
+#[test]
+fn a_terminal_is_asked_for_the_key_passphrase() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = keygen(d, "locked", "ed25519", "open sesame", false);
+    server.authorize(&key.public);
+    std::fs::write(
+        d.join("inventory.toml"),
+        format!(
+            "[hosts.web]\naddress = \"127.0.0.1\"\nport = {}\nuser = \"root\"\n\
+             identity_file = \"{}\"\nknown_hosts = \"{}\"\nssh_config = \"{}\"\n",
+            server.port,
+            key.private.display(),
+            client.known_hosts.display(),
+            client.ssh_config.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("playbook.toml"),
+        "[[task]]\nname = \"hello\"\nhosts = \"web\"\n[task.command]\ncmd = \"true\"\n",
+    )
+    .unwrap();
+    let tmux = Tmux::start(
+        d,
+        &format!(
+            "{} play playbook.toml -i inventory.toml --journal journal.json",
+            env!("CARGO_BIN_EXE_ferry")
+        ),
+    );
+    let asked = tmux.wait_for(Duration::from_secs(30), |p| {
+        p.contains("Enter passphrase for key")
+    });
+    assert!(
+        asked.contains(&key.private.display().to_string()),
+        "{asked}"
+    );
+    tmux.type_line("open sesame");
+    let done = tmux.wait_for(Duration::from_secs(30), |p| p.contains("FERRY-EXIT="));
+    assert!(done.contains("FERRY-EXIT=0"), "{done}");
+    assert!(done.contains("changed: [web] hello ("), "{done}");
+    // The answer is not echoed.
+    assert!(!done.contains("open sesame"), "{done}");
 }

@@ -235,8 +235,12 @@ fn load_inventory(
     } else {
         None
     };
+    // A person at a terminal is asked for a key's passphrase or a login password that
+    // the inventory does not give, as ssh asks; a pipe or a CI job never is.
+    let person = std::io::stdin().is_terminal();
     for host in inventory.hosts.values_mut() {
         let spec = &mut host.connect;
+        spec.allow_prompt = person;
         if spec.user.is_none() {
             spec.user.clone_from(&connect.user);
         }

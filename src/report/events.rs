@@ -38,7 +38,27 @@ pub struct ProgressBars {
     tasks: Mutex<HashMap<(String, String), indicatif::ProgressBar>>,
 }
 
+/// The live lines of this process, for [`suspend_live`] (one run draws at a time).
+static LIVE: Mutex<Option<indicatif::MultiProgress>> = Mutex::new(None);
+
+/// Run `f` (a prompt on the terminal) with the live lines hidden, then draw them again.
+pub fn suspend_live<R>(f: impl FnOnce() -> R) -> R {
+    let live = LIVE.lock().ok().and_then(|l| l.clone());
+    match live {
+        Some(multi) => multi.suspend(f),
+        None => f(),
+    }
+}
+
 impl ProgressBars {
+    fn new() -> Self {
+        let bars = ProgressBars::default();
+        if let Ok(mut live) = LIVE.lock() {
+            *live = Some(bars.multi.clone());
+        }
+        bars
+    }
+
     fn task_started(&self, host: &str, task: &str) {
         let Ok(mut tasks) = self.tasks.lock() else {
             return;
@@ -126,7 +146,7 @@ impl EventSink {
     pub fn with_progress_bars(mut self) -> Self {
         use std::io::IsTerminal;
         if std::io::stderr().is_terminal() {
-            self.bars = Some(Arc::new(ProgressBars::default()));
+            self.bars = Some(Arc::new(ProgressBars::new()));
         } else {
             self.lines = true;
         }

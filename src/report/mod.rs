@@ -13,7 +13,7 @@ mod events;
 pub mod status;
 
 pub use downtime::{human_ms, Downtime, DowntimeSummary, StageSpan};
-pub use events::{create_private, EventSink, ProgressBars};
+pub use events::{create_private, suspend_live, EventSink, ProgressBars};
 
 /// `text` safe to print on a terminal: control characters (C0 but `\n`, DEL, C1) and
 /// the Unicode bidirectional overrides are shown escaped (`\x1b`, `\r`, `\t`,

@@ -85,10 +85,13 @@ impl Credentials {
         // One prompt at a time, even when several hosts connect at once.
         static PROMPT_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
         let _guard = PROMPT_LOCK.lock().await;
-        let answer = tokio::task::spawn_blocking(move || rpassword::prompt_password(question))
-            .await
-            .ok()?
-            .ok()?;
+        // The live lines stand still while the person types (they would draw over it).
+        let answer = tokio::task::spawn_blocking(move || {
+            crate::report::suspend_live(|| rpassword::prompt_password(question))
+        })
+        .await
+        .ok()?
+        .ok()?;
         self.secrets.add(answer.clone());
         Some(answer)
     }
