@@ -185,8 +185,9 @@ impl Resolver<'_> {
             host_key_policy: pick(&h.host_key_checking, &d.host_key_checking),
             ssh_config: pick(&h.ssh_config, &d.ssh_config).map(|p| self.path(&p)),
             proxy_jump: pick(&h.proxy_jump, &d.proxy_jump),
+            // Unset: zero, so that ssh config's ConnectTimeout (else 10 s) applies.
             connect_timeout: Duration::from_secs(
-                pick(&h.connect_timeout, &d.connect_timeout).unwrap_or(10),
+                pick(&h.connect_timeout, &d.connect_timeout).unwrap_or(0),
             ),
             become_,
             allow_prompt: false,
@@ -196,6 +197,10 @@ impl Resolver<'_> {
                 pick(&h.server_alive_interval, &d.server_alive_interval),
                 pick(&h.server_alive_count_max, &d.server_alive_count_max),
             ),
+            server_alive_set: crate::transport::ServerAliveSet {
+                interval: pick(&h.server_alive_interval, &d.server_alive_interval).is_some(),
+                count_max: pick(&h.server_alive_count_max, &d.server_alive_count_max).is_some(),
+            },
         };
         Ok(Host {
             name: name.to_string(),

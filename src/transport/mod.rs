@@ -345,7 +345,8 @@ pub struct ConnectSpec {
     pub key_passphrase: Option<String>,
     /// Password for password authentication.
     pub password: Option<String>,
-    /// known_hosts file; `None`: `~/.ssh/known_hosts`.
+    /// known_hosts file; `None`: ssh config's UserKnownHostsFile (default
+    /// `~/.ssh/known_hosts ~/.ssh/known_hosts2`).
     pub known_hosts: Option<PathBuf>,
     /// `None`: from ssh config, else `Yes`.
     pub host_key_policy: Option<HostKeyPolicy>,
@@ -353,6 +354,7 @@ pub struct ConnectSpec {
     pub ssh_config: Option<PathBuf>,
     /// `ProxyJump` value (`[user@]host[:port][,...]`); `None`: from ssh config.
     pub proxy_jump: Option<String>,
+    /// Zero: ssh config's ConnectTimeout, else 10 s.
     pub connect_timeout: Duration,
     /// `None`: run as the login user.
     pub become_: Option<BecomeSpec>,
@@ -367,6 +369,16 @@ pub struct ConnectSpec {
     /// How a silent connection is found dead (inventory `server_alive_interval`,
     /// `server_alive_count_max`, as OpenSSH's ServerAliveInterval/CountMax).
     pub server_alive: ServerAlive,
+    /// Which of `server_alive` the inventory set: those win over ssh config's
+    /// ServerAliveInterval/ServerAliveCountMax, the others give way to it.
+    pub server_alive_set: ServerAliveSet,
+}
+
+/// Which keepalive settings the inventory gave (see [`ConnectSpec::server_alive_set`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServerAliveSet {
+    pub interval: bool,
+    pub count_max: bool,
 }
 
 /// Probe a connection that has been silent for `interval`; after `count_max` unanswered
@@ -410,6 +422,7 @@ impl std::fmt::Debug for ConnectSpec {
             .field("allow_ssh_rsa_sha1", &self.allow_ssh_rsa_sha1)
             .field("shell", &self.shell)
             .field("server_alive", &self.server_alive)
+            .field("server_alive_set", &self.server_alive_set)
             .finish()
     }
 }

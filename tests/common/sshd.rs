@@ -110,6 +110,9 @@ pub struct SshdOptions {
     pub extra: String,
     /// Host key types (`ssh-keygen -t`), one `HostKey` each, in this order.
     pub host_key_kinds: Vec<&'static str>,
+    /// Sign the first host key with a CA made for this server (`ssh-keygen -s ca -h`)
+    /// for these principals (`-n`, comma-separated), and serve it as `HostCertificate`.
+    pub host_certificate: Option<&'static str>,
 }
 
 impl Default for SshdOptions {
@@ -120,6 +123,7 @@ impl Default for SshdOptions {
             log_level: "VERBOSE",
             extra: String::new(),
             host_key_kinds: vec!["ed25519"],
+            host_certificate: None,
         }
     }
 }
@@ -132,6 +136,8 @@ pub struct Sshd {
     pub host_key: String,
     /// Every host key's `.pub` line, in `host_key_kinds` order.
     pub host_keys: Vec<String>,
+    /// The CA's `.pub` line when the server has a host certificate.
+    pub host_ca: Option<String>,
     child: Child,
 }
 
@@ -154,10 +160,24 @@ impl Sshd {
             .iter()
             .map(|kind| keygen(dir.path(), &format!("host_{kind}"), kind, "", false))
             .collect();
-        let host_key_lines: String = hosts
+        let mut host_key_lines: String = hosts
             .iter()
             .map(|k| format!("HostKey {}\n", k.private.display()))
             .collect();
+        let host_ca = opts.host_certificate.map(|principals| {
+            let ca = keygen(dir.path(), "host_ca", "ed25519", "", false);
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-s"])
+                .arg(&ca.private)
+                .args(["-h", "-I", "ferry-test-host", "-n", principals])
+                .arg(hosts[0].private.with_extension("pub"))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "ssh-keygen -s failed: {out:?}");
+            let cert = PathBuf::from(format!("{}-cert.pub", hosts[0].private.display()));
+            host_key_lines.push_str(&format!("HostCertificate {}\n", cert.display()));
+            ca.public
+        });
         let authorized = dir.path().join("authorized_keys");
         std::fs::write(&authorized, "").unwrap();
         set_mode(&authorized, 0o644);
@@ -209,6 +229,7 @@ impl Sshd {
                     dir,
                     host_key: hosts[0].public.clone(),
                     host_keys: hosts.iter().map(|k| k.public.clone()).collect(),
+                    host_ca: host_ca.clone(),
                     child,
                 };
             }

@@ -1,12 +1,14 @@
-//! Where and as whom to connect: the inventory's [`ConnectSpec`] merged over the user's ssh
-//! config (`~/.ssh/config` or the file the inventory names), then OpenSSH's defaults.
+//! Where and as whom to connect: the inventory's [`ConnectSpec`] merged over ssh config
+//! (resolved as `ssh -G` does, see [`super::ssh_config`]), then OpenSSH's defaults.
 //!
-//! Parsing is russh-config's; this module feeds it text normalised to the forms it reads
-//! (`Key=Value`, tabs, options before the first `Host`) and implements what it leaves to
-//! the caller (defaults, `accept-new`, `ProxyJump` hops).
+//! The inventory's fields act as ssh's command line: `port` and `user` as `-p`/`-l` (they
+//! win over the files and `Match user`/`%r` see them), `ssh_config` as `-F` (it replaces
+//! both the user's and the system's file); `identity_files`, `known_hosts`,
+//! `host_key_checking` and `proxy_jump` replace what the files say.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use super::ssh_config::{self, Files, Local, Query, Resolved, Strict};
 use crate::transport::{ConnectSpec, HostKeyPolicy, ServerAlive, TransportError};
 
 /// One SSH server to connect to, fully resolved.
@@ -20,8 +22,19 @@ pub(crate) struct Target {
     pub user: String,
     /// Key files to try after the agent.
     pub identity_files: Vec<PathBuf>,
-    pub known_hosts: PathBuf,
+    /// `IdentitiesOnly` (recorded; ferry's agent use does not depend on it yet).
+    pub identities_only: bool,
+    /// UserKnownHostsFile: host keys are looked up in all of them, new ones appended to
+    /// the first.
+    pub known_hosts: Vec<PathBuf>,
+    /// GlobalKnownHostsFile: looked up, never written.
+    pub global_known_hosts: Vec<PathBuf>,
+    /// `HashKnownHosts`: record new keys under a hashed name.
+    pub hash_known_hosts: bool,
     pub policy: HostKeyPolicy,
+    /// `ProxyCommand` with its tokens expanded: the connection is this command's stdin
+    /// and stdout.
+    pub proxy_command: Option<String>,
     /// Accept legacy `ssh-rsa` (SHA-1) host key signatures (the inventory's
     /// `allow_ssh_rsa_sha1`; jump hosts inherit the target's).
     pub allow_ssh_rsa_sha1: bool,
@@ -38,6 +51,20 @@ impl Target {
             format!("{}:{}", self.host, self.port)
         }
     }
+
+    /// The file new host keys go to (the first UserKnownHostsFile).
+    pub fn known_hosts_file(&self) -> PathBuf {
+        self.known_hosts.first().cloned().unwrap_or_default()
+    }
+
+    /// Every known_hosts file to look a key up in: the user's, then the global ones.
+    pub fn all_known_hosts(&self) -> Vec<PathBuf> {
+        self.known_hosts
+            .iter()
+            .chain(&self.global_known_hosts)
+            .cloned()
+            .collect()
+    }
 }
 
 /// The target host and the jump hosts to go through first (in order).
@@ -45,78 +72,117 @@ impl Target {
 pub(crate) struct Route {
     pub jumps: Vec<Target>,
     pub target: Target,
+    /// ssh config's `ConnectTimeout` (seconds), for when the inventory sets none.
+    pub connect_timeout: Option<u64>,
 }
 
 /// Resolve `spec` (plus ssh config) into the route to the host.
 pub(crate) fn resolve(spec: &ConnectSpec) -> Result<Route, TransportError> {
-    let config_text = read_ssh_config(spec)?;
-    let home = dirs::home_dir().unwrap_or_else(|| PathBuf::from("/"));
-    let host_cfg = lookup(&config_text, &spec.address)?;
+    resolve_with(spec, &Local::current(), None)
+}
 
-    let default_known_hosts = || home.join(".ssh").join("known_hosts");
-    let known_hosts = spec
-        .known_hosts
-        .clone()
-        .or_else(|| host_cfg.user_known_hosts_file.clone())
-        .unwrap_or_else(default_known_hosts);
+/// [`resolve`] for a given local user and, unless the inventory names a file, the given
+/// system file instead of `/etc/ssh/ssh_config` (tests).
+pub(crate) fn resolve_with(
+    spec: &ConnectSpec,
+    local: &Local,
+    system_file: Option<PathBuf>,
+) -> Result<Route, TransportError> {
+    let files = match (&spec.ssh_config, system_file) {
+        (Some(path), _) => Files::Named(path.clone()),
+        (None, Some(system)) => Files::Default {
+            user: local.home.join(".ssh").join("config"),
+            system,
+        },
+        (None, None) => Files::standard(local),
+    };
+    let cfg = ssh_config::resolve(
+        &files,
+        &Query {
+            host: spec.address.clone(),
+            user: spec.user.clone(),
+            port: spec.port,
+        },
+        local,
+    )?;
+    let home = local.home.clone();
+
+    let known_hosts = match &spec.known_hosts {
+        Some(path) => vec![path.clone()],
+        None => cfg.user_known_hosts.clone(),
+    };
     let policy = spec
         .host_key_policy
-        .or(host_cfg.strict_host_key_checking.map(policy_from_config))
-        .unwrap_or_default();
+        .unwrap_or_else(|| policy_from_config(cfg.strict));
     let identity_files = if !spec.identity_files.is_empty() {
         spec.identity_files.clone()
-    } else if let Some(files) = host_cfg.identity_file.clone().filter(|f| !f.is_empty()) {
-        files
     } else {
-        default_identity_files(&home)
+        let files = cfg.identity_paths(local)?;
+        if files.is_empty() {
+            default_identity_files(&home)
+        } else {
+            files
+        }
     };
+    let server_alive = ServerAlive {
+        interval: if spec.server_alive_set.interval || !cfg.server_alive_interval_set {
+            spec.server_alive.interval
+        } else if cfg.server_alive_interval == 0 {
+            None
+        } else {
+            Some(std::time::Duration::from_secs(cfg.server_alive_interval))
+        },
+        count_max: if spec.server_alive_set.count_max || !cfg.server_alive_count_max_set {
+            spec.server_alive.count_max
+        } else {
+            usize::try_from(cfg.server_alive_count_max).unwrap_or(usize::MAX)
+        },
+    };
+    // The inventory's proxy_jump replaces both of ssh config's proxies.
+    let (jump_value, proxy_command) = match &spec.proxy_jump {
+        Some(j) => (Some(j.clone()), None),
+        None => (cfg.proxy_jump.clone(), cfg.proxy_command_line()?),
+    };
+    let jump_value =
+        jump_value.filter(|v| !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case("none"));
     let target = Target {
         alias: spec.address.clone(),
-        host: host_cfg
-            .hostname
-            .clone()
-            .unwrap_or_else(|| spec.address.clone()),
-        port: spec.port.or(host_cfg.port).unwrap_or(22),
-        user: spec
-            .user
-            .clone()
-            .or(host_cfg.user.clone())
-            .unwrap_or_else(local_user),
+        host: cfg.hostname.clone(),
+        port: cfg.port,
+        user: cfg.user.clone(),
         identity_files: identity_files.clone(),
-        known_hosts: known_hosts.clone(),
+        identities_only: cfg.identities_only,
+        known_hosts,
+        global_known_hosts: cfg.global_known_hosts.clone(),
+        hash_known_hosts: cfg.hash_known_hosts,
         policy,
+        proxy_command,
         allow_ssh_rsa_sha1: spec.allow_ssh_rsa_sha1,
-        server_alive: spec.server_alive,
+        server_alive,
     };
 
-    let jump_value = spec
-        .proxy_jump
-        .clone()
-        .or(host_cfg.proxy_jump.clone())
-        .filter(|v| !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case("none"));
     let mut jumps = Vec::new();
     if let Some(value) = jump_value {
         for hop in value.split(',').map(str::trim).filter(|h| !h.is_empty()) {
-            jumps.push(resolve_hop(
-                &config_text,
-                hop,
-                &target,
-                &identity_files,
-                &home,
-            )?);
+            jumps.push(resolve_hop(&files, local, hop, &target, &identity_files)?);
         }
     }
-    Ok(Route { jumps, target })
+    Ok(Route {
+        jumps,
+        target,
+        connect_timeout: cfg.connect_timeout,
+    })
 }
 
-/// A `ProxyJump` entry `[user@]host[:port]`, resolved through ssh config like OpenSSH does.
-/// Host-key file and policy follow the hop's own config, else the target's.
+/// A `ProxyJump` entry `[user@]host[:port]`, resolved through ssh config like OpenSSH does
+/// (`ssh -l user -p port host`). Host-key files and policy follow the hop's own config,
+/// else the target's.
 fn resolve_hop(
-    config_text: &str,
+    files: &Files,
+    local: &Local,
     hop: &str,
     target: &Target,
     target_identities: &[PathBuf],
-    home: &Path,
 ) -> Result<Target, TransportError> {
     let hop = hop.strip_prefix("ssh://").unwrap_or(hop);
     let (user, rest) = match hop.rsplit_once('@') {
@@ -125,30 +191,45 @@ fn resolve_hop(
     };
     let (name, port) = split_host_port(rest)
         .ok_or_else(|| TransportError::Config(format!("bad ProxyJump entry {hop:?}")))?;
-    let cfg = lookup(config_text, &name)?;
-    let mut identity_files = cfg.identity_file.clone().unwrap_or_default();
+    let cfg: Resolved = ssh_config::resolve(
+        files,
+        &Query {
+            host: name.clone(),
+            user,
+            port,
+        },
+        local,
+    )?;
+    let mut identity_files = cfg.identity_paths(local)?;
     for f in target_identities {
         if !identity_files.contains(f) {
             identity_files.push(f.clone());
         }
     }
     if identity_files.is_empty() {
-        identity_files = default_identity_files(home);
+        identity_files = default_identity_files(&local.home);
     }
+    let known_hosts = if cfg.user_known_hosts_set {
+        cfg.user_known_hosts.clone()
+    } else {
+        target.known_hosts.clone()
+    };
     Ok(Target {
         alias: name.clone(),
-        host: cfg.hostname.clone().unwrap_or_else(|| name.clone()),
-        port: port.or(cfg.port).unwrap_or(22),
-        user: user.or(cfg.user.clone()).unwrap_or_else(local_user),
+        host: cfg.hostname.clone(),
+        port: cfg.port,
+        user: cfg.user.clone(),
         identity_files,
-        known_hosts: cfg
-            .user_known_hosts_file
-            .clone()
-            .unwrap_or_else(|| target.known_hosts.clone()),
-        policy: cfg
-            .strict_host_key_checking
-            .map(policy_from_config)
-            .unwrap_or(target.policy),
+        identities_only: cfg.identities_only,
+        known_hosts,
+        global_known_hosts: cfg.global_known_hosts.clone(),
+        hash_known_hosts: cfg.hash_known_hosts || target.hash_known_hosts,
+        policy: if cfg.strict == Strict::Ask {
+            target.policy
+        } else {
+            policy_from_config(cfg.strict)
+        },
+        proxy_command: None,
         allow_ssh_rsa_sha1: target.allow_ssh_rsa_sha1,
         server_alive: target.server_alive,
     })
@@ -172,116 +253,22 @@ fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
     }
 }
 
-/// OpenSSH's `StrictHostKeyChecking`: russh-config keeps only "no" (false) vs anything else.
-/// `accept-new` is mapped to "no" by [`normalise`], and "no" is treated as accept-new:
-/// ferry never connects to a host whose key changed.
-fn policy_from_config(strict: bool) -> HostKeyPolicy {
-    if strict {
-        HostKeyPolicy::Yes
-    } else {
-        HostKeyPolicy::AcceptNew
+/// OpenSSH's `StrictHostKeyChecking`. `ask` has nobody to ask (ferry runs without a
+/// TTY prompt for host keys) and so refuses unknown keys, as ssh does in batch mode;
+/// `no`/`off` record unknown keys like `accept-new`: ferry never connects to a host whose
+/// key changed, whatever the setting.
+fn policy_from_config(strict: Strict) -> HostKeyPolicy {
+    match strict {
+        Strict::Yes | Strict::Ask => HostKeyPolicy::Yes,
+        Strict::No | Strict::AcceptNew => HostKeyPolicy::AcceptNew,
     }
 }
 
-fn default_identity_files(home: &Path) -> Vec<PathBuf> {
+fn default_identity_files(home: &std::path::Path) -> Vec<PathBuf> {
     ["id_ed25519", "id_ecdsa", "id_rsa"]
         .iter()
         .map(|n| home.join(".ssh").join(n))
         .collect()
-}
-
-fn local_user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "root".to_string())
-}
-
-/// The ssh config text: the inventory's file (which must exist), else `~/.ssh/config` if
-/// present, else nothing.
-fn read_ssh_config(spec: &ConnectSpec) -> Result<String, TransportError> {
-    match &spec.ssh_config {
-        Some(path) => std::fs::read_to_string(path).map_err(|e| {
-            TransportError::Config(format!("cannot read ssh config {}: {e}", path.display()))
-        }),
-        None => {
-            let Some(path) = dirs::home_dir().map(|h| h.join(".ssh").join("config")) else {
-                return Ok(String::new());
-            };
-            match std::fs::read_to_string(&path) {
-                Ok(text) => Ok(text),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-                Err(e) => Err(TransportError::Config(format!(
-                    "cannot read ssh config {}: {e}",
-                    path.display()
-                ))),
-            }
-        }
-    }
-}
-
-/// Settings of ssh config for `host`.
-fn lookup(config_text: &str, host: &str) -> Result<russh_config::HostConfig, TransportError> {
-    let text = normalise(config_text);
-    russh_config::parse(&text, host)
-        .map(|c| c.host_config)
-        .map_err(|e| TransportError::Config(format!("ssh config: {e}")))
-}
-
-/// Rewrite ssh config text into the subset russh-config reads:
-/// - `Key=Value`, `Key = Value` and tab separators become `Key Value`;
-/// - options before the first `Host` line are wrapped in `Host *` (OpenSSH applies them to
-///   every host; russh-config rejects them);
-/// - `Match` blocks are not supported: their options are parked under a host pattern that
-///   never matches, rather than applied to every host;
-/// - `StrictHostKeyChecking accept-new` becomes `no` (see [`policy_from_config`]).
-fn normalise(text: &str) -> String {
-    let mut out = String::new();
-    let mut seen_host = false;
-    for raw in text.lines() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let split_at = line
-            .find(|c: char| c.is_whitespace() || c == '=')
-            .unwrap_or(line.len());
-        let (key, rest) = line.split_at(split_at);
-        let value = rest
-            .trim_start()
-            .strip_prefix('=')
-            .unwrap_or(rest.trim_start())
-            .trim();
-        let lower = key.to_ascii_lowercase();
-        match lower.as_str() {
-            "host" => {
-                seen_host = true;
-                out.push_str(&format!("Host {value}\n"));
-            }
-            "match" => {
-                seen_host = true;
-                tracing::debug!("ssh config: `Match` blocks are not supported; ignoring one");
-                out.push_str("Host !* ferry-unsupported-match-block\n");
-            }
-            "include" => {
-                tracing::debug!("ssh config: `Include` is not supported; ignoring {value}");
-            }
-            _ => {
-                if !seen_host {
-                    seen_host = true;
-                    out.push_str("Host *\n");
-                }
-                let value = if lower == "stricthostkeychecking"
-                    && value.eq_ignore_ascii_case("accept-new")
-                {
-                    "no"
-                } else {
-                    value
-                };
-                out.push_str(&format!("{key} {value}\n"));
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -327,7 +314,7 @@ mod tests {
             route.target.identity_files,
             vec![PathBuf::from("/keys/web")]
         );
-        assert_eq!(route.target.known_hosts, PathBuf::from("/kh/web"));
+        assert_eq!(route.target.known_hosts, vec![PathBuf::from("/kh/web")]);
         assert_eq!(route.target.policy, HostKeyPolicy::AcceptNew);
         assert_eq!(route.jumps.len(), 2);
         assert_eq!(route.jumps[0].host, "10.9.9.9");

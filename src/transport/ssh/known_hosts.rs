@@ -1,17 +1,23 @@
 //! OpenSSH `known_hosts` files: lookup (plain, wildcard, negated and hashed `|1|salt|hash`
-//! host patterns; `[host]:port` names for non-standard ports; `@revoked` markers) and
-//! appending a newly accepted key.
+//! host patterns; `[host]:port` names for non-standard ports; `@revoked` and
+//! `@cert-authority` markers) over several files, and appending a newly accepted key
+//! (plain or hashed, as `HashKnownHosts`).
 //!
 //! russh ships a known_hosts helper, but it splits on single spaces only, ignores markers
-//! and wildcards, and treats a key of another algorithm as "unknown". This module mirrors
-//! OpenSSH's behaviour closely enough that a file written by `ssh` or `ssh-keyscan` works.
+//! and wildcards, and treats a key of another algorithm as "unknown". ssh-key's
+//! `known_hosts` module parses markers and hashed names but also splits on single spaces
+//! only (a tab-separated line written by hand, or by older tools, fails) and matches no
+//! host, so the lines are parsed and matched here. Certificates are checked with ssh-key
+//! ([`russh::keys::Certificate::validate`]: CA signature and validity window).
+//! This module mirrors OpenSSH's behaviour closely enough that a file written by `ssh` or
+//! `ssh-keyscan` works.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use hmac::{KeyInit, Mac};
-use russh::keys::{Algorithm, PublicKey};
+use russh::keys::{Algorithm, Certificate, HashAlg, PublicKey};
 
 type HmacSha1 = hmac::Hmac<sha1::Sha1>;
 
@@ -44,6 +50,8 @@ pub(crate) enum HostKeyStatus {
 struct Entry {
     line: usize,
     revoked: bool,
+    /// `@cert-authority`: the key signs host certificates; it is no host key itself.
+    authority: bool,
     key: PublicKey,
 }
 
@@ -63,10 +71,11 @@ fn matching_entries(path: &Path, token: &str) -> std::io::Result<Vec<Entry>> {
         let mut fields = line.split_whitespace();
         let mut first = fields.next().unwrap_or_default();
         let mut revoked = false;
+        let mut authority = false;
         if let Some(marker) = first.strip_prefix('@') {
             match marker {
                 "revoked" => revoked = true,
-                // Certificate authorities are not supported: such lines vouch for no key.
+                "cert-authority" => authority = true,
                 _ => continue,
             }
             first = fields.next().unwrap_or_default();
@@ -81,6 +90,7 @@ fn matching_entries(path: &Path, token: &str) -> std::io::Result<Vec<Entry>> {
             Ok(key) => out.push(Entry {
                 line: idx + 1,
                 revoked,
+                authority,
                 key,
             }),
             Err(e) => {
@@ -132,7 +142,7 @@ fn hashed_matches(salt_and_hash: &str, token: &str) -> bool {
 }
 
 /// OpenSSH wildcard matching: `*` any run of characters, `?` exactly one.
-fn glob_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
     let (mut pi, mut ti) = (0usize, 0usize);
@@ -169,7 +179,8 @@ pub(crate) fn check(
     key: &PublicKey,
 ) -> std::io::Result<HostKeyStatus> {
     let token = host_token(host, port);
-    let entries = matching_entries(path, &token)?;
+    let mut entries = matching_entries(path, &token)?;
+    entries.retain(|e| !e.authority);
     if let Some(e) = entries
         .iter()
         .find(|e| e.revoked && e.key.key_data() == key.key_data())
@@ -207,6 +218,107 @@ pub(crate) fn check(
     Ok(HostKeyStatus::Unknown)
 }
 
+/// [`check`] over several files (UserKnownHostsFile then GlobalKnownHostsFile), as ssh
+/// reads them together: a key revoked in any file is revoked, a key recorded in any file is
+/// known; otherwise the first file that records other keys for the host says how. The
+/// file the status comes from is returned with it.
+pub(crate) fn check_all(
+    paths: &[PathBuf],
+    host: &str,
+    port: u16,
+    key: &PublicKey,
+) -> std::io::Result<(HostKeyStatus, Option<PathBuf>)> {
+    let mut statuses = Vec::new();
+    for path in paths {
+        statuses.push((check(path, host, port, key)?, path.clone()));
+    }
+    if let Some((s, p)) = statuses
+        .iter()
+        .find(|(s, _)| matches!(s, HostKeyStatus::Revoked { .. }))
+    {
+        return Ok((s.clone(), Some(p.clone())));
+    }
+    if let Some((s, p)) = statuses.iter().find(|(s, _)| *s == HostKeyStatus::Known) {
+        return Ok((s.clone(), Some(p.clone())));
+    }
+    match statuses
+        .into_iter()
+        .find(|(s, _)| *s != HostKeyStatus::Unknown)
+    {
+        Some((s, p)) => Ok((s, Some(p))),
+        None => Ok((HostKeyStatus::Unknown, None)),
+    }
+}
+
+/// What the `@cert-authority` and `@revoked` lines say about a host certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CertStatus {
+    /// Signed by an authority recorded for the host, a host certificate naming the host
+    /// (or every host: no principals), valid now.
+    Trusted,
+    /// The certificate's key or its CA is `@revoked` (file, line).
+    Revoked { path: PathBuf, line: usize },
+    /// No authority for the host signed it, or the certificate is not valid for the host:
+    /// as ssh, the caller falls back to checking the certificate's plain key.
+    NotTrusted(String),
+}
+
+/// Check host certificate `cert` presented by `host:port` against `paths`, as ssh's
+/// `check_host_key` with a certificate: revocation of the key or its CA first, then an
+/// `@cert-authority` line matching the host whose key signed it, then
+/// `sshkey_cert_check_host` (host type, principal, validity). `host` is the principal
+/// looked for (OpenSSH uses the host name without the port).
+pub(crate) fn check_certificate(
+    paths: &[PathBuf],
+    host: &str,
+    port: u16,
+    cert: &Certificate,
+) -> std::io::Result<CertStatus> {
+    let token = host_token(host, port);
+    let mut authorities = Vec::new();
+    for path in paths {
+        for e in matching_entries(path, &token)? {
+            if e.revoked
+                && (e.key.key_data() == cert.public_key()
+                    || e.key.key_data() == cert.signature_key())
+            {
+                return Ok(CertStatus::Revoked {
+                    path: path.clone(),
+                    line: e.line,
+                });
+            }
+            if e.authority && e.key.key_data() == cert.signature_key() {
+                authorities.push(e.key.fingerprint(HashAlg::Sha256));
+            }
+        }
+    }
+    if authorities.is_empty() {
+        return Ok(CertStatus::NotTrusted(format!(
+            "no @cert-authority line for {token} names the certificate's CA {}",
+            cert.signature_key().fingerprint(HashAlg::Sha256)
+        )));
+    }
+    if cert.cert_type() != russh::keys::ssh_key::certificate::CertType::Host {
+        return Ok(CertStatus::NotTrusted(
+            "the server presented a user certificate as its host key".into(),
+        ));
+    }
+    // ssh-keygen: "By default, generated certificates are valid for all users or hosts".
+    let principals = cert.valid_principals();
+    if !principals.is_empty() && !principals.iter().any(|p| p.eq_ignore_ascii_case(host)) {
+        return Ok(CertStatus::NotTrusted(format!(
+            "the host certificate is for {} and not {host}",
+            principals.join(", ")
+        )));
+    }
+    if let Err(e) = cert.validate(authorities.iter()) {
+        return Ok(CertStatus::NotTrusted(format!(
+            "the host certificate does not validate (signature or validity period): {e}"
+        )));
+    }
+    Ok(CertStatus::Trusted)
+}
+
 /// Algorithms of the keys recorded for `host:port`, so the client can ask the server for a
 /// key it can verify (as OpenSSH orders `HostKeyAlgorithms`).
 pub(crate) fn known_algorithms(path: &Path, host: &str, port: u16) -> Vec<Algorithm> {
@@ -214,15 +326,46 @@ pub(crate) fn known_algorithms(path: &Path, host: &str, port: u16) -> Vec<Algori
     let mut algs: Vec<Algorithm> = Vec::new();
     for e in matching_entries(path, &token).unwrap_or_default() {
         let alg = e.key.algorithm();
-        if !e.revoked && !algs.contains(&alg) {
+        if !e.revoked && !e.authority && !algs.contains(&alg) {
             algs.push(alg);
         }
     }
     algs
 }
 
-/// Append `host:port key` to the file at `path` (creating it and its directory).
-pub(crate) fn append(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Result<()> {
+/// Whether any of `paths` has an `@cert-authority` line for `host:port` (the client then
+/// asks for host certificates first).
+pub(crate) fn has_authority(paths: &[PathBuf], host: &str, port: u16) -> bool {
+    let token = host_token(host, port);
+    paths.iter().any(|p| {
+        matching_entries(p, &token)
+            .unwrap_or_default()
+            .iter()
+            .any(|e| e.authority)
+    })
+}
+
+/// `|1|salt|hash` for `token` with a fresh 20-byte salt (ssh's `host_hash`).
+fn hash_token(token: &str) -> std::io::Result<String> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut salt = [0u8; 20];
+    getrandom::getrandom(&mut salt).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut mac =
+        HmacSha1::new_from_slice(&salt).map_err(|e| std::io::Error::other(e.to_string()))?;
+    mac.update(token.as_bytes());
+    let hash = mac.finalize().into_bytes();
+    Ok(format!("|1|{}|{}", b64.encode(salt), b64.encode(hash)))
+}
+
+/// Append `host:port key` to the file at `path` (creating it and its directory); the
+/// name hashed when `hashed` (`HashKnownHosts yes`).
+pub(crate) fn append(
+    path: &Path,
+    host: &str,
+    port: u16,
+    key: &PublicKey,
+    hashed: bool,
+) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
             // Like ~/.ssh made by OpenSSH: private to the user.
@@ -250,7 +393,12 @@ pub(crate) fn append(path: &Path, host: &str, port: u16, key: &PublicKey) -> std
     if needs_newline {
         line.push('\n');
     }
-    line.push_str(&host_token(host, port));
+    let token = host_token(host, port);
+    if hashed {
+        line.push_str(&hash_token(&token)?);
+    } else {
+        line.push_str(&token);
+    }
     line.push(' ');
     line.push_str(encoded.trim());
     line.push('\n');
@@ -381,17 +529,43 @@ mod tests {
     }
 
     #[test]
+    fn several_files_revoked_anywhere_known_anywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, format!("h {KEY_B}\n")).unwrap();
+        std::fs::write(&b, format!("h {KEY_A}\n@revoked r {KEY_A}\n")).unwrap();
+        let both = [a.clone(), b.clone(), dir.path().join("absent")];
+        assert_eq!(
+            check_all(&both, "h", 22, &key(KEY_A)).unwrap(),
+            (HostKeyStatus::Known, Some(b.clone()))
+        );
+        assert_eq!(
+            check_all(&both, "r", 22, &key(KEY_A)).unwrap(),
+            (HostKeyStatus::Revoked { line: 2 }, Some(b))
+        );
+        assert_eq!(
+            check_all(&both[..1], "h", 22, &key(KEY_A)).unwrap(),
+            (HostKeyStatus::Changed { line: 1 }, Some(a))
+        );
+        assert_eq!(
+            check_all(&both, "new", 22, &key(KEY_A)).unwrap(),
+            (HostKeyStatus::Unknown, None)
+        );
+    }
+
+    #[test]
     fn append_then_known() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/known_hosts");
-        append(&path, "h", 2022, &key(KEY_A)).unwrap();
+        append(&path, "h", 2022, &key(KEY_A), false).unwrap();
         std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
             .unwrap()
             .write_all(b"x.host ssh-ed25519 AAAA")
             .unwrap();
-        append(&path, "h2", 22, &key(KEY_B)).unwrap();
+        append(&path, "h2", 22, &key(KEY_B), false).unwrap();
+        append(&path, "h3", 2200, &key(KEY_B), true).unwrap();
         assert_eq!(
             check(&path, "h", 2022, &key(KEY_A)).unwrap(),
             HostKeyStatus::Known
@@ -400,7 +574,13 @@ mod tests {
             check(&path, "h2", 22, &key(KEY_B)).unwrap(),
             HostKeyStatus::Known
         );
+        assert_eq!(
+            check(&path, "h3", 2200, &key(KEY_B)).unwrap(),
+            HostKeyStatus::Known
+        );
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("[h]:2022 ssh-ed25519 AAAA"), "{text}");
+        let last = text.lines().last().unwrap();
+        assert!(last.starts_with("|1|") && !last.contains("h3"), "{text}");
     }
 }

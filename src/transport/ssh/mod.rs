@@ -30,6 +30,38 @@ mod become_;
 mod config;
 mod exec;
 mod known_hosts;
+mod ssh_config;
+
+/// Internals reached by integration tests (`tests/ssh_config_oracle.rs`); not an API.
+#[doc(hidden)]
+pub mod testing {
+    use std::path::Path;
+
+    use super::ssh_config::{self, Files, Local, Query};
+    use crate::transport::TransportError;
+
+    /// What `ssh -G -F config [-l user] [-p port] host` prints for the keywords ferry
+    /// resolves, as (keyword, value) lines in ssh's spelling; the local user from the
+    /// passwd entry, as ssh.
+    pub fn ssh_g(
+        config: &Path,
+        host: &str,
+        user: Option<&str>,
+        port: Option<u16>,
+    ) -> Result<Vec<(String, String)>, TransportError> {
+        let query = Query {
+            host: host.to_string(),
+            user: user.map(str::to_string),
+            port,
+        };
+        let r = ssh_config::resolve(
+            &Files::Named(config.to_path_buf()),
+            &query,
+            &Local::current(),
+        )?;
+        Ok(r.dump())
+    }
+}
 mod script;
 mod session;
 mod shell;
@@ -127,7 +159,11 @@ impl SshTransport {
         }
         let route = config::resolve(&spec)?;
         let timeout = if spec.connect_timeout.is_zero() {
-            DEFAULT_CONNECT_TIMEOUT
+            route
+                .connect_timeout
+                .filter(|t| *t > 0)
+                .map(Duration::from_secs)
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
         } else {
             spec.connect_timeout
         };

@@ -156,9 +156,28 @@ fn is_ssh_rsa_sha1(a: &Algorithm) -> bool {
 }
 
 fn client_config(target: &Target) -> Arc<russh::client::Config> {
-    let known = known_hosts::known_algorithms(&target.known_hosts, &target.host, target.port);
+    let files = target.all_known_hosts();
+    let mut known: Vec<Algorithm> = Vec::new();
+    for f in &files {
+        for a in known_hosts::known_algorithms(f, &target.host, target.port) {
+            if !known.contains(&a) {
+                known.push(a);
+            }
+        }
+    }
+    let key_order = host_key_order(&known, target.allow_ssh_rsa_sha1);
+    // Host certificates (`*-cert-v01@openssh.com`) are asked for first when an
+    // `@cert-authority` line covers the host, as OpenSSH orders them then; otherwise a
+    // server with a certificate would prove itself with one ferry has no CA for.
+    let certificates: Vec<Algorithm> =
+        if known_hosts::has_authority(&files, &target.host, target.port) {
+            key_order.clone()
+        } else {
+            Vec::new()
+        };
     let preferred = russh::Preferred {
-        key: host_key_order(&known, target.allow_ssh_rsa_sha1).into(),
+        key: key_order.into(),
+        host_key_certificates: certificates.into(),
         cipher: cipher_order().into(),
         // Compression costs CPU and gains nothing on dumps that are already compressed.
         compression: (&[russh::compression::NONE][..]).into(),
@@ -231,27 +250,71 @@ impl Handler for Client {
         let key = match server_key {
             PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
             PublicKeyOrCertificate::Certificate(cert) => {
-                PublicKey::new(cert.public_key().clone(), "")
+                let key = PublicKey::new(cert.public_key().clone(), "");
+                if verify_certificate(&self.target, cert, &key).map_err(ClientError::HostKey)? {
+                    self.record_verified(&key);
+                    return Ok(true);
+                }
+                key
             }
         };
         verify_host_key(&self.target, &key).map_err(ClientError::HostKey)?;
+        self.record_verified(&key);
+        Ok(true)
+    }
+}
+
+impl Client {
+    fn record_verified(&self, key: &PublicKey) {
         if let (Ok(text), Ok(mut slot)) = (
             PublicKey::new(key.key_data().clone(), "").to_openssh(),
             self.verified.lock(),
         ) {
             *slot = Some(text.trim().to_string());
         }
-        Ok(true)
     }
 }
 
-/// Strict host-key checking against the target's known_hosts file.
+/// A host certificate against the `@cert-authority` and `@revoked` lines: `true` when an
+/// authority vouches for it; `false` when none does, and the certificate's plain key is
+/// then checked as any host key (as ssh does); an error when it is revoked.
+fn verify_certificate(
+    target: &Target,
+    cert: &russh::keys::Certificate,
+    key: &PublicKey,
+) -> Result<bool, TransportError> {
+    let files = target.all_known_hosts();
+    let token = known_hosts::host_token(&target.host, target.port);
+    let status = known_hosts::check_certificate(&files, &target.host, target.port, cert)
+        .map_err(|e| TransportError::Config(format!("cannot read known_hosts: {e}")))?;
+    match status {
+        known_hosts::CertStatus::Trusted => {
+            tracing::debug!("host certificate of {token} signed by a trusted authority");
+            Ok(true)
+        }
+        known_hosts::CertStatus::Revoked { path, line } => Err(TransportError::HostKeyRevoked {
+            host: token,
+            fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
+            known_hosts: path.display().to_string(),
+            line,
+        }),
+        known_hosts::CertStatus::NotTrusted(why) => {
+            tracing::warn!(
+                "{token}: host certificate not accepted ({why}); checking its plain key"
+            );
+            Ok(false)
+        }
+    }
+}
+
+/// Strict host-key checking against the target's known_hosts files.
 fn verify_host_key(target: &Target, key: &PublicKey) -> Result<(), TransportError> {
-    let path = &target.known_hosts;
+    let files = target.all_known_hosts();
     let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-    let status = known_hosts::check(path, &target.host, target.port, key).map_err(|e| {
-        TransportError::Config(format!("cannot read known_hosts {}: {e}", path.display()))
-    })?;
+    let (status, found_in) = known_hosts::check_all(&files, &target.host, target.port, key)
+        .map_err(|e| TransportError::Config(format!("cannot read known_hosts: {e}")))?;
+    let append_to = target.known_hosts_file();
+    let path = &found_in.unwrap_or_else(|| append_to.clone());
     let token = known_hosts::host_token(&target.host, target.port);
     match status {
         HostKeyStatus::Known => Ok(()),
@@ -297,7 +360,14 @@ fn verify_host_key(target: &Target, key: &PublicKey) -> Result<(), TransportErro
             })
         }
         HostKeyStatus::Unknown if target.policy == HostKeyPolicy::AcceptNew => {
-            known_hosts::append(path, &target.host, target.port, key).map_err(|e| {
+            known_hosts::append(
+                path,
+                &target.host,
+                target.port,
+                key,
+                target.hash_known_hosts,
+            )
+            .map_err(|e| {
                 TransportError::Config(format!("cannot record host key in {}: {e}", path.display()))
             })?;
             tracing::warn!(
@@ -331,7 +401,7 @@ fn keyscan_command(target: &Target, key: &PublicKey) -> String {
         "ssh-keyscan {port_arg}-t {} {} >> {}",
         quote(&key_type),
         quote(&target.host),
-        quote(&target.known_hosts.to_string_lossy())
+        quote(&target.known_hosts_file().to_string_lossy())
     )
 }
 
@@ -458,6 +528,20 @@ async fn connect_hop(
         secs: timeout.as_secs(),
     };
     let mut handle = match via {
+        None if target.proxy_command.is_some() => {
+            let command = target.proxy_command.clone().unwrap_or_default();
+            let stream = ProxyStream::spawn(&command).map_err(|e| TransportError::Unreachable {
+                addr: addr.clone(),
+                reason: format!("cannot run ProxyCommand {command:?}: {e}"),
+            })?;
+            tokio::time::timeout(
+                timeout,
+                russh::client::connect_stream(config, stream, handler),
+            )
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| map_client_error(e, target))?
+        }
         None => {
             let tcp = tokio::time::timeout(
                 timeout,
@@ -511,6 +595,82 @@ async fn connect_hop(
     Ok(handle)
 }
 
+/// The byte stream of a `ProxyCommand`: its stdout and stdin. The child is killed when the
+/// stream is dropped, that is when the session ends.
+struct ProxyStream {
+    io: tokio::io::Join<tokio::process::ChildStdout, tokio::process::ChildStdin>,
+    _child: tokio::process::Child,
+}
+
+impl ProxyStream {
+    /// `sh -c 'exec COMMAND'`, as ssh runs it (with `$SHELL`, else /bin/sh); its stderr
+    /// goes to ferry's log.
+    fn spawn(command: &str) -> std::io::Result<ProxyStream> {
+        use std::process::Stdio;
+        let shell = std::env::var("SHELL")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "/bin/sh".into());
+        let mut child = tokio::process::Command::new(shell)
+            .arg("-c")
+            .arg(format!("exec {command}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(std::io::Error::other("no pipes to the ProxyCommand"));
+        };
+        if let Some(stderr) = child.stderr.take() {
+            let command = command.to_string();
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut lines = tokio::io::BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::warn!("ProxyCommand {command:?}: {line}");
+                }
+            });
+        }
+        Ok(ProxyStream {
+            io: tokio::io::join(stdout, stdin),
+            _child: child,
+        })
+    }
+}
+
+impl tokio::io::AsyncRead for ProxyStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ProxyStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -542,8 +702,12 @@ mod tests {
             port: 2222,
             user: "root".into(),
             identity_files: vec![],
-            known_hosts: std::path::PathBuf::from("/tmp/my dir/it's known_hosts"),
+            identities_only: false,
+            known_hosts: vec![std::path::PathBuf::from("/tmp/my dir/it's known_hosts")],
+            global_known_hosts: vec![],
+            hash_known_hosts: false,
             policy: HostKeyPolicy::Yes,
+            proxy_command: None,
             allow_ssh_rsa_sha1: false,
             server_alive: Default::default(),
         };
