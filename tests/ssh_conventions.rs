@@ -142,9 +142,17 @@ async fn proxy_command_carries_the_connection() {
         !sshd::processes_showing(&needle).is_empty(),
         "the ProxyCommand is not running"
     );
-    // Not asserted: that the child ends when `t` is dropped. It is killed when russh drops
-    // the stream, but a connection's idle shell holds an Arc of the connection (its
-    // stopper), so a dropped SshTransport's connection lives until the process exits.
+    // The connection goes with its transport, and the ProxyCommand with it (an idle
+    // shell's stopper once held the connection alive until the process exited).
+    drop(t);
+    let start = std::time::Instant::now();
+    while !sshd::processes_showing(&needle).is_empty() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "the ProxyCommand outlived its connection"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,7 +49,10 @@ pub(crate) struct Running {
 /// its own of the same connection, through sudo when the command was. Kept as what it
 /// needs, not as a built command line: nearly every command ends on its own.
 pub(crate) struct Stopper {
-    pub conn: Arc<Connection>,
+    /// Weak: an idle persistent shell keeps its last stopper, and the shell lives in the
+    /// connection; a strong reference would keep the connection (and a ProxyCommand
+    /// child) alive after its transport is dropped. Upgraded when a stop is spawned.
+    pub conn: std::sync::Weak<Connection>,
     pub mark: String,
     pub shell: String,
     pub become_: Option<BecomeSpec>,
@@ -135,6 +138,9 @@ const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Stop a command in the background: signal and close its channel (when given), then
 /// run the stop script (when given).
 pub(crate) fn spawn_stop(channel: Option<Arc<ChannelWriteHalf<Msg>>>, stopper: Option<Stopper>) {
+    // The connection is held from here until the stop is done (the command's transport
+    // may be going away right now).
+    let stopper = stopper.and_then(|s| s.conn.upgrade().map(|conn| (conn, s)));
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         STOPS.spawn_on(stop(channel, stopper), &rt);
     }
@@ -148,7 +154,10 @@ pub async fn wait_for_stops(limit: std::time::Duration) {
     STOPS.reopen();
 }
 
-async fn stop(channel: Option<Arc<ChannelWriteHalf<Msg>>>, stopper: Option<Stopper>) {
+async fn stop(
+    channel: Option<Arc<ChannelWriteHalf<Msg>>>,
+    stopper: Option<(Arc<Connection>, Stopper)>,
+) {
     if let Some(channel) = channel {
         // sshd signals the command's process group where it can (not for a root
         // login: see `script::stop_script`), then the channel goes.
@@ -156,7 +165,7 @@ async fn stop(channel: Option<Arc<ChannelWriteHalf<Msg>>>, stopper: Option<Stopp
         let _ = channel.eof().await;
         let _ = channel.close().await;
     }
-    let Some(s) = stopper else {
+    let Some((conn, s)) = stopper else {
         return;
     };
     let host = s.host.clone();
@@ -167,7 +176,7 @@ async fn stop(channel: Option<Arc<ChannelWriteHalf<Msg>>>, stopper: Option<Stopp
         );
         let (line, preamble, hs) =
             super::command_line(&s.shell, s.become_.as_ref(), &stop, &super::script::mark()?)?;
-        let running = start(&s.conn, line, Some(preamble), hs, &s.host, &s.secrets, None).await?;
+        let running = start(&conn, line, Some(preamble), hs, &s.host, &s.secrets, None).await?;
         collect(running, None, Some(OutputLimit::REPORT)).await
     };
     match tokio::time::timeout(STOP_TIMEOUT, run).await {

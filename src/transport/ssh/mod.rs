@@ -233,7 +233,7 @@ impl SshTransport {
     /// [`exec::Stopper`]); nothing is built until a stop is needed.
     fn stopper(&self, conn: &Arc<Connection>, mark: String) -> exec::Stopper {
         exec::Stopper {
-            conn: conn.clone(),
+            conn: Arc::downgrade(conn),
             mark,
             shell: self.shell.clone(),
             become_: self.become_.clone(),
@@ -544,4 +544,9 @@ impl Transport for SshTransport {
         }
         self.relay(&conn, host, port).await
     }
+}
+
+/// The local user's home directory, from the passwd entry as ssh takes it.
+pub(crate) fn local_home() -> std::path::PathBuf {
+    ssh_config::Local::current().home
 }
