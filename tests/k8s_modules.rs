@@ -46,6 +46,8 @@ struct TaskEnd {
     error: Option<String>,
     /// Why an ok task left things alone (a guard's reason).
     notes: Vec<String>,
+    /// `--diff`'s unified diffs.
+    diffs: Vec<String>,
 }
 
 /// A finished `ferry play`.
@@ -190,6 +192,14 @@ impl Cluster {
                     .map(|c| c.as_str().unwrap().to_string())
                     .collect(),
                 error: e["error"].as_str().map(str::to_string),
+                diffs: e["diffs"]
+                    .as_array()
+                    .map(|n| {
+                        n.iter()
+                            .filter_map(|x| x.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
                 notes: e["notes"]
                     .as_array()
                     .map(|n| {
@@ -987,12 +997,21 @@ async fn check_mode_predicts_across_tasks_and_changes_nothing() {
     // Nothing happened: same replicas, the same (ready) pod.
     assert_eq!(cluster.replicas("deployment/ui").await, 1);
     assert_eq!(cluster.pods("ui").await, pods_before);
-    // A check of the stop alone changes nothing either.
+    assert!(
+        run.task("Stop ui").diffs.is_empty(),
+        "diffs only with --diff"
+    );
+    // A check of the stop alone changes nothing either; with --diff it shows the change.
     let stop_only = scale_play(&[("Stop ui", &["deployment/ui"], 0, "")]);
-    cluster
-        .play(&stop_only, &["--check"])
-        .await
-        .assert_all("would_change");
+    let run = cluster.play(&stop_only, &["--check", "--diff"]).await;
+    run.assert_all("would_change");
+    assert_eq!(
+        run.task("Stop ui").diffs,
+        vec![
+            "--- deployment/ui (before)\n+++ deployment/ui (after)\n@@ -1 +1 @@\n\
+             -spec.replicas: 1\n+spec.replicas: 0\n"
+        ]
+    );
     assert_eq!(cluster.replicas("deployment/ui").await, 1);
     assert_eq!(cluster.pods("ui").await, pods_before);
 }

@@ -368,6 +368,7 @@ async fn play(args: PlayArgs, connector: Arc<dyn Connector>, secrets: Secrets) -
         skip_tags: args.skip_tags,
         start_at: args.start_at,
         overwrite: args.overwrite,
+        diff: args.diff,
     };
     let prepared = match engine::prepare(playbook.clone(), inventory.clone(), options, &secrets) {
         Ok(p) => p,

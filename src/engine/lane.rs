@@ -248,6 +248,7 @@ async fn run_lane(shared: &Shared, host: &str, run: &HostRun, schedule: &[Schedu
                 &task.module,
                 started,
                 shared.prepared.options.check,
+                shared.prepared.options.diff,
                 &shared.predicted,
             )) => Some(r),
             // Dropping the task's future drops its remote commands: each is sent

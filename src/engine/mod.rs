@@ -49,6 +49,9 @@ pub struct RunOptions {
     pub start_at: Option<String>,
     /// Stores a completed migration's target may be overwritten in (`--overwrite`).
     pub overwrite: Vec<String>,
+    /// `--diff`: the report shows what each change does to the state it changes, where
+    /// its module can say.
+    pub diff: bool,
 }
 
 /// Bad input found before anything was contacted (exit code 4 for files, 5 for options).

@@ -26,6 +26,7 @@ pub(super) async fn run_task(
     module: &crate::registry::ModuleArgs,
     started: Instant,
     check: bool,
+    diff: bool,
     predicted: &Mutex<Predicted>,
 ) -> TaskResult {
     let mut r = result(&ctx.host, &ctx.task, TaskStatus::Ok, started);
@@ -50,6 +51,9 @@ pub(super) async fn run_task(
         Ok(plan) => {
             tracing::debug!(host = ctx.host, task = ctx.task, facts = %ctx.secrets.mask(&plan.facts.to_string()), "facts");
             r.changes = plan.changes.iter().map(|c| c.report_line()).collect();
+            if diff {
+                r.diffs = plan.changes.iter().filter_map(|c| c.diff.clone()).collect();
+            }
             r.notes = plan.notes.clone();
             for memo in &plan.memos {
                 if let Err(e) = ctx.journal.record_fingerprint(

@@ -126,6 +126,39 @@ pub trait Change: Serialize + Send + Sync + 'static {
     fn predicts(&self) -> Vec<Prediction> {
         Vec::new()
     }
+    /// The state it changes, before and after, for `--diff` (modules that can say).
+    fn diff(&self) -> Option<Diff> {
+        None
+    }
+}
+
+/// A change's before and after as text, shown by `--diff` as a unified diff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diff {
+    /// What is changed ("deployment/ui", "ConfigMap ferry-packagist-migration").
+    pub what: String,
+    pub before: String,
+    pub after: String,
+}
+
+impl Diff {
+    /// The unified diff, headed `--- WHAT (before)` / `+++ WHAT (after)`.
+    pub fn unified(&self) -> String {
+        let mut before = self.before.clone();
+        let mut after = self.after.clone();
+        for text in [&mut before, &mut after] {
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+        }
+        similar::TextDiff::from_lines(&before, &after)
+            .unified_diff()
+            .header(
+                &format!("{} (before)", self.what),
+                &format!("{} (after)", self.what),
+            )
+            .to_string()
+    }
 }
 
 /// What `apply` did.
@@ -264,6 +297,8 @@ pub trait Module: Send + Sync + 'static {
 pub struct PlannedChange {
     pub description: String,
     pub commands: Vec<String>,
+    /// The unified diff of what it changes (see [`Change::diff`]), masked.
+    pub diff: Option<String>,
 }
 
 impl PlannedChange {
@@ -342,6 +377,7 @@ impl<M: Module> DynModule for M {
                     .iter()
                     .map(|s| reader.secrets.mask(s))
                     .collect(),
+                diff: c.diff().map(|d| reader.secrets.mask(&d.unified())),
             })
             .collect();
         Ok(Plan {

@@ -80,6 +80,22 @@ pub enum ScaleChange {
 }
 
 impl Change for ScaleChange {
+    fn diff(&self) -> Option<crate::module::Diff> {
+        match self {
+            ScaleChange::Scale {
+                kind,
+                name,
+                from,
+                to,
+                ..
+            } => Some(crate::module::Diff {
+                what: format!("{}/{name}", kind.kubectl_name()),
+                before: format!("spec.replicas: {from}"),
+                after: format!("spec.replicas: {to}"),
+            }),
+            ScaleChange::Wait { .. } => None,
+        }
+    }
     fn describe(&self) -> String {
         match self {
             ScaleChange::Scale {

@@ -35,9 +35,21 @@ pub struct MarkerFacts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WriteMarker {
     pub kubectl: String,
+    /// What the marker will hold (bar the time and host, set when it is written).
+    pub data: BTreeMap<String, String>,
 }
 
 impl Change for WriteMarker {
+    fn diff(&self) -> Option<crate::module::Diff> {
+        let mut after: Vec<String> = self.data.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        after.push("completed_at: (the time it is written)".into());
+        after.push("completed_by: (this host)".into());
+        Some(crate::module::Diff {
+            what: format!("ConfigMap {MARKER_CONFIGMAP}"),
+            before: String::new(),
+            after: after.join("\n"),
+        })
+    }
     fn describe(&self) -> String {
         format!("record the completed migration (ConfigMap {MARKER_CONFIGMAP})")
     }
@@ -126,6 +138,7 @@ pub fn decide(f: &MarkerFacts) -> Vec<WriteMarker> {
                 "--from-literal=completed_at=...",
             ],
         ),
+        data: f.data.clone(),
     }]
 }
 

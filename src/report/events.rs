@@ -264,6 +264,7 @@ impl EventSink {
             json!({
                 "host": result.host, "task": result.task,
                 "changes": result.changes, "error": result.error, "notes": result.notes,
+                "diffs": result.diffs,
             }),
             json!({"duration_ms": result.duration_ms}),
         );

@@ -86,6 +86,9 @@ pub struct TaskResult {
     /// Things the operator must know.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// `--diff`: unified diffs of what the changes do, where the module can say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diffs: Vec<String>,
     /// The commands the task ran on its host, in order, with exit status and bounded
     /// output (masked): the JSON report's record of what happened.
     pub commands: Vec<CommandRecord>,
@@ -209,6 +212,10 @@ impl PlayReport {
                     TaskStatus::Failed => Cell::new("failed").fg(Color::Red),
                 };
                 let mut what = t.changes.join("\n");
+                for d in &t.diffs {
+                    what.push('\n');
+                    what.push_str(d.trim_end());
+                }
                 for n in &t.notes {
                     if !what.is_empty() {
                         what.push('\n');
