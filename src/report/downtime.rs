@@ -50,7 +50,13 @@ pub struct StageSpan {
     /// `None`: none of its tasks changed anything in this run.
     pub span_ms: Option<u64>,
     /// The tasks that changed something, with their own time (waits excluded).
-    pub tasks: Vec<(String, u64)>,
+    pub tasks: Vec<StageTask>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StageTask {
+    pub task: String,
+    pub work_ms: u64,
 }
 
 impl Downtime {
@@ -89,9 +95,15 @@ impl Downtime {
             .stages
             .iter()
             .map(|stage| {
-                let worked: Vec<&TaskResult> = tasks
+                // In the stage's order (the report's is by host).
+                let worked: Vec<&TaskResult> = stage
+                    .tasks
                     .iter()
-                    .filter(|t| stage.tasks.contains(&t.task) && t.status == TaskStatus::Changed)
+                    .flat_map(|name| {
+                        tasks
+                            .iter()
+                            .filter(move |t| &t.task == name && t.status == TaskStatus::Changed)
+                    })
                     .collect();
                 let first = worked.iter().map(|t| t.work_start_ms()).min();
                 let last = worked.iter().map(|t| t.end_ms()).max();
@@ -100,7 +112,10 @@ impl Downtime {
                     span_ms: first.zip(last).map(|(a, b)| b.saturating_sub(a)),
                     tasks: worked
                         .iter()
-                        .map(|t| (t.task.clone(), t.work_ms()))
+                        .map(|t| StageTask {
+                            task: t.task.clone(),
+                            work_ms: t.work_ms(),
+                        })
                         .collect(),
                 }
             })
@@ -141,7 +156,7 @@ impl DowntimeSummary {
                     let parts: Vec<String> = s
                         .tasks
                         .iter()
-                        .map(|(t, ms)| format!("{} {}", super::visible(t), human_ms(*ms)))
+                        .map(|t| format!("{} {}", super::visible(&t.task), human_ms(t.work_ms)))
                         .collect();
                     format!("{:<8} {}", human_ms(ms), parts.join(", "))
                 }
@@ -202,8 +217,9 @@ mod tests {
         let tasks = vec![
             task("preflight", TaskStatus::Ok, 0, 0, 2_000),
             task("stop", TaskStatus::Changed, 2_000, 500, 1_500),
-            task("dump", TaskStatus::Changed, 3_500, 0, 10_000),
+            // The report's order is by host: the restore (new host) before the dump.
             task("restore", TaskStatus::Changed, 13_500, 1_000, 31_000),
+            task("dump", TaskStatus::Changed, 3_500, 0, 10_000),
             task("backup", TaskStatus::Ok, 3_500, 0, 200),
             task("start", TaskStatus::Changed, 44_500, 0, 75_500),
         ];
@@ -212,10 +228,12 @@ mod tests {
         assert_eq!(s.total_ms, 117_500);
         assert!(s.ended && !s.began_before_run);
         assert_eq!(s.stages[0].span_ms, Some(41_000));
-        assert_eq!(
-            s.stages[0].tasks,
-            vec![("dump".into(), 10_000), ("restore".into(), 30_000)]
-        );
+        let worked: Vec<(&str, u64)> = s.stages[0]
+            .tasks
+            .iter()
+            .map(|t| (t.task.as_str(), t.work_ms))
+            .collect();
+        assert_eq!(worked, vec![("dump", 10_000), ("restore", 30_000)]);
         assert_eq!(s.stages[1].span_ms, None);
         let text = s.to_text();
         assert!(
