@@ -11,12 +11,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod};
-use kube::api::{
-    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
-};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Config};
 use tokio::task::JoinHandle;
 
@@ -169,19 +169,73 @@ pub fn kubectl_exec(
     kubectl(namespace, &args)
 }
 
-/// The longest pause between two attempts to reach a lost API.
-const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// Pauses between a watcher's attempts to reach a lost API: 200 ms doubling to 2 s,
+/// jittered (backon's exponential backoff, as kube's own `DefaultBackoff`, which waits
+/// up to 30 s: too long for an operator waiting for a tunnel to come back), without end
+/// ([`Outage`] decides when to stop), from the start again once the API answers.
+struct ReconnectBackoff {
+    builder: backon::ExponentialBuilder,
+    delays: backon::ExponentialBackoff,
+}
 
-/// Pauses between attempts to reach a lost API: 200 ms doubling to [`RECONNECT_MAX`],
-/// jittered (backon's exponential backoff), without end: [`Outage`] decides when to stop.
-fn reconnect_delays() -> impl Iterator<Item = Duration> {
-    use backon::BackoffBuilder;
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(RECONNECT_MAX)
-        .with_jitter()
-        .without_max_times()
-        .build()
+impl ReconnectBackoff {
+    fn new() -> Self {
+        use backon::BackoffBuilder;
+        let builder = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(2))
+            .with_jitter()
+            .without_max_times();
+        ReconnectBackoff {
+            builder,
+            delays: builder.build(),
+        }
+    }
+}
+
+impl Iterator for ReconnectBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        self.delays.next()
+    }
+}
+
+impl kube::runtime::utils::Backoff for ReconnectBackoff {
+    fn reset(&mut self) {
+        use backon::BackoffBuilder;
+        self.delays = self.builder.build();
+    }
+}
+
+/// A watcher's error during a wait until `what`: the API's connection lost (the watcher
+/// retries after its backoff; `Err` once [`Outage`] says it lasted too long), or an
+/// answer that no retry changes (`Err` at once).
+fn reconnecting(
+    what: &str,
+    e: &watcher::Error,
+    outage: &mut Outage,
+    lost: &mut Option<String>,
+) -> Result<(), K8sError> {
+    let transient = match e {
+        watcher::Error::InitialListFailed(k)
+        | watcher::Error::WatchStartFailed(k)
+        | watcher::Error::WatchFailed(k) => is_transient(k),
+        // An expired resourceVersion and the like: the watcher lists again.
+        watcher::Error::WatchError(_) => true,
+        watcher::Error::NoResourceVersion => false,
+    };
+    if !transient {
+        return Err(K8sError::Watch {
+            what: format!("the wait until {what}"),
+            reason: e.to_string(),
+        });
+    }
+    outage.still(what, e)?;
+    tracing::warn!(
+        "lost the Kubernetes API connection while waiting until {what}: {e}; reconnecting"
+    );
+    *lost = Some(e.to_string());
+    Ok(())
 }
 
 /// The laptop's kubeconfig: `paths` merged, or as kubectl finds it; and how to name it in
@@ -486,32 +540,86 @@ impl Cluster {
             PodsWanted::Gone => format!("pods {selector} are gone"),
             PodsWanted::Ready(n) => format!("{n} pod(s) {selector} are running and ready"),
         };
-        let api = self.api::<Pod>();
         let mut lost: Option<String> = None;
         let fut = async {
-            let mut delays = reconnect_delays();
+            let stream = watcher::watcher(
+                self.api::<Pod>(),
+                watcher::Config::default().labels(selector),
+            )
+            .backoff(ReconnectBackoff::new());
+            futures::pin_mut!(stream);
             let mut outage = Outage::default();
-            loop {
-                match self.watch_pods_once(&api, set, wanted).await {
-                    Ok(true) => return Ok(()),
-                    // The watch ended normally (server timeout, expired resourceVersion).
-                    Ok(false) => {
+            let mut pods: BTreeMap<String, Pod> = BTreeMap::new();
+            // Some while the watcher (re)lists: the pods so far.
+            let mut listing: Option<BTreeMap<String, Pod>> = None;
+            // The Deployment's ReplicaSets, listed again after each (re)list and when a
+            // pod names one not known yet (a rollout).
+            let mut replicasets: Option<std::collections::BTreeSet<String>> = None;
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(event) => {
                         outage.over();
-                        delays = reconnect_delays();
+                        match event {
+                            watcher::Event::Init => listing = Some(BTreeMap::new()),
+                            watcher::Event::InitApply(p) => {
+                                if let (Some(l), Some(n)) =
+                                    (listing.as_mut(), p.metadata.name.clone())
+                                {
+                                    l.insert(n, p);
+                                }
+                            }
+                            watcher::Event::InitDone => {
+                                pods = listing.take().unwrap_or_default();
+                                replicasets = None;
+                            }
+                            watcher::Event::Apply(p) => {
+                                if let Some(n) = p.metadata.name.clone() {
+                                    pods.insert(n, p);
+                                }
+                            }
+                            watcher::Event::Delete(p) => {
+                                if let Some(n) = &p.metadata.name {
+                                    pods.remove(n);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        reconnecting(&what, &e, &mut outage, &mut lost)?;
                         continue;
                     }
-                    Err(e) if is_transient(&e) => {
-                        outage.still(&what, &e)?;
-                        tracing::warn!(
-                            "lost the Kubernetes API connection while waiting until {what}: \
-                             {e}; reconnecting"
-                        );
-                        lost = Some(e.to_string());
-                        tokio::time::sleep(delays.next().unwrap_or(RECONNECT_MAX)).await;
-                    }
-                    Err(e) => return Err(api_err(format!("watch pods {selector}"))(e)),
                 }
+                if listing.is_some() {
+                    continue;
+                }
+                let stale = match &replicasets {
+                    None => true,
+                    Some(rs) => pods.values().any(|p| set.may_own(p, rs)),
+                };
+                if stale {
+                    match self.replicasets_of(set).await {
+                        Ok(rs) => replicasets = Some(rs),
+                        Err(e) if is_transient(&e) => {
+                            outage.still(&what, &e)?;
+                            lost = Some(e.to_string());
+                            continue;
+                        }
+                        Err(e) => {
+                            return Err(api_err(format!("list the replicasets of {}", set.name))(e))
+                        }
+                    }
+                }
+                let rs = replicasets.clone().unwrap_or_default();
+                let owned: Vec<&Pod> = pods.values().filter(|p| set.owns(p, &rs)).collect();
+                if pods_match(owned.iter().copied(), wanted) {
+                    return Ok(());
+                }
+                crate::report::status::set(&pods_status(set, owned.into_iter(), wanted));
             }
+            Err(K8sError::Watch {
+                what: format!("pods {selector}"),
+                reason: "the stream ended".into(),
+            })
         };
         let result = tokio::time::timeout(timeout, fut).await;
         match result {
@@ -527,63 +635,6 @@ impl Cluster {
                 secs: timeout.as_secs(),
             }),
         }
-    }
-
-    /// One list + watch of the pods: `Ok(true)` when they are as wanted, `Ok(false)` when
-    /// the watch ended without that (list again).
-    async fn watch_pods_once(
-        &self,
-        api: &Api<Pod>,
-        set: &PodSet,
-        wanted: PodsWanted,
-    ) -> Result<bool, kube::Error> {
-        let selector = set.selector.as_str();
-        let mut replicasets = self.replicasets_of(set).await?;
-        let list = api.list(&ListParams::default().labels(selector)).await?;
-        let mut pods: BTreeMap<String, Pod> = list
-            .items
-            .into_iter()
-            .filter(|p| set.owns(p, &replicasets))
-            .filter_map(|p| p.metadata.name.clone().map(|n| (n, p)))
-            .collect();
-        if pods_match(pods.values(), wanted) {
-            return Ok(true);
-        }
-        crate::report::status::set(&pods_status(set, pods.values(), wanted));
-        let rv = list.metadata.resource_version.unwrap_or_default();
-        let wp = WatchParams::default().labels(selector).timeout(290);
-        let stream = api.watch(&wp, &rv).await?;
-        futures::pin_mut!(stream);
-        use futures::StreamExt;
-        while let Some(ev) = stream.next().await {
-            match ev? {
-                WatchEvent::Added(p) | WatchEvent::Modified(p) => {
-                    if set.may_own(&p, &replicasets) {
-                        replicasets = self.replicasets_of(set).await?;
-                    }
-                    if let Some(n) = p.metadata.name.clone() {
-                        if set.owns(&p, &replicasets) {
-                            pods.insert(n, p);
-                        } else {
-                            pods.remove(&n);
-                        }
-                    }
-                }
-                WatchEvent::Deleted(p) => {
-                    if let Some(n) = &p.metadata.name {
-                        pods.remove(n);
-                    }
-                }
-                WatchEvent::Bookmark(_) => {}
-                // Expired resourceVersion and similar: list again.
-                WatchEvent::Error(_) => return Ok(false),
-            }
-            if pods_match(pods.values(), wanted) {
-                return Ok(true);
-            }
-            crate::report::status::set(&pods_status(set, pods.values(), wanted));
-        }
-        Ok(false)
     }
 
     /// `spec.volumeName` of a PVC, or `None` when the PVC does not exist (or is unbound).
@@ -666,100 +717,74 @@ impl Cluster {
     {
         let every = Duration::from_secs(15);
         let mut progress = tokio::time::interval_at(started + every, every);
-        // A lost API connection (the tunnel dropped, the API server restarted) lists and
-        // watches again through a new tunnel connection, as the pod waits do.
+        let deleted = format!("{what} is deleted");
+        // A lost API connection (the tunnel dropped, the API server restarted): the
+        // watcher lists and watches again through a new tunnel connection.
         let fut = async {
-            let mut delays = reconnect_delays();
+            let stream = watcher::watcher(
+                api,
+                watcher::Config::default().fields(&format!("metadata.name={name}")),
+            )
+            .backoff(ReconnectBackoff::new());
+            futures::pin_mut!(stream);
             let mut outage = Outage::default();
+            let mut lost = None;
+            let mut listed: Option<bool> = None;
+            crate::report::status::set(&format!("waiting until {deleted}"));
             loop {
-                match self
-                    .watch_gone_once(&api, what, name, started, &mut progress, &failed)
-                    .await
-                {
-                    Ok(Some(done)) => return done,
-                    Ok(None) => {
-                        outage.over();
-                        delays = reconnect_delays();
+                let item = tokio::select! {
+                    item = stream.next() => item,
+                    _ = progress.tick() => {
+                        tracing::info!(
+                            "still waiting until {deleted} ({}s)",
+                            started.elapsed().as_secs()
+                        );
+                        crate::report::status::set(&format!(
+                            "waiting until {deleted} ({} so far)",
+                            crate::report::human_ms(started.elapsed().as_millis() as u64)
+                        ));
                         continue;
                     }
-                    Err(e) if is_transient(&e) => {
-                        outage.still(&format!("{what} is deleted"), &e)?;
-                        tracing::warn!(
-                            "lost the Kubernetes API connection while waiting until {what} \
-                             is deleted: {e}; reconnecting"
-                        );
-                        tokio::time::sleep(delays.next().unwrap_or(RECONNECT_MAX)).await;
+                };
+                let Some(item) = item else {
+                    return Err(K8sError::Watch {
+                        what: name.to_string(),
+                        reason: "the stream ended".into(),
+                    });
+                };
+                let event = match item {
+                    Ok(e) => {
+                        outage.over();
+                        e
                     }
-                    Err(e) => return Err(api_err(format!("watch {name}"))(e)),
+                    Err(e) => {
+                        reconnecting(&deleted, &e, &mut outage, &mut lost)?;
+                        continue;
+                    }
+                };
+                match event {
+                    watcher::Event::Init => listed = Some(false),
+                    watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
+                        if let Some(e) = failed(&o) {
+                            return Err(e);
+                        }
+                        if listed.is_some() {
+                            listed = Some(true);
+                        }
+                    }
+                    // Listed and not there: gone.
+                    watcher::Event::InitDone if listed != Some(true) => return Ok(()),
+                    watcher::Event::InitDone => listed = None,
+                    watcher::Event::Delete(_) => return Ok(()),
                 }
             }
         };
         tokio::time::timeout_at(deadline, fut)
             .await
             .map_err(|_| K8sError::Timeout {
-                what: format!("{what} is deleted"),
+                what: deleted.clone(),
                 secs: started.elapsed().as_secs(),
             })?
-    }
-
-    /// One list + watch of object `name`: `Some(Ok)` once it is gone, `Some(Err)` when
-    /// `failed` says it never will be, `None` when the watch ended (list again).
-    async fn watch_gone_once<K>(
-        &self,
-        api: &Api<K>,
-        what: &str,
-        name: &str,
-        started: tokio::time::Instant,
-        progress: &mut tokio::time::Interval,
-        failed: &impl Fn(&K) -> Option<K8sError>,
-    ) -> Result<Option<Result<(), K8sError>>, kube::Error>
-    where
-        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-    {
-        let list = api
-            .list(&ListParams::default().fields(&format!("metadata.name={name}")))
-            .await?;
-        if list.items.is_empty() {
-            return Ok(Some(Ok(())));
-        }
-        if let Some(e) = list.items.iter().find_map(failed) {
-            return Ok(Some(Err(e)));
-        }
-        crate::report::status::set(&format!("waiting until {what} is deleted"));
-        let rv = list.metadata.resource_version.unwrap_or_default();
-        let wp = WatchParams::default()
-            .fields(&format!("metadata.name={name}"))
-            .timeout(290);
-        let stream = api.watch(&wp, &rv).await?;
-        futures::pin_mut!(stream);
-        use futures::StreamExt;
-        loop {
-            let ev = tokio::select! {
-                ev = stream.next() => ev,
-                _ = progress.tick() => {
-                    tracing::info!(
-                        "still waiting until {what} is deleted ({}s)",
-                        started.elapsed().as_secs()
-                    );
-                    crate::report::status::set(&format!(
-                        "waiting until {what} is deleted ({} so far)",
-                        crate::report::human_ms(started.elapsed().as_millis() as u64)
-                    ));
-                    continue;
-                }
-            };
-            let Some(ev) = ev else { return Ok(None) };
-            match ev? {
-                WatchEvent::Deleted(_) => return Ok(Some(Ok(()))),
-                WatchEvent::Added(o) | WatchEvent::Modified(o) => {
-                    if let Some(e) = failed(&o) {
-                        return Ok(Some(Err(e)));
-                    }
-                }
-                WatchEvent::Error(_) => return Ok(None),
-                WatchEvent::Bookmark(_) => {}
-            }
-        }
     }
 
     /// A deployment, or `None`.
@@ -851,7 +876,7 @@ impl Outage {
     }
 
     /// Another failure: `Err` once the API has been unreachable for the limit.
-    fn still(&mut self, what: &str, e: &kube::Error) -> Result<(), K8sError> {
+    fn still(&mut self, what: &str, e: &dyn std::fmt::Display) -> Result<(), K8sError> {
         let since = *self.since.get_or_insert_with(tokio::time::Instant::now);
         if since.elapsed() < API_OUTAGE_LIMIT {
             return Ok(());
