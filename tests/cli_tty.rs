@@ -150,6 +150,19 @@ fn a_terminal_shows_live_task_lines_and_a_table_that_fits() {
         );
     }
     assert!(done.contains("xxxxxxxxxx"), "{done}");
+    assert!(!done.contains(&long), "folded, not whole: {done}");
+
+    // With -v the cells stay whole (the terminal wraps them; -J joins them back).
+    let verbose = Tmux::start(
+        d,
+        &format!(
+            "{} -v play playbook.toml -i inventory.toml --journal journal.json 2>/dev/null",
+            env!("CARGO_BIN_EXE_ferry")
+        ),
+    );
+    let whole = verbose.wait_for(Duration::from_secs(30), |p| p.contains("FERRY-EXIT="));
+    assert!(whole.contains("FERRY-EXIT=0"), "{whole}");
+    assert!(whole.contains(&long), "whole with -v: {whole}");
 }
 
 /// A key whose passphrase the inventory does not give: a person at the terminal is asked,

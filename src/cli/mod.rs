@@ -173,10 +173,12 @@ fn error(e: impl std::fmt::Display) -> u8 {
     fail_with(EXIT_ERROR, e)
 }
 
-fn print_report(report: &PlayReport, format: Format) -> u8 {
+/// The report on stdout; with `-v` the table's long cells stay whole (the terminal wraps
+/// them) instead of being folded to its width.
+fn print_report(report: &PlayReport, format: Format, verbose: u8) -> u8 {
     match format {
         Format::Json => println!("{}", report.to_json()),
-        Format::Table => print!("{}", report.to_table()),
+        Format::Table => print!("{}", report.table(verbose == 0)),
     }
     exit::of_report(report)
 }
@@ -198,8 +200,8 @@ pub async fn run(cli: Cli, connector: Arc<dyn Connector>) -> u8 {
 pub async fn run_with_secrets(cli: Cli, connector: Arc<dyn Connector>, secrets: Secrets) -> u8 {
     crate::install_tls_provider();
     match cli.command {
-        Command::Play(args) => play(args, connector, secrets).await,
-        Command::Ping(args) => ping(args, connector, secrets).await,
+        Command::Play(args) => play(args, connector, secrets, cli.verbose).await,
+        Command::Ping(args) => ping(args, connector, secrets, cli.verbose).await,
         Command::Status(args) => status(args, &secrets),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
@@ -279,7 +281,7 @@ fn ask_become_password(secrets: &Secrets) -> Result<String, u8> {
     }
 }
 
-async fn ping(args: PingArgs, connector: Arc<dyn Connector>, secrets: Secrets) -> u8 {
+async fn ping(args: PingArgs, connector: Arc<dyn Connector>, secrets: Secrets, verbose: u8) -> u8 {
     let inventory = match load_inventory(&args.inventory, &args.connect, &[], &secrets) {
         Ok(i) => Arc::new(i),
         Err(code) => return code,
@@ -293,7 +295,7 @@ async fn ping(args: PingArgs, connector: Arc<dyn Connector>, secrets: Secrets) -
         Err(e) => return error(e),
     };
     let report = engine::ping(inventory, hosts, connector, secrets, sink).await;
-    print_report(&report, args.format)
+    print_report(&report, args.format, verbose)
 }
 
 fn status(args: StatusArgs, secrets: &Secrets) -> u8 {
@@ -349,7 +351,7 @@ fn prepare_failed(e: PrepareError) -> u8 {
     }
 }
 
-async fn play(args: PlayArgs, connector: Arc<dyn Connector>, secrets: Secrets) -> u8 {
+async fn play(args: PlayArgs, connector: Arc<dyn Connector>, secrets: Secrets, verbose: u8) -> u8 {
     let inventory = match load_inventory(&args.inventory, &args.connect, &args.extra_vars, &secrets)
     {
         Ok(i) => Arc::new(i),
@@ -419,7 +421,7 @@ async fn play(args: PlayArgs, connector: Arc<dyn Connector>, secrets: Secrets) -
     }
     // The live lines go before the report takes the terminal.
     live.finish();
-    print_report(&report, args.format)
+    print_report(&report, args.format, verbose)
 }
 
 /// SIGINT or SIGTERM: the first stops the run cleanly (no task starts, running ones are

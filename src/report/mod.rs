@@ -184,8 +184,14 @@ impl PlayReport {
         serde_json::to_string_pretty(self).unwrap_or_else(|_| "{}".into())
     }
 
-    /// Tables per host, then the recap.
+    /// Tables per host, then the recap; long cells folded to the terminal's width.
     pub fn to_table(&self) -> String {
+        self.table(true)
+    }
+
+    /// Tables per host, then the recap; `fold`: long cells folded to the terminal's width
+    /// (on a terminal; piped, nothing is folded), else whole.
+    pub fn table(&self, fold: bool) -> String {
         let mut out = String::new();
         for (host, summary) in &self.hosts {
             out.push_str(&format!("HOST {}\n", visible(host)));
@@ -201,7 +207,11 @@ impl PlayReport {
             table.load_preset(UTF8_FULL_CONDENSED);
             // On a terminal the table fits its width, long commands folded (the JSON
             // report has them whole); piped, nothing is folded.
-            table.set_content_arrangement(ContentArrangement::Dynamic);
+            table.set_content_arrangement(if fold {
+                ContentArrangement::Dynamic
+            } else {
+                ContentArrangement::Disabled
+            });
             table.set_header(vec!["task", "status", "what changed", "duration"]);
             for t in tasks {
                 let status = match t.status {
