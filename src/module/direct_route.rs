@@ -566,8 +566,14 @@ pub async fn write_file(
 fn keys_locked(ak: &str, cmd: Cmd) -> Cmd {
     let dir = ak.rsplit_once('/').map(|(d, _)| d).unwrap_or(".");
     let dir = if dir.is_empty() { "/" } else { dir };
+    // The directory is made first: flock(1) creates a missing lock path as a regular
+    // file, and a ~/.ssh that is a file then fails every later `mkdir -p` (a removal's
+    // lock ran before the other stream's mkdir: seen in CI as "File exists", then as a
+    // silent exit 1).
     sh_c(
         "d=$1; shift\n\
+         (umask 077; mkdir -p -- \"$d\") 2>/dev/null\n\
+         [ -d \"$d\" ] || { echo \"ferry: $d is not a directory (authorized_keys cannot be kept there)\" >&2; exit 1; }\n\
          if command -v flock >/dev/null 2>&1; then exec flock -w 60 \"$d\" \"$@\"; fi\n\
          exec \"$@\"",
         "ferry-keys-lock",
@@ -740,6 +746,39 @@ pub fn pick_keys_file(home: &str, user: &str, files: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A removal's lock that runs before any key was added (no ~/.ssh yet) makes the
+    /// directory, 0700, not a regular file that every later add then fails on.
+    #[test]
+    fn the_keys_lock_makes_a_missing_ssh_dir_a_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let home = tempfile::tempdir().unwrap();
+        let ssh = home.path().join(".ssh");
+        let ak = ssh.join("authorized_keys");
+        let ak = ak.to_str().unwrap().to_string();
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(keys_locked(&ak, sh_c("true", "ferry-noop")).to_shell())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let meta = std::fs::metadata(&ssh).unwrap();
+        assert!(meta.is_dir(), "{meta:?}");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        // A ~/.ssh that is a file is named, not a silent failure.
+        std::fs::remove_dir(&ssh).unwrap();
+        std::fs::write(&ssh, "").unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(keys_locked(&ak, sh_c("true", "ferry-noop")).to_shell())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("is not a directory"),
+            "{out:?}"
+        );
+    }
 
     /// Three streams may add and remove their keys on one node at once (the storage
     /// stream beside the dump's transfer): under the directory's lock no new line is
