@@ -609,8 +609,9 @@ impl Cluster {
                         }
                     }
                 }
-                let rs = replicasets.clone().unwrap_or_default();
-                let owned: Vec<&Pod> = pods.values().filter(|p| set.owns(p, &rs)).collect();
+                let none = std::collections::BTreeSet::new();
+                let rs = replicasets.as_ref().unwrap_or(&none);
+                let owned: Vec<&Pod> = pods.values().filter(|p| set.owns(p, rs)).collect();
                 if pods_match(owned.iter().copied(), wanted) {
                     return Ok(());
                 }

@@ -453,24 +453,9 @@ pub async fn install(
         record.tag
     );
     let ak = record.authorized_keys.as_str();
-    let ssh_dir = ak.rsplit_once('/').map(|(d, _)| d).unwrap_or(".");
+    // The lock makes the key file's directory (0700) when it is missing.
     node.exec_ok_with_input(
-        &Cmd::new("umask")
-            .arg("077")
-            // Two streams may add their keys at the same moment: `mkdir -p` racing
-            // another can fail with "File exists" (seen in CI) though the directory is
-            // there, which is all that matters.
-            .and(
-                sh_c(
-                    "mkdir -p -- \"$1\" 2>/dev/null || [ -d \"$1\" ]",
-                    "ferry-ssh-dir",
-                )
-                .arg(ssh_dir),
-            )
-            .and(keys_locked(
-                ak,
-                sh_c("umask 077; cat >>\"$1\"", "ferry-trust").arg(ak),
-            )),
+        &keys_locked(ak, sh_c("umask 077; cat >>\"$1\"", "ferry-trust").arg(ak)),
         line.as_bytes(),
     )
     .await?;

@@ -548,5 +548,5 @@ impl Transport for SshTransport {
 
 /// The local user's home directory, from the passwd entry as ssh takes it.
 pub(crate) fn local_home() -> std::path::PathBuf {
-    ssh_config::Local::current().home
+    ssh_config::passwd_user(rustix::process::getuid().as_raw()).1
 }

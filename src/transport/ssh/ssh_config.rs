@@ -33,20 +33,7 @@ impl Local {
     /// passwd entry (a container started with an arbitrary uid).
     pub fn current() -> Local {
         let uid = rustix::process::getuid().as_raw();
-        let entry = std::fs::read_to_string("/etc/passwd")
-            .ok()
-            .and_then(|text| passwd_entry(&text, uid));
-        let (user, home) = match entry {
-            Some((name, home)) => (name, PathBuf::from(home)),
-            None => (
-                std::env::var("USER")
-                    .or_else(|_| std::env::var("LOGNAME"))
-                    .unwrap_or_else(|_| uid.to_string()),
-                std::env::var_os("HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("/")),
-            ),
-        };
+        let (user, home) = passwd_user(uid);
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "localhost".to_string());
@@ -56,6 +43,24 @@ impl Local {
             uid,
             hostname,
         }
+    }
+}
+
+/// Name and home directory of `uid` as ssh takes them (see [`Local::current`]).
+pub(crate) fn passwd_user(uid: u32) -> (String, PathBuf) {
+    let entry = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| passwd_entry(&text, uid));
+    match entry {
+        Some((name, home)) => (name, PathBuf::from(home)),
+        None => (
+            std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
+                .unwrap_or_else(|_| uid.to_string()),
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/")),
+        ),
     }
 }
 
