@@ -22,6 +22,9 @@ pub struct Cli {
 pub enum Command {
     /// Run a playbook.
     Play(PlayArgs),
+    /// Run one command on the hosts a pattern selects, a line per host (like
+    /// `ansible PATTERN -a CMD` or `pyinfra INVENTORY exec -- CMD`).
+    Run(RunArgs),
     /// Connect to each host, authenticate and run `true`.
     Ping(PingArgs),
     /// Show what the journal says is done, without connecting.
@@ -117,6 +120,34 @@ pub struct PlayArgs {
     pub journal: Option<PathBuf>,
     #[command(flatten)]
     pub connect: ConnectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The hosts: a pattern as Ansible's (`all`, `web*:&prod:!web3`).
+    pub pattern: String,
+    #[arg(short, long)]
+    pub inventory: PathBuf,
+    /// Say where it would run; run nothing.
+    #[arg(short = 'C', long)]
+    pub check: bool,
+    /// Hosts at a time (default: all).
+    #[arg(short = 'f', long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub forks: Option<u16>,
+    /// Variables for the command's templates: as `ferry play -e`.
+    #[arg(short = 'e', long = "extra-vars", value_name = "VARS")]
+    pub extra_vars: Vec<String>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// Write JSON-lines events here.
+    #[arg(long)]
+    pub events: Option<PathBuf>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The command, after `--`: its words are joined with spaces and run by the host's
+    /// `sh -c`, as `ssh HOST CMD...` does; `{{ var }}` is rendered, quoted.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

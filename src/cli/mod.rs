@@ -1,6 +1,7 @@
 //! Command-line interface: flags → a run → report → exit code (see [`exit`] for the
 //! table, which is `ansible-playbook`'s).
 
+mod adhoc;
 mod args;
 mod exit;
 mod extra_vars;
@@ -22,7 +23,9 @@ use crate::report::{journal_table, visible, EventSink, PlayReport};
 use crate::secrets::Secrets;
 use crate::transport::Connector;
 
-pub use args::{Cli, Command, ConnectArgs, Format, PingArgs, PlayArgs, StatusArgs, VERSION};
+pub use args::{
+    Cli, Command, ConnectArgs, Format, PingArgs, PlayArgs, RunArgs, StatusArgs, VERSION,
+};
 pub use exit::{
     EXIT_BAD_OPTIONS, EXIT_ERROR, EXIT_HOST_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARSE_ERROR,
     EXIT_UNEXPECTED, EXIT_UNREACHABLE,
@@ -201,6 +204,7 @@ pub async fn run_with_secrets(cli: Cli, connector: Arc<dyn Connector>, secrets: 
     crate::install_tls_provider();
     match cli.command {
         Command::Play(args) => play(args, connector, secrets, cli.verbose).await,
+        Command::Run(args) => adhoc::run(args, connector, secrets, cli.verbose).await,
         Command::Ping(args) => ping(args, connector, secrets, cli.verbose).await,
         Command::Status(args) => status(args, &secrets),
         Command::Completions { shell } => {

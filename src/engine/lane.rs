@@ -277,6 +277,14 @@ async fn run_lane(shared: &Shared, host: &str, run: &HostRun, schedule: &[Schedu
                 ..c
             })
             .collect();
+        if r.output.is_none() {
+            // A module that does not say what its command printed: its last command.
+            r.output = r.commands.last().map(|c| crate::report::CommandOutput {
+                rc: c.exit_status,
+                stdout: c.stdout.clone(),
+                stderr: c.stderr.clone(),
+            });
+        }
         let record = match r.status {
             _ if interrupted => RecordStatus::Interrupted,
             TaskStatus::Ok => RecordStatus::Ok,

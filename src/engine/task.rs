@@ -89,6 +89,7 @@ pub(super) async fn run_task(
                 m.apply_plan(ctx, plan).await.map(|applied| {
                     r.warnings = applied.warnings;
                     r.notes.extend(applied.notes);
+                    r.output = applied.output;
                     if applied.changed {
                         TaskStatus::Changed
                     } else {

@@ -176,8 +176,8 @@ pub struct Journal {
     state: Mutex<State>,
     secrets: Secrets,
     writable: bool,
-    /// Holds the lock for as long as the journal is open.
-    _lock: File,
+    /// Holds the lock for as long as the journal is open (`None`: [`Journal::unsaved`]).
+    _lock: Option<File>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -335,8 +335,24 @@ impl Journal {
             state: Mutex::new(State { data, dirty }),
             secrets,
             writable,
-            _lock: lock,
+            _lock: Some(lock),
         })
+    }
+
+    /// A journal that lives only in memory and is never written: for ad-hoc commands
+    /// (`ferry run`), which, like `ansible -a`, keep no record between runs.
+    pub fn unsaved(owner: &JournalOwner, secrets: Secrets) -> Journal {
+        Journal {
+            path: PathBuf::from("(not saved)"),
+            tasks: owner.tasks.clone(),
+            state: Mutex::new(State {
+                data: JournalData::default(),
+                dirty: false,
+            }),
+            secrets,
+            writable: false,
+            _lock: None,
+        }
     }
 
     /// Whether `record` of `task` was made by the task's current definition. A record

@@ -170,6 +170,10 @@ pub struct Applied {
     pub warnings: Vec<String>,
     /// How it was done, for the report (e.g. the route a stream took).
     pub notes: Vec<String>,
+    /// What the task's own command printed (`command`): for `register`, `ferry run`'s
+    /// per-host output and the JSON report. Modules that say nothing here are
+    /// represented by the last command they ran.
+    pub output: Option<crate::report::CommandOutput>,
 }
 
 impl Applied {

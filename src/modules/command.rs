@@ -202,7 +202,14 @@ impl Module for Command {
                 stderr: ctx.secrets.mask(out.stderr_str().trim()),
             });
         }
-        Ok(Applied::changed())
+        Ok(Applied {
+            output: Some(crate::report::CommandOutput {
+                rc: out.status,
+                stdout: ctx.secrets.mask(&out.stdout_str()),
+                stderr: ctx.secrets.mask(&out.stderr_str()),
+            }),
+            ..Applied::changed()
+        })
     }
 }
 

@@ -92,6 +92,18 @@ pub struct TaskResult {
     /// The commands the task ran on its host, in order, with exit status and bounded
     /// output (masked): the JSON report's record of what happened.
     pub commands: Vec<CommandRecord>,
+    /// What the task's command printed (see [`crate::module::Applied::output`]), masked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<CommandOutput>,
+}
+
+/// A command's exit status and (bounded, masked) output.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CommandOutput {
+    /// `None`: ended by a signal.
+    pub rc: Option<u32>,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 impl TaskResult {
