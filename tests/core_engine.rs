@@ -199,6 +199,7 @@ async fn second_run_changes_nothing() {
             "duration_ms",
             "error",
             "host",
+            "output",
             "start_ms",
             "status",
             "task",

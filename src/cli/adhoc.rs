@@ -153,7 +153,10 @@ mod tests {
         assert_eq!(p.tasks.len(), 1);
         assert_eq!(p.tasks[0].hosts.get_ref(), "web*:!web3");
         let args = serde_json::to_value(&p.tasks[0].module).unwrap();
-        assert_eq!(args["command"]["cmd"]["$ferry_template"], "echo a \"b\"", "{args}");
+        assert_eq!(
+            args["command"]["cmd"]["$ferry_template"], "echo a \"b\"",
+            "{args}"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 pub mod connect;
 mod identity;
+mod keys;
 mod lane;
 mod ping;
 mod prepare;

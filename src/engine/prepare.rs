@@ -72,6 +72,11 @@ pub struct Scheduled {
     pub task: usize,
     /// Its `when` was false for this host.
     pub skip: bool,
+    /// Its `when` reads what an earlier task registers: decided when the task is reached.
+    pub when_at_run: bool,
+    /// Its `loop`'s items on this host; `None` with a `loop`: they come from what an
+    /// earlier task registers, and are read when the task is reached.
+    pub items: Option<Vec<Value>>,
 }
 
 /// The validated plan of a run: which tasks run where, with every template rendered
@@ -139,7 +144,11 @@ pub fn prepare(
     let mut vars = BTreeMap::new();
     let mut errors = Vec::new();
     let mut arg_errors: Vec<InputError> = Vec::new();
-    for task in tasks {
+    // Per host: what earlier tasks register, as placeholders of a registered result's
+    // shape (so later templates are checked against it before anything runs).
+    let mut registered: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
+    let handlers = playbook.tasks.iter().filter(|t| t.handler);
+    for task in tasks.into_iter().chain(handlers) {
         let index = playbook
             .tasks
             .iter()
@@ -147,64 +156,36 @@ pub fn prepare(
             .unwrap_or_default();
         // validate() made sure every pattern resolves.
         let targets = inventory.select(task.hosts.get_ref()).unwrap_or_default();
-        let templates =
-            collect_templates(&serde_json::to_value(&task.module).unwrap_or(Value::Null));
         for host in targets {
             if limit.as_ref().is_some_and(|l| !l.contains(&host)) {
+                continue;
+            }
+            if task.handler && !notified_on(&playbook, &hosts, &host, &task.name) {
                 continue;
             }
             let host_vars = vars
                 .entry(host.clone())
                 .or_insert_with(|| Arc::new(host_vars(&playbook, &inventory, &host, secrets)))
                 .clone();
-            let skip = match &task.when {
-                Some(when) => match renderer.truthy(when, &host_vars) {
-                    Ok(holds) => !holds,
-                    Err(e) => {
-                        errors.push(e);
-                        continue;
-                    }
-                },
-                None => false,
-            };
-            if !skip {
-                let mut rendered = true;
-                for t in &templates {
-                    if let Err(e) = check_template(&playbook, task, &renderer, t, &host_vars) {
-                        rendered = false;
-                        errors.push(TemplateError {
-                            message: format!("{} (host `{host}`)", e.message),
-                            ..e
-                        });
-                    }
-                }
-                // The module's own checks, on templates known to render.
-                let at = ArgCheck {
-                    host: &host,
-                    vars: &host_vars,
+            let earlier = registered.entry(host.clone()).or_default();
+            let scheduled = plan_on_host(
+                &PlanCtx {
+                    playbook: &playbook,
                     renderer: &renderer,
-                };
-                let checked = if rendered {
-                    task.module.module().check_args(&at)
-                } else {
-                    Ok(())
-                };
-                if let Err(e) = checked {
-                    let e = locate_arg_error(&playbook, task, e);
-                    if !arg_errors.iter().any(|o| o.to_string() == e.to_string()) {
-                        arg_errors.push(e);
-                    }
-                }
+                    secrets,
+                },
+                task,
+                index,
+                &host,
+                &host_vars,
+                earlier,
+                &mut errors,
+                &mut arg_errors,
+            );
+            if let Some(name) = &task.register {
+                earlier.insert(name.clone(), super::keys::placeholder());
             }
-            if let Err(e) = check_host_vars(&playbook, task, &host, &host_vars) {
-                if !arg_errors.iter().any(|o| o.to_string() == e.to_string()) {
-                    arg_errors.push(e);
-                }
-            }
-            hosts
-                .entry(host)
-                .or_default()
-                .push(Scheduled { task: index, skip });
+            hosts.entry(host).or_default().push(scheduled);
         }
     }
     if !errors.is_empty() {
@@ -233,6 +214,164 @@ pub fn prepare(
         vars,
         renderer,
     })
+}
+
+/// Whether a task scheduled on `host` so far notifies handler `handler`.
+fn notified_on(
+    playbook: &Playbook,
+    hosts: &BTreeMap<String, Vec<Scheduled>>,
+    host: &str,
+    handler: &str,
+) -> bool {
+    hosts.get(host).is_some_and(|s| {
+        s.iter().any(|s| {
+            playbook.tasks[s.task]
+                .notify
+                .iter()
+                .any(|n| n.get_ref() == handler)
+        })
+    })
+}
+
+struct PlanCtx<'a> {
+    playbook: &'a Playbook,
+    renderer: &'a Renderer,
+    secrets: &'a Secrets,
+}
+
+/// One task on one host: its `when` and `loop` where they can be known now, and every
+/// template rendered (for each item) and the module's argument checks, with the
+/// placeholders of what earlier tasks register. A template that reads a registered
+/// result beyond its known keys (a module's `facts`) is left to the run.
+#[allow(clippy::too_many_arguments)]
+fn plan_on_host(
+    at: &PlanCtx<'_>,
+    task: &crate::playbook::Task,
+    index: usize,
+    host: &str,
+    host_vars: &Vars,
+    earlier: &serde_json::Map<String, Value>,
+    errors: &mut Vec<TemplateError>,
+    arg_errors: &mut Vec<InputError>,
+) -> Scheduled {
+    let (playbook, renderer) = (at.playbook, at.renderer);
+    let reads_registered = |source: &str| earlier.keys().any(|name| source.contains(name.as_str()));
+    let checked_vars = host_vars.overlay(earlier, at.secrets);
+    // A host var of the wrong kind is an error whether or not the task runs here.
+    if let Err(e) = check_host_vars(playbook, task, host, host_vars) {
+        if !arg_errors.iter().any(|o| o.to_string() == e.to_string()) {
+            arg_errors.push(e);
+        }
+    }
+    let mut scheduled = Scheduled {
+        task: index,
+        skip: false,
+        when_at_run: false,
+        items: None,
+    };
+    if let Some(when) = &task.when {
+        if reads_registered(when.source()) {
+            scheduled.when_at_run = true;
+        } else {
+            match renderer.truthy(when, &checked_vars) {
+                Ok(holds) => scheduled.skip = !holds,
+                Err(e) => {
+                    errors.push(e);
+                    return scheduled;
+                }
+            }
+        }
+    }
+    if scheduled.skip {
+        return scheduled;
+    }
+    let runtime_loop = match &task.loop_ {
+        None => false,
+        Some(l) if l.root_var().is_some_and(|v| earlier.contains_key(v)) => true,
+        Some(l) => match l.items(host_vars) {
+            Ok(items) => {
+                scheduled.items = Some(items);
+                false
+            }
+            Err(message) => {
+                let span = match l {
+                    crate::playbook::task_keys::Loop::Var { span, .. } => Some(span.clone()),
+                    crate::playbook::task_keys::Loop::Items(_) => None,
+                };
+                arg_errors.push(playbook.source.error_at(
+                    span,
+                    Some("loop".into()),
+                    format!("task `{}` on host `{host}`: {message}", task.name),
+                ));
+                return scheduled;
+            }
+        },
+    };
+    // The vars each run of the task sees: one per item, or the host's.
+    let per_item: Vec<Vars> = match &scheduled.items {
+        Some(items) => items
+            .iter()
+            .map(|item| {
+                let mut extra = earlier.clone();
+                extra.insert("item".into(), item.clone());
+                host_vars.overlay(&extra, at.secrets)
+            })
+            .collect(),
+        None => vec![checked_vars],
+    };
+    let templates = collect_templates(&serde_json::to_value(&task.module).unwrap_or(Value::Null));
+    let conditions = task.changed_when.iter().chain(task.failed_when.iter());
+    // What only the run can know: a module's `facts` in a registered result, an item
+    // of a loop over a registered result.
+    let left_to_run = |e: &TemplateError| {
+        e.variable.as_deref().is_some_and(|v| {
+            let mut path = v.split('.');
+            let root = path.next().unwrap_or_default();
+            (earlier.contains_key(root) && path.next() == Some("facts"))
+                || (runtime_loop && root == "item")
+        })
+    };
+    for vars in &per_item {
+        let mut rendered = true;
+        for t in &templates {
+            if let Err(e) = check_template(playbook, task, renderer, t, vars) {
+                rendered = false;
+                if !left_to_run(&e) {
+                    errors.push(TemplateError {
+                        message: format!("{} (host `{host}`)", e.message),
+                        ..e
+                    });
+                }
+            }
+        }
+        for cond in conditions.clone() {
+            // Conditions also see the task's own result, under its `register` name.
+            let mut own = serde_json::Map::new();
+            if let Some(name) = &task.register {
+                own.insert(name.clone(), super::keys::placeholder());
+            }
+            if let Err(e) = renderer.render(cond, &vars.overlay(&own, at.secrets)) {
+                if !left_to_run(&e) {
+                    errors.push(e);
+                }
+            }
+        }
+        // The module's own checks, on templates known to render.
+        if rendered {
+            let check = ArgCheck {
+                host,
+                vars,
+                renderer,
+            };
+            if let Err(e) = task.module.module().check_args(&check) {
+                let e = locate_arg_error(playbook, task, e);
+                if !arg_errors.iter().any(|o| o.to_string() == e.to_string()) {
+                    arg_errors.push(e);
+                }
+            }
+        }
+    }
+    scheduled
 }
 
 /// Every tag given must be on some task of the playbook.

@@ -20,7 +20,8 @@ pub(super) fn result(host: &str, task: &str, status: TaskStatus, started: Instan
 }
 
 /// facts → decide → (not in check mode) apply. The one place check mode is enforced,
-/// and the one place that folds what unapplied changes predict for later tasks.
+/// and the one place that folds what unapplied changes predict for later tasks. The
+/// caller has started the task (event, journal): a loop runs this once per item.
 pub(super) async fn run_task(
     ctx: &TaskCtx,
     module: &crate::registry::ModuleArgs,
@@ -30,12 +31,6 @@ pub(super) async fn run_task(
     predicted: &Mutex<Predicted>,
 ) -> TaskResult {
     let mut r = result(&ctx.host, &ctx.task, TaskStatus::Ok, started);
-    ctx.events.task_start(&ctx.host, &ctx.task);
-    if let Err(e) = ctx.journal.task_started(&ctx.host, &ctx.task) {
-        r.status = TaskStatus::Failed;
-        r.error = Some(format!("cannot write the journal: {e}"));
-        return r;
-    }
     tracing::info!(
         host = ctx.host,
         task = ctx.task,
@@ -51,6 +46,7 @@ pub(super) async fn run_task(
         Ok(plan) => {
             tracing::debug!(host = ctx.host, task = ctx.task, facts = %ctx.secrets.mask(&plan.facts.to_string()), "facts");
             r.changes = plan.changes.iter().map(|c| c.report_line()).collect();
+            r.facts = plan.facts.clone();
             if diff {
                 r.diffs = plan.changes.iter().filter_map(|c| c.diff.clone()).collect();
             }

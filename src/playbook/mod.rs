@@ -25,6 +25,7 @@
 
 pub mod shell_check;
 pub mod source;
+pub mod task_keys;
 pub mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -73,9 +74,38 @@ pub struct Task {
     pub module: ModuleArgs,
     /// Where the task is in the file.
     pub span: Range<usize>,
+    /// `register`: the task's result becomes this var for the host's later tasks.
+    pub register: Option<String>,
+    /// `loop`: run once per item, the item as the var `item`.
+    pub loop_: Option<task_keys::Loop>,
+    /// `notify`: handlers to run at the end of the play on hosts where this changed.
+    pub notify: Vec<Spanned<String>>,
+    /// `ignore_errors`: a failure is reported and the host goes on.
+    pub ignore_errors: bool,
+    /// `changed_when`/`failed_when`: conditions that replace the module's own verdict.
+    pub changed_when: Option<Template>,
+    pub failed_when: Option<Template>,
+    /// `timeout`: longest the whole task may take on a host.
+    pub timeout: Option<crate::module::units::Seconds>,
+    /// A `[[handler]]`: runs only when notified, after the host's tasks.
+    pub handler: bool,
 }
 
-const TASK_KEYS: &[&str] = &["name", "hosts", "tags", "when", "after", "lane"];
+const TASK_KEYS: &[&str] = &[
+    "name",
+    "hosts",
+    "tags",
+    "when",
+    "after",
+    "lane",
+    "register",
+    "loop",
+    "notify",
+    "ignore_errors",
+    "changed_when",
+    "failed_when",
+    "timeout",
+];
 
 /// The lane of a task that names none.
 pub const DEFAULT_LANE: &str = "main";
@@ -96,6 +126,13 @@ enum TaskKey {
     When,
     After,
     Lane,
+    Register,
+    Loop,
+    Notify,
+    IgnoreErrors,
+    ChangedWhen,
+    FailedWhen,
+    Timeout,
     Module(String),
 }
 
@@ -124,6 +161,13 @@ impl Visitor<'_> for TaskKeySeed<'_> {
             "when" => TaskKey::When,
             "after" => TaskKey::After,
             "lane" => TaskKey::Lane,
+            "register" => TaskKey::Register,
+            "loop" => TaskKey::Loop,
+            "notify" => TaskKey::Notify,
+            "ignore_errors" => TaskKey::IgnoreErrors,
+            "changed_when" => TaskKey::ChangedWhen,
+            "failed_when" => TaskKey::FailedWhen,
+            "timeout" => TaskKey::Timeout,
             m if MODULE_NAMES.contains(&m) => {
                 if let Some(first) = self.module_seen {
                     return Err(E::custom(format!(
@@ -155,12 +199,19 @@ impl<'de> DeserializeSeed<'de> for ModuleSeed {
 /// A task as parsed, before its span is attached.
 struct RawTask {
     name: String,
-    hosts: Spanned<String>,
+    hosts: Option<Spanned<String>>,
     tags: Vec<String>,
     when: Option<Template>,
     after: Vec<Spanned<String>>,
     lane: Option<Spanned<String>>,
     module: ModuleArgs,
+    register: Option<Spanned<String>>,
+    loop_: Option<Spanned<toml::Value>>,
+    notify: Vec<Spanned<String>>,
+    ignore_errors: bool,
+    changed_when: Option<Template>,
+    failed_when: Option<Template>,
+    timeout: Option<crate::module::units::Seconds>,
 }
 
 impl<'de> Deserialize<'de> for RawTask {
@@ -178,6 +229,13 @@ impl<'de> Deserialize<'de> for RawTask {
                 let mut when = None;
                 let mut after = None;
                 let mut lane = None;
+                let mut register = None;
+                let mut loop_ = None;
+                let mut notify = None;
+                let mut ignore_errors = None;
+                let mut changed_when = None;
+                let mut failed_when = None;
+                let mut timeout = None;
                 let mut module: Option<ModuleArgs> = None;
                 let mut module_name: Option<String> = None;
                 while let Some(key) = map.next_key_seed(TaskKeySeed {
@@ -190,6 +248,13 @@ impl<'de> Deserialize<'de> for RawTask {
                         TaskKey::When => when = Some(map.next_value()?),
                         TaskKey::After => after = Some(map.next_value()?),
                         TaskKey::Lane => lane = Some(map.next_value()?),
+                        TaskKey::Register => register = Some(map.next_value()?),
+                        TaskKey::Loop => loop_ = Some(map.next_value()?),
+                        TaskKey::Notify => notify = Some(map.next_value()?),
+                        TaskKey::IgnoreErrors => ignore_errors = Some(map.next_value()?),
+                        TaskKey::ChangedWhen => changed_when = Some(map.next_value()?),
+                        TaskKey::FailedWhen => failed_when = Some(map.next_value()?),
+                        TaskKey::Timeout => timeout = Some(map.next_value()?),
                         TaskKey::Module(m) => {
                             module = Some(map.next_value_seed(ModuleSeed(m.clone()))?);
                             module_name = Some(m);
@@ -197,9 +262,6 @@ impl<'de> Deserialize<'de> for RawTask {
                     }
                 }
                 let name = name.ok_or_else(|| de::Error::missing_field("name"))?;
-                let hosts = hosts.ok_or_else(|| {
-                    de::Error::custom(format!("task `{name}`: missing field `hosts`"))
-                })?;
                 let module = module.ok_or_else(|| {
                     de::Error::custom(format!(
                         "task `{name}` has no module; add exactly one table of: {}",
@@ -214,6 +276,13 @@ impl<'de> Deserialize<'de> for RawTask {
                     after: after.unwrap_or_default(),
                     lane,
                     module,
+                    register,
+                    loop_,
+                    notify: notify.unwrap_or_default(),
+                    ignore_errors: ignore_errors.unwrap_or_default(),
+                    changed_when,
+                    failed_when,
+                    timeout,
                 })
             }
         }
@@ -229,6 +298,8 @@ struct RawPlaybook {
     vars: BTreeMap<String, Spanned<toml::Value>>,
     #[serde(default)]
     task: Vec<Spanned<RawTask>>,
+    #[serde(default)]
+    handler: Vec<Spanned<RawTask>>,
     downtime: Option<Spanned<crate::report::Downtime>>,
 }
 
@@ -251,21 +322,54 @@ impl Playbook {
             ));
         }
         let mut tasks: Vec<Task> = Vec::new();
-        for spanned in raw.task {
+        let listed = raw.task.into_iter().map(|t| (false, t));
+        let handlers = raw.handler.into_iter().map(|t| (true, t));
+        for (handler, spanned) in listed.chain(handlers) {
             let span = spanned.span();
             let t = spanned.into_inner();
+            let what = if handler { "handler" } else { "task" };
+            let hosts = match (t.hosts, handler) {
+                (Some(h), _) => h,
+                // A handler runs where it was notified: on any host, unless it says.
+                (None, true) => Spanned::new(span.clone(), "all".to_string()),
+                (None, false) => {
+                    return Err(source.error_at(
+                        Some(span),
+                        Some("hosts".into()),
+                        format!("task `{}`: missing field `hosts`", t.name),
+                    ))
+                }
+            };
+            if handler {
+                let misplaced = [
+                    ("after", !t.after.is_empty()),
+                    ("lane", t.lane.is_some()),
+                    ("notify", !t.notify.is_empty()),
+                ];
+                if let Some((key, _)) = misplaced.iter().find(|(_, set)| *set) {
+                    return Err(source.error_at(
+                        Some(span),
+                        Some((*key).into()),
+                        format!(
+                            "handler `{}`: a handler has no `{key}`: handlers run one after \
+                             another at the end of the play, on the hosts that notified them",
+                            t.name
+                        ),
+                    ));
+                }
+            }
             if tasks.iter().any(|o| o.name == t.name) {
                 return Err(source.error_at(
                     Some(span),
                     Some("name".into()),
                     format!(
-                        "two tasks are named `{}`; task names must be unique",
+                        "two tasks or handlers are named `{}`; names must be unique",
                         t.name
                     ),
                 ));
             }
             for dep in &t.after {
-                if !tasks.iter().any(|o| &o.name == dep.get_ref()) {
+                if !tasks.iter().any(|o| &o.name == dep.get_ref() && !o.handler) {
                     let later = dep.get_ref() == &t.name;
                     return Err(source.error_at(
                         Some(dep.span()),
@@ -283,17 +387,36 @@ impl Playbook {
                     ));
                 }
             }
-            if t.hosts.get_ref().split(',').all(|p| p.trim().is_empty()) {
+            if hosts.get_ref().split(',').all(|p| p.trim().is_empty()) {
                 return Err(source.error_at(
-                    Some(t.hosts.span()),
+                    Some(hosts.span()),
                     Some("hosts".into()),
                     format!(
-                        "task `{}`: `hosts` is empty and would select no host; name hosts, \
+                        "{what} `{}`: `hosts` is empty and would select no host; name hosts, \
                          groups or `all`",
                         t.name
                     ),
                 ));
             }
+            if let Some(r) = &t.register {
+                task_keys::check_register_name(r.get_ref()).map_err(|e| {
+                    source.error_at(
+                        Some(r.span()),
+                        Some("register".into()),
+                        format!("{what} `{}`: {e}", t.name),
+                    )
+                })?;
+            }
+            let loop_ = match &t.loop_ {
+                None => None,
+                Some(l) => Some(task_keys::Loop::parse(l.get_ref(), l.span()).map_err(|e| {
+                    source.error_at(
+                        Some(l.span()),
+                        Some("loop".into()),
+                        format!("{what} `{}`: {e}", t.name),
+                    )
+                })?),
+            };
             let templates = collect_templates(&serde_json::to_value(&t.module).unwrap_or_default());
             for template in &templates {
                 if let AnyTemplate::Shell(shell) = template {
@@ -317,14 +440,44 @@ impl Playbook {
             };
             tasks.push(Task {
                 name: t.name,
-                hosts: t.hosts,
+                hosts,
                 tags: t.tags,
                 when: t.when,
                 after: t.after,
                 lane,
                 module: t.module,
                 span,
+                register: t.register.map(Spanned::into_inner),
+                loop_,
+                notify: t.notify,
+                ignore_errors: t.ignore_errors,
+                changed_when: t.changed_when,
+                failed_when: t.failed_when,
+                timeout: t.timeout,
+                handler,
             });
+        }
+        // `notify` names handlers (checked once all are read: they come last).
+        for t in &tasks {
+            for n in &t.notify {
+                if !tasks.iter().any(|h| h.handler && &h.name == n.get_ref()) {
+                    let handlers: Vec<&str> = tasks
+                        .iter()
+                        .filter(|h| h.handler)
+                        .map(|h| h.name.as_str())
+                        .collect();
+                    return Err(source.error_at(
+                        Some(n.span()),
+                        Some("notify".into()),
+                        format!(
+                            "task `{}` notifies `{}`, which is not a [[handler]] of this playbook (its handlers: {})",
+                            t.name,
+                            n.get_ref(),
+                            if handlers.is_empty() { "none".to_string() } else { handlers.join(", ") }
+                        ),
+                    ));
+                }
+            }
         }
         let name = raw.name.unwrap_or_else(|| {
             source
@@ -396,7 +549,7 @@ impl Playbook {
             Some(n) => self
                 .tasks
                 .iter()
-                .position(|t| t.name == n)
+                .position(|t| t.name == n && !t.handler)
                 .ok_or_else(|| UnknownTask(n.to_string()))?,
             None => 0,
         };
@@ -404,6 +557,7 @@ impl Playbook {
         let skipped: BTreeSet<&str> = skip_tags.iter().map(String::as_str).collect();
         Ok(self.tasks[start..]
             .iter()
+            .filter(|t| !t.handler)
             .filter(|t| wanted.is_empty() || t.tags.iter().any(|g| wanted.contains(g.as_str())))
             .filter(|t| !t.tags.iter().any(|g| skipped.contains(g.as_str())))
             .collect())

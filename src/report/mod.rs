@@ -95,6 +95,9 @@ pub struct TaskResult {
     /// What the task's command printed (see [`crate::module::Applied::output`]), masked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<CommandOutput>,
+    /// The module's facts (not masked, not in the report): for `register`.
+    #[serde(skip)]
+    pub facts: serde_json::Value,
 }
 
 /// A command's exit status and (bounded, masked) output.

@@ -42,6 +42,22 @@ impl CommandLog {
             .unwrap_or_default()
     }
 
+    /// How many commands are recorded so far.
+    pub fn len(&self) -> usize {
+        self.records.lock().map(|r| r.len()).unwrap_or_default()
+    }
+
+    /// Whether nothing is recorded yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The command recorded last, if it is later than the first `after` ones.
+    pub fn last_after(&self, after: usize) -> Option<CommandRecord> {
+        let records = self.records.lock().ok()?;
+        records.get(after..)?.last().cloned()
+    }
+
     fn push(&self, record: CommandRecord) {
         if let Ok(mut records) = self.records.lock() {
             if records.len() < MAX_COMMANDS {

@@ -263,6 +263,25 @@ impl Vars {
             shared,
         }
     }
+    /// These vars with `extra` over them (a task's `item`, what earlier tasks
+    /// registered); a secret inside `extra` is masked in the display copy.
+    pub fn overlay(&self, extra: &serde_json::Map<String, Value>, secrets: &Secrets) -> Vars {
+        if extra.is_empty() {
+            return self.clone();
+        }
+        let mut own = self.own.data().as_object().cloned().unwrap_or_default();
+        let mut masked = self.masked.data().as_object().cloned().unwrap_or_default();
+        for (name, value) in extra {
+            own.insert(name.clone(), value.clone());
+            masked.insert(name.clone(), secrets.mask_value(value));
+        }
+        Vars {
+            own: Context::from(Value::Object(own)),
+            masked: Context::from(Value::Object(masked)),
+            shared: self.shared.clone(),
+        }
+    }
+
     /// The host's own variables (without the shared ones).
     pub fn values(&self) -> &Value {
         self.own.data()
