@@ -248,3 +248,76 @@ fn a_task_timeout_stops_it_and_bad_keys_are_located() {
         assert!(text(&out).contains(located), "{playbook}\n{}", text(&out));
     }
 }
+
+#[test]
+fn include_brings_a_task_files_tasks_with_their_vars() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let work = d.join("work");
+    std::fs::create_dir_all(d.join("tasks")).unwrap();
+    std::fs::create_dir(&work).unwrap();
+    std::fs::write(
+        d.join("inventory.toml"),
+        format!(
+            "{}[hosts.h.vars]\ndir = \"{}\"\n",
+            client.inventory_host("h", server.port),
+            work.display()
+        ),
+    )
+    .unwrap();
+    // The task file's vars are defaults; the include's beat them; the inventory beats
+    // both (`dir`); the include gives hosts and tags to tasks that name none.
+    std::fs::write(
+        d.join("tasks/files.toml"),
+        "[vars]\nname = \"from-file\"\nsuffix = \".txt\"\n\n[[task]]\nname = \"make it\"\n\
+         [task.command]\ncmd = \"touch {{ dir }}/{{ name }}{{ suffix }}\"\n\
+         creates = \"{{ dir }}/{{ name }}{{ suffix }}\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("playbook.toml"),
+        "[[task]]\ninclude = \"tasks/files.toml\"\nhosts = \"h\"\ntags = [\"files\"]\n\
+         vars = { name = \"from-include\" }\n",
+    )
+    .unwrap();
+    let out = play(d, "playbook.toml", &["--tags", "files"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        work.join("from-include.txt").exists(),
+        "{:?}",
+        std::fs::read_dir(&work).unwrap().collect::<Vec<_>>()
+    );
+    let out = play(d, "playbook.toml", &[]);
+    assert!(text(&out).contains("changed=0"), "{}", text(&out));
+
+    // An error in a task file is located in the task file; a loop of includes is refused.
+    std::fs::write(
+        d.join("tasks/bad.toml"),
+        "[[task]]\nname = \"b\"\nhosts = \"h\"\n[task.command]\ncmd = \"echo {{ nope }}\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("p2.toml"),
+        "[[task]]\ninclude = \"tasks/bad.toml\"\n",
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(d.join("journal.json"));
+    let out = play(d, "p2.toml", &[]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("tasks/bad.toml:5:"), "{}", text(&out));
+    std::fs::write(
+        d.join("tasks/loop.toml"),
+        "[[task]]\ninclude = \"loop.toml\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("p3.toml"),
+        "[[task]]\ninclude = \"tasks/loop.toml\"\n",
+    )
+    .unwrap();
+    let out = play(d, "p3.toml", &[]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("includes itself"), "{}", text(&out));
+}

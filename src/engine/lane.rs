@@ -274,11 +274,10 @@ async fn run_scheduled(shared: &Shared, host: &str, run: &HostRun, scheduled: &S
         }
     };
     // The host's vars, with what its earlier tasks registered.
-    let base = shared
-        .prepared
+    let base = scheduled
         .vars
-        .get(host)
-        .cloned()
+        .clone()
+        .or_else(|| shared.prepared.vars.get(host).cloned())
         .unwrap_or_else(|| Arc::new(host_vars(pb, &shared.prepared.inventory, host, secrets)));
     let registered = run
         .registered
@@ -286,7 +285,7 @@ async fn run_scheduled(shared: &Shared, host: &str, run: &HostRun, scheduled: &S
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let vars = Arc::new(base.overlay(&registered, secrets));
-    let renderer = &shared.prepared.renderer;
+    let renderer = &shared.prepared.renderer_for(task);
     let mut early_error = None;
     if let (true, Some(when)) = (scheduled.when_at_run, &task.when) {
         match renderer.truthy(when, &vars) {

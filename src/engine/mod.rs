@@ -22,7 +22,7 @@ mod task;
 
 pub use identity::{journal_owner, task_definition};
 pub use ping::ping;
-pub use prepare::{check_start_at, host_vars, prepare, Prepared, Scheduled};
+pub use prepare::{check_start_at, host_vars, prepare, task_host_vars, Prepared, Scheduled};
 pub use run::run;
 
 use std::sync::Arc;

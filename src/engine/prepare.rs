@@ -52,7 +52,7 @@ pub fn check_start_at(prepared: &Prepared, journal: &Journal) -> Result<(), Prep
                 edited.push(format!(
                     "task `{}` is skipped but has been edited since its journal record on `{host}` was made ({}); its record no longer says the task is done: run from `{}` or earlier",
                     task.name,
-                    pb.source.locate(task.span.start),
+                    task.source.locate(task.span.start),
                     task.name
                 ));
             }
@@ -77,6 +77,9 @@ pub struct Scheduled {
     /// Its `loop`'s items on this host; `None` with a `loop`: they come from what an
     /// earlier task registers, and are read when the task is reached.
     pub items: Option<Vec<Value>>,
+    /// The host's vars for this task when the task has vars of its own (from a task
+    /// file and its `include`); `None`: the host's ([`Prepared::vars`]).
+    pub vars: Option<Arc<Vars>>,
 }
 
 /// The validated plan of a run: which tasks run where, with every template rendered
@@ -90,6 +93,18 @@ pub struct Prepared {
     pub hosts: BTreeMap<String, Vec<Scheduled>>,
     pub vars: BTreeMap<String, Arc<Vars>>,
     pub renderer: Arc<Renderer>,
+    /// A renderer per task file other than the playbook (errors are located in it).
+    pub renderers: BTreeMap<std::path::PathBuf, Arc<Renderer>>,
+}
+
+impl Prepared {
+    /// The renderer for `task`'s templates: the one of the file it is written in.
+    pub fn renderer_for(&self, task: &crate::playbook::Task) -> Arc<Renderer> {
+        self.renderers
+            .get(&task.source.path)
+            .cloned()
+            .unwrap_or_else(|| self.renderer.clone())
+    }
 }
 
 /// The template variables of `host`: playbook vars < inventory vars, plus
@@ -100,7 +115,20 @@ pub fn host_vars(
     host: &str,
     secrets: &Secrets,
 ) -> Vars {
+    task_host_vars(playbook, inventory, host, secrets, &serde_json::Map::new())
+}
+
+/// [`host_vars`] for a task with vars of its own (`crate::playbook::Task::vars`),
+/// which sit between the playbook's and the inventory's.
+pub fn task_host_vars(
+    playbook: &Playbook,
+    inventory: &Inventory,
+    host: &str,
+    secrets: &Secrets,
+    task_vars: &serde_json::Map<String, Value>,
+) -> Vars {
     let mut vars = playbook.vars.clone();
+    vars.extend(task_vars.clone());
     let mut secret_vars = std::collections::BTreeSet::new();
     if let Some(h) = inventory.hosts.get(host) {
         vars.extend(h.vars.clone());
@@ -140,6 +168,14 @@ pub fn prepare(
         options.start_at.as_deref(),
     )?;
     let renderer = Arc::new(Renderer::new(Some(playbook.source.clone())));
+    let mut renderers = BTreeMap::new();
+    for task in &playbook.tasks {
+        if task.source.path != playbook.source.path {
+            renderers
+                .entry(task.source.path.clone())
+                .or_insert_with(|| Arc::new(Renderer::new(Some(task.source.clone()))));
+        }
+    }
     let mut hosts: BTreeMap<String, Vec<Scheduled>> = BTreeMap::new();
     let mut vars = BTreeMap::new();
     let mut errors = Vec::new();
@@ -163,15 +199,21 @@ pub fn prepare(
             if task.handler && !notified_on(&playbook, &hosts, &host, &task.name) {
                 continue;
             }
-            let host_vars = vars
+            let mut host_vars = vars
                 .entry(host.clone())
                 .or_insert_with(|| Arc::new(host_vars(&playbook, &inventory, &host, secrets)))
                 .clone();
+            let own_vars = !task.vars.is_empty();
+            if own_vars {
+                host_vars = Arc::new(task_host_vars(
+                    &playbook, &inventory, &host, secrets, &task.vars,
+                ));
+            }
+            let task_renderer = renderers.get(&task.source.path).unwrap_or(&renderer);
             let earlier = registered.entry(host.clone()).or_default();
-            let scheduled = plan_on_host(
+            let mut scheduled = plan_on_host(
                 &PlanCtx {
-                    playbook: &playbook,
-                    renderer: &renderer,
+                    renderer: task_renderer,
                     secrets,
                 },
                 task,
@@ -182,6 +224,9 @@ pub fn prepare(
                 &mut errors,
                 &mut arg_errors,
             );
+            if own_vars {
+                scheduled.vars = Some(host_vars);
+            }
             if let Some(name) = &task.register {
                 earlier.insert(name.clone(), super::keys::placeholder());
             }
@@ -213,6 +258,7 @@ pub fn prepare(
         hosts,
         vars,
         renderer,
+        renderers,
     })
 }
 
@@ -234,7 +280,6 @@ fn notified_on(
 }
 
 struct PlanCtx<'a> {
-    playbook: &'a Playbook,
     renderer: &'a Renderer,
     secrets: &'a Secrets,
 }
@@ -254,11 +299,11 @@ fn plan_on_host(
     errors: &mut Vec<TemplateError>,
     arg_errors: &mut Vec<InputError>,
 ) -> Scheduled {
-    let (playbook, renderer) = (at.playbook, at.renderer);
+    let renderer = at.renderer;
     let reads_registered = |source: &str| earlier.keys().any(|name| source.contains(name.as_str()));
     let checked_vars = host_vars.overlay(earlier, at.secrets);
     // A host var of the wrong kind is an error whether or not the task runs here.
-    if let Err(e) = check_host_vars(playbook, task, host, host_vars) {
+    if let Err(e) = check_host_vars(task, host, host_vars) {
         if !arg_errors.iter().any(|o| o.to_string() == e.to_string()) {
             arg_errors.push(e);
         }
@@ -268,6 +313,7 @@ fn plan_on_host(
         skip: false,
         when_at_run: false,
         items: None,
+        vars: None,
     };
     if let Some(when) = &task.when {
         if reads_registered(when.source()) {
@@ -298,7 +344,7 @@ fn plan_on_host(
                     crate::playbook::task_keys::Loop::Var { span, .. } => Some(span.clone()),
                     crate::playbook::task_keys::Loop::Items(_) => None,
                 };
-                arg_errors.push(playbook.source.error_at(
+                arg_errors.push(task.source.error_at(
                     span,
                     Some("loop".into()),
                     format!("task `{}` on host `{host}`: {message}", task.name),
@@ -334,7 +380,7 @@ fn plan_on_host(
     for vars in &per_item {
         let mut rendered = true;
         for t in &templates {
-            if let Err(e) = check_template(playbook, task, renderer, t, vars) {
+            if let Err(e) = check_template(task, renderer, t, vars) {
                 rendered = false;
                 if !left_to_run(&e) {
                     errors.push(TemplateError {
@@ -364,7 +410,7 @@ fn plan_on_host(
                 renderer,
             };
             if let Err(e) = task.module.module().check_args(&check) {
-                let e = locate_arg_error(playbook, task, e);
+                let e = locate_arg_error(task, e);
                 if !arg_errors.iter().any(|o| o.to_string() == e.to_string()) {
                     arg_errors.push(e);
                 }
@@ -431,7 +477,6 @@ fn selection_note(options: &RunOptions) -> String {
 /// host has (inventory or playbook vars) must be of their declared kind; reported at
 /// the task.
 fn check_host_vars(
-    playbook: &Playbook,
     task: &crate::playbook::Task,
     host: &str,
     vars: &Vars,
@@ -456,7 +501,7 @@ fn check_host_vars(
         return Ok(());
     }
     let at = task.span.start;
-    Err(playbook.source.error_at(
+    Err(task.source.error_at(
         Some(at..at),
         None,
         format!(
@@ -471,7 +516,6 @@ fn check_host_vars(
 /// are names or paths a command receives (operands: a leading `-` is refused) unless
 /// the module lists their field as text.
 fn check_template(
-    playbook: &Playbook,
     task: &crate::playbook::Task,
     renderer: &Renderer,
     template: &AnyTemplate,
@@ -479,7 +523,7 @@ fn check_template(
 ) -> Result<(), TemplateError> {
     match template {
         AnyTemplate::Plain(t) => {
-            let field = t.span().and_then(|span| playbook.source.key_near(span));
+            let field = t.span().and_then(|span| task.source.key_near(span));
             let text = field
                 .as_deref()
                 .is_some_and(|f| task.module.text_fields().contains(&f));
@@ -495,8 +539,8 @@ fn check_template(
 
 /// Where in the playbook an argument error is: at its template, at its key in the
 /// task, or at the task.
-fn locate_arg_error(playbook: &Playbook, task: &crate::playbook::Task, e: ArgError) -> InputError {
-    let source = &playbook.source;
+fn locate_arg_error(task: &crate::playbook::Task, e: ArgError) -> InputError {
+    let source = &task.source;
     if let Some(span) = e.template.as_ref().and_then(|t| t.span()) {
         return source.error_at(
             Some(span),

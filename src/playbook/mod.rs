@@ -89,6 +89,12 @@ pub struct Task {
     pub timeout: Option<crate::module::units::Seconds>,
     /// A `[[handler]]`: runs only when notified, after the host's tasks.
     pub handler: bool,
+    /// The file the task is written in (the playbook, or a task file it includes):
+    /// `span` and the task's template spans are in it.
+    pub source: Arc<SourceFile>,
+    /// Vars of the task file it came from and of its `include` (playbook vars <
+    /// these < inventory vars).
+    pub vars: serde_json::Map<String, serde_json::Value>,
 }
 
 const TASK_KEYS: &[&str] = &[
@@ -105,6 +111,8 @@ const TASK_KEYS: &[&str] = &[
     "changed_when",
     "failed_when",
     "timeout",
+    "include",
+    "vars",
 ];
 
 /// The lane of a task that names none.
@@ -133,6 +141,8 @@ enum TaskKey {
     ChangedWhen,
     FailedWhen,
     Timeout,
+    Include,
+    Vars,
     Module(String),
 }
 
@@ -168,6 +178,8 @@ impl Visitor<'_> for TaskKeySeed<'_> {
             "changed_when" => TaskKey::ChangedWhen,
             "failed_when" => TaskKey::FailedWhen,
             "timeout" => TaskKey::Timeout,
+            "include" => TaskKey::Include,
+            "vars" => TaskKey::Vars,
             m if MODULE_NAMES.contains(&m) => {
                 if let Some(first) = self.module_seen {
                     return Err(E::custom(format!(
@@ -214,15 +226,34 @@ struct RawTask {
     timeout: Option<crate::module::units::Seconds>,
 }
 
-impl<'de> Deserialize<'de> for RawTask {
+/// `[[task]]` with `include = "tasks/x.toml"`: that file's tasks, here.
+struct RawInclude {
+    path: Spanned<String>,
+    /// Hosts for the included tasks that name none.
+    hosts: Option<Spanned<String>>,
+    /// Added to every included task's tags.
+    tags: Vec<String>,
+    /// Over the task file's own `[vars]` (see `docs/playbooks.md`).
+    vars: BTreeMap<String, Spanned<toml::Value>>,
+}
+
+/// One `[[task]]` table: a task, or an include of a task file.
+enum RawEntry {
+    Task(Box<RawTask>),
+    Include(RawInclude),
+}
+
+impl<'de> Deserialize<'de> for RawEntry {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct TaskVisitor;
         impl<'de> Visitor<'de> for TaskVisitor {
-            type Value = RawTask;
+            type Value = RawEntry;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a task table")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawTask, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEntry, A::Error> {
+                let mut include: Option<Spanned<String>> = None;
+                let mut vars: Option<BTreeMap<String, Spanned<toml::Value>>> = None;
                 let mut name = None;
                 let mut hosts = None;
                 let mut tags = None;
@@ -255,11 +286,47 @@ impl<'de> Deserialize<'de> for RawTask {
                         TaskKey::ChangedWhen => changed_when = Some(map.next_value()?),
                         TaskKey::FailedWhen => failed_when = Some(map.next_value()?),
                         TaskKey::Timeout => timeout = Some(map.next_value()?),
+                        TaskKey::Include => include = Some(map.next_value()?),
+                        TaskKey::Vars => vars = Some(map.next_value()?),
                         TaskKey::Module(m) => {
                             module = Some(map.next_value_seed(ModuleSeed(m.clone()))?);
                             module_name = Some(m);
                         }
                     }
+                }
+                if let Some(path) = include {
+                    let task_only = [
+                        ("a module", module_name.is_some()),
+                        ("`when`", when.is_some()),
+                        ("`after`", after.is_some()),
+                        ("`lane`", lane.is_some()),
+                        ("`register`", register.is_some()),
+                        ("`loop`", loop_.is_some()),
+                        ("`notify`", notify.is_some()),
+                        ("`ignore_errors`", ignore_errors.is_some()),
+                        ("`changed_when`", changed_when.is_some()),
+                        ("`failed_when`", failed_when.is_some()),
+                        ("`timeout`", timeout.is_some()),
+                    ];
+                    if let Some((key, _)) = task_only.iter().find(|(_, set)| *set) {
+                        return Err(de::Error::custom(format!(
+                            "an `include` has only `include`, `name`, `hosts`, `tags` and \
+                             `vars`, not {key}: put it on the tasks of {}",
+                            path.get_ref()
+                        )));
+                    }
+                    return Ok(RawEntry::Include(RawInclude {
+                        path,
+                        hosts,
+                        tags: tags.unwrap_or_default(),
+                        vars: vars.unwrap_or_default(),
+                    }));
+                }
+                if vars.is_some() {
+                    return Err(de::Error::custom(
+                        "`vars` belongs to an `include` (a task's vars are the playbook's \
+                         `[vars]` and the inventory's)",
+                    ));
                 }
                 let name = name.ok_or_else(|| de::Error::missing_field("name"))?;
                 let module = module.ok_or_else(|| {
@@ -268,7 +335,7 @@ impl<'de> Deserialize<'de> for RawTask {
                         MODULE_NAMES.join(", ")
                     ))
                 })?;
-                Ok(RawTask {
+                Ok(RawEntry::Task(Box::new(RawTask {
                     name,
                     hosts,
                     tags: tags.unwrap_or_default(),
@@ -283,7 +350,7 @@ impl<'de> Deserialize<'de> for RawTask {
                     changed_when,
                     failed_when,
                     timeout,
-                })
+                })))
             }
         }
         d.deserialize_map(TaskVisitor)
@@ -297,9 +364,9 @@ struct RawPlaybook {
     #[serde(default)]
     vars: BTreeMap<String, Spanned<toml::Value>>,
     #[serde(default)]
-    task: Vec<Spanned<RawTask>>,
+    task: Vec<Spanned<RawEntry>>,
     #[serde(default)]
-    handler: Vec<Spanned<RawTask>>,
+    handler: Vec<Spanned<RawEntry>>,
     downtime: Option<Spanned<crate::report::Downtime>>,
 }
 
@@ -311,6 +378,7 @@ impl Playbook {
     /// Parse a playbook: types, unknown keys, module tables, names and dependencies.
     /// Host patterns are checked against an inventory by [`Playbook::validate`].
     pub fn parse(source: SourceFile) -> Result<Playbook, InputError> {
+        let source = Arc::new(source);
         let raw: RawPlaybook = toml::from_str(&source.text).map_err(|e| source.toml_error(&e))?;
         let vars = user_vars(&source, &raw.vars)?;
         if raw.task.is_empty() {
@@ -322,18 +390,29 @@ impl Playbook {
             ));
         }
         let mut tasks: Vec<Task> = Vec::new();
-        let listed = raw.task.into_iter().map(|t| (false, t));
-        let handlers = raw.handler.into_iter().map(|t| (true, t));
-        for (handler, spanned) in listed.chain(handlers) {
-            let span = spanned.span();
-            let t = spanned.into_inner();
+        let mut entries = Vec::new();
+        let mut stack = vec![source.path.clone()];
+        let top = Inherited::default();
+        flatten(&source, raw.task, false, &top, &mut stack, &mut entries)?;
+        flatten(&source, raw.handler, true, &top, &mut stack, &mut entries)?;
+        for entry in entries {
+            let span = entry.span;
+            let mut t = *entry.task;
+            let handler = entry.handler;
+            let src = &entry.source;
+            t.tags.extend(entry.inherited.tags.iter().cloned());
             let what = if handler { "handler" } else { "task" };
             let hosts = match (t.hosts, handler) {
                 (Some(h), _) => h,
+                // Hosts from the include: located at the task, in its own file.
+                (None, _) if entry.inherited.hosts.is_some() => Spanned::new(
+                    span.clone(),
+                    entry.inherited.hosts.clone().unwrap_or_default(),
+                ),
                 // A handler runs where it was notified: on any host, unless it says.
                 (None, true) => Spanned::new(span.clone(), "all".to_string()),
                 (None, false) => {
-                    return Err(source.error_at(
+                    return Err(src.error_at(
                         Some(span),
                         Some("hosts".into()),
                         format!("task `{}`: missing field `hosts`", t.name),
@@ -347,7 +426,7 @@ impl Playbook {
                     ("notify", !t.notify.is_empty()),
                 ];
                 if let Some((key, _)) = misplaced.iter().find(|(_, set)| *set) {
-                    return Err(source.error_at(
+                    return Err(src.error_at(
                         Some(span),
                         Some((*key).into()),
                         format!(
@@ -359,19 +438,27 @@ impl Playbook {
                 }
             }
             if tasks.iter().any(|o| o.name == t.name) {
-                return Err(source.error_at(
+                return Err(src.error_at(
                     Some(span),
                     Some("name".into()),
-                    format!(
-                        "two tasks or handlers are named `{}`; names must be unique",
-                        t.name
-                    ),
+                    if handler {
+                        format!(
+                            "a handler is named `{}` as another handler or a task is; \
+                             names must be unique",
+                            t.name
+                        )
+                    } else {
+                        format!(
+                            "two tasks are named `{}`; task names must be unique",
+                            t.name
+                        )
+                    },
                 ));
             }
             for dep in &t.after {
                 if !tasks.iter().any(|o| &o.name == dep.get_ref() && !o.handler) {
                     let later = dep.get_ref() == &t.name;
-                    return Err(source.error_at(
+                    return Err(src.error_at(
                         Some(dep.span()),
                         Some("after".into()),
                         format!(
@@ -388,7 +475,7 @@ impl Playbook {
                 }
             }
             if hosts.get_ref().split(',').all(|p| p.trim().is_empty()) {
-                return Err(source.error_at(
+                return Err(src.error_at(
                     Some(hosts.span()),
                     Some("hosts".into()),
                     format!(
@@ -400,7 +487,7 @@ impl Playbook {
             }
             if let Some(r) = &t.register {
                 task_keys::check_register_name(r.get_ref()).map_err(|e| {
-                    source.error_at(
+                    src.error_at(
                         Some(r.span()),
                         Some("register".into()),
                         format!("{what} `{}`: {e}", t.name),
@@ -410,7 +497,7 @@ impl Playbook {
             let loop_ = match &t.loop_ {
                 None => None,
                 Some(l) => Some(task_keys::Loop::parse(l.get_ref(), l.span()).map_err(|e| {
-                    source.error_at(
+                    src.error_at(
                         Some(l.span()),
                         Some("loop".into()),
                         format!("{what} `{}`: {e}", t.name),
@@ -420,14 +507,14 @@ impl Playbook {
             let templates = collect_templates(&serde_json::to_value(&t.module).unwrap_or_default());
             for template in &templates {
                 if let AnyTemplate::Shell(shell) = template {
-                    check_shell_template(shell, &source)?;
+                    check_shell_template(shell, src)?;
                 }
             }
             let lane = match t.lane {
                 None => DEFAULT_LANE.to_string(),
                 Some(lane) if valid_lane(lane.get_ref()) => lane.into_inner(),
                 Some(lane) => {
-                    return Err(source.error_at(
+                    return Err(src.error_at(
                         Some(lane.span()),
                         Some("lane".into()),
                         format!(
@@ -455,6 +542,8 @@ impl Playbook {
                 failed_when: t.failed_when,
                 timeout: t.timeout,
                 handler,
+                source: src.clone(),
+                vars: entry.inherited.vars.clone(),
             });
         }
         // `notify` names handlers (checked once all are read: they come last).
@@ -466,7 +555,7 @@ impl Playbook {
                         .filter(|h| h.handler)
                         .map(|h| h.name.as_str())
                         .collect();
-                    return Err(source.error_at(
+                    return Err(t.source.error_at(
                         Some(n.span()),
                         Some("notify".into()),
                         format!(
@@ -516,7 +605,7 @@ impl Playbook {
             vars,
             tasks,
             downtime,
-            source: Arc::new(source),
+            source,
         })
     }
 
@@ -562,6 +651,114 @@ impl Playbook {
             .filter(|t| !t.tags.iter().any(|g| skipped.contains(g.as_str())))
             .collect())
     }
+}
+
+/// What an `include` gives the tasks of its file (and of the files they include).
+#[derive(Debug, Clone, Default)]
+struct Inherited {
+    hosts: Option<String>,
+    tags: Vec<String>,
+    vars: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One task as read, with the file it is in and what its includes give it.
+struct Entry {
+    source: Arc<SourceFile>,
+    span: Range<usize>,
+    handler: bool,
+    task: Box<RawTask>,
+    inherited: Inherited,
+}
+
+/// A task file an `include` names: its own `[vars]` (defaults for its tasks) and tasks.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTaskFile {
+    #[serde(default)]
+    vars: BTreeMap<String, Spanned<toml::Value>>,
+    #[serde(default)]
+    task: Vec<Spanned<RawEntry>>,
+}
+
+/// The tasks of `raw` in order, each include replaced by its file's tasks (relative to
+/// the including file's directory; a file that includes itself, directly or not, is an
+/// error at the include).
+fn flatten(
+    source: &Arc<SourceFile>,
+    raw: Vec<Spanned<RawEntry>>,
+    handler: bool,
+    inherited: &Inherited,
+    stack: &mut Vec<PathBuf>,
+    out: &mut Vec<Entry>,
+) -> Result<(), InputError> {
+    for spanned in raw {
+        let span = spanned.span();
+        match spanned.into_inner() {
+            RawEntry::Task(task) => out.push(Entry {
+                source: source.clone(),
+                span,
+                handler,
+                task,
+                inherited: inherited.clone(),
+            }),
+            RawEntry::Include(include) => {
+                let at = |message: String| {
+                    source.error_at(Some(include.path.span()), Some("include".into()), message)
+                };
+                if handler {
+                    return Err(at(
+                        "a handler cannot `include`; list the handlers in the playbook".into(),
+                    ));
+                }
+                let base = source.path.parent().unwrap_or(Path::new(""));
+                let path = base.join(include.path.get_ref());
+                let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
+                if stack
+                    .iter()
+                    .any(|p| p.canonicalize().unwrap_or_else(|_| p.clone()) == canonical)
+                {
+                    return Err(at(format!(
+                        "`{}` includes itself (through {}); includes must not loop",
+                        include.path.get_ref(),
+                        stack
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(" → ")
+                    )));
+                }
+                let file = SourceFile::read(&path).map_err(|e| {
+                    at(format!(
+                        "cannot read task file {}: {}",
+                        path.display(),
+                        e.message
+                    ))
+                })?;
+                let file = Arc::new(file);
+                let parsed: RawTaskFile =
+                    toml::from_str(&file.text).map_err(|e| file.toml_error(&e))?;
+                if parsed.task.is_empty() {
+                    return Err(file.error_at(
+                        None,
+                        None,
+                        "the task file has no tasks; add at least one [[task]] table",
+                    ));
+                }
+                let mut given = inherited.clone();
+                // The file's vars are defaults for its tasks; the include's beat them.
+                given.vars.extend(user_vars(&file, &parsed.vars)?);
+                given.vars.extend(user_vars(source, &include.vars)?);
+                given.tags.extend(include.tags);
+                if let Some(h) = include.hosts {
+                    given.hosts = Some(h.into_inner());
+                }
+                stack.push(path);
+                flatten(&file, parsed.task, false, &given, stack, out)?;
+                stack.pop();
+            }
+        }
+    }
+    Ok(())
 }
 
 /// User variables (the playbook's `[vars]` or an inventory's `vars`) as JSON. A name
