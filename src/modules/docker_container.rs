@@ -1,13 +1,19 @@
-//! `docker_container`: ensure containers are stopped or started.
+//! `docker_container`: ensure containers are stopped, started, present or absent.
 //!
 //! ```toml
 //! [task.docker_container]
 //! names = ["packagist-worker", "packagist-web", "packagist-repo"]
-//! state = "stopped"          # or "started"
+//! state = "stopped"          # or "started", "present", "absent"
+//! image = "redis:7"          # "present" (and "started"): what a missing one is made from
 //! ```
 //!
-//! Facts come from one `docker inspect` of all names (never `-t`). A container that does
-//! not exist is an error: the old install is not what the playbook expects.
+//! Facts come from one `docker inspect` of all names (never `-t`). Without `image`, a
+//! container that does not exist is an error: the old install is not what the playbook
+//! expects. With `image`, a missing container is created (`present`: `docker create`;
+//! `started`: `docker run -d`), and one that exists from another image is an error
+//! naming both (ferry does not replace a container it did not make: remove it with
+//! `state = "absent"` first if that is meant). `absent` removes those that exist
+//! (`docker rm -f`, running or not).
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -22,13 +28,29 @@ use crate::playbook::template::Template;
 pub enum DesiredState {
     Stopped,
     Started,
+    Present,
+    Absent,
+}
+
+fn check_args(args: &DockerContainer) -> Result<(), String> {
+    match (args.state, &args.image) {
+        (DesiredState::Present, None) => {
+            Err("`state = \"present\"` needs `image`: what a missing container is made from".into())
+        }
+        (DesiredState::Stopped | DesiredState::Absent, Some(_)) => Err(
+            "`image` is for `present` and `started` (what a missing container is made from)".into(),
+        ),
+        _ => Ok(()),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "DockerContainerArgs")]
 pub struct DockerContainer {
     pub names: Vec<Template>,
     pub state: DesiredState,
+    /// For `present` and `started`: the image a missing container is made from.
+    pub image: Option<Template>,
     /// Seconds `docker stop` waits before killing (docker's default is 10).
     pub stop_timeout: Option<u32>,
     /// Shown in the report whenever this task changes something (e.g. "changes made
@@ -36,27 +58,70 @@ pub struct DockerContainer {
     pub warning: Option<Template>,
 }
 
+/// [`DockerContainer`] as written, checked into it (so a bad combination is an error at
+/// the task when the playbook is read).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DockerContainerArgs {
+    names: Vec<Template>,
+    state: DesiredState,
+    image: Option<Template>,
+    stop_timeout: Option<u32>,
+    warning: Option<Template>,
+}
+
+impl TryFrom<DockerContainerArgs> for DockerContainer {
+    type Error = String;
+    fn try_from(a: DockerContainerArgs) -> Result<Self, String> {
+        let args = DockerContainer {
+            names: a.names,
+            state: a.state,
+            image: a.image,
+            stop_timeout: a.stop_timeout,
+            warning: a.warning,
+        };
+        check_args(&args)?;
+        Ok(args)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ContainerFacts {
     /// In the order given.
     pub names: Vec<String>,
     pub containers: std::collections::BTreeMap<String, ContainerState>,
+    /// `image`, rendered.
+    pub image: Option<String>,
     #[serde(skip)]
     pub docker: String,
 }
 
+/// What a change does to its containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Stop,
+    Start,
+    Create,
+    Run,
+    Remove,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ContainerChange {
-    pub state: DesiredState,
+    pub action: Action,
     pub names: Vec<String>,
     pub cmd: Cmd,
 }
 
 impl Change for ContainerChange {
     fn describe(&self) -> String {
-        let verb = match self.state {
-            DesiredState::Stopped => "stop",
-            DesiredState::Started => "start",
+        let verb = match self.action {
+            Action::Stop => "stop",
+            Action::Start => "start",
+            Action::Create => "create",
+            Action::Run => "create and start",
+            Action::Remove => "remove",
         };
         format!("{verb} {}", self.names.join(", "))
     }
@@ -79,9 +144,15 @@ impl Module for DockerContainer {
             .map(|t| probe.render_operand(t))
             .collect::<Result<Vec<_>, _>>()?;
         let containers = docker_inspect(probe, &names).await?;
+        let image = self
+            .image
+            .as_ref()
+            .map(|t| probe.render_operand(t))
+            .transpose()?;
         Ok(ContainerFacts {
             names,
             containers,
+            image,
             docker: docker_bin(probe),
         })
     }
@@ -107,50 +178,104 @@ impl Module for DockerContainer {
     }
 }
 
-/// Pure: which containers need the verb, as one docker command (in the given order, so
-/// `stop worker web repo` stops the consumers before what they consume).
+/// Pure: which containers need what, each verb as one docker command over its
+/// containers in the given order (so `stop worker web repo` stops the consumers before
+/// what they consume).
 pub fn decide(
     args: &DockerContainer,
     facts: &ContainerFacts,
 ) -> Result<Vec<ContainerChange>, ModuleError> {
-    let missing: Vec<&str> = facts
+    let existing = |n: &&String| facts.containers.contains_key(*n);
+    let missing: Vec<String> = facts
         .names
         .iter()
-        .filter(|n| !facts.containers.contains_key(*n))
-        .map(String::as_str)
+        .filter(|n| !existing(n))
+        .cloned()
         .collect();
-    if !missing.is_empty() {
-        return Err(ModuleError::Precondition(format!(
-            "no such container: {} (is this the Replicated Native host?)",
-            missing.join(", ")
-        )));
+    let docker = || Cmd::new(facts.docker.clone());
+    let change = |action, names: Vec<String>, cmd: Cmd| ContainerChange { action, names, cmd };
+    if args.state == DesiredState::Absent {
+        let todo: Vec<String> = facts.names.iter().filter(existing).cloned().collect();
+        if todo.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cmd = docker().arg("rm").arg("-f").args(todo.clone());
+        return Ok(vec![change(Action::Remove, todo, cmd)]);
     }
-    let want_running = args.state == DesiredState::Started;
+    let mut changes = Vec::new();
+    match &facts.image {
+        None if !missing.is_empty() => {
+            return Err(ModuleError::Precondition(format!(
+                "no such container: {} (is this the Replicated Native host?)",
+                missing.join(", ")
+            )))
+        }
+        None => {}
+        Some(image) => {
+            let other: Vec<String> = facts
+                .names
+                .iter()
+                .filter_map(|n| facts.containers.get(n))
+                .filter(|c| &c.image != image)
+                .map(|c| format!("{} (from {})", c.name, c.image))
+                .collect();
+            if !other.is_empty() {
+                return Err(ModuleError::Precondition(format!(
+                    "container {} exists from another image than {image}; ferry does not \
+                     replace a container: remove it first (state = \"absent\") if that is meant",
+                    other.join(", ")
+                )));
+            }
+            let (action, verb) = match args.state {
+                DesiredState::Started => (Action::Run, ["run", "-d"].as_slice()),
+                _ => (Action::Create, ["create"].as_slice()),
+            };
+            for name in &missing {
+                let cmd = docker()
+                    .args(verb.iter().copied())
+                    .arg("--name")
+                    .arg(name)
+                    .arg(image);
+                changes.push(change(action, vec![name.clone()], cmd));
+            }
+        }
+    }
+    let want_running = match args.state {
+        DesiredState::Stopped => false,
+        DesiredState::Started => true,
+        // Present: there, running or not.
+        _ => return Ok(changes),
+    };
     let todo: Vec<String> = facts
         .names
         .iter()
-        .filter(|n| facts.containers[*n].running != want_running)
+        .filter(|n| {
+            facts
+                .containers
+                .get(*n)
+                .is_some_and(|c| c.running != want_running)
+        })
         .cloned()
         .collect();
     if todo.is_empty() {
-        return Ok(Vec::new());
+        return Ok(changes);
     }
-    let mut cmd = Cmd::new(facts.docker.clone());
-    cmd = match args.state {
-        DesiredState::Stopped => {
-            let mut c = cmd.arg("stop");
-            if let Some(t) = args.stop_timeout {
-                c = c.arg("-t").arg(t.to_string());
-            }
-            c
+    let cmd = if want_running {
+        docker().arg("start")
+    } else {
+        let mut c = docker().arg("stop");
+        if let Some(t) = args.stop_timeout {
+            c = c.arg("-t").arg(t.to_string());
         }
-        DesiredState::Started => cmd.arg("start"),
+        c
     };
-    Ok(vec![ContainerChange {
-        state: args.state,
-        names: todo.clone(),
-        cmd: cmd.args(todo),
-    }])
+    let action = if want_running {
+        Action::Start
+    } else {
+        Action::Stop
+    };
+    changes.push(change(action, todo.clone(), cmd.args(todo)));
+    Ok(changes)
 }
 
 #[cfg(test)]
@@ -175,6 +300,7 @@ mod tests {
                     )
                 })
                 .collect(),
+            image: None,
             docker: "docker".into(),
         }
     }
@@ -183,9 +309,50 @@ mod tests {
         DockerContainer {
             names: vec![],
             state,
+            image: None,
             stop_timeout: None,
             warning: None,
         }
+    }
+
+    #[test]
+    fn present_creates_the_missing_from_the_image_and_refuses_another_image() {
+        let mut f = facts(&[("a", false)]);
+        f.names.push("b".into());
+        f.image = Some("x".into());
+        let c = decide(&args(DesiredState::Present), &f).unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].cmd.to_shell(), "docker create --name b x");
+        // Started: the missing one runs, the stopped one starts.
+        let c = decide(&args(DesiredState::Started), &f).unwrap();
+        let shell: Vec<String> = c.iter().map(|c| c.cmd.to_shell()).collect();
+        assert_eq!(shell, ["docker run -d --name b x", "docker start a"]);
+        f.image = Some("y".into());
+        let e = decide(&args(DesiredState::Present), &f)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a (from x)") && e.contains("than y"), "{e}");
+    }
+
+    #[test]
+    fn absent_removes_those_that_exist_and_is_ok_when_none_do() {
+        let mut f = facts(&[("a", true)]);
+        f.names.push("gone".into());
+        let c = decide(&args(DesiredState::Absent), &f).unwrap();
+        assert_eq!(c[0].cmd.to_shell(), "docker rm -f a");
+        let f = facts(&[]);
+        assert!(decide(&args(DesiredState::Absent), &f).unwrap().is_empty());
+    }
+
+    #[test]
+    fn image_goes_with_present_and_started_only() {
+        let parse = |t: &str| toml::from_str::<DockerContainer>(t).map_err(|e| e.to_string());
+        assert!(parse("names = [\"a\"]\nstate = \"present\"\n")
+            .unwrap_err()
+            .contains("needs `image`"));
+        assert!(parse("names = [\"a\"]\nstate = \"absent\"\nimage = \"x\"\n").is_err());
+        assert!(parse("names = [\"a\"]\nstate = \"started\"\nimage = \"x\"\n").is_ok());
+        assert!(parse("names = [\"a\"]\nstate = \"stopped\"\nbogus = 1\n").is_err());
     }
 
     #[test]
