@@ -321,3 +321,66 @@ fn include_brings_a_task_files_tasks_with_their_vars() {
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(text(&out).contains("includes itself"), "{}", text(&out));
 }
+
+#[test]
+fn a_tasks_become_beats_the_hosts() {
+    let server = Sshd::start();
+    let client = Client::new(&server);
+    let mut user = sshd::TestUser::create("Pw-7781-x");
+    user.allow_sudo(true);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let host = |name: &str, become_: bool| {
+        client
+            .inventory_host(name, server.port)
+            .replace("user = \"root\"", &format!("user = \"{}\"", user.name))
+            + &format!("become = {become_}\n")
+    };
+    std::fs::write(
+        d.join("inventory.toml"),
+        host("plain", false) + &host("sudo", true),
+    )
+    .unwrap();
+    let task = |name: &str, hosts: &str, become_: &str| {
+        format!(
+            "[[task]]\nname = \"{name}\"\nhosts = \"{hosts}\"\n{become_}register = \"r\"\n\
+             [task.command]\ncmd = \"id -u\"\nchanged = false\n"
+        )
+    };
+    std::fs::write(
+        d.join("become.toml"),
+        task("escalated", "plain", "become = true\n")
+            + &task("as the login", "sudo", "become = false\n")
+            + &task("as the host says", "sudo", ""),
+    )
+    .unwrap();
+    let out = play(d, "become.toml", &["--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let uid = |task: &str| {
+        doc["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["task"] == task)
+            .map(|t| {
+                t["output"]["stdout"]
+                    .as_str()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            })
+            .unwrap()
+    };
+    let own = String::from_utf8(
+        Command::new("id")
+            .args(["-u", &user.name])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(uid("escalated"), "0", "{doc}");
+    assert_eq!(uid("as the login"), own.trim(), "{doc}");
+    assert_eq!(uid("as the host says"), "0", "{doc}");
+}

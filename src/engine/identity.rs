@@ -11,17 +11,39 @@ use crate::playbook::template::without_template_spans;
 use crate::playbook::Playbook;
 
 /// What a task does, as the journal identifies it: its module and a digest of the
-/// module, its arguments (not where they are written), `hosts` and `when`. Name, tags,
+/// module, its arguments (not where they are written), `hosts`, `when`, and `become`,
+/// `loop` and an include's `vars` where given. Name, tags,
 /// `after` and `lane` are left out: they do not change what the task does on a host.
 pub fn task_definition(task: &crate::playbook::Task) -> TaskDefinition {
     use sha2::Digest;
     let args = without_template_spans(&serde_json::to_value(&task.module).unwrap_or(Value::Null));
-    let what = serde_json::json!({
+    let mut what = serde_json::json!({
         "module": task.module.name(),
         "args": args,
         "hosts": task.hosts.get_ref(),
         "when": task.when.as_ref().map(|w| w.source().to_string()),
     });
+    // What else changes what the task does on a host, only where given (so the digest
+    // of a task that has none of them stays what earlier ferry versions recorded).
+    let extra = [
+        ("become", task.become_.map(Value::Bool)),
+        (
+            "loop",
+            task.loop_.as_ref().map(|l| match l {
+                crate::playbook::task_keys::Loop::Items(items) => Value::Array(items.clone()),
+                crate::playbook::task_keys::Loop::Var { path, .. } => Value::String(path.join(".")),
+            }),
+        ),
+        (
+            "vars",
+            (!task.vars.is_empty()).then(|| Value::Object(task.vars.clone())),
+        ),
+    ];
+    for (key, value) in extra {
+        if let (Some(value), Some(map)) = (value, what.as_object_mut()) {
+            map.insert(key.into(), value);
+        }
+    }
     TaskDefinition {
         module: task.module.name().to_string(),
         digest: hex::encode(sha2::Sha256::digest(what.to_string().as_bytes())),

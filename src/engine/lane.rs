@@ -397,6 +397,8 @@ async fn run_scheduled(shared: &Shared, host: &str, run: &HostRun, scheduled: &S
             None => Some(work.await),
         }
     };
+    // The task's `become`, for every command it starts (facts and apply alike).
+    let timed = crate::transport::become_task::scope(task.become_, timed);
     let status_to: StatusFn = {
         let (events, host, name) = (
             shared.env.events.clone(),

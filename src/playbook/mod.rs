@@ -87,6 +87,8 @@ pub struct Task {
     pub failed_when: Option<Template>,
     /// `timeout`: longest the whole task may take on a host.
     pub timeout: Option<crate::module::units::Seconds>,
+    /// `become`: the task's own escalation over the host's (`None`: the host's).
+    pub become_: Option<bool>,
     /// A `[[handler]]`: runs only when notified, after the host's tasks.
     pub handler: bool,
     /// The file the task is written in (the playbook, or a task file it includes):
@@ -111,6 +113,7 @@ const TASK_KEYS: &[&str] = &[
     "changed_when",
     "failed_when",
     "timeout",
+    "become",
     "include",
     "vars",
 ];
@@ -141,6 +144,7 @@ enum TaskKey {
     ChangedWhen,
     FailedWhen,
     Timeout,
+    Become,
     Include,
     Vars,
     Module(String),
@@ -178,6 +182,7 @@ impl Visitor<'_> for TaskKeySeed<'_> {
             "changed_when" => TaskKey::ChangedWhen,
             "failed_when" => TaskKey::FailedWhen,
             "timeout" => TaskKey::Timeout,
+            "become" => TaskKey::Become,
             "include" => TaskKey::Include,
             "vars" => TaskKey::Vars,
             m if MODULE_NAMES.contains(&m) => {
@@ -224,6 +229,7 @@ struct RawTask {
     changed_when: Option<Template>,
     failed_when: Option<Template>,
     timeout: Option<crate::module::units::Seconds>,
+    become_: Option<bool>,
 }
 
 /// `[[task]]` with `include = "tasks/x.toml"`: that file's tasks, here.
@@ -267,6 +273,7 @@ impl<'de> Deserialize<'de> for RawEntry {
                 let mut changed_when = None;
                 let mut failed_when = None;
                 let mut timeout = None;
+                let mut become_ = None;
                 let mut module: Option<ModuleArgs> = None;
                 let mut module_name: Option<String> = None;
                 while let Some(key) = map.next_key_seed(TaskKeySeed {
@@ -286,6 +293,7 @@ impl<'de> Deserialize<'de> for RawEntry {
                         TaskKey::ChangedWhen => changed_when = Some(map.next_value()?),
                         TaskKey::FailedWhen => failed_when = Some(map.next_value()?),
                         TaskKey::Timeout => timeout = Some(map.next_value()?),
+                        TaskKey::Become => become_ = Some(map.next_value()?),
                         TaskKey::Include => include = Some(map.next_value()?),
                         TaskKey::Vars => vars = Some(map.next_value()?),
                         TaskKey::Module(m) => {
@@ -307,6 +315,7 @@ impl<'de> Deserialize<'de> for RawEntry {
                         ("`changed_when`", changed_when.is_some()),
                         ("`failed_when`", failed_when.is_some()),
                         ("`timeout`", timeout.is_some()),
+                        ("`become`", become_.is_some()),
                     ];
                     if let Some((key, _)) = task_only.iter().find(|(_, set)| *set) {
                         return Err(de::Error::custom(format!(
@@ -350,6 +359,7 @@ impl<'de> Deserialize<'de> for RawEntry {
                     changed_when,
                     failed_when,
                     timeout,
+                    become_,
                 })))
             }
         }
@@ -541,6 +551,7 @@ impl Playbook {
                 changed_when: t.changed_when,
                 failed_when: t.failed_when,
                 timeout: t.timeout,
+                become_: t.become_,
                 handler,
                 source: src.clone(),
                 vars: entry.inherited.vars.clone(),

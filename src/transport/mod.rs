@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::command::Cmd;
 
+pub mod become_task;
 pub mod fake;
 pub mod read_only;
 pub mod recorded;

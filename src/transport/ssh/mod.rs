@@ -236,7 +236,7 @@ impl SshTransport {
             conn: Arc::downgrade(conn),
             mark,
             shell: self.shell.clone(),
-            become_: self.become_.clone(),
+            become_: super::become_task::effective(self.become_.as_ref()),
             host: self.name.clone(),
             secrets: self.secrets.clone(),
         }
@@ -323,7 +323,8 @@ impl SshTransport {
     async fn start(&self, lane: &Lane, cmd: &Cmd) -> Result<exec::Running, TransportError> {
         let conn = self.connection(lane).await?;
         let mark = script::mark()?;
-        let (line, preamble, hs) = command_line(&self.shell, self.become_.as_ref(), cmd, &mark)?;
+        let become_ = super::become_task::effective(self.become_.as_ref());
+        let (line, preamble, hs) = command_line(&self.shell, become_.as_ref(), cmd, &mark)?;
         let stopper = self.stopper(&conn, mark);
         tracing::debug!(host = %self.name, lane = lane.purpose, "exec: {}", cmd.display());
         exec::start(
@@ -348,7 +349,8 @@ impl SshTransport {
         // Short commands without input: one round trip through the persistent shell
         // instead of a channel (a fork and exec on the server) per command. sudo needs
         // its own channel for the password handshake.
-        if self.become_.is_none() && stdin.is_none_or(<[u8]>::is_empty) {
+        let become_ = super::become_task::effective(self.become_.as_ref());
+        if become_.is_none() && stdin.is_none_or(<[u8]>::is_empty) {
             if let Some(out) = self.exec_in_shell(cmd, limit).await? {
                 return Ok(out);
             }
