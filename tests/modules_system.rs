@@ -1,0 +1,266 @@
+//! The system modules (`file`, `lineinfile`, ...) through the real binary against a real
+//! sshd as root on this machine: what they change on the host, that a re-run changes
+//! nothing, and that `--check` changes nothing.
+
+#[path = "common/sshd.rs"]
+mod sshd;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use sshd::{Client, Sshd};
+
+/// A host reached over a real sshd, and a directory to play in.
+struct Host {
+    _server: Sshd,
+    _client: Client,
+    dir: tempfile::TempDir,
+}
+
+impl Host {
+    fn start() -> Host {
+        let server = Sshd::start();
+        let client = Client::new(&server);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("inventory.toml"),
+            client.inventory_host("h", server.port),
+        )
+        .unwrap();
+        Host {
+            _server: server,
+            _client: client,
+            dir,
+        }
+    }
+
+    /// A scratch path on the host (this machine), inside the test's directory.
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join("host").join(name)
+    }
+
+    /// Run `tasks` (TOML `[[task]]` tables, all on host `h`) and return the exit code
+    /// and the JSON report.
+    fn play(&self, tasks: &str, extra: &[&str]) -> (Option<i32>, Value) {
+        std::fs::create_dir_all(self.dir.path().join("host")).unwrap();
+        std::fs::write(
+            self.dir.path().join("playbook.toml"),
+            format!("name = \"sys\"\n{tasks}"),
+        )
+        .unwrap();
+        let _ = std::fs::remove_file(self.dir.path().join("journal.json"));
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args([
+                "play",
+                "playbook.toml",
+                "-i",
+                "inventory.toml",
+                "--journal",
+                "journal.json",
+                "--format",
+                "json",
+                "--yes",
+            ])
+            .args(extra)
+            .current_dir(self.dir.path())
+            .env_remove("SSH_AUTH_SOCK")
+            .output()
+            .expect("run ferry");
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "no JSON report ({e}): {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code(), doc)
+    }
+}
+
+/// The report's result of `task` on host `h`.
+fn result<'a>(doc: &'a Value, task: &str) -> &'a Value {
+    doc["tasks"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["task"] == task && t["host"] == "h"))
+        .unwrap_or(&Value::Null)
+}
+
+fn status<'a>(doc: &'a Value, task: &str) -> &'a str {
+    result(doc, task)["status"].as_str().unwrap_or("?")
+}
+
+fn error(doc: &Value, task: &str) -> String {
+    result(doc, task)["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn task(name: &str, module: &str, body: &str) -> String {
+    format!("[[task]]\nname = \"{name}\"\nhosts = \"h\"\n[task.{module}]\n{body}\n\n")
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+// ---------------------------------------------------------------------------------------
+// file
+
+#[test]
+fn file_makes_a_tree_a_link_and_removes_them() {
+    let host = Host::start();
+    let dir = host.path("app");
+    let inner = dir.join("sub");
+    let f = dir.join("sub/f");
+    let link = host.path("current");
+    let tasks = [
+        task(
+            "dir",
+            "file",
+            &format!("path = {dir:?}\nstate = \"directory\"\nmode = \"0750\"\ngroup = \"nogroup\""),
+        ),
+        task(
+            "inner",
+            "file",
+            &format!("path = {inner:?}\nstate = \"directory\""),
+        ),
+        task("touch", "file", &format!("path = {f:?}\nstate = \"touch\"")),
+        task(
+            "tree",
+            "file",
+            &format!(
+                "path = {dir:?}\nstate = \"directory\"\nmode = \"0750\"\nowner = \"nobody\"\nrecurse = true"
+            ),
+        ),
+        task(
+            "link",
+            "file",
+            &format!("path = {link:?}\nstate = \"link\"\nsrc = {dir:?}"),
+        ),
+    ]
+    .concat();
+    // --check first: nothing is made.
+    let (code, doc) = host.play(&tasks, &["--check"]);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(status(&doc, "dir"), "would_change", "{doc}");
+    assert!(!dir.exists() && !link.exists());
+
+    let (code, doc) = host.play(&tasks, &[]);
+    assert_eq!(code, Some(0), "{doc}");
+    for t in ["dir", "inner", "touch", "tree", "link"] {
+        assert_eq!(status(&doc, t), "changed", "{t}: {doc}");
+    }
+    let nobody = uid("nobody");
+    for p in [&dir, &inner, &f] {
+        assert_eq!(mode(p), 0o750, "{p:?}");
+        assert_eq!(std::fs::metadata(p).unwrap().uid(), nobody, "{p:?}");
+    }
+    assert_eq!(std::fs::read_link(&link).unwrap(), dir);
+
+    // A re-run changes nothing.
+    let (code, doc) = host.play(&tasks, &[]);
+    assert_eq!(code, Some(0), "{doc}");
+    for t in ["dir", "inner", "touch", "tree", "link"] {
+        assert_eq!(status(&doc, t), "ok", "{t}: {doc}");
+    }
+
+    // Something below that differs brings the tree task back, with the diff.
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (_, doc) = host.play(&tasks, &["--diff"]);
+    assert_eq!(status(&doc, "tree"), "changed", "{doc}");
+    assert_eq!(mode(&f), 0o750);
+
+    // A link to elsewhere is replaced; a changed mode shows before and after.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (_, doc) = host.play(
+        &task(
+            "dir",
+            "file",
+            &format!("path = {dir:?}\nstate = \"directory\"\nmode = \"0750\""),
+        ),
+        &["--diff", "--check"],
+    );
+    let diffs = result(&doc, "dir")["diffs"].to_string();
+    assert!(
+        diffs.contains("-mode: 0700") && diffs.contains("+mode: 0750"),
+        "{doc}"
+    );
+    assert_eq!(mode(&dir), 0o700, "--check changed the mode");
+
+    // absent: --check removes nothing; then the tree and the link go.
+    let gone = [
+        task(
+            "rm-link",
+            "file",
+            &format!("path = {link:?}\nstate = \"absent\""),
+        ),
+        task(
+            "rm-dir",
+            "file",
+            &format!("path = {dir:?}\nstate = \"absent\""),
+        ),
+    ]
+    .concat();
+    let (_, doc) = host.play(&gone, &["--check"]);
+    assert_eq!(status(&doc, "rm-dir"), "would_change", "{doc}");
+    assert!(f.exists());
+    let (code, doc) = host.play(&gone, &[]);
+    assert_eq!(code, Some(0), "{doc}");
+    assert!(!dir.exists() && std::fs::symlink_metadata(&link).is_err());
+    let (_, doc) = host.play(&gone, &[]);
+    assert_eq!(status(&doc, "rm-dir"), "ok", "{doc}");
+}
+
+#[test]
+fn file_refuses_what_it_must_not_do() {
+    let host = Host::start();
+    let missing = host.path("missing");
+    let a_dir = host.path("d");
+    std::fs::create_dir_all(&a_dir).unwrap();
+    // A failed task stops its host: one play each.
+    let refused = |t: String, needle: &str| {
+        let (code, doc) = host.play(&t, &[]);
+        assert_eq!(code, Some(2), "{doc}");
+        let name = doc["tasks"][0]["task"].as_str().unwrap_or("").to_string();
+        let e = error(&doc, &name);
+        assert!(e.contains(needle), "{needle}: {doc}");
+    };
+    refused(
+        task("root", "file", "path = \"/\"\nstate = \"absent\""),
+        "refusing",
+    );
+    refused(
+        task(
+            "missing",
+            "file",
+            &format!("path = {missing:?}\nmode = \"0644\""),
+        ),
+        "does not exist",
+    );
+    assert!(!missing.exists());
+    refused(
+        task(
+            "over-dir",
+            "file",
+            &format!("path = {a_dir:?}\nstate = \"link\"\nsrc = \"/etc\""),
+        ),
+        "not a symlink",
+    );
+    assert!(a_dir.is_dir());
+    refused(
+        task(
+            "no-user",
+            "file",
+            &format!("path = {a_dir:?}\nstate = \"directory\"\nowner = \"nosuchuser-ferry\""),
+        ),
+        "no user nosuchuser-ferry",
+    );
+}
+
+fn uid(name: &str) -> u32 {
+    let out = Command::new("id").args(["-u", name]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
