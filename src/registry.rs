@@ -5,7 +5,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::module::{DynModule, Module};
-use crate::modules::{assert, command, docker_container, file, k8s_scale, transfer};
+use crate::modules::{assert, command, docker_container, file, k8s_scale, lineinfile, transfer};
 use crate::packagist::{
     migration_marker, pg_dump, pg_restore_k8s, preflight, redis_backup, redis_flushdb,
     redis_restore_openebs, storage_export, storage_import, storage_stage, storage_stream,
@@ -80,4 +80,5 @@ modules! {
     preflight => preflight::Preflight,
     transfer => transfer::Transfer,
     file => file::File,
+    lineinfile => lineinfile::LineInFile,
 }

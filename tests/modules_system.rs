@@ -264,3 +264,132 @@ fn uid(name: &str) -> u32 {
     let out = Command::new("id").args(["-u", name]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
+
+// ---------------------------------------------------------------------------------------
+// lineinfile
+
+#[test]
+fn lineinfile_replaces_inserts_and_removes_lines() {
+    let host = Host::start();
+    let conf = host.path("sshd_config");
+    let link = host.path("link_to_conf");
+    std::fs::create_dir_all(conf.parent().unwrap()).unwrap();
+    let original = "Port 22\n#PasswordAuthentication yes\nPubkeyAuthentication yes\nUsePAM yes\n";
+    std::fs::write(&conf, original).unwrap();
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::symlink(&conf, &link).unwrap();
+    let nobody = uid("nobody");
+    std::os::unix::fs::chown(&conf, Some(nobody), None).unwrap();
+    let tasks = [
+        task(
+            "password",
+            "lineinfile",
+            &format!(
+                "path = {conf:?}\nregexp = '^#?PasswordAuthentication\\s'\nline = \"PasswordAuthentication no\""
+            ),
+        ),
+        // Through the symlink: the target is edited.
+        task(
+            "banner",
+            "lineinfile",
+            &format!(
+                "path = {link:?}\nline = \"Banner none\"\ninsertafter = '^PubkeyAuthentication'"
+            ),
+        ),
+        task(
+            "first",
+            "lineinfile",
+            &format!("path = {conf:?}\nline = \"# managed by ferry\"\ninsertbefore = \"BOF\""),
+        ),
+    ]
+    .concat();
+    let (code, doc) = host.play(&tasks, &["--check", "--diff"]);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(status(&doc, "password"), "would_change", "{doc}");
+    let diff = result(&doc, "password")["diffs"].to_string();
+    assert!(
+        diff.contains("-#PasswordAuthentication yes")
+            && diff.contains("+PasswordAuthentication no"),
+        "{doc}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&conf).unwrap(),
+        original,
+        "--check wrote"
+    );
+
+    let (code, doc) = host.play(&tasks, &[]);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(
+        std::fs::read_to_string(&conf).unwrap(),
+        "# managed by ferry\nPort 22\nPasswordAuthentication no\nPubkeyAuthentication yes\nBanner none\nUsePAM yes\n"
+    );
+    // The file is still the same kind of file: mode, owner, the symlink to it.
+    assert_eq!(mode(&conf), 0o640);
+    assert_eq!(std::fs::metadata(&conf).unwrap().uid(), nobody);
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let leftovers: Vec<_> = std::fs::read_dir(conf.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 2, "{leftovers:?}");
+
+    let (_, doc) = host.play(&tasks, &[]);
+    for t in ["password", "banner", "first"] {
+        assert_eq!(status(&doc, t), "ok", "{t}: {doc}");
+    }
+
+    // absent removes every matching line.
+    let absent = task(
+        "no-comments",
+        "lineinfile",
+        &format!("path = {conf:?}\nregexp = '^#'\nstate = \"absent\""),
+    );
+    let (_, doc) = host.play(&absent, &[]);
+    assert_eq!(status(&doc, "no-comments"), "changed", "{doc}");
+    assert!(!std::fs::read_to_string(&conf).unwrap().contains('#'));
+    let (_, doc) = host.play(&absent, &[]);
+    assert_eq!(status(&doc, "no-comments"), "ok", "{doc}");
+}
+
+#[test]
+fn lineinfile_creates_only_when_asked_and_refuses_large_files() {
+    let host = Host::start();
+    let new = host.path("new.conf");
+    let t = |create: &str| {
+        task(
+            "t",
+            "lineinfile",
+            &format!("path = {new:?}\nline = \"a = 1\"\n{create}"),
+        )
+    };
+    let (code, doc) = host.play(&t(""), &[]);
+    assert_eq!(code, Some(2), "{doc}");
+    assert!(error(&doc, "t").contains("does not exist"), "{doc}");
+    assert!(!new.exists());
+    let (code, doc) = host.play(&t("create = true\nmode = \"0600\""), &[]);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(std::fs::read_to_string(&new).unwrap(), "a = 1\n");
+    assert_eq!(mode(&new), 0o600);
+
+    let big = host.path("big");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(17 * 1024 * 1024).unwrap();
+    let (code, doc) = host.play(
+        &task(
+            "big",
+            "lineinfile",
+            &format!("path = {big:?}\nline = \"x\""),
+        ),
+        &[],
+    );
+    assert_eq!(code, Some(2), "{doc}");
+    assert!(
+        error(&doc, "big").contains("more than the 16777216"),
+        "{doc}"
+    );
+    assert_eq!(std::fs::metadata(&big).unwrap().len(), 17 * 1024 * 1024);
+}

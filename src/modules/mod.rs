@@ -6,4 +6,5 @@ pub mod command;
 pub mod docker_container;
 pub mod file;
 pub mod k8s_scale;
+pub mod lineinfile;
 pub mod transfer;
