@@ -393,3 +393,94 @@ fn lineinfile_creates_only_when_asked_and_refuses_large_files() {
     );
     assert_eq!(std::fs::metadata(&big).unwrap().len(), 17 * 1024 * 1024);
 }
+
+// ---------------------------------------------------------------------------------------
+// wait_for
+
+#[test]
+fn wait_for_ports_paths_and_commands() {
+    let host = Host::start();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let open = listener.local_addr().unwrap().port();
+    let closed = sshd::free_port();
+    let (code, doc) = host.play(
+        &[
+            task("open", "wait_for", &format!("port = {open}\ntimeout = 10")),
+            task(
+                "closed",
+                "wait_for",
+                &format!("port = {closed}\nstate = \"absent\"\ntimeout = 10"),
+            ),
+            task(
+                "gone",
+                "wait_for",
+                &format!("path = {:?}\nstate = \"absent\"", host.path("nothing")),
+            ),
+        ]
+        .concat(),
+        &["--check"],
+    );
+    assert_eq!(code, Some(0), "{doc}");
+    for t in ["open", "closed", "gone"] {
+        assert_eq!(status(&doc, t), "ok", "{t}: {doc}");
+    }
+
+    // A path that appears while the task waits.
+    let later = host.path("later");
+    let maker = {
+        let later = later.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            std::fs::write(later, "").unwrap();
+        })
+    };
+    let (code, doc) = host.play(
+        &task(
+            "appears",
+            "wait_for",
+            &format!("path = {later:?}\ntimeout = 20\ninterval = 1"),
+        ),
+        &[],
+    );
+    maker.join().unwrap();
+    assert_eq!(code, Some(0), "{doc}");
+    assert!(
+        result(&doc, "appears")["duration_ms"].as_u64().unwrap_or(0) >= 1000,
+        "it did not wait: {doc}"
+    );
+
+    // What never happens fails in its time, naming it.
+    let (code, doc) = host.play(
+        &task(
+            "never",
+            "wait_for",
+            &format!("port = {closed}\ntimeout = 2"),
+        ),
+        &[],
+    );
+    assert_eq!(code, Some(2), "{doc}");
+    let e = error(&doc, "never");
+    assert!(
+        e.contains(&format!("127.0.0.1:{closed} did not accept connections"))
+            && e.contains("within 2s"),
+        "{e}"
+    );
+    let (code, doc) = host.play(
+        &task(
+            "cmd",
+            "wait_for",
+            &format!(
+                "command = \"test -e {}\"\ntimeout = 2",
+                later.with_extension("x").display()
+            ),
+        ),
+        &[],
+    );
+    assert_eq!(code, Some(2), "{doc}");
+    let e = error(&doc, "cmd");
+    assert!(
+        e.contains("did not exit 0") && e.contains("within 2s"),
+        "{e}"
+    );
+    drop(listener);
+}

@@ -8,3 +8,4 @@ pub mod file;
 pub mod k8s_scale;
 pub mod lineinfile;
 pub mod transfer;
+pub mod wait_for;
