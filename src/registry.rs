@@ -5,7 +5,9 @@
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::module::{DynModule, Module};
-use crate::modules::{assert, command, docker_container, k8s_scale, transfer};
+use crate::modules::{
+    assert, command, docker_container, file, k8s_scale, lineinfile, transfer, wait_for,
+};
 use crate::packagist::{
     migration_marker, pg_dump, pg_restore_k8s, preflight, redis_backup, redis_flushdb,
     redis_restore_openebs, storage_export, storage_import, storage_stage, storage_stream,
@@ -79,4 +81,7 @@ modules! {
     migration_marker => migration_marker::MigrationMarker,
     preflight => preflight::Preflight,
     transfer => transfer::Transfer,
+    file => file::File,
+    lineinfile => lineinfile::LineInFile,
+    wait_for => wait_for::WaitFor,
 }

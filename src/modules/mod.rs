@@ -4,5 +4,8 @@
 pub mod assert;
 pub mod command;
 pub mod docker_container;
+pub mod file;
 pub mod k8s_scale;
+pub mod lineinfile;
 pub mod transfer;
+pub mod wait_for;
