@@ -67,6 +67,8 @@ macro_rules! modules {
 modules! {
     assert => assert::Assert,
     command => command::Command,
+    copy => crate::modules::copy::Copy,
+    template => crate::modules::template::TemplateFile,
     docker_container => docker_container::DockerContainer,
     pg_dump => pg_dump::PgDump,
     pg_restore_k8s => pg_restore_k8s::PgRestoreK8s,

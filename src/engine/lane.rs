@@ -326,6 +326,12 @@ async fn run_scheduled(shared: &Shared, host: &str, run: &HostRun, scheduled: &S
             overwrite: shared.prepared.options.overwrite.clone(),
             cache: run.cache.clone(),
             declared: Some(task.module.module().vars()),
+            base_dir: task
+                .source
+                .path
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default(),
         },
         yes: shared.prepared.options.yes,
         journal: shared.env.journal.clone(),

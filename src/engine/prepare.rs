@@ -406,6 +406,11 @@ fn plan_on_host(
         if rendered {
             let check = ArgCheck {
                 host,
+                base_dir: task
+                    .source
+                    .path
+                    .parent()
+                    .unwrap_or(std::path::Path::new("")),
                 vars,
                 renderer,
             };

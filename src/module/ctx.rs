@@ -60,6 +60,9 @@ pub struct HostReader {
     pub overwrite: Vec<String>,
     /// Things a host's tasks share across the run (e.g. the Kubernetes connection).
     pub cache: Arc<HostCache>,
+    /// The directory of the file the task is written in (the playbook or a task file):
+    /// where a module's laptop files (`copy`'s `src`, a template) are looked up.
+    pub base_dir: std::path::PathBuf,
     /// The host vars the running module declares ([`crate::module::Module::VARS`]);
     /// [`HostReader::var_of`] refuses any other. `None`: not checked (test harnesses).
     pub declared: Option<Vec<&'static crate::module::VarDecl>>,

@@ -204,6 +204,8 @@ where
 /// What [`Module::check_args`] may use: one host's vars, no connection.
 pub struct ArgCheck<'a> {
     pub host: &'a str,
+    /// The directory of the file the task is written in (see [`HostReader::base_dir`]).
+    pub base_dir: &'a std::path::Path,
     pub vars: &'a Vars,
     pub renderer: &'a Renderer,
 }

@@ -46,6 +46,7 @@ pub fn task_ctx(
             overwrite: Vec::new(),
             cache: Arc::new(crate::module::HostCache::default()),
             declared: None,
+            base_dir: std::path::PathBuf::from("."),
         },
         yes: true,
         journal,

@@ -3,9 +3,11 @@
 
 pub mod assert;
 pub mod command;
+pub mod copy;
 pub mod docker_container;
 pub mod file;
 pub mod k8s_scale;
 pub mod lineinfile;
+pub mod template;
 pub mod transfer;
 pub mod wait_for;

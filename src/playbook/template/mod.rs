@@ -51,6 +51,14 @@ impl Template {
             span: None,
         }
     }
+    /// A template read from a file other than a playbook (a `template` module's file),
+    /// at `span` of it, so errors are located in that file.
+    pub fn located(source: impl Into<String>, span: Range<usize>) -> Self {
+        Template {
+            source: source.into(),
+            span: Some(span),
+        }
+    }
     pub fn source(&self) -> &str {
         &self.source
     }
