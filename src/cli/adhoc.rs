@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::engine::{self, RunEnv, RunOptions};
+use crate::engine::{self, RunOptions};
 use crate::journal::Journal;
 use crate::playbook::source::{InputError, SourceFile};
 use crate::playbook::Playbook;
@@ -14,7 +14,7 @@ use crate::secrets::Secrets;
 use crate::transport::Connector;
 
 use super::args::{Format, RunArgs};
-use super::{events, load_inventory, parse_error, prepare_failed, print_report, watch_signals};
+use super::{load_inventory, parse_error, prepare_failed, print_report};
 
 /// The name the one task has in the report and the events.
 const TASK: &str = "command";
@@ -64,28 +64,20 @@ pub async fn run(
     };
     let owner = engine::journal_owner(&playbook, &inventory);
     let journal = Arc::new(Journal::unsaved(&owner, secrets.clone()));
-    let sink = match events(args.events.as_deref(), &secrets) {
-        Ok(s) if matches!(args.format, Format::Table) => s.with_progress_bars(),
-        Ok(s) => s,
-        Err(e) => return super::error(e),
-    };
-    let interrupt = tokio_util::sync::CancellationToken::new();
-    let watcher = watch_signals(interrupt.clone());
-    let live = sink.clone();
-    let env = RunEnv {
-        connector,
+    let report = match super::run_prepared(
+        prepared,
         journal,
-        events: sink,
+        connector,
         secrets,
-        confirmer: Arc::new(crate::module::NeverConfirm),
-        interrupt,
+        args.events.as_deref(),
+        args.format,
+        Arc::new(crate::module::NeverConfirm),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(code) => return code,
     };
-    let report = engine::run(prepared, env).await;
-    crate::transport::ssh::wait_for_stops(std::time::Duration::from_secs(15)).await;
-    if let Some(w) = watcher {
-        w.abort();
-    }
-    live.finish();
     if matches!(args.format, Format::Table) {
         print!("{}", per_host(&report));
         print!("{}", report.recap());

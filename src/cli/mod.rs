@@ -399,10 +399,41 @@ async fn play(args: PlayArgs, connector: Arc<dyn Connector>, secrets: Secrets, v
     if let Err(e) = engine::check_start_at(&prepared, &journal) {
         return bad_options(e);
     }
-    let sink = match events(args.events.as_deref(), &secrets) {
-        Ok(s) if matches!(args.format, Format::Table) => s.with_progress_bars(),
+    let report = match run_prepared(
+        prepared,
+        journal,
+        connector,
+        secrets,
+        args.events.as_deref(),
+        args.format,
+        Arc::new(TtyConfirm),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    print_report(&report, args.format, verbose)
+}
+
+/// Run a prepared play as the command line does (`play` and `run`): events to `events`
+/// (progress bars with the table format), Ctrl-C watched, and, once it ends, the
+/// remote stops of abandoned commands waited for and the live lines cleared, so the
+/// report can take the terminal. `Err`: the exit code of an events file that cannot be
+/// written.
+async fn run_prepared(
+    prepared: Prepared,
+    journal: Arc<Journal>,
+    connector: Arc<dyn Connector>,
+    secrets: Secrets,
+    events_to: Option<&Path>,
+    format: Format,
+    confirmer: Arc<dyn Confirm>,
+) -> Result<PlayReport, u8> {
+    let sink = match events(events_to, &secrets) {
+        Ok(s) if matches!(format, Format::Table) => s.with_progress_bars(),
         Ok(s) => s,
-        Err(e) => return error(e),
+        Err(e) => return Err(error(e)),
     };
     let interrupt = tokio_util::sync::CancellationToken::new();
     let watcher = watch_signals(interrupt.clone());
@@ -412,7 +443,7 @@ async fn play(args: PlayArgs, connector: Arc<dyn Connector>, secrets: Secrets, v
         journal,
         events: sink,
         secrets,
-        confirmer: Arc::new(TtyConfirm),
+        confirmer,
         interrupt,
     };
     let report = engine::run(prepared, env).await;
@@ -425,7 +456,7 @@ async fn play(args: PlayArgs, connector: Arc<dyn Connector>, secrets: Secrets, v
     }
     // The live lines go before the report takes the terminal.
     live.finish();
-    print_report(&report, args.format, verbose)
+    Ok(report)
 }
 
 /// SIGINT or SIGTERM: the first stops the run cleanly (no task starts, running ones are
