@@ -86,4 +86,9 @@ modules! {
     file => file::File,
     lineinfile => lineinfile::LineInFile,
     wait_for => wait_for::WaitFor,
+    package => crate::modules::package::Package,
+    service => crate::modules::service::Service,
+    user => crate::modules::user::User,
+    group => crate::modules::group::Group,
+    fetch => crate::modules::fetch::Fetch,
 }

@@ -2,23 +2,19 @@
 //! servers: a line per host as `ansible -a` prints it, the command's output, check mode
 //! that runs nothing, the exit codes of `ferry play`, and no journal left behind.
 
+#[path = "common/play.rs"]
+mod play;
 #[path = "common/sshd.rs"]
 mod sshd;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use sshd::{free_port, Client, Sshd};
 
+/// `ferry run -i inventory.toml ARGS...` in `dir`.
 fn ferry_run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .arg("run")
-        .args(["-i", "inventory.toml"])
-        .args(args)
-        .current_dir(dir)
-        .env_remove("SSH_AUTH_SOCK")
-        .output()
-        .expect("run ferry")
+    play::ferry(dir, &[&["run", "-i", "inventory.toml"], args].concat())
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -3,38 +3,15 @@
 //! `[[handler]]` that runs once and only after a change, `failed_when`/`changed_when`,
 //! `ignore_errors`, a task's `timeout`, and check mode changing nothing.
 
+#[path = "common/play.rs"]
+mod play;
 #[path = "common/sshd.rs"]
 mod sshd;
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
+use play::{play_in as play, text};
 use sshd::{Client, Sshd};
-
-fn play(dir: &Path, playbook: &str, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "play",
-            playbook,
-            "-i",
-            "inventory.toml",
-            "--journal",
-            "journal.json",
-        ])
-        .args(extra)
-        .current_dir(dir)
-        .env_remove("SSH_AUTH_SOCK")
-        .output()
-        .expect("run ferry")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 const PLAYBOOK: &str = r#"
 [vars]

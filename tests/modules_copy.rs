@@ -4,40 +4,17 @@
 //! nothing; `--diff` shows the file's diff; a link at dest is refused, not followed;
 //! an undefined variable in a template file is located in it before anything runs.
 
+#[path = "common/play.rs"]
+mod play;
 #[path = "common/sshd.rs"]
 mod sshd;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
 
+use play::{play_in, text};
 use sha2::{Digest, Sha256};
 use sshd::{Client, Sshd};
-
-fn play(dir: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "play",
-            "playbook.toml",
-            "-i",
-            "inventory.toml",
-            "--journal",
-            "journal.json",
-        ])
-        .args(extra)
-        .current_dir(dir)
-        .env_remove("SSH_AUTH_SOCK")
-        .output()
-        .expect("run ferry")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
@@ -82,7 +59,7 @@ fn copy_and_template_are_idempotent_atomic_and_checked() {
     };
     std::fs::write(d.join("playbook.toml"), playbook("0600")).unwrap();
 
-    let out = play(d, &["--check"]);
+    let out = play_in(d, "playbook.toml", &["--check"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
         std::fs::read_dir(&work).unwrap().count(),
@@ -90,7 +67,7 @@ fn copy_and_template_are_idempotent_atomic_and_checked() {
         "check mode wrote"
     );
 
-    let out = play(d, &[]);
+    let out = play_in(d, "playbook.toml", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let got = std::fs::read(work.join("big.bin")).unwrap();
     assert_eq!(Sha256::digest(&got), Sha256::digest(&big));
@@ -111,7 +88,7 @@ fn copy_and_template_are_idempotent_atomic_and_checked() {
         .collect();
     assert!(!names.iter().any(|n| n.contains("ferry-part")), "{names:?}");
 
-    let out = play(d, &[]);
+    let out = play_in(d, "playbook.toml", &[]);
     assert!(
         text(&out).contains("changed=0"),
         "a re-run changed: {}",
@@ -120,7 +97,7 @@ fn copy_and_template_are_idempotent_atomic_and_checked() {
 
     // Only the mode differs: only chmod, the content is not sent again.
     std::fs::write(d.join("playbook.toml"), playbook("0644")).unwrap();
-    let out = play(d, &["--format", "json"]);
+    let out = play_in(d, "playbook.toml", &["--format", "json"]);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let small = doc["tasks"]
         .as_array()
@@ -136,7 +113,7 @@ fn copy_and_template_are_idempotent_atomic_and_checked() {
 
     // --check --diff: the template's diff, nothing written.
     std::fs::write(work.join("app.conf"), "port=1\nname=a 'quoted' $name\n").unwrap();
-    let out = play(d, &["--check", "--diff"]);
+    let out = play_in(d, "playbook.toml", &["--check", "--diff"]);
     assert!(text(&out).contains("-port=1"), "{}", text(&out));
     assert!(text(&out).contains("+port=8080"), "{}", text(&out));
     assert_eq!(
@@ -149,7 +126,7 @@ fn copy_and_template_are_idempotent_atomic_and_checked() {
     std::fs::write(&target, "keep").unwrap();
     std::fs::remove_file(work.join("small")).unwrap();
     std::os::unix::fs::symlink(&target, work.join("small")).unwrap();
-    let out = play(d, &[]);
+    let out = play_in(d, "playbook.toml", &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("symbolic link"), "{}", text(&out));
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
@@ -160,7 +137,7 @@ fn copy_and_template_are_idempotent_atomic_and_checked() {
         "port={{ port }}\nx={{ nope }}\n",
     )
     .unwrap();
-    let out = play(d, &[]);
+    let out = play_in(d, "playbook.toml", &[]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(text(&out).contains("app.conf.hbs:2:"), "{}", text(&out));
     assert!(text(&out).contains("nope"), "{}", text(&out));

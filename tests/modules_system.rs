@@ -2,105 +2,16 @@
 //! sshd as root on this machine: what they change on the host, that a re-run changes
 //! nothing, and that `--check` changes nothing.
 
+#[path = "common/play.rs"]
+mod play;
 #[path = "common/sshd.rs"]
 mod sshd;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use serde_json::Value;
-use sshd::{Client, Sshd};
-
-/// A host reached over a real sshd, and a directory to play in.
-struct Host {
-    _server: Sshd,
-    _client: Client,
-    dir: tempfile::TempDir,
-}
-
-impl Host {
-    fn start() -> Host {
-        let server = Sshd::start();
-        let client = Client::new(&server);
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("inventory.toml"),
-            client.inventory_host("h", server.port),
-        )
-        .unwrap();
-        Host {
-            _server: server,
-            _client: client,
-            dir,
-        }
-    }
-
-    /// A scratch path on the host (this machine), inside the test's directory.
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join("host").join(name)
-    }
-
-    /// Run `tasks` (TOML `[[task]]` tables, all on host `h`) and return the exit code
-    /// and the JSON report.
-    fn play(&self, tasks: &str, extra: &[&str]) -> (Option<i32>, Value) {
-        std::fs::create_dir_all(self.dir.path().join("host")).unwrap();
-        std::fs::write(
-            self.dir.path().join("playbook.toml"),
-            format!("name = \"sys\"\n{tasks}"),
-        )
-        .unwrap();
-        let _ = std::fs::remove_file(self.dir.path().join("journal.json"));
-        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args([
-                "play",
-                "playbook.toml",
-                "-i",
-                "inventory.toml",
-                "--journal",
-                "journal.json",
-                "--format",
-                "json",
-                "--yes",
-            ])
-            .args(extra)
-            .current_dir(self.dir.path())
-            .env_remove("SSH_AUTH_SOCK")
-            .output()
-            .expect("run ferry");
-        let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "no JSON report ({e}): {}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (out.status.code(), doc)
-    }
-}
-
-/// The report's result of `task` on host `h`.
-fn result<'a>(doc: &'a Value, task: &str) -> &'a Value {
-    doc["tasks"]
-        .as_array()
-        .and_then(|ts| ts.iter().find(|t| t["task"] == task && t["host"] == "h"))
-        .unwrap_or(&Value::Null)
-}
-
-fn status<'a>(doc: &'a Value, task: &str) -> &'a str {
-    result(doc, task)["status"].as_str().unwrap_or("?")
-}
-
-fn error(doc: &Value, task: &str) -> String {
-    result(doc, task)["error"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
-}
-
-fn task(name: &str, module: &str, body: &str) -> String {
-    format!("[[task]]\nname = \"{name}\"\nhosts = \"h\"\n[task.{module}]\n{body}\n\n")
-}
+use play::{error, result, status, task, Host};
 
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
