@@ -359,14 +359,8 @@ async fn run_scheduled(shared: &Shared, host: &str, run: &HostRun, scheduled: &S
             .await;
             if r.output.is_none() {
                 // A module that does not say what its command printed: its last command
-                // (what `register` and the conditions see).
-                r.output = commands
-                    .last_after(before)
-                    .map(|c| crate::report::CommandOutput {
-                        rc: c.exit_status,
-                        stdout: secrets.mask(&c.stdout),
-                        stderr: secrets.mask(&c.stderr),
-                    });
+                // of this item (what `register` and the conditions see).
+                r.output = commands.last_after(before).map(|c| c.output(secrets));
             }
             (r, ctx)
         }
@@ -464,12 +458,8 @@ async fn run_scheduled(shared: &Shared, host: &str, run: &HostRun, scheduled: &S
         })
         .collect();
     if r.output.is_none() {
-        // A module that does not say what its command printed: its last command.
-        r.output = r.commands.last().map(|c| crate::report::CommandOutput {
-            rc: c.exit_status,
-            stdout: c.stdout.clone(),
-            stderr: c.stderr.clone(),
-        });
+        // A task its timeout or an interrupt ended (no item's result): its last command.
+        r.output = r.commands.last().map(|c| c.output(secrets));
     }
     let record = match r.status {
         _ if interrupted => RecordStatus::Interrupted,

@@ -187,13 +187,7 @@ fn attr_cmds(path: &str, attrs: &Attrs) -> Vec<Cmd> {
     if let Some(m) = attrs.mode {
         cmds.push(Cmd::new("chmod").arg(String::from(m)).arg("--").arg(path));
     }
-    let owner = match (&attrs.owner, &attrs.group) {
-        (Some(o), Some(g)) => Some(format!("{o}:{g}")),
-        (Some(o), None) => Some(o.clone()),
-        (None, Some(g)) => Some(format!(":{g}")),
-        (None, None) => None,
-    };
-    if let Some(o) = owner {
+    if let Some(o) = super::file::owner_spec(&attrs.owner, &attrs.group) {
         cmds.push(Cmd::new("chown").arg(o).arg("--").arg(path));
     }
     cmds

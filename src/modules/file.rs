@@ -250,25 +250,13 @@ impl Change for FileChange {
                 before,
                 after,
                 ..
-            } => (
-                path,
-                before
-                    .as_ref()
-                    .map_or(String::new(), |b| format!("mode: {b}")),
-                format!("mode: {after}"),
-            ),
+            } => (path, attr_line("mode", before), format!("mode: {after}")),
             FileChange::Chown {
                 path,
                 before,
                 after,
                 ..
-            } => (
-                path,
-                before
-                    .as_ref()
-                    .map_or(String::new(), |b| format!("owner: {b}")),
-                format!("owner: {after}"),
-            ),
+            } => (path, attr_line("owner", before), format!("owner: {after}")),
         };
         Some(Diff {
             what: path.clone(),
@@ -276,6 +264,13 @@ impl Change for FileChange {
             after,
         })
     }
+}
+
+/// `KEY: VALUE` of an attribute's value before a change (empty when there was none).
+fn attr_line(key: &str, before: &Option<String>) -> String {
+    before
+        .as_ref()
+        .map_or(String::new(), |b| format!("{key}: {b}"))
 }
 
 /// `$1` path, `$2` follow (1 or empty), `$3` mode, `$4` owner, `$5` group, `$6` recurse.
@@ -356,7 +351,8 @@ fn same_id(want: &str, id: &str, name: &str) -> bool {
     want == name || want == id
 }
 
-fn owner_spec(owner: &Option<String>, group: &Option<String>) -> Option<String> {
+/// chown's `OWNER`, `:GROUP` or `OWNER:GROUP` (also `copy`'s).
+pub fn owner_spec(owner: &Option<String>, group: &Option<String>) -> Option<String> {
     match (owner, group) {
         (None, None) => None,
         (Some(o), None) => Some(o.clone()),

@@ -139,6 +139,18 @@ pub struct CommandRecord {
     pub duration_ms: u64,
 }
 
+impl CommandRecord {
+    /// What the command printed, as a task's output (`register`, `ferry run`, JSON) for
+    /// modules that do not say (see [`crate::module::Applied::output`]); masked.
+    pub fn output(&self, secrets: &crate::secrets::Secrets) -> CommandOutput {
+        CommandOutput {
+            rc: self.exit_status,
+            stdout: secrets.mask(&self.stdout),
+            stderr: secrets.mask(&self.stderr),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct HostSummary {
     pub ok: u32,
