@@ -91,4 +91,5 @@ modules! {
     user => crate::modules::user::User,
     group => crate::modules::group::Group,
     fetch => crate::modules::fetch::Fetch,
+    http => crate::modules::http::Http,
 }

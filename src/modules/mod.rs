@@ -8,6 +8,7 @@ pub mod docker_container;
 pub mod fetch;
 pub mod file;
 pub mod group;
+pub mod http;
 pub mod k8s_scale;
 pub mod lineinfile;
 pub mod package;
