@@ -1061,3 +1061,56 @@ fn a_module_reads_only_the_host_vars_it_declares() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn next_steps_are_shown_only_after_everything_finished() {
+    let play = format!(
+        "next_steps = [\"Move DNS to the new instance.\", \"Shut down the old one.\"]\n{MARKER_PLAY}"
+    );
+    let w = World::new();
+    let old = marker_host("old", Arc::default());
+    let new = marker_host("new", Arc::default());
+    let check = w
+        .play(
+            &play,
+            RunOptions {
+                check: true,
+                ..Default::default()
+            },
+            FakeConnector::new([old.clone(), new.clone()]),
+        )
+        .await;
+    assert!(check.next_steps.is_empty(), "check mode finished nothing");
+    assert!(!check.recap().contains("Left to you"));
+
+    let done = w
+        .play(&play, RunOptions::default(), FakeConnector::new([old, new]))
+        .await;
+    assert_eq!(
+        done.next_steps,
+        ["Move DNS to the new instance.", "Shut down the old one."]
+    );
+    assert!(
+        done.recap().contains(
+            "Left to you:\n  1. Move DNS to the new instance.\n  2. Shut down the old one.\n"
+        ),
+        "{}",
+        done.recap()
+    );
+
+    // A host whose task fails: nothing is "left to you" yet.
+    let w = World::new();
+    let broken = FakeTransport::new("old");
+    broken.on_fn("test -e /srv/marker", |_, _| output(1, ""));
+    broken.on_fn("touch /srv/marker", |_, _| {
+        output(1, "read-only file system")
+    });
+    let failed = w
+        .play(
+            &play,
+            RunOptions::default(),
+            FakeConnector::new([broken, marker_host("new", Arc::default())]),
+        )
+        .await;
+    assert!(failed.next_steps.is_empty());
+}

@@ -183,6 +183,9 @@ pub async fn run(prepared: Prepared, env: RunEnv) -> PlayReport {
     if let Some(downtime) = &shared.prepared.playbook.downtime {
         report.downtime = downtime.summarize(&report.tasks, report.duration_ms);
     }
+    if !report.check_mode && report.success() {
+        report.next_steps = shared.prepared.playbook.next_steps.clone();
+    }
     report
 }
 

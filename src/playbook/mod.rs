@@ -56,6 +56,9 @@ pub struct Playbook {
     /// `[downtime]`: which tasks take the application down and bring it back, for the
     /// report's downtime summary.
     pub downtime: Option<crate::report::Downtime>,
+    /// `next_steps`: what is left to the operator once every host finished without a
+    /// failure, printed after the recap (not in check mode).
+    pub next_steps: Vec<String>,
 }
 
 /// One task: where it runs, when, after what, and its module.
@@ -378,6 +381,8 @@ struct RawPlaybook {
     #[serde(default)]
     handler: Vec<Spanned<RawEntry>>,
     downtime: Option<Spanned<crate::report::Downtime>>,
+    #[serde(default)]
+    next_steps: Vec<String>,
 }
 
 impl Playbook {
@@ -616,6 +621,7 @@ impl Playbook {
             vars,
             tasks,
             downtime,
+            next_steps: raw.next_steps,
             source,
         })
     }

@@ -185,6 +185,10 @@ pub struct PlayReport {
     /// The playbook's `[downtime]`, measured on this run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub downtime: Option<DowntimeSummary>,
+    /// The playbook's `next_steps`, when this run finished everything (not in check
+    /// mode): what is left to the operator.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub next_steps: Vec<String>,
 }
 
 impl PlayReport {
@@ -315,6 +319,12 @@ impl PlayReport {
                 "INTERRUPTED: the tasks above ran; the others did not start. Run the same \
                  command again to finish.\n",
             );
+        }
+        if !self.next_steps.is_empty() {
+            out.push_str("\nLeft to you:\n");
+            for (i, step) in self.next_steps.iter().enumerate() {
+                out.push_str(&format!("  {}. {}\n", i + 1, visible(step)));
+            }
         }
         out
     }
