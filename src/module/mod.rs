@@ -298,6 +298,24 @@ pub trait Module: Send + Sync + 'static {
     ) -> Result<Applied, ModuleError>;
 }
 
+/// A change that is exactly one command on the host (a package manager's, systemctl,
+/// useradd...): [`apply_commands`] runs them in order.
+pub trait OneCommand {
+    fn cmd(&self) -> crate::command::Cmd;
+}
+
+/// Run each change's command in order; the first that fails fails the task.
+pub async fn apply_commands<C: OneCommand + Change>(
+    ctx: &TaskCtx,
+    changes: &[C],
+) -> Result<Applied, ModuleError> {
+    for change in changes {
+        crate::report::status::set(&change.describe());
+        ctx.exec_ok(&change.cmd()).await?;
+    }
+    Ok(Applied::changed())
+}
+
 /// A planned change, type-erased for the engine and the report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlannedChange {

@@ -16,7 +16,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::command::Cmd;
-use crate::module::{Applied, ArgCheck, ArgError, Change, Module, ModuleError, Probe, TaskCtx};
+use crate::module::{
+    Applied, ArgCheck, ArgError, Change, Module, ModuleError, OneCommand, Probe, TaskCtx,
+};
 use crate::playbook::template::Template;
 
 /// `present` or `absent`, for `user` and `group`.
@@ -97,7 +99,7 @@ pub enum GroupChange {
     },
 }
 
-impl GroupChange {
+impl OneCommand for GroupChange {
     fn cmd(&self) -> Cmd {
         match self {
             GroupChange::Create { name, gid, system } => {
@@ -230,10 +232,7 @@ impl Module for Group {
         _: &GroupFacts,
         changes: &[GroupChange],
     ) -> Result<Applied, ModuleError> {
-        for change in changes {
-            ctx.exec_ok(&change.cmd()).await?;
-        }
-        Ok(Applied::changed())
+        crate::module::apply_commands(ctx, changes).await
     }
 }
 

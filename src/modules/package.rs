@@ -20,7 +20,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::command::Cmd;
-use crate::module::{Applied, ArgCheck, ArgError, Change, Module, ModuleError, Probe, TaskCtx};
+use crate::module::{
+    Applied, ArgCheck, ArgError, Change, Module, ModuleError, OneCommand, Probe, TaskCtx,
+};
 use crate::playbook::template::Template;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,7 +102,7 @@ pub struct PackageChange {
     pub update_cache: bool,
 }
 
-impl PackageChange {
+impl OneCommand for PackageChange {
     fn cmd(&self) -> Cmd {
         match self.manager {
             Manager::Apt => {
@@ -385,11 +387,7 @@ impl Module for Package {
         _: &PackageFacts,
         changes: &[PackageChange],
     ) -> Result<Applied, ModuleError> {
-        for change in changes {
-            crate::report::status::set(&change.describe());
-            ctx.exec_ok(&change.cmd()).await?;
-        }
-        Ok(Applied::changed())
+        crate::module::apply_commands(ctx, changes).await
     }
 }
 

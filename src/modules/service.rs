@@ -19,7 +19,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::command::Cmd;
-use crate::module::{Applied, ArgCheck, ArgError, Change, Module, ModuleError, Probe, TaskCtx};
+use crate::module::{
+    Applied, ArgCheck, ArgError, Change, Module, ModuleError, OneCommand, Probe, TaskCtx,
+};
 use crate::playbook::template::Template;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,7 +93,7 @@ pub struct ServiceChange {
     pub unit: String,
 }
 
-impl ServiceChange {
+impl OneCommand for ServiceChange {
     fn cmd(&self) -> Cmd {
         let verb = match self.verb {
             Verb::Start => "start",
@@ -276,10 +278,7 @@ impl Module for Service {
         _: &ServiceFacts,
         changes: &[ServiceChange],
     ) -> Result<Applied, ModuleError> {
-        for change in changes {
-            ctx.exec_ok(&change.cmd()).await?;
-        }
-        Ok(Applied::changed())
+        crate::module::apply_commands(ctx, changes).await
     }
 }
 

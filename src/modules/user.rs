@@ -28,7 +28,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::command::Cmd;
-use crate::module::{Applied, ArgCheck, ArgError, Change, Module, ModuleError, Probe, TaskCtx};
+use crate::module::{
+    Applied, ArgCheck, ArgError, Change, Module, ModuleError, OneCommand, Probe, TaskCtx,
+};
 use crate::modules::group::{check_account_name, getent_group, Presence};
 use crate::playbook::template::Template;
 
@@ -170,7 +172,7 @@ fn describe_fields(w: &Wanted) -> String {
     parts.join(", ")
 }
 
-impl UserChange {
+impl OneCommand for UserChange {
     fn cmd(&self) -> Cmd {
         match self {
             UserChange::Create {
@@ -483,10 +485,7 @@ impl Module for User {
         _: &UserFacts,
         changes: &[UserChange],
     ) -> Result<Applied, ModuleError> {
-        for change in changes {
-            ctx.exec_ok(&change.cmd()).await?;
-        }
-        Ok(Applied::changed())
+        crate::module::apply_commands(ctx, changes).await
     }
 }
 
