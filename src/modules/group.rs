@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::command::Cmd;
+use crate::module::Diff;
 use crate::module::{
     Applied, ArgCheck, ArgError, Change, Module, ModuleError, OneCommand, Probe, TaskCtx,
 };
@@ -135,6 +136,31 @@ impl Change for GroupChange {
     }
     fn commands(&self) -> Vec<String> {
         vec![self.cmd().display()]
+    }
+    fn diff(&self) -> Option<Diff> {
+        let (name, before, after) = match self {
+            GroupChange::Create { name, gid, .. } => (
+                name,
+                "state: absent".to_string(),
+                match gid {
+                    Some(g) => format!("state: present\ngid: {g}"),
+                    None => "state: present".to_string(),
+                },
+            ),
+            GroupChange::SetGid { name, from, to } => {
+                (name, format!("gid: {from}"), format!("gid: {to}"))
+            }
+            GroupChange::Delete { name } => (
+                name,
+                "state: present".to_string(),
+                "state: absent".to_string(),
+            ),
+        };
+        Some(Diff {
+            what: format!("group {name}"),
+            before,
+            after,
+        })
     }
 }
 

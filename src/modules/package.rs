@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::command::Cmd;
+use crate::module::Diff;
 use crate::module::{
     Applied, ArgCheck, ArgError, Change, Module, ModuleError, OneCommand, Probe, TaskCtx,
 };
@@ -157,6 +158,24 @@ impl Change for PackageChange {
     }
     fn commands(&self) -> Vec<String> {
         vec![self.cmd().display()]
+    }
+    fn diff(&self) -> Option<Diff> {
+        let (before, after) = match self.action {
+            Action::Install => ("absent", "present"),
+            Action::Upgrade => ("present (older)", "latest"),
+            Action::Remove => ("present", "absent"),
+        };
+        let lines = |state: &str| -> String {
+            self.names
+                .iter()
+                .map(|n| format!("{n}: {state}\n"))
+                .collect()
+        };
+        Some(Diff {
+            what: format!("packages ({})", self.manager.name()),
+            before: lines(before),
+            after: lines(after),
+        })
     }
 }
 

@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::command::Cmd;
+use crate::module::Diff;
 use crate::module::{
     Applied, ArgCheck, ArgError, Change, Module, ModuleError, OneCommand, Probe, TaskCtx,
 };
@@ -121,6 +122,21 @@ impl Change for ServiceChange {
     }
     fn commands(&self) -> Vec<String> {
         vec![self.cmd().display()]
+    }
+    fn diff(&self) -> Option<Diff> {
+        let (before, after) = match self.verb {
+            Verb::Start => ("state: stopped", "state: started"),
+            Verb::Stop => ("state: started", "state: stopped"),
+            Verb::Enable => ("enabled: false", "enabled: true"),
+            Verb::Disable => ("enabled: true", "enabled: false"),
+            // The state is the same before and after: nothing to show.
+            Verb::Restart | Verb::Reload => return None,
+        };
+        Some(Diff {
+            what: format!("unit {}", self.unit),
+            before: before.into(),
+            after: after.into(),
+        })
     }
 }
 
@@ -343,6 +359,13 @@ mod tests {
         );
         let c = decide(Some(ServiceState::Restarted), None, &on).unwrap();
         assert_eq!(c[0].cmd().display(), "systemctl restart -- nginx");
+        assert!(c[0].diff().is_none(), "a restart changes no state to show");
+        let c = decide(Some(ServiceState::Started), None, &off).unwrap();
+        let d = c[0].diff().unwrap();
+        assert_eq!(
+            (d.before.as_str(), d.after.as_str()),
+            ("state: stopped", "state: started")
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::command::Cmd;
+use crate::module::Diff;
 use crate::module::{
     Applied, ArgCheck, ArgError, Change, Module, ModuleError, OneCommand, Probe, TaskCtx,
 };
@@ -108,7 +109,7 @@ pub enum UserChange {
         name: String,
         set: Wanted,
         /// The same fields as they are now, for the report.
-        before: String,
+        before: Wanted,
     },
     Delete {
         name: String,
@@ -210,8 +211,9 @@ impl Change for UserChange {
             }
             UserChange::Modify { name, set, before } => {
                 format!(
-                    "change user {name}: {} (was {before})",
-                    describe_fields(set)
+                    "change user {name}: {} (was {})",
+                    describe_fields(set),
+                    describe_fields(before)
                 )
             }
             UserChange::Delete { name, remove } => {
@@ -226,6 +228,40 @@ impl Change for UserChange {
     fn commands(&self) -> Vec<String> {
         vec![self.cmd().display()]
     }
+    fn diff(&self) -> Option<Diff> {
+        let (name, before, after) = match self {
+            UserChange::Create { name, wanted, .. } => (
+                name,
+                "state: absent\n".to_string(),
+                format!("state: present\n{}", field_lines(wanted)),
+            ),
+            UserChange::Modify { name, set, before } => {
+                (name, field_lines(before), field_lines(set))
+            }
+            UserChange::Delete { name, .. } => (
+                name,
+                "state: present\n".to_string(),
+                "state: absent\n".to_string(),
+            ),
+        };
+        Some(Diff {
+            what: format!("user {name}"),
+            before,
+            after,
+        })
+    }
+}
+
+/// The given fields, one `key: value` line each (for `--diff`).
+fn field_lines(w: &Wanted) -> String {
+    describe_fields(w)
+        .split(", ")
+        .filter(|f| !f.is_empty())
+        .map(|f| match f.split_once(' ') {
+            Some((k, v)) => format!("{k}: {v}\n"),
+            None => format!("{f}\n"),
+        })
+        .collect()
 }
 
 /// Pure: the account from `getent passwd`'s line and `id -gn`/`id -Gn`'s.
@@ -333,11 +369,7 @@ impl User {
         {
             return Ok(Vec::new());
         }
-        Ok(vec![UserChange::Modify {
-            name,
-            set,
-            before: describe_fields(&before),
-        }])
+        Ok(vec![UserChange::Modify { name, set, before }])
     }
 }
 
@@ -570,6 +602,9 @@ mod tests {
             c[0].cmd().display(),
             "usermod -G docker -s /bin/bash deploy"
         );
+        let d = c[0].diff().unwrap();
+        assert_eq!(d.before, "groups: adm,docker\nshell: /bin/sh\n");
+        assert_eq!(d.after, "groups: docker\nshell: /bin/bash\n");
         assert_eq!(
             c[0].describe(),
             "change user deploy: groups docker, shell /bin/bash (was groups adm,docker, shell /bin/sh)"
