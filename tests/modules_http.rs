@@ -76,7 +76,11 @@ fn http_checks_answers_retries_and_keeps_the_secret() {
              password = \"{{ repo_token }}\"\ncontains = \"metadata-url\"\n\
              json = [{ path = \"/metadata-url\", equals = \"/p2/%package%.json\" },\n\
                      { path = \"/packages/acme~1lib\", exists = true }]",
-        ),
+        )
+        .replace("hosts = \"h\"\n", "hosts = \"h\"\nregister = \"repo\"\n"),
+        "[[task]]\nname = \"read the answer\"\nhosts = \"h\"\n[task.assert]\n\
+         that = '{{ eq repo.facts.status 200 }}'\nmsg = 'status {{ repo.facts.status }}'\n\n"
+            .to_string(),
         task(
             "through the host",
             "http",
@@ -96,6 +100,11 @@ fn http_checks_answers_retries_and_keeps_the_secret() {
             "flaky",
             "http",
             "url = \"http://127.0.0.1:{{ web }}/flaky\"\nretries = 4\ndelay = \"1s\"",
+        )
+        // Its own registered facts, in its condition (decided when it ran).
+        .replace(
+            "hosts = \"h\"\n",
+            "hosts = \"h\"\nregister = \"flaky\"\nfailed_when = '{{ ne flaky.facts.status 200 }}'\n",
         ),
         task(
             "hook",

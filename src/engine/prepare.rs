@@ -369,20 +369,37 @@ fn plan_on_host(
     let conditions = task.changed_when.iter().chain(task.failed_when.iter());
     // What only the run can know: a module's `facts` in a registered result, an item
     // of a loop over a registered result.
-    let left_to_run = |e: &TemplateError| {
-        e.variable.as_deref().is_some_and(|v| {
-            let mut path = v.split('.');
-            let root = path.next().unwrap_or_default();
-            (earlier.contains_key(root) && path.next() == Some("facts"))
-                || (runtime_loop && root == "item")
-        })
+    // A helper's missing parameter names no variable: then the template's text says
+    // whether it reads such a value (`{{ eq r.facts.status 200 }}`).
+    // `own`: the task's own `register` name, which its conditions see.
+    let left_to_run = |e: &TemplateError, source: &str, own: Option<&String>| {
+        let registered = |name: &str| earlier.contains_key(name) || own.is_some_and(|o| o == name);
+        match e.variable.as_deref() {
+            Some(v) => {
+                let mut path = v.split('.');
+                let root = path.next().unwrap_or_default();
+                (registered(root) && path.next() == Some("facts"))
+                    || (runtime_loop && root == "item")
+            }
+            None => {
+                earlier
+                    .keys()
+                    .chain(own)
+                    .any(|name| source.contains(&format!("{name}.facts")))
+                    || (runtime_loop && source.contains("item"))
+            }
+        }
     };
     for vars in &per_item {
         let mut rendered = true;
         for t in &templates {
             if let Err(e) = check_template(task, renderer, t, vars) {
                 rendered = false;
-                if !left_to_run(&e) {
+                let source = match t {
+                    AnyTemplate::Plain(t) => t.source(),
+                    AnyTemplate::Shell(t) => t.template().source(),
+                };
+                if !left_to_run(&e, source, None) {
                     errors.push(TemplateError {
                         message: format!("{} (host `{host}`)", e.message),
                         ..e
@@ -397,7 +414,7 @@ fn plan_on_host(
                 own.insert(name.clone(), super::keys::placeholder());
             }
             if let Err(e) = renderer.render(cond, &vars.overlay(&own, at.secrets)) {
-                if !left_to_run(&e) {
+                if !left_to_run(&e, cond.source(), task.register.as_ref()) {
                     errors.push(e);
                 }
             }
