@@ -182,7 +182,11 @@ impl OneCommand for UserChange {
                 create_home,
                 system,
             } => {
-                let mut cmd = field_args(Cmd::new("useradd"), wanted);
+                // A new account is in no supplementary group anyway: `-G ''` would
+                // name a group called "".
+                let mut wanted = wanted.clone();
+                wanted.groups = wanted.groups.filter(|g| !g.is_empty());
+                let mut cmd = field_args(Cmd::new("useradd"), &wanted);
                 cmd = cmd.arg(if *create_home { "-m" } else { "-M" });
                 if *system {
                     cmd = cmd.arg("-r");
@@ -579,6 +583,12 @@ mod tests {
             c[0].cmd().display(),
             "useradd -u 1500 -G docker -s /bin/bash -m deploy"
         );
+        let none = Wanted {
+            groups: Some(BTreeSet::new()),
+            ..Default::default()
+        };
+        let c = user("groups = []").changes(&facts(None, none)).unwrap();
+        assert_eq!(c[0].cmd().display(), "useradd -m deploy");
     }
 
     #[test]
