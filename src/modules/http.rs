@@ -352,12 +352,13 @@ impl Http {
             .with_jitter()
             .without_max_times()
             .build();
-        let mut route = Route::new(reader, request).await;
+        // The route and its client, made again only while they cannot be made.
+        let mut conn = self.connect(reader, request).await;
         let mut tries = 0;
         loop {
             tries += 1;
-            let sent = match &mut route {
-                Ok(route) => self.send(reader, route, request).await,
+            let sent = match &conn {
+                Ok((route, client)) => self.send(reader, route, client, request).await,
                 Err(e) => Err(e.clone()),
             };
             let last = tries > self.retries;
@@ -389,19 +390,29 @@ impl Http {
                 Err(_) => {}
             }
             tokio::time::sleep(pauses.next().unwrap_or(delay)).await;
-            if route.is_err() {
-                route = Route::new(reader, request).await;
+            if conn.is_err() {
+                conn = self.connect(reader, request).await;
             }
         }
+    }
+
+    async fn connect(
+        &self,
+        reader: &HostReader,
+        request: &Request,
+    ) -> Result<(Route, reqwest::Client), String> {
+        let route = Route::new(reader, request).await?;
+        let client = self.client(reader, &route).await?;
+        Ok((route, client))
     }
 
     async fn send(
         &self,
         reader: &HostReader,
         route: &Route,
+        client: &reqwest::Client,
         request: &Request,
     ) -> Result<Answer, String> {
-        let client = self.client(reader, route).await?;
         let method = reqwest::Method::from_bytes(request.method.as_str().as_bytes())
             .map_err(|e| e.to_string())?;
         let mut builder = client.request(method, route.url.as_str());
