@@ -352,8 +352,8 @@ pub async fn laptop_copy(
     Ok(Some(LaptopCopy { path: shown, state }))
 }
 
-/// sha256 of a local file, read on a blocking thread.
-async fn local_sha256(path: &std::path::Path) -> std::io::Result<String> {
+/// sha256 of a local file, read on a blocking thread (also `fetch`'s).
+pub async fn local_sha256(path: &std::path::Path) -> std::io::Result<String> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
         use sha2::Digest;

@@ -20,11 +20,9 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
 
 use crate::command::Cmd;
-use crate::module::artifact_stream::LocalCopy;
+use crate::module::artifact_stream::{local_sha256, LocalCopy};
 use crate::module::{Applied, ArgCheck, ArgError, Change, Module, ModuleError, Probe, TaskCtx};
 use crate::modules::copy::{dest_facts, Dest};
 use crate::playbook::template::Template;
@@ -148,18 +146,8 @@ async fn local_state(path: &Path) -> Result<Local, ModuleError> {
         Ok(m) if !m.is_file() => return Ok(Local::Other),
         Ok(_) => {}
     }
-    let mut file = tokio::fs::File::open(path).await.map_err(io)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf).await.map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
     Ok(Local::File {
-        sha256: hex::encode(hasher.finalize()),
+        sha256: local_sha256(path).await.map_err(io)?,
     })
 }
 
