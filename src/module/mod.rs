@@ -210,6 +210,15 @@ pub struct ArgCheck<'a> {
     pub renderer: &'a Renderer,
 }
 
+impl ArgCheck<'_> {
+    /// Render a plain template of the task for this host; an error is located at it.
+    pub fn render(&self, t: &Template) -> Result<String, ArgError> {
+        self.renderer
+            .render(t, self.vars)
+            .map_err(|e| ArgError::template(t, e.message))
+    }
+}
+
 /// An argument found bad before any host was contacted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArgError {

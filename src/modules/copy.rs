@@ -494,10 +494,7 @@ impl Module for Copy {
                 ))
             }
             (Some(src), None) => {
-                let rendered = at
-                    .renderer
-                    .render(src, at.vars)
-                    .map_err(|e| ArgError::template(src, e.message))?;
+                let rendered = at.render(src)?;
                 let path = local_path(at.base_dir, &rendered);
                 if !path.is_file() {
                     return Err(ArgError::template(

@@ -157,10 +157,7 @@ impl Module for Fetch {
     type Change = FetchChange;
 
     fn check_args(&self, at: &ArgCheck<'_>) -> Result<(), ArgError> {
-        let src = at
-            .renderer
-            .render(&self.src, at.vars)
-            .map_err(|e| ArgError::template(&self.src, e.to_string()))?;
+        let src = at.render(&self.src)?;
         if !src.starts_with('/') || src.ends_with('/') {
             return Err(ArgError::template(
                 &self.src,

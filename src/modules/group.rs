@@ -60,10 +60,7 @@ pub fn valid_account_name(name: &str) -> bool {
 
 /// Render `t` for `at` and check it is an account name.
 pub fn check_account_name(t: &Template, at: &ArgCheck<'_>) -> Result<String, ArgError> {
-    let name = at
-        .renderer
-        .render(t, at.vars)
-        .map_err(|e| ArgError::template(t, e.to_string()))?;
+    let name = at.render(t)?;
     if !valid_account_name(&name) {
         return Err(ArgError::template(
             t,

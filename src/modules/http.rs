@@ -594,10 +594,7 @@ impl Module for Http {
     ];
 
     fn check_args(&self, at: &ArgCheck<'_>) -> Result<(), ArgError> {
-        let url = at
-            .renderer
-            .render(&self.url, at.vars)
-            .map_err(|e| ArgError::template(&self.url, e.to_string()))?;
+        let url = at.render(&self.url)?;
         match reqwest::Url::parse(&url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
             Ok(u) => {

@@ -352,10 +352,7 @@ impl Module for Package {
             ));
         }
         for t in &self.names {
-            let name = at
-                .renderer
-                .render(t, at.vars)
-                .map_err(|e| ArgError::template(t, e.to_string()))?;
+            let name = at.render(t)?;
             if !valid_name(&name) {
                 return Err(ArgError::template(
                     t,

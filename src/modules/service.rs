@@ -257,10 +257,7 @@ impl Module for Service {
         if self.state.is_none() && self.enabled.is_none() {
             return Err(ArgError::field("state", "give state, enabled or both"));
         }
-        let name = at
-            .renderer
-            .render(&self.name, at.vars)
-            .map_err(|e| ArgError::template(&self.name, e.to_string()))?;
+        let name = at.render(&self.name)?;
         if !valid_unit(&name) {
             return Err(ArgError::template(
                 &self.name,

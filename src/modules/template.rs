@@ -57,10 +57,7 @@ impl Module for TemplateFile {
     type Change = CopyChange;
 
     fn check_args(&self, at: &ArgCheck<'_>) -> Result<(), ArgError> {
-        let src = at
-            .renderer
-            .render(&self.src, at.vars)
-            .map_err(|e| ArgError::template(&self.src, e.message))?;
+        let src = at.render(&self.src)?;
         let path = copy::local_path(at.base_dir, &src);
         render_file(&path, at.vars)
             .map(drop)

@@ -386,10 +386,7 @@ fn check_field(
     at: &ArgCheck<'_>,
 ) -> Result<(), ArgError> {
     let Some(t) = t else { return Ok(()) };
-    let value = at
-        .renderer
-        .render(t, at.vars)
-        .map_err(|e| ArgError::template(t, e.to_string()))?;
+    let value = at.render(t)?;
     if value.contains([':', '\n', '\r']) {
         return Err(ArgError::template(
             t,
