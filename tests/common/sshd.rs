@@ -186,6 +186,11 @@ impl Sshd {
         for _attempt in 0..5 {
             let port = free_port();
             let config = dir.path().join("sshd_config");
+            // SetEnv PYENV_REHASH_TIMEOUT=0: this machine's root runs `pyenv init` (and
+            // its rehash, under a lock file) in every ssh session's ~/.bashrc; a session
+            // a test kills mid-rehash leaves the lock behind, and every later root
+            // login then waits 60 s for it. With no wait, a held lock skips the rehash
+            // (the shims are there) instead of stalling the tests' logins.
             std::fs::write(
                 &config,
                 format!(
@@ -205,6 +210,7 @@ impl Sshd {
                      MaxStartups 64\n\
                      LogLevel {log_level}\n\
                      PrintMotd no\n\
+                     SetEnv PYENV_REHASH_TIMEOUT=0\n\
                      {extra}\n",
                     dir = dir.path().display(),
                     pw = yes_no(opts.password_auth),
