@@ -3,34 +3,19 @@
 //! `--private-key` under the inventory's own settings, host patterns, tags that match
 //! nothing, and the listings that contact nothing.
 
+#[path = "common/play.rs"]
+mod play;
 #[path = "common/sshd.rs"]
 mod sshd;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
+use play::{ferry, play_in};
 use sshd::{free_port, Client, Sshd};
 
-fn ferry(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("SSH_AUTH_SOCK")
-        .output()
-        .expect("run ferry")
-}
-
 fn play(dir: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "play",
-        "playbook.toml",
-        "-i",
-        "inventory.toml",
-        "--journal",
-        "journal.json",
-    ];
-    args.extend_from_slice(extra);
-    ferry(dir, &args)
+    play_in(dir, "playbook.toml", extra)
 }
 
 fn code(out: &Output) -> Option<i32> {
