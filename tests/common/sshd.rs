@@ -190,7 +190,22 @@ impl Sshd {
             // its rehash, under a lock file) in every ssh session's ~/.bashrc; a session
             // a test kills mid-rehash leaves the lock behind, and every later root
             // login then waits 60 s for it. With no wait, a held lock skips the rehash
-            // (the shims are there) instead of stalling the tests' logins.
+            // (the shims are there) instead of stalling the tests' logins. sshd takes
+            // only the first SetEnv line: a test's own SetEnv joins this one.
+            let mut setenv = String::from("SetEnv PYENV_REHASH_TIMEOUT=0");
+            let mut extra = String::new();
+            for line in opts.extra.lines() {
+                match line.strip_prefix("SetEnv ") {
+                    Some(vars) => {
+                        setenv.push(' ');
+                        setenv.push_str(vars);
+                    }
+                    None => {
+                        extra.push_str(line);
+                        extra.push('\n');
+                    }
+                }
+            }
             std::fs::write(
                 &config,
                 format!(
@@ -210,13 +225,12 @@ impl Sshd {
                      MaxStartups 64\n\
                      LogLevel {log_level}\n\
                      PrintMotd no\n\
-                     SetEnv PYENV_REHASH_TIMEOUT=0\n\
+                     {setenv}\n\
                      {extra}\n",
                     dir = dir.path().display(),
                     pw = yes_no(opts.password_auth),
                     fwd = yes_no(opts.tcp_forwarding),
                     log_level = opts.log_level,
-                    extra = opts.extra,
                 ),
             )
             .unwrap();
