@@ -178,14 +178,12 @@ pub struct Answer {
 pub struct HttpFacts {
     pub request: Request,
     /// The last answer (GET and HEAD; none for a request that changes something: it is
-    /// sent when applied).
+    /// sent when applied). Flattened: `register` sees `facts.status`, `facts.body`,
+    /// `facts.json`, `facts.sha256`.
+    #[serde(flatten)]
     pub answer: Option<Answer>,
     /// Why the last answer does not pass its checks.
     pub failed: Option<String>,
-    pub status: Option<u16>,
-    pub body: Option<String>,
-    pub json: Option<Value>,
-    pub sha256: Option<String>,
     pub tries: u32,
     pub elapsed_ms: u64,
 }
@@ -648,10 +646,6 @@ impl Module for Http {
                 request,
                 answer: None,
                 failed: None,
-                status: None,
-                body: None,
-                json: None,
-                sha256: None,
                 tries: 0,
                 elapsed_ms: 0,
             });
@@ -659,10 +653,6 @@ impl Module for Http {
         let (answer, failed, tries) = self.send_until_passing(probe, &request).await?;
         Ok(HttpFacts {
             request,
-            status: Some(answer.status),
-            body: Some(answer.body.clone()),
-            json: answer.json.clone(),
-            sha256: Some(answer.sha256.clone()),
             answer: Some(answer),
             failed,
             tries,
@@ -832,10 +822,6 @@ mod tests {
             request: request(method),
             answer: None,
             failed: failed.map(str::to_string),
-            status: None,
-            body: None,
-            json: None,
-            sha256: None,
             tries: 3,
             elapsed_ms: 0,
         };
